@@ -1,0 +1,65 @@
+"""dippas_core: remove a camera's sensor fingerprint (PRNU) from photographs (DIPPAS).
+
+Napari-free and Qt-free.  Public names are imported lazily so ``import dippas_core`` stays quick and
+never pulls in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_API = {
+    # errors
+    "DippasError": "errors",
+    "InputError": "errors",
+    "ShapeMismatchError": "errors",
+    "ImageReadError": "errors",
+    "DeviceError": "errors",
+    # images in / out
+    "read_image": "io",
+    "center_crop": "io",
+    "write_image": "io",
+    # forensic core
+    "residual": "residual",
+    "residual_reference": "residual",
+    "residual_batch": "residual",
+    "Fingerprint": "fingerprint",
+    "estimate_fingerprint": "fingerprint",
+    "ncc": "correlation",
+    "pce": "correlation",
+    "block_ncc": "correlation",
+    "psnr": "metrics",
+    "roc_curve": "metrics",
+    "roc_auc": "metrics",
+    "tradeoff_c": "metrics",
+    "edge_mask": "metrics",
+    # DIP inversion
+    "DIPConfig": "dip",
+    "invert": "dip",
+    # runs, assembly, one-call pipeline
+    "SnapshotStore": "snapshots",
+    "RunDirectory": "run",
+    "assemble": "assembly",
+    "anonymize": "pipeline",
+    "AnonymizeConfig": "pipeline",
+    "sample_data": "sample",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dippas_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

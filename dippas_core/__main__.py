@@ -1,0 +1,3 @@
+from dippas_core.cli import main
+
+raise SystemExit(main())
