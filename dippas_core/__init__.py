@@ -36,7 +36,8 @@ _API = {
     "roc_curve": "metrics",
     "roc_auc": "metrics",
     "tradeoff_c": "metrics",
-    "edge_mask": "metrics",
+    "edge_mask": "edges",
+    "CancelToken": "cancel",
     # DIP inversion
     "DIPConfig": "dip",
     "invert": "dip",
