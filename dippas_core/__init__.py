@@ -24,7 +24,6 @@ _API = {
     "center_crop": "io",
     "write_image": "io",
     # forensic core
-    "residual": "residual",
     "residual_reference": "residual",
     "residual_batch": "residual",
     "Fingerprint": "fingerprint",
@@ -37,6 +36,12 @@ _API = {
     "roc_auc": "metrics",
     "tradeoff_c": "metrics",
     "edge_mask": "edges",
+    # evaluation and baselines (issue 6)
+    "EvalConfig": "evaluation",
+    "evaluate": "evaluation",
+    "inpaint_anonymize": "baselines",
+    "subtract_fingerprint": "baselines",
+    "wavelet_denoise": "baselines",
     "CancelToken": "cancel",
     # DIP inversion
     "DIPConfig": "dip",
@@ -48,9 +53,16 @@ _API = {
     "anonymize": "pipeline",
     "AnonymizeConfig": "pipeline",
     "sample_data": "sample",
+    # many images on Dask
+    "run_batch": "batch",
+    "BatchSettings": "batch",
 }
 
-__all__ = ["__version__", *_API]
+# ``residual`` is both a submodule and its main function: bind the function eagerly (the module only
+# needs numpy) so the package attribute is the function whatever is imported later.
+from .residual import residual  # noqa: E402
+
+__all__ = ["__version__", "residual", *_API]
 
 
 def __getattr__(name: str) -> Any:

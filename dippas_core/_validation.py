@@ -10,7 +10,7 @@ __all__ = ["as_image", "as_plane", "check_same_size", "check_positive"]
 
 
 def as_image(x, name: str = "image", *, min_size: int = 1) -> np.ndarray:
-    """Return ``x`` as a float32 H×W or H×W×3 array (a copy only when needed), or raise InputError."""
+    """Return ``x`` as float32 H×W or H×W×3 (a copy only when needed), or raise InputError."""
     try:
         arr = np.asarray(x)
     except Exception as exc:  # noqa: BLE001 - anything not array-like
@@ -25,7 +25,8 @@ def as_image(x, name: str = "image", *, min_size: int = 1) -> np.ndarray:
         raise InputError(f"{name} must be H×W or H×W×3, got shape {arr.shape}")
     if min(arr.shape[:2]) < min_size:
         raise InputError(
-            f"{name} is {arr.shape[0]}×{arr.shape[1]}, smaller than the minimum {min_size}×{min_size}"
+            f"{name} is {arr.shape[0]}×{arr.shape[1]}, "
+            f"smaller than the minimum {min_size}×{min_size}"
         )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():

@@ -27,3 +27,86 @@ def testdata() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def synthetic_run(tmp_path):
+    """Factory of recorded runs of synthetic snapshots (no DIP): ``photo·(1 + a·K) + noise``.
+
+    ``a`` varies in sign and size across snapshots and over the image, so block NCCs differ in sign
+    across snapshots and blocks like the real thing.  Used by the runs/assembly tests.
+    """
+    from dippas_core.dip.inversion import Step
+    from dippas_core.run import RunDirectory, record
+
+    made = iter(range(10**6))
+
+    def make(n=12, shape=(96, 80), *, seed=0, tau=30.0, mode="aware", **create_kw):
+        rng = np.random.default_rng(seed)
+        h, w = shape
+        yy, xx = np.mgrid[0:h, 0:w]
+        shade = (np.sin(xx / 9.0) * np.cos(yy / 13.0))[..., None] * np.array([60.0, 48.0, 36.0])
+        photo = np.clip(np.rint(128 + shade + rng.normal(0, 4, (h, w, 3))), 0, 255).astype(np.uint8)
+        K = rng.normal(0, 0.03, (h, w)).astype(np.float32)
+
+        def steps():
+            for i in range(1, n + 1):
+                # fingerprint strength varying over the image: blocks prefer different snapshots
+                phase = rng.uniform(0, 2 * np.pi, 2)
+                wave = np.sin(xx / 17.0 + phase[0]) * np.cos(yy / 11.0 + phase[1])
+                a = rng.uniform(-0.5, 0.5) + wave
+                snap = photo * (1 + a[..., None] * K[..., None]) + rng.normal(0, 1.5, (h, w, 3))
+                yield Step(i, 0.01, tau + 0.1 * i, 0.01, np.clip(snap, 0, 255).astype(np.float32))
+
+        run = RunDirectory.create(
+            tmp_path / f"run{next(made)}", photo, K, mode=mode,
+            dip_config={"seed": seed, "tau_psnr": tau}, **create_kw,
+        )
+        record(run, steps())
+        return run
+
+    return make
+
+
+# --- real cameras (Engineer A): read every Dresden JPEG once per session, crop at once ---------
+
+CAMERA_CROP = 512
+
+
+def _device_label(path: Path) -> str:
+    """Dresden device label: the file name before the last ``_`` (e.g. ``Nikon_D70s_0``)."""
+    return path.stem.rsplit("_", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def flatfield_crops(testdata) -> dict[str, list[np.ndarray]]:
+    """camera -> centre 512×512 uint8 crops of its 10 flat-field shots (pixels as stored)."""
+    from dippas_core.io import center_crop, read_image
+
+    crops: dict[str, list[np.ndarray]] = {}
+    for path in sorted((testdata / "ff-jpg").glob("*.JPG")):
+        crop = np.array(center_crop(read_image(path), CAMERA_CROP))  # copy: free the full image
+        crops.setdefault(_device_label(path), []).append(crop)
+    return crops
+
+
+@pytest.fixture(scope="session")
+def camera_fingerprints(flatfield_crops) -> dict:
+    """camera -> Fingerprint (512×512) from its 10 flat-field centre crops (fast path)."""
+    from dippas_core.fingerprint import estimate_fingerprint
+
+    return {
+        cam: estimate_fingerprint(crops, camera=cam, crop=CAMERA_CROP)
+        for cam, crops in flatfield_crops.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def natural_photos(testdata) -> list[tuple[str, str, np.ndarray]]:
+    """(camera, file name, centre 512×512 uint8 crop) of the 16 natural Dresden photos."""
+    from dippas_core.io import center_crop, read_image
+
+    return [
+        (_device_label(p), p.name, np.array(center_crop(read_image(p), CAMERA_CROP)))
+        for p in sorted((testdata / "nat-jpg").glob("*.JPG"))
+    ]
