@@ -1,0 +1,193 @@
+"""Settings of one DIP inversion (no torch import: usable by the CLI, the viewer and reports)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+
+__all__ = ["DIPConfig", "PRESETS"]
+
+_AMP_MODES = ("auto", "off", "bf16", "fp16")
+_LAYOUT_MODES = ("auto", "off", "on")
+
+
+@dataclass(frozen=True)
+class DIPConfig:
+    """Parameters of the DIP inversion (SPEC §4); JSON-serialisable with :meth:`to_dict`.
+
+    Parameters
+    ----------
+    seed : int
+        Fixes the input noise ``z``, the per-iteration perturbations and the initial weights.
+    tau_psnr : float
+        Outputs ``I_phi`` with PSNR (dB, against the photo) ``>= tau_psnr`` are kept as snapshots.
+    stop_psnr : float
+        The inversion stops once the PSNR reaches this value (dB).
+    max_iter : int
+        Hard cap on the number of iterations.
+    lr : float
+        Adam learning rate (amsgrad), shared by the network weights and ``gamma``.
+    z_channels : int
+        Channels of the fixed input noise ``z`` (the paper: 512).
+    z_std, perturb_std : float
+        Standard deviation of ``z`` and of the fresh noise added to it at every iteration.
+    widths : tuple of int
+        ``U`` of the MultiRes block at each scale; its length is the number of scales.
+    skip_widths : tuple of int or None
+        Channels of the residual path at each of the ``len(widths) - 1`` upper scales;
+        ``None`` means ``widths[:-1]`` (the paper: 16, 32, 64, 128).
+    device : str
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    amp : bool or str
+        Mixed precision. ``True``/``"auto"``: bf16 autocast on CUDA where supported, else fp16 with
+        a gradient scaler; off on CPU and MPS (bf16 autocast is slower there, see
+        ``benchmarks/bench_dip.py``). ``"bf16"``/``"fp16"`` force that dtype on any device,
+        ``False``/``"off"`` keeps float32.
+    channels_last : bool or str
+        Memory layout. ``True``/``"auto"``: channels-last on CUDA and the CPU (faster in most CPU
+        runs of ``benchmarks/bench_dip.py``), not on MPS; ``"on"`` everywhere; ``False``/``"off"``
+        never.
+    compile : bool
+        Wrap the network in ``torch.compile`` (worth it on CUDA for long runs).
+    torch_threads : int or None
+        When set, ``torch.set_num_threads`` for the duration of the run (restored afterwards).
+        ``None`` leaves the caller's setting; cap it when Numba or Dask workers share the CPU.
+    """
+
+    seed: int = 0
+    tau_psnr: float = 38.0
+    stop_psnr: float = 39.0
+    max_iter: int = 10000
+    lr: float = 1e-3
+    z_channels: int = 512
+    z_std: float = 0.1
+    perturb_std: float = 0.1
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    skip_widths: tuple[int, ...] | None = None
+    device: str = "auto"
+    amp: bool | str = True
+    channels_last: bool | str = True
+    compile: bool = False
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.skip_widths is not None:
+            object.__setattr__(self, "skip_widths", tuple(int(w) for w in self.skip_widths))
+        self.validate()
+
+    # -- checks -------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`~dippas_core.errors.InputError` naming the first bad field."""
+        if len(self.widths) < 1 or any(w < 1 for w in self.widths):
+            raise InputError(f"widths must be one or more positive integers, got {self.widths}")
+        if self.skip_widths is not None and (
+            len(self.skip_widths) != len(self.widths) - 1 or any(w < 0 for w in self.skip_widths)
+        ):
+            raise InputError(
+                f"skip_widths needs {len(self.widths) - 1} values >= 0 (one per upper scale), "
+                f"got {self.skip_widths}"
+            )
+        for name in ("lr", "z_std"):
+            if not float(getattr(self, name)) > 0:
+                raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.perturb_std) >= 0:
+            raise InputError(f"perturb_std must be >= 0, got {self.perturb_std!r}")
+        if int(self.max_iter) < 1:
+            raise InputError(f"max_iter must be >= 1, got {self.max_iter!r}")
+        if int(self.z_channels) < 1:
+            raise InputError(f"z_channels must be >= 1, got {self.z_channels!r}")
+        if self.torch_threads is not None and int(self.torch_threads) < 1:
+            raise InputError(f"torch_threads must be None or >= 1, got {self.torch_threads!r}")
+        self.amp_mode  # noqa: B018 - raises on a bad value
+        self.layout_mode  # noqa: B018
+
+    @property
+    def amp_mode(self) -> str:
+        """``amp`` as one of ``"auto"``, ``"off"``, ``"bf16"``, ``"fp16"``."""
+        mode = {True: "auto", False: "off"}.get(self.amp, self.amp)
+        if mode not in _AMP_MODES:
+            raise InputError(f"amp must be True, False or one of {_AMP_MODES}, got {self.amp!r}")
+        return mode
+
+    @property
+    def layout_mode(self) -> str:
+        """``channels_last`` as one of ``"auto"``, ``"off"``, ``"on"``."""
+        mode = {True: "auto", False: "off"}.get(self.channels_last, self.channels_last)
+        if mode not in _LAYOUT_MODES:
+            raise InputError(
+                f"channels_last must be True, False or one of {_LAYOUT_MODES}, "
+                f"got {self.channels_last!r}"
+            )
+        return mode
+
+    @property
+    def residual_widths(self) -> tuple[int, ...]:
+        """Channels of the residual paths (``skip_widths`` or ``widths[:-1]``)."""
+        return self.skip_widths if self.skip_widths is not None else self.widths[:-1]
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DIPConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they are likely typos)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown DIPConfig field(s): {', '.join(unknown)}")
+        kwargs = dict(data)
+        for key in ("widths", "skip_widths"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> DIPConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> DIPConfig:
+        """A named configuration, optionally with some fields changed.
+
+        ``"paper"``: the published setup (512-channel z, U = 16…256, stop at 39 dB).
+        ``"cpu"``: a narrower network and 32-channel z that runs a 256×256 crop on a laptop CPU
+        in minutes. ``"tiny"``: for tests and demos, ≈64×64 in seconds.
+        """
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise InputError(
+                f"unknown DIP preset {name!r}; choose one of {', '.join(PRESETS)}"
+            ) from None
+        return cls(**{**base, **changes})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {
+        "widths": (8, 16, 32, 64, 128),
+        "z_channels": 32,
+        "max_iter": 3000,
+        "device": "cpu",
+    },
+    "tiny": {
+        "widths": (4, 8, 8, 16, 16),
+        "z_channels": 8,
+        # reaches tau within max_iter on a 64×64 crop of a real photo (≈1 min on 2 CPU cores)
+        "max_iter": 1500,
+        "tau_psnr": 31.0,
+        "stop_psnr": 33.5,
+        "device": "cpu",
+        "torch_threads": 1,
+    },
+}

@@ -1,0 +1,469 @@
+"""DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (SPEC §4, paper eq. 9).
+
+:func:`invert` returns a generator: it yields one :class:`Step` per iteration (with the snapshot
+``I_phi`` when its PSNR reaches ``tau_psnr``) and returns an :class:`InversionResult`. It never
+keeps snapshots itself; the consumer streams them wherever it wants (``dippas_core.run`` writes
+them to a chunked on-disk store).
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._validation import as_image, as_plane, check_same_size
+from ..errors import DeviceError, InputError
+from .config import DIPConfig
+from .device import SpeedSettings, device_name, resolve_device, speed_settings, torch_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..cancel import CancelToken
+
+__all__ = ["Step", "InversionResult", "invert", "run_to_end", "warm_up", "STOP_REASONS"]
+
+#: Why an inversion ended.
+STOP_REASONS = ("psnr", "max_iter", "cancelled")
+_HISTORY_KEYS = ("iteration", "loss", "psnr", "gamma")
+
+
+@dataclass
+class Step:
+    """One DIP iteration.
+
+    Attributes
+    ----------
+    iteration : int
+        1-based iteration number.
+    loss : float
+        ``MSE(I_phi · (1 + gamma · P), I)`` of this iteration's output, images in [0, 1].
+    psnr : float
+        PSNR (dB) of ``I_phi`` against the photo.
+    gamma : float
+        The injection strength after this iteration's update (clamped ``>= 0``).
+    snapshot : numpy.ndarray or None
+        ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
+        generator's output itself, never the fingerprint-injected product.
+    """
+
+    iteration: int
+    loss: float
+    psnr: float
+    gamma: float
+    snapshot: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class InversionResult:
+    """What an inversion returns (``StopIteration.value`` of the :func:`invert` generator).
+
+    Attributes
+    ----------
+    history : dict of str to numpy.ndarray
+        ``iteration`` (int64), ``loss``, ``psnr``, ``gamma`` (float64), one entry per iteration.
+    n_snapshots : int
+        Number of steps that carried a snapshot.
+    stop_reason : str
+        ``"psnr"`` (reached ``stop_psnr``), ``"max_iter"`` or ``"cancelled"``.
+    seed : int
+    config : dict
+        ``DIPConfig.to_dict()`` of the run.
+    environment : dict
+        Versions (python, torch, numpy, dippas_core), device, resolved speed settings, threads.
+    elapsed_s : float
+        Wall-clock seconds from the first iteration's set-up to the end.
+    """
+
+    history: dict[str, np.ndarray]
+    n_snapshots: int
+    stop_reason: str
+    seed: int
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    elapsed_s: float
+
+    @property
+    def n_iterations(self) -> int:
+        return int(len(self.history["iteration"]))
+
+    @property
+    def final_psnr(self) -> float:
+        """PSNR of the last iteration (NaN when none ran)."""
+        psnr = self.history["psnr"]
+        return float(psnr[-1]) if len(psnr) else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (history arrays become lists)."""
+        return {
+            "history": {k: v.tolist() for k, v in self.history.items()},
+            "n_snapshots": self.n_snapshots,
+            "stop_reason": self.stop_reason,
+            "seed": self.seed,
+            "config": self.config,
+            "environment": self.environment,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def _image_to_unit(image: Any, min_size: int) -> np.ndarray:
+    """The photo as float32 H×W×3 in [0, 1] (uint8 /255, uint16 /65535, float 0..255 /255)."""
+    raw = np.asarray(image) if not isinstance(image, np.ndarray) else image
+    arr = as_image(raw, "image", min_size=min_size)
+    if arr.ndim != 3:
+        raise InputError(
+            f"DIP inversion needs a colour H×W×3 image, got a gray {arr.shape[0]}×{arr.shape[1]} "
+            "one; stack it into three channels first"
+        )
+    if raw.dtype == np.uint16:
+        return arr * np.float32(1.0 / 65535.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 255.0 + 1e-3:
+        raise InputError(f"image values must lie in 0..255, got {lo:g}..{hi:g}")
+    if raw.dtype.kind == "f" and 0 < hi <= 1.0:
+        warnings.warn(
+            "float image has values in 0..1; DIP expects the 0..255 scale (multiply by 255)",
+            stacklevel=3,
+        )
+    return arr * np.float32(1.0 / 255.0)
+
+
+def invert(
+    image: Any,
+    P: Any,
+    config: DIPConfig | dict[str, Any] | None = None,
+    cancel: CancelToken | None = None,
+) -> Generator[Step, None, InversionResult]:
+    """Fit the Multi-Resolution U-Net to ``image`` through ``I_phi · (1 + gamma · P)``.
+
+    Parameters
+    ----------
+    image : array_like
+        The photo, H×W×3: uint8, uint16, or float in the 0..255 scale.
+    P : array_like
+        float H×W, in the image's orientation: the camera fingerprint ``K`` (PRNU-aware) or the
+        photo's own noise residual (PRNU-blind). It is broadcast over the three channels.
+    config : DIPConfig or dict, optional
+        Defaults to ``DIPConfig()`` (the paper's setup).
+    cancel : CancelToken, optional
+        Checked before every iteration; once cancelled the generator stops with
+        ``stop_reason == "cancelled"``.
+
+    Returns
+    -------
+    generator
+        Yields :class:`Step`; its return value (``StopIteration.value``, or :func:`run_to_end`) is
+        an :class:`InversionResult`. The model, optimiser and device tensors are released when the
+        generator ends, is cancelled, raises, or is closed early (``gen.close()``).
+
+    Raises
+    ------
+    InputError, ShapeMismatchError
+        Bad image or ``P`` (raised here, before the generator starts).
+    DeviceError
+        Unknown device (raised here), or out of device memory (raised by the generator).
+    """
+    if config is None:
+        config = DIPConfig()
+    elif isinstance(config, dict):
+        config = DIPConfig.from_dict(config)
+    elif not isinstance(config, DIPConfig):
+        raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+    multiple = 2 ** (len(config.widths) - 1)
+    img01 = _image_to_unit(image, min_size=multiple)
+    plane = as_plane(P, "P")
+    check_same_size(img01, plane, "image", "P")
+    device = resolve_device(config.device)
+    speed = speed_settings(config, device)
+    return _iterate(img01, plane, config, device, speed, cancel)
+
+
+def _iterate(
+    img01: np.ndarray,
+    P: np.ndarray,
+    config: DIPConfig,
+    device: torch.device,
+    speed: SpeedSettings,
+    cancel: CancelToken | None,
+) -> Generator[Step, None, InversionResult]:
+    import torch
+
+    history: dict[str, list] = {k: [] for k in _HISTORY_KEYS}
+    n_snapshots = 0
+    stop_reason = "max_iter"
+    start = time.perf_counter()
+    inverter: _Inverter | None = None
+    # ``torch_threads`` covers the inversion's own work only: between steps the caller (and any
+    # other inversion running beside this one) keeps its own thread setting
+    threads = config.torch_threads
+    try:
+        with torch_threads(threads):
+            inverter = _Inverter(img01, P, config, device, speed)
+            environment = _environment(device, speed)
+        for iteration in range(1, config.max_iter + 1):
+            if cancel is not None and cancel.cancelled:
+                stop_reason = "cancelled"
+                break
+            with torch_threads(threads):
+                loss, psnr, gamma, snapshot = inverter.step()
+            history["iteration"].append(iteration)
+            history["loss"].append(loss)
+            history["psnr"].append(psnr)
+            history["gamma"].append(gamma)
+            n_snapshots += snapshot is not None
+            yield Step(iteration, loss, psnr, gamma, snapshot)
+            del snapshot  # the consumer owns it now
+            if psnr >= config.stop_psnr:
+                stop_reason = "psnr"
+                break
+    except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as exc:
+        raise DeviceError(_oom_message(img01.shape, config, device)) from exc
+    except RuntimeError as exc:  # MPS and some CUDA paths report OOM as a RuntimeError
+        if "out of memory" not in str(exc).lower():
+            raise
+        raise DeviceError(_oom_message(img01.shape, config, device)) from exc
+    finally:
+        if inverter is not None:
+            inverter.release()
+            inverter = None
+    return InversionResult(
+        history={
+            "iteration": np.asarray(history["iteration"], dtype=np.int64),
+            "loss": np.asarray(history["loss"], dtype=np.float64),
+            "psnr": np.asarray(history["psnr"], dtype=np.float64),
+            "gamma": np.asarray(history["gamma"], dtype=np.float64),
+        },
+        n_snapshots=int(n_snapshots),
+        stop_reason=stop_reason,
+        seed=int(config.seed),
+        config=config.to_dict(),
+        environment=environment,
+        elapsed_s=time.perf_counter() - start,
+    )
+
+
+class _Inverter:
+    """Device state of one inversion: network, optimiser, z, target, P and gamma.
+
+    Everything that holds device memory is an attribute so that :meth:`release` can drop it.
+    """
+
+    def __init__(
+        self,
+        img01: np.ndarray,
+        P: np.ndarray,
+        config: DIPConfig,
+        device: torch.device,
+        speed: SpeedSettings,
+    ) -> None:
+        import torch
+
+        from .network import MultiResUNet
+
+        self.device = device
+        self.config = config
+        self.height, self.width = img01.shape[:2]
+        self._saved_globals = _set_cuda_globals(speed) if device.type == "cuda" else None
+        # initial weights from the seed, without disturbing the caller's global RNG state
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(config.seed)
+            model = MultiResUNet(
+                in_channels=config.z_channels,
+                out_channels=3,
+                widths=config.widths,
+                skip_widths=config.residual_widths,
+            )
+        self.model = model.to(device)
+        layout = torch.channels_last if speed.channels_last else torch.contiguous_format
+        if speed.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if speed.compile else self.model
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(config.seed))
+        ph, pw = self.model.padded_size(self.height, self.width)
+        # z and the perturbation buffer are drawn in memory order, so channels-last costs no copy
+        self.z = self._randn((1, config.z_channels, ph, pw), layout).mul_(config.z_std)
+        self.noisy_z = torch.empty_like(self.z)
+        self.target = torch.from_numpy(np.ascontiguousarray(img01.transpose(2, 0, 1))[None]).to(
+            device
+        )
+        self.P = torch.from_numpy(np.ascontiguousarray(P)[None, None]).to(device)
+        self.gamma = torch.nn.Parameter(torch.zeros((), device=device))
+        self.optimizer = _adam([*self.model.parameters(), self.gamma], config.lr, device)
+        self.amp_dtype = getattr(torch, speed.amp_dtype) if speed.amp_dtype else None
+        self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
+        self.layout = layout
+        self.tau = float(config.tau_psnr)
+
+    def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
+        import torch
+
+        if layout is torch.channels_last:
+            n, c, h, w = shape
+            return torch.randn(
+                (n, h, w, c), generator=self.generator, device=self.device
+            ).permute(0, 3, 1, 2)
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def step(self) -> tuple[float, float, float, np.ndarray | None]:
+        """One Adam step; returns loss, PSNR of I_phi, gamma and the snapshot if kept."""
+        import torch
+        import torch.nn.functional as F
+
+        cfg = self.config
+        noise = self._randn(tuple(self.z.shape), self.layout)
+        torch.add(self.z, noise, alpha=cfg.perturb_std, out=self.noisy_z)
+        del noise
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            out = self.forward(self.noisy_z, (self.height, self.width))
+        i_phi = out.float()
+        loss = F.mse_loss(i_phi * (1.0 + self.gamma * self.P), self.target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            self.gamma.clamp_(min=0.0)
+            i_phi = i_phi.detach()
+            psnr = -10.0 * torch.log10(F.mse_loss(i_phi, self.target))
+            # the only host synchronisation of the iteration: three scalars in one transfer
+            loss_v, psnr_v, gamma_v = torch.stack([loss.detach(), psnr, self.gamma]).tolist()
+            snapshot = None
+            if psnr_v >= self.tau:
+                # a fresh tensor (the product), so the array shares memory with nothing we reuse
+                snapshot = (i_phi[0] * 255.0).permute(1, 2, 0).contiguous().cpu().numpy()
+        return float(loss_v), float(psnr_v), float(gamma_v), snapshot
+
+    def release(self) -> None:
+        """Drop every tensor, the model and the optimiser; give cached device memory back."""
+        # torch is loaded (this object holds its tensors); no import here, so release also works
+        # when an abandoned generator is collected at interpreter shutdown
+        torch = sys.modules.get("torch")
+        saved = self._saved_globals
+        for name in list(vars(self)):
+            if name not in ("device", "config"):
+                delattr(self, name)
+        if torch is None or self.device.type == "cpu":
+            # reference counting already freed the tensors; a full collection would hold the
+            # GIL for hundreds of ms in a big process (napari) and stall the GUI thread
+            return
+        gc.collect()  # cycles may still pin device memory that empty_cache cannot return
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            _restore_cuda_globals(saved)
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+
+
+def warm_up() -> None:
+    """Load what a first inversion would load lazily, so that a later run starts at once.
+
+    The first optimiser step imports ``torch._dynamo`` and the first convolution sets up its
+    kernels: seconds during which the importing thread holds the GIL in long stretches.  A GUI
+    calls this from a background thread while the user is still choosing settings.  Safe to call
+    from any thread, any number of times; the residual kernels (Numba) load too.
+    """
+    import torch
+
+    from ..residual import residual
+
+    with torch.enable_grad():
+        conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.BatchNorm2d(2))
+        opt = _adam(list(conv.parameters()), 1e-3, torch.device("cpu"))
+        conv(torch.zeros(1, 3, 8, 8)).square().mean().backward()
+        opt.step()
+    residual(np.zeros((32, 32, 3), np.float32))
+
+
+def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with AMSGrad (SPEC §4); the fused kernel on CUDA where this torch has it."""
+    import torch
+
+    if device.type == "cuda":
+        try:
+            return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr, amsgrad=True)
+
+
+def _set_cuda_globals(speed: SpeedSettings) -> dict[str, Any]:
+    import torch
+
+    saved = {
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cudnn.benchmark = True  # one input size for thousands of iterations
+    return saved
+
+
+def _restore_cuda_globals(saved: dict[str, Any] | None) -> None:
+    import torch
+
+    if not saved:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
+def _oom_message(shape: tuple[int, ...], config: DIPConfig, device: torch.device) -> str:
+    h, w = shape[:2]
+    hints = [
+        f"crop the image (it is {h}×{w}; the paper uses 512×512)",
+        f"narrow the network (widths={list(config.widths)}, e.g. DIPConfig.preset('cpu'))",
+        f"use fewer input channels (z_channels={config.z_channels}, e.g. 64)",
+    ]
+    if config.amp_mode == "off":
+        hints.append("turn mixed precision on (amp=True)")
+    return f"out of memory on {device}: " + "; ".join(hints)
+
+
+def _environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
+    import torch
+
+    from .. import __version__
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "dippas_core": __version__,
+        "device": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        **speed.to_dict(),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def run_to_end(gen: Generator[Step, None, InversionResult]) -> InversionResult:
+    """Drain an :func:`invert` generator (snapshots are dropped) and return its result."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+

@@ -1,0 +1,280 @@
+"""The DIP inversion generator (SPEC §4): loss, snapshots, stopping, cancel, cleanup, seeds.
+
+Tiny networks on tiny images; one test runs a real Dresden crop with its camera's fingerprint.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from dippas_core.cancel import CancelToken
+from dippas_core.errors import DeviceError, InputError, ShapeMismatchError
+
+torch = pytest.importorskip("torch")
+
+from dippas_core.dip import DIPConfig, InversionResult, Step, invert, run_to_end  # noqa: E402
+from dippas_core.dip import inversion as inversion_module  # noqa: E402
+
+TINY = DIPConfig.preset("tiny", max_iter=20, stop_psnr=99.0, torch_threads=1)
+
+
+def _psnr255(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.fixture
+def photo(rng) -> np.ndarray:
+    """A smooth synthetic colour picture (uint8 32×48) the tiny net can fit quickly."""
+    yy, xx = np.mgrid[0:32, 0:48] / 16.0
+    base = np.stack([np.sin(xx) + yy, np.cos(yy) * 0.5 + xx / 3, np.sin(xx + yy)], axis=-1)
+    base = (base - base.min()) / np.ptp(base)
+    return np.round(30 + 190 * base + rng.normal(0, 2, base.shape)).astype(np.uint8)
+
+
+@pytest.fixture
+def release_spy(monkeypatch):
+    """Records, for each inversion that ends, whether its network was really freed."""
+    freed: list[bool] = []
+    original = inversion_module._Inverter.release
+
+    def spy(self):
+        model = weakref.ref(self.model)
+        original(self)
+        gc.collect()
+        freed.append(model() is None and not hasattr(self, "optimizer"))
+
+    monkeypatch.setattr(inversion_module._Inverter, "release", spy)
+    return freed
+
+
+# --- input checks ---------------------------------------------------------------------------
+def test_shape_mismatch_names_both_sizes(photo):
+    with pytest.raises(ShapeMismatchError, match=r"32×48.*32×40"):
+        invert(photo, np.zeros((32, 40), np.float32), TINY)
+
+
+@pytest.mark.parametrize("where", ["image", "P"])
+def test_nan_is_an_input_error(photo, where):
+    P = np.zeros(photo.shape[:2], np.float32)
+    img = photo.astype(np.float32)
+    (img if where == "image" else P)[3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        invert(img, P, TINY)
+
+
+def test_small_gray_and_out_of_range_images_are_rejected(photo):
+    with pytest.raises(InputError, match="smaller than the minimum 16×16"):
+        invert(photo[:8, :8], np.zeros((8, 8), np.float32), TINY)
+    with pytest.raises(InputError, match="colour"):
+        invert(photo[..., 0], np.zeros(photo.shape[:2], np.float32), TINY)
+    with pytest.raises(InputError, match="0..255"):
+        invert(photo * 2.0, np.zeros(photo.shape[:2], np.float32), TINY)
+    with pytest.raises(InputError, match="config"):
+        invert(photo, np.zeros(photo.shape[:2], np.float32), config="tiny")
+
+
+def test_errors_come_before_the_first_iteration(photo, release_spy):
+    # invert() validates eagerly: a caller gets the error at the call, no device state is built
+    with pytest.raises(DeviceError, match="available"):
+        invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(device="cuda:7"))
+    assert release_spy == []
+
+
+# --- the loss, the snapshots, the stop ------------------------------------------------------
+def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng):
+    """Recompute each iteration's loss from the yielded I_phi, the previous gamma and P."""
+    P = rng.normal(0, 0.3, photo.shape[:2]).astype(np.float32)
+    # a photo that really carries P, so gamma has something to grow on
+    img = np.clip(photo * (1 + 0.3 * P[..., None]), 0, 255).astype(np.float32)
+    cfg = TINY.replace(tau_psnr=-np.inf, max_iter=25)  # keep every output
+    I = img / 255.0
+    gamma_before = 0.0
+    steps = []
+    for step in invert(img, P, cfg):
+        assert step.snapshot is not None and step.snapshot.dtype == np.float32
+        assert step.snapshot.shape == img.shape
+        i_phi = step.snapshot.astype(np.float64) / 255.0
+        loss = np.mean((i_phi * (1 + gamma_before * P[..., None]) - I) ** 2)
+        assert step.loss == pytest.approx(loss, rel=1e-4)
+        assert step.psnr == pytest.approx(_psnr255(step.snapshot, img), abs=1e-3)
+        assert step.gamma >= 0.0
+        gamma_before = step.gamma
+        steps.append(step)
+    assert [s.iteration for s in steps] == list(range(1, 26))
+    assert steps[-1].gamma > 0  # the injection found the fingerprint the photo carries
+    # with gamma > 0 the injected product is a different picture than the snapshot
+    last = steps[-1]
+    product = last.snapshot * (1 + steps[-2].gamma * P[..., None])
+    assert np.abs(product - last.snapshot).max() > 1.0
+
+
+def test_stops_at_stop_psnr_and_counts_snapshots(photo):
+    P = np.zeros(photo.shape[:2], np.float32)
+    gen = invert(photo, P, TINY.replace(max_iter=200, tau_psnr=14.0, stop_psnr=16.0))
+    kept = 0
+    psnrs = []
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        psnrs.append(step.psnr)
+        kept += step.snapshot is not None
+        assert (step.snapshot is not None) == (step.psnr >= 14.0)
+    assert isinstance(result, InversionResult)
+    assert result.stop_reason == "psnr"
+    assert psnrs[-1] >= 16.0 and max(psnrs[:-1], default=0) < 16.0
+    np.testing.assert_array_equal(result.history["psnr"], psnrs)
+    assert result.n_snapshots == kept == int(np.sum(result.history["psnr"] >= 14.0))
+
+
+def test_max_iter_and_run_to_end(photo):
+    result = run_to_end(invert(photo, np.zeros(photo.shape[:2], np.float32), TINY))
+    assert result.stop_reason == "max_iter" and result.n_iterations == 20
+    assert list(result.history["iteration"]) == list(range(1, 21))
+    assert result.seed == TINY.seed and DIPConfig.from_dict(result.config) == TINY
+    env = result.environment
+    assert env["torch"] == torch.__version__ and env["device"].startswith("cpu")
+    assert {"numpy", "dippas_core", "python", "amp_dtype", "channels_last"} <= set(env)
+    assert result.elapsed_s > 0
+
+
+def test_uint8_uint16_and_float255_inputs_agree(photo):
+    P = np.zeros(photo.shape[:2], np.float32)
+    cfg = TINY.replace(max_iter=5)
+    a = run_to_end(invert(photo, P, cfg)).history["psnr"]
+    b = run_to_end(invert(photo.astype(np.float32), P, cfg)).history["psnr"]
+    c = run_to_end(invert(photo.astype(np.uint16) * 257, P, cfg)).history["psnr"]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, c, atol=1e-3)
+
+
+# --- reproducibility ------------------------------------------------------------------------
+def test_same_seed_same_history_other_seed_differs(photo):
+    P = np.random.default_rng(5).normal(0, 0.02, photo.shape[:2]).astype(np.float32)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    h1 = run_to_end(invert(photo, P, TINY)).history
+    h2 = run_to_end(invert(photo, P, TINY)).history
+    h3 = run_to_end(invert(photo, P, TINY.replace(seed=1))).history
+    for key in ("loss", "psnr", "gamma"):
+        np.testing.assert_array_equal(h1[key], h2[key])
+    assert not np.array_equal(h1["psnr"], h3["psnr"])
+    # the caller's global torch RNG stream is untouched by the run
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(3), before)
+
+
+# --- cancel, close, cleanup -----------------------------------------------------------------
+def test_cancel_stops_at_next_iteration_and_releases(photo, release_spy):
+    token = CancelToken()
+    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY, cancel=token)
+    seen = []
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        seen.append(step.iteration)
+        if step.iteration == 3:
+            token.cancel()
+    assert seen == [1, 2, 3]
+    assert result.stop_reason == "cancelled" and result.n_iterations == 3
+    assert release_spy == [True]
+
+
+def test_closing_the_generator_early_releases(photo, release_spy):
+    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    assert isinstance(next(gen), Step)
+    next(gen)
+    assert release_spy == []
+    gen.close()
+    assert release_spy == [True]
+
+
+def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, release_spy):
+    def boom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(inversion_module._Inverter, "step", boom)
+    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
+    with pytest.raises(DeviceError, match=r"out of memory.*widths.*z_channels.*amp=True"):
+        next(gen)
+    assert release_spy == [True]
+
+
+def test_threads_apply_to_the_steps_only(photo, monkeypatch):
+    seen = []
+    original = inversion_module._Inverter.step
+
+    def spy(self):
+        seen.append(torch.get_num_threads())
+        return original(self)
+
+    monkeypatch.setattr(inversion_module._Inverter, "step", spy)
+    torch.set_num_threads(2)
+    try:
+        gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(torch_threads=1))
+        next(gen)
+        assert torch.get_num_threads() == 2  # the caller's setting between steps
+        next(gen)
+        gen.close()
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+# --- the bar: a real Dresden crop with its camera's fingerprint -----------------------------
+CAMERA, PHOTO, SIZE = "Nikon_D70_0", "Nikon_D70_0_19445.JPG", 64
+
+
+def test_real_photo_with_its_fingerprint(testdata):
+    from dippas_core.fingerprint import estimate_fingerprint
+    from dippas_core.io import center_crop, read_image
+
+    # photo and flat fields are all 3008×2000 as stored: centre crops sit at the same pixels
+    photo = np.ascontiguousarray(center_crop(read_image(testdata / "nat-jpg" / PHOTO), SIZE))
+    flats = sorted((testdata / "ff-jpg").glob(f"{CAMERA}_*"))
+    assert len(flats) == 10
+    K = estimate_fingerprint(flats, crop=SIZE, camera=CAMERA).K
+    tau = 30.0
+    cfg = DIPConfig.preset(
+        "tiny",
+        widths=(8, 16, 32, 64, 128),
+        z_channels=32,
+        tau_psnr=tau,
+        stop_psnr=32.0,
+        max_iter=600,
+        torch_threads=1,
+    )
+    gen = invert(photo, K, cfg)
+    kept = 0
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if step.snapshot is None:
+            assert step.psnr < tau
+            continue
+        kept += 1
+        # the snapshot is I_phi: its PSNR is the one reported, and once gamma > 0 it is not the
+        # fingerprint-injected product
+        assert _psnr255(step.snapshot, photo) == pytest.approx(step.psnr, abs=1e-3)
+        if step.gamma > 0:
+            product = step.snapshot * (1 + step.gamma * K[..., None])
+            assert not np.array_equal(product, step.snapshot)
+    psnr = result.history["psnr"]
+    assert result.stop_reason == "psnr", f"PSNR only reached {psnr.max():.2f} dB"
+    assert psnr[-1] >= 32.0 and result.n_iterations <= 600  # past 30 dB in a few hundred
+    # gamma grows once I_phi has the content and the misfit is mostly the camera's pattern
+    assert result.history["gamma"][-1] > 0
+    assert kept == result.n_snapshots == int(np.sum(psnr >= tau)) > 0
