@@ -1,0 +1,229 @@
+"""``dippas invert``: run the DIP inversion of a photo into a run folder (snapshots + tile sums).
+
+Also home of the options shared by the commands that run an inversion (``anonymize``, ``demo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "add_dip_arguments", "dip_config_from_args", "load_photo_and_fingerprint"]
+
+EXIT_INTERRUPTED = 130
+
+
+def add_dip_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    preset_help: str = "network/stopping preset (default: 'paper' on a GPU, 'cpu' otherwise)",
+) -> None:
+    """Options of the DIP inversion (preset and the fields people change most)."""
+    g = p.add_argument_group("DIP inversion")
+    g.add_argument(
+        "--preset",
+        choices=("paper", "cpu", "tiny"),
+        default=None,
+        help=preset_help,
+    )
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    g.add_argument("--max-iter", type=int, default=None, help="stop after this many iterations")
+    g.add_argument(
+        "--tau-psnr",
+        type=float,
+        default=None,
+        help="keep outputs with PSNR >= this as snapshots (dB)",
+    )
+    g.add_argument("--stop-psnr", type=float, default=None, help="stop at this PSNR (dB)")
+    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
+    g.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 while residuals are computed beside it)",
+    )
+
+
+def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = None) -> Any:
+    """The ``DIPConfig`` the options describe.
+
+    Without ``--preset``: ``default_preset``, or else ``cpu`` on a CPU and ``paper`` elsewhere.
+    """
+    from ..dip.config import DIPConfig
+
+    preset = args.preset or default_preset
+    if preset is None:
+        from ..dip.device import resolve_device
+
+        preset = "cpu" if resolve_device(args.device or "auto").type == "cpu" else "paper"
+    changes = {
+        "seed": args.seed,
+        "max_iter": args.max_iter,
+        "tau_psnr": args.tau_psnr,
+        "stop_psnr": args.stop_psnr,
+        "device": args.device,
+        "torch_threads": args.torch_threads,
+    }
+    return DIPConfig.preset(preset, **{k: v for k, v in changes.items() if v is not None})
+
+
+def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None:
+    """PHOTO, --fingerprint (and --blind), --crop."""
+    p.add_argument("photo", type=Path, metavar="PHOTO", help="photo to anonymize (PNG/TIFF/JPEG)")
+    if blind_flag:
+        m = p.add_mutually_exclusive_group(required=True)
+        m.add_argument(
+            "--fingerprint", type=Path, metavar="K.npz", help="camera fingerprint (PRNU-aware mode)"
+        )
+        m.add_argument(
+            "--blind",
+            action="store_true",
+            help="no fingerprint: use the photo's own residual (PRNU-blind mode)",
+        )
+    else:
+        p.add_argument(
+            "--fingerprint",
+            type=Path,
+            metavar="K.npz",
+            help="camera fingerprint (PRNU-aware); without it: PRNU-blind mode",
+        )
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=None,
+        metavar="N",
+        help="work on the central N×N crop of the photo (and of the fingerprint)",
+    )
+
+
+def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Read PHOTO and --fingerprint (cropped with --crop); the fingerprint is None in blind mode."""
+    from ..errors import InputError
+    from ..fingerprint import Fingerprint
+    from ..io import center_crop, read_image
+
+    photo = read_image(args.photo)
+    if photo.ndim != 3:
+        raise InputError(f"{args.photo} is a gray image; DIPPAS needs a colour (RGB) photo")
+    fingerprint = Fingerprint.load(args.fingerprint) if args.fingerprint else None
+    if args.crop is not None:
+        if args.crop < 16 or args.crop > min(photo.shape[:2]):
+            raise InputError(
+                f"--crop {args.crop} must lie between 16 and the photo's smaller side "
+                f"{min(photo.shape[:2])}"
+            )
+        photo = center_crop(photo, args.crop).copy()
+        if fingerprint is not None:
+            fingerprint = fingerprint.center_crop(args.crop)
+    if fingerprint is not None and fingerprint.shape != photo.shape[:2]:
+        raise InputError(
+            f"the photo is {photo.shape[0]}×{photo.shape[1]} but the fingerprint "
+            f"{args.fingerprint} is {fingerprint.shape[0]}×{fingerprint.shape[1]}; "
+            "use --crop N to work on matching central crops"
+        )
+    return photo, fingerprint
+
+
+def run_inversion(
+    photo: Any, P: Any, dip: Any, run: Any, *, quiet: bool = False
+) -> tuple[Any, bool]:
+    """Record an inversion into ``run`` with a progress line; returns (result, interrupted)."""
+    from ..cancel import CancelToken
+    from ..dip import invert
+    from ..run import record
+    from ._progress import ProgressLine, sigint_cancels
+
+    cancel = CancelToken()
+    bar = ProgressLine(dip.max_iter, stream=sys.stderr)
+    on_step = None if quiet else bar.update
+    with sigint_cancels(cancel):
+        try:
+            result = record(run, invert(photo, P, dip, cancel=cancel), cancel, on_step)
+        finally:
+            if not quiet:
+                bar.close()
+    return result, cancel.cancelled
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..residual import residual
+    from ..run import RunDirectory
+
+    photo, fingerprint = load_photo_and_fingerprint(args)
+    dip = dip_config_from_args(args)
+    if fingerprint is None:
+        P, mode = residual(photo, args.sigma), "blind"
+    else:
+        P, mode = fingerprint.K, "aware"
+    fp = {"camera": fingerprint.camera, "file": args.fingerprint.name} if fingerprint else None
+    run = RunDirectory.create(
+        args.out,
+        photo,
+        P,
+        mode=mode,
+        dip_config=dip,
+        tile=args.tile,
+        sigma=args.sigma,
+        force=args.force,
+        extra={"source": args.photo.name, "fingerprint": fp},
+    )
+    print(
+        f"inverting {args.photo} ({photo.shape[1]}×{photo.shape[0]}, {mode}) into {args.out}: "
+        f"tau_psnr {dip.tau_psnr} dB, stop at {dip.stop_psnr} dB or {dip.max_iter} iterations",
+        file=sys.stderr,
+    )
+    try:
+        result, interrupted = run_inversion(photo, P, dip, run, quiet=args.quiet)
+    except KeyboardInterrupt:
+        run = RunDirectory.open(args.out)
+        print(
+            f"dippas invert: aborted; {len(run.snapshots)} snapshots kept in {args.out} "
+            f"(assemble them with: dippas assemble {args.out} --out OUT.png)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    n = len(run.snapshots)
+    summary = (
+        f"{result.stop_reason}: {len(result.history['iteration'])} iterations, "
+        f"{n} snapshots kept in {args.out}"
+    )
+    if interrupted:
+        print(
+            f"dippas invert: interrupted ({summary}); assemble what was kept with: "
+            f"dippas assemble {args.out} --out OUT.png",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(summary, file=sys.stderr)
+    print(
+        f"next: dippas assemble {args.out} -B 64 -L 10 --tau {dip.tau_psnr:g} --out OUT.png",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "invert",
+        help="run the DIP inversion of a photo into a run folder",
+        description=(
+            "Fit the DIP network to PHOTO with the fingerprint injected (PRNU-aware, "
+            "--fingerprint) or the photo's own residual (--blind), streaming every kept "
+            "snapshot and its per-tile NCC sums into RUN_DIR.  Ctrl-C stops cleanly and keeps "
+            "what was made; assemble the result with 'dippas assemble RUN_DIR'."
+        ),
+    )
+    add_input_arguments(p, blind_flag=True)
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to create"
+    )
+    p.add_argument("--force", action="store_true", help="replace a previous run in RUN_DIR")
+    p.add_argument(
+        "--tile", type=int, default=32, help="finest assembly block (pixels, default 32)"
+    )
+    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_dip_arguments(p)
+    p.set_defaults(func=_run)

@@ -1,0 +1,606 @@
+"""A run directory: the durable record of one DIP inversion, ready to be assembled and reopened.
+
+Layout of a run folder::
+
+    config.json      photo size, mode (aware/blind), DIP config, seed, tile, sigma, versions,
+                     device, status (recording → finished | cancelled | interrupted | failed)
+                     and the result
+    photo.npy        the photo as given (uint8/uint16/float, exact)
+    reference.npy    P, the NCC's reference (fingerprint K, or the photo's residual if blind)
+    history.csv      iteration, loss, psnr, gamma, kept: one line per iteration, appended
+    snapshots.*      the snapshot store (:class:`~dippas_core.snapshots.SnapshotStore`)
+    tilesums.*       per-tile NCC sums of every snapshot (:class:`~dippas_core.snapshots.TileSums`)
+
+Whole files are written atomically; the appended ones (history, snapshots, tile sums) only ever
+count complete records, so a run killed midway opens and assembles from what it kept.
+
+:func:`record` drives an ``invert`` generator: every kept snapshot is written to the store at once
+and handed to a background *ingest* thread through a bounded queue; the thread computes residuals in
+small batches (``residual_batch``, Numba, releases the GIL) and appends the tile sums.  The
+inversion only waits when the thread is more than ``queue_size`` snapshots behind
+(back-pressure).  On CPU, torch and Numba fighting over the same cores slow each other
+several-fold, so while recording torch is capped to one thread (unless the DIP config sets
+``torch_threads`` explicitly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import queue
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._atomic import atomic_path, atomic_write_text
+from ._validation import as_image, as_plane, check_same_size
+from .cancel import CancelToken
+from .errors import DippasError, InputError
+from .snapshots import SCALE, SnapshotStore, TileSums, tile_sums
+
+__all__ = ["RunDirectory", "record", "environment_info"]
+
+FORMAT = "dippas-run"
+FORMAT_VERSION = 1
+HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "kept")
+
+
+def environment_info() -> dict[str, str]:
+    """Versions of Python and of the packages that change a result (no import of torch)."""
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("napari-dippas", "numpy", "scipy", "PyWavelets", "numba", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            info[dist] = metadata.version(dist)
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+class RunDirectory:
+    """A run folder (see the module docstring).  Use :meth:`create` or :meth:`open`."""
+
+    CONFIG = "config.json"
+    PHOTO = "photo.npy"
+    REFERENCE = "reference.npy"
+    HISTORY = "history.csv"
+
+    def __init__(self, path: Path, config: dict, *, writable: bool):
+        self.path = path
+        self.config = config
+        self.writable = writable
+        self.snapshots = SnapshotStore(path, writable=writable)
+        self.tile_sums = TileSums(path, writable=writable)
+        self._photo: np.ndarray | None = None
+        self._reference: np.ndarray | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        photo: np.ndarray,
+        P: np.ndarray,
+        *,
+        mode: str,
+        dip_config: Any = None,
+        tile: int = 32,
+        sigma: float = 5.0,
+        force: bool = False,
+        extra: dict | None = None,
+    ) -> RunDirectory:
+        """Start a new run in folder ``path`` (a writer).
+
+        Parameters
+        ----------
+        path
+            Folder to create.  An existing non-empty folder is refused unless ``force`` is true,
+            and even then only a previous *run* folder is replaced, never other files.
+        photo
+            The photo being anonymized (H×W×3, uint8/uint16 as read or float 0..255); saved as is.
+        P
+            Reference H×W (the fingerprint K in aware mode, the photo's residual in blind mode).
+        mode
+            ``"aware"`` or ``"blind"``.
+        dip_config
+            The DIP configuration (a ``DIPConfig`` or a dict); recorded in ``config.json``.
+        tile
+            Finest tile of the per-tile NCC sums (assembly blocks are multiples of it).
+        sigma
+            Noise level of the residuals (SPEC §1).
+        extra
+            More JSON-able fields for ``config.json`` (e.g. fingerprint metadata).
+        """
+        path = Path(path)
+        if mode not in ("aware", "blind"):
+            raise InputError(f"mode must be 'aware' or 'blind', got {mode!r}")
+        photo_f = as_image(photo, "photo")
+        if photo_f.ndim != 3:
+            raise InputError(f"photo must be a colour image H×W×3, got shape {photo_f.shape}")
+        P = as_plane(P, "reference P")
+        check_same_size(photo_f, P, "photo", "reference P")
+        tile = int(tile)
+        if tile < 1:
+            raise InputError(f"tile must be a positive number of pixels, got {tile}")
+        if path.exists() and not path.is_dir():
+            raise InputError(f"run directory {path} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()):
+            if not force:
+                raise InputError(
+                    f"run directory {path} already exists and is not empty; "
+                    "choose another folder or pass force=True (--force) to replace a previous run"
+                )
+            if not (path / cls.CONFIG).is_file():
+                raise InputError(
+                    f"{path} is not empty and is not a dippas run directory; refusing to delete it"
+                )
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+
+        photo = np.asarray(photo)
+        _save_npy(path / cls.PHOTO, photo)
+        _save_npy(path / cls.REFERENCE, P)
+        h, w = P.shape
+        SnapshotStore.create(path, (h, w)).close()
+        TileSums.create(path, (h, w), tile).close()
+        dip = _jsonable(dip_config) if dip_config is not None else {}
+        config = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "status": "recording",
+            "mode": mode,
+            "reference": "fingerprint K" if mode == "aware" else "photo residual (blind)",
+            "photo": {"height": h, "width": w, "channels": 3, "dtype": str(photo.dtype)},
+            "tile": tile,
+            "sigma": float(sigma),
+            "snapshot_storage": {"dtype": "uint16", "scale": SCALE},
+            "dip_config": dip,
+            "seed": dip.get("seed") if isinstance(dip, dict) else None,
+            "device": dip.get("device") if isinstance(dip, dict) else None,
+            "versions": environment_info(),
+            **_jsonable(extra or {}),
+        }
+        atomic_write_text(path / cls.CONFIG, json.dumps(config, indent=1))
+        atomic_write_text(path / cls.HISTORY, ",".join(HISTORY_FIELDS) + "\n")
+        return cls(path, config, writable=True)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, writable: bool = False) -> RunDirectory:
+        """Open an existing run (finished or not, killed midway included); a reader by default."""
+        path = Path(path)
+        cfg_path = path / cls.CONFIG
+        if not cfg_path.is_file():
+            raise InputError(f"{path} is not a dippas run directory (no {cls.CONFIG})")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {cfg_path}: {exc}") from exc
+        if config.get("format") != FORMAT:
+            raise InputError(f"{cfg_path} is not a dippas run configuration")
+        return cls(path, config, writable=writable)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """H×W of the photo."""
+        return self.snapshots.shape
+
+    @property
+    def mode(self) -> str:
+        return self.config["mode"]
+
+    @property
+    def tile(self) -> int:
+        return int(self.config["tile"])
+
+    @property
+    def sigma(self) -> float:
+        return float(self.config["sigma"])
+
+    @property
+    def status(self) -> str:
+        return self.config.get("status", "recording")
+
+    @property
+    def photo(self) -> np.ndarray:
+        """The photo exactly as given to :meth:`create`."""
+        if self._photo is None:
+            self._photo = np.load(self.path / self.PHOTO)
+        return self._photo
+
+    @property
+    def reference(self) -> np.ndarray:
+        """P (float32 H×W)."""
+        if self._reference is None:
+            self._reference = np.load(self.path / self.REFERENCE)
+        return self._reference
+
+    def refresh(self) -> int:
+        """Re-read the growing stores; return the number of snapshots with tile sums."""
+        self.snapshots.refresh()
+        self.tile_sums.refresh()
+        return self.n_ready
+
+    @property
+    def n_ready(self) -> int:
+        """Snapshots that have both their pixels and their tile sums on disk."""
+        return min(len(self.snapshots), len(self.tile_sums))
+
+    @property
+    def n_missing_tile_sums(self) -> int:
+        """Snapshots without tile sums (a run killed before the ingest caught up)."""
+        return max(len(self.snapshots) - len(self.tile_sums), 0)
+
+    def history(self) -> dict[str, np.ndarray]:
+        """Per-iteration history (iteration, loss, psnr, gamma, kept) read from ``history.csv``.
+
+        A trailing partial line (a run killed while writing) is ignored.
+        """
+        text = (self.path / self.HISTORY).read_text()
+        lines = text.split("\n")[1:-1]  # header; the piece after the last newline is incomplete
+        rows = np.array([[float(v) for v in ln.split(",")] for ln in lines if ln], np.float64)
+        rows = rows.reshape(-1, len(HISTORY_FIELDS))
+        out = {k: rows[:, i] for i, k in enumerate(HISTORY_FIELDS)}
+        out["iteration"] = out["iteration"].astype(np.int64)
+        out["kept"] = out["kept"].astype(bool)
+        return out
+
+    # -- writing ------------------------------------------------------------------------------
+    def update_config(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``config.json`` (atomic rewrite)."""
+        self.config.update(_jsonable(fields))
+        atomic_write_text(self.path / self.CONFIG, json.dumps(self.config, indent=1))
+
+    def ingest_frames(self, frames: np.ndarray, *, workers: int | None = None) -> np.ndarray:
+        """Tile sums (n×Th×Tw×3) of stored uint16 frames (n×H×W×3): residual + products + sums."""
+        from .residual import rgb2gray
+
+        images = np.asarray(frames, dtype=np.float32) / np.float32(SCALE)
+        w = _residuals(images, self.sigma, workers)
+        gray = np.stack([rgb2gray(im) for im in images]).astype(np.float64)
+        ip = gray * self.reference  # in float64, like correlation.ncc
+        return tile_sums(w, ip, self.tile)
+
+    def complete_tile_sums(
+        self,
+        *,
+        batch_size: int = 4,
+        workers: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> int:
+        """Compute the tile sums a killed run did not finish; return how many were added.
+
+        Only call it on a run nobody is recording into.
+        """
+        self.refresh()
+        start, stop = len(self.tile_sums), len(self.snapshots)
+        if start >= stop:
+            return 0
+        writer = (
+            self.tile_sums if self.tile_sums._file.writable else TileSums(self.path, writable=True)
+        )
+        try:
+            for i in range(start, stop, batch_size):
+                j = min(i + batch_size, stop)
+                writer.append(self.ingest_frames(self.snapshots.frames[i:j], workers=workers))
+                if on_progress is not None:
+                    on_progress(j - start, stop - start)
+        finally:
+            writer.close()
+        self.tile_sums.refresh()
+        return stop - start
+
+    def close(self) -> None:
+        """Flush and close the stores' files."""
+        self.snapshots.close()
+        self.tile_sums.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RunDirectory({str(self.path)!r}, status={self.status!r}, mode={self.mode!r}, "
+            f"snapshots={len(self.snapshots)}, tile_sums={len(self.tile_sums)})"
+        )
+
+
+def _residuals(images: np.ndarray, sigma: float, workers: int | None) -> np.ndarray:
+    """Residuals of n×H×W×3 images with the batch path when it exists (both cores)."""
+    from .residual import residual_batch
+
+    return np.asarray(residual_batch(images, sigma, workers=workers), dtype=np.float32)
+
+
+_STOP = object()
+
+
+class _Ingest:
+    """Background consumer: stored frames in, tile sums out, through a bounded queue."""
+
+    def __init__(self, run: RunDirectory, *, queue_size: int, batch_size: int, workers: int | None):
+        self.run = run
+        self.batch_size = max(1, int(batch_size))
+        self.workers = workers
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self.error: BaseException | None = None
+        self.busy_s = 0.0  # seconds spent computing residuals and tile sums
+        self.wait_s = 0.0  # seconds the inversion waited for room in the queue
+        self.n_done = 0
+        self.thread = threading.Thread(target=self._loop, name="dippas-ingest", daemon=True)
+        self.thread.start()
+
+    def put(self, frame: np.ndarray) -> None:
+        """Queue one frame; blocks only while the queue is full (back-pressure)."""
+        t0 = time.perf_counter()
+        try:
+            while True:
+                self._raise_if_failed()
+                try:
+                    self.queue.put(frame, timeout=0.25)
+                    return
+                except queue.Full:
+                    continue
+        finally:
+            if frame is not _STOP:
+                self.wait_s += time.perf_counter() - t0
+
+    def finish(self) -> None:
+        """Process everything queued, stop the thread, re-raise its error if it had one."""
+        if self.thread.is_alive():
+            self.put(_STOP)
+            self.thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise DippasError(
+                f"computing snapshot residuals failed: {self.error!r}"
+            ) from self.error
+
+    def _loop(self) -> None:
+        try:
+            stop = False
+            while not stop:
+                item = self.queue.get()
+                if item is _STOP:
+                    break
+                batch = [item]
+                while len(batch) < self.batch_size:  # take what is already waiting, no more
+                    try:
+                        item = self.queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)
+                t0 = time.perf_counter()
+                self.run.tile_sums.append(
+                    self.run.ingest_frames(np.stack(batch), workers=self.workers)
+                )
+                self.busy_s += time.perf_counter() - t0
+                self.n_done += len(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer
+            self.error = exc
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
+                while True:
+                    self.queue.get_nowait()
+
+
+@contextlib.contextmanager
+def _torch_threads(limit: int | None) -> Iterator[Callable[[], None]]:
+    """Cap torch's intra-op threads while recording; yields a function that re-applies the cap."""
+    torch = sys.modules.get("torch")
+    if torch is None or not limit:
+        yield lambda: None
+        return
+    previous = torch.get_num_threads()
+
+    def apply() -> None:
+        if torch.get_num_threads() != limit:
+            torch.set_num_threads(limit)
+
+    apply()
+    try:
+        yield apply
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _device_is_cpu(dip_config: dict) -> bool:
+    spec = str(dip_config.get("device", "auto"))
+    if spec.startswith("cpu"):
+        return True
+    if spec != "auto":
+        return False
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
+def _make_result(
+    history: dict[str, list],
+    n_snapshots: int,
+    stop_reason: str,
+    run: RunDirectory,
+    elapsed_s: float,
+) -> Any:
+    """An ``InversionResult`` for a generator that did not return one (cancelled or closed)."""
+    hist = {k: np.asarray(v) for k, v in history.items()}
+    fields = dict(
+        history=hist,
+        n_snapshots=n_snapshots,
+        stop_reason=stop_reason,
+        seed=run.config.get("seed"),
+        config=run.config.get("dip_config", {}),
+        environment=run.config.get("versions", {}),
+        elapsed_s=elapsed_s,
+    )
+    try:
+        from .dip import InversionResult
+
+        return InversionResult(**fields)
+    except (ImportError, TypeError):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**fields)
+
+
+def record(
+    run_dir: RunDirectory | str | os.PathLike,
+    generator: Iterator,
+    cancel: CancelToken | None = None,
+    on_step: Callable[[Any], None] | None = None,
+    *,
+    queue_size: int = 16,
+    batch_size: int = 4,
+    workers: int | None = None,
+    torch_threads: int | None = 1,
+) -> Any:
+    """Drive an ``invert`` generator, streaming its kept snapshots into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir
+        A writable :class:`RunDirectory` (from :meth:`RunDirectory.create`) or its path.
+    generator
+        The generator of :func:`dippas_core.dip.invert`: yields ``Step`` objects
+        (``iteration, loss, psnr, gamma, snapshot``) and returns an ``InversionResult``.
+    cancel
+        When set, recording stops: the generator (which should share the token) finishes its
+        iteration and returns; if it keeps going it is closed.
+    on_step
+        Called with each ``Step`` after it is recorded (progress bars, live plots).
+    queue_size
+        Snapshots the ingest thread may lag behind before the inversion waits for it.
+    batch_size
+        Largest number of snapshots whose residuals are computed in one ``residual_batch`` call.
+    workers
+        Threads for ``residual_batch`` (default: its own).
+    torch_threads
+        Cap of torch's threads while recording on CPU (``None``: leave torch alone).  An explicit
+        ``torch_threads`` in the DIP config wins.
+
+    Returns
+    -------
+    InversionResult
+        The generator's result (or one built from the history when it was cancelled or closed).
+        ``config.json`` records the status and the result.  A ``KeyboardInterrupt`` is re-raised
+        after the run has been written (status ``"interrupted"``).
+    """
+    run = (
+        run_dir if isinstance(run_dir, RunDirectory) else RunDirectory.open(run_dir, writable=True)
+    )
+    if not run.writable:
+        raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
+    dip_cfg = run.config.get("dip_config") or {}
+    limit = torch_threads
+    if dip_cfg.get("torch_threads") or not _device_is_cpu(dip_cfg):
+        limit = None
+    history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
+    n_kept = len(run.snapshots)
+    status, result = "failed", None
+    t0 = time.perf_counter()
+    ingest = _Ingest(run, queue_size=queue_size, batch_size=batch_size, workers=workers)
+    hist_fh = open(run.path / run.HISTORY, "a", encoding="utf-8")  # noqa: SIM115
+    grace = 2  # steps a cancelled generator may still yield before it is closed
+    try:
+        with _torch_threads(limit) as reapply:
+            while True:
+                try:
+                    step = next(generator)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if step.iteration == 1 or len(history["iteration"]) == 0:
+                    reapply()  # the generator may set torch's threads on its first step
+                kept = step.snapshot is not None
+                if kept:
+                    frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
+                    ingest.put(frame)
+                    n_kept += 1
+                row = (
+                    int(step.iteration),
+                    float(step.loss),
+                    float(step.psnr),
+                    float(step.gamma),
+                    int(kept),
+                )
+                for k, v in zip(HISTORY_FIELDS, row, strict=True):
+                    history[k].append(v)
+                hist_fh.write(",".join(repr(v) for v in row) + "\n")
+                hist_fh.flush()
+                if on_step is not None:
+                    on_step(step)
+                if cancel is not None and cancel.cancelled:
+                    grace -= 1
+                    if grace < 0:
+                        generator.close()
+                        break
+        if result is None:  # closed after a cancel, or a generator that returns nothing
+            reason = "cancelled" if cancel is not None and cancel.cancelled else "ended"
+            result = _make_result(history, n_kept, reason, run, time.perf_counter() - t0)
+        status = "cancelled" if getattr(result, "stop_reason", "") == "cancelled" else "finished"
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        with contextlib.suppress(Exception):
+            generator.close()  # its clean-up (device memory) runs now, not at some GC
+        raise
+    finally:
+        hist_fh.close()
+        try:
+            ingest.finish()
+        finally:
+            run.close()  # the stores are complete: reopen them as readers
+            run.snapshots = SnapshotStore(run.path)
+            run.tile_sums = TileSums(run.path)
+            run.writable = False
+            info: dict[str, Any] = {
+                "n_iterations": len(history["iteration"]),
+                "n_snapshots": len(run.snapshots),
+                "n_tile_sums": len(run.tile_sums),
+                "best_psnr": max(history["psnr"]) if history["psnr"] else None,
+                "elapsed_s": time.perf_counter() - t0,
+                "ingest_busy_s": ingest.busy_s,
+                "ingest_wait_s": ingest.wait_s,
+            }
+            if result is not None:
+                info["stop_reason"] = getattr(result, "stop_reason", None)
+                env = getattr(result, "environment", None) or {}
+                info["environment"] = env
+                if isinstance(env, dict) and env.get("device"):
+                    run.config["device"] = env["device"]
+                if getattr(result, "seed", None) is not None:
+                    run.config["seed"] = result.seed
+            run.update_config(status=status, result=info, versions=environment_info())
+    return result

@@ -1,0 +1,179 @@
+"""`dippas invert | assemble | anonymize | demo` on a crop of the real sample, tiny DIP preset."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dippas_core.cli import main
+from dippas_core.io import read_image, write_image
+from dippas_core.run import RunDirectory
+from dippas_core.sample import sample_data
+from dippas_core.snapshots import SnapshotStore
+
+# fast, low thresholds: these tests check the plumbing, test_pipeline checks the quality
+FAST = ["--preset", "tiny", "--tau-psnr", "8", "--stop-psnr", "99", "--torch-threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sample")
+    photo, fingerprint = sample_data()
+    write_image(d / "photo.png", photo)
+    fingerprint.save(d / "K.npz")
+    return d / "photo.png", d / "K.npz"
+
+
+def test_invert_ctrl_c_keeps_the_run_then_assemble(sample_files, tmp_path, capsys):
+    photo, K = sample_files
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "dippas_core",
+        "invert",
+        str(photo),
+        "--fingerprint",
+        str(K),
+        "--crop",
+        "32",
+        "--out",
+        str(run_dir),
+        *FAST,
+        "--max-iter",
+        "100000",
+    ]
+    env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "/tmp/numba_cache")}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        index = run_dir / SnapshotStore.INDEX
+        while time.time() < deadline and proc.poll() is None:
+            if index.exists() and index.stat().st_size >= 16 * 5:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "dippas assemble" in err
+    assert "iter " in err and "PSNR" in err and "gamma" in err and "kept" in err  # progress line
+    run = RunDirectory.open(run_dir)
+    assert run.status == "cancelled" and run.config["result"]["stop_reason"] == "cancelled"
+    assert len(run.snapshots) >= 5 and run.n_ready == len(run.snapshots)
+    assert run.config["fingerprint"]["camera"] == "Nikon_D70s_0"
+
+    out = tmp_path / "out.png"
+    assert (
+        main(["assemble", str(run_dir), "-B", "32", "-L", "3", "--tau", "8", "--out", str(out)])
+        == 0
+    )
+    image = read_image(out)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["assembly"]["B"] == 32 and report["assembly"]["n_averaged"] == 3
+    assert report["run_status"] == "cancelled" and "psnr" in report and "ncc" in report
+    # never overwrite without --force, never reuse a run folder
+    capsys.readouterr()
+    assert main(["assemble", str(run_dir), "-B", "32", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["assemble", str(run_dir), "-L", "0", "--out", str(out), "--force"]) == 2
+    assert "L (snapshots averaged per block)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "invert",
+                str(photo),
+                "--blind",
+                "--crop",
+                "32",
+                "--out",
+                str(run_dir),
+                *FAST,
+                "--max-iter",
+                "2",
+            ]
+        )
+        == 2
+    )
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_anonymize_writes_image_and_report(sample_files, tmp_path, capsys):
+    photo, K = sample_files
+    out = tmp_path / "anon.png"
+    rc = main(
+        [
+            "anonymize",
+            str(photo),
+            "--fingerprint",
+            str(K),
+            "--crop",
+            "32",
+            "--out",
+            str(out),
+            "-B",
+            "32",
+            "-L",
+            "3",
+            "--seed",
+            "5",
+            "--quiet",
+            *FAST,
+            "--max-iter",
+            "40",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "PSNR vs original" in text and "NCC with the fingerprint" in text
+    assert read_image(out).shape == (32, 32, 3)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["seed"] == 5 and report["mode"] == "aware" and report["output"] == "anon.png"
+    assert str(photo.parent) not in out.with_suffix(".json").read_text()  # no source folder
+    assert report["inversion"]["n_iterations"] == 40
+    assert np.asarray(report["maps"]["block_ncc_after"]).shape == (1, 1)
+    assert main(["anonymize", str(photo), "--out", str(photo), "--force", *FAST]) == 2
+    assert "input file itself" in capsys.readouterr().err
+    gray = tmp_path / "gray.png"
+    write_image(gray, read_image(photo)[..., 0])
+    assert main(["anonymize", str(gray), "--out", str(tmp_path / "g.png"), *FAST]) == 2
+    assert "colour" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "anonymize",
+                str(photo),
+                "--fingerprint",
+                str(K),
+                "--crop",
+                "8",
+                "--out",
+                str(tmp_path / "c.png"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
+    assert "--crop 8" in capsys.readouterr().err
+
+
+def test_demo_runs_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--crop", "32", "--quiet", *FAST, "--max-iter", "30"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "PSNR vs original" in text and "NCC with the fingerprint" in text
+    for name in ("original.png", "anonymized.png", "anonymized.json"):
+        assert (out / name).is_file()
+    assert RunDirectory.open(out / "run").status == "finished"
+    assert main(["demo", "--out", str(out), "--crop", "32", *FAST]) == 2  # not empty

@@ -1,0 +1,243 @@
+"""Run directories and recording: files on disk, cancel/interrupt/crash, back-pressure, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dippas_core.cancel import CancelToken
+from dippas_core.dip.inversion import Step
+from dippas_core.errors import DippasError, InputError
+from dippas_core.run import RunDirectory, record
+from dippas_core.snapshots import SCALE, SnapshotStore, tile_sums
+
+
+def _inputs(rng, shape=(64, 48)):
+    photo = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    K = rng.normal(0, 0.02, shape).astype(np.float32)
+    return photo, K
+
+
+def _steps(photo, n, rng, *, keep_from=3, log=None):
+    """A stand-in for dip.invert: kept snapshots from iteration ``keep_from`` on."""
+    try:
+        for i in range(1, n + 1):
+            snap = None
+            if i >= keep_from:
+                snap = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.float32)
+                if log is not None:
+                    log.append(snap)
+            yield Step(i, 1.0 / i, 30.0 + i, 0.001 * i, snap)
+    finally:
+        if log is not None:
+            log.append("closed")
+
+
+def test_record_writes_history_snapshots_and_tile_sums(tmp_path, rng):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(
+        tmp_path / "run", photo, K, mode="aware", dip_config={"seed": 7, "tau_psnr": 33.0}
+    )
+    kept: list = []
+    seen: list = []
+    result = record(run, _steps(photo, 10, rng, log=kept), on_step=seen.append, batch_size=3)
+    kept.pop()  # "closed"
+    assert [s.iteration for s in seen] == list(range(1, 11))
+    assert result.stop_reason == "ended" and result.n_snapshots == 8
+
+    back = RunDirectory.open(tmp_path / "run")
+    assert back.status == "finished" and back.mode == "aware" and back.config["seed"] == 7
+    assert back.config["result"]["n_snapshots"] == 8 == back.n_ready
+    np.testing.assert_array_equal(back.photo, photo)
+    np.testing.assert_array_equal(back.reference, K)
+    hist = back.history()
+    assert hist["iteration"].tolist() == list(range(1, 11))
+    np.testing.assert_allclose(hist["psnr"], 30.0 + np.arange(1, 11))
+    assert hist["kept"].sum() == 8 and not hist["kept"][:2].any()
+    assert back.snapshots.iterations.tolist() == list(range(3, 11))
+    for i, snap in enumerate(kept):
+        np.testing.assert_array_equal(back.snapshots.frames[i], SnapshotStore.quantize(snap))
+    # the tile sums the background thread wrote are those of the stored snapshots
+    from dippas_core.residual import residual, rgb2gray
+
+    sums = back.tile_sums.array()
+    for i in (0, 7):
+        img = back.snapshots.read(i)
+        expect = tile_sums(residual(img), rgb2gray(img) * K, 32)
+        np.testing.assert_allclose(sums[i], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_run_dir_is_never_overwritten_without_force(tmp_path, rng):
+    photo, K = _inputs(rng)
+    RunDirectory.create(tmp_path / "r", photo, K, mode="blind")
+    with pytest.raises(InputError, match="not empty"):
+        RunDirectory.create(tmp_path / "r", photo, K, mode="blind")
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", force=True)
+    assert run.mode == "aware"
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.txt").write_text("precious")
+    with pytest.raises(InputError, match="not a dippas run"):
+        RunDirectory.create(other, photo, K, mode="aware", force=True)
+    assert (other / "thesis.txt").read_text() == "precious"
+    with pytest.raises(InputError, match="not a dippas run"):
+        RunDirectory.open(other)
+    with pytest.raises(InputError, match="mode"):
+        RunDirectory.create(tmp_path / "m", photo, K, mode="sideways")
+    with pytest.raises(InputError, match="64×48"):
+        RunDirectory.create(tmp_path / "s", photo, K[:32], mode="aware")
+
+
+def test_cancel_stops_a_generator_that_ignores_the_token(tmp_path, rng):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+    cancel = CancelToken()
+    log: list = []
+
+    def on_step(step):
+        if step.iteration == 5:
+            cancel.cancel()
+
+    result = record(run, _steps(photo, 1000, rng, log=log), cancel, on_step)
+    assert log[-1] == "closed"  # the generator's clean-up ran
+    assert result.stop_reason == "cancelled"
+    back = RunDirectory.open(run.path)
+    assert back.status == "cancelled"
+    n_iter = len(back.history()["iteration"])
+    assert 5 <= n_iter <= 8  # a couple of grace steps, not 1000
+    assert back.n_ready == len(back.snapshots) == n_iter - 2
+
+
+def test_keyboard_interrupt_keeps_what_was_made(tmp_path, rng):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+
+    def interrupted():
+        yield from _steps(photo, 6, rng)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        record(run, interrupted())
+    back = RunDirectory.open(run.path)
+    assert back.status == "interrupted"
+    assert len(back.snapshots) == back.n_ready == 4  # every kept snapshot was ingested
+
+
+def test_ingest_failure_is_reported_not_swallowed(tmp_path, rng, monkeypatch):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+
+    def broken(frames, **kw):
+        raise MemoryError("no room for residuals")
+
+    monkeypatch.setattr(run, "ingest_frames", broken)
+    with pytest.raises(DippasError, match="no room for residuals"):
+        record(run, _steps(photo, 50, rng), queue_size=2)
+    back = RunDirectory.open(run.path)
+    assert back.status == "failed" and len(back.tile_sums) == 0
+
+
+def test_back_pressure_bounds_the_queue(tmp_path, rng, monkeypatch):
+    """A slow consumer makes the inversion wait once it is queue_size snapshots behind."""
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+    gate = threading.Event()
+    real = run.ingest_frames
+    produced: list[int] = []
+
+    def slow(frames, **kw):
+        gate.wait(5)
+        return real(frames, **kw)
+
+    monkeypatch.setattr(run, "ingest_frames", slow)
+    done = threading.Event()
+
+    def go():
+        record(
+            run,
+            _steps(photo, 20, rng, keep_from=1),
+            on_step=lambda s: produced.append(1),
+            queue_size=3,
+            batch_size=1,
+        )
+        done.set()
+
+    t = threading.Thread(target=go)
+    t.start()
+    time.sleep(0.5)
+    # 1 being processed + 3 queued + 1 blocked in put: the producer is stuck at 5 steps at most
+    assert len(produced) <= 5 and not done.is_set()
+    gate.set()
+    t.join(30)
+    assert done.is_set() and len(produced) == 20
+    assert RunDirectory.open(run.path).n_ready == 20
+
+
+def test_killed_recording_opens_and_catches_up(tmp_path, rng):
+    """SIGKILL a real recording process midway: the run opens, is completed and assembles."""
+    from dippas_core.assembly import assemble
+
+    photo, K = _inputs(rng)
+    np.save(tmp_path / "photo.npy", photo)
+    np.save(tmp_path / "K.npy", K)
+    script = textwrap.dedent(f"""
+        import time, numpy as np
+        from dippas_core.dip.inversion import Step
+        from dippas_core.run import RunDirectory, record
+        photo = np.load({str(tmp_path / "photo.npy")!r}); K = np.load({str(tmp_path / "K.npy")!r})
+        run = RunDirectory.create({str(tmp_path / "run")!r}, photo, K, mode="aware")
+        rng = np.random.default_rng(0)
+        def steps():
+            for i in range(1, 100000):
+                snap = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.float32)
+                time.sleep(0.01)
+                yield Step(i, 0.1, 35.0 + 1e-3 * i, 0.01, snap)
+        record(run, steps(), queue_size=64)
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", "/tmp/numba_cache")}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            idx = tmp_path / "run" / SnapshotStore.INDEX
+            if idx.exists() and idx.stat().st_size >= 16 * 12:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run = RunDirectory.open(tmp_path / "run", writable=True)
+    assert run.status == "recording"  # it never finished
+    n = len(run.snapshots)
+    assert n >= 12
+    hist = run.history()
+    assert len(hist["iteration"]) >= n - 1  # history is written right after each snapshot
+    run.complete_tile_sums()
+    assert len(run.tile_sums) == run.n_ready == n
+    out = assemble(run, B=32, L=5, tau=35.0)
+    assert out.image.shape == photo.shape and out.params["n_candidates"] == n
+
+
+def test_config_records_reproducibility_fields(tmp_path, rng):
+    from dippas_core.dip.config import DIPConfig
+
+    photo, K = _inputs(rng)
+    cfg = DIPConfig.preset("tiny", seed=11)
+    run = RunDirectory.create(
+        tmp_path / "r", photo, K, mode="aware", dip_config=cfg, tile=16, sigma=3.0
+    )
+    conf = json.loads((run.path / "config.json").read_text())
+    assert conf["seed"] == 11 and conf["tile"] == 16 and conf["sigma"] == 3.0
+    assert DIPConfig.from_dict(conf["dip_config"]) == cfg
+    assert {"numpy", "python"} <= set(conf["versions"])
+    assert conf["photo"] == {"height": 64, "width": 48, "channels": 3, "dtype": "uint8"}
+    assert conf["snapshot_storage"]["scale"] == SCALE
