@@ -1,0 +1,501 @@
+"""Scriptable, evented state behind the dock widgets (no Qt, no napari).
+
+The widgets are thin views: each one edits a settings model and watches a job model.  Everything a
+user can do from a widget can be done from a script with these classes, and they are tested without
+a display.  Evented models come from :mod:`psygnal` (the event system napari itself uses): every
+field has a signal, ``model.events.<field>``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from psygnal import EventedModel, Signal
+
+__all__ = [
+    "AnonymizeJob",
+    "AnonymizeSettings",
+    "AssemblySettings",
+    "AttributionResult",
+    "RunHistory",
+    "StepSummary",
+    "StepThrottle",
+    "AssemblyOutcome",
+    "RunSession",
+    "attribute",
+    "attribution_verdict",
+]
+
+JobStatus = Literal["idle", "running", "stopping", "finished", "cancelled", "failed"]
+
+
+# --------------------------------------------------------------------------------------------
+# throttling: the worker produces one step per iteration, the GUI wants a handful per second
+
+
+class StepThrottle:
+    """Hand items from a worker thread to the GUI thread without ever flooding it.
+
+    The worker calls :meth:`offer` for every step.  It returns True when the worker should send
+    one "items waiting" signal to the GUI thread; the GUI then calls :meth:`take` and gets
+    everything that accumulated.  At most one signal is in flight at a time and two signals are
+    at least ``min_interval`` apart, so the GUI gets at most ``1 / min_interval`` updates per
+    second and never falls behind, however slow its handler is (a backlog of queued signals
+    would make the display lag further and further behind the job).  Thread-safe.
+
+    Parameters
+    ----------
+    min_interval : float
+        Minimum seconds between two signals (100 ms keeps a viewer fluid).
+    clock : callable
+        Monotonic clock in seconds (replaceable in tests).
+    """
+
+    def __init__(self, min_interval: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.min_interval = float(min_interval)
+        self._clock = clock
+        self._pending: list[Any] = []
+        self._in_flight = False
+        self._last = -float("inf")
+        self._lock = threading.Lock()
+
+    def offer(self, item: Any) -> bool:
+        """Queue ``item`` (worker thread); True means "send the GUI a signal now"."""
+        with self._lock:
+            self._pending.append(item)
+            return self._arm(self._clock())
+
+    def _arm(self, now: float) -> bool:
+        if self._in_flight or now - self._last < self.min_interval:
+            return False
+        self._in_flight, self._last = True, now
+        return True
+
+    def take(self) -> list[Any]:
+        """Everything queued so far (GUI thread, on the signal); re-arms the signal."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._in_flight = False
+            return batch
+
+    def close(self) -> bool:
+        """The job ended (worker thread): True if a last signal is needed for what is left."""
+        with self._lock:
+            if self._pending and not self._in_flight:
+                self._in_flight = True
+                return True
+            return False
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What the GUI needs from one inversion step (the pixels stay in the snapshot store)."""
+
+    iteration: int
+    loss: float
+    psnr: float
+    gamma: float
+    kept: bool
+
+    @classmethod
+    def from_step(cls, step: Any) -> StepSummary:
+        """Summarise a :class:`dippas_core.dip.Step` (drops the snapshot array)."""
+        return cls(
+            int(step.iteration), float(step.loss), float(step.psnr), float(step.gamma),
+            step.snapshot is not None,
+        )
+
+
+class RunHistory:
+    """Growing per-iteration curves (PSNR, gamma, loss) plus sparse NCC points.
+
+    ``changed`` is emitted once per :meth:`extend` / :meth:`add_ncc` batch, not once per step.
+    """
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (a new run starts)."""
+        keys = ("iteration", "loss", "psnr", "gamma")
+        self._columns: dict[str, list[float]] = {k: [] for k in keys}
+        self._ncc: list[tuple[int, float]] = []
+
+    def extend(self, steps: Iterable[StepSummary]) -> None:
+        """Append a batch of steps."""
+        for s in steps:
+            for key in self._columns:
+                self._columns[key].append(float(getattr(s, key)))
+        self.changed.emit()
+
+    def add_ncc(self, points: Sequence[tuple[int, float]]) -> None:
+        """Append ``(iteration, ncc)`` points measured on kept snapshots."""
+        if points:
+            self._ncc.extend((int(i), float(v)) for i, v in points)
+            self.changed.emit()
+
+    def column(self, key: str) -> np.ndarray:
+        """One curve as a float array: ``iteration``, ``loss``, ``psnr`` or ``gamma``."""
+        return np.asarray(self._columns[key], dtype=np.float64)
+
+    @property
+    def ncc(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(iterations, ncc values)`` of the NCC points so far."""
+        if not self._ncc:
+            return np.empty(0), np.empty(0)
+        it, v = zip(*self._ncc, strict=True)
+        return np.asarray(it, dtype=np.float64), np.asarray(v, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self._columns["iteration"])
+
+    def load(self, history: dict[str, np.ndarray]) -> None:
+        """Replace the curves by a recorded history (``InversionResult.history``)."""
+        self.clear()
+        for key in self._columns:
+            if key in history:
+                self._columns[key] = [float(v) for v in np.asarray(history[key]).ravel()]
+        self.changed.emit()
+
+
+# --------------------------------------------------------------------------------------------
+# anonymize
+
+
+class AnonymizeSettings(EventedModel):
+    """Everything the Anonymize widget lets the user choose.
+
+    ``preset`` picks a :meth:`dippas_core.dip.DIPConfig.preset` (network size and defaults); the
+    other fields override it.
+    """
+
+    mode: Literal["aware", "blind"] = "aware"
+    device: str = "auto"
+    seed: int = 0
+    tau_psnr: float = 38.0
+    stop_psnr: float = 39.0
+    max_iter: int = 3000
+    preset: Literal["tiny", "cpu", "paper"] = "cpu"
+    #: Adam learning rate; None keeps the preset's (the paper: 1e-3)
+    lr: float | None = None
+
+    def dip_config(self) -> Any:
+        """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
+        from dippas_core.dip import DIPConfig
+
+        return DIPConfig.preset(
+            self.preset,
+            seed=int(self.seed),
+            tau_psnr=float(self.tau_psnr),
+            stop_psnr=float(self.stop_psnr),
+            max_iter=int(self.max_iter),
+            device=self.device,
+            **({} if self.lr is None else {"lr": float(self.lr)}),
+        )
+
+
+class AnonymizeJob(EventedModel):
+    """Live state of one inversion run, updated from throttled step batches."""
+
+    status: JobStatus = "idle"
+    iteration: int = 0
+    max_iter: int = 0
+    psnr: float = float("nan")
+    best_psnr: float = float("nan")
+    gamma: float = 0.0
+    ncc: float = float("nan")
+    n_snapshots: int = 0
+    stop_reason: str = ""
+    message: str = ""
+    run_dir: str = ""
+
+    def start(self, max_iter: int, run_dir: str = "") -> None:
+        """Reset for a new run."""
+        self.update(
+            {
+                "status": "running", "iteration": 0, "max_iter": int(max_iter),
+                "psnr": float("nan"), "best_psnr": float("nan"), "gamma": 0.0,
+                "ncc": float("nan"), "n_snapshots": 0, "stop_reason": "", "message": "",
+                "run_dir": str(run_dir),
+            }
+        )
+
+    def apply(self, steps: Sequence[StepSummary]) -> None:
+        """Fold a batch of steps into the state (one event per changed field)."""
+        if not steps:
+            return
+        last = steps[-1]
+        best = max(s.psnr for s in steps)
+        if np.isfinite(self.best_psnr):
+            best = max(best, self.best_psnr)
+        self.update(
+            {
+                "iteration": last.iteration,
+                "psnr": last.psnr,
+                "gamma": last.gamma,
+                "best_psnr": best,
+                "n_snapshots": self.n_snapshots + sum(s.kept for s in steps),
+            }
+        )
+
+    @property
+    def progress(self) -> float:
+        """Fraction of ``max_iter`` done (0..1)."""
+        return min(1.0, self.iteration / self.max_iter) if self.max_iter else 0.0
+
+    def describe(self) -> str:
+        """One line for the status label."""
+        if self.status == "idle":
+            return "Ready."
+        if self.status == "failed":
+            return f"Failed: {self.message}"
+        psnr = f"{self.psnr:.2f} dB" if np.isfinite(self.psnr) else "–"
+        text = (
+            f"iteration {self.iteration}/{self.max_iter} · PSNR {psnr} · gamma {self.gamma:.4f}"
+            f" · {self.n_snapshots} snapshots"
+        )
+        if self.status in ("finished", "cancelled"):
+            reason = {"psnr": "reached the stop PSNR", "max_iter": "reached max iterations",
+                      "cancelled": "stopped by the user"}.get(self.stop_reason, self.stop_reason)
+            text = f"Done ({reason}): {text}"
+        elif self.status == "stopping":
+            text = f"Stopping… {text}"
+        return text
+
+
+# --------------------------------------------------------------------------------------------
+# assembly
+
+
+class AssemblySettings(EventedModel):
+    """Assembly parameters (SPEC §5): block size ``B``, snapshots averaged ``L``, PSNR floor."""
+
+    block_size: int = 64
+    n_average: int = 10
+    tau_psnr: float = 38.0
+
+
+# --------------------------------------------------------------------------------------------
+# attribution
+
+
+@dataclass(frozen=True)
+class AttributionResult:
+    """Residual and scores of one photo against one fingerprint."""
+
+    residual: np.ndarray
+    ncc: float
+    pce: float
+    block_ncc: np.ndarray
+    block_size: int
+    sigma: float
+
+
+def attribute(
+    photo: np.ndarray,
+    K: np.ndarray,
+    *,
+    sigma: float = 5.0,
+    block_size: int = 64,
+    W: np.ndarray | None = None,
+) -> AttributionResult:
+    """Residual, NCC, PCE and block-NCC map of ``photo`` against fingerprint ``K``.
+
+    Calls :mod:`dippas_core` for every number (SPEC §1, §3).  The PCE is computed between the
+    residual and ``I_gray * K`` (the two terms of the NCC) at zero shift only: the photo and the
+    fingerprint are aligned, and searching every shift would turn the largest of H×W noise peaks
+    into a "match".  Under no match the zero-shift PCE is about chi-square with one degree of
+    freedom, so a threshold ``t`` has a false-alarm rate of about ``Q(sqrt(t))``.
+
+    Parameters
+    ----------
+    photo : np.ndarray
+        H×W×3 or H×W, 0..255 scale.
+    K : np.ndarray
+        H×W fingerprint (or, in blind mode, the reference residual).
+    sigma : float
+        Noise level of the residual (SPEC §1).
+    block_size : int
+        ``B`` of the block-NCC map.
+    W : np.ndarray, optional
+        The photo's residual when already known (skips the expensive step).
+
+    Raises
+    ------
+    dippas_core.errors.ShapeMismatchError
+        If the photo and the fingerprint differ in size.
+    """
+    from dippas_core._validation import as_image, as_plane, check_same_size
+    from dippas_core.correlation import block_ncc, ncc, pce
+    from dippas_core.residual import residual, rgb2gray
+
+    image = as_image(photo, "photo")
+    K = as_plane(K, "fingerprint")
+    check_same_size(image, K, "photo", "fingerprint")
+    if W is None:
+        W = residual(image, sigma)
+    gray = rgb2gray(image) if image.ndim == 3 else image
+    return AttributionResult(
+        residual=W,
+        ncc=float(ncc(W, image, K)),
+        pce=float(pce(W, gray * K, shift_range=0).pce),
+        block_ncc=np.asarray(block_ncc(W, image, K, int(block_size)), dtype=np.float64),
+        block_size=int(block_size),
+        sigma=float(sigma),
+    )
+
+
+def attribution_verdict(score: Literal["PCE", "NCC"], value: float, threshold: float) -> str:
+    """A plain-words verdict: does the photo carry the camera's fingerprint?
+
+    Parameters
+    ----------
+    score : {"PCE", "NCC"}
+        Which score is compared.
+    value : float
+        The score.
+    threshold : float
+        The decision threshold (PCE 60 is the usual forensic choice).
+    """
+    if not np.isfinite(value):
+        return f"No verdict: the {score} could not be computed."
+    if value >= threshold:
+        return (
+            f"Match: this photo carries the camera's fingerprint "
+            f"({score} {value:.4g} ≥ threshold {threshold:.4g})."
+        )
+    return (
+        f"No match: the camera's fingerprint is not detected "
+        f"({score} {value:.4g} < threshold {threshold:.4g})."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# a recorded run: scores before, assembly, scores after, report
+
+
+@dataclass(frozen=True)
+class AssemblyOutcome:
+    """One assembly of a run with its scores and the report exported beside the image."""
+
+    image: np.ndarray
+    before: AttributionResult
+    after: AttributionResult
+    psnr: float
+    params: dict[str, Any]
+    report: dict[str, Any]
+
+
+class RunSession:
+    """A recorded run opened for assembly: caches what does not depend on ``(B, L, tau)``.
+
+    Parameters
+    ----------
+    run : dippas_core.run.RunDirectory or path
+        The run (finished, cancelled, or still recording).
+    """
+
+    def __init__(self, run: Any) -> None:
+        from dippas_core.run import RunDirectory
+
+        self.run = run if isinstance(run, RunDirectory) else RunDirectory.open(run)
+        self._photo_residual: np.ndarray | None = None
+        self._before: dict[int, AttributionResult] = {}
+
+    @property
+    def path(self) -> str:
+        return str(self.run.path)
+
+    def valid_block_sizes(self) -> list[int]:
+        """Block sizes the run supports: multiples of its tile up to the image size."""
+        tile = self.run.tile
+        top = max(self.run.shape)
+        sizes = [b for b in (32, 64, 128, 256, 512, 1024) if b % tile == 0 and b < top]
+        whole = -(-top // tile) * tile
+        return sorted(set(sizes + [whole]))
+
+    def before(self, block_size: int) -> AttributionResult:
+        """Scores of the photo against the run's reference (cached per ``B``)."""
+        if block_size not in self._before:
+            from dippas_core.residual import residual
+
+            photo = self.run.photo
+            if self._photo_residual is None:
+                self._photo_residual = residual(np.asarray(photo, np.float32), self.run.sigma)
+            self._before[block_size] = attribute(
+                photo, self.run.reference, sigma=self.run.sigma, block_size=block_size,
+                W=self._photo_residual,
+            )
+        return self._before[block_size]
+
+    def assemble(self, settings: AssemblySettings) -> AssemblyOutcome:
+        """Assemble with ``settings`` and score the result (one residual of the result)."""
+        from dippas_core.assembly import assemble
+        from dippas_core.metrics import psnr
+
+        if self.run.status == "recording":  # re-read config.json: the run may have ended
+            from dippas_core.run import RunDirectory
+
+            self.run = RunDirectory.open(self.run.path)
+        B = int(settings.block_size)
+        result = assemble(self.run, B, int(settings.n_average), float(settings.tau_psnr))
+        before = self.before(B)
+        after = attribute(result.image, self.run.reference, sigma=self.run.sigma, block_size=B)
+        quality = float(psnr(result.image, self.run.photo))
+        params = dict(result.params)
+        report = self._report(params, before, after, quality)
+        return AssemblyOutcome(result.image, before, after, quality, params, report)
+
+    def _report(
+        self, params: dict[str, Any], before: AttributionResult, after: AttributionResult,
+        quality: float,
+    ) -> dict[str, Any]:
+        import datetime as dt
+
+        from . import __version__
+
+        cfg = self.run.config
+        result = cfg.get("result") or {}
+        # the same keys as dippas_core.pipeline.anonymize's report, plus the maps themselves
+        return {
+            "tool": f"napari-dippas {__version__}",
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mode": cfg.get("mode"),
+            "reference": cfg.get("reference"),
+            "fingerprint": cfg.get("fingerprint"),
+            "photo": cfg.get("photo"),
+            "psnr": quality,
+            "ncc": {"before": before.ncc, "after": after.ncc},
+            "pce": {"before": before.pce, "after": after.pce, "shift_search": "zero shift"},
+            "block_ncc": {
+                "B": after.block_size,
+                "mean_abs_before": float(np.abs(before.block_ncc).mean()),
+                "mean_abs_after": float(np.abs(after.block_ncc).mean()),
+                "max_abs_after": float(np.abs(after.block_ncc).max()),
+                "before": before.block_ncc.tolist(),
+                "after": after.block_ncc.tolist(),
+            },
+            "inversion": {
+                "status": cfg.get("status"),
+                "stop_reason": result.get("stop_reason"),
+                "n_iterations": result.get("n_iterations"),
+                "n_snapshots": result.get("n_snapshots"),
+                "best_psnr": result.get("best_psnr"),
+                "elapsed_s": result.get("elapsed_s"),
+            },
+            "assembly": params,
+            "dip_config": cfg.get("dip_config"),
+            "sigma": self.run.sigma,
+            "seed": cfg.get("seed"),
+            "device": cfg.get("device"),
+            "environment": result.get("environment"),
+            "versions": cfg.get("versions"),
+            "run_dir": self.path,
+        }

@@ -1,0 +1,173 @@
+"""The plugin's reader: fingerprint ``.npz`` files and DIPPAS run directories.
+
+A run directory reopens with all its layers: the photo, the reference it was anonymized against
+(the fingerprint, or the photo's own residual in blind mode), the block-NCC map before, the
+``snapshots`` stack (backed by the on-disk store, not loaded in RAM) and, when the run kept
+snapshots, the ``anonymized`` image re-assembled with the run's last assembly parameters and its
+``NCC after`` map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._layers import (
+    LayerDataTuple,
+    anonymized_layer,
+    block_heatmap_layer,
+    fingerprint_layer,
+    photo_layer,
+    residual_layer,
+    snapshots_layer,
+)
+from ._models import AssemblyOutcome, AssemblySettings, RunSession
+
+__all__ = [
+    "assembly_layers",
+    "get_reader",
+    "is_run_directory",
+    "last_assembly_params",
+    "read_fingerprint",
+    "read_run",
+    "run_layers",
+    "save_assembly_params",
+]
+
+#: Where the Assemble widget remembers the last (B, L, tau) of a run, inside the run folder.
+ASSEMBLY_FILE = "assembly.json"
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """True for a folder holding a DIPPAS run (``config.json`` with ``format: dippas-run``)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == "dippas-run"
+    except (OSError, ValueError):
+        return False
+
+
+def _is_fingerprint_file(path: Path) -> bool:
+    """A ``.npz`` holding a ``K`` array (peeks at the archive's names; loads nothing)."""
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "K.npy" in zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def get_reader(path: str | list[str]) -> Callable[[str], list[LayerDataTuple]] | None:
+    """napari reader hook: a reader for our files, or None so napari asks another plugin."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    p = Path(path)
+    if p.is_dir() and is_run_directory(p):
+        return read_run
+    if _is_fingerprint_file(p):
+        return read_fingerprint
+    return None
+
+
+def read_fingerprint(path: str | list[str]) -> list[LayerDataTuple]:
+    """A fingerprint file as one ``fingerprint`` layer (camera and estimate info in metadata)."""
+    from dippas_core.fingerprint import Fingerprint
+
+    path = path[0] if isinstance(path, list) else path
+    fp = Fingerprint.load(path)
+    name = f"fingerprint {fp.camera}" if fp.camera else "fingerprint"
+    return [
+        fingerprint_layer(
+            fp.K, camera=fp.camera, n_images=fp.n_images, sigma=fp.sigma, version=fp.version,
+            name=name, path=str(path),
+        )
+    ]
+
+
+def read_run(path: str | list[str]) -> list[LayerDataTuple]:
+    """All the layers of a run directory (see the module docstring)."""
+    path = path[0] if isinstance(path, list) else path
+    return run_layers(RunSession(path))
+
+
+def last_assembly_params(session: RunSession) -> AssemblySettings:
+    """The ``(B, L, tau)`` last used on this run (``assembly.json``), else SPEC §5's defaults.
+
+    ``B`` is snapped to the nearest block size the run supports (its tile, small images).
+    """
+    run = session.run
+    tau = float((run.config.get("dip_config") or {}).get("tau_psnr", 38.0))
+    params: dict[str, Any] = {"B": 64, "L": 10, "tau": tau}
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        saved = json.loads((Path(run.path) / ASSEMBLY_FILE).read_text())
+        params.update({k: saved[k] for k in ("B", "L", "tau") if k in saved})
+    sizes = session.valid_block_sizes()
+    B = min(sizes, key=lambda b: (abs(b - int(params["B"])), b))
+    return AssemblySettings(block_size=B, n_average=int(params["L"]), tau_psnr=float(params["tau"]))
+
+
+def save_assembly_params(session: RunSession, settings: AssemblySettings) -> None:
+    """Remember ``(B, L, tau)`` in the run folder: reopening the run shows the same result."""
+    from dippas_core._atomic import atomic_write_text
+
+    data = {"B": settings.block_size, "L": settings.n_average, "tau": settings.tau_psnr}
+    atomic_write_text(Path(session.path) / ASSEMBLY_FILE, json.dumps(data, indent=1))
+
+
+def assembly_layers(outcome: AssemblyOutcome, **info: Any) -> list[LayerDataTuple]:
+    """The ``anonymized`` image and its ``NCC after`` map (on the "before" map's colour scale)."""
+    B = outcome.after.block_size
+    limit = float(np.max(np.abs(outcome.before.block_ncc))) or None
+    return [
+        anonymized_layer(outcome.image, report=outcome.report, assembly=outcome.params, **info),
+        block_heatmap_layer(
+            outcome.after.block_ncc, B, name="NCC after", limit=limit,
+            image_shape=outcome.image.shape[:2], stage="after", **info,
+        ),
+    ]
+
+
+def run_layers(session: RunSession) -> list[LayerDataTuple]:
+    """Layers for an opened run (see the module docstring)."""
+    from dippas_core.assembly import NoSnapshotsError
+
+    run = session.run
+    base = {"run_dir": session.path, "mode": run.mode}
+    layers: list[LayerDataTuple] = [photo_layer(run.photo, "photo", **base)]
+    if run.mode == "aware":
+        info = run.config.get("fingerprint") or {}
+        layers.append(
+            fingerprint_layer(
+                run.reference, camera=str(info.get("camera", "")),
+                n_images=int(info.get("n_images", 0)), sigma=float(info.get("sigma", run.sigma)),
+                version=str(info.get("version", "")),
+            )
+        )
+    else:
+        layers.append(
+            residual_layer(run.reference, sigma=run.sigma, name="reference (photo residual)")
+        )
+    settings = last_assembly_params(session)
+    before = session.before(settings.block_size)
+    layers.append(
+        block_heatmap_layer(
+            before.block_ncc, settings.block_size, image_shape=run.shape, stage="before", **base
+        )
+    )
+    n = run.refresh()
+    if n:
+        layers.append(snapshots_layer(run.snapshots.frames[:n], **base, status=run.status))
+        with contextlib.suppress(NoSnapshotsError):
+            layers.extend(assembly_layers(session.assemble(settings), **base))
+    return layers

@@ -1,0 +1,256 @@
+"""Assemble & export dock widget: choose B, L, tau, watch the anonymized image change, save it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dippas_core.assembly import NoSnapshotsError
+
+from .._layers import block_heatmap_layer, dippas_kind
+from .._models import AssemblyOutcome, AssemblySettings, RunSession
+from .._reader import (
+    assembly_layers,
+    is_run_directory,
+    last_assembly_params,
+    save_assembly_params,
+)
+from .._workers import start_job
+from ._common import WIDGET_MIN_WIDTH, ColorbarCanvas, LayerChoice, PathEdit, upsert_layer
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+__all__ = ["AssembleWidget"]
+
+#: wait this long after the last B/L/tau change before re-assembling (sliders send many values)
+DEBOUNCE_MS = 150
+
+
+def _is_run_layer(layer: Layer) -> bool:
+    return dippas_kind(layer.metadata) == "snapshots" and "run_dir" in layer.metadata["dippas"]
+
+
+class AssembleWidget(QWidget):
+    """Re-assemble a recorded run live and export the anonymized image with its JSON report.
+
+    :attr:`settings` (:class:`AssemblySettings`) is the scriptable state; every change
+    re-assembles after a short debounce, in a worker thread, newest settings winning.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.setMinimumWidth(WIDGET_MIN_WIDTH)
+        self.viewer = napari_viewer
+        self.settings = AssemblySettings()
+        self.session: RunSession | None = None
+        self.outcome: AssemblyOutcome | None = None
+        self.worker = None
+        self._pending = False
+        self._watched: Layer | None = None
+
+        self.run = LayerChoice(napari_viewer, _is_run_layer, prefer="snapshots")
+        self.run.currentTextChanged.connect(self._run_layer_changed)
+        self.open_run = PathEdit("folder", placeholder="or open a run folder…")
+        self.open_button = QPushButton("Open run")
+        self.open_button.clicked.connect(self._open_clicked)
+        self.block = QComboBox()
+        self.block.setToolTip("B: block size (pixels) of the assembly mosaic")
+        self.n_average = QSpinBox(minimum=1, maximum=1000, value=self.settings.n_average)
+        self.n_average.setToolTip("L: snapshots averaged per block")
+        self.tau = QDoubleSpinBox(minimum=0.0, maximum=99.0, decimals=1, singleStep=0.5)
+        self.tau.setValue(self.settings.tau_psnr)
+        self.tau.setSuffix(" dB")
+        self.tau.setToolTip("only snapshots at least this close to the photo are used")
+        self.block.currentTextChanged.connect(
+            lambda t: setattr(self.settings, "block_size", int(t)) if t else None
+        )
+        self.n_average.valueChanged.connect(lambda v: setattr(self.settings, "n_average", v))
+        self.tau.valueChanged.connect(lambda v: setattr(self.settings, "tau_psnr", v))
+        self.settings.events.block_size.connect(lambda v: self.block.setCurrentText(str(v)))
+        self.settings.events.n_average.connect(self.n_average.setValue)
+        self.settings.events.tau_psnr.connect(self.tau.setValue)
+
+        self.table = {}
+        grid = QGridLayout()
+        for col, title in enumerate(("", "before", "after")):
+            grid.addWidget(QLabel(f"<b>{title}</b>"), 0, col)
+        for row, name in enumerate(("NCC", "PCE"), start=1):
+            grid.addWidget(QLabel(name), row, 0)
+            for col, stage in enumerate(("before", "after"), start=1):
+                self.table[name, stage] = QLabel("–")
+                grid.addWidget(self.table[name, stage], row, col)
+        grid.addWidget(QLabel("PSNR"), 3, 0)
+        self.psnr = QLabel("–")
+        grid.addWidget(self.psnr, 3, 1, 1, 2)
+        self.status = QLabel("Choose a run (the snapshots layer of a run, or a run folder).")
+        self.status.setWordWrap(True)
+        self.colorbar = ColorbarCanvas(napari_viewer, "block NCC (before and after)")
+        self.export_path = PathEdit("save_file", "Images (*.png *.tif *.tiff)", "anonymized.png")
+        self.export_button = QPushButton("Export image + JSON report")
+        self.export_button.clicked.connect(self.export)
+
+        form = QFormLayout()
+        form.addRow("run", self.run)
+        form.addRow(self.open_run)
+        form.addRow(self.open_button)
+        form.addRow("B (block)", self.block)
+        form.addRow("L (average)", self.n_average)
+        form.addRow("tau", self.tau)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(grid)
+        layout.addWidget(self.status)
+        layout.addWidget(self.colorbar)
+        layout.addWidget(self.export_path)
+        layout.addWidget(self.export_button)
+        layout.addStretch(1)
+
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self.assemble)
+        self.settings.events.connect(lambda *_: self._debounce.start())
+        self._run_layer_changed(self.run.currentText())
+
+    # -- choosing a run -------------------------------------------------------------------------
+    def _run_layer_changed(self, name: str) -> None:
+        if self._watched is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._watched.events.data.disconnect(self._run_data_changed)
+            self._watched = None
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is not None:
+            # a run still recording grows this layer: re-assemble as it grows
+            layer.events.data.connect(self._run_data_changed)
+            self._watched = layer
+            self._run_data_changed()
+
+    def _run_data_changed(self, *_: Any) -> None:
+        layer = self._watched
+        if layer is None:
+            return
+        path = str(layer.metadata["dippas"]["run_dir"])
+        if self.session is None or self.session.path != path:
+            self.set_run(path)
+        elif self.session.run.status == "recording":  # a finished run has nothing new
+            self._debounce.start()
+
+    def _open_clicked(self) -> None:
+        path = self.open_run.path()
+        if path is not None:
+            self.viewer.open(str(path), plugin="napari-dippas")
+
+    def set_run(self, path: str | Path) -> None:
+        """Work on the run in folder ``path`` (re-assembles at once)."""
+        if not is_run_directory(path):  # a run that is just starting: wait for its data
+            self.session = None
+            self.status.setText(f"Waiting for the run in {Path(path).name} to start…")
+            return
+        self.session = RunSession(path)
+        params = last_assembly_params(self.session)
+        self.block.blockSignals(True)
+        self.block.clear()
+        self.block.addItems([str(b) for b in self.session.valid_block_sizes()])
+        self.block.blockSignals(False)
+        self.settings.update(params.model_dump())
+        self.block.setCurrentText(str(self.settings.block_size))
+        self.status.setText(f"Run {Path(path).name}: {self.session.run.status}.")
+        self._debounce.start()
+
+    # -- assembling -----------------------------------------------------------------------------
+    def assemble(self) -> None:
+        """Re-assemble with the current settings in a worker (newest settings win)."""
+        if self.session is None:
+            return
+        if self.worker is not None and self.worker.is_running:
+            self._pending = True
+            return
+        self._pending = False
+        session, settings = self.session, self.settings.model_copy()
+        self.status.setText(
+            f"Assembling B={settings.block_size}, L={settings.n_average}, "
+            f"tau={settings.tau_psnr:g} dB…"
+        )
+
+        def job(report: Any) -> AssemblyOutcome:
+            outcome = session.assemble(settings)
+            save_assembly_params(session, settings)
+            return outcome
+
+        self.worker = start_job(
+            job, on_returned=self._on_done, on_errored=lambda e: self.status.setText(str(e)),
+            on_finished=self._on_finished, what="Assembly", quiet=(NoSnapshotsError,),
+        )
+
+    def _on_finished(self) -> None:
+        if self._pending:
+            self.assemble()
+
+    def _on_done(self, outcome: AssemblyOutcome) -> None:
+        self.outcome = outcome
+        info = {"run_dir": self.session.path if self.session else ""}
+        B = outcome.before.block_size
+        before = upsert_layer(
+            self.viewer,
+            block_heatmap_layer(outcome.before.block_ncc, B, image_shape=outcome.image.shape[:2],
+                                stage="before", **info),
+        )
+        for data_tuple in assembly_layers(outcome, **info):
+            upsert_layer(self.viewer, data_tuple)
+        self.colorbar.set_limit(before.contrast_limits[1], f"block NCC, B = {B} (before and after)")
+        for stage, scores in (("before", outcome.before), ("after", outcome.after)):
+            self.table["NCC", stage].setText(f"{scores.ncc:.5f}")
+            self.table["PCE", stage].setText(f"{scores.pce:.1f}")
+        self.psnr.setText(f"{outcome.psnr:.2f} dB")
+        p = outcome.params
+        self.status.setText(
+            f"Assembled B={p['B']}, L={p['L']} from {p['n_candidates']} of {p['n_snapshots']} "
+            f"snapshots (PSNR ≥ {p['psnr_threshold']:.2f} dB) in {p['elapsed_s'] * 1000:.0f} ms."
+        )
+
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, path: str | Path | None = None) -> list[str]:
+        """Save the ``anonymized`` layer through the plugin's writer (+ JSON report beside it).
+
+        Returns the files written (empty when there is nothing to save or no path).
+        """
+        path = Path(path) if path else self.export_path.path()
+        if "anonymized" not in self.viewer.layers:
+            self.status.setText("Nothing to export yet: assemble a run first.")
+            return []
+        if path is None:
+            self.status.setText("Choose where to save the image (.png, .tif).")
+            return []
+        layer = self.viewer.layers["anonymized"]
+        try:
+            written = layer.save(str(path), plugin="napari-dippas")
+        except Exception as exc:  # noqa: BLE001 - shown to the user, nothing was written
+            from napari.utils.notifications import show_error
+
+            show_error(f"Export failed: {exc}")
+            return []
+        written = [str(p) for p in np.atleast_1d(written)] if written else []
+        self.status.setText("Saved " + ", ".join(Path(p).name for p in written) + ".")
+        return written

@@ -1,0 +1,368 @@
+"""Pieces shared by the dock widgets: layer pickers, layer upsert, matplotlib canvases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QSizePolicy,
+    QWidget,
+)
+
+from .._layers import DIVERGING_COLORMAP, LayerDataTuple, dippas_kind
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+    from .._models import RunHistory
+
+__all__ = [
+    "WIDGET_MIN_WIDTH", "ColorbarCanvas", "LayerChoice", "LivePlot", "PathEdit", "upsert_layer",
+]
+
+#: pixels; wide enough for the dock titles ("Assemble & export (napari-dippas)") and the plots
+WIDGET_MIN_WIDTH = 340
+
+
+def _theme_colors(viewer: napari.Viewer | None) -> tuple[str, str]:
+    """(background, text) colours of the viewer's theme, so plots sit well in the dock."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme if viewer is not None else "dark")
+        return theme.background.as_hex(), theme.text.as_hex()
+    except (AttributeError, KeyError, ValueError):
+        return "#262930", "#f0f1f2"
+
+
+def upsert_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
+    """Add the layer, or update the same-named image layer in place (keeps the user's view)."""
+    data, kwargs, layer_type = data_tuple
+    name = kwargs["name"]
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        same_kind = type(layer).__name__.lower() == layer_type and (
+            getattr(layer, "rgb", False) == kwargs.get("rgb", getattr(layer, "rgb", False))
+        )
+        if same_kind and np.ndim(layer.data) == np.ndim(data):
+            for key in ("scale", "translate"):  # before data so the new extent is right at once
+                if key in kwargs and not np.allclose(getattr(layer, key), kwargs[key]):
+                    setattr(layer, key, kwargs[key])
+            layer.data = data
+            # each setter re-renders the layer: only call those whose value changed
+            if "colormap" in kwargs and layer.colormap.name != kwargs["colormap"]:
+                layer.colormap = kwargs["colormap"]
+            if "contrast_limits" in kwargs and not np.allclose(
+                layer.contrast_limits, kwargs["contrast_limits"]
+            ):
+                layer.contrast_limits = kwargs["contrast_limits"]
+            if "opacity" in kwargs and layer.opacity != kwargs["opacity"]:
+                layer.opacity = kwargs["opacity"]
+            if "metadata" in kwargs:
+                layer.metadata = kwargs["metadata"]
+            return layer
+        viewer.layers.remove(name)
+    return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+class LayerChoice(QComboBox):
+    """A combo box of the viewer's layers accepted by ``accept``, kept in sync with the viewer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose layers are listed.
+    accept : callable
+        ``accept(layer) -> bool`` filters the list.
+    prefer : str, optional
+        A ``metadata["dippas"]["kind"]``; the newest layer of that kind is selected when the list
+        changes and nothing was chosen yet (e.g. the ``fingerprint`` layer).
+    """
+
+    def __init__(
+        self, viewer: napari.Viewer, accept: Callable[[Layer], bool], prefer: str | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._accept = accept
+        self._prefer = prefer
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        for event in ("inserted", "removed", "moved", "changed"):
+            getattr(viewer.layers.events, event).connect(self.refresh)
+        viewer.layers.events.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_name(self, event: Any) -> None:
+        event.value.events.name.connect(self.refresh)
+
+    def refresh(self, *_: Any) -> None:
+        """Rebuild the list, keeping the current choice when it is still there."""
+        current = self.currentText()
+        names = [layer.name for layer in self._viewer.layers if self._accept(layer)]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        elif self._prefer is not None:
+            layers = self._viewer.layers
+            kinds = [n for n in names if dippas_kind(layers[n].metadata) == self._prefer]
+            if kinds:
+                self.setCurrentText(kinds[-1])
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentTextChanged.emit(self.currentText())
+
+    def layer(self) -> Layer | None:
+        """The chosen layer (None when the list is empty)."""
+        name = self.currentText()
+        return self._viewer.layers[name] if name in self._viewer.layers else None
+
+    def select(self, name: str) -> None:
+        """Choose the layer called ``name``."""
+        self.refresh()
+        self.setCurrentText(name)
+
+
+class PathEdit(QWidget):
+    """A path field with a "…" button that opens a file or folder dialog."""
+
+    def __init__(
+        self, mode: str = "open_file", file_filter: str = "", placeholder: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._mode = mode
+        self._filter = file_filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        button = QPushButton("…")
+        button.setFixedWidth(28)
+        button.setToolTip("Browse")
+        button.clicked.connect(self._browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit)
+        row.addWidget(button)
+
+    def _browse(self) -> None:
+        start = self.edit.text()
+        if self._mode == "folder":
+            chosen = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
+        elif self._mode == "save_file":
+            chosen, _ = QFileDialog.getSaveFileName(self, "Save as", start, self._filter)
+        else:
+            chosen, _ = QFileDialog.getOpenFileName(self, "Open", start, self._filter)
+        if chosen:
+            self.edit.setText(chosen)
+
+    def path(self) -> Path | None:
+        """The path typed or chosen (None when empty)."""
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_path(self, path: str | Path) -> None:
+        self.edit.setText(str(path))
+
+
+class _ThemedCanvas(FigureCanvasQTAgg):
+    def __init__(self, viewer: napari.Viewer | None, width: float, height: float) -> None:
+        self.background, self.text = _theme_colors(viewer)
+        fig = Figure(figsize=(width, height), dpi=100, facecolor=self.background)
+        super().__init__(fig)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(int(height * 100))
+
+    def _style(self, ax: Any) -> None:
+        ax.set_facecolor(self.background)
+        ax.tick_params(colors=self.text, labelsize=8)
+        for spine in ax.spines.values():
+            spine.set_color(self.text)
+        ax.xaxis.label.set_color(self.text)
+        ax.yaxis.label.set_color(self.text)
+
+
+class ColorbarCanvas(_ThemedCanvas):
+    """A horizontal colorbar for a heatmap layer (diverging, limits symmetric around 0)."""
+
+    def __init__(self, viewer: napari.Viewer | None = None, label: str = "block NCC") -> None:
+        super().__init__(viewer, 3.2, 0.75)
+        self.label = label
+        self.ax = self.figure.add_axes((0.06, 0.55, 0.88, 0.25))
+        self.limit = 1.0
+        self.set_limit(1.0)
+
+    def set_limit(self, limit: float, label: str | None = None) -> None:
+        """Show the colormap on ``[-limit, limit]``."""
+        from matplotlib.colorbar import ColorbarBase
+
+        self.limit = float(limit)
+        if label is not None:
+            self.label = label
+        self.ax.clear()
+        ColorbarBase(
+            self.ax, cmap=DIVERGING_COLORMAP, norm=Normalize(-self.limit, self.limit),
+            orientation="horizontal",
+        )
+        self._style(self.ax)
+        self.ax.set_xlabel(self.label, fontsize=8, labelpad=1)
+        self.draw_idle()
+
+
+class LivePlot(_ThemedCanvas):
+    """PSNR, NCC and gamma against iteration, three stacked panels sharing the x axis.
+
+    Live updates are blitted: only the lines are redrawn (a few ms) while the data stay inside
+    the axes' limits; the limits grow geometrically, so the full redraw (ticks and labels) happens
+    a handful of times per run, and at most every ``full_redraw_s`` seconds.  During a run that
+    redraw is done off screen one panel per turn of the event loop (a whole figure takes up to
+    ~100 ms of the GUI thread here, a panel a third of it) and swapped in when complete.
+    """
+
+    def __init__(self, viewer: napari.Viewer | None = None, full_redraw_s: float = 2.0) -> None:
+        super().__init__(viewer, 3.2, 2.8)
+        axes = self.figure.subplots(3, 1, sharex=True)
+        self.figure.subplots_adjust(left=0.24, right=0.97, top=0.97, bottom=0.15, hspace=0.14)
+        self.axes = dict(zip(("psnr", "ncc", "gamma"), axes, strict=True))
+        colors = {"psnr": "#4fc3f7", "ncc": "#ff8a65", "gamma": "#aed581"}
+        labels = {"psnr": "PSNR (dB)", "ncc": "NCC", "gamma": "gamma"}
+        self.lines = {}
+        for key, ax in self.axes.items():
+            self._style(ax)
+            ax.set_ylabel(labels[key], fontsize=8)
+            ax.yaxis.set_label_coords(-0.2, 0.5)  # aligned labels, clear of the tick labels
+            ax.locator_params(axis="y", nbins=4)
+            style = "o" if key == "ncc" else "-"
+            (self.lines[key],) = ax.plot(
+                [], [], style, color=colors[key], lw=1.2, ms=2.5, animated=True
+            )
+        self.tau_line = self.axes["psnr"].axhline(np.nan, color=self.text, lw=0.6, ls="--")
+        self.axes["ncc"].axhline(0.0, color=self.text, lw=0.5, alpha=0.5)
+        axes[-1].set_xlabel("iteration", fontsize=8)
+        self.full_redraw_s = float(full_redraw_s)
+        self.n_full_draws = 0
+        self._last_full = -np.inf
+        self._background = None
+        self._offscreen: list[Any] | None = None  # [renderer, panels left] while redrawing
+        self.mpl_connect("draw_event", self._on_draw)
+        self._set_limits({"x": (0, 100), "psnr": (0, 40), "ncc": (-0.01, 0.01), "gamma": (0, 0.1)})
+
+    def _on_draw(self, event: Any) -> None:
+        """After a full draw: keep the empty axes as background, then paint the lines on it."""
+        self._background = self.copy_from_bbox(self.figure.bbox)
+        self.n_full_draws += 1
+        self._draw_lines()
+
+    def _draw_lines(self) -> None:
+        for key, line in self.lines.items():
+            self.axes[key].draw_artist(line)
+
+    def _set_limits(self, limits: dict[str, tuple[float, float]]) -> None:
+        self.axes["gamma"].set_xlim(*limits["x"])
+        for key in ("psnr", "ncc", "gamma"):
+            self.axes[key].set_ylim(*limits[key])
+
+    def _needed_limits(self, history: RunHistory) -> dict[str, tuple[float, float]] | None:
+        """New limits when the data left the current ones (with room to grow), else None."""
+        it = history.column("iteration")
+        if not it.size:
+            return None
+        current = {"x": self.axes["gamma"].get_xlim()}
+        current.update({k: self.axes[k].get_ylim() for k in ("psnr", "ncc", "gamma")})
+        data = {
+            "x": it, "psnr": history.column("psnr"), "ncc": history.ncc[1],
+            "gamma": history.column("gamma"),
+        }
+        new, changed = dict(current), False
+        for key, values in data.items():
+            values = values[np.isfinite(values)]
+            if not values.size:
+                continue
+            lo, hi = current[key]
+            vmin, vmax = float(values.min()), float(values.max())
+            if key == "x" and vmax > hi:
+                new[key], changed = (0, vmax * 1.6), True
+            elif key == "ncc" and max(abs(vmin), abs(vmax)) > hi:
+                m = max(abs(vmin), abs(vmax)) * 1.5
+                new[key], changed = (-m, m), True
+            elif key in ("psnr", "gamma") and (vmin < lo or vmax > hi):
+                span = max(vmax - min(vmin, lo), 1e-6)
+                bottom = min(lo, vmin - 0.1 * span) if key == "psnr" else 0.0
+                new[key], changed = (bottom, vmax + 0.5 * span), True
+        return new if changed else None
+
+    def show_history(
+        self, history: RunHistory, tau: float | None = None, *, final: bool = False
+    ) -> None:
+        """Update from ``history``: a blit, or a full redraw when the limits must grow.
+
+        ``final=True`` (the run ended) fits the limits and redraws whatever the time.
+        """
+        it = history.column("iteration")
+        self.lines["psnr"].set_data(it, history.column("psnr"))
+        self.lines["gamma"].set_data(it, history.column("gamma"))
+        self.lines["ncc"].set_data(*history.ncc)
+        full = self._background is None
+        if tau is not None and self.tau_line.get_ydata()[0] != tau:
+            self.tau_line.set_ydata([tau, tau])
+            full = True
+        limits = self._needed_limits(history)
+        now = time.monotonic()
+        if limits is not None and (final or now - self._last_full >= self.full_redraw_s):
+            self._set_limits(limits)
+            full = True
+        if full and (final or self._background is None):
+            self._offscreen = None
+            self._last_full = now
+            self.draw()  # _on_draw paints the lines
+        elif full:
+            self._last_full = now
+            self._start_offscreen_redraw()
+        elif self._offscreen is None:  # mid-redraw, the old background has the old limits
+            self._blit_lines()
+
+    def _blit_lines(self) -> None:
+        self.restore_region(self._background)
+        self._draw_lines()
+        self.blit(self.figure.bbox)
+
+    def _start_offscreen_redraw(self) -> None:
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        w, h = self.figure.bbox.size
+        renderer = RendererAgg(w, h, self.figure.dpi)
+        self.figure.patch.draw(renderer)
+        self._offscreen = [renderer, list(self.axes.values())]
+        QTimer.singleShot(0, self._offscreen_step)
+
+    def _offscreen_step(self) -> None:
+        """Draw one more panel off screen; after the last, swap it in as the background."""
+        if self._offscreen is None:  # a full draw overtook this one
+            return
+        renderer, panels = self._offscreen
+        panels.pop(0).draw(renderer)  # animated lines are left out, as in a full draw
+        if panels:
+            QTimer.singleShot(0, self._offscreen_step)
+            return
+        self._offscreen = None
+        self._background = renderer.copy_from_bbox(self.figure.bbox)
+        self.n_full_draws += 1
+        self._blit_lines()

@@ -1,0 +1,206 @@
+"""Fingerprint dock widget: flat-field shots (a folder or an image-stack layer) → fingerprint K."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._layers import fingerprint_layer
+from .._workers import start_job
+from ._common import WIDGET_MIN_WIDTH, LayerChoice, PathEdit, upsert_layer
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+__all__ = ["FingerprintWidget", "IMAGE_SUFFIXES", "flat_field_files"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def flat_field_files(folder: str | Path, pattern: str = "*") -> list[Path]:
+    """The image files of ``folder`` whose names match ``pattern`` (a glob), sorted by name.
+
+    ``pattern`` picks one camera in a folder that mixes several (``Nikon_D70s_0_*``).
+    """
+    from dippas_core.errors import InputError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"flat-field folder {folder} does not exist")
+    files = sorted(
+        p for p in folder.glob(pattern or "*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise InputError(
+            f"no image files ({', '.join(IMAGE_SUFFIXES)}) matching {pattern!r} in {folder}"
+        )
+    return files
+
+
+def _is_stack(layer: Layer) -> bool:
+    """Image layers holding several frames: N×H×W or N×H×W×3."""
+    if not isinstance(layer, Image):
+        return False
+    return layer.data.ndim == (4 if layer.rgb else 3)
+
+
+def _iterate(
+    sources: Sequence[Any], crop: int, report: Callable[[Any], None]
+) -> Iterator[np.ndarray]:
+    """Yield each flat field (read from disk when a path), centre-cropped; report progress."""
+    from dippas_core.io import center_crop, read_image
+
+    for i, src in enumerate(sources):
+        image = read_image(src) if isinstance(src, Path) else np.asarray(src)
+        if crop:
+            image = center_crop(image, crop)
+        yield image
+        report((i + 1, len(sources)))
+
+
+class FingerprintWidget(QWidget):
+    """Estimate a camera fingerprint K from flat-field shots; add it as a layer and save it.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.setMinimumWidth(WIDGET_MIN_WIDTH)
+        self.viewer = napari_viewer
+        self.worker = None
+
+        self.from_folder = QRadioButton("folder of flat-field files")
+        self.from_layer = QRadioButton("image-stack layer")
+        self.from_folder.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.from_folder)
+        group.addButton(self.from_layer)
+        self.folder = PathEdit("folder", placeholder="folder with .jpg/.png/.tif shots")
+        self.pattern = QLineEdit("*")
+        self.pattern.setToolTip("only files whose names match, e.g. Nikon_D70s_0_*")
+        self.stack = LayerChoice(napari_viewer, _is_stack)
+        self.camera = QLineEdit()
+        self.camera.setPlaceholderText("camera name (stored with K)")
+        self.sigma = QDoubleSpinBox(minimum=0.5, maximum=20.0, value=5.0, singleStep=0.5)
+        self.crop = QSpinBox(minimum=0, maximum=100000, value=0, singleStep=64)
+        self.crop.setSpecialValueText("full frame")
+        self.crop.setToolTip("centre crop (pixels) applied to every shot; 0 keeps the full frame")
+        self.output = PathEdit("save_file", "Fingerprint (*.npz)", "where to save K (.npz)")
+        self.run_button = QPushButton("Estimate fingerprint")
+        self.run_button.clicked.connect(self.start)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m shots")
+        self.status = QLabel("Ready.")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow(self.from_folder)
+        form.addRow(self.folder)
+        form.addRow("files", self.pattern)
+        form.addRow(self.from_layer)
+        form.addRow(self.stack)
+        form.addRow("camera", self.camera)
+        form.addRow("sigma", self.sigma)
+        form.addRow("crop", self.crop)
+        form.addRow("save to", self.output)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.folder.edit.textChanged.connect(self._suggest_output)
+
+    def _suggest_output(self, text: str) -> None:
+        if text and not self.output.edit.text():
+            self.output.set_path(Path(text) / "fingerprint.npz")
+
+    def _sources(self) -> tuple[list[Any], str]:
+        from dippas_core.errors import InputError
+
+        if self.from_folder.isChecked():
+            folder = self.folder.path()
+            if folder is None:
+                raise InputError("choose the folder of flat-field files")
+            pattern = self.pattern.text().strip() or "*"
+            camera = pattern.rstrip("*_") if pattern != "*" else folder.name
+            return list(flat_field_files(folder, pattern)), camera
+        layer = self.stack.layer()
+        if layer is None:
+            raise InputError("no image-stack layer (N×H×W or N×H×W×3) in the viewer")
+        return [np.asarray(frame) for frame in layer.data], layer.name
+
+    def start(self) -> None:
+        """Start the estimate in a worker thread (button "Estimate fingerprint")."""
+        from dippas_core.errors import DippasError
+
+        try:
+            sources, default_camera = self._sources()
+        except DippasError as exc:
+            self.status.setText(str(exc))
+            return
+        camera = self.camera.text().strip() or default_camera
+        sigma, crop, out = self.sigma.value(), self.crop.value(), self.output.path()
+        self.progress.setRange(0, len(sources))
+        self.progress.setValue(0)
+        self.run_button.setEnabled(False)
+        self.status.setText(f"Reading {len(sources)} shots…")
+
+        def job(report: Callable[[Any], None]) -> Any:
+            from dippas_core.fingerprint import estimate_fingerprint
+
+            fp = estimate_fingerprint(_iterate(sources, crop, report), sigma=sigma, camera=camera)
+            if out is not None:
+                fp.save(out)
+            return fp, out
+
+        self.worker = start_job(
+            job, on_progress=self._on_progress, on_returned=self._on_done,
+            on_errored=self._on_error, on_finished=lambda: self.run_button.setEnabled(True),
+            what="Fingerprint estimate",
+        )
+
+    def _on_progress(self, batch: list[tuple[int, int]]) -> None:
+        done, total = batch[-1]
+        self.progress.setValue(done)
+        self.status.setText(f"Read {done} of {total} shots…")
+
+    def _on_done(self, value: tuple[Any, Path | None]) -> None:
+        fp, out = value
+        upsert_layer(
+            self.viewer,
+            fingerprint_layer(
+                fp.K, camera=fp.camera, n_images=fp.n_images, sigma=fp.sigma, version=fp.version,
+                path=None if out is None else str(out),
+            ),
+        )
+        saved = f", saved to {out}" if out is not None else " (not saved: no file chosen)"
+        self.status.setText(
+            f"Fingerprint of {fp.camera or 'the camera'} from {fp.n_images} shots, "
+            f"{fp.shape[0]}×{fp.shape[1]}{saved}."
+        )
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(str(exc))

@@ -1,0 +1,78 @@
+"""The plugin's writer: an image layer to PNG/TIFF, bit-exact, with no metadata from its source.
+
+File → Save Selected Layer(s) and the Assemble & export widget's button both end here.  Pixels go
+through :func:`dippas_core.io.write_image` (atomic, rounds floats, writes no metadata); if the layer
+carries a DIPPAS report (``metadata["dippas"]["report"]``) it is written beside the image as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SUFFIXES", "report_path", "write_image_layer"]
+
+SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def report_path(image_path: str | Path) -> Path:
+    """Where the JSON report of an exported image goes: same folder and stem, ``.json``."""
+    return Path(image_path).with_suffix(".json")
+
+
+def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one image layer; napari's single-layer writer signature.
+
+    Parameters
+    ----------
+    path : str
+        Destination ``.png``, ``.tif`` or ``.tiff``.
+    data : array_like
+        H×W or H×W×3; uint8/uint16 are written exactly, floats (0..255 scale) are rounded.
+    meta : dict
+        The layer state napari passes (``metadata`` is read for a DIPPAS report).
+
+    Returns
+    -------
+    list of str
+        The files written (the image, then the report if there is one).
+    """
+    from dippas_core.errors import InputError
+    from dippas_core.io import write_image
+
+    target = Path(path)
+    if target.suffix.lower() not in SUFFIXES:
+        raise InputError(f"cannot save {target.name}: use one of {', '.join(SUFFIXES)}")
+    array = np.asarray(data)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
+        raise InputError(
+            f"cannot save a layer of shape {array.shape} as {target.suffix}: "
+            "select one 2-D gray or RGB image layer"
+        )
+    info = (meta.get("metadata") or {}).get("dippas") or {}
+    # 16-bit sources stay 16-bit (their float assembly included); everything else is 8-bit
+    bit_depth = int(info.get("bit_depth", 16 if array.dtype == np.uint16 else 8))
+    written = [str(write_image(target, array, bit_depth=bit_depth))]
+    report = info.get("report")
+    if report is not None:
+        from dippas_core._atomic import atomic_write_text
+
+        report = {**report, "image": target.name}
+        out = report_path(target)
+        atomic_write_text(out, json.dumps(report, indent=1, default=_jsonable))
+        written.append(str(out))
+    return written
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

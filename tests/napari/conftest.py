@@ -1,0 +1,67 @@
+"""Fixtures for the plugin's tests: small real data (the bundled Dresden sample) and tiny runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+#: photo crop used by the DIP tests: 64×64 keeps a tiny network at a few seconds on one CPU core
+CROP = 64
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Six engineers share two cores: torch gets one thread (only if a test imported it)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """The bundled Dresden photo (uint8 256×256×3) and its camera's Fingerprint."""
+    from dippas_core.sample import sample_data
+
+    return sample_data()
+
+
+@pytest.fixture(scope="session")
+def small(sample):
+    """A CROP×CROP centre crop of the sample photo and of its fingerprint K."""
+    from dippas_core.io import center_crop
+
+    photo, fp = sample
+    return np.ascontiguousarray(center_crop(photo, CROP)), fp.center_crop(CROP)
+
+
+@pytest.fixture
+def tiny_settings():
+    """Anonymize settings for a run of a few seconds that keeps snapshots early."""
+    from napari_dippas._models import AnonymizeSettings
+
+    # lr 1e-2 (not the paper's 1e-3) takes the 64×64 crop past 20 dB in about 30 iterations
+    return AnonymizeSettings(
+        mode="aware", device="cpu", seed=3, preset="tiny", tau_psnr=20.0, stop_psnr=40.0,
+        max_iter=60, lr=1e-2,
+    )
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    """A real napari viewer (pytest-xvfb provides the display)."""
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def configure():
+    """``configure(widget, settings)``: put AnonymizeSettings into an AnonymizeWidget (the form
+    follows through the two-way binding)."""
+
+    def apply(widget, settings) -> None:
+        widget.settings.preset = settings.preset  # a preset resets tau/stop/max_iter: first
+        widget.settings.update(settings.model_dump(exclude={"preset"}))
+
+    return apply

@@ -1,0 +1,183 @@
+"""Model tests: the widgets' logic without a viewer (throttling, job state, layers, verdicts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dippas._layers import (
+    block_heatmap_layer,
+    block_placement,
+    fingerprint_layer,
+    symmetric_limits,
+)
+from napari_dippas._models import (
+    AnonymizeJob,
+    AnonymizeSettings,
+    RunHistory,
+    StepSummary,
+    StepThrottle,
+    attribute,
+    attribution_verdict,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _steps(n: int, start: int = 1, kept_from: int = 10**9) -> list[StepSummary]:
+    return [
+        StepSummary(i, 1.0 / i, 10.0 + i / 10, i / 1000, i >= kept_from)
+        for i in range(start, start + n)
+    ]
+
+
+def test_throttle_signals_at_most_every_interval_and_loses_nothing():
+    clock = FakeClock()
+    throttle = StepThrottle(0.1, clock=clock)
+    received, signal_times = [], []
+    for i in range(1000):  # the worker: one item per millisecond for one second
+        clock.t = i * 0.001
+        if throttle.offer(i):
+            signal_times.append(clock.t)
+            received.extend(throttle.take())  # a GUI that handles the signal at once
+    if throttle.close():
+        received.extend(throttle.take())
+    assert received == list(range(1000))  # order kept, nothing lost or repeated
+    assert np.min(np.diff(signal_times)) >= 0.1 - 1e-9
+    assert len(signal_times) <= 11
+    assert throttle.take() == [] and not throttle.close()
+
+
+def test_throttle_never_queues_a_second_signal_for_a_slow_gui():
+    clock = FakeClock()
+    throttle = StepThrottle(0.1, clock=clock)
+    signals = 0
+    for i in range(100):  # the GUI is busy for the whole second: it never takes
+        clock.t = i * 0.01
+        signals += throttle.offer(i)
+    assert signals == 1  # one signal in flight, not ten waiting in the event queue
+    assert not throttle.close()  # the signal in flight will collect the rest
+    assert throttle.take() == list(range(100))
+    clock.t = 2.0
+    assert throttle.offer(100) and throttle.take() == [100]
+
+
+def test_job_folds_batches_and_describes_itself():
+    job = AnonymizeJob()
+    seen = []
+    job.events.iteration.connect(seen.append)
+    job.start(max_iter=200, run_dir="/tmp/x")
+    job.apply(_steps(30, kept_from=25))
+    job.apply(_steps(20, start=31, kept_from=25))
+    assert job.iteration == 50 and job.n_snapshots == 6 + 20
+    assert job.best_psnr == pytest.approx(15.0)
+    assert job.progress == pytest.approx(0.25)
+    assert seen == [30, 50]  # one event per batch, not per step
+    assert "iteration 50/200" in job.describe() and "26 snapshots" in job.describe()
+    job.update({"status": "cancelled", "stop_reason": "cancelled"})
+    assert job.describe().startswith("Done (stopped by the user)")
+    job.update({"status": "failed", "message": "photo is 64×64, fingerprint 32×32"})
+    assert "64×64" in job.describe()
+
+
+def test_history_curves_and_ncc_points():
+    history = RunHistory()
+    changes = []
+    history.changed.connect(lambda: changes.append(1))
+    history.extend(_steps(5))
+    history.add_ncc([(3, 0.01), (5, -0.002)])
+    history.add_ncc([])
+    assert len(history) == 5 and len(changes) == 2
+    np.testing.assert_array_equal(history.column("iteration"), [1, 2, 3, 4, 5])
+    it, v = history.ncc
+    np.testing.assert_array_equal(it, [3, 5])
+    np.testing.assert_allclose(v, [0.01, -0.002])
+    history.load({"iteration": np.arange(1, 4), "psnr": np.ones(3), "gamma": np.zeros(3),
+                  "loss": np.ones(3)})
+    assert len(history) == 3 and history.ncc[0].size == 0
+
+
+def test_settings_map_onto_the_dip_preset():
+    settings = AnonymizeSettings(preset="tiny", seed=7, tau_psnr=20.0, stop_psnr=25.0,
+                                 max_iter=42, device="cpu")
+    cfg = settings.dip_config()
+    from dippas_core.dip import DIPConfig
+
+    tiny = DIPConfig.preset("tiny")
+    assert (cfg.seed, cfg.tau_psnr, cfg.stop_psnr, cfg.max_iter, cfg.device) == (
+        7, 20.0, 25.0, 42, "cpu")
+    assert cfg.widths == tiny.widths and cfg.z_channels == tiny.z_channels
+
+
+def test_symmetric_limits():
+    assert symmetric_limits(np.array([[-0.2, 0.05], [0.1, np.nan]])) == (-0.2, 0.2)
+    lo, hi = symmetric_limits(np.zeros((3, 3)))
+    assert lo == -hi and hi > 0
+    values = np.r_[np.linspace(-1, 1, 999), 100.0]
+    assert symmetric_limits(values, 99.0)[1] < 2.0  # one outlier does not set the scale
+
+
+@pytest.mark.parametrize("B", [16, 32, 64])
+def test_heatmap_cells_sit_over_their_blocks(B):
+    H, W = 3 * B - 5, 2 * B  # a smaller edge block
+    values = np.arange(6, dtype=np.float32).reshape(3, 2) - 2.5
+    data, kwargs, kind = block_heatmap_layer(values, B, image_shape=(H, W), stage="before")
+    scale, translate = block_placement(B)
+    assert kind == "image" and kwargs["scale"] == scale and kwargs["translate"] == translate
+    for i in range(3):
+        for j in range(2):
+            # napari: world = translate + index * scale; the cell spans ±scale/2 around it
+            centre = np.add(translate, np.multiply((i, j), scale))
+            first, last = centre - np.divide(scale, 2) + 0.5, centre + np.divide(scale, 2) - 0.5
+            np.testing.assert_allclose(first, (i * B, j * B))  # first pixel of block (i, j)
+            np.testing.assert_allclose(last, (i * B + B - 1, j * B + B - 1))
+    lo, hi = kwargs["contrast_limits"]
+    assert lo == -hi == -2.5
+    meta = kwargs["metadata"]["dippas"]
+    np.testing.assert_array_equal(meta["values"], values)
+    assert meta["block_size"] == B and meta["image_shape"] == (H, W)
+    assert kwargs["colormap"] == "RdBu_r"
+
+
+def test_fingerprint_layer_is_diverging_and_symmetric(small):
+    _, fp = small
+    _, kwargs, _ = fingerprint_layer(fp.K, camera=fp.camera)
+    lo, hi = kwargs["contrast_limits"]
+    assert lo == -hi > -np.abs(fp.K).max() - 1e-9
+    assert kwargs["metadata"]["dippas"]["camera"] == fp.camera
+
+
+def test_verdict_words():
+    assert attribution_verdict("PCE", 812.0, 60.0).startswith("Match")
+    assert attribution_verdict("PCE", 12.0, 60.0).startswith("No match")
+    assert "threshold 0.01" in attribution_verdict("NCC", 0.002, 0.01)
+    assert attribution_verdict("NCC", float("nan"), 0.01).startswith("No verdict")
+
+
+def test_attribution_tells_the_right_camera_from_another(sample):
+    from dippas_core.correlation import ncc
+
+    photo, fp = sample
+    right = attribute(photo, fp.K, block_size=64)
+    wrong_K = np.roll(fp.K, (17, 29), axis=(0, 1))  # a fingerprint unrelated to this photo
+    wrong = attribute(photo, wrong_K, block_size=64, W=right.residual)
+    assert right.pce > 25 > abs(wrong.pce)  # the widget's default threshold: 25
+    assert right.ncc > 3 * abs(wrong.ncc)
+    assert right.ncc == pytest.approx(ncc(right.residual, photo, fp.K))
+    assert right.block_ncc.shape == (4, 4)
+    # most blocks of the right camera correlate positively
+    assert (right.block_ncc > 0).mean() > 0.7
+
+
+def test_attribution_names_a_size_mismatch(sample):
+    from dippas_core.errors import ShapeMismatchError
+
+    photo, fp = sample
+    with pytest.raises(ShapeMismatchError, match="256"):
+        attribute(photo[:128], fp.K)

@@ -1,0 +1,267 @@
+"""Every dock widget driving its job end to end in a real viewer, on tiny real data."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_dippas._widgets import (
+    AnonymizeWidget,
+    AssembleWidget,
+    AttributionWidget,
+    FingerprintWidget,
+)
+
+DONE = ("finished", "cancelled", "failed")
+
+
+def _flat_fields(folder: Path, K: np.ndarray, n: int = 4) -> list[Path]:
+    """``n`` flat-field PNGs of a camera whose fingerprint is ``K`` (smooth gray + PRNU + noise)."""
+    from dippas_core.io import write_image
+
+    rng = np.random.default_rng(0)
+    h, w = K.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(n):
+        base = 120.0 + 20 * i + 10 * np.sin(xx / 17.0 + i)[..., None] + np.zeros((1, 1, 3))
+        shot = base * (1 + K[..., None]) + rng.normal(0, 1.0, base.shape)
+        paths.append(write_image(folder / f"ff_{i}.png", shot))
+    return paths
+
+
+def test_fingerprint_from_a_folder_and_from_a_stack(viewer, qtbot, small, tmp_path):
+    from dippas_core.correlation import ncc
+    from dippas_core.fingerprint import Fingerprint, estimate_fingerprint
+    from dippas_core.io import read_image
+
+    _, true_fp = small
+    paths = _flat_fields(tmp_path, true_fp.K * 20)  # a strong PRNU, so four shots find it
+    widget = FingerprintWidget(viewer)
+    widget.folder.set_path(tmp_path)
+    widget.camera.setText("test camera")
+    assert widget.output.path() == tmp_path / "fingerprint.npz"  # suggested beside the shots
+    widget.start()
+    qtbot.waitUntil(lambda: "fingerprint" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+    assert widget.progress.value() == 4
+    layer = viewer.layers["fingerprint"]
+    direct = estimate_fingerprint(paths, sigma=5.0, camera="test camera")
+    np.testing.assert_allclose(layer.data, direct.K, rtol=1e-5, atol=1e-7)
+    saved = Fingerprint.load(tmp_path / "fingerprint.npz")
+    np.testing.assert_array_equal(saved.K, layer.data)
+    assert saved.camera == "test camera" and saved.n_images == 4
+    assert layer.colormap.name == "RdBu_r" and layer.contrast_limits[0] == -layer.contrast_limits[1]
+    # the estimate finds the camera: a shot correlates with it
+    shot = read_image(paths[0]).astype(np.float32)
+    from dippas_core.residual import residual
+
+    assert ncc(residual(shot), shot, layer.data) > 0.1
+
+    # the same shots as an image-stack layer give the same fingerprint
+    viewer.add_image(np.stack([read_image(p) for p in paths]), rgb=True, name="shots")
+    widget.from_layer.setChecked(True)
+    widget.stack.select("shots")
+    widget.output.set_path(tmp_path / "from_stack.npz")
+    widget.start()
+    qtbot.waitUntil(lambda: (tmp_path / "from_stack.npz").exists(), timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+    np.testing.assert_allclose(viewer.layers["fingerprint"].data, direct.K, rtol=1e-5, atol=1e-7)
+
+
+def test_fingerprint_reports_an_empty_folder(viewer, tmp_path):
+    widget = FingerprintWidget(viewer)
+    widget.folder.set_path(tmp_path)
+    widget.start()
+    assert "no image files" in widget.status.text() and str(tmp_path) in widget.status.text()
+    assert widget.run_button.isEnabled()
+
+
+def test_attribution_verdict_heatmap_and_colorbar(viewer, qtbot, sample):
+    viewer.open_sample("napari-dippas", "dresden")
+    widget = AttributionWidget(viewer)
+    assert widget.photo.currentText() == "photo"
+    assert widget.fingerprint.currentText() == "fingerprint"
+    widget.block.setValue(64)
+    widget.start()
+    qtbot.waitUntil(lambda: "block NCC" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+    assert widget.verdict.text().startswith("Match")  # the sample's own camera
+    heat = viewer.layers["block NCC"]
+    assert heat.data.shape == (4, 4)
+    # cell (1, 2) covers photo pixels 64..127 × 128..191
+    assert np.allclose(heat.data_to_world((1, 2)), (64 + 31.5, 128 + 31.5))
+    lo, hi = heat.contrast_limits
+    assert lo == -hi and hi == pytest.approx(np.abs(heat.data).max())
+    assert heat.colormap.name == "RdBu_r"
+    np.testing.assert_array_equal(heat.metadata["dippas"]["values"], heat.data)
+    assert widget.colorbar.limit == pytest.approx(hi)
+    assert viewer.layers["residual"].data.shape == (256, 256)
+    # a stricter threshold changes the verdict at once, without recomputing
+    result = widget.result
+    widget.threshold.setValue(widget.result.pce * 2)
+    assert widget.verdict.text().startswith("No match") and widget.result is result
+    widget.score.setCurrentText("NCC")
+    assert "NCC" in widget.verdict.text()
+
+
+def _wait_done(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: widget.job.status in DONE, timeout=timeout)
+
+
+def test_anonymize_assemble_export_reopen_round_trip(
+    viewer, qtbot, small, tiny_settings, configure, tmp_path
+):
+    """One tiny CPU run: live updates, a responsive GUI, assembly, export, reopening the run."""
+    from dippas_core.io import read_image
+    from dippas_core.run import RunDirectory
+
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    viewer.add_image(fp.K, name="fingerprint",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
+    anon = AnonymizeWidget(viewer)
+    configure(anon, tiny_settings)
+    assert anon.max_iter.value() == tiny_settings.max_iter  # the form follows the model
+    anon.runs_folder.set_path(tmp_path)
+    batches = []
+    anon.job.events.iteration.connect(lambda v: batches.append(time.monotonic()))
+    # a user picks settings while the widget loads torch in the background; so does the test
+    qtbot.waitUntil(anon.warm.is_set, timeout=120_000)
+
+    # the event loop must keep ticking while the inversion runs: a 20 ms timer, wall-clock time
+    # and the main thread's own CPU time at each tick, until the run's end reaches the GUI
+    ticks = []
+
+    def tick():
+        if anon.job.status == "running":
+            ticks.append((time.perf_counter(), time.thread_time()))
+
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(tick)
+    load_before = os.getloadavg()[0]
+    timer.start()
+    anon.run_button.click()
+    assert anon.run_button.text() == "Stop"
+    _wait_done(qtbot, anon)
+    timer.stop()
+    load_after = os.getloadavg()[0]
+    assert anon.job.status == "finished", anon.job.message
+    wall_gaps, busy_gaps = np.diff(np.array(ticks), axis=0).T
+    print(
+        f"\nevent loop during the run: {len(ticks)} ticks, max gap {wall_gaps.max() * 1e3:.0f} ms "
+        f"(main thread busy at most {busy_gaps.max() * 1e3:.0f} ms; load {load_before:.1f} → "
+        f"{load_after:.1f} on {os.cpu_count()} cores)"
+    )
+    assert len(ticks) > 50
+    # our handlers never hold the main thread for 100 ms, whatever the machine's load ...
+    assert busy_gaps.max() < 0.100
+    # ... and on a machine that is not oversubscribed the loop ticks at least every 100 ms
+    # (on a shared, overloaded one the OS, not the plugin, decides when the GUI thread runs)
+    if max(load_before, load_after) <= os.cpu_count():
+        assert wall_gaps.max() < 0.100
+
+    # throttled: at most one GUI update per 100 ms, and every iteration arrived
+    assert anon.job.iteration == tiny_settings.max_iter
+    run_s = ticks[-1][0] - ticks[0][0]
+    assert len(batches) <= run_s / 0.1 + 2
+    assert len(anon.history) == tiny_settings.max_iter
+    assert anon.run_button.text() == "Run"
+    run = RunDirectory.open(anon.run_path)
+    assert run.status == "finished"
+    n = len(run.snapshots)
+    assert n > 3 and anon.job.n_snapshots == n
+    snaps = viewer.layers["snapshots"]
+    assert snaps.data.shape == (n, 64, 64, 3) and isinstance(snaps.data, np.memmap)
+    assert snaps.opacity == 1 and viewer.dims.current_step[0] == n - 1  # slider follows the run
+    assert viewer.dims.ndim == 3
+    it, ncc_values = anon.history.ncc
+    np.testing.assert_array_equal(it, run.snapshots.iterations)  # one NCC per kept snapshot
+    assert np.isfinite(ncc_values).all()
+    assert {"anonymized", "NCC after", "block NCC"} <= {layer.name for layer in viewer.layers}
+
+    # Assemble & export picks the run up from the snapshots layer
+    asm = AssembleWidget(viewer)
+    assert asm.session is not None and asm.session.path == str(anon.run_path)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    assert [asm.block.itemText(i) for i in range(asm.block.count())] == ["32", "64"]
+    asm.settings.update({"block_size": 32, "n_average": 2})
+    qtbot.waitUntil(
+        lambda: asm.outcome is not None and asm.outcome.params["L"] == 2
+        and asm.outcome.params["B"] == 32, timeout=30_000,
+    )
+    after = viewer.layers["NCC after"]
+    assert after.data.shape == (2, 2) and tuple(after.scale) == (32, 32)
+    # the "after" map is drawn on the "before" map's colour scale
+    assert after.contrast_limits[1] == pytest.approx(viewer.layers["block NCC"].contrast_limits[1])
+    out = outcome = asm.outcome
+    assert abs(out.after.ncc) < abs(out.before.ncc)  # the fingerprint got weaker
+    assert out.psnr > 15
+    assert asm.table["NCC", "after"].text() == f"{out.after.ncc:.5f}"
+
+    written = asm.export(tmp_path / "anon.png")
+    assert [Path(p).name for p in written] == ["anon.png", "anon.json"]
+    np.testing.assert_array_equal(read_image(tmp_path / "anon.png"), outcome.image)
+    report = json.loads((tmp_path / "anon.json").read_text())
+    assert report["assembly"]["B"] == 32 and report["assembly"]["L"] == 2
+    assert report["seed"] == tiny_settings.seed and report["run_dir"] == str(anon.run_path)
+    assert report["ncc"]["after"] == pytest.approx(out.after.ncc)
+
+    # reopen the run in a fresh viewer state: every layer comes back, same image
+    viewer.layers.clear()
+    viewer.open(str(anon.run_path), plugin="napari-dippas")
+    names = {layer.name for layer in viewer.layers}
+    assert {"photo", "fingerprint", "block NCC", "snapshots", "anonymized", "NCC after"} <= names
+    np.testing.assert_array_equal(viewer.layers["photo"].data, photo)
+    np.testing.assert_array_equal(viewer.layers["anonymized"].data, outcome.image)
+    assert viewer.layers["snapshots"].data.shape[0] == n
+
+
+def test_stop_mid_run_frees_the_network(viewer, qtbot, small, tiny_settings, configure, tmp_path):
+    from dippas_core.dip.network import MultiResUNet
+    from dippas_core.run import RunDirectory
+
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    anon = AnonymizeWidget(viewer)
+    configure(anon, tiny_settings.model_copy(update={"mode": "blind", "max_iter": 5000}))
+    anon.runs_folder.set_path(tmp_path)
+    anon.start()
+    qtbot.waitUntil(lambda: anon.job.n_snapshots >= 2, timeout=120_000)
+    anon.run_button.click()  # Stop
+    assert anon.job.status in ("stopping", *DONE)
+    _wait_done(qtbot, anon)
+    assert anon.job.status == "cancelled" and anon.job.stop_reason == "cancelled"
+    assert anon.job.iteration < 5000 and anon.run_button.text() == "Run"
+    assert RunDirectory.open(anon.run_path).status == "cancelled"
+    assert "anonymized" in viewer.layers  # assembled from what was kept
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, MultiResUNet)]
+
+
+def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_settings,
+                                                    configure, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    viewer.add_image(fp.K[:32, :32], name="fingerprint")
+    anon = AnonymizeWidget(viewer)
+    configure(anon, tiny_settings)
+    anon.runs_folder.set_path(tmp_path)
+    n_before = len(notification_manager.records)
+    anon.start()
+    _wait_done(qtbot, anon, 60_000)
+    assert anon.job.status == "failed"
+    assert "64" in anon.job.message and "32" in anon.job.message
+    new = [str(n.message) for n in notification_manager.records[n_before:]]
+    assert any(m.startswith("Anonymize failed") and "32" in m for m in new), new
+    assert anon.run_button.text() == "Run" and anon.run_button.isEnabled()
