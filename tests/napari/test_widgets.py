@@ -265,3 +265,42 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     new = [str(n.message) for n in notification_manager.records[n_before:]]
     assert any(m.startswith("Anonymize failed") and "32" in m for m in new), new
     assert anon.run_button.text() == "Run" and anon.run_button.isEnabled()
+
+
+def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
+    """The panel-by-panel redraw used during a run paints what a plain full draw paints."""
+    from napari_dippas._models import RunHistory, StepSummary
+    from napari_dippas._widgets._common import LivePlot
+
+    plot = LivePlot(full_redraw_s=0.0)
+    qtbot.addWidget(plot)
+    plot.resize(320, 280)
+    history = RunHistory()
+    plot.show_history(history, 30.0, final=True)  # the first, synchronous draw
+    steps = [
+        StepSummary(iteration=i, loss=1.0 / i, psnr=10 + 25 * (1 - np.exp(-i / 200)),
+                    gamma=0.002 * i, kept=False)
+        for i in range(1, 400)
+    ]
+    history.extend(steps)
+    history.add_ncc([(i, 0.02 * np.cos(i / 40)) for i in range(100, 400, 10)])
+    draws = plot.n_full_draws
+    plot.show_history(history, 30.0)  # limits must grow: an off-screen redraw starts
+    assert plot._offscreen is not None
+    qtbot.waitUntil(lambda: plot._offscreen is None, timeout=5000)
+    assert plot.n_full_draws == draws + 1
+    assert plot.axes["gamma"].get_xlim()[1] >= 399
+    stepped = np.asarray(plot.buffer_rgba()).copy()
+    plot.show_history(history, 30.0, final=True)  # the plain full draw
+    full = np.asarray(plot.buffer_rgba()).copy()
+    assert stepped.shape == full.shape
+    # same pixels, bar anti-aliasing noise (and the curves are really there, not just axes)
+    assert np.mean(np.any(stepped != full, axis=-1)) < 0.002
+    line = np.array(matplotlib_rgb(plot.lines["psnr"].get_color()))
+    assert np.sum(np.all(np.abs(stepped[..., :3].astype(int) - line) < 8, axis=-1)) > 100
+
+
+def matplotlib_rgb(color):
+    from matplotlib.colors import to_rgb
+
+    return [round(255 * c) for c in to_rgb(color)]
