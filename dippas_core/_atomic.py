@@ -35,11 +35,26 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
+        _fsync(tmp_path)  # the data is on disk before the name points at it (power loss)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. a folder on Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # file systems that cannot sync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

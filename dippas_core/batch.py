@@ -52,6 +52,7 @@ import numpy as np
 
 from ._atomic import atomic_write_text
 from .errors import DippasError, InputError, ShapeMismatchError
+from .io import IMAGE_SUFFIXES, find_images
 
 __all__ = [
     "BatchResult",
@@ -73,7 +74,6 @@ __all__ = [
 ]
 
 #: File suffixes (compared case-insensitively) that a batch picks up.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: Folder inside ``OUT_DIR`` holding the batch's bookkeeping (salt, done-markers).
 STATE_DIR = ".dippas-batch"
 _OUTPUT_SUFFIXES = {"png": ".png", "tiff": ".tif", "tif": ".tif"}
@@ -209,26 +209,6 @@ class BatchResult:
 # planning (driver side)
 
 
-def find_images(in_dir: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``in_dir`` (not recursive), by name.
-
-    Hidden files are ignored; suffixes in :data:`IMAGE_SUFFIXES` match case-insensitively.
-
-    Raises
-    ------
-    InputError
-        ``in_dir`` is not a folder.
-    """
-    folder = Path(in_dir)
-    if not folder.is_dir():
-        raise InputError(f"input folder {str(folder)!r} does not exist or is not a folder")
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-    )
-
-
 def sanitise_stem(stem: str, *, max_length: int = 80) -> str:
     """A file-name-safe version of ``stem``: ASCII letters, digits, ``_`` and ``-`` only.
 
@@ -255,6 +235,9 @@ def _salt(out_dir: Path) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+_RESERVED_STEMS = {"summary"}
+
+
 def output_names(
     sources: Sequence[Path], *, keep_names: bool, salt: bytes, suffix: str = ".png"
 ) -> list[str]:
@@ -277,6 +260,11 @@ def output_names(
             f"{s}_{sanitise_stem(p.suffix)}" if folded.count(s.lower()) > 1 else s
             for s, p in zip(stems, sources, strict=True)
         ]
+    # the batch's own files (summary.csv/.json) must never share a stem with an image's report
+    stems = [
+        f"{s}-{tag(p, 8)}" if s.lower() in _RESERVED_STEMS else s
+        for s, p in zip(stems, sources, strict=True)
+    ]
     seen: dict[str, int] = {}
     for s in stems:
         seen[s.lower()] = seen.get(s.lower(), 0) + 1
@@ -371,7 +359,13 @@ def plan_batch(
     )
     tasks = []
     for src, name in zip(sources, names, strict=True):
-        key = hashlib.sha256(f"{_sha256_file(src)}\n{params}".encode()).hexdigest()
+        try:
+            content = _sha256_file(src)
+        except OSError:
+            # unreadable now (permissions, removed since listing): its task fails with the
+            # reader's own message and costs only this image
+            content = f"unreadable {src.name}"
+        key = hashlib.sha256(f"{content}\n{params}".encode()).hexdigest()
         tasks.append(
             ImageTask(
                 source=str(src.resolve()),
@@ -389,12 +383,14 @@ def _finished_record(task: ImageTask) -> ImageRecord | None:
     marker, output = Path(task.marker), Path(task.output)
     try:
         done = json.loads(marker.read_text())
+        if not isinstance(done, dict) or not isinstance(done.get("record", {}), dict):
+            return None  # a damaged marker: redo the image
+        if done.get("key") != task.key or not output.is_file():
+            return None
+        if done.get("output_sha256") != _sha256_file(output):
+            return None  # the output was replaced or damaged since: redo it
     except (OSError, ValueError):
         return None
-    if done.get("key") != task.key or not output.is_file():
-        return None
-    if done.get("output_sha256") != _sha256_file(output):
-        return None  # the output was replaced or damaged since: redo it
     fields = {k: done.get("record", {}).get(k) for k in ("psnr", "ncc_before", "ncc_after")}
     return ImageRecord(
         output=output.name,
@@ -1057,9 +1053,9 @@ def _record_of(fut: Any, task: ImageTask) -> ImageRecord:
     if fut.status == "cancelled":
         reason = "the batch was cancelled before this image finished"
         return ImageRecord(name, task.source_name, _STATUS_CANCELLED, reason=reason)
-    return ImageRecord(
-        name, task.source_name, _STATUS_FAILED, reason=_failure_reason(fut.exception())
-    )
+    # the summary names sources by file name only, never by their folder
+    reason = _failure_reason(fut.exception()).replace(task.source, task.source_name)
+    return ImageRecord(name, task.source_name, _STATUS_FAILED, reason=reason)
 
 
 def _default_workers() -> int:

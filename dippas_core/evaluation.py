@@ -62,7 +62,6 @@ __all__ = [
 
 #: PSNR (dB) given to a crop a method left unchanged when averaging (it is infinite).
 PSNR_CAP = 100.0
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 SCORE_FIELDS = (
     "size",
     "crop",
@@ -411,9 +410,9 @@ def crop_layout(size: int, n: int, region: int) -> list[tuple[int, int]]:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError(f"folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    from .io import find_images
+
+    files = find_images(folder)
     if not files:
         raise InputError(f"no images in {folder}")
     return files

@@ -58,6 +58,8 @@ class Fingerprint:
         dippas version that estimated it.
     crop : tuple of int or None
         (h, w) of the centre crop of the images the estimate used, None for whole images.
+    method : str
+        Residual path of the estimate (``"fast"`` or ``"reference"``; they differ by ~1e-4).
     """
 
     K: np.ndarray
@@ -66,6 +68,7 @@ class Fingerprint:
     sigma: float = 5.0
     version: str = field(default_factory=_package_version)
     crop: tuple[int, int] | None = None
+    method: str = "fast"
 
     def __post_init__(self) -> None:
         k = np.asarray(self.K)
@@ -95,6 +98,7 @@ class Fingerprint:
             "sigma": float(self.sigma),
             "crop": list(self.crop) if self.crop is not None else None,
             "version": self.version,
+            "method": self.method,
         }
 
     def center_crop(self, size: int | tuple[int, int]) -> Fingerprint:
@@ -109,6 +113,7 @@ class Fingerprint:
             sigma=self.sigma,
             version=self.version,
             crop=k.shape,
+            method=self.method,
         )
 
     def save(self, path: str | os.PathLike, *, dtype: type = np.float32) -> Path:
@@ -126,7 +131,8 @@ class Fingerprint:
             np.savez(
                 f,
                 K=self.K.astype(dtype),
-                metadata=np.array(json.dumps(self.metadata())),
+                # the versions that produced the file, for whoever reproduces it later
+                metadata=np.array(json.dumps({**self.metadata(), "environment": _environment()})),
             )
         return path
 
@@ -152,18 +158,30 @@ class Fingerprint:
             raise InputError(f"{path}: K must be a 2-D float array, got {k.dtype} {k.shape}")
         if not np.isfinite(k).all():
             raise InputError(f"{path}: fingerprint K contains NaN or infinite values")
-        shape = meta.get("shape")
-        if shape is not None and tuple(shape) != k.shape:
-            raise InputError(f"{path}: metadata says shape {tuple(shape)} but K is {k.shape}")
-        crop = meta.get("crop")
-        return cls(
-            K=k.astype(np.float32),
-            camera=str(meta.get("camera", "")),
-            n_images=int(meta.get("n_images", 0)),
-            sigma=float(meta.get("sigma", 5.0)),
-            version=str(meta.get("version", "")),
-            crop=tuple(crop) if crop else None,
-        )
+        try:
+            shape = meta.get("shape")
+            if shape is not None and tuple(shape) != k.shape:
+                raise InputError(
+                    f"{path}: metadata says shape {tuple(shape)} but K is {k.shape}"
+                )
+            crop = meta.get("crop")
+            return cls(
+                K=k.astype(np.float32),
+                camera=str(meta.get("camera", "")),
+                n_images=int(meta.get("n_images", 0)),
+                sigma=float(meta.get("sigma", 5.0)),
+                version=str(meta.get("version", "")),
+                crop=tuple(crop) if crop else None,
+                method=str(meta.get("method", "fast")),
+            )
+        except (TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"{path}: damaged fingerprint metadata ({exc})") from None
+
+
+def _environment() -> dict[str, str]:
+    from .run import environment_info
+
+    return environment_info()
 
 
 def intensity_scale(image: np.ndarray) -> np.ndarray:
@@ -300,7 +318,10 @@ def estimate_fingerprint(
             name = f"images[{idx}]"
             img = np.asarray(item)
         if crop is not None:
-            img = center_crop(img, crop)
+            try:
+                img = center_crop(img, crop)
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}") from None
         img = _as_float255(img, name)
         if first_shape is None:
             first_name, first_shape = name, img.shape
@@ -336,4 +357,6 @@ def estimate_fingerprint(
         h, w = k.shape[-2:]
         k_final = _gray_zero_mean_wiener_dft(k, h, w)
     crop_hw = None if crop is None else (h, w)
-    return Fingerprint(K=k_final, camera=camera, n_images=n, sigma=sigma, crop=crop_hw)
+    return Fingerprint(
+        K=k_final, camera=camera, n_images=n, sigma=sigma, crop=crop_hw, method=method
+    )

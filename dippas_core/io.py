@@ -28,13 +28,17 @@ from ._atomic import atomic_path
 from .errors import ImageReadError, InputError
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "center_crop",
     "crop_at",
+    "find_images",
     "read_image",
     "to_float255",
     "write_image",
 ]
 
+#: File name endings taken for images when a folder is listed (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -42,6 +46,27 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
+
+
+def find_images(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """Image files directly inside ``folder`` whose names match ``pattern``, sorted by name.
+
+    Hidden files (``._IMG_0001.JPG`` from macOS, editors' backups) and folders are skipped;
+    suffixes in :data:`IMAGE_SUFFIXES` match case-insensitively.
+
+    Raises
+    ------
+    InputError
+        ``folder`` is not a folder.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"folder {str(path)!r} does not exist or is not a folder")
+    return sorted(
+        p
+        for p in path.glob(pattern or "*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def _orient(arr: np.ndarray, orientation: int | None) -> np.ndarray:
@@ -100,6 +125,10 @@ def _read_tiff(path: Path) -> np.ndarray:
         if not tif.pages:
             raise ImageReadError(f"{path}: TIFF file has no image")
         page = tif.pages[0]
+        if int(page.photometric) not in (1, 2):  # MINISBLACK, RGB
+            # tifffile hands back raw samples: CMYK, palette indices, inverted or YCbCr values
+            # would pass for gray/RGB, so let Pillow convert those to RGB
+            raise ValueError(f"photometric {page.photometric!r} needs a colour conversion")
         arr = page.asarray()
         planar_separate = getattr(page, "planarconfig", 1) == 2
     if arr.ndim == 3 and planar_separate and arr.shape[0] in (3, 4):

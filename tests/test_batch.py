@@ -178,6 +178,9 @@ def test_output_names_are_opaque_stable_and_distinct(tmp_path):
     kept = output_names(sources, keep_names=True, salt=salt, suffix=".tif")
     # a.JPG and a.png would collide: the source suffix keeps them apart
     assert kept == ["Nikon_D70_0_1_JPG.tif", "Nikon_D70_0_1_png.tif", "x.tif"]
+    # a photo called summary.* must not put its report where the batch writes summary.json
+    (reserved,) = output_names([tmp_path / "Summary.jpg"], keep_names=True, salt=salt)
+    assert reserved.lower().startswith("summary-") and reserved.endswith(".png")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,6 +431,10 @@ def test_a_rerun_of_a_finished_task_returns_the_record_without_recomputing(tmp_p
     # a stale key (other params) does not count as done
     stale = ImageTask(task.source, task.output, task.marker, "0" * 64, task.source_name)
     assert process_image(stale, None, config, settings, standin_job).status == "ok"
+    # a damaged done-marker (valid JSON, wrong shape) means "redo", not a crash
+    for damaged in ("null", "[]", '{"key": 1, "record": []}'):
+        Path(task.marker).write_text(damaged)
+        assert process_image(task, None, config, settings, standin_job).status == "ok"
 
 
 def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):

@@ -164,6 +164,11 @@ def test_load_rejects_bad_files(tmp_path):
         Fingerprint.load(other)
     with pytest.raises(InputError, match="no such"):
         Fingerprint.load(tmp_path / "missing.npz")
+    for meta in ('{"n_images": null}', '{"crop": [4]}', '{"sigma": "high"}', '{"shape": 3}'):
+        damaged = tmp_path / "damaged.npz"
+        np.savez(damaged, K=np.zeros((3, 3), np.float32), metadata=np.array(meta))
+        with pytest.raises(InputError, match="damaged.npz"):
+            Fingerprint.load(damaged)
     with pytest.raises(InputError, match=".npz"):
         Fingerprint(np.zeros((2, 2))).save(tmp_path / "k.txt")
     with pytest.raises(InputError, match="NaN"):
@@ -175,11 +180,18 @@ def test_cli_fingerprint_and_score(tmp_path, rng, capsys):
     ff_dir = tmp_path / "ff"
     for i, s in enumerate(shots):
         write_image(ff_dir / f"Cam_X_{i}.png", s)
+    # what a Mac or an editor leaves in a folder is not a flat-field shot
+    (ff_dir / "._Cam_X_0.png").write_bytes(b"AppleDouble")
+    (ff_dir / "sub.png").mkdir()
     out = tmp_path / "k.npz"
     assert cli_main(["fingerprint", str(ff_dir), "--out", str(out)]) == 0
     fp = Fingerprint.load(out)
-    assert fp.camera == "Cam_X" and fp.n_images == 4
+    assert fp.camera == "Cam_X" and fp.n_images == 4 and fp.method == "fast"
     assert cli_main(["fingerprint", str(ff_dir), "--out", str(out)]) == 2  # exists, no --force
+    # an output folder that cannot be made is an error message, not a traceback
+    (tmp_path / "a_file").write_text("")
+    assert cli_main(["fingerprint", str(ff_dir), "--out", str(tmp_path / "a_file/k.npz")]) == 2
+    assert "a_file" in capsys.readouterr().err
     # a photo of this camera: textured scene with the same PRNU
     yy, xx = np.mgrid[0:64, 0:64]
     scene = 120 + 60 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
@@ -197,5 +209,6 @@ def test_cli_fingerprint_and_score(tmp_path, rng, capsys):
     img = read_image(photo_path)
     assert result["ncc"] == pytest.approx(ncc(residual(img), img, fp.K))
     assert result["ncc"] > 0.05 and result["verdict"] == "match"
+    assert result["sigma"] == fp.sigma and result["versions"]["numpy"] == np.__version__
     assert cli_main(["score", str(photo_path), "--fingerprint", str(out), "--crop", "80"]) == 2
     assert "cannot crop 80×80" in capsys.readouterr().err

@@ -204,3 +204,21 @@ def test_real_flat_field_with_orientation_6_stays_in_sensor_order(testdata):
     assert stored.shape == (2592, 3872, 3)
     turned = read_image(path, apply_orientation=True)
     np.testing.assert_array_equal(turned, np.rot90(stored, -1))
+
+
+def test_tiff_colour_models_are_converted_not_passed_through_raw(tmp_path):
+    import tifffile
+
+    # CMYK, palette and min-is-white TIFFs hold samples that are not RGB / gray values
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.tif")
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.putdata([0, 1, 1, 0])
+    palette.save(tmp_path / "palette.tif")
+    white = np.full((4, 4), 50, np.uint8)
+    tifffile.imwrite(tmp_path / "white.tif", white, photometric="miniswhite")
+    np.testing.assert_array_equal(read_image(tmp_path / "cmyk.tif")[0, 0], [255, 0, 0])
+    pal = read_image(tmp_path / "palette.tif")
+    np.testing.assert_array_equal(pal[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(pal[0, 1], [0, 0, 255])
+    assert read_image(tmp_path / "white.tif")[0, 0] == 205

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except DippasError as exc:
         print(f"dippas {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unreadable input, unwritable output folder, full disk
+        print(f"dippas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dippas {args.command}: interrupted", file=sys.stderr)
         return 130

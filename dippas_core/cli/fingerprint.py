@@ -8,17 +8,17 @@ from pathlib import Path
 
 __all__ = ["register"]
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 
 def _inputs(items: list[Path]) -> list[Path]:
     """Expand folders into their image files (sorted); keep files as given."""
     from ..errors import InputError
+    from ..io import find_images
 
     files: list[Path] = []
     for item in items:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            found = find_images(item)
             if not found:
                 raise InputError(f"{item}: no .jpg/.png/.tif images in this folder")
             files.extend(found)

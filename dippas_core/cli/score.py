@@ -13,11 +13,12 @@ PCE_THRESHOLD = 60.0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..correlation import gray255, ncc, pce
+    from ..correlation import DEFAULT_EXCLUSION, gray255, ncc, pce
     from ..errors import ShapeMismatchError
     from ..fingerprint import Fingerprint
     from ..io import center_crop, read_image
     from ..residual import residual
+    from ..run import environment_info
 
     fp = Fingerprint.load(args.fingerprint)
     photo = read_image(args.photo)
@@ -43,6 +44,11 @@ def _run(args: argparse.Namespace) -> int:
         "pce_shift": list(peak.shift),
         "threshold": args.threshold,
         "verdict": verdict,
+        # how the scores were made, so that they can be reproduced
+        "sigma": fp.sigma,
+        "pce_exclusion": DEFAULT_EXCLUSION,
+        "pce_shift_search": "aligned" if args.aligned else "all shifts",
+        "versions": environment_info(),
     }
     if args.json:
         print(json.dumps(result))
