@@ -99,8 +99,26 @@ def measure_block_ncc(
 
 
 def _check_params(run: RunDirectory, B: Any, L: Any, tau: Any) -> tuple[int, int, float]:
-    h, w = run.shape
-    tile = run.tile
+    return check_assembly_params(run.shape, run.tile, B, L, tau)
+
+
+def check_assembly_params(
+    shape: tuple[int, int], tile: int, B: Any, L: Any, tau: Any
+) -> tuple[int, int, float]:
+    """Validate the assembly's B, L and tau for an H×W photo and a run tile; return them.
+
+    Needs no run, so a caller checks them before it spends an inversion on a run.
+
+    Raises
+    ------
+    InputError
+        B neither a multiple of ``tile`` nor at least the image's larger side, L < 1, tau not a
+        finite number.
+    """
+    h, w = (int(v) for v in shape[:2])
+    tile = int(tile)
+    if tile < 1:
+        raise InputError(f"tile must be a positive number of pixels, got {tile}")
     if isinstance(B, bool) or not isinstance(B, int | np.integer):
         raise InputError(f"block size B must be an integer, got {B!r}")
     B = int(B)

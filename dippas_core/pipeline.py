@@ -181,11 +181,16 @@ def anonymize(
     Raises
     ------
     InputError, ShapeMismatchError
-        Bad photo or fingerprint, or fingerprint of another size.
+        Bad photo or fingerprint, fingerprint of another size, or assembly parameters (B, L,
+        tau) that do not fit the photo: all raised before the run folder is made or the inversion
+        starts.
+    DeviceError
+        The device asked for does not exist (raised before the run folder is made), or it ran out
+        of memory.
     NoSnapshotsError
         The inversion kept no snapshot (it never reached ``tau_psnr``).
     """
-    from .assembly import assemble
+    from .assembly import assemble, check_assembly_params
     from .dip import invert
     from .residual import residual
     from .run import RunDirectory, environment_info, record
@@ -201,6 +206,8 @@ def anonymize(
             f"photo must be a colour H×W×3 image, got shape {raw.shape}; stack a gray photo into "
             "three channels first"
         )
+    # B, L and tau are only used after the whole inversion: refuse bad ones now, not hours later
+    check_assembly_params(img.shape[:2], config.tile, config.B, config.L, config.assembly_tau)
     img255 = _to_float255(raw)
     fp_info: dict[str, Any] | None = None
     if fingerprint is None:
@@ -216,22 +223,34 @@ def anonymize(
             for k in ("camera", "n_images", "sigma", "version")
             if hasattr(fingerprint, k)
         }
+    # invert() checks the image, P and the device here, before any folder exists: a failure
+    # leaves no run behind (nor a previous run replaced by --force)
+    steps = invert(raw, P, config.dip, cancel=cancel)
     temporary = run_dir is None
-    path = Path(tempfile.mkdtemp(prefix="dippas-run-")) if temporary else Path(run_dir)
     try:
-        run = RunDirectory.create(
-            path,
-            raw,
-            P,
-            mode=mode,
-            dip_config=config.dip,
-            tile=config.tile,
-            sigma=config.sigma,
-            force=force,
-            extra={"anonymize_config": config.to_dict(), "fingerprint": fp_info},
-        )
+        path = Path(tempfile.mkdtemp(prefix="dippas-run-")) if temporary else Path(run_dir)
+    except BaseException:
+        steps.close()
+        raise
+    run = None
+    try:
+        try:
+            run = RunDirectory.create(
+                path,
+                raw,
+                P,
+                mode=mode,
+                dip_config=config.dip,
+                tile=config.tile,
+                sigma=config.sigma,
+                force=force,
+                extra={"anonymize_config": config.to_dict(), "fingerprint": fp_info},
+            )
+        except BaseException:
+            steps.close()  # never started: nothing on the device yet
+            raise
         t0 = time.perf_counter()
-        inv = record(run, invert(raw, P, config.dip, cancel=cancel), cancel, on_step)
+        inv = record(run, steps, cancel, on_step)
         t_inv = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -295,6 +314,8 @@ def anonymize(
             "run_dir": None if temporary and not config.keep_run else str(path),
         }
     except BaseException:
+        if run is not None:
+            run.close()  # a writer that never reached record() would keep the run's lock
         if temporary:
             shutil.rmtree(path, ignore_errors=True)
         raise

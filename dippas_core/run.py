@@ -10,9 +10,13 @@ Layout of a run folder::
     history.csv      iteration, loss, psnr, gamma, kept: one line per iteration, appended
     snapshots.*      the snapshot store (:class:`~dippas_core.snapshots.SnapshotStore`)
     tilesums.*       per-tile NCC sums of every snapshot (:class:`~dippas_core.snapshots.TileSums`)
+    .lock            advisory lock held by the run's one writer (the live recorder)
 
 Whole files are written atomically; the appended ones (history, snapshots, tile sums) only ever
-count complete records, so a run killed midway opens and assembles from what it kept.
+count complete records, so a run killed midway opens and assembles from what it kept.  A writable
+:class:`RunDirectory` (the recorder) holds an exclusive ``flock`` on ``.lock`` for its whole life,
+so another process never truncates or back-fills the stores while they grow (where ``fcntl`` is
+missing, e.g. on Windows, there is no such guard).
 
 :func:`record` drives an ``invert`` generator: every kept snapshot is written to the store at once
 and handed to a background *ingest* thread through a bounded queue; the thread computes residuals in
@@ -48,6 +52,11 @@ from .cancel import CancelToken
 from .errors import DippasError, InputError
 from .snapshots import SCALE, SnapshotStore, TileSums, tile_sums
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, the stores are simply not guarded
+    fcntl = None
+
 __all__ = ["RunDirectory", "record", "environment_info"]
 
 FORMAT = "dippas-run"
@@ -62,6 +71,63 @@ def environment_info() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             info[dist] = metadata.version(dist)
     return info
+
+
+class _RunLock:
+    """The exclusive advisory lock (``flock``) on ``RUN/.lock`` that the run's one writer holds.
+
+    Where locks are unavailable (no ``fcntl``, or a file system that refuses them) :meth:`acquire`
+    reports success without locking: the run then works as before, unguarded.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / self.NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; ``False`` when another writer holds it."""
+        if self._fd is not None or fcntl is None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            try:  # a folder we may not write to: a lock file left by its writer still tells
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError:  # e.g. ENOLCK on some network file systems: degrade to no lock
+            os.close(fd)
+            return True
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor releases the flock)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a writer dropped without close() must not lock the run forever
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def _busy_message(path: Path) -> str:
+    return (
+        f"run {path} is being recorded by another process (or is open for writing elsewhere); "
+        "wait until it has finished"
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -93,10 +159,20 @@ class RunDirectory:
     REFERENCE = "reference.npy"
     HISTORY = "history.csv"
 
-    def __init__(self, path: Path, config: dict, *, writable: bool):
+    def __init__(
+        self, path: Path, config: dict, *, writable: bool, lock: _RunLock | None = None
+    ):
         self.path = path
         self.config = config
         self.writable = writable
+        self._lock: _RunLock | None = None
+        if writable:
+            # before the stores open: a writer truncates their trailing partial records, which
+            # would cut the record a live recorder is writing
+            lock = lock if lock is not None else _RunLock(path)
+            if not lock.acquire():
+                raise InputError(_busy_message(path))
+            self._lock = lock
         self.snapshots = SnapshotStore(path, writable=writable)
         self.tile_sums = TileSums(path, writable=writable)
         self._photo: np.ndarray | None = None
@@ -162,8 +238,17 @@ class RunDirectory:
                 raise InputError(
                     f"{path} is not empty and is not a dippas run directory; refusing to delete it"
                 )
-            shutil.rmtree(path)
+            old = _RunLock(path)
+            if not old.acquire():  # never delete a run that is still being recorded
+                raise InputError(_busy_message(path))
+            try:
+                shutil.rmtree(path)
+            finally:
+                old.release()
         path.mkdir(parents=True, exist_ok=True)
+        lock = _RunLock(path)
+        if not lock.acquire():  # another process created this folder at the same moment
+            raise InputError(_busy_message(path))
 
         photo = np.asarray(photo)
         _save_npy(path / cls.PHOTO, photo)
@@ -191,11 +276,14 @@ class RunDirectory:
         }
         atomic_write_text(path / cls.CONFIG, json.dumps(config, indent=1))
         atomic_write_text(path / cls.HISTORY, ",".join(HISTORY_FIELDS) + "\n")
-        return cls(path, config, writable=True)
+        return cls(path, config, writable=True, lock=lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = False) -> RunDirectory:
-        """Open an existing run (finished or not, killed midway included); a reader by default."""
+        """Open an existing run (finished or not, killed midway included); a reader by default.
+
+        A writer takes the run's lock: :class:`InputError` when a live recorder holds it.
+        """
         path = Path(path)
         cfg_path = path / cls.CONFIG
         if not cfg_path.is_file():
@@ -260,6 +348,18 @@ class RunDirectory:
         """Snapshots without tile sums (a run killed before the ingest caught up)."""
         return max(len(self.snapshots) - len(self.tile_sums), 0)
 
+    def being_recorded(self) -> bool:
+        """True while another writer (a live recorder) holds the run's lock.
+
+        Always False where advisory locks are unavailable (see the module docstring).
+        """
+        if self._lock is not None and self._lock.held:
+            return False  # we are the writer
+        probe = _RunLock(self.path)
+        free = probe.acquire()
+        probe.release()
+        return not free
+
     def history(self) -> dict[str, np.ndarray]:
         """Per-iteration history (iteration, loss, psnr, gamma, kept) read from ``history.csv``.
 
@@ -299,8 +399,26 @@ class RunDirectory:
     ) -> int:
         """Compute the tile sums a killed run did not finish; return how many were added.
 
-        Only call it on a run nobody is recording into.
+        When a live recorder holds the run's lock nothing is computed (its ingest thread is still
+        appending the same records) and 0 is returned: assemble from :attr:`n_ready` snapshots.
         """
+        probe = None
+        if not (self._lock is not None and self._lock.held):
+            probe = _RunLock(self.path)
+            if not probe.acquire():
+                return 0
+        try:
+            return self._complete_tile_sums(batch_size, workers, on_progress)
+        finally:
+            if probe is not None:
+                probe.release()
+
+    def _complete_tile_sums(
+        self,
+        batch_size: int,
+        workers: int | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> int:
         self.refresh()
         start, stop = len(self.tile_sums), len(self.snapshots)
         if start >= stop:
@@ -320,9 +438,15 @@ class RunDirectory:
         return stop - start
 
     def close(self) -> None:
-        """Flush and close the stores' files."""
+        """Flush and close the stores' files; a writer then releases the run's lock."""
         self.snapshots.close()
         self.tile_sums.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __repr__(self) -> str:
         return (
@@ -453,8 +577,13 @@ def _make_result(
     stop_reason: str,
     run: RunDirectory,
     elapsed_s: float,
+    environment: dict | None = None,
 ) -> Any:
-    """An ``InversionResult`` for a generator that did not return one (cancelled or closed)."""
+    """An ``InversionResult`` for a generator that did not return one (cancelled or closed).
+
+    ``environment`` is the one the generator reported on its first step (resolved device, speed
+    settings); without it, the package versions.
+    """
     hist = {k: np.asarray(v) for k, v in history.items()}
     fields = dict(
         history=hist,
@@ -462,7 +591,7 @@ def _make_result(
         stop_reason=stop_reason,
         seed=run.config.get("seed"),
         config=run.config.get("dip_config", {}),
-        environment=run.config.get("versions", {}),
+        environment=dict(environment) if environment else run.config.get("versions", {}),
         elapsed_s=elapsed_s,
     )
     try:
@@ -516,6 +645,19 @@ def record(
         The generator's result (or one built from the history when it was cancelled or closed).
         ``config.json`` records the status and the result.  A ``KeyboardInterrupt`` is re-raised
         after the run has been written (status ``"interrupted"``).
+
+    Raises
+    ------
+    InputError
+        ``run_dir`` is open read-only, or another process is recording into it.
+    DippasError
+        Computing the residuals of the snapshots failed (status ``"failed"``); when the
+        inversion itself failed too, its exception is raised instead, with a note.
+
+    Notes
+    -----
+    The run's lock (``.lock``) is held until ``config.json`` says how the recording ended, so
+    ``dippas assemble`` run meanwhile uses the ready snapshots and never back-fills tile sums.
     """
     run = (
         run_dir if isinstance(run_dir, RunDirectory) else RunDirectory.open(run_dir, writable=True)
@@ -529,6 +671,8 @@ def record(
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
     n_kept = len(run.snapshots)
     status, result = "failed", None
+    env_seen: dict | None = None  # the generator's environment, reported on its first step
+    body_error: BaseException | None = None
     t0 = time.perf_counter()
     ingest = _Ingest(run, queue_size=queue_size, batch_size=batch_size, workers=workers)
     hist_fh = open(run.path / run.HISTORY, "a", encoding="utf-8")  # noqa: SIM115
@@ -543,6 +687,8 @@ def record(
                     break
                 if step.iteration == 1 or len(history["iteration"]) == 0:
                     reapply()  # the generator may set torch's threads on its first step
+                if env_seen is None and getattr(step, "environment", None):
+                    env_seen = step.environment
                 kept = step.snapshot is not None
                 if kept:
                     frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
@@ -568,9 +714,12 @@ def record(
                         break
         if result is None:  # closed after a cancel, or a generator that returns nothing
             reason = "cancelled" if cancel is not None and cancel.cancelled else "ended"
-            result = _make_result(history, n_kept, reason, run, time.perf_counter() - t0)
+            result = _make_result(
+                history, n_kept, reason, run, time.perf_counter() - t0, env_seen
+            )
         status = "cancelled" if getattr(result, "stop_reason", "") == "cancelled" else "finished"
     except BaseException as exc:
+        body_error = exc
         if isinstance(exc, KeyboardInterrupt):
             status = "interrupted"
         with contextlib.suppress(Exception):
@@ -578,10 +727,20 @@ def record(
         raise
     finally:
         hist_fh.close()
+        ingest_error: BaseException | None = None
         try:
             ingest.finish()
-        finally:
-            run.close()  # the stores are complete: reopen them as readers
+        except BaseException as exc:  # noqa: BLE001 - recorded below, raised after config
+            ingest_error = exc
+            if body_error is None:
+                # the last tile sums are missing: the run did not finish, whatever the DIP did
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            else:
+                # the body's exception is the one that explains the run; keep it on top
+                body_error.add_note(f"(also: {exc})")
+        try:
+            run.snapshots.close()  # the stores are complete: reopen them as readers
+            run.tile_sums.close()
             run.snapshots = SnapshotStore(run.path)
             run.tile_sums = TileSums(run.path)
             run.writable = False
@@ -594,13 +753,22 @@ def record(
                 "ingest_busy_s": ingest.busy_s,
                 "ingest_wait_s": ingest.wait_s,
             }
+            if ingest_error is not None:
+                info["error"] = str(ingest_error)
+            env = (getattr(result, "environment", None) if result is not None else None) or (
+                env_seen or {}
+            )
             if result is not None:
                 info["stop_reason"] = getattr(result, "stop_reason", None)
-                env = getattr(result, "environment", None) or {}
-                info["environment"] = env
-                if isinstance(env, dict) and env.get("device"):
-                    run.config["device"] = env["device"]
                 if getattr(result, "seed", None) is not None:
                     run.config["seed"] = result.seed
+            if env:
+                info["environment"] = env
+            if isinstance(env, dict) and env.get("device"):
+                run.config["device"] = env["device"]  # the resolved device, never "auto"
             run.update_config(status=status, result=info, versions=environment_info())
+        finally:
+            run._release_lock()  # held until config.json says how the recording ended
+        if ingest_error is not None and body_error is None:
+            raise ingest_error
     return result

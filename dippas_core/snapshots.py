@@ -15,7 +15,9 @@ Two append-only stores live side by side in a run directory:
 
 Both are safe to read while a writer appends (readers see the records complete at their last
 :meth:`refresh`) and after a writer was killed: the data record is written before its index record
-and a trailing partial record is ignored.
+and a trailing partial record is ignored.  Opening a *writer* drops such a trailing record, so only
+one writer may exist at a time: in a run folder, the holder of the run's lock
+(:class:`~dippas_core.run.RunDirectory`), never a second process beside a live recorder.
 """
 
 from __future__ import annotations

@@ -177,3 +177,59 @@ def test_demo_runs_small(tmp_path, capsys):
         assert (out / name).is_file()
     assert RunDirectory.open(out / "run").status == "finished"
     assert main(["demo", "--out", str(out), "--crop", "32", *FAST]) == 2  # not empty
+
+
+def _fake_record(stop_reason):
+    """A stand-in for run.record: the inversion ends with ``stop_reason``, then Ctrl-C lands."""
+    from types import SimpleNamespace
+
+    def record(run, steps, cancel, on_step=None):
+        steps.close()
+        cancel.cancel()  # the user's Ctrl-C, after the last iteration
+        return SimpleNamespace(stop_reason=stop_reason, history={"iteration": np.arange(3)})
+
+    return record
+
+
+@pytest.mark.parametrize("stop_reason, interrupted", [("psnr", False), ("cancelled", True)])
+def test_invert_reports_interrupted_only_when_the_cancel_stopped_it(
+    monkeypatch, stop_reason, interrupted
+):
+    import dippas_core.run as run_module
+    from dippas_core.cli.invert import run_inversion
+    from dippas_core.dip.config import DIPConfig
+
+    monkeypatch.setattr(run_module, "record", _fake_record(stop_reason))
+    photo = np.full((32, 32, 3), 128, np.uint8)
+    result, was_interrupted = run_inversion(
+        photo, np.zeros((32, 32), np.float32), DIPConfig.preset("tiny"), run=None, quiet=True
+    )
+    assert result.stop_reason == stop_reason and was_interrupted is interrupted
+
+
+@pytest.mark.parametrize("stop_reason, interrupted", [("max_iter", False), ("cancelled", True)])
+def test_anonymize_reports_interrupted_only_when_the_cancel_stopped_it(
+    monkeypatch, stop_reason, interrupted
+):
+    from types import SimpleNamespace
+
+    import dippas_core.pipeline as pipeline
+    from dippas_core.cli.anonymize import run_anonymize
+
+    def fake_anonymize(photo, fingerprint, config, *, cancel, **kw):
+        cancel.cancel()  # Ctrl-C while the image is being assembled, after the inversion
+        return SimpleNamespace(report={"inversion": {"stop_reason": stop_reason}})
+
+    monkeypatch.setattr(pipeline, "anonymize", fake_anonymize)
+    config = pipeline.AnonymizeConfig.preset("tiny")
+    _, was_interrupted = run_anonymize(None, None, config, run_dir=None, force=False, quiet=True)
+    assert was_interrupted is interrupted
+
+
+def test_invert_with_a_missing_device_leaves_no_run(sample_files, tmp_path, capsys):
+    photo, K = sample_files
+    run_dir = tmp_path / "run"
+    argv = ["invert", str(photo), "--fingerprint", str(K), "--crop", "32", "--out", str(run_dir)]
+    assert main([*argv, *FAST, "--device", "cuda:99"]) == 2
+    assert "cuda:99" in capsys.readouterr().err
+    assert not run_dir.exists()  # no run left behind saying "recording"

@@ -84,14 +84,41 @@ def test_speed_settings_on_cpu():
 
 
 @pytest.mark.parametrize(
-    "bf16, dtype, scaler", [(True, "bfloat16", False), (False, "float16", True)]
+    "capability, dtype, scaler",
+    [
+        ((9, 0), "bfloat16", False),  # H100
+        ((8, 0), "bfloat16", False),  # A100
+        ((7, 5), "float16", True),  # T4: bf16 only emulated
+        ((7, 0), "float16", True),  # V100
+    ],
 )
-def test_speed_settings_on_cuda(monkeypatch, bf16, dtype, scaler):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    s = speed_settings(DIPConfig(), torch.device("cuda", 0))
+def test_speed_settings_on_cuda(monkeypatch, capability, dtype, scaler):
+    asked = []
+
+    def get_capability(device=None):
+        asked.append(device)
+        return capability
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_capability)
+    # says True on V100/T4 (emulation) and looks at the current device: it must not decide
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    chosen = torch.device("cuda", 1)
+    s = speed_settings(DIPConfig(), chosen)
     assert (s.amp_dtype, s.grad_scaler, s.channels_last, s.tf32) == (dtype, scaler, True, True)
-    off = speed_settings(DIPConfig(amp=False, channels_last=False), torch.device("cuda", 0))
+    assert asked == [chosen]  # the chosen GPU, not the current one
+    off = speed_settings(DIPConfig(amp=False, channels_last=False), chosen)
     assert (off.amp_dtype, off.channels_last) == (None, False)
+    forced = speed_settings(DIPConfig(amp="fp16"), chosen)
+    assert (forced.amp_dtype, forced.grad_scaler) == ("float16", True)
+
+
+def test_mixed_gpus_each_get_their_own_precision(monkeypatch):
+    """An A100 beside a V100: each device is judged on its own capability."""
+    caps = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: caps[d.index])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert speed_settings(DIPConfig(), torch.device("cuda", 0)).amp_dtype == "float16"
+    assert speed_settings(DIPConfig(), torch.device("cuda", 1)).amp_dtype == "bfloat16"
 
 
 def test_torch_threads_context():

@@ -85,6 +85,93 @@ def test_errors_come_before_the_first_iteration(photo, release_spy):
     assert release_spy == []
 
 
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"tau_psnr": 40.0, "stop_psnr": 39.0}, r"tau_psnr \(40.0 dB\) must not exceed"),
+        ({"tau_psnr": float("nan")}, "tau_psnr.*NaN"),
+        ({"stop_psnr": float("nan")}, "stop_psnr.*NaN"),
+        ({"tau_psnr": "38"}, "tau_psnr must be a number"),
+        ({"widths": (16, 3)}, "widths must be.*>= 4"),
+        ({"widths": (0,)}, "widths must be.*>= 4"),
+    ],
+)
+def test_config_refuses_runs_that_cannot_work(changes, match):
+    from dippas_core.dip.config import MIN_WIDTH
+    from dippas_core.dip.network import multires_split
+
+    with pytest.raises(InputError, match=match):
+        DIPConfig(**changes)
+    # the limit is the network's: one width lower leaves a MultiRes branch without channels
+    assert min(multires_split(MIN_WIDTH - 1)) == 0 < min(multires_split(MIN_WIDTH))
+
+
+def test_config_keeps_the_open_ended_thresholds():
+    # -inf keeps every output, inf never stops on PSNR (benchmarks time fixed iteration counts)
+    DIPConfig(tau_psnr=-np.inf)
+    DIPConfig(tau_psnr=np.inf, stop_psnr=np.inf)
+    DIPConfig(tau_psnr=np.float32(38.0), stop_psnr=38, widths=(4,))  # tau == stop keeps one
+
+
+def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
+    """An allocation failing in _Inverter.__init__ after the cuDNN/TF32 globals were set."""
+    import contextlib
+
+    from dippas_core.dip import network
+    from dippas_core.dip.device import speed_settings
+
+    saved = {"token": object()}
+    restored, emptied = [], []
+    monkeypatch.setattr(inversion_module, "_set_cuda_globals", lambda speed: saved)
+    monkeypatch.setattr(inversion_module, "_restore_cuda_globals", restored.append)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.random, "fork_rng", lambda **kw: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
+    pinned = []
+
+    def no_room(**kw):
+        big = torch.zeros(1000)
+        pinned.append(weakref.ref(big))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(network, "MultiResUNet", no_room)
+    cuda = torch.device("cuda", 0)
+    img01 = photo.astype(np.float32) / 255
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        inversion_module._Inverter(
+            img01, np.zeros(photo.shape[:2], np.float32), TINY, cuda, speed_settings(TINY, cuda)
+        )
+    assert restored == [saved] and emptied == [True]
+    assert pinned[0]() is None  # the failed frame's tensors are not kept by the traceback
+    del info
+
+
+def test_out_of_memory_in_a_step_does_not_pin_its_tensors(photo, monkeypatch, release_spy):
+    pinned = []
+
+    def boom(self):
+        graph = torch.ones(1000, requires_grad=True) * 2  # stands for the step's autograd graph
+        pinned.append(weakref.ref(graph))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(inversion_module._Inverter, "step", boom)
+    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    with pytest.raises(DeviceError) as info:
+        next(gen)
+    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # the cause is still told
+    assert pinned[0]() is None and release_spy == [True]
+
+
+def test_first_step_reports_the_environment(photo):
+    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    first, second = next(gen), next(gen)
+    gen.close()
+    env = first.environment
+    assert env["device"].startswith("cpu") and second.environment is None
+    assert {"cudnn_benchmark", "cudnn_deterministic", "deterministic"} <= set(env)
+    assert env["deterministic"] == torch.are_deterministic_algorithms_enabled()
+
+
 # --- the loss, the snapshots, the stop ------------------------------------------------------
 def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng):
     """Recompute each iteration's loss from the yielded I_phi, the previous gamma and P."""

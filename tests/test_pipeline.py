@@ -108,3 +108,62 @@ def test_sixteen_bit_photo_gives_a_float_result(sample64):
     assert res.image.dtype == np.float32 and res.image.shape == (32, 32, 3)
     assert 0.0 <= res.image.min() and res.image.max() <= 255.0
     assert res.report["photo"]["dtype"] == "uint16" and np.isfinite(res.report["psnr"])
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"B": 48}, "B=48.*multiple of the run's tile 32"),
+        ({"B": 16}, "B=16"),
+        ({"L": 0}, "L .*>= 1"),
+        ({"tau": float("nan")}, "tau .*finite"),
+        ({"tau": None, "tau_psnr": -np.inf}, "tau .*finite"),  # assembly falls back on tau_psnr
+    ],
+)
+def test_bad_assembly_parameters_fail_before_any_run_exists(
+    sample64, tmp_path, monkeypatch, changes, match
+):
+    """B, L, tau are checked against the photo before a folder is made or the DIP starts."""
+    import dippas_core.dip as dip
+    import dippas_core.pipeline as pipeline
+
+    photo, fingerprint = sample64
+    made: list = []
+    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda **kw: made.append(kw) or "/nowhere")
+    monkeypatch.setattr(dip, "invert", lambda *a, **k: pytest.fail("the inversion started"))
+    config = AnonymizeConfig.preset("tiny", max_iter=5, **changes)
+    with pytest.raises(InputError, match=match):
+        anonymize(photo, fingerprint, config)
+    with pytest.raises(InputError, match=match):
+        anonymize(photo, fingerprint, config, run_dir=tmp_path / "run")
+    assert made == [] and not (tmp_path / "run").exists()
+
+
+def test_whole_image_block_is_accepted_up_front(sample64):
+    photo, fingerprint = sample64
+    small = center_crop(photo, 48)  # 48 is no multiple of the tile, but B >= the image is one block
+    config = AnonymizeConfig.preset("tiny", max_iter=3, tau_psnr=0.0, B=64, L=2)
+    res = anonymize(small, fingerprint.center_crop(48), config)
+    assert res.assembly.params["grid"] == [1, 1]
+
+
+def test_failed_inversion_checks_leave_a_previous_run_alone(sample64, tmp_path):
+    """invert() refuses the device: no run is left 'recording', a --force target is not replaced."""
+    from dippas_core.errors import DeviceError
+
+    photo, fingerprint = sample64
+    small, K = center_crop(photo, 32), fingerprint.center_crop(32)
+    previous = AnonymizeConfig.preset("tiny", max_iter=10, tau_psnr=0.0, B=32, L=2)
+    anonymize(small, K, previous, run_dir=tmp_path / "run")
+    before = RunDirectory.open(tmp_path / "run")
+    n_before = len(before.snapshots)
+    assert before.status == "finished" and n_before > 0
+
+    bad = AnonymizeConfig.preset("tiny", max_iter=10, tau_psnr=0.0, B=32, device="cuda:99")
+    with pytest.raises(DeviceError, match="cuda:99"):
+        anonymize(small, K, bad, run_dir=tmp_path / "run", force=True)
+    after = RunDirectory.open(tmp_path / "run")
+    assert after.status == "finished" and len(after.snapshots) == n_before
+    with pytest.raises(DeviceError, match="cuda:99"):
+        anonymize(small, K, bad, run_dir=tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()

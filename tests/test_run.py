@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -241,3 +242,131 @@ def test_config_records_reproducibility_fields(tmp_path, rng):
     assert {"numpy", "python"} <= set(conf["versions"])
     assert conf["photo"] == {"height": 64, "width": 48, "channels": 3, "dtype": "uint8"}
     assert conf["snapshot_storage"]["scale"] == SCALE
+
+
+needs_flock = pytest.mark.skipif(
+    importlib.util.find_spec("fcntl") is None, reason="advisory locks need fcntl"
+)
+
+
+def _half_ingested_run(tmp_path, rng, n=5, ready=3):
+    """A writable run with ``n`` snapshots of which only the first ``ready`` have tile sums."""
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config={"tau_psnr": 0})
+    for i in range(n):
+        snap = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.float32)
+        frame = run.snapshots.append(snap, i + 1, 35.0 + i)
+        if i < ready:
+            run.tile_sums.append(run.ingest_frames(frame[None]))
+    return run
+
+
+@needs_flock
+def test_assemble_leaves_a_live_recording_alone(tmp_path, rng, capsys):
+    """`dippas assemble` on a run still being recorded: no back-fill, the ready part assembles."""
+    from dippas_core.cli import main
+
+    live = _half_ingested_run(tmp_path, rng)  # holds the run's lock, as record() does
+    sums = live.path / "tilesums.f64"
+    before = sums.read_bytes()
+
+    reader = RunDirectory.open(live.path)
+    assert reader.being_recorded() and reader.n_ready == 3 and reader.n_missing_tile_sums == 2
+    assert reader.complete_tile_sums() == 0
+    out = tmp_path / "out.png"
+    argv = ["assemble", str(live.path), "-B", "32", "-L", "2", "--tau", "0", "--out", str(out)]
+    assert main(argv) == 0
+    assert "still being recorded" in capsys.readouterr().err
+    assert sums.read_bytes() == before  # not one byte written beside the live ingest
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["assembly"]["n_snapshots"] == 3 and report["assembly"]["n_candidates"] == 3
+
+    # a second writer is refused before it can truncate anything, and so is replacing the run
+    with pytest.raises(InputError, match="being recorded"):
+        RunDirectory.open(live.path, writable=True)
+    photo, K = live.photo, live.reference
+    with pytest.raises(InputError, match="being recorded"):
+        RunDirectory.create(live.path, photo, K, mode="aware", force=True)
+    assert len(RunDirectory.open(live.path).snapshots) == 5
+
+    # once the recorder is gone (killed or closed) the back-fill runs
+    live.close()
+    assert not reader.being_recorded()
+    assert reader.complete_tile_sums() == 2 and reader.n_ready == 5
+    assert sums.read_bytes()[: len(before)] == before
+
+
+@needs_flock
+def test_recorder_holds_the_lock_until_config_is_written(tmp_path, rng):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+    seen: list[bool] = []
+
+    def on_step(step):
+        seen.append(RunDirectory.open(run.path).being_recorded())
+
+    record(run, _steps(photo, 4, rng), on_step=on_step)
+    assert seen == [True] * 4
+    back = RunDirectory.open(run.path)
+    assert not back.being_recorded() and back.status == "finished"
+    RunDirectory.open(run.path, writable=True).close()  # free again for a writer
+
+
+def test_ingest_failure_after_the_last_snapshot_marks_the_run_failed(tmp_path, rng, monkeypatch):
+    """The error surfaces only in ingest.finish(), after the body ended well: still 'failed'."""
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+    real = run.ingest_frames
+    calls: list[int] = []
+
+    def fails_on_the_last(frames, **kw):
+        calls.append(len(frames))
+        if sum(calls) == 5:  # the batch holding the fifth and last snapshot
+            raise MemoryError("no room for the last residual")
+        return real(frames, **kw)
+
+    monkeypatch.setattr(run, "ingest_frames", fails_on_the_last)
+    with pytest.raises(DippasError, match="no room for the last residual"):
+        record(run, _steps(photo, 5, rng, keep_from=1), batch_size=1)
+    back = RunDirectory.open(run.path)
+    assert back.status == "failed"
+    assert "no room" in back.config["result"]["error"]
+    assert len(back.snapshots) == 5 and back.n_ready == 4  # the kept snapshots are all there
+
+
+def test_ingest_failure_does_not_mask_the_inversion_error(tmp_path, rng, monkeypatch):
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware")
+
+    def broken(frames, **kw):
+        raise MemoryError("no room for residuals")
+
+    def dies():
+        yield from _steps(photo, 1, rng, keep_from=1)
+        raise RuntimeError("the DIP broke")
+
+    monkeypatch.setattr(run, "ingest_frames", broken)
+    with pytest.raises(RuntimeError, match="the DIP broke") as info:
+        record(run, dies())
+    assert any("no room for residuals" in note for note in getattr(info.value, "__notes__", []))
+    assert RunDirectory.open(run.path).status == "failed"
+
+
+def test_closing_a_real_inversion_early_keeps_the_resolved_device(tmp_path, rng):
+    """A generator that ignores the cancel is closed: the run still names the device it ran on."""
+    pytest.importorskip("torch")
+    from dippas_core.dip import DIPConfig, invert
+
+    photo, K = _inputs(rng)
+    cfg = DIPConfig.preset("tiny", device="auto", max_iter=50, torch_threads=1)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config=cfg)
+    assert run.config["device"] == "auto"
+    cancel = CancelToken()  # not handed to invert: record has to close the generator
+    result = record(run, invert(photo, K, cfg), cancel, on_step=lambda s: cancel.cancel())
+    assert result.stop_reason == "cancelled" and result.n_iterations == 3  # 1 + 2 grace steps
+    back = RunDirectory.open(run.path)
+    device = back.config["device"]
+    assert device != "auto" and device == result.environment["device"]
+    env = back.config["result"]["environment"]
+    assert env["device"] == device
+    assert {"cudnn_benchmark", "deterministic", "amp_dtype"} <= set(env)

@@ -40,7 +40,11 @@ def run_anonymize(
     force: bool,
     quiet: bool = False,
 ) -> tuple[Any, bool]:
-    """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early."""
+    """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early.
+
+    Returns the ``AnonymizeResult`` and whether the inversion really stopped because of the
+    Ctrl-C (not merely whether one was pressed, perhaps after the last iteration).
+    """
     from ..cancel import CancelToken
     from ..pipeline import anonymize
     from ._progress import ProgressLine, sigint_cancels
@@ -61,7 +65,7 @@ def run_anonymize(
         finally:
             if not quiet:
                 bar.close()
-    return result, cancel.cancelled
+    return result, result.report["inversion"]["stop_reason"] == "cancelled"
 
 
 def print_summary(report: dict, out: Path, stream: Any = None) -> None:

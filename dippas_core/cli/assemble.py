@@ -80,12 +80,20 @@ def _run(args: argparse.Namespace) -> int:
     report_path = check_output(args.out, args.force)
     run = RunDirectory.open(args.run_dir)
     missing = run.n_missing_tile_sums
-    if missing:
+    if missing and run.being_recorded():
+        # its ingest thread is appending these very tile sums: computing them too would misalign
+        # the file; use what is ready now
+        print(
+            f"{args.run_dir} is still being recorded: assembling the {run.n_ready} snapshots "
+            "whose residuals are ready",
+            file=sys.stderr,
+        )
+    elif missing:
         print(
             f"computing the residuals of {missing} snapshots the run did not finish ...",
             file=sys.stderr,
         )
-        run.complete_tile_sums()
+        run.complete_tile_sums()  # skips by itself if a recorder started in the meantime
     photo = run.photo
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
     tau = (

@@ -127,27 +127,58 @@ def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_inversion(
-    photo: Any, P: Any, dip: Any, run: Any, *, quiet: bool = False
+    photo: Any,
+    P: Any,
+    dip: Any,
+    run: Any,
+    *,
+    quiet: bool = False,
+    steps: Any = None,
+    cancel: Any = None,
 ) -> tuple[Any, bool]:
-    """Record an inversion into ``run`` with a progress line; returns (result, interrupted)."""
+    """Record an inversion into ``run`` with a progress line; returns (result, interrupted).
+
+    Parameters
+    ----------
+    photo, P, dip
+        The inversion's photo, reference and ``DIPConfig``.
+    run
+        The writable ``RunDirectory`` to record into.
+    quiet
+        No progress line.
+    steps, cancel
+        An ``invert`` generator made beforehand (so its input checks ran before ``run`` was
+        created) and the ``CancelToken`` it shares; by default both are made here.
+
+    Returns
+    -------
+    tuple
+        The ``InversionResult`` and whether the inversion really stopped because of a Ctrl-C
+        (a Ctrl-C that lands after the last iteration does not make a finished run interrupted).
+    """
     from ..cancel import CancelToken
     from ..dip import invert
     from ..run import record
     from ._progress import ProgressLine, sigint_cancels
 
-    cancel = CancelToken()
+    if cancel is None:
+        cancel = CancelToken()
+    if steps is None:
+        steps = invert(photo, P, dip, cancel=cancel)
     bar = ProgressLine(dip.max_iter, stream=sys.stderr)
     on_step = None if quiet else bar.update
     with sigint_cancels(cancel):
         try:
-            result = record(run, invert(photo, P, dip, cancel=cancel), cancel, on_step)
+            result = record(run, steps, cancel, on_step)
         finally:
             if not quiet:
                 bar.close()
-    return result, cancel.cancelled
+    return result, getattr(result, "stop_reason", None) == "cancelled"
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..cancel import CancelToken
+    from ..dip import invert
     from ..residual import residual
     from ..run import RunDirectory
 
@@ -158,6 +189,10 @@ def _run(args: argparse.Namespace) -> int:
     else:
         P, mode = fingerprint.K, "aware"
     fp = {"camera": fingerprint.camera, "file": args.fingerprint.name} if fingerprint else None
+    # invert() checks the photo, P and the device now: on failure no run folder is left behind
+    # (and no previous one replaced by --force)
+    cancel = CancelToken()
+    steps = invert(photo, P, dip, cancel=cancel)
     run = RunDirectory.create(
         args.out,
         photo,
@@ -175,7 +210,9 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     try:
-        result, interrupted = run_inversion(photo, P, dip, run, quiet=args.quiet)
+        result, interrupted = run_inversion(
+            photo, P, dip, run, quiet=args.quiet, steps=steps, cancel=cancel
+        )
     except KeyboardInterrupt:
         run = RunDirectory.open(args.out)
         print(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,9 @@ __all__ = ["DIPConfig", "PRESETS"]
 
 _AMP_MODES = ("auto", "off", "bf16", "fp16")
 _LAYOUT_MODES = ("auto", "off", "on")
+#: Narrowest MultiRes block: W = 1.67·U is split into floor(0.167 W), floor(0.333 W), floor(0.5 W)
+#: channels (``network.multires_split``), and U = 3 already leaves the first branch empty.
+MIN_WIDTH = 4
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,9 @@ class DIPConfig:
         Fixes the input noise ``z``, the per-iteration perturbations and the initial weights.
     tau_psnr : float
         Outputs ``I_phi`` with PSNR (dB, against the photo) ``>= tau_psnr`` are kept as snapshots.
+        At most ``stop_psnr``; ``-inf`` keeps every output.
     stop_psnr : float
-        The inversion stops once the PSNR reaches this value (dB).
+        The inversion stops once the PSNR reaches this value (dB); ``inf``: only at ``max_iter``.
     max_iter : int
         Hard cap on the number of iterations.
     lr : float
@@ -35,17 +41,17 @@ class DIPConfig:
     z_std, perturb_std : float
         Standard deviation of ``z`` and of the fresh noise added to it at every iteration.
     widths : tuple of int
-        ``U`` of the MultiRes block at each scale; its length is the number of scales.
+        ``U`` of the MultiRes block at each scale (each >= 4); its length is the number of scales.
     skip_widths : tuple of int or None
         Channels of the residual path at each of the ``len(widths) - 1`` upper scales;
         ``None`` means ``widths[:-1]`` (the paper: 16, 32, 64, 128).
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     amp : bool or str
-        Mixed precision. ``True``/``"auto"``: bf16 autocast on CUDA where supported, else fp16 with
-        a gradient scaler; off on CPU and MPS (bf16 autocast is slower there, see
-        ``benchmarks/bench_dip.py``). ``"bf16"``/``"fp16"`` force that dtype on any device,
-        ``False``/``"off"`` keeps float32.
+        Mixed precision. ``True``/``"auto"``: bf16 autocast on CUDA GPUs with native bf16
+        (compute capability >= 8), else fp16 with a gradient scaler; off on CPU and MPS (bf16
+        autocast is slower there, see ``benchmarks/bench_dip.py``). ``"bf16"``/``"fp16"`` force
+        that dtype on any device, ``False``/``"off"`` keeps float32.
     channels_last : bool or str
         Memory layout. ``True``/``"auto"``: channels-last on CUDA and the CPU (faster in most CPU
         runs of ``benchmarks/bench_dip.py``), not on MPS; ``"on"`` everywhere; ``False``/``"off"``
@@ -82,8 +88,11 @@ class DIPConfig:
     # -- checks -------------------------------------------------------------------------------
     def validate(self) -> None:
         """Raise :class:`~dippas_core.errors.InputError` naming the first bad field."""
-        if len(self.widths) < 1 or any(w < 1 for w in self.widths):
-            raise InputError(f"widths must be one or more positive integers, got {self.widths}")
+        if len(self.widths) < 1 or any(w < MIN_WIDTH for w in self.widths):
+            raise InputError(
+                f"widths must be one or more integers >= {MIN_WIDTH} (a MultiRes block with "
+                f"U < {MIN_WIDTH} has an empty convolution), got {self.widths}"
+            )
         if self.skip_widths is not None and (
             len(self.skip_widths) != len(self.widths) - 1 or any(w < 0 for w in self.skip_widths)
         ):
@@ -96,6 +105,18 @@ class DIPConfig:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not float(self.perturb_std) >= 0:
             raise InputError(f"perturb_std must be >= 0, got {self.perturb_std!r}")
+        for name in ("tau_psnr", "stop_psnr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{name} must be a number of dB, got {value!r}")
+            if math.isnan(value):
+                raise InputError(f"{name} must be a number of dB, got NaN")
+        if self.tau_psnr > self.stop_psnr:
+            # the inversion would stop before any output is good enough to keep
+            raise InputError(
+                f"tau_psnr ({self.tau_psnr} dB) must not exceed stop_psnr ({self.stop_psnr} dB): "
+                "the run would stop before it keeps a snapshot"
+            )
         if int(self.max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {self.max_iter!r}")
         if int(self.z_channels) < 1:

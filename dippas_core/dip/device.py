@@ -144,23 +144,31 @@ class SpeedSettings:
         }
 
 
+def _native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA GPU ``device`` computes bfloat16 in hardware (compute capability >= 8).
+
+    Not ``torch.cuda.is_bf16_supported()``: it is also True where bf16 is only emulated (V100,
+    T4: slower than fp16) and it looks at the current device, not at ``device``.
+    """
+    import torch
+
+    major, _minor = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
 def speed_settings(config: DIPConfig, device: torch.device) -> SpeedSettings:
     """Resolve ``amp``/``channels_last``/``compile`` of ``config`` for ``device``.
 
     ``"auto"`` turns mixed precision on for CUDA only, channels-last for CUDA and the CPU: on this
     project's CPU measurements (``benchmarks/bench_dip.py``) bf16 autocast makes an iteration
     slower, channels-last faster in most runs (up to 30 %). MPS keeps float32 and the default
-    layout.
+    layout.  On CUDA, ``"auto"`` is bf16 on GPUs with native bf16 (compute capability 8.0 and
+    up: A100, RTX 30xx, H100) and fp16 with a gradient scaler on older ones (V100, T4).
     """
-    import torch
-
     cuda = device.type == "cuda"
     amp = config.amp_mode
     if amp == "auto":
-        if cuda:
-            amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            amp = "off"
+        amp = ("bf16" if _native_bf16(device) else "fp16") if cuda else "off"
     if amp == "fp16" and device.type == "cpu":
         raise DeviceError("amp='fp16' is not supported on the CPU; use amp='bf16' or amp=False")
     dtype = {"off": None, "bf16": "bfloat16", "fp16": "float16"}[amp]

@@ -12,6 +12,7 @@ import gc
 import platform
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class Step:
     snapshot : numpy.ndarray or None
         ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
         generator's output itself, never the fingerprint-injected product.
+    environment : dict or None
+        On the first step only: the run's environment (resolved device, speed settings, versions),
+        as in :attr:`InversionResult.environment`, so that a consumer that closes the generator
+        early still knows what ran.
     """
 
     iteration: int
@@ -60,6 +65,7 @@ class Step:
     psnr: float
     gamma: float
     snapshot: np.ndarray | None = field(default=None, repr=False)
+    environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -219,16 +225,19 @@ def _iterate(
             history["psnr"].append(psnr)
             history["gamma"].append(gamma)
             n_snapshots += snapshot is not None
-            yield Step(iteration, loss, psnr, gamma, snapshot)
+            env = dict(environment) if iteration == 1 else None
+            yield Step(iteration, loss, psnr, gamma, snapshot, env)
             del snapshot  # the consumer owns it now
             if psnr >= config.stop_psnr:
                 stop_reason = "psnr"
                 break
     except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as exc:
+        _drop_failed_frames(exc)
         raise DeviceError(_oom_message(img01.shape, config, device)) from exc
     except RuntimeError as exc:  # MPS and some CUDA paths report OOM as a RuntimeError
         if "out of memory" not in str(exc).lower():
             raise
+        _drop_failed_frames(exc)
         raise DeviceError(_oom_message(img01.shape, config, device)) from exc
     finally:
         if inverter is not None:
@@ -250,6 +259,16 @@ def _iterate(
     )
 
 
+def _drop_failed_frames(exc: BaseException) -> None:
+    """Clear the finished frames of ``exc``'s traceback.
+
+    The exception (kept as the ``DeviceError``'s cause, and by whoever catches that) would
+    otherwise pin the failed step's locals: its output, loss and so the whole autograd graph,
+    which no ``empty_cache`` can then give back.
+    """
+    traceback.clear_frames(exc.__traceback__)  # frames still running are skipped
+
+
 class _Inverter:
     """Device state of one inversion: network, optimiser, z, target, P and gamma.
 
@@ -264,14 +283,34 @@ class _Inverter:
         device: torch.device,
         speed: SpeedSettings,
     ) -> None:
-        import torch
-
-        from .network import MultiResUNet
-
         self.device = device
         self.config = config
         self.height, self.width = img01.shape[:2]
         self._saved_globals = _set_cuda_globals(speed) if device.type == "cuda" else None
+        try:
+            self._allocate(img01, P, config, device, speed)
+        except BaseException as exc:
+            # nobody will call release() on a half-built object: restore the cuDNN/TF32 globals
+            # and give back what was allocated so far
+            _drop_failed_frames(exc)
+            try:
+                self.release()
+            except Exception as cleanup:  # noqa: BLE001 - the allocation error explains more
+                exc.add_note(f"(cleaning up after it also failed: {cleanup!r})")
+            raise
+
+    def _allocate(
+        self,
+        img01: np.ndarray,
+        P: np.ndarray,
+        config: DIPConfig,
+        device: torch.device,
+        speed: SpeedSettings,
+    ) -> None:
+        import torch
+
+        from .network import MultiResUNet
+
         # initial weights from the seed, without disturbing the caller's global RNG state
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
@@ -364,8 +403,10 @@ class _Inverter:
             return
         gc.collect()  # cycles may still pin device memory that empty_cache cannot return
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            _restore_cuda_globals(saved)
+            try:
+                torch.cuda.empty_cache()
+            finally:
+                _restore_cuda_globals(saved)
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
@@ -452,6 +493,10 @@ def _environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         **speed.to_dict(),
+        # read after _Inverter set them: what the steps really ran with
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
     }
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
