@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -317,7 +318,8 @@ def attribute(
     Parameters
     ----------
     photo : np.ndarray
-        H×W×3 or H×W, 0..255 scale.
+        H×W×3 or H×W: uint8, float on the 0..255 scale, or uint16 (brought to 0..255 here, so
+        a 16-bit photo is scored like its 8-bit version).
     K : np.ndarray
         H×W fingerprint (or, in blind mode, the reference residual).
     sigma : float
@@ -334,9 +336,10 @@ def attribute(
     """
     from dippas_core._validation import as_image, as_plane, check_same_size
     from dippas_core.correlation import block_ncc, ncc, pce
+    from dippas_core.io import to_float255
     from dippas_core.residual import residual, rgb2gray
 
-    image = as_image(photo, "photo")
+    image = as_image(to_float255(photo), "photo")
     K = as_plane(K, "fingerprint")
     check_same_size(image, K, "photo", "fingerprint")
     if W is None:
@@ -383,7 +386,11 @@ def attribution_verdict(score: Literal["PCE", "NCC"], value: float, threshold: f
 
 @dataclass(frozen=True)
 class AssemblyOutcome:
-    """One assembly of a run with its scores and the report exported beside the image."""
+    """One assembly of a run with its scores and the report exported beside the image.
+
+    ``image`` is uint8, or float32 on the 0..255 scale for a 16-bit photo (``bit_depth`` 16: the
+    writer saves it 16-bit).
+    """
 
     image: np.ndarray
     before: AttributionResult
@@ -391,6 +398,7 @@ class AssemblyOutcome:
     psnr: float
     params: dict[str, Any]
     report: dict[str, Any]
+    bit_depth: int = 8
 
 
 class RunSession:
@@ -411,7 +419,13 @@ class RunSession:
 
     @property
     def path(self) -> str:
+        """The run folder."""
         return str(self.run.path)
+
+    @property
+    def bit_depth(self) -> int:
+        """16 for a 16-bit photo (assembled in float, saved 16-bit), else 8."""
+        return 16 if np.asarray(self.run.photo).dtype == np.uint16 else 8
 
     def valid_block_sizes(self) -> list[int]:
         """Block sizes the run supports: multiples of its tile up to the image size."""
@@ -424,11 +438,12 @@ class RunSession:
     def before(self, block_size: int) -> AttributionResult:
         """Scores of the photo against the run's reference (cached per ``B``)."""
         if block_size not in self._before:
+            from dippas_core.io import to_float255
             from dippas_core.residual import residual
 
-            photo = self.run.photo
+            photo = to_float255(self.run.photo)  # a 16-bit photo is scored on the 0..255 scale
             if self._photo_residual is None:
-                self._photo_residual = residual(np.asarray(photo, np.float32), self.run.sigma)
+                self._photo_residual = residual(photo, self.run.sigma)
             self._before[block_size] = attribute(
                 photo, self.run.reference, sigma=self.run.sigma, block_size=block_size,
                 W=self._photo_residual,
@@ -438,6 +453,7 @@ class RunSession:
     def assemble(self, settings: AssemblySettings) -> AssemblyOutcome:
         """Assemble with ``settings`` and score the result (one residual of the result)."""
         from dippas_core.assembly import assemble
+        from dippas_core.io import to_float255
         from dippas_core.metrics import psnr
 
         if self.run.status == "recording":  # re-read config.json: the run may have ended
@@ -445,13 +461,21 @@ class RunSession:
 
             self.run = RunDirectory.open(self.run.path)
         B = int(settings.block_size)
-        result = assemble(self.run, B, int(settings.n_average), float(settings.tau_psnr))
+        bits = self.bit_depth
+        # a 16-bit photo keeps its precision: assembled in float (as the CLI does), saved 16-bit
+        result = assemble(
+            self.run, B, int(settings.n_average), float(settings.tau_psnr),
+            dtype="float32" if bits == 16 else "uint8",
+        )
         before = self.before(B)
         after = attribute(result.image, self.run.reference, sigma=self.run.sigma, block_size=B)
-        quality = float(psnr(result.image, self.run.photo))
+        quality = float(
+            psnr(np.asarray(result.image, np.float32), to_float255(self.run.photo))
+        )
         params = dict(result.params)
         report = self._report(params, before, after, quality)
-        return AssemblyOutcome(result.image, before, after, quality, params, report)
+        report["bit_depth"] = bits
+        return AssemblyOutcome(result.image, before, after, quality, params, report, bits)
 
     def _report(
         self, params: dict[str, Any], before: AttributionResult, after: AttributionResult,
@@ -497,5 +521,7 @@ class RunSession:
             "device": cfg.get("device"),
             "environment": result.get("environment"),
             "versions": cfg.get("versions"),
-            "run_dir": self.path,
+            # the folder's name only: the report travels with the image, and a full path tells
+            # where the run lives (a folder name can identify a person; as the CLI's reports)
+            "run_dir": Path(self.path).name,
         }

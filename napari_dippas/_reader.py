@@ -56,12 +56,13 @@ def is_run_directory(path: str | Path) -> bool:
 
 
 def _is_fingerprint_file(path: Path) -> bool:
-    """A ``.npz`` holding a ``K`` array (peeks at the archive's names; loads nothing)."""
+    """A ``.npz`` holding ``K`` and ``metadata``, as ``Fingerprint.load`` needs (peeks at the
+    archive's names; loads nothing): any other ``.npz`` is left to other readers."""
     if path.suffix.lower() != ".npz" or not path.is_file():
         return False
     try:
         with zipfile.ZipFile(path) as zf:
-            return "K.npy" in zf.namelist()
+            return {"K.npy", "metadata.npy"} <= set(zf.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
@@ -104,17 +105,43 @@ def read_run(path: str | list[str]) -> list[LayerDataTuple]:
 def last_assembly_params(session: RunSession) -> AssemblySettings:
     """The ``(B, L, tau)`` last used on this run (``assembly.json``), else SPEC §5's defaults.
 
-    ``B`` is snapped to the nearest block size the run supports (its tile, small images).
+    ``B`` is snapped to the nearest block size the run supports (its tile, small images).  A
+    garbled value (a hand-edited or half-written file) falls back to its default: it must not
+    stop the run from opening.
     """
     run = session.run
-    tau = float((run.config.get("dip_config") or {}).get("tau_psnr", 38.0))
-    params: dict[str, Any] = {"B": 64, "L": 10, "tau": tau}
-    with contextlib.suppress(OSError, ValueError, TypeError):
+    dip = run.config.get("dip_config")
+    tau = _number((dip if isinstance(dip, dict) else {}).get("tau_psnr"), _finite, 38.0)
+    saved: Any = {}
+    with contextlib.suppress(OSError, ValueError):
         saved = json.loads((Path(run.path) / ASSEMBLY_FILE).read_text())
-        params.update({k: saved[k] for k in ("B", "L", "tau") if k in saved})
+    saved = saved if isinstance(saved, dict) else {}
+    params = {
+        "B": _number(saved.get("B"), int, 64),
+        "L": _number(saved.get("L"), int, 10),
+        "tau": _number(saved.get("tau"), _finite, tau),
+    }
+    if params["L"] < 1:
+        params["L"] = 10
     sizes = session.valid_block_sizes()
     B = min(sizes, key=lambda b: (abs(b - int(params["B"])), b))
-    return AssemblySettings(block_size=B, n_average=int(params["L"]), tau_psnr=float(params["tau"]))
+    return AssemblySettings(block_size=B, n_average=int(params["L"]), tau_psnr=params["tau"])
+
+
+def _number(value: Any, convert: Callable[[Any], Any], default: Any) -> Any:
+    """``convert(value)``, or ``default`` when the value is missing or garbled."""
+    try:
+        return convert(value)
+    except (ValueError, TypeError, OverflowError):
+        return default
+
+
+def _finite(value: Any) -> float:
+    """``float(value)``, refusing NaN and infinities (ValueError)."""
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 def save_assembly_params(session: RunSession, settings: AssemblySettings) -> None:
@@ -130,7 +157,10 @@ def assembly_layers(outcome: AssemblyOutcome, **info: Any) -> list[LayerDataTupl
     B = outcome.after.block_size
     limit = float(np.max(np.abs(outcome.before.block_ncc))) or None
     return [
-        anonymized_layer(outcome.image, report=outcome.report, assembly=outcome.params, **info),
+        anonymized_layer(
+            outcome.image, report=outcome.report, assembly=outcome.params,
+            bit_depth=outcome.bit_depth, **info,
+        ),
         block_heatmap_layer(
             outcome.after.block_ncc, B, name="NCC after", limit=limit,
             image_shape=outcome.image.shape[:2], stage="after", **info,
@@ -146,11 +176,13 @@ def run_layers(session: RunSession) -> list[LayerDataTuple]:
     base = {"run_dir": session.path, "mode": run.mode}
     layers: list[LayerDataTuple] = [photo_layer(run.photo, "photo", **base)]
     if run.mode == "aware":
-        info = run.config.get("fingerprint") or {}
+        info = run.config.get("fingerprint")
+        info = info if isinstance(info, dict) else {}
         layers.append(
             fingerprint_layer(
                 run.reference, camera=str(info.get("camera", "")),
-                n_images=int(info.get("n_images", 0)), sigma=float(info.get("sigma", run.sigma)),
+                n_images=_number(info.get("n_images"), int, 0),
+                sigma=_number(info.get("sigma"), _finite, float(run.sigma)),
                 version=str(info.get("version", "")),
             )
         )

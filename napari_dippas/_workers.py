@@ -7,19 +7,23 @@ A job is a plain function that takes a ``report`` callback.  It runs in a napari
 Qt signal: at most one signal per ``min_interval`` seconds and never more than one waiting, so a
 slow handler makes batches bigger instead of making the display lag.  Handlers therefore always
 run on the main thread, the only thread allowed to touch layers.
+
+A job given a cancel token stops when the worker is asked to quit: napari asks every worker to
+quit when the application closes and then waits for them, which for a plain function worker that
+ignores the request would mean waiting for the whole job.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from napari.qt.threading import FunctionWorker, create_worker
 from qtpy.QtCore import QObject, Signal
 
 from ._models import StepThrottle
 
-__all__ = ["JobError", "start_job"]
+__all__ = ["JobCancelled", "JobError", "start_job"]
 
 
 class JobError(RuntimeError):
@@ -27,6 +31,37 @@ class JobError(RuntimeError):
 
     napari's workers show errors as notifications; this message is what the user reads there.
     """
+
+
+class JobCancelled(Exception):
+    """Raised by a job that noticed its cancel token; never shown as an error notification."""
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _CancellableWorker(FunctionWorker):
+    """A function worker whose :meth:`quit` also cancels its job (through the job's token).
+
+    superqt leaves honouring ``quit`` to the worker; a plain function worker cannot, so
+    ``await_workers`` (napari's quit) would block until the job ends on its own.
+    """
+
+    _dippas_cancel: _Cancellable | None = None
+
+    def quit(self) -> None:
+        """Ask the job to stop: through its cancel token when it has one, else superqt's way.
+
+        With a token the abort flag stays down: superqt drops the result of an aborted worker,
+        and a cancelled job still returns one worth having (a cancelled run is recorded and
+        assembled from the snapshots it kept).  napari calls this when its window closes (the
+        worker is a registered task) and when the application quits.
+        """
+        if self._dippas_cancel is None:
+            super().quit()
+        else:
+            self._dippas_cancel.cancel()
 
 
 class _Relay(QObject):
@@ -52,6 +87,7 @@ def start_job(
     what: str = "DIPPAS job",
     min_interval: float = 0.1,
     quiet: tuple[type[BaseException], ...] = (),
+    cancel: _Cancellable | None = None,
 ) -> FunctionWorker:
     """Start ``job(report)`` in a worker thread.
 
@@ -74,7 +110,10 @@ def start_job(
         Seconds between two progress batches.
     quiet : tuple of exception types
         Failures caused by these are expected (e.g. "no snapshot yet" while a run starts):
-        ``on_errored`` still gets them, but no notification pops up.
+        ``on_errored`` still gets them, but no notification pops up (:class:`JobCancelled`
+        is always quiet).
+    cancel : CancelToken, optional
+        The job's cancel token: ``worker.quit()`` (napari calls it on quit) cancels it.
 
     Returns
     -------
@@ -105,8 +144,12 @@ def start_job(
             if throttle.close():  # queued before "returned": the GUI sees every item first
                 relay.ready.emit()
 
-    worker = create_worker(run, _start_thread=False, _ignore_errors=True)
+    worker = create_worker(
+        run, _start_thread=False, _ignore_errors=True, _worker_class=_CancellableWorker
+    )
     worker._dippas_relay = relay  # keep the relay alive as long as the worker
+    worker._dippas_cancel = cancel
+    quiet = (*quiet, JobCancelled)
     # napari's FunctionWorker means to relay errors to the notification manager, but in napari
     # 0.9 its mixin's __init__ is never reached (superqt's __init__ does not chain): do it here
     worker.errored.connect(

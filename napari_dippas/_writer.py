@@ -2,7 +2,10 @@
 
 File → Save Selected Layer(s) and the Assemble & export widget's button both end here.  Pixels go
 through :func:`dippas_core.io.write_image` (atomic, rounds floats, writes no metadata); if the layer
-carries a DIPPAS report (``metadata["dippas"]["report"]``) it is written beside the image as JSON.
+carries a DIPPAS report (``metadata["dippas"]["report"]``) it is written beside the image as JSON,
+with the run folder cut to its name (the report travels with the image; a full path says where the
+run lives, and a folder name can identify a person).  Fingerprints, residuals and block-NCC maps
+are refused: they are small signed values that an 8-bit image would turn black.
 """
 
 from __future__ import annotations
@@ -13,9 +16,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SUFFIXES", "report_path", "write_image_layer"]
+from dippas_core.errors import DippasError
+
+__all__ = ["SUFFIXES", "CannotSaveLayer", "report_path", "write_image_layer"]
 
 SUFFIXES = (".png", ".tif", ".tiff")
+
+#: DIPPAS layer kinds that are measurements, not pictures (what to use instead, for the message)
+_NOT_PICTURES = {
+    "fingerprint": "save a fingerprint from the Fingerprint widget (.npz)",
+    "residual": "a residual is a map of small signed values, not a picture",
+    "block_ncc": "a block-NCC map is a table of scores, kept in the JSON report",
+}
+
+
+class CannotSaveLayer(DippasError, RuntimeError):
+    """The writer refuses a layer; the message says why and what to do instead.
+
+    Deliberately not a ``ValueError``: npe2 swallows those from a writer and napari would then
+    tell the user only that the plugin "is not a valid writer".
+    """
 
 
 def report_path(image_path: str | Path) -> Path:
@@ -39,20 +59,33 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     -------
     list of str
         The files written (the image, then the report if there is one).
+
+    Raises
+    ------
+    CannotSaveLayer
+        Another suffix, not one 2-D gray/RGB image, or a fingerprint, residual or block-NCC
+        layer.
     """
-    from dippas_core.errors import InputError
     from dippas_core.io import write_image
 
     target = Path(path)
     if target.suffix.lower() not in SUFFIXES:
-        raise InputError(f"cannot save {target.name}: use one of {', '.join(SUFFIXES)}")
+        raise CannotSaveLayer(f"cannot save {target.name}: use one of {', '.join(SUFFIXES)}")
+    info = (meta.get("metadata") or {}).get("dippas")
+    info = info if isinstance(info, dict) else {}
+    kind = info.get("kind")
+    if kind in _NOT_PICTURES:
+        name = meta.get("name") or kind
+        raise CannotSaveLayer(
+            f"cannot save the {kind} layer {name!r} as an image ({_NOT_PICTURES[kind]}); "
+            "select the photo or the anonymized layer"
+        )
     array = np.asarray(data)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
-        raise InputError(
+        raise CannotSaveLayer(
             f"cannot save a layer of shape {array.shape} as {target.suffix}: "
             "select one 2-D gray or RGB image layer"
         )
-    info = (meta.get("metadata") or {}).get("dippas") or {}
     # 16-bit sources stay 16-bit (their float assembly included); everything else is 8-bit
     bit_depth = int(info.get("bit_depth", 16 if array.dtype == np.uint16 else 8))
     written = [str(write_image(target, array, bit_depth=bit_depth))]
@@ -61,6 +94,8 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         from dippas_core._atomic import atomic_write_text
 
         report = {**report, "image": target.name}
+        if report.get("run_dir"):
+            report["run_dir"] = Path(str(report["run_dir"])).name
         out = report_path(target)
         atomic_write_text(out, json.dumps(report, indent=1, default=_jsonable))
         written.append(str(out))

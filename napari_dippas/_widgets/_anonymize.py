@@ -21,14 +21,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .._layers import anonymized_layer, block_heatmap_layer, dippas_kind, snapshots_layer
 from .._models import AnonymizeJob, AnonymizeSettings, RunHistory, StepSummary
 from .._workers import start_job
 from ._attribution import is_photo, is_plane
-from ._common import WIDGET_MIN_WIDTH, LayerChoice, LivePlot, PathEdit, upsert_layer
+from ._common import WIDGET_MIN_WIDTH, DockWidget, LayerChoice, LivePlot, PathEdit, upsert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -58,7 +57,7 @@ def _ncc_from_tile_sums(sums: np.ndarray) -> np.ndarray:
     return np.divide(total[:, 0], den, out=np.zeros_like(den), where=den > 0)
 
 
-class AnonymizeWidget(QWidget):
+class AnonymizeWidget(DockWidget):
     """Run the DIPPAS inversion on a photo layer; Run turns into Stop while it runs.
 
     The scriptable state is in :attr:`settings` (:class:`AnonymizeSettings`, edits show in the
@@ -89,6 +88,10 @@ class AnonymizeWidget(QWidget):
         self._n_ncc = 0
         self._last_plot = 0.0
         self._last_layer = 0.0
+        #: the ``snapshots`` layer's state before this run's placeholder replaced it
+        self._previous_snapshots: tuple[Any, dict[str, Any], float] | None = None
+        #: 16 when the photo is 16-bit: the anonymized image is then saved 16-bit
+        self._bit_depth = 8
 
         self.photo = LayerChoice(napari_viewer, is_photo, prefer="photo")
         self.fingerprint = LayerChoice(napari_viewer, is_plane, prefer="fingerprint")
@@ -270,6 +273,7 @@ class AnonymizeWidget(QWidget):
             self.job.update({"status": "failed", "message": str(exc)})
             return
         config = AnonymizeConfig(dip=dip)
+        self._bit_depth = 16 if photo.dtype == np.uint16 else 8
         self.run_path = self.new_run_path()
         self.cancel = cancel = CancelToken()
         self._store = self._tile_sums = None
@@ -281,7 +285,7 @@ class AnonymizeWidget(QWidget):
         self.progress.setRange(0, dip.max_iter)
         self.progress.setValue(0)
         self._prepare_snapshots_layer(photo.shape[:2])
-        run_path = self.run_path
+        run_path, job_model = self.run_path, self.job
 
         def job(report: Callable[[Any], None]) -> Any:
             from dippas_core.pipeline import anonymize
@@ -291,14 +295,35 @@ class AnonymizeWidget(QWidget):
                 on_step=lambda step: report(StepSummary.from_step(step)),
             )
 
+        def returned(result: Any) -> None:
+            # the status first, from a plain function: it must arrive even if the widget closed
+            stop_reason = result.report.get("inversion", {}).get("stop_reason", "")
+            job_model.update(
+                {"status": "cancelled" if stop_reason == "cancelled" else "finished",
+                 "stop_reason": stop_reason}
+            )
+            self._on_done(result)
+
+        def errored(exc: BaseException) -> None:
+            job_model.update({"status": "failed", "message": str(exc)})
+            self._on_error(exc)
+
         self.worker = start_job(
-            job, on_progress=self._on_steps, on_returned=self._on_done,
-            on_errored=self._on_error, what="Anonymize",
+            job, on_progress=self._on_steps, on_returned=returned,
+            on_errored=errored, what="Anonymize", cancel=cancel,
         )
+
+    def _close_down(self) -> None:
+        """The widget left napari: cancel the run (it ends after its current iteration)."""
+        self.stop()
+        self.job.events.disconnect(self._show_job)
+        self.plot._offscreen = None  # no more off-screen redraw steps
 
     # -- live updates (main thread) -------------------------------------------------------------
     def _on_steps(self, batch: list[StepSummary]) -> None:
         self.job.apply(batch)
+        if self.closed:
+            return
         self.history.extend(batch)
         now = time.monotonic()
         plot_due = now - self._last_plot >= PLOT_INTERVAL_S
@@ -318,6 +343,10 @@ class AnonymizeWidget(QWidget):
         the first snapshot arrives, keeps the GUI fluid during the run.
         """
         blank = np.zeros((1, *shape, 3), np.uint16)
+        self._previous_snapshots = None
+        if "snapshots" in self.viewer.layers:  # a previous run's: restored if this one fails
+            old = self.viewer.layers["snapshots"]
+            self._previous_snapshots = (old.data, dict(old.metadata), float(old.opacity))
         layer = upsert_layer(
             self.viewer, snapshots_layer(blank, run_dir=str(self.run_path), status="recording")
         )
@@ -374,12 +403,11 @@ class AnonymizeWidget(QWidget):
         self.run_button.setEnabled(self.job.status != "stopping")
 
     def _on_done(self, result: Any) -> None:
-        inv = result.report.get("inversion", {})
-        stop_reason = inv.get("stop_reason", "")
-        self.job.update(
-            {"status": "cancelled" if stop_reason == "cancelled" else "finished",
-             "stop_reason": stop_reason}
-        )
+        """The run ended (``job.status`` is already set): show its layers."""
+        self.cancel = None
+        self._previous_snapshots = None  # replaced for good: let its memory map go
+        if self.closed:  # the viewer may be gone with the widget: leave it alone
+            return
         self._refresh_snapshots(force=True)
         self.plot.show_history(self.history, self.settings.tau_psnr, final=True)
         B = int(result.report["block_ncc"]["B"])
@@ -390,7 +418,10 @@ class AnonymizeWidget(QWidget):
             block_heatmap_layer(result.maps["block_ncc_before"], B, image_shape=shape,
                                 stage="before", **info),
         )
-        upsert_layer(self.viewer, anonymized_layer(result.image, report=result.report, **info))
+        upsert_layer(
+            self.viewer,
+            anonymized_layer(result.image, report=result.report, bit_depth=self._bit_depth, **info),
+        )
         upsert_layer(
             self.viewer,
             block_heatmap_layer(result.maps["block_ncc_after"], B, name="NCC after",
@@ -400,9 +431,33 @@ class AnonymizeWidget(QWidget):
         if "snapshots" in self.viewer.layers:
             meta = self.viewer.layers["snapshots"].metadata.get("dippas", {})
             meta["status"] = self.job.status
-        self.cancel = None
         self.run_finished.emit(str(self.run_path))
 
     def _on_error(self, exc: BaseException) -> None:
-        self.job.update({"status": "failed", "message": str(exc)})
+        """The run failed (``job.status`` is already set): drop its placeholder layer."""
         self.cancel = None
+        if not self.closed:
+            self._drop_placeholder()
+
+    def _drop_placeholder(self) -> None:
+        """A failed run: its ``snapshots`` placeholder goes (the previous run's layer comes back).
+
+        Snapshots the run already showed stay, marked failed: they are real and on disk.
+        """
+        layers = self.viewer.layers
+        if "snapshots" not in layers:
+            return
+        layer = layers["snapshots"]
+        meta = layer.metadata.get("dippas", {})
+        if meta.get("run_dir") != str(self.run_path):
+            return  # not ours any more
+        if self._n_shown:
+            layer.metadata = {"dippas": {**meta, "status": "failed"}}
+        elif self._previous_snapshots is not None:
+            data, metadata, opacity = self._previous_snapshots
+            layer.data = data
+            layer.metadata = metadata
+            layer.opacity = opacity
+        else:
+            layers.remove(layer)
+        self._previous_snapshots = None

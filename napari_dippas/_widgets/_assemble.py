@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from dippas_core.assembly import NoSnapshotsError
@@ -31,7 +30,15 @@ from .._reader import (
     save_assembly_params,
 )
 from .._workers import start_job
-from ._common import WIDGET_MIN_WIDTH, ColorbarCanvas, LayerChoice, PathEdit, upsert_layer
+from ._common import (
+    WIDGET_MIN_WIDTH,
+    ColorbarCanvas,
+    DockWidget,
+    LayerChoice,
+    PathEdit,
+    same_path,
+    upsert_run_layer,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -47,7 +54,7 @@ def _is_run_layer(layer: Layer) -> bool:
     return dippas_kind(layer.metadata) == "snapshots" and "run_dir" in layer.metadata["dippas"]
 
 
-class AssembleWidget(QWidget):
+class AssembleWidget(DockWidget):
     """Re-assemble a recorded run live and export the anonymized image with its JSON report.
 
     :attr:`settings` (:class:`AssemblySettings`) is the scriptable state; every change
@@ -134,12 +141,23 @@ class AssembleWidget(QWidget):
         self.settings.events.connect(lambda *_: self._debounce.start())
         self._run_layer_changed(self.run.currentText())
 
-    # -- choosing a run -------------------------------------------------------------------------
-    def _run_layer_changed(self, name: str) -> None:
+    def _close_down(self) -> None:
+        """The widget left napari: no more re-assembly, stop watching the run's layer."""
+        self._pending = False
+        self._unwatch()
+        self._debounce.stop()
+
+    def _unwatch(self) -> None:
         if self._watched is not None:
-            with contextlib.suppress(TypeError, RuntimeError):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 self._watched.events.data.disconnect(self._run_data_changed)
             self._watched = None
+
+    # -- choosing a run -------------------------------------------------------------------------
+    def _run_layer_changed(self, name: str) -> None:
+        self._unwatch()
+        if self.closed:
+            return
         layer = self.viewer.layers[name] if name in self.viewer.layers else None
         if layer is not None:
             # a run still recording grows this layer: re-assemble as it grows
@@ -152,7 +170,7 @@ class AssembleWidget(QWidget):
         if layer is None:
             return
         path = str(layer.metadata["dippas"]["run_dir"])
-        if self.session is None or self.session.path != path:
+        if self.session is None or not same_path(self.session.path, path):
             self.set_run(path)
         elif self.session.run.status == "recording":  # a finished run has nothing new
             self._debounce.start()
@@ -160,7 +178,28 @@ class AssembleWidget(QWidget):
     def _open_clicked(self) -> None:
         path = self.open_run.path()
         if path is not None:
-            self.viewer.open(str(path), plugin="napari-dippas")
+            self.open_run_folder(path)
+
+    def open_run_folder(self, path: str | Path) -> list[Layer]:
+        """Open the run in folder ``path`` as layers and work on it (button "Open run").
+
+        The run is chosen from the layers the reader returned: napari renames them when another
+        run's layers are open (``snapshots [1]``), so a name would pick the wrong run.
+        """
+        if not is_run_directory(path):
+            self.status.setText(f"{Path(path).name} is not a DIPPAS run folder.")
+            return []
+        try:
+            layers = self.viewer.open(str(path), plugin="napari-dippas")
+        except Exception as exc:  # noqa: BLE001 - shown to the user; the viewer is unchanged
+            self.status.setText(f"Could not open {Path(path).name}: {exc}")
+            return []
+        snapshots = [layer for layer in layers if _is_run_layer(layer)]
+        if snapshots:
+            self.run.select(snapshots[-1].name)
+        if self.session is None or not same_path(self.session.path, path):
+            self.set_run(path)  # a run without snapshots yet has no layer to choose
+        return list(layers)
 
     def set_run(self, path: str | Path) -> None:
         """Work on the run in folder ``path`` (re-assembles at once)."""
@@ -182,7 +221,7 @@ class AssembleWidget(QWidget):
     # -- assembling -----------------------------------------------------------------------------
     def assemble(self) -> None:
         """Re-assemble with the current settings in a worker (newest settings win)."""
-        if self.session is None:
+        if self.session is None or self.closed:
             return
         if self.worker is not None and self.worker.is_running:
             self._pending = True
@@ -200,25 +239,31 @@ class AssembleWidget(QWidget):
             return outcome
 
         self.worker = start_job(
-            job, on_returned=self._on_done, on_errored=lambda e: self.status.setText(str(e)),
+            job, on_returned=self._on_done, on_errored=self._on_error,
             on_finished=self._on_finished, what="Assembly", quiet=(NoSnapshotsError,),
         )
+
+    def _on_error(self, exc: BaseException) -> None:
+        if not self.closed:
+            self.status.setText(str(exc))
 
     def _on_finished(self) -> None:
         if self._pending:
             self.assemble()
 
     def _on_done(self, outcome: AssemblyOutcome) -> None:
+        if self.closed:
+            return
         self.outcome = outcome
         info = {"run_dir": self.session.path if self.session else ""}
         B = outcome.before.block_size
-        before = upsert_layer(
+        before = upsert_run_layer(
             self.viewer,
             block_heatmap_layer(outcome.before.block_ncc, B, image_shape=outcome.image.shape[:2],
                                 stage="before", **info),
         )
         for data_tuple in assembly_layers(outcome, **info):
-            upsert_layer(self.viewer, data_tuple)
+            upsert_run_layer(self.viewer, data_tuple)
         self.colorbar.set_limit(before.contrast_limits[1], f"block NCC, B = {B} (before and after)")
         for stage, scores in (("before", outcome.before), ("after", outcome.after)):
             self.table["NCC", stage].setText(f"{scores.ncc:.5f}")
@@ -231,19 +276,35 @@ class AssembleWidget(QWidget):
         )
 
     # -- export ---------------------------------------------------------------------------------
-    def export(self, path: str | Path | None = None) -> list[str]:
-        """Save the ``anonymized`` layer through the plugin's writer (+ JSON report beside it).
+    def anonymized_layer(self) -> Layer | None:
+        """The current run's anonymized image layer, whatever napari named it (else None)."""
+        if self.session is None:
+            return None
+        for layer in reversed(self.viewer.layers):  # the newest first
+            info = (layer.metadata or {}).get("dippas")
+            if (
+                dippas_kind(layer.metadata) == "anonymized"
+                and isinstance(info, dict)
+                and same_path(info.get("run_dir"), self.session.path)
+            ):
+                return layer
+        return None
 
-        Returns the files written (empty when there is nothing to save or no path).
+    def export(self, path: str | Path | None = None) -> list[str]:
+        """Save the current run's anonymized layer through the plugin's writer (+ JSON report).
+
+        The layer is found by its kind and run folder, not by its name: with two runs open the
+        one called ``anonymized`` may be the other run's.  Returns the files written (empty when
+        there is nothing to save or no path).
         """
         path = Path(path) if path else self.export_path.path()
-        if "anonymized" not in self.viewer.layers:
+        layer = self.anonymized_layer()
+        if layer is None:
             self.status.setText("Nothing to export yet: assemble a run first.")
             return []
         if path is None:
             self.status.setText("Choose where to save the image (.png, .tif).")
             return []
-        layer = self.viewer.layers["anonymized"]
         try:
             written = layer.save(str(path), plugin="napari-dippas")
         except Exception as exc:  # noqa: BLE001 - shown to the user, nothing was written

@@ -13,13 +13,12 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .._layers import block_heatmap_layer, dippas_kind, residual_layer
 from .._models import AttributionResult, attribute, attribution_verdict
 from .._workers import start_job
-from ._common import WIDGET_MIN_WIDTH, ColorbarCanvas, LayerChoice, upsert_layer
+from ._common import WIDGET_MIN_WIDTH, ColorbarCanvas, DockWidget, LayerChoice, upsert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -48,7 +47,7 @@ def is_plane(layer: Layer) -> bool:
     return isinstance(layer, Image) and not layer.rgb and layer.data.ndim == 2
 
 
-class AttributionWidget(QWidget):
+class AttributionWidget(DockWidget):
     """Residual, NCC/PCE with a plain-words verdict, and a block-NCC heatmap over the photo.
 
     Parameters
@@ -114,6 +113,7 @@ class AttributionWidget(QWidget):
         if photo is None or fp is None:
             self.verdict.setText("Need a photo layer and a fingerprint layer.")
             return
+        # attribute() brings a 16-bit photo to the 0..255 scale the residual and scores expect
         image, K = photo.data, fp.data
         sigma, block = self.sigma.value(), self.block.value()
         self.run_button.setEnabled(False)
@@ -121,13 +121,15 @@ class AttributionWidget(QWidget):
         self.worker = start_job(
             lambda report: attribute(image, K, sigma=sigma, block_size=block),
             on_returned=lambda result: self._on_done(result, photo.name),
-            on_errored=lambda exc: self.verdict.setText(str(exc)),
-            on_finished=lambda: self.run_button.setEnabled(True),
+            on_errored=lambda exc: None if self.closed else self.verdict.setText(str(exc)),
+            on_finished=lambda: None if self.closed else self.run_button.setEnabled(True),
             what="Attribution",
         )
 
     def _on_done(self, result: AttributionResult, photo_name: str) -> None:
         self.result = result
+        if self.closed:
+            return
         upsert_layer(self.viewer, residual_layer(result.residual, sigma=result.sigma))
         heat = upsert_layer(
             self.viewer,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -31,7 +33,8 @@ if TYPE_CHECKING:
     from .._models import RunHistory
 
 __all__ = [
-    "WIDGET_MIN_WIDTH", "ColorbarCanvas", "LayerChoice", "LivePlot", "PathEdit", "upsert_layer",
+    "WIDGET_MIN_WIDTH", "ColorbarCanvas", "DockWidget", "LayerChoice", "LivePlot", "PathEdit",
+    "same_path", "upsert_layer", "upsert_run_layer",
 ]
 
 #: pixels; wide enough for the dock titles ("Assemble & export (napari-dippas)") and the plots
@@ -79,6 +82,88 @@ def upsert_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
 
 
+def same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether two paths name the same file or folder (spelled differently or not)."""
+    if not a or not b:
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _same_role(metadata: dict[str, Any] | None, info: dict[str, Any]) -> bool:
+    """A layer playing the same part of the same run: kind, stage and run folder agree."""
+    mine = (metadata or {}).get("dippas")
+    if not isinstance(mine, dict) or mine.get("kind") != info.get("kind"):
+        return False
+    return mine.get("stage") == info.get("stage") and same_path(
+        mine.get("run_dir"), info.get("run_dir")
+    )
+
+
+def upsert_run_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
+    """:func:`upsert_layer` for a layer of one run, found by its role rather than by its name.
+
+    Two runs open at once have clashing names (napari calls the second ``anonymized [1]``):
+    this run's layer is updated whatever its name, and another run's layer of the same name is
+    left alone (the new one is added beside it).
+    """
+    data, kwargs, layer_type = data_tuple
+    info = kwargs["metadata"]["dippas"]
+    mine = [layer for layer in viewer.layers if _same_role(layer.metadata, info)]
+    if mine:
+        return upsert_layer(viewer, (data, {**kwargs, "name": mine[-1].name}, layer_type))
+    name = kwargs["name"]
+    if name in viewer.layers and dippas_kind(viewer.layers[name].metadata) == info.get("kind"):
+        return getattr(viewer, f"add_{layer_type}")(data, **kwargs)  # napari renames it
+    return upsert_layer(viewer, data_tuple)
+
+
+class DockWidget(QWidget):
+    """Base of the plugin's dock widgets: :meth:`close_down` runs once when one leaves napari.
+
+    napari removes a dock (its close button) with ``setParent(None)`` and destroys docked widgets
+    with the viewer's window; neither sends a ``closeEvent``, and a ``hideEvent`` also comes when a
+    dock is merely tabbed away.  So both are caught here: the parent change, and ``destroyed``.
+    Subclasses stop their jobs and timers in :meth:`_close_down`; the viewer's layer events are
+    disconnected from every :class:`LayerChoice` attribute here.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        #: True once the widget left napari: late job results then stay off the viewer
+        self.closed = False
+        self._docked = False
+        ref = weakref.ref(self)  # a strong reference from the connection would keep it alive
+        self.destroyed.connect(lambda *_: (w := ref()) is not None and w.close_down())
+
+    def event(self, event: QEvent) -> bool:
+        """Watch parent changes: docked, then undocked by napari, means closed."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.close_down()
+        return super().event(event)
+
+    def close_down(self) -> None:
+        """Stop whatever runs and stop listening to the viewer (idempotent).
+
+        Called automatically when napari removes the dock or the viewer closes; scripts that
+        drop a widget they never docked can call it themselves.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        # the Qt side may already be gone (destroyed): only Python-side clean-up may fail softly
+        with contextlib.suppress(RuntimeError):
+            self._close_down()
+        for value in list(vars(self).values()):
+            if isinstance(value, LayerChoice):
+                value.disconnect_viewer()
+
+    def _close_down(self) -> None:
+        """Subclass hook: cancel jobs, stop timers, drop layer-event handlers."""
+
+
 class LayerChoice(QComboBox):
     """A combo box of the viewer's layers accepted by ``accept``, kept in sync with the viewer.
 
@@ -112,6 +197,18 @@ class LayerChoice(QComboBox):
 
     def _watch_name(self, event: Any) -> None:
         event.value.events.name.connect(self.refresh)
+
+    def disconnect_viewer(self) -> None:
+        """Stop following the viewer's layers (the widget holding this box is closing)."""
+        layers = self._viewer.layers
+        for event in ("inserted", "removed", "moved", "changed"):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                getattr(layers.events, event).disconnect(self.refresh)
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            layers.events.inserted.disconnect(self._watch_name)
+        for layer in layers:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                layer.events.name.disconnect(self.refresh)
 
     def refresh(self, *_: Any) -> None:
         """Rebuild the list, keeping the current choice when it is still there."""

@@ -19,35 +19,42 @@ from qtpy.QtWidgets import (
     QRadioButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from .._layers import fingerprint_layer
-from .._workers import start_job
-from ._common import WIDGET_MIN_WIDTH, LayerChoice, PathEdit, upsert_layer
+from .._workers import JobCancelled, start_job
+from ._common import WIDGET_MIN_WIDTH, DockWidget, LayerChoice, PathEdit, upsert_layer
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-__all__ = ["FingerprintWidget", "IMAGE_SUFFIXES", "flat_field_files"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+__all__ = ["FingerprintWidget", "flat_field_files"]
 
 
 def flat_field_files(folder: str | Path, pattern: str = "*") -> list[Path]:
     """The image files of ``folder`` whose names match ``pattern`` (a glob), sorted by name.
 
     ``pattern`` picks one camera in a folder that mixes several (``Nikon_D70s_0_*``).
+
+    Raises
+    ------
+    dippas_core.errors.InputError
+        No such folder, no matching image, or a pattern ``glob`` refuses (an absolute one,
+        ``**x``): the message says what to type instead.
     """
     from dippas_core.errors import InputError
+    from dippas_core.io import IMAGE_SUFFIXES, find_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"flat-field folder {folder} does not exist")
-    files = sorted(
-        p for p in folder.glob(pattern or "*") if p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    try:
+        files = find_images(folder, pattern or "*")
+    except (ValueError, NotImplementedError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(
+            f"the file pattern {pattern!r} cannot be used ({exc}); give a file-name pattern "
+            "relative to the folder, such as Nikon_D70s_0_* or *.jpg"
+        ) from exc
     if not files:
         raise InputError(
             f"no image files ({', '.join(IMAGE_SUFFIXES)}) matching {pattern!r} in {folder}"
@@ -63,12 +70,17 @@ def _is_stack(layer: Layer) -> bool:
 
 
 def _iterate(
-    sources: Sequence[Any], crop: int, report: Callable[[Any], None]
+    sources: Sequence[Any], crop: int, report: Callable[[Any], None], cancel: Any = None
 ) -> Iterator[np.ndarray]:
-    """Yield each flat field (read from disk when a path), centre-cropped; report progress."""
+    """Yield each flat field (read from disk when a path), centre-cropped; report progress.
+
+    Raises :class:`JobCancelled` before the next shot once ``cancel`` (a CancelToken) is set.
+    """
     from dippas_core.io import center_crop, read_image
 
     for i, src in enumerate(sources):
+        if cancel is not None and cancel.cancelled:
+            raise JobCancelled("fingerprint estimate cancelled")
         image = read_image(src) if isinstance(src, Path) else np.asarray(src)
         if crop:
             image = center_crop(image, crop)
@@ -76,7 +88,7 @@ def _iterate(
         report((i + 1, len(sources)))
 
 
-class FingerprintWidget(QWidget):
+class FingerprintWidget(DockWidget):
     """Estimate a camera fingerprint K from flat-field shots; add it as a layer and save it.
 
     Parameters
@@ -90,6 +102,7 @@ class FingerprintWidget(QWidget):
         self.setMinimumWidth(WIDGET_MIN_WIDTH)
         self.viewer = napari_viewer
         self.worker = None
+        self.cancel: Any = None
 
         self.from_folder = QRadioButton("folder of flat-field files")
         self.from_layer = QRadioButton("image-stack layer")
@@ -154,15 +167,24 @@ class FingerprintWidget(QWidget):
 
     def start(self) -> None:
         """Start the estimate in a worker thread (button "Estimate fingerprint")."""
+        from dippas_core.cancel import CancelToken
         from dippas_core.errors import DippasError
 
+        out = self.output.path()
+        if out is not None and out.suffix.lower() != ".npz":  # now, not after minutes of work
+            self.status.setText(
+                f"The fingerprint file must end in .npz (got {out.name!r}); "
+                "choose another name under 'save to'."
+            )
+            return
         try:
             sources, default_camera = self._sources()
         except DippasError as exc:
             self.status.setText(str(exc))
             return
         camera = self.camera.text().strip() or default_camera
-        sigma, crop, out = self.sigma.value(), self.crop.value(), self.output.path()
+        sigma, crop = self.sigma.value(), self.crop.value()
+        self.cancel = cancel = CancelToken()
         self.progress.setRange(0, len(sources))
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
@@ -171,31 +193,62 @@ class FingerprintWidget(QWidget):
         def job(report: Callable[[Any], None]) -> Any:
             from dippas_core.fingerprint import estimate_fingerprint
 
-            fp = estimate_fingerprint(_iterate(sources, crop, report), sigma=sigma, camera=camera)
+            fp = estimate_fingerprint(
+                _iterate(sources, crop, report, cancel), sigma=sigma, camera=camera
+            )
+            save_error = None
             if out is not None:
-                fp.save(out)
-            return fp, out
+                try:
+                    fp.save(out)
+                except (OSError, ValueError) as exc:  # the estimate survives as a layer
+                    save_error = exc
+            return fp, out, save_error
 
         self.worker = start_job(
             job, on_progress=self._on_progress, on_returned=self._on_done,
-            on_errored=self._on_error, on_finished=lambda: self.run_button.setEnabled(True),
-            what="Fingerprint estimate",
+            on_errored=self._on_error, on_finished=self._on_finished,
+            what="Fingerprint estimate", cancel=cancel,
         )
 
+    def _close_down(self) -> None:
+        """The widget left napari: stop reading shots."""
+        if self.cancel is not None:
+            self.cancel.cancel()
+
+    def _on_finished(self) -> None:
+        self.cancel = None
+        if not self.closed:
+            self.run_button.setEnabled(True)
+
     def _on_progress(self, batch: list[tuple[int, int]]) -> None:
+        if self.closed:
+            return
         done, total = batch[-1]
         self.progress.setValue(done)
         self.status.setText(f"Read {done} of {total} shots…")
 
-    def _on_done(self, value: tuple[Any, Path | None]) -> None:
-        fp, out = value
+    def _on_done(self, value: tuple[Any, Path | None, BaseException | None]) -> None:
+        fp, out, save_error = value
+        if self.closed:
+            return
+        saved_to = None if out is None or save_error is not None else str(out)
         upsert_layer(
             self.viewer,
             fingerprint_layer(
                 fp.K, camera=fp.camera, n_images=fp.n_images, sigma=fp.sigma, version=fp.version,
-                path=None if out is None else str(out),
+                path=saved_to,
             ),
         )
+        if save_error is not None:
+            from napari.utils.notifications import show_error
+
+            message = (
+                f"The fingerprint is in the 'fingerprint' layer but could not be saved to "
+                f"{out}: {save_error}"
+            )
+            show_error(message)
+            self.status.setText(message)
+            return
         saved = f", saved to {out}" if out is not None else " (not saved: no file chosen)"
         self.status.setText(
             f"Fingerprint of {fp.camera or 'the camera'} from {fp.n_images} shots, "
@@ -203,4 +256,6 @@ class FingerprintWidget(QWidget):
         )
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(str(exc))
+        if not self.closed:
+            stopped = isinstance(exc.__cause__, JobCancelled)
+            self.status.setText("Stopped." if stopped else str(exc))

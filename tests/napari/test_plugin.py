@@ -122,11 +122,122 @@ def test_writer_is_bit_exact_without_metadata(viewer, sample, tmp_path, suffix):
 
 
 def test_writer_refuses_what_it_cannot_write(tmp_path):
-    from dippas_core.errors import InputError
-    from napari_dippas._writer import write_image_layer
+    from napari_dippas._writer import CannotSaveLayer, write_image_layer
 
-    with pytest.raises(InputError, match="jpg"):
+    with pytest.raises(CannotSaveLayer, match="jpg"):
         write_image_layer(str(tmp_path / "x.jpg"), np.zeros((8, 8, 3), np.uint8), {})
-    with pytest.raises(InputError, match=r"\(4, 8, 8, 3\)"):
+    with pytest.raises(CannotSaveLayer, match=r"\(4, 8, 8, 3\)"):
         write_image_layer(str(tmp_path / "x.png"), np.zeros((4, 8, 8, 3), np.uint16), {})
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_plain_images_open_without_a_reader_choice(viewer, sample, small, tmp_path):
+    """The reader claims .npz files and run folders only: napari opens a PNG with its own reader
+    (no "choose a reader" dialog, no MultipleReaderError) and a fingerprint still comes to us."""
+    from napari.plugins._npe2 import get_readers
+
+    from dippas_core.io import write_image
+
+    photo, _ = sample
+    png = write_image(tmp_path / "holiday.png", photo)
+    assert "napari-dippas" not in get_readers(str(png))
+    # plugin=None is what File > Open does: with two candidate readers this raises
+    # MultipleReaderError (the GUI's "choose a reader" dialog)
+    layers = viewer.open(str(png), plugin=None)
+    assert len(layers) == 1 and dippas_kind(layers[0].metadata) is None
+    np.testing.assert_array_equal(np.asarray(layers[0].data), photo)
+
+    _, fp = small
+    npz = fp.save(tmp_path / "camera.npz")
+    assert "napari-dippas" in get_readers(str(npz))
+    (layer,) = viewer.open(str(npz), plugin="napari-dippas")
+    assert dippas_kind(layer.metadata) == "fingerprint"
+    np.testing.assert_array_equal(layer.data, fp.K)
+
+
+def test_reader_needs_k_and_metadata_in_the_npz(tmp_path):
+    from napari_dippas._reader import get_reader
+
+    np.savez(tmp_path / "only_k.npz", K=np.zeros((4, 4), np.float32))
+    assert get_reader(str(tmp_path / "only_k.npz")) is None  # Fingerprint.load would fail
+
+
+def dippas_kind(metadata):
+    from napari_dippas._layers import dippas_kind as kind
+
+    return kind(metadata)
+
+
+@pytest.mark.parametrize("make", ["fingerprint", "residual", "block_ncc"])
+def test_writer_refuses_measurement_layers(viewer, small, tmp_path, make):
+    """Fingerprints, residuals and block maps are small signed values: as 8-bit they are black."""
+    from napari_dippas._layers import block_heatmap_layer, fingerprint_layer, residual_layer
+    from napari_dippas._writer import CannotSaveLayer
+
+    _, fp = small
+    data, kwargs, _ = {
+        "fingerprint": lambda: fingerprint_layer(fp.K),
+        "residual": lambda: residual_layer(fp.K, sigma=5.0),
+        "block_ncc": lambda: block_heatmap_layer(np.full((2, 2), 0.01), 32),
+    }[make]()
+    layer = viewer.add_image(data, **kwargs)
+    # through napari's save, as File > Save Selected Layer(s) does: the error reaches the user
+    with pytest.raises(CannotSaveLayer, match=make):
+        layer.save(str(tmp_path / "map.png"), plugin="napari-dippas")
+    assert not list(tmp_path.iterdir())
+
+
+def test_writer_keeps_only_the_run_folder_name(tmp_path):
+    from napari_dippas._writer import write_image_layer
+
+    run_dir = tmp_path / "alice-smith-photos" / "run-1"
+    meta = {"metadata": {"dippas": {"kind": "anonymized", "report": {"run_dir": str(run_dir)}}}}
+    write_image_layer(str(tmp_path / "out.png"), np.zeros((8, 8, 3), np.uint8), meta)
+    text = (tmp_path / "out.json").read_text()
+    assert json.loads(text)["run_dir"] == "run-1" and "alice-smith" not in text
+
+
+def test_a_garbled_assembly_file_falls_back_to_defaults(viewer, synthetic_run):
+    from napari_dippas._models import RunSession
+    from napari_dippas._reader import ASSEMBLY_FILE, last_assembly_params
+
+    path, photo, _ = synthetic_run("garbled")
+    (path / ASSEMBLY_FILE).write_text(json.dumps({"B": "sixty-four", "L": None, "tau": "nan"}))
+    params = last_assembly_params(RunSession(path))
+    assert (params.block_size, params.n_average, params.tau_psnr) == (64, 10, 30.0)
+    (path / ASSEMBLY_FILE).write_text("{not json")
+    assert last_assembly_params(RunSession(path)).n_average == 10
+    layers = viewer.open(str(path), plugin="napari-dippas")  # the run still opens, whole
+    names = {layer.name for layer in layers}
+    assert {"photo", "fingerprint", "snapshots", "anonymized", "NCC after"} <= names
+    np.testing.assert_array_equal(viewer.layers["photo"].data, photo)
+
+
+def test_a_16_bit_run_is_scored_on_the_8_bit_scale_and_saved_16_bit(
+    viewer, synthetic_run, tmp_path
+):
+    """A uint16 photo (×257) gives the scores of its 8-bit twin, and a 16-bit anonymized file."""
+    from dippas_core.io import read_image
+    from napari_dippas._models import AssemblySettings, RunSession
+
+    path8, photo, _ = synthetic_run("eight", bits=8)
+    path16, _, _ = synthetic_run("sixteen", bits=16)
+    settings = AssemblySettings(block_size=32, n_average=3, tau_psnr=30.0)
+    out8 = RunSession(path8).assemble(settings)
+    out16 = RunSession(path16).assemble(settings)
+    assert out8.image.dtype == np.uint8 and out8.bit_depth == 8
+    assert out16.image.dtype == np.float32 and out16.bit_depth == 16
+    np.testing.assert_allclose(out16.image, out8.image, atol=0.5)  # same choice, unrounded
+    assert out16.before.ncc == pytest.approx(out8.before.ncc, rel=1e-3)
+    assert out16.after.ncc == pytest.approx(out8.after.ncc, rel=1e-2, abs=1e-4)
+    assert out16.psnr == pytest.approx(out8.psnr, abs=0.3) and out16.psnr > 20
+
+    layers = viewer.open(str(path16), plugin="napari-dippas")
+    (anon,) = [layer for layer in layers if dippas_kind(layer.metadata) == "anonymized"]
+    assert anon.metadata["dippas"]["bit_depth"] == 16
+    written = anon.save(str(tmp_path / "anon16.png"), plugin="napari-dippas")
+    assert [Path(p).name for p in written] == ["anon16.png", "anon16.json"]
+    saved = read_image(tmp_path / "anon16.png")
+    assert saved.dtype == np.uint16
+    np.testing.assert_allclose(saved / 257.0, anon.data, atol=0.01)
+    assert json.loads((tmp_path / "anon16.json").read_text())["run_dir"] == "sixteen"

@@ -212,7 +212,8 @@ def test_anonymize_assemble_export_reopen_round_trip(
     np.testing.assert_array_equal(read_image(tmp_path / "anon.png"), outcome.image)
     report = json.loads((tmp_path / "anon.json").read_text())
     assert report["assembly"]["B"] == 32 and report["assembly"]["L"] == 2
-    assert report["seed"] == tiny_settings.seed and report["run_dir"] == str(anon.run_path)
+    assert report["seed"] == tiny_settings.seed and report["run_dir"] == anon.run_path.name
+    assert str(anon.run_path.parent) not in (tmp_path / "anon.json").read_text()  # no full path
     assert report["ncc"]["after"] == pytest.approx(out.after.ncc)
 
     # reopen the run in a fresh viewer state: every layer comes back, same image
@@ -265,6 +266,19 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     new = [str(n.message) for n in notification_manager.records[n_before:]]
     assert any(m.startswith("Anonymize failed") and "32" in m for m in new), new
     assert anon.run_button.text() == "Run" and anon.run_button.isEnabled()
+    # the failed start's blank "snapshots" placeholder is gone ...
+    assert "snapshots" not in viewer.layers
+
+    # ... and a previous run's snapshots come back as they were
+    previous = np.full((2, 64, 64, 3), 1000, np.uint16)
+    viewer.add_image(previous, rgb=True, name="snapshots",
+                     metadata={"dippas": {"kind": "snapshots", "run_dir": "earlier-run"}})
+    anon.start()
+    _wait_done(qtbot, anon, 60_000)
+    assert anon.job.status == "failed"
+    snaps = viewer.layers["snapshots"]
+    np.testing.assert_array_equal(snaps.data, previous)
+    assert snaps.metadata["dippas"]["run_dir"] == "earlier-run" and snaps.opacity == 1
 
 
 def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
@@ -304,3 +318,165 @@ def matplotlib_rgb(color):
     from matplotlib.colors import to_rgb
 
     return [round(255 * c) for c in to_rgb(color)]
+
+
+# --- closing widgets and the viewer ---------------------------------------------------------
+
+
+def test_closing_the_viewer_cancels_a_running_anonymize(
+    viewer, qtbot, small, tiny_settings, configure, tmp_path
+):
+    """A docked Anonymize run stops when the viewer's window goes, without touching it."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    from dippas_core.run import RunDirectory
+
+    photo, _ = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    anon = AnonymizeWidget(viewer)
+    viewer.window.add_dock_widget(anon, name="Anonymize")
+    configure(anon, tiny_settings.model_copy(update={"mode": "blind", "max_iter": 100_000}))
+    anon.runs_folder.set_path(tmp_path)
+    anon.start()
+    # with a snapshot kept, a cancelled run still assembles (else it fails: nothing to assemble)
+    qtbot.waitUntil(lambda: anon.job.n_snapshots >= 1, timeout=120_000)
+    finished = []
+    anon.worker.finished.connect(lambda: finished.append(time.monotonic()))
+    t0 = time.monotonic()
+    viewer.close()
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)  # the window's deletion
+    assert anon.closed
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)
+    print(f"\nworker ended {finished[0] - t0:.2f} s after the viewer closed")
+    assert anon.job.status == "cancelled" and anon.job.stop_reason == "cancelled"
+    assert anon.job.iteration < 100_000
+    assert RunDirectory.open(anon.run_path).status == "cancelled"
+
+
+def test_removing_a_dock_disconnects_the_widget(viewer, qtbot, synthetic_run):
+    """napari's dock close button (setParent(None)): no more layer events, timers or jobs."""
+    path, _, _ = synthetic_run("run-a")
+    asm = AssembleWidget(viewer)
+    viewer.window.add_dock_widget(asm, name="Assemble")
+    asm.open_run_folder(path)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    assert asm.run.count() == 1 and asm._watched is not None
+    viewer.window.remove_dock_widget(asm)
+    assert asm.closed and asm._watched is None and not asm._debounce.isActive()
+    viewer.add_image(np.zeros((1, 64, 64, 3), np.uint16), rgb=True, name="other snapshots",
+                     metadata={"dippas": {"kind": "snapshots", "run_dir": str(path)}})
+    assert asm.run.count() == 1  # the run list no longer follows the viewer
+    asm.settings.n_average = 2
+    qtbot.wait(2 * 150)
+    assert asm.worker is None or not asm.worker.is_running
+    assert asm.outcome.params["L"] != 2  # no re-assembly after the close
+
+
+def test_quitting_napari_cancels_a_job_through_its_worker(qtbot):
+    """napari's quit asks every worker to quit and waits: the job's token must see it."""
+    from napari.qt.threading import FunctionWorker
+
+    from dippas_core.cancel import CancelToken
+    from napari_dippas._workers import start_job
+
+    token = CancelToken()
+    returned = []
+    worker = start_job(lambda report: token.wait(60.0), cancel=token, on_returned=returned.append)
+    qtbot.waitUntil(lambda: worker.is_running, timeout=5_000)
+    t0 = time.monotonic()
+    # what napari runs on quit (app.aboutToQuit); raises if a worker still runs after 10 s
+    FunctionWorker.await_workers(msecs=10_000)
+    assert time.monotonic() - t0 < 5 and token.cancelled
+    qtbot.waitUntil(lambda: returned == [True], timeout=5_000)
+
+
+# --- fingerprint widget: checks before work, nothing lost after it -------------------------
+
+
+def test_fingerprint_checks_its_inputs_before_working(viewer, qtbot, small, tmp_path):
+    _, fp = small
+    _flat_fields(tmp_path, fp.K * 20, n=2)
+    widget = FingerprintWidget(viewer)
+    widget.folder.set_path(tmp_path)
+    widget.output.set_path(tmp_path / "camera.png")
+    widget.start()
+    assert widget.worker is None and ".npz" in widget.status.text()
+    widget.output.set_path(tmp_path / "camera.npz")
+    for bad in (str(tmp_path / "ff_*"), "**x"):  # glob refuses these
+        widget.pattern.setText(bad)
+        widget.start()
+        assert widget.worker is None and "pattern" in widget.status.text(), widget.status.text()
+        assert widget.run_button.isEnabled()
+
+
+def test_a_failed_fingerprint_save_keeps_the_estimate(viewer, qtbot, small, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    _, fp = small
+    _flat_fields(tmp_path, fp.K * 20, n=2)
+    widget = FingerprintWidget(viewer)
+    widget.folder.set_path(tmp_path)
+    widget.output.set_path(tmp_path / "ff_0.png" / "camera.npz")  # a file is no folder
+    n_before = len(notification_manager.records)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=60_000)
+    assert "fingerprint" in viewer.layers  # the minutes of work are not lost
+    layer = viewer.layers["fingerprint"]
+    assert layer.data.shape == fp.K.shape and "path" not in layer.metadata["dippas"]
+    assert "could not be saved" in widget.status.text()
+    new = [str(n.message) for n in notification_manager.records[n_before:]]
+    assert any("could not be saved" in m for m in new), new
+
+
+# --- assembly: two runs open, 16-bit photos ------------------------------------------------
+
+
+def test_export_saves_the_current_run_when_two_runs_are_open(
+    viewer, qtbot, synthetic_run, tmp_path
+):
+    from dippas_core.io import read_image
+
+    path_a, _, _ = synthetic_run("run-a", seed=1)
+    path_b, _, _ = synthetic_run("run-b", seed=2)
+    asm = AssembleWidget(viewer)
+    layers_a = asm.open_run_folder(path_a)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    layers_b = asm.open_run_folder(path_b)  # napari renames clashing layers: "anonymized [1]"
+    assert asm.session.path == str(path_b)
+    (anon_a,) = [la for la in layers_a if la.metadata["dippas"]["kind"] == "anonymized"]
+    (anon_b,) = [la for la in layers_b if la.metadata["dippas"]["kind"] == "anonymized"]
+    assert anon_a.name == "anonymized" and anon_b.name != "anonymized"
+    qtbot.waitUntil(lambda: asm.outcome is not None and asm.outcome.image.shape == (64, 64, 3)
+                    and asm.status.text().startswith("Assembled"), timeout=30_000)
+    asm.settings.n_average = 2  # re-assembling run b updates run b's layer, not run a's
+    qtbot.waitUntil(lambda: asm.outcome.params["L"] == 2, timeout=30_000)
+    assert asm.anonymized_layer() is anon_b
+    assert anon_a.metadata["dippas"]["run_dir"] == str(path_a)
+    np.testing.assert_array_equal(anon_b.data, asm.outcome.image)
+    assert not np.array_equal(anon_a.data, anon_b.data)
+    written = asm.export(tmp_path / "b.png")
+    assert [Path(p).name for p in written] == ["b.png", "b.json"]
+    np.testing.assert_array_equal(read_image(tmp_path / "b.png"), anon_b.data)
+    assert json.loads((tmp_path / "b.json").read_text())["run_dir"] == "run-b"
+    asm.close_down()  # nothing may reach the viewer once the test closes it
+    qtbot.waitUntil(lambda: not asm.worker.is_running, timeout=30_000)
+
+
+def test_attribution_of_a_16_bit_photo_matches_its_8_bit_twin(viewer, qtbot, small):
+    from napari_dippas._models import attribute
+
+    photo, fp = small
+    viewer.add_image(photo.astype(np.uint16) * 257, rgb=True, name="photo16")
+    viewer.add_image(fp.K, name="fingerprint",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
+    widget = AttributionWidget(viewer)
+    widget.photo.select("photo16")
+    widget.block.setValue(32)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
+    twin = attribute(photo, fp.K, sigma=5.0, block_size=32)
+    assert widget.result.ncc == pytest.approx(twin.ncc, rel=1e-4)
+    assert widget.result.pce == pytest.approx(twin.pce, rel=1e-3)
+    np.testing.assert_allclose(widget.result.residual, twin.residual, atol=1e-3)
