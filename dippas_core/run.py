@@ -23,8 +23,8 @@ and handed to a background *ingest* thread through a bounded queue; the thread c
 small batches (``residual_batch``, Numba, releases the GIL) and appends the tile sums.  The
 inversion only waits when the thread is more than ``queue_size`` snapshots behind
 (back-pressure).  On CPU, torch and Numba fighting over the same cores slow each other
-several-fold, so while recording torch is capped to one thread (unless the DIP config sets
-``torch_threads`` explicitly).
+several-fold, so while recording torch is capped to half the cores (one on a 2-core machine;
+unless the DIP config sets ``torch_threads`` explicitly), the other half left to the ingest.
 """
 
 from __future__ import annotations
@@ -538,6 +538,14 @@ class _Ingest:
                     self.queue.get_nowait()
 
 
+def _half_the_cores() -> int:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        usable = os.cpu_count() or 1
+    return max(1, usable // 2)
+
+
 @contextlib.contextmanager
 def _torch_threads(limit: int | None) -> Iterator[Callable[[], None]]:
     """Cap torch's intra-op threads while recording; yields a function that re-applies the cap."""
@@ -613,7 +621,7 @@ def record(
     queue_size: int = 16,
     batch_size: int = 4,
     workers: int | None = None,
-    torch_threads: int | None = 1,
+    torch_threads: int | None | str = "auto",
 ) -> Any:
     """Drive an ``invert`` generator, streaming its kept snapshots into ``run_dir``.
 
@@ -636,7 +644,8 @@ def record(
     workers
         Threads for ``residual_batch`` (default: its own).
     torch_threads
-        Cap of torch's threads while recording on CPU (``None``: leave torch alone).  An explicit
+        Cap of torch's threads while recording on CPU: ``"auto"`` is half the usable cores (at
+        least 1; the ingest's residuals use the rest), ``None`` leaves torch alone.  An explicit
         ``torch_threads`` in the DIP config wins.
 
     Returns
@@ -665,7 +674,7 @@ def record(
     if not run.writable:
         raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
     dip_cfg = run.config.get("dip_config") or {}
-    limit = torch_threads
+    limit = _half_the_cores() if torch_threads == "auto" else torch_threads
     if dip_cfg.get("torch_threads") or not _device_is_cpu(dip_cfg):
         limit = None
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}

@@ -370,3 +370,29 @@ def test_closing_a_real_inversion_early_keeps_the_resolved_device(tmp_path, rng)
     env = back.config["result"]["environment"]
     assert env["device"] == device
     assert {"cudnn_benchmark", "deterministic", "amp_dtype"} <= set(env)
+
+
+@pytest.mark.parametrize(
+    ("cap", "dip_threads", "expect"),
+    [("auto", None, "half"), (3, None, 3), (None, None, "untouched"), ("auto", 2, "untouched")],
+)
+def test_torch_threads_are_capped_while_recording_on_cpu(tmp_path, rng, cap, dip_threads, expect):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        photo, K = _inputs(rng)
+        run = RunDirectory.create(
+            tmp_path / "run", photo, K, mode="aware",
+            dip_config={"device": "cpu", "torch_threads": dip_threads},
+        )
+        during: list[int] = []
+        record(run, _steps(photo, 4, rng), on_step=lambda s: during.append(
+            torch.get_num_threads()), torch_threads=cap)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    wanted = {"half": max(1, usable // 2), "untouched": 4}.get(expect, expect)
+    assert set(during) == {wanted}
+    assert after == 4  # the caller's setting comes back
