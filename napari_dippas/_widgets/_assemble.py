@@ -58,7 +58,9 @@ class AssembleWidget(DockWidget):
     """Re-assemble a recorded run live and export the anonymized image with its JSON report.
 
     :attr:`settings` (:class:`AssemblySettings`) is the scriptable state; every change
-    re-assembles after a short debounce, in a worker thread, newest settings winning.
+    re-assembles after a short debounce, in a worker thread, newest settings winning: one
+    assembly runs at a time (a :class:`RunSession` is not thread-safe), a request made meanwhile
+    waits for it, and only the result of the latest request is shown.
 
     Parameters
     ----------
@@ -74,7 +76,11 @@ class AssembleWidget(DockWidget):
         self.session: RunSession | None = None
         self.outcome: AssemblyOutcome | None = None
         self.worker = None
-        self._pending = False
+        #: number of the latest assembly request; an older request's result is dropped
+        self.generation = 0
+        self._pending = False  # a request waits for the running job
+        # set at once, unlike worker.is_running (True only once superqt's thread has started)
+        self._job_active = False
         self._watched: Layer | None = None
 
         self.run = LayerChoice(napari_viewer, _is_run_layer, prefer="snapshots")
@@ -139,7 +145,7 @@ class AssembleWidget(DockWidget):
         self._debounce.setInterval(DEBOUNCE_MS)
         self._debounce.timeout.connect(self.assemble)
         self.settings.events.connect(lambda *_: self._debounce.start())
-        self._run_layer_changed(self.run.currentText())
+        self._run_layer_changed()
 
     def _close_down(self) -> None:
         """The widget left napari: no more re-assembly, stop watching the run's layer."""
@@ -154,11 +160,11 @@ class AssembleWidget(DockWidget):
             self._watched = None
 
     # -- choosing a run -------------------------------------------------------------------------
-    def _run_layer_changed(self, name: str) -> None:
+    def _run_layer_changed(self, *_: Any) -> None:
         self._unwatch()
         if self.closed:
             return
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        layer = self.run.layer()  # the chosen object: its name may have changed
         if layer is not None:
             # a run still recording grows this layer: re-assemble as it grows
             layer.events.data.connect(self._run_data_changed)
@@ -196,7 +202,7 @@ class AssembleWidget(DockWidget):
             return []
         snapshots = [layer for layer in layers if _is_run_layer(layer)]
         if snapshots:
-            self.run.select(snapshots[-1].name)
+            self.run.select(snapshots[-1])
         if self.session is None or not same_path(self.session.path, path):
             self.set_run(path)  # a run without snapshots yet has no layer to choose
         return list(layers)
@@ -220,42 +226,65 @@ class AssembleWidget(DockWidget):
 
     # -- assembling -----------------------------------------------------------------------------
     def assemble(self) -> None:
-        """Re-assemble with the current settings in a worker (newest settings win)."""
+        """Re-assemble with the current settings in a worker (newest settings win).
+
+        While a job runs, the request waits and starts when that job ends (with the settings
+        of that moment); the running job's result, now stale, is then dropped.
+        """
         if self.session is None or self.closed:
             return
-        if self.worker is not None and self.worker.is_running:
+        self.generation += 1
+        if self._job_active:
             self._pending = True
             return
+        self._start_job()
+
+    def _start_job(self) -> None:
+        """Start the latest request (only when no job runs)."""
         self._pending = False
-        session, settings = self.session, self.settings.model_copy()
+        if self.session is None or self.closed:
+            return
+        generation, session, settings = self.generation, self.session, self.settings.model_copy()
         self.status.setText(
             f"Assembling B={settings.block_size}, L={settings.n_average}, "
             f"tau={settings.tau_psnr:g} dB…"
         )
 
-        def job(report: Any) -> AssemblyOutcome:
+        def job(report: Any) -> tuple[RunSession, AssemblyOutcome]:
             outcome = session.assemble(settings)
             save_assembly_params(session, settings)
-            return outcome
+            return session, outcome  # the session travels along: the widget's may change
 
+        self._job_active = True
         self.worker = start_job(
-            job, on_returned=self._on_done, on_errored=self._on_error,
+            job, on_returned=lambda result: self._on_done(result, generation),
+            on_errored=lambda exc: self._on_error(exc, generation),
             on_finished=self._on_finished, what="Assembly", quiet=(NoSnapshotsError,),
         )
 
-    def _on_error(self, exc: BaseException) -> None:
-        if not self.closed:
+    def _is_stale(self, generation: int, session: RunSession | None = None) -> bool:
+        """A newer request was made, the run changed, or the widget closed: drop the result."""
+        return (
+            self.closed
+            or generation != self.generation
+            or (session is not None and session is not self.session)
+        )
+
+    def _on_error(self, exc: BaseException, generation: int) -> None:
+        if not self._is_stale(generation):
             self.status.setText(str(exc))
 
     def _on_finished(self) -> None:
+        self._job_active = False
         if self._pending:
-            self.assemble()
+            self._start_job()
 
-    def _on_done(self, outcome: AssemblyOutcome) -> None:
-        if self.closed:
+    def _on_done(self, result: tuple[RunSession, AssemblyOutcome], generation: int) -> None:
+        session, outcome = result
+        if self._is_stale(generation, session):
             return
         self.outcome = outcome
-        info = {"run_dir": self.session.path if self.session else ""}
+        info = {"run_dir": session.path}  # the job's run, never a later one
         B = outcome.before.block_size
         before = upsert_run_layer(
             self.viewer,

@@ -167,6 +167,10 @@ class DockWidget(QWidget):
 class LayerChoice(QComboBox):
     """A combo box of the viewer's layers accepted by ``accept``, kept in sync with the viewer.
 
+    The chosen layer is tracked as an object (a weak reference), not by its name: after the user
+    renames or moves it, it stays chosen and the box shows its new name.  Another layer is chosen
+    only when it left the viewer (or no longer passes ``accept``).
+
     Parameters
     ----------
     viewer : napari.Viewer
@@ -174,8 +178,10 @@ class LayerChoice(QComboBox):
     accept : callable
         ``accept(layer) -> bool`` filters the list.
     prefer : str, optional
-        A ``metadata["dippas"]["kind"]``; the newest layer of that kind is selected when the list
-        changes and nothing was chosen yet (e.g. the ``fingerprint`` layer).
+        A ``metadata["dippas"]["kind"]``; the newest layer of that kind is selected when the
+        chosen layer is gone (or nothing was chosen yet), e.g. the ``fingerprint`` layer.
+    parent : QWidget, optional
+        The Qt parent.
     """
 
     def __init__(
@@ -186,8 +192,13 @@ class LayerChoice(QComboBox):
         self._viewer = viewer
         self._accept = accept
         self._prefer = prefer
+        #: the listed layers, one per item (weak: the box must not keep a removed layer alive)
+        self._items: list[weakref.ref[Layer]] = []
+        self._chosen: weakref.ref[Layer] | None = None
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
+        # a pick by the user (or by setCurrentIndex/Text) becomes the chosen layer
+        self.currentIndexChanged.connect(self._remember)
         for event in ("inserted", "removed", "moved", "changed"):
             getattr(viewer.layers.events, event).connect(self.refresh)
         viewer.layers.events.inserted.connect(self._watch_name)
@@ -197,6 +208,9 @@ class LayerChoice(QComboBox):
 
     def _watch_name(self, event: Any) -> None:
         event.value.events.name.connect(self.refresh)
+
+    def _remember(self, index: int) -> None:
+        self._chosen = self._items[index] if 0 <= index < len(self._items) else None
 
     def disconnect_viewer(self) -> None:
         """Stop following the viewer's layers (the widget holding this box is closing)."""
@@ -211,32 +225,48 @@ class LayerChoice(QComboBox):
                 layer.events.name.disconnect(self.refresh)
 
     def refresh(self, *_: Any) -> None:
-        """Rebuild the list, keeping the current choice when it is still there."""
-        current = self.currentText()
-        names = [layer.name for layer in self._viewer.layers if self._accept(layer)]
+        """Rebuild the list, keeping the chosen layer (by identity) while it is still there.
+
+        ``currentTextChanged`` is emitted when the shown name or the chosen layer changed.
+        """
+        before_text, before_layer = self.currentText(), self.layer()
+        layers = [layer for layer in self._viewer.layers if self._accept(layer)]
+        chosen = self._chosen() if self._chosen is not None else None
+        # identity, not equality or name: two layers may share a name for a moment
+        index = next((i for i, layer in enumerate(layers) if layer is chosen), -1)
+        if index < 0 and layers:  # the chosen layer was removed (or none yet): fall back
+            index = 0
+            if self._prefer is not None:
+                kinds = [
+                    i for i, la in enumerate(layers) if dippas_kind(la.metadata) == self._prefer
+                ]
+                index = kinds[-1] if kinds else 0
         self.blockSignals(True)
         self.clear()
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        elif self._prefer is not None:
-            layers = self._viewer.layers
-            kinds = [n for n in names if dippas_kind(layers[n].metadata) == self._prefer]
-            if kinds:
-                self.setCurrentText(kinds[-1])
+        self._items = [weakref.ref(layer) for layer in layers]
+        self.addItems([layer.name for layer in layers])
+        self.setCurrentIndex(index)
         self.blockSignals(False)
-        if self.currentText() != current:
+        self._remember(index)
+        if self.currentText() != before_text or self.layer() is not before_layer:
             self.currentTextChanged.emit(self.currentText())
 
     def layer(self) -> Layer | None:
-        """The chosen layer (None when the list is empty)."""
-        name = self.currentText()
-        return self._viewer.layers[name] if name in self._viewer.layers else None
+        """The chosen layer (None when the list is empty or the layer left the viewer)."""
+        layer = self._chosen() if self._chosen is not None else None
+        if layer is None or not any(la is layer for la in self._viewer.layers):
+            return None
+        return layer
 
-    def select(self, name: str) -> None:
-        """Choose the layer called ``name``."""
+    def select(self, layer: str | Layer) -> None:
+        """Choose ``layer``: a layer of the list, or the name of one."""
         self.refresh()
-        self.setCurrentText(name)
+        if isinstance(layer, str):
+            self.setCurrentText(layer)
+        else:
+            index = next((i for i, ref in enumerate(self._items) if ref() is layer), -1)
+            if index >= 0:
+                self.setCurrentIndex(index)
 
 
 class PathEdit(QWidget):

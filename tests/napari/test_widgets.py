@@ -480,3 +480,121 @@ def test_attribution_of_a_16_bit_photo_matches_its_8_bit_twin(viewer, qtbot, sma
     assert widget.result.ncc == pytest.approx(twin.ncc, rel=1e-4)
     assert widget.result.pce == pytest.approx(twin.pce, rel=1e-3)
     np.testing.assert_allclose(widget.result.residual, twin.residual, atol=1e-3)
+
+
+# --- layer pickers follow the chosen layer, not its name --------------------------------------
+
+
+def test_layer_choice_follows_a_renamed_layer_and_falls_back_when_removed(viewer):
+    image = np.zeros((16, 16), np.uint8)
+    preferred = viewer.add_image(image, name="photo", metadata={"dippas": {"kind": "photo"}})
+    picked = viewer.add_image(image + 1, name="mine")
+    viewer.add_image(image + 2, name="anonymized", metadata={"dippas": {"kind": "anonymized"}})
+    widget = AttributionWidget(viewer)
+    assert widget.photo.layer() is preferred  # the default: the newest "photo" layer
+    seen = []
+    widget.photo.currentTextChanged.connect(seen.append)
+    widget.photo.select("mine")  # the user picks another one
+    assert widget.photo.layer() is picked
+    picked.name = "renamed"
+    assert widget.photo.layer() is picked and widget.photo.currentText() == "renamed"
+    assert seen[-1] == "renamed"  # listeners see the new name
+    viewer.layers.move(viewer.layers.index(picked), 0)  # reordered, and a new layer arrives
+    viewer.add_image(image + 3, name="later")
+    assert widget.photo.layer() is picked and widget.photo.currentText() == "renamed"
+    assert [widget.photo.itemText(i) for i in range(widget.photo.count())] == [
+        "renamed", "photo", "anonymized", "later",
+    ]
+    viewer.layers.remove(picked)  # only now does the choice move: to the preferred kind
+    assert widget.photo.layer() is preferred and widget.photo.currentText() == "photo"
+    assert seen[-1] == "photo"
+
+
+# --- assembly: newest settings win, one job at a time per run ---------------------------------
+
+
+@pytest.fixture
+def slow_assembly(monkeypatch):
+    """Instrument ``RunSession.assemble``: ``delay(session, settings) -> s`` slows it down;
+    ``overlap`` holds the most jobs seen at once on one session, ``active`` those running now."""
+    import threading
+
+    from napari_dippas._models import RunSession
+
+    real = RunSession.assemble
+    lock = threading.Lock()
+    state = {"delay": lambda session, settings: 0.0, "active": {}, "overlap": 0, "calls": 0}
+
+    def assemble(self, settings):
+        with lock:
+            state["calls"] += 1
+            state["active"][id(self)] = state["active"].get(id(self), 0) + 1
+            state["overlap"] = max(state["overlap"], state["active"][id(self)])
+        try:
+            time.sleep(state["delay"](self, settings))
+            return real(self, settings)
+        finally:
+            with lock:
+                state["active"][id(self)] -= 1
+
+    monkeypatch.setattr(RunSession, "assemble", assemble)
+    return state
+
+
+def _wait_idle(qtbot, asm, state):
+    """Every request made, every job ended, every result delivered."""
+    qtbot.waitUntil(
+        lambda: not asm._debounce.isActive() and not any(state["active"].values())
+        and (asm.worker is None or not asm.worker.is_running), timeout=30_000,
+    )
+    qtbot.wait(300)  # the last worker's queued "returned" signal
+
+
+def test_quick_settings_changes_show_the_last_settings(viewer, qtbot, synthetic_run,
+                                                       slow_assembly):
+    from napari_dippas._models import RunSession
+
+    path, _, _ = synthetic_run("run-a")
+    asm = AssembleWidget(viewer)
+    asm.open_run_folder(path)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    _wait_idle(qtbot, asm, slow_assembly)
+    # older requests take longest: finishing out of order would let a stale result land last
+    slow_assembly["delay"] = lambda session, settings: 0.0 if settings.n_average == 4 else 0.4
+    for n_average in (2, 3, 4):  # no event loop in between: superqt has not started any thread
+        asm.settings.n_average = n_average
+        asm.assemble()
+    _wait_idle(qtbot, asm, slow_assembly)
+    assert slow_assembly["overlap"] == 1  # never two jobs on one RunSession
+    assert asm.outcome.params["L"] == 4 and "L=4" in asm.status.text()
+    expected = RunSession(path).assemble(asm.settings.model_copy())
+    np.testing.assert_array_equal(asm.anonymized_layer().data, expected.image)
+    assert asm.table["NCC", "after"].text() == f"{expected.after.ncc:.5f}"
+    asm.close_down()
+
+
+def test_a_previous_runs_result_is_never_shown_as_the_new_runs(viewer, qtbot, synthetic_run,
+                                                               slow_assembly):
+    from napari_dippas._models import AssemblySettings, RunSession
+
+    path_a, _, _ = synthetic_run("run-a", seed=1)
+    path_b, _, _ = synthetic_run("run-b", seed=2)
+    asm = AssembleWidget(viewer)
+    asm.open_run_folder(path_a)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    _wait_idle(qtbot, asm, slow_assembly)
+    slow_assembly["delay"] = lambda session, settings: 0.5 if session.path == str(path_a) else 0.0
+    asm.settings.n_average = 2
+    asm.assemble()  # run a, slow; run b is opened while it works
+    layers_b = asm.open_run_folder(path_b)
+    (anon_b,) = [la for la in layers_b if la.metadata["dippas"]["kind"] == "anonymized"]
+    shown = []
+    anon_b.events.data.connect(lambda _: shown.append(np.array(anon_b.data)))
+    _wait_idle(qtbot, asm, slow_assembly)
+    assert slow_assembly["overlap"] == 1
+    stale = RunSession(path_a).assemble(AssemblySettings(**{**asm.settings.model_dump(),
+                                                            "n_average": 2}))
+    assert shown and not any(np.array_equal(image, stale.image) for image in shown)
+    assert asm.session.path == str(path_b) and asm.anonymized_layer() is anon_b
+    np.testing.assert_array_equal(anon_b.data, asm.outcome.image)
+    asm.close_down()
