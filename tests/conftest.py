@@ -35,13 +35,16 @@ def synthetic_run(tmp_path):
 
     ``a`` varies in sign and size across snapshots and over the image, so block NCCs differ in sign
     across snapshots and blocks like the real thing.  Used by the runs/assembly tests.
+    ``bits=16`` stores the same photo as uint16 (×257), as a 16-bit camera file would be read;
+    the snapshots (0..255 floats) are the same.
     """
     from dippas_core.dip.inversion import Step
     from dippas_core.run import RunDirectory, record
 
     made = iter(range(10**6))
 
-    def make(n=12, shape=(96, 80), *, seed=0, tau=30.0, mode="aware", **create_kw):
+    def make(n=12, shape=(96, 80), *, seed=0, tau=30.0, mode="aware", bits=8, name=None,
+             **create_kw):
         rng = np.random.default_rng(seed)
         h, w = shape
         yy, xx = np.mgrid[0:h, 0:w]
@@ -58,8 +61,9 @@ def synthetic_run(tmp_path):
                 snap = photo * (1 + a[..., None] * K[..., None]) + rng.normal(0, 1.5, (h, w, 3))
                 yield Step(i, 0.01, tau + 0.1 * i, 0.01, np.clip(snap, 0, 255).astype(np.float32))
 
+        stored = photo.astype(np.uint16) * 257 if bits == 16 else photo
         run = RunDirectory.create(
-            tmp_path / f"run{next(made)}", photo, K, mode=mode,
+            tmp_path / (name or f"run{next(made)}"), stored, K, mode=mode,
             dip_config={"seed": seed, "tau_psnr": tau}, **create_kw,
         )
         record(run, steps())

@@ -68,40 +68,18 @@ def configure():
 
 
 @pytest.fixture
-def synthetic_run(tmp_path):
-    """``make(name, bits=8, seed=0)``: a recorded run of synthetic snapshots, no DIP (fast).
+def synthetic_run(synthetic_run):
+    """``make(name, bits=8, seed=0)``: the folder, 8-bit photo and K of a recorded run of
+    synthetic snapshots, no DIP (fast; the core tests' factory, closed so widgets can open it).
 
     Snapshots are ``photo·(1 + a·K) + noise`` with ``a`` varying over the image, so assembly has
-    real choices to make.  ``bits=16`` stores the same photo as uint16 (×257), as a 16-bit
-    camera file would be read; the snapshots (0..255 floats) are the same.
+    real choices to make.  ``bits=16`` stores the same photo as uint16 (×257).
     """
-    from dippas_core.dip.inversion import Step
-    from dippas_core.run import RunDirectory, record
 
     def make(name: str, bits: int = 8, seed: int = 0, n: int = 8, shape=(64, 64)):
-        rng = np.random.default_rng(seed)
-        h, w = shape
-        yy, xx = np.mgrid[0:h, 0:w]
-        shade = (np.sin(xx / 9.0) * np.cos(yy / 13.0))[..., None] * np.array([60.0, 48.0, 36.0])
-        photo = np.clip(np.rint(128 + shade + rng.normal(0, 4, (h, w, 3))), 0, 255).astype(np.uint8)
-        K = rng.normal(0, 0.03, (h, w)).astype(np.float32)
-        snaps = []
-        for _ in range(n):
-            phase = rng.uniform(0, 2 * np.pi, 2)
-            a = rng.uniform(-0.5, 0.5) + np.sin(xx / 17.0 + phase[0]) * np.cos(yy / 11.0 + phase[1])
-            snap = photo * (1 + a[..., None] * K[..., None]) + rng.normal(0, 1.5, (h, w, 3))
-            snaps.append(np.clip(snap, 0, 255).astype(np.float32))
-
-        def steps():
-            for i, snap in enumerate(snaps, start=1):
-                yield Step(i, 0.01, 30.0 + 0.1 * i, 0.01, snap)
-
-        stored = photo.astype(np.uint16) * 257 if bits == 16 else photo
-        run = RunDirectory.create(
-            tmp_path / name, stored, K, mode="aware", dip_config={"seed": seed, "tau_psnr": 30.0}
-        )
-        record(run, steps())
+        run = synthetic_run(n, shape, seed=seed, bits=bits, name=name)
         run.close()
-        return run.path, photo, K
+        photo = run.photo if bits == 8 else (run.photo // 257).astype(np.uint8)
+        return run.path, photo, run.reference
 
     return make
