@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write_text
+from .dip.device import usable_cpus
 from .errors import DippasError, InputError, ShapeMismatchError
 from .io import IMAGE_SUFFIXES, find_images
 
@@ -672,13 +673,6 @@ def process_image(
 # the cluster and the driver
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 def _cuda_device_count() -> int:
     """CUDA devices seen by this process (0 when torch is missing or CPU-only)."""
     try:
@@ -710,7 +704,7 @@ def local_cluster(n_workers: int | None = None, *, gpus: int | None = None, **kw
     from distributed import LocalCluster
 
     gpus = _cuda_device_count() if gpus is None else int(gpus)
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     if n_workers is None:
         n_workers = gpus if gpus else cpus
     n_workers = int(n_workers)
@@ -1060,4 +1054,4 @@ def _record_of(fut: Any, task: ImageTask) -> ImageRecord:
 
 def _default_workers() -> int:
     gpus = _cuda_device_count()
-    return gpus if gpus else _usable_cpus()
+    return gpus if gpus else usable_cpus()

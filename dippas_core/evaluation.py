@@ -26,7 +26,6 @@ import dataclasses
 import io as _io
 import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 
 from ._atomic import atomic_path, atomic_write_text
 from .errors import DippasError, InputError
+from .run import environment_info
 
 __all__ = [
     "PRESETS",
@@ -697,28 +697,6 @@ def _json_safe(obj):
     return obj
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-    import pywt
-    import scipy
-
-    from . import __version__
-
-    out = {
-        "dippas_core": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "pywt": pywt.__version__,
-    }
-    import sys
-
-    if "torch" in sys.modules:
-        out["torch"] = sys.modules["torch"].__version__
-    return out
-
-
 def write_plots(
     rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], out: Path
 ) -> list[Path]:
@@ -887,6 +865,8 @@ def evaluate(
     if resume and (out / "params.json").is_file():
         notes = json.loads((out / "params.json").read_text()).get("method_notes") or {}
 
+    versions = environment_info()
+
     def flush(partial: bool) -> list[dict[str, Any]]:
         atomic_write_text(scores_path, _rows_to_csv(rows, SCORE_FIELDS))
         summary, common, keep = _write_summaries(rows, methods, out)
@@ -900,7 +880,7 @@ def evaluate(
             "started_utc": started,
             "elapsed_s": round(time.perf_counter() - t_start, 1),
             "partial": partial,
-            "versions": _versions(),
+            "versions": versions,
             "method_notes": notes,
         }
         atomic_write_text(out / "params.json", json.dumps(_json_safe(params), indent=2) + "\n")

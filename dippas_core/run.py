@@ -49,6 +49,7 @@ import numpy as np
 from ._atomic import atomic_path, atomic_write_text
 from ._validation import as_image, as_plane, check_same_size
 from .cancel import CancelToken
+from .dip.device import usable_cpus
 from .errors import DippasError, InputError
 from .snapshots import SCALE, SnapshotStore, TileSums, tile_sums
 
@@ -57,7 +58,7 @@ try:
 except ImportError:  # Windows: no advisory locks, the stores are simply not guarded
     fcntl = None
 
-__all__ = ["RunDirectory", "record", "environment_info"]
+__all__ = ["RunDirectory", "record", "environment_info", "jsonable"]
 
 FORMAT = "dippas-run"
 FORMAT_VERSION = 1
@@ -130,13 +131,14 @@ def _busy_message(path: Path) -> str:
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` made JSON-ready, recursively: NumPy scalars and arrays, paths, config objects."""
     if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
+        return jsonable(value.to_dict())
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -256,7 +258,7 @@ class RunDirectory:
         h, w = P.shape
         SnapshotStore.create(path, (h, w)).close()
         TileSums.create(path, (h, w), tile).close()
-        dip = _jsonable(dip_config) if dip_config is not None else {}
+        dip = jsonable(dip_config) if dip_config is not None else {}
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -272,7 +274,7 @@ class RunDirectory:
             "seed": dip.get("seed") if isinstance(dip, dict) else None,
             "device": dip.get("device") if isinstance(dip, dict) else None,
             "versions": environment_info(),
-            **_jsonable(extra or {}),
+            **jsonable(extra or {}),
         }
         atomic_write_text(path / cls.CONFIG, json.dumps(config, indent=1))
         atomic_write_text(path / cls.HISTORY, ",".join(HISTORY_FIELDS) + "\n")
@@ -377,7 +379,7 @@ class RunDirectory:
     # -- writing ------------------------------------------------------------------------------
     def update_config(self, **fields: Any) -> None:
         """Merge ``fields`` into ``config.json`` (atomic rewrite)."""
-        self.config.update(_jsonable(fields))
+        self.config.update(jsonable(fields))
         atomic_write_text(self.path / self.CONFIG, json.dumps(self.config, indent=1))
 
     def ingest_frames(self, frames: np.ndarray, *, workers: int | None = None) -> np.ndarray:
@@ -538,14 +540,6 @@ class _Ingest:
                     self.queue.get_nowait()
 
 
-def _half_the_cores() -> int:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        usable = os.cpu_count() or 1
-    return max(1, usable // 2)
-
-
 @contextlib.contextmanager
 def _torch_threads(limit: int | None) -> Iterator[Callable[[], None]]:
     """Cap torch's intra-op threads while recording; yields a function that re-applies the cap."""
@@ -674,7 +668,7 @@ def record(
     if not run.writable:
         raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
     dip_cfg = run.config.get("dip_config") or {}
-    limit = _half_the_cores() if torch_threads == "auto" else torch_threads
+    limit = max(1, usable_cpus() // 2) if torch_threads == "auto" else torch_threads
     if dip_cfg.get("torch_threads") or not _device_is_cpu(dip_cfg):
         limit = None
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}

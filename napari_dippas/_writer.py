@@ -92,22 +92,13 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     report = info.get("report")
     if report is not None:
         from dippas_core._atomic import atomic_write_text
+        from dippas_core.run import jsonable
 
         report = {**report, "image": target.name}
         if report.get("run_dir"):
             report["run_dir"] = Path(str(report["run_dir"])).name
         out = report_path(target)
-        atomic_write_text(out, json.dumps(report, indent=1, default=_jsonable))
+        atomic_write_text(out, json.dumps(jsonable(report), indent=1))
         written.append(str(out))
     return written
 
-
-def _jsonable(value: Any) -> Any:
-    """``json.dumps`` fallback for numpy scalars and arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

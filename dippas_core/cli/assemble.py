@@ -54,7 +54,7 @@ def write_outputs(out: Path, image: Any, bits: int, report: dict, maps: dict) ->
     """
     from .._atomic import atomic_write_text
     from ..io import write_image
-    from ..run import _jsonable
+    from ..run import jsonable
 
     write_image(out, image, bit_depth=bits)
     report_path = out.with_suffix(".json")
@@ -63,9 +63,9 @@ def write_outputs(out: Path, image: Any, bits: int, report: dict, maps: dict) ->
         "run_dir": Path(report["run_dir"]).name if report.get("run_dir") else None,
         "output": out.name,
         "bit_depth": bits,
-        "maps": {k: _jsonable(v) for k, v in maps.items()},
+        "maps": {k: jsonable(v) for k, v in maps.items()},
     }
-    atomic_write_text(report_path, json.dumps(_jsonable(payload), indent=1, allow_nan=True))
+    atomic_write_text(report_path, json.dumps(jsonable(payload), indent=1, allow_nan=True))
     return report_path
 
 
