@@ -41,6 +41,7 @@ from .run import environment_info
 __all__ = [
     "PRESETS",
     "PSNR_CAP",
+    "REFERENCES",
     "Crop",
     "Dataset",
     "EvalConfig",
@@ -123,6 +124,11 @@ class EvalConfig:
     fingerprint_region : int or None
         Estimate the fingerprints on at least this centred square (the residual of a small
         region suffers from border effects); crops stay centred in it.
+    reference : {"same", "split"}
+        ``"same"`` (the paper's protocol): the aware methods get the very fingerprint every output
+        is scored against.  ``"split"``: each camera's flat fields are halved (alternately, in
+        name order); the methods get the estimate from one half, the detector scores with the
+        other, as when an analyst's reference was made from shots the anonymizer never saw.
     """
 
     crop_sizes: tuple[int, ...] = (128,)
@@ -152,6 +158,7 @@ class EvalConfig:
     edge_options: dict = field(default_factory=dict)
     pce: bool = True
     fingerprint_region: int | None = None
+    reference: str = "same"
 
     def __post_init__(self) -> None:
         sizes = tuple(int(s) for s in self.crop_sizes)
@@ -161,6 +168,10 @@ class EvalConfig:
             raise InputError(f"crop sizes must be >= 16 pixels, got {self.crop_sizes!r}")
         if int(self.crops_per_photo) < 1:
             raise InputError(f"crops_per_photo must be >= 1, got {self.crops_per_photo!r}")
+        if self.reference not in REFERENCES:
+            raise InputError(
+                f"reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}"
+            )
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
@@ -193,11 +204,14 @@ class EvalConfig:
         return cls(**{**PRESETS[name], **changes})
 
 
+#: Which fingerprint the aware methods get (see :class:`EvalConfig`).
+REFERENCES = ("same", "split")
+
 #: Named settings (see docs/evaluation.md for measured times and AUCs).
 #: ``cpu-full``: every photo, 128×128 centre crops (untouched NCC AUC 0.74 there; 0.96 at 512),
-#: B's small DIP network, lr 1e-2, at most 1500 iterations.  ``cpu``: the same on one photo per
-#: camera (6 crops), sized for < 30 min on an idle 2-core machine (about 2 CPU-minutes per DIPPAS
-#: crop measured here).  ``paper``: the journal's setup (512×512, full network; a GPU).
+#: the small ``cpu`` DIP network, lr 1e-2, at most 1500 iterations.  ``cpu``: the same on one
+#: photo per camera (6 crops), sized for < 30 min on an idle 2-core machine (about 2 CPU-minutes
+#: per DIPPAS crop measured here).  ``paper``: the journal's setup (512×512, full network; a GPU).
 _CPU: dict[str, Any] = {
     "crop_sizes": (128,),
     "crops_per_photo": 1,
@@ -206,8 +220,11 @@ _CPU: dict[str, Any] = {
     # torch thread (two threads on a loaded 2-core machine ran ten times slower)
     "dip_changes": {"max_iter": 1500, "torch_threads": 1, "lr": 1e-2},
     "fingerprint_region": 512,
-    "block": 32,
-    "top_l": 10,
+    # chosen on the 10 photos the cpu preset leaves out (scripts/assembly_grid.py --held-out):
+    # the lowest mean |NCC| with the true camera at mean PSNR >= 38 dB; at 128×128 a 32-pixel
+    # block's NCC is mostly chance, so the whole crop is one block
+    "block": 128,
+    "top_l": 2,
     "tau": 38.0,
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -367,20 +384,27 @@ class Crop:
 
 @dataclass
 class Dataset:
-    """Fingerprints (one per camera, all ``region`` × ``region``, centred) and the crops."""
+    """Fingerprints (one per camera, all ``region`` × ``region``, centred) and the crops.
+
+    ``fingerprints`` are the detector's; ``attack_fingerprints``, when given, are what the aware
+    methods get instead (``reference="split"``).
+    """
 
     region: int
     fingerprints: dict[str, np.ndarray]
     crops: list[Crop]
     files: dict[str, list[str]]
+    attack_fingerprints: dict[str, np.ndarray] | None = None
 
     @property
     def cameras(self) -> list[str]:
         return sorted(self.fingerprints)
 
-    def fingerprint_crop(self, camera: str, crop: Crop) -> np.ndarray:
-        """``K`` of ``camera`` at the crop's place."""
-        K = self.fingerprints[camera]
+    def fingerprint_crop(self, camera: str, crop: Crop, *, attack: bool = False) -> np.ndarray:
+        """``K`` of ``camera`` at the crop's place: the detector's, or with ``attack`` the one
+        the aware methods get (the same unless the dataset has ``attack_fingerprints``)."""
+        source = self.attack_fingerprints if attack and self.attack_fingerprints else None
+        K = (source if source is not None else self.fingerprints)[camera]
         return K[crop.top : crop.top + crop.size, crop.left : crop.left + crop.size]
 
 
@@ -471,6 +495,8 @@ def load_dataset(
     ``data/ff-jpg`` holds flat-field shots and ``data/nat-jpg`` natural photos; the camera of a
     file is :func:`camera_label` of its name.  Fingerprints are estimated (SPEC §2) on the centred
     ``region`` square of the flat fields that holds every crop, and cached in ``cache_dir``.
+    With ``config.reference == "split"`` the detector's fingerprint of a camera comes from its
+    2nd, 4th, … flat field (name order) and the methods' from the 1st, 3rd, ….
     """
     from .fingerprint import Fingerprint, estimate_fingerprint
     from .io import center_crop, read_image
@@ -491,9 +517,17 @@ def load_dataset(
     if missing:
         raise InputError(f"no flat-field shots in {data / flat_dir} for camera(s) {missing}")
 
-    fingerprints: dict[str, np.ndarray] = {}
-    for cam, paths in sorted(flats_by_cam.items()):
-        cached = Path(cache_dir) / f"{cam}_{region}_s{config.sigma:g}.npz" if cache_dir else None
+    split = config.reference == "split"
+    short = [c for c, v in flats_by_cam.items() if split and len(v) < 2]
+    if short:
+        raise InputError(
+            f"reference 'split' needs at least 2 flat-field shots per camera; {short} have one"
+        )
+
+    def estimate(cam: str, paths: list[Path], role: str) -> np.ndarray:
+        suffix = f"_{role}" if role else ""
+        name = f"{cam}_{region}_s{config.sigma:g}{suffix}.npz"
+        cached = Path(cache_dir) / name if cache_dir else None
         if cached is not None and cached.is_file():
             fp = Fingerprint.load(cached)
         else:
@@ -502,8 +536,21 @@ def load_dataset(
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 fp.save(cached)
-            say(f"fingerprint {cam}: {len(paths)} flat fields, {time.perf_counter() - t0:.1f} s")
-        fingerprints[cam] = np.asarray(fp.K, dtype=np.float32)
+            say(f"fingerprint {cam}{suffix}: {len(paths)} flat fields, "
+                f"{time.perf_counter() - t0:.1f} s")
+        return np.asarray(fp.K, dtype=np.float32)
+
+    fingerprints: dict[str, np.ndarray] = {}
+    attack: dict[str, np.ndarray] | None = {} if split else None
+    files: dict[str, list[str]] = {"flat_fields": [p.name for p in flats]}
+    for cam, paths in sorted(flats_by_cam.items()):
+        if split:
+            fingerprints[cam] = estimate(cam, paths[1::2], "detector")
+            attack[cam] = estimate(cam, paths[0::2], "attack")
+            files.setdefault("flat_fields_detector", []).extend(p.name for p in paths[1::2])
+            files.setdefault("flat_fields_attack", []).extend(p.name for p in paths[0::2])
+        else:
+            fingerprints[cam] = estimate(cam, paths, "")
 
     crops = make_crops(
         ((camera_label(p), p.name, center_crop(read_image(p), region)) for p in photos),
@@ -511,11 +558,8 @@ def load_dataset(
         config.crops_per_photo,
         region,
     )
-    files = {
-        "flat_fields": [p.name for p in flats],
-        "photos": [p.name for p in photos],
-    }
-    return Dataset(region, fingerprints, crops, files)
+    files["photos"] = [p.name for p in photos]
+    return Dataset(region, fingerprints, crops, files, attack)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -819,6 +863,21 @@ def _report_only(out: Path, config: EvalConfig, plots: bool) -> list[dict[str, A
     return summary
 
 
+#: Settings that change every score: results made with others cannot be resumed into one table.
+_SCORING_SETTINGS = ("reference", "sigma", "fingerprint_region")
+
+
+def _check_resumable(earlier: dict[str, Any], config: EvalConfig, out: Path) -> None:
+    defaults = EvalConfig()
+    for key in _SCORING_SETTINGS:
+        before = earlier.get(key, getattr(defaults, key))
+        if before != getattr(config, key):
+            raise InputError(
+                f"{out} holds results made with {key}={before!r}, this run has "
+                f"{key}={getattr(config, key)!r}: use another --out, or --fresh to start over"
+            )
+
+
 def evaluate(
     data: str | Path,
     out: str | Path,
@@ -863,7 +922,9 @@ def evaluate(
     edges = {c.crop_id: edge_mask(c.image, **config.edge_options) for c in dataset.crops}
     notes: dict[str, dict[str, Any]] = {}
     if resume and (out / "params.json").is_file():
-        notes = json.loads((out / "params.json").read_text()).get("method_notes") or {}
+        earlier = json.loads((out / "params.json").read_text())
+        _check_resumable(earlier.get("config") or {}, config, out)
+        notes = earlier.get("method_notes") or {}
 
     versions = environment_info()
 
@@ -896,7 +957,7 @@ def evaluate(
         for i, crop in enumerate(dataset.crops):
             if (name, crop.crop_id) in done:
                 continue
-            K_true = dataset.fingerprint_crop(crop.camera, crop)
+            K_true = dataset.fingerprint_crop(crop.camera, crop, attack=True)
             t0 = time.perf_counter()
             try:
                 result = method.run(

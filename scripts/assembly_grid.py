@@ -8,7 +8,10 @@ as the evaluation does.  Usage::
     NUMBA_CACHE_DIR=/tmp/numba_cache .venv/bin/python scripts/assembly_grid.py \\
         --data ../shared/data/prnu-python-testdata --out grid-out [--preset cpu]
 
-Writes ``grid-out/assembly_grid.csv`` and prints the table.  Runs already in ``grid-out/runs``
+Writes ``grid-out/assembly_grid.csv``, prints the table and the setting a fixed rule picks
+(lowest mean |NCC| with the true camera among those with mean PSNR >= 38 dB).  With
+``--held-out`` it runs on the photos the preset leaves out: a validation set, so that the preset's
+B, L, tau are not chosen on the crops they are then scored on.  Runs already in ``grid-out/runs``
 are reused, so a second call only re-assembles.
 """
 
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from dippas_core.assembly import assemble
     from dippas_core.dip import DIPConfig
     from dippas_core.edges import edge_mask
+    from dippas_core.errors import DippasError
     from dippas_core.evaluation import EvalConfig, _auc, load_dataset, score_output
     from dippas_core.pipeline import AnonymizeConfig, anonymize
     from dippas_core.run import RunDirectory
@@ -39,12 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", default="32,64,128")
     p.add_argument("--tops", default="1,5,10,25,50")
     p.add_argument("--taus", default="38,39")
+    p.add_argument(
+        "--held-out", action="store_true",
+        help="use the photos the preset leaves out (a validation set for choosing B, L, tau)",
+    )
     args = p.parse_args(argv)
 
     config = EvalConfig.preset(args.preset)
     ds = load_dataset(args.data, config, cache_dir=args.out / "fingerprints", log=print)
+    crops = ds.crops
+    if args.held_out:
+        used = {c.photo for c in ds.crops}
+        ds = load_dataset(args.data, config.replace(photos_per_camera=None, max_photos=None),
+                          cache_dir=args.out / "fingerprints", log=print)
+        crops = [c for c in ds.crops if c.photo not in used]
+        print(f"held-out photos: {len(crops)} crops from photos the preset does not use")
     runs: list[tuple[object, Path]] = []
-    for i, crop in enumerate(ds.crops):
+    for i, crop in enumerate(crops):
         run_dir = args.out / "runs" / crop.crop_id.replace("@", "_").replace("#", "_")
         K = ds.fingerprint_crop(crop.camera, crop)
         if not (run_dir / RunDirectory.CONFIG).is_file():
@@ -59,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{crop.crop_id}: {exc}", file=sys.stderr)
                 continue
             print(f"{crop.crop_id}: DIP run {time.perf_counter() - t:.0f} s", flush=True)
+        try:  # a kept run that never reached tau has nothing to assemble
+            assemble(RunDirectory.open(run_dir), B=config.block, L=config.top_l, tau=config.tau)
+        except DippasError as exc:
+            print(f"{crop.crop_id}: skipped: {exc}", file=sys.stderr)
+            continue
         runs.append((crop, run_dir))
 
     def scores(image, crop):
@@ -102,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     print(f"untouched AUC {auc0:.3f}; table in {args.out / 'assembly_grid.csv'}")
+    # the selection rule fixed before looking at the test crops: hide the true camera best
+    # (lowest mean |NCC| with it) among the settings that keep the paper's 38 dB
+    ok = [r for r in rows if r["mean_psnr"] >= 38.0]
+    if ok:
+        best = min(ok, key=lambda r: (r["mean_abs_ncc_true"], -r["mean_psnr"]))
+        print(f"chosen (lowest mean |NCC| true at mean PSNR >= 38 dB): B={best['B']} "
+              f"L={best['L']} tau={best['tau']:g}  cut {best['ncc_cut']:.2f}x  "
+              f"AUC {best['auc_ncc']:.3f}  PSNR {best['mean_psnr']:.2f}")
     return 0
 
 

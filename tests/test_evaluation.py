@@ -158,12 +158,12 @@ def test_untouched_auc_on_512_centre_crops_reaches_the_standard_level(
     assert row["auc_ncc"] >= 0.95  # measured 0.963 (SPEC §6: prnu-python reports ~0.98 on 20)
 
 
-def test_cli_runs_on_a_folder_of_files(camera_fingerprints, flatfield_crops, natural_photos,
-                                       tmp_path):
-    from dippas_core.cli import main
+@pytest.fixture(scope="module")
+def data_folder(camera_fingerprints, flatfield_crops, natural_photos, tmp_path_factory):
+    """A folder laid out like the test data: 4 flat fields and the photos of two cameras, 64×64."""
     from dippas_core.io import write_image
 
-    data = tmp_path / "data"
+    data = tmp_path_factory.mktemp("evaldata")
     (data / "ff-jpg").mkdir(parents=True)
     (data / "nat-jpg").mkdir()
     sl = slice(224, 288)
@@ -174,6 +174,13 @@ def test_cli_runs_on_a_folder_of_files(camera_fingerprints, flatfield_crops, nat
         if cam in CAMERAS:
             stem = name.rsplit("_", 1)[1][:-4]
             write_image(data / "nat-jpg" / f"{cam}_{stem}.png", photo[sl, sl])
+    return data
+
+
+def test_cli_runs_on_a_folder_of_files(data_folder, tmp_path):
+    from dippas_core.cli import main
+
+    data = data_folder
     out = tmp_path / "out"
     rc = main(["evaluate", "--preset", "tiny", "--data", str(data), "--out", str(out),
                "--methods", "untouched,denoise", "--sizes", "32", "--crops-per-photo", "1",
@@ -188,3 +195,102 @@ def test_cli_runs_on_a_folder_of_files(camera_fingerprints, flatfield_crops, nat
     # bad input gets an error line, not a traceback
     rc = main(["evaluate", "--data", str(tmp_path / "nope"), "--out", str(out)])
     assert rc == 2
+
+
+def test_split_reference_gives_methods_and_detector_disjoint_halves_of_the_flat_fields(
+    data_folder, tmp_path
+):
+    from dippas_core.evaluation import load_dataset
+    from dippas_core.fingerprint import estimate_fingerprint
+
+    cfg = EvalConfig.preset("tiny", crop_sizes=(32,), crops_per_photo=1, reference="split")
+    ds = load_dataset(data_folder, cfg, cache_dir=tmp_path)
+    assert ds.attack_fingerprints is not None
+    for cam in CAMERAS:
+        flats = sorted((data_folder / "ff-jpg").glob(f"{cam}_*.png"))
+        detector = estimate_fingerprint(flats[1::2], crop=32).K
+        attack = estimate_fingerprint(flats[0::2], crop=32).K
+        np.testing.assert_allclose(ds.fingerprints[cam], detector, atol=1e-6)
+        np.testing.assert_allclose(ds.attack_fingerprints[cam], attack, atol=1e-6)
+        # different shots, different estimates (the same shots would correlate 1)
+        r = np.corrcoef(detector.ravel(), attack.ravel())[0, 1]
+        assert r < 0.5, r
+        crop = next(c for c in ds.crops if c.camera == cam)
+        np.testing.assert_array_equal(ds.fingerprint_crop(cam, crop, attack=True), attack)
+    det, att = set(ds.files["flat_fields_detector"]), set(ds.files["flat_fields_attack"])
+    assert not det & att and det | att == set(ds.files["flat_fields"])
+    # the plain protocol uses all shots for one fingerprint that both sides share
+    same = load_dataset(data_folder, cfg.replace(reference="same"), cache_dir=tmp_path / "same")
+    assert same.attack_fingerprints is None
+    crop = same.crops[0]
+    np.testing.assert_array_equal(
+        same.fingerprint_crop(crop.camera, crop, attack=True),
+        same.fingerprint_crop(crop.camera, crop),
+    )
+
+
+def test_aware_methods_get_the_attack_fingerprint_and_scores_use_the_detectors(
+    tiny_dataset, tmp_path
+):
+    from dippas_core.correlation import ncc
+    from dippas_core.residual import residual
+
+    swapped = {CAMERAS[0]: tiny_dataset.fingerprints[CAMERAS[1]],
+               CAMERAS[1]: tiny_dataset.fingerprints[CAMERAS[0]]}
+    ds = Dataset(tiny_dataset.region, tiny_dataset.fingerprints, tiny_dataset.crops,
+                 tiny_dataset.files, attack_fingerprints=swapped)
+    given = {}
+
+    def remember_k(photo, K, ctx):
+        given[ctx.crop_id] = K
+        return photo
+
+    register_method(Method("remember_k", remember_k, "remember K", needs_fingerprint=True))
+    try:
+        cfg = EvalConfig(methods=("untouched", "remember_k"), reference="split", pce=False)
+        evaluate("in-memory", tmp_path, cfg, dataset=ds, plots=False)
+    finally:
+        METHODS.pop("remember_k", None)
+    for crop in ds.crops:
+        other = CAMERAS[1 - CAMERAS.index(crop.camera)]
+        np.testing.assert_array_equal(given[crop.crop_id], ds.fingerprint_crop(other, crop))
+    with open(tmp_path / "scores.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "remember_k"]
+    assert len(rows) == len(ds.crops) * len(CAMERAS)
+    by_id = {c.crop_id: c for c in ds.crops}
+    for r in rows:
+        crop = by_id[r["crop"]]
+        K = ds.fingerprint_crop(r["fingerprint"], crop)
+        expected = ncc(residual(crop.image, 5.0), crop.image, K)
+        assert float(r["ncc"]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_results_made_with_another_reference_are_not_resumed_into_one_table(
+    tiny_dataset, tmp_path
+):
+    cfg = EvalConfig(methods=("untouched",), pce=False)
+    evaluate("in-memory", tmp_path, cfg, dataset=tiny_dataset, plots=False)
+    with pytest.raises(InputError, match="reference='same'"):
+        evaluate("in-memory", tmp_path, cfg.replace(reference="split"), dataset=tiny_dataset,
+                 plots=False)
+    # a fresh start is allowed
+    evaluate("in-memory", tmp_path, cfg.replace(reference="split"), dataset=tiny_dataset,
+             plots=False, resume=False)
+    with pytest.raises(InputError, match="reference"):
+        EvalConfig(reference="other")
+
+
+def test_cli_split_reference_caches_both_halves(data_folder, tmp_path):
+    from dippas_core.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["evaluate", "--preset", "tiny", "--data", str(data_folder), "--out", str(out),
+               "--methods", "untouched,subtract", "--sizes", "32", "--crops-per-photo", "1",
+               "--reference", "split", "--no-pce", "--quiet"])
+    assert rc == 0
+    names = sorted(p.name for p in (out / "fingerprints").iterdir())
+    assert names == sorted(f"{cam}_32_s5_{role}.npz" for cam in CAMERAS
+                           for role in ("attack", "detector"))
+    params = json.loads((out / "params.json").read_text())
+    assert params["config"]["reference"] == "split"
+    assert len(params["files"]["flat_fields_attack"]) == 4

@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-iter", type=int, default=None, help="cap on DIP iterations")
     p.add_argument("--block", type=int, default=None, help="DIPPAS assembly block size B")
     p.add_argument("--top-l", type=int, default=None, help="DIPPAS assembly L")
+    p.add_argument(
+        "--reference", choices=("same", "split"), default=None,
+        help="same: aware methods get the detector's fingerprint (the paper); split: they get one "
+             "from the other half of the flat fields",
+    )
     p.add_argument("--no-pce", action="store_true", help="skip PCE")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in OUT")
     p.add_argument("--report-only", action="store_true",
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         changes["methods"] = tuple(args.methods)
     if args.sizes is not None:
         changes["crop_sizes"] = tuple(args.sizes)
-    for key in ("crops_per_photo", "max_photos", "photos_per_camera", "seed", "block", "top_l"):
+    for key in ("crops_per_photo", "max_photos", "photos_per_camera", "seed", "block", "top_l",
+                "reference"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.no_pce:
