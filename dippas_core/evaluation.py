@@ -830,16 +830,48 @@ def _plot(rows, common, keep, out: Path) -> None:
         write_plots([r for r in rows if r["crop"] in keep], common, out)
 
 
+#: Settings that change every score: results made with others are not put into one table.
+_SCORING_SETTINGS = ("reference", "sigma", "fingerprint_region")
+
+
+def _scoring_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`_SCORING_SETTINGS` of a saved config (defaults for keys it predates)."""
+    defaults = EvalConfig()
+    return {key: config.get(key, getattr(defaults, key)) for key in _SCORING_SETTINGS}
+
+
+def _check_resumable(earlier: dict[str, Any], config: EvalConfig, out: Path) -> None:
+    before, now = _scoring_settings(earlier), _scoring_settings(config.to_dict())
+    for key in _SCORING_SETTINGS:
+        if before[key] != now[key]:
+            raise InputError(
+                f"{out} holds results made with {key}={before[key]!r}, this run has "
+                f"{key}={now[key]!r}: use another --out, or --fresh to start over"
+            )
+
+
 def merge_scores(sources: Sequence[str | Path], out: str | Path) -> int:
     """Merge the ``scores.csv`` of runs made side by side (e.g. one per method) into
     ``out/scores.csv``; a (method, crop, fingerprint) already seen is kept from the first source.
-    Returns the number of rows written."""
+    Sources whose ``params.json`` differ in a setting that changes every score (the reference,
+    sigma, the fingerprint region) are refused.  Returns the number of rows written."""
     seen: set[tuple[str, str, str]] = set()
     merged: list[dict[str, Any]] = []
+    first: tuple[Path, dict[str, Any]] | None = None
     for src in sources:
         path = Path(src) / "scores.csv" if Path(src).is_dir() else Path(src)
         if not path.is_file():
             raise InputError(f"no scores file at {path}")
+        params = path.parent / "params.json"
+        if params.is_file():
+            settings = _scoring_settings(json.loads(params.read_text()).get("config") or {})
+            if first is None:
+                first = (path.parent, settings)
+            elif settings != first[1]:
+                raise InputError(
+                    f"not merging {path.parent} ({settings}) with {first[0]} ({first[1]}): "
+                    "their scores are not comparable"
+                )
         for r in _read_scores(path):
             key = (r["method"], r["crop"], r["fingerprint"])
             if key not in seen:
@@ -861,21 +893,6 @@ def _report_only(out: Path, config: EvalConfig, plots: bool) -> list[dict[str, A
     if plots:
         _plot(rows, common, keep, out)
     return summary
-
-
-#: Settings that change every score: results made with others cannot be resumed into one table.
-_SCORING_SETTINGS = ("reference", "sigma", "fingerprint_region")
-
-
-def _check_resumable(earlier: dict[str, Any], config: EvalConfig, out: Path) -> None:
-    defaults = EvalConfig()
-    for key in _SCORING_SETTINGS:
-        before = earlier.get(key, getattr(defaults, key))
-        if before != getattr(config, key):
-            raise InputError(
-                f"{out} holds results made with {key}={before!r}, this run has "
-                f"{key}={getattr(config, key)!r}: use another --out, or --fresh to start over"
-            )
 
 
 def evaluate(

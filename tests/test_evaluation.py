@@ -278,6 +278,14 @@ def test_results_made_with_another_reference_are_not_resumed_into_one_table(
              plots=False, resume=False)
     with pytest.raises(InputError, match="reference"):
         EvalConfig(reference="other")
+    # nor merged into one
+    from dippas_core.evaluation import merge_scores
+
+    same = tmp_path / "same"
+    evaluate("in-memory", same, cfg, dataset=tiny_dataset, plots=False)
+    with pytest.raises(InputError, match="not comparable"):
+        merge_scores([same, tmp_path], tmp_path / "merged")
+    assert merge_scores([same, same], tmp_path / "merged") > 0
 
 
 def test_cli_split_reference_caches_both_halves(data_folder, tmp_path):
