@@ -302,3 +302,12 @@ def test_cli_split_reference_caches_both_halves(data_folder, tmp_path):
     params = json.loads((out / "params.json").read_text())
     assert params["config"]["reference"] == "split"
     assert len(params["files"]["flat_fields_attack"]) == 4
+
+
+def test_auc_plot_axis_keeps_every_point_in_view():
+    from dippas_core.evaluation import auc_axis_limits
+
+    assert auc_axis_limits([0.5, 0.84]) == (0.3, 1.02)
+    low, high = auc_axis_limits([0.244, 0.6, float("nan")])  # the split run's TV inpainting
+    assert low < 0.244 and high > 1.0
+    assert auc_axis_limits([0.0])[0] <= 0.0
