@@ -27,7 +27,7 @@ from .._layers import anonymized_layer, block_heatmap_layer, dippas_kind, snapsh
 from .._models import AnonymizeJob, AnonymizeSettings, RunHistory, StepSummary
 from .._workers import start_job
 from ._attribution import is_photo, is_plane
-from ._common import WIDGET_MIN_WIDTH, DockWidget, LayerChoice, LivePlot, PathEdit, upsert_layer
+from ._common import DockWidget, LayerChoice, LivePlot, PathEdit, upsert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -73,9 +73,7 @@ class AnonymizeWidget(DockWidget):
     run_finished = Signal(str)
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.setMinimumWidth(WIDGET_MIN_WIDTH)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.settings = AnonymizeSettings()
         self.job = AnonymizeJob()
         self.history = RunHistory()

@@ -31,7 +31,6 @@ from .._reader import (
 )
 from .._workers import start_job
 from ._common import (
-    WIDGET_MIN_WIDTH,
     ColorbarCanvas,
     DockWidget,
     LayerChoice,
@@ -69,9 +68,7 @@ class AssembleWidget(DockWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.setMinimumWidth(WIDGET_MIN_WIDTH)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.settings = AssemblySettings()
         self.session: RunSession | None = None
         self.outcome: AssemblyOutcome | None = None

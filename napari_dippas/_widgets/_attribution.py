@@ -18,7 +18,7 @@ from qtpy.QtWidgets import (
 from .._layers import block_heatmap_layer, dippas_kind, residual_layer
 from .._models import AttributionResult, attribute, attribution_verdict
 from .._workers import start_job
-from ._common import WIDGET_MIN_WIDTH, ColorbarCanvas, DockWidget, LayerChoice, upsert_layer
+from ._common import ColorbarCanvas, DockWidget, LayerChoice, upsert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -57,9 +57,7 @@ class AttributionWidget(DockWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.setMinimumWidth(WIDGET_MIN_WIDTH)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.worker = None
         self.result: AttributionResult | None = None
 

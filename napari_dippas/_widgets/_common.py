@@ -125,10 +125,17 @@ class DockWidget(QWidget):
     dock is merely tabbed away.  So both are caught here: the parent change, and ``destroyed``.
     Subclasses stop their jobs and timers in :meth:`_close_down`; the viewer's layer events are
     disconnected from every :class:`LayerChoice` attribute here.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer the widget works on (:attr:`viewer`).
     """
 
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.setMinimumWidth(WIDGET_MIN_WIDTH)
+        self.viewer = napari_viewer
         #: True once the widget left napari: late job results then stay off the viewer
         self.closed = False
         self._docked = False

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 
 from .._layers import fingerprint_layer
 from .._workers import JobCancelled, start_job
-from ._common import WIDGET_MIN_WIDTH, DockWidget, LayerChoice, PathEdit, upsert_layer
+from ._common import DockWidget, LayerChoice, PathEdit, upsert_layer
 
 if TYPE_CHECKING:
     import napari
@@ -98,9 +98,7 @@ class FingerprintWidget(DockWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
-        self.setMinimumWidth(WIDGET_MIN_WIDTH)
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer)
         self.worker = None
         self.cancel: Any = None
 
