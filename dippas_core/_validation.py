@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from .errors import InputError, ShapeMismatchError
 
-__all__ = ["as_image", "as_plane", "check_same_size", "check_positive"]
+__all__ = ["as_image", "as_plane", "check_same_size", "check_positive", "check_known_fields"]
+
+
+def check_known_fields(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Refuse keys of ``data`` that are no field of the dataclass ``cls`` (likely typos).
+
+    The error reads ``unknown {what}: a, b`` (keys sorted).
+    """
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise InputError(f"unknown {what}: {', '.join(unknown)}")
 
 
 def as_image(x, name: str = "image", *, min_size: int = 1) -> np.ndarray:

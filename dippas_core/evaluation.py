@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path, atomic_write_text
+from ._validation import check_known_fields
 from .errors import DippasError, InputError
 from .run import environment_info
 
@@ -184,10 +185,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        extra = set(data) - names
-        if extra:
-            raise InputError(f"unknown evaluation setting(s): {', '.join(sorted(extra))}")
+        check_known_fields(cls, data, "evaluation setting(s)")
         return cls(**data)
 
     def replace(self, **changes: Any) -> EvalConfig:

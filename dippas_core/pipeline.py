@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_image, as_plane, check_same_size
+from ._validation import as_image, as_plane, check_known_fields, check_same_size
 from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
@@ -82,10 +82,7 @@ class AnonymizeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnonymizeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(f"unknown AnonymizeConfig field(s): {', '.join(unknown)}")
+        check_known_fields(cls, data, "AnonymizeConfig field(s)")
         return cls(**data)
 
 

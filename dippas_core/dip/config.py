@@ -8,6 +8,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from .._validation import check_known_fields
 from ..errors import InputError
 
 __all__ = ["DIPConfig", "PRESETS"]
@@ -162,10 +163,7 @@ class DIPConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DIPConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (they are likely typos)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(f"unknown DIPConfig field(s): {', '.join(unknown)}")
+        check_known_fields(cls, data, "DIPConfig field(s)")
         kwargs = dict(data)
         for key in ("widths", "skip_widths"):
             if kwargs.get(key) is not None:
