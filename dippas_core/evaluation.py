@@ -402,8 +402,8 @@ class Dataset:
     def fingerprint_crop(self, camera: str, crop: Crop, *, attack: bool = False) -> np.ndarray:
         """``K`` of ``camera`` at the crop's place: the detector's, or with ``attack`` the one
         the aware methods get (the same unless the dataset has ``attack_fingerprints``)."""
-        source = self.attack_fingerprints if attack and self.attack_fingerprints else None
-        K = (source if source is not None else self.fingerprints)[camera]
+        use_attack = attack and self.attack_fingerprints is not None
+        K = (self.attack_fingerprints if use_attack else self.fingerprints)[camera]
         return K[crop.top : crop.top + crop.size, crop.left : crop.left + crop.size]
 
 
@@ -517,7 +517,7 @@ def load_dataset(
         raise InputError(f"no flat-field shots in {data / flat_dir} for camera(s) {missing}")
 
     split = config.reference == "split"
-    short = [c for c, v in flats_by_cam.items() if split and len(v) < 2]
+    short = [c for c, v in flats_by_cam.items() if len(v) < 2] if split else []
     if short:
         raise InputError(
             f"reference 'split' needs at least 2 flat-field shots per camera; {short} have one"

@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     from dippas_core.dip import DIPConfig
     from dippas_core.edges import edge_mask
     from dippas_core.errors import DippasError
-    from dippas_core.evaluation import EvalConfig, _auc, load_dataset, score_output
+    from dippas_core.evaluation import (
+        EvalConfig,
+        _auc,
+        _select_photos,
+        load_dataset,
+        score_output,
+    )
     from dippas_core.pipeline import AnonymizeConfig, anonymize
     from dippas_core.run import RunDirectory
 
@@ -50,12 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     config = EvalConfig.preset(args.preset)
-    ds = load_dataset(args.data, config, cache_dir=args.out / "fingerprints", log=print)
+    every_photo = config.replace(photos_per_camera=None, max_photos=None)
+    ds = load_dataset(args.data, every_photo if args.held_out else config,
+                      cache_dir=args.out / "fingerprints", log=print)
     crops = ds.crops
     if args.held_out:
-        used = {c.photo for c in ds.crops}
-        ds = load_dataset(args.data, config.replace(photos_per_camera=None, max_photos=None),
-                          cache_dir=args.out / "fingerprints", log=print)
+        # the preset's own choice among the same files: what remains is the validation set
+        used = {p.name for p in _select_photos([Path(n) for n in ds.files["photos"]], config)}
         crops = [c for c in ds.crops if c.photo not in used]
         print(f"held-out photos: {len(crops)} crops from photos the preset does not use")
     runs: list[tuple[object, Path]] = []
