@@ -8,21 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _png import png_chunks
 from PIL import Image, ImageOps
 
 from dippas_core.errors import ImageReadError, InputError
 from dippas_core.io import center_crop, crop_at, read_image, to_float255, write_image
-
-
-def _png_chunks(path: Path) -> list[bytes]:
-    raw = path.read_bytes()
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, names = 8, []
-    while pos < len(raw):
-        (length,) = struct.unpack(">I", raw[pos : pos + 4])
-        names.append(raw[pos + 4 : pos + 8])
-        pos += 12 + length
-    return names
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
@@ -50,7 +40,7 @@ def test_written_files_carry_no_metadata(tmp_path, testdata):
     photo = center_crop(read_image(testdata / "nat-jpg" / "Nikon_D70s_0_21853.JPG"), 64)
     for bits in (8, 16):
         png = write_image(tmp_path / f"p{bits}.png", photo, bit_depth=bits)
-        assert _png_chunks(png) == [b"IHDR", b"IDAT", b"IEND"]
+        assert png_chunks(png.read_bytes()) == [b"IHDR", b"IDAT", b"IEND"]
         with Image.open(png) as im:
             assert not im.getexif() and "icc_profile" not in im.info
     import tifffile

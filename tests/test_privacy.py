@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from _png import png_chunks
 from PIL import Image, ImageCms, PngImagePlugin
 
 from dippas_core.io import read_image, write_image
@@ -188,15 +189,6 @@ def test_the_sources_really_carry_the_metadata(sources):
 # the checks
 
 
-def _png_chunks(data: bytes) -> list[bytes]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        chunks.append(data[pos + 4 : pos + 8])
-        pos += 12 + length
-    return chunks
-
 
 def assert_clean_image(path: Path) -> None:
     """``path`` (PNG or TIFF) holds pixels and nothing from any source."""
@@ -210,7 +202,7 @@ def assert_clean_image(path: Path) -> None:
         assert not banned, f"{path.name} has EXIF tags {sorted(banned)}"
         assert getattr(im, "applist", []) == []
     if path.suffix.lower() == ".png":
-        assert set(_png_chunks(data)) <= {b"IHDR", b"IDAT", b"IEND"}, _png_chunks(data)
+        assert set(png_chunks(data)) <= {b"IHDR", b"IDAT", b"IEND"}, png_chunks(data)
     else:
         with tifffile.TiffFile(path) as t:
             assert len(t.pages) == 1
