@@ -777,7 +777,8 @@ def write_plots(
             ylabel="true positive rate",
             title=f"ROC, NCC, {size}×{size} crops",
         )
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # no curve when a size has one camera only
+            ax.legend(fontsize=7, loc="lower right")
         path = out / f"roc_{size}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, bbox_inches="tight")
