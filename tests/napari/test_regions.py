@@ -57,7 +57,7 @@ def test_block_map_ends_exactly_at_the_photo(shape):
     assert data.shape == (H // g, W // g) and H % g == 0 and W % g == 0
     # world position of the first and last pixel covered (cells span ±g/2 around their centre)
     first = np.asarray(kwargs["translate"]) - (g - 1) / 2
-    last = np.asarray(kwargs["translate"]) + np.multiply(np.subtract(data.shape, 1), g) + (g - 1) / 2
+    last = np.asarray(kwargs["translate"]) + np.subtract(data.shape, 1) * g + (g - 1) / 2
     np.testing.assert_allclose(first, (10, 20))
     np.testing.assert_allclose(last, (10 + H - 1, 20 + W - 1))
     # pixel (y, x) of the photo falls in the cell of block (y // B, x // B)
@@ -283,7 +283,6 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
 ):
     """Anonymize a 64×64 region: layers at its place, the record in the run folder, export hash."""
     from dippas_core.io import write_image
-
     from napari_dippas._models import PROVENANCE_FILE, sha256_array, sha256_file
 
     photo, fp = sample
