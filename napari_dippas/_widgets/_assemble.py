@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +246,11 @@ class AssembleWidget(DockWidget):
         except Exception as exc:  # noqa: BLE001 - shown to the user; the viewer is unchanged
             self.status.setText(f"Could not open {Path(path).name}: {exc}")
             return []
+        for layer in layers:
+            # napari numbers a clashing name ("photo [1]"): name it by its run instead
+            match = re.fullmatch(r"(.*) \[\d+\]", layer.name)
+            if match:
+                layer.name = f"{match.group(1)} — {Path(path).name}"
         snapshots = [layer for layer in layers if _is_run_layer(layer)]
         if snapshots:
             self.run.select(snapshots[-1])

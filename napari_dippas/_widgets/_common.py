@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REGION_LAYER", "WIDGET_MIN_WIDTH", "ColorbarCanvas", "DockWidget", "LayerChoice", "LivePlot",
-    "PathEdit", "RegionPicker", "add_new_layer", "layer_source_path", "same_path", "upsert_layer",
-    "upsert_run_layer",
+    "PathEdit", "RegionPicker", "add_new_layer", "layer_source_path", "same_path",
+    "show_rectangles", "upsert_layer", "upsert_run_layer",
 ]
 
 #: name of the Shapes layer where the analyst draws the region to work on
@@ -99,6 +99,33 @@ def add_new_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
         k += 1
         name = f"{base} ({k})"
     return getattr(viewer, f"add_{layer_type}")(data, **{**kwargs, "name": name})
+
+
+def show_rectangles(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
+    """Show :func:`~napari_dippas._layers.rectangles_layer` rectangles: add the Shapes layer, or
+    recolour it in place when the same rectangles are already shown (a tile changed state).
+
+    A plan with other rectangles replaces the layer's shapes (same layer, same name).
+    """
+    data, kwargs, _ = data_tuple
+    name = kwargs["name"]
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or type(layer).__name__ != "Shapes":
+        active = viewer.layers.selection.active  # a status overlay must not take the focus
+        layer = viewer.add_shapes(data, **kwargs)
+        if active is not None:
+            viewer.layers.selection.active = active
+        return layer
+    same = len(layer.data) == len(data) and all(
+        np.allclose(a, b) for a, b in zip(layer.data, data, strict=True)
+    )
+    if not same:
+        layer.data = data
+        layer.shape_type = kwargs["shape_type"]
+    layer.features = kwargs["features"]
+    layer.edge_color = kwargs["edge_color"]
+    layer.metadata = kwargs["metadata"]
+    return layer
 
 
 def layer_source_path(layer: Layer) -> str | None:

@@ -349,6 +349,7 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     assert asked and "region" in asked[0] and anon.worker is None
     assert "Not started" in anon.status.text()
     anon.confirm = lambda text: True
+    asm = AssembleWidget(viewer)  # follows the run's placeholder layer
     n_before = len(notification_manager.records)
     anon.start()
     qtbot.waitUntil(lambda: anon.job.iteration >= 3, timeout=120_000)
@@ -359,5 +360,29 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     assert len(notification_manager.records) == n_before  # no red error
     assert "snapshots" not in viewer.layers
     # Assemble does not wait for a run that never kept anything
-    asm = AssembleWidget(viewer)
-    assert "Waiting" not in asm.status.text()
+    assert asm.session is None and "Waiting" not in asm.status.text(), asm.status.text()
+
+
+def test_rectangles_with_states_as_a_shapes_layer(viewer, sample):
+    """A plan of rectangles drawn over the photo; a state change recolours the same layer."""
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_dippas._widgets._common import show_rectangles
+
+    photo, _ = sample
+    viewer.add_image(photo, rgb=True, name="photo")
+    rects = [(0, 0, 128, 128), (0, 112, 128, 144), (112, 0, 144, 128), (112, 112, 144, 144)]
+    states = ["done", "running", "waiting", "fell short"]
+    layer = show_rectangles(viewer, rectangles_layer(rects, states))
+    assert type(layer).__name__ == "Shapes" and len(layer.data) == 4
+    assert viewer.layers.selection.active is viewer.layers["photo"]  # focus stays on the photo
+    np.testing.assert_allclose(layer.edge_color, transform_color(
+        [RECT_STATE_COLORS[s] for s in states]))
+    # the rectangles cover their pixels: world extent of the plan is the photo's
+    lo, hi = np.asarray(layer.extent.world)
+    np.testing.assert_allclose(lo, (-0.5, -0.5))
+    np.testing.assert_allclose(hi, (255.5, 255.5))
+    states[1] = "done"
+    again = show_rectangles(viewer, rectangles_layer(rects, states))
+    assert again is layer and list(layer.features["state"]) == states
+    np.testing.assert_allclose(layer.edge_color[1], transform_color(RECT_STATE_COLORS["done"])[0])

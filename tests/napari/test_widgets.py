@@ -463,11 +463,13 @@ def test_export_saves_the_current_run_when_two_runs_are_open(
     asm = AssembleWidget(viewer)
     layers_a = asm.open_run_folder(path_a)
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
-    layers_b = asm.open_run_folder(path_b)  # napari renames clashing layers: "anonymized [1]"
+    layers_b = asm.open_run_folder(path_b)
     assert asm.session.path == str(path_b)
     (anon_a,) = [la for la in layers_a if la.metadata["dippas"]["kind"] == "anonymized"]
     (anon_b,) = [la for la in layers_b if la.metadata["dippas"]["kind"] == "anonymized"]
-    assert anon_a.name == "anonymized" and anon_b.name != "anonymized"
+    # clashing names are named by their run, not numbered ("photo [1]")
+    assert anon_a.name == "anonymized" and anon_b.name == "anonymized — run-b"
+    assert {la.name for la in layers_b} >= {"photo — run-b", "snapshots — run-b"}
     qtbot.waitUntil(lambda: asm.outcome is not None and asm.outcome.image.shape == (64, 64, 3)
                     and asm.status.text().startswith("Assembled"), timeout=30_000)
     asm.settings.n_average = 2  # re-assembling run b updates run b's layer, not run a's
