@@ -139,10 +139,11 @@ class AttributionWidget(DockWidget):
         self.verdict = QLabel("Choose a photo and a fingerprint, then Compute.")
         self.verdict.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC")
-        self.colorbar.set_limit(BLOCK_NCC_LIMIT, "block NCC (one scale for every map)")
+        self.colorbar.set_limit(BLOCK_NCC_LIMIT, "block NCC (one scale for all maps)")
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["photo", "camera", "PCE", "NCC", "verdict"])
         self.table.setMinimumHeight(110)
+        self.table.setMinimumWidth(0)
         self.table.verticalHeader().setVisible(False)
         self.csv_path = PathEdit("save_file", "CSV (*.csv)", "results.csv")
         self.csv_button = QPushButton("Export table (CSV)")
@@ -258,9 +259,7 @@ class AttributionWidget(DockWidget):
                 stage="before", photo=photo_name, camera=camera,
             ),
         )
-        self.colorbar.set_limit(
-            BLOCK_NCC_LIMIT, f"block NCC (B = {result.block_size}; one scale for every map)"
-        )
+        self.colorbar.set_limit(BLOCK_NCC_LIMIT, f"block NCC, B = {result.block_size}")
         level = self.threshold.value()
         self.scores.setText(f"PCE {result.pce:.1f} (level {level:g})    NCC {result.ncc:.5f}")
         self._show_verdict()
@@ -282,7 +281,7 @@ class AttributionWidget(DockWidget):
                      row["verdict"])
             for j, text in enumerate(cells):
                 self.table.setItem(i, j, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
+        self.table.resizeColumnsToContents()  # the table scrolls sideways inside the dock
 
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Save the results table as CSV (button "Export table"); returns the file or None."""

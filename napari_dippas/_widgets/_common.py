@@ -17,6 +17,7 @@ from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -192,7 +193,7 @@ class DockWidget(QWidget):
         self.body = QWidget()
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         self.scroll.setWidget(self.body)
         outer = QVBoxLayout(self)
@@ -364,23 +365,24 @@ class RegionPicker(QWidget):
         self._photo_shape = photo_shape
         self._layer: Any = None
         self.fields = {}
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        for key in ("Y", "X", "H", "W"):
+        grid = QGridLayout(self)  # two rows: fits the dock's width
+        grid.setContentsMargins(0, 0, 0, 0)
+        for i, key in enumerate(("Y", "X", "H", "W")):
             spin = QSpinBox(minimum=0, maximum=1_000_000)
             spin.setToolTip({"Y": "top row", "X": "left column", "H": "height (0: whole photo)",
                              "W": "width (0: whole photo)"}[key])
+            spin.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)
             self.fields[key] = spin
-            row.addWidget(QLabel(key))
-            row.addWidget(spin)
+            grid.addWidget(QLabel(key), i // 2, 2 * (i % 2))
+            grid.addWidget(spin, i // 2, 2 * (i % 2) + 1)
         self.draw_button = QPushButton("Draw")
         self.draw_button.setToolTip("draw a rectangle on the photo (the 'region' layer)")
         self.draw_button.clicked.connect(self.draw)
         self.whole_button = QPushButton("Whole")
         self.whole_button.setToolTip("work on the whole photo")
         self.whole_button.clicked.connect(self.clear)
-        row.addWidget(self.draw_button)
-        row.addWidget(self.whole_button)
+        grid.addWidget(self.draw_button, 0, 4)
+        grid.addWidget(self.whole_button, 1, 4)
         # a region layer drawn through another dock (or already there) is followed too
         viewer.layers.events.inserted.connect(self._layer_added)
         if REGION_LAYER in viewer.layers:
@@ -539,6 +541,9 @@ class ColorbarCanvas(_ThemedCanvas):
             orientation="horizontal",
         )
         self._style(self.ax)
+        # five ticks at most, symmetric: labels of "−0.05 … 0.05" never run into each other
+        self.ax.set_xticks(np.linspace(-self.limit, self.limit, 5))
+        self.ax.xaxis.set_major_formatter(lambda v, _: f"{v:+.3g}" if v else "0")
         self.ax.set_xlabel(self.label, fontsize=8, labelpad=1)
         self.draw_idle()
 
