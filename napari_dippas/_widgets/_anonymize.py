@@ -178,6 +178,7 @@ class AnonymizeWidget(DockWidget):
         self.plot = LivePlot(napari_viewer)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow("photo", self.photo)
         form.addRow("region", self.region)
         form.addRow("mode", self.mode)
@@ -516,6 +517,11 @@ class AnonymizeWidget(DockWidget):
         )
         # transparent, not hidden: a hidden layer leaves the dims, and the slider would come and go
         layer.opacity = 0.0
+        # the slider walks through snapshots: say so, instead of napari's axis number ("-3")
+        labels = list(self.viewer.dims.axis_labels)
+        if len(labels) >= 3 and labels[-3] != "snapshot":
+            labels[-3] = "snapshot"
+            self.viewer.dims.axis_labels = labels
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 

@@ -167,6 +167,7 @@ class AssembleWidget(DockWidget):
         self.export_button.clicked.connect(self.export)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow("run", self.run)
         form.addRow(self.open_run)
         form.addRow(self.open_button)

@@ -10,7 +10,6 @@ from napari.layers import Image
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -127,7 +126,7 @@ class AttributionWidget(DockWidget):
         self.sigma = QDoubleSpinBox(minimum=0.5, maximum=20.0, value=5.0, singleStep=0.5)
         self.block = QSpinBox(minimum=8, maximum=4096, value=64, singleStep=16)
         self.block.setSuffix(" px")
-        self.threshold = QDoubleSpinBox(decimals=1, minimum=0.0, maximum=1e9)
+        self.threshold = QDoubleSpinBox(decimals=1, minimum=0.0, maximum=1e6)
         self.threshold.setValue(DECISION_LEVEL_PCE)
         self.threshold.setToolTip(
             "PCE decision level: 60 is the usual forensic choice (Goljan et al. 2009)"
@@ -151,12 +150,13 @@ class AttributionWidget(DockWidget):
         self.results.changed.connect(self._show_table)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow("photo", self.photo)
         form.addRow("fingerprint", self.fingerprint)
         form.addRow("region", self.region)
         form.addRow("sigma", self.sigma)
         form.addRow("block size", self.block)
-        form.addRow("PCE decision level", self.threshold)
+        form.addRow("PCE level", self.threshold)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
@@ -165,10 +165,8 @@ class AttributionWidget(DockWidget):
         layout.addWidget(self.colorbar)
         layout.addWidget(QLabel("Results (photos × cameras)"))
         layout.addWidget(self.table)
-        row = QHBoxLayout()
-        row.addWidget(self.csv_path)
-        row.addWidget(self.csv_button)
-        layout.addLayout(row)
+        layout.addWidget(self.csv_path)
+        layout.addWidget(self.csv_button)
         layout.addStretch(1)
 
     def _photo_shape(self) -> tuple[int, ...] | None:

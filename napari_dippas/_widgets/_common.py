@@ -368,7 +368,7 @@ class RegionPicker(QWidget):
         grid = QGridLayout(self)  # two rows: fits the dock's width
         grid.setContentsMargins(0, 0, 0, 0)
         for i, key in enumerate(("Y", "X", "H", "W")):
-            spin = QSpinBox(minimum=0, maximum=1_000_000)
+            spin = QSpinBox(minimum=0, maximum=99_999)  # five digits: narrow enough for a dock
             spin.setToolTip({"Y": "top row", "X": "left column", "H": "height (0: whole photo)",
                              "W": "width (0: whole photo)"}[key])
             spin.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)

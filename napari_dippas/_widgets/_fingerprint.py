@@ -143,6 +143,7 @@ class FingerprintWidget(DockWidget):
         self.status.setWordWrap(True)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow(self.from_folder)
         form.addRow(self.folder)
         form.addRow("files", self.pattern)

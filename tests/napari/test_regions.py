@@ -252,7 +252,11 @@ def test_pce_verdict_on_a_whole_real_photo(viewer, qtbot, testdata):
         if fp is true_fp:
             assert widget.verdict.text().startswith("Match") and widget.result.pce > 60
             heat = viewer.layers["block NCC — Nikon_D70_0_19445 × Nikon_D70_0"]
-            assert heat.extent.world[1][0] - heat.extent.world[0][0] == pytest.approx(2000)
+            # the map covers the photo's pixels 0..1999 × 0..3007 exactly (no overhang)
+            half = (heat.scale - 1) / 2
+            assert np.allclose(heat.data_to_world((0, 0)) - half, (0, 0))
+            end = np.subtract(heat.data.shape, 1)
+            assert np.allclose(heat.data_to_world(end) + half, (1999, 3007))
     rows = {r["camera"]: r for r in widget.results.rows}
     assert rows["Nikon_D70_0"]["verdict"] == "match"
     assert rows["Nikon_D70s_0"]["verdict"] == "no match" and rows["Nikon_D70s_0"]["PCE"] < 60
@@ -272,6 +276,10 @@ def test_docks_scroll_and_fit_a_small_window(viewer, qtbot):
     for widget in widgets:
         assert widget.scroll.widget() is widget.body
         assert widget.body.minimumSizeHint().height() > 150
+        # nothing is cut off on the right: the contents fit the dock's width
+        print(type(widget).__name__, widget.body.minimumSizeHint().width(),
+              widget.scroll.viewport().width())
+        assert widget.body.minimumSizeHint().width() <= widget.scroll.viewport().width()
         # the dock asks for almost no height: its scroll area takes what is left
         assert widget.minimumSizeHint().height() < 150
     assert viewer.window._qt_window.height() <= 800
@@ -312,6 +320,7 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
                 viewer.layers[name].scale[-1] - 1) / 2,)
         ), name
     assert tuple(viewer.layers["snapshots"].translate)[-2:] == (96, 128)
+    assert viewer.dims.axis_labels[-3] == "snapshot"  # the slider says what it walks through
     record = json.loads((anon.run_path / PROVENANCE_FILE).read_text())
     assert record["source"]["name"] == "IMG_0012" and record["source"]["file"] == "IMG_0012.png"
     assert record["source"]["file_sha256"] == sha256_file(source)
