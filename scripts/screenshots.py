@@ -138,12 +138,18 @@ def main() -> None:
     widget.region.set_region(region)
     viewer.add_shapes([region.corners()], shape_type="rectangle", name="region",
                       edge_color="#00e5ff", face_color="transparent", edge_width=3)
-    camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to the scene
-    camera.center = (region.y + region.h / 2, region.x + region.w / 2)
-    camera.zoom = 1.6
+
+    def zoom_on_region() -> None:
+        """Centre the view on the region, with some of the photo around it (napari resets the
+        view when the snapshots layer adds a dimension)."""
+        camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to the scene
+        camera.center = (region.y + region.h / 2, region.x + region.w / 2)
+        camera.zoom = 1.6
+
     widget.start()
     # the tiny network reaches tau (31 dB) on a 128×128 region after about 300 iterations
     wait(app, lambda: widget.job.n_snapshots >= 5 or widget.job.status != "running")
+    zoom_on_region()
     shoot("anonymize")
     wait(app, lambda: widget.job.status in DONE)
     if widget.job.status == "failed":
@@ -160,6 +166,7 @@ def main() -> None:
     viewer.layers["block NCC"].visible = False
     viewer.layers.selection.active = viewer.layers["NCC after"]
     widget.export_path.set_path(work / "anonymized.png")
+    zoom_on_region()
     shoot("assemble")
     viewer.window.remove_dock_widget(dock_w)
 

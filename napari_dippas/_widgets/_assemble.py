@@ -24,12 +24,14 @@ from dippas_core.assembly import NoSnapshotsError
 
 from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
 from .._models import (
+    DECISION_LEVEL_PCE,
     PROVENANCE_FILE,
     AssemblyOutcome,
     AssemblySettings,
     RunSession,
     add_output_to_provenance,
     sha256_file,
+    trace_warning,
 )
 from .._reader import (
     assembly_layers,
@@ -352,10 +354,14 @@ class AssembleWidget(DockWidget):
             self.table["PCE", stage].setText(f"{scores.pce:.1f}")
         self.psnr.setText(f"{outcome.psnr:.2f} dB")
         p = outcome.params
-        self.status.setText(
+        text = (
             f"Assembled B={p['B']}, L={p['L']} from {p['n_candidates']} of {p['n_snapshots']} "
             f"snapshots (PSNR ≥ {p['psnr_threshold']:.2f} dB) in {p['elapsed_s'] * 1000:.0f} ms."
         )
+        h, w = outcome.image.shape[:2]
+        # a photo (or region) without a detectable trace: "after" proves nothing, say so
+        warning = trace_warning(outcome.before.pce, DECISION_LEVEL_PCE, h * w)
+        self.status.setText(f"{text}\n{warning}" if warning else text)
 
     # -- export ---------------------------------------------------------------------------------
     def anonymized_layer(self) -> Layer | None:

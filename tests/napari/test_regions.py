@@ -333,6 +333,9 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
 
     asm = AssembleWidget(viewer)
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=60_000)
+    # a region without a detectable trace says so beside its before/after scores
+    untraceable = asm.outcome.before.pce < 60
+    assert ("no detectable trace" in asm.status.text()) == untraceable
     written = asm.export(tmp_path / "out" / "anon.png")
     record = json.loads((anon.run_path / PROVENANCE_FILE).read_text())
     hashes = {o.get("file"): o.get("sha256") for o in record["outputs"]}
@@ -395,3 +398,38 @@ def test_rectangles_with_states_as_a_shapes_layer(viewer, sample):
     again = show_rectangles(viewer, rectangles_layer(rects, states))
     assert again is layer and list(layer.features["state"]) == states
     np.testing.assert_allclose(layer.edge_color[1], transform_color(RECT_STATE_COLORS["done"])[0])
+
+
+def test_fingerprint_estimate_can_be_cancelled(viewer, qtbot, small, tmp_path, monkeypatch):
+    """Cancel stops before the next shot: no layer, nothing saved, the reason in words."""
+    import threading
+
+    import dippas_core.io
+    from dippas_core.io import read_image, write_image
+
+    clicked = threading.Event()
+
+    def read_after_the_click(path):  # the first shot is read only once Cancel was clicked
+        clicked.wait(30)
+        return read_image(path)
+
+    monkeypatch.setattr(dippas_core.io, "read_image", read_after_the_click)
+
+    _, fp = small
+    flat = tmp_path / "evidence"
+    flat.mkdir()
+    for i in range(3):
+        write_image(flat / f"ff_{i}.png", np.full((*fp.K.shape, 3), 120 + i, np.uint8))
+    widget = FingerprintWidget(viewer)
+    widget.folder.set_path(flat)
+    # the proposed file is outside the flat-field (evidence) folder
+    assert flat not in widget.output.path().parents
+    widget.output.set_path(tmp_path / "K.npz")
+    widget.start()
+    assert widget.cancel_button.isEnabled()
+    widget.cancel_button.click()  # while the worker reads the first shot
+    clicked.set()
+    qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=60_000)
+    assert "Cancelled" in widget.status.text() and widget.layer is None
+    assert not (tmp_path / "K.npz").exists() and not widget.cancel_button.isEnabled()
+    assert sorted(p.name for p in flat.iterdir()) == ["ff_0.png", "ff_1.png", "ff_2.png"]
