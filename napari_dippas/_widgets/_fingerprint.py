@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from .._layers import fingerprint_layer, layer_title
+from .._layers import dippas_kind, fingerprint_layer, layer_title
 from .._workers import JobCancelled, start_job
 from ._common import DockWidget, LayerChoice, PathEdit, add_new_layer
 
@@ -74,8 +74,8 @@ def flat_field_files(folder: str | Path, pattern: str = "*") -> list[Path]:
 
 def _is_stack(layer: Layer) -> bool:
     """Image layers holding several frames: N×H×W or N×H×W×3."""
-    if not isinstance(layer, Image):
-        return False
+    if not isinstance(layer, Image) or dippas_kind(layer.metadata) == "snapshots":
+        return False  # a run's snapshots are no flat fields
     return layer.data.ndim == (4 if layer.rgb else 3)
 
 
