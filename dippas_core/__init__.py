@@ -1,7 +1,8 @@
 """dippas_core: remove a camera's sensor fingerprint (PRNU) from photographs (DIPPAS).
 
 Napari-free and Qt-free.  Public names are imported lazily so ``import dippas_core`` stays quick and
-never pulls in torch.
+never pulls in torch.  Docstrings cite "method §n": the sections of ``docs/method.md``, the
+algorithm with its equations and every parameter.
 """
 
 from __future__ import annotations

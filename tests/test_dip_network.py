@@ -1,4 +1,4 @@
-"""The Multi-Resolution U-Net against SPEC §4, and DIPConfig (no torch needed for the latter)."""
+"""The Multi-Resolution U-Net against method §4, and DIPConfig (no torch needed for the latter)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dippas_core.dip.network import MultiResUNet, count_parameters  # noqa: E402
 torch.set_num_threads(1)
 
 
-# --- an independent count from SPEC §4's layer list --------------------------------------------
+# --- an independent count from method §4's layer list --------------------------------------------
 def _conv(c_in: int, c_out: int, k: int) -> int:
     """Weights + bias of a k×k convolution."""
     return k * k * c_in * c_out + c_out
@@ -74,7 +74,7 @@ def _spec_count(in_channels: int, widths: list[int], skips: list[int], out_chann
 
 
 def test_block_split_is_specs_floor_of_fractions():
-    # SPEC: W = 1.67 U split into floor(0.167W), floor(0.333W), floor(0.5W)
+    # method §4: W = 1.67 U split into floor(0.167W), floor(0.333W), floor(0.5W)
     for u in (16, 32, 64, 128, 256):
         w = 1.67 * u
         assert _block_widths(u) == (math.floor(0.167 * w), math.floor(0.333 * w),

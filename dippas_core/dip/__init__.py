@@ -1,4 +1,4 @@
-"""DIP inversion (SPEC §4): the Multi-Resolution U-Net and the generator loop that fits it.
+"""DIP inversion (method §4): the Multi-Resolution U-Net and the generator loop that fits it.
 
 Names are resolved lazily: ``import dippas_core.dip`` and :class:`DIPConfig` do not import torch;
 :func:`invert`, :class:`MultiResUNet` and friends import it on first use.
