@@ -31,7 +31,9 @@ def test_core_modules_import_no_gui():
     names = [m.name for m in pkgutil.walk_packages(dippas_core.__path__, "dippas_core.")]
     stmt = "; ".join(f"import {n}" for n in names if not n.endswith("__main__"))
     modules = _imported_after(stmt)
-    for banned in ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui"):
+    banned_modules = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui",
+                      "npe2", "psygnal", "superqt")
+    for banned in banned_modules:
         assert banned not in modules, f"a dippas_core module imported {banned}"
 
 
