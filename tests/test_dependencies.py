@@ -93,20 +93,6 @@ def test_core_requirements_have_no_gui(project):
     assert "distributed" in core
 
 
-def test_installed_core_metadata_has_no_gui():
-    # what pip sees: the requirements without an extra marker
-    requires = importlib.metadata.requires("napari-dippas") or []
-    unconditional = {
-        _canonical(Requirement(r).name) for r in requires
-        if not (Requirement(r).marker and "extra" in str(Requirement(r).marker))
-    }
-    assert unconditional, "napari-dippas's installed metadata lists no requirement"
-    assert not unconditional & GUI, (
-        f"installed napari-dippas requires {sorted(unconditional & GUI)} without an extra "
-        "(stale editable install? re-run scripts/setup.sh)"
-    )
-
-
 def test_plugin_extra_brings_the_viewer_and_all_includes_it(project):
     extras = project["optional-dependencies"]
     plugin = _declared(_requirements(extras["plugin"]))
