@@ -64,6 +64,7 @@ def main() -> None:
     import napari
     import numpy as np
     import torch
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from dippas_core.fingerprint import estimate_fingerprint
@@ -79,8 +80,11 @@ def main() -> None:
     viewer.reset_view()  # fit the photo to the resized window
     work = Path(tempfile.mkdtemp(prefix="dippas-screens-"))
 
-    def shoot(name: str) -> None:
+    def shoot(name: str, prepare=None) -> None:
         settle(app, 0.8)
+        if prepare is not None:  # last touches, right before the picture (a run may move on)
+            prepare()
+            settle(app, 0.2)
         path = args.out / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)
         size = f"{window.width()}×{window.height()}"
@@ -149,8 +153,7 @@ def main() -> None:
     widget.start()
     # the tiny network reaches tau (31 dB) on a 128×128 region after about 300 iterations
     wait(app, lambda: widget.job.n_snapshots >= 5 or widget.job.status != "running")
-    zoom_on_region()
-    shoot("anonymize")
+    shoot("anonymize", zoom_on_region)
     wait(app, lambda: widget.job.status in DONE)
     if widget.job.status == "failed":
         raise SystemExit(f"anonymize failed: {widget.job.message}")
@@ -166,13 +169,15 @@ def main() -> None:
     viewer.layers["block NCC"].visible = False
     viewer.layers.selection.active = viewer.layers["NCC after"]
     widget.export_path.set_path(work / "anonymized.png")
-    zoom_on_region()
-    shoot("assemble")
+    shoot("assemble", zoom_on_region)
     viewer.window.remove_dock_widget(dock_w)
 
     # 5. All four docks at once: each scrolls inside the window
-    for title in ("Fingerprint", "Residual & attribution", "Anonymize", "Assemble & export"):
-        dock(title)
+    docks = [dock(title)[0] for title in ("Fingerprint", "Residual & attribution", "Anonymize",
+                                          "Assemble & export")]
+    # equal shares of the height; each dock scrolls within its share
+    share = window.height() // (len(docks) + 1)
+    window.resizeDocks(docks, [share] * len(docks), Qt.Orientation.Vertical)
     viewer.reset_view()
     shoot("docks")
     print("anonymized region mean |change|:",
