@@ -209,3 +209,22 @@ def test_bad_jobs_and_settings_are_input_errors(tiles):
         with pytest.raises(InputError, match="tiles_per_step"):
             DIPConfig(tiles_per_step=bad)
     assert DIPConfig(tiles_per_step="auto").tiles_per_step == "auto"
+
+
+def test_cli_tiles_per_step_option(capsys):
+    from dippas_core.cli import build_parser
+    from dippas_core.cli.invert import dip_config_from_args
+
+    parser = build_parser()
+    base = ["anonymize", "photo.png", "--out", "out.png", "--preset", "tiny"]
+    for value, expected in (("4", 4), ("auto", "auto"), ("AUTO", "auto")):
+        args = parser.parse_args([*base, "--tiles-per-step", value])
+        assert dip_config_from_args(args).tiles_per_step == expected
+    assert dip_config_from_args(parser.parse_args(base)).tiles_per_step == 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--tiles-per-step", bad])
+        assert "positive integer or 'auto'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one photo, one network: no such option for invert
+        parser.parse_args(["invert", "photo.png", "--blind", "--out", "run",
+                           "--tiles-per-step", "2"])
