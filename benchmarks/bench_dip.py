@@ -411,12 +411,12 @@ def _tiles_main(args) -> int:
             tiles, source = _region(size, max(8, max(ns)))
             seconds = _time_tiles(ns, tiles, config, device, args.iters)
             print(f"\n{size}×{size} px, amp={amp}, tiles from {source}")
-            print(f"{'N':>4} {'s/step':>9} {'Mpx·it/s':>9} {'× N=1':>7}")
+            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7}")
             base = size * size / seconds[ns[0]] if ns[0] == 1 else None
             for n in ns:
                 rate = n * size * size / seconds[n]
                 ratio = f"{rate / base:7.2f}" if base else "      -"
-                print(f"{n:>4} {seconds[n]:9.3f} {rate / 1e6:9.4f} {ratio}", flush=True)
+                print(f"{n:>4} {seconds[n]:9.3f} {rate / 1e3:9.1f} {ratio}", flush=True)
             multiple = 2 ** (len(config.widths) - 1)
             speed = speed_settings(config, device)
             region = tiles[:8]

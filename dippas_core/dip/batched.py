@@ -187,14 +187,17 @@ class _Batch:
         self.amp_dtype = None
         self.scaler = None
         self._names: list[str] = []
+        self._size: tuple[int, int] | None = None
 
     def add(self, tile: _Tile) -> None:
         import torch
 
-        if self._forward is None:
-            self._build(tile)
-        elif (tile.height, tile.width) != (self.tiles[0].height, self.tiles[0].width):
+        size = (tile.height, tile.width)
+        if self.tiles and size != (self.tiles[0].height, self.tiles[0].width):
             raise InputError("all tiles of a batch must have the same size")
+        if self._size != size:  # built once per tile size, kept while tiles come and go
+            self._build(tile)
+            self._size = size
         if self.scaler is None and tile.scaler is not None:
             self.scaler = torch.amp.GradScaler("cuda")  # one loss scale for the batch
         tile.scaler = None
@@ -272,12 +275,12 @@ class _Batch:
     def remove(self, tile: _Tile) -> None:
         self.tiles.remove(tile)
         tile.release()
-        if not self.tiles:
-            self._forward = None
 
     def release(self) -> None:
         for t in list(self.tiles):
             self.remove(t)
+        self._forward = None
+        self._size = None
 
 
 def _with_params(tile: _Tile) -> _Tile:
@@ -490,5 +493,5 @@ def choose_tiles_per_step(
         if n > 1 and rates[n] < rates[n // 2]:
             break  # past the best
     best = max(rates, key=rates.__getitem__)
-    measured = ", ".join(f"N={k}: {v / 1e6:.2f} Mpx·it/s" for k, v in rates.items())
+    measured = ", ".join(f"N={k}: {v / 1e3:.1f} kpx·it/s" for k, v in rates.items())
     return best, f"measured on the CPU: {measured}"
