@@ -1,4 +1,4 @@
-"""Noise residual W (SPEC §1) in torch, on whatever device the images are: the GPU snapshot path.
+"""Noise residual W (method §1) in torch, on whatever device the images are: the GPU snapshot path.
 
 The same five steps as :func:`dippas_core.residual.residual` (and the same constants: wavelet,
 levels, "symmetric" mode, Wiener windows, gray weights), batched over N images:
@@ -95,7 +95,7 @@ def _idwt2(c: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
 
 
 def _wiener_gain(x: torch.Tensor, noise_var: torch.Tensor | float) -> torch.Tensor:
-    """Adaptive Wiener gain ``v / (s2 + v)`` of B×C×h×w coefficients (SPEC §1 step 2)."""
+    """Adaptive Wiener gain ``v / (s2 + v)`` of B×C×h×w coefficients (method §1 step 2)."""
     import torch
     import torch.nn.functional as F
 
@@ -143,7 +143,7 @@ def gray_torch(images: torch.Tensor) -> torch.Tensor:
 
 
 def _zero_mean(w: torch.Tensor) -> torch.Tensor:
-    """Zero-mean per CFA sub-lattice of N×H×W (SPEC §1 step 4): ``x - rows - cols + all``."""
+    """Zero-mean per CFA sub-lattice of N×H×W (method §1 step 4): ``x - rows - cols + all``."""
     out = w.clone()
     for di in (0, 1):
         for dj in (0, 1):

@@ -1,6 +1,6 @@
 """Many tiles in one optimiser step: N independent DIP inversions run as one batch.
 
-A whole photograph is tens of tiles, each its own inversion (SPEC §4).  One small tile per step
+A whole photograph is tens of tiles, each its own inversion (method §4).  One small tile per step
 leaves a GPU mostly idle (and, on a CPU, pays the per-operation overhead once per tile); this
 module steps ``N = tiles_per_step`` of them at once:
 
