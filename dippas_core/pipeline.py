@@ -174,11 +174,17 @@ def attribution_scores(
     return scores, measure_block_ncc(img, P, B, sigma, residual_=w)
 
 
-def estimate_cost(photo_shape: tuple[int, ...], config: AnonymizeConfig, device: str | None = None):
+def estimate_cost(
+    photo_shape: tuple[int, ...],
+    config: AnonymizeConfig,
+    device: str | None = None,
+    *,
+    n_tiles: int | None = None,
+) -> Any:
     """Time a few iterations at the tile size; see :func:`dippas_core.tiled.estimate_cost`."""
     from .tiled import estimate_cost as _estimate
 
-    return _estimate(photo_shape, config, device)
+    return _estimate(photo_shape, config, device, n_tiles=n_tiles)
 
 
 def _reference(img255: np.ndarray, fingerprint: Any, sigma: float) -> tuple[str, Any, dict | None]:

@@ -140,11 +140,12 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     )
     best = inv.get("best_psnr")
     best_text = f"{best:.2f} dB" if best is not None else "n/a"
-    n_tiles = len(report.get("tiles") or [1])
+    tiles = report.get("tiles") or [{"done": True}]
+    n_tiles, n_done = len(tiles), sum(bool(t.get("done", True)) for t in tiles)
     print(
-        f"inversion: {n_tiles} tile(s), {inv['n_iterations']} iterations ({inv['stop_reason']}), "
-        f"best PSNR {best_text}, {inv['n_snapshots']} snapshots; assembly B={asm.get('B')} "
-        f"L={asm.get('L')}",
+        f"inversion: {n_done}/{n_tiles} tile(s), {inv['n_iterations']} iterations "
+        f"({inv['stop_reason']}), lowest best PSNR of a tile {best_text}, "
+        f"{inv['n_snapshots']} snapshots; assembly B={asm.get('B')} L={asm.get('L')}",
         file=s,
     )
     for short in report.get("below_tau") or []:
@@ -154,9 +155,11 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
             file=s,
         )
     if report.get("partial"):
+        missing = report["tiles_not_anonymized"]
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
         print(
-            f"PARTIAL: tiles {report['tiles_not_anonymized']} are not anonymized (original "
-            "pixels); run the same command again to resume",
+            f"PARTIAL: {len(missing)} of {n_tiles} tiles are not anonymized (original pixels: "
+            f"{shown}); run the same command again to resume",
             file=s,
         )
     if report.get("region"):
@@ -247,7 +250,11 @@ def _run(args: argparse.Namespace) -> int:
         for t in plan.tiles:
             print(f"  tile {t.index}: y={t.y} x={t.x} {t.h}×{t.w}", file=sys.stderr)
         print(f"run folder (resumable): {run_dir}", file=sys.stderr)
-    estimate = estimate_cost(shape, config)
+    done_dir = Path(run_dir) / "done" if run_dir is not None else None
+    n_done = len(list(done_dir.glob("*.npz"))) if done_dir and done_dir.is_dir() else 0
+    if n_done and not args.force:
+        print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
+    estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
     print(f"estimate: {estimate.text}", file=sys.stderr)
     result, interrupted = run_anonymize(
         photo,
