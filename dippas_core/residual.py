@@ -1,4 +1,4 @@
-"""Noise residual W of an image (SPEC §1).
+"""Noise residual W of an image (method §1).
 
 Two paths compute the same thing:
 
@@ -45,7 +45,7 @@ MODE = "symmetric"
 WINDOWS = (3, 5, 7, 9)
 METHODS = ("fast", "reference")
 
-# SPEC §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
+# method §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
 # "useful" depth, yet the transform stays exact and both paths agree, so the warning is noise.
 warnings.filterwarnings("ignore", message=r"Level value of \d+ is too high", category=UserWarning)
 
@@ -107,7 +107,7 @@ def _wavelet_noise_channel_reference(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def zero_mean(w: np.ndarray) -> np.ndarray:
-    """Zero-mean per CFA sub-lattice: global, then row and column means (SPEC §1 step 4).
+    """Zero-mean per CFA sub-lattice: global, then row and column means (method §1 step 4).
 
     Returns a new float32 array; the input is not modified.
     """
@@ -124,7 +124,7 @@ def zero_mean(w: np.ndarray) -> np.ndarray:
 
 
 def wiener_dft(w: np.ndarray) -> np.ndarray:
-    """Wiener filter in the Fourier domain (SPEC §1 step 5), reference version."""
+    """Wiener filter in the Fourier domain (method §1 step 5), reference version."""
     from scipy import fft
 
     w = w.astype(np.float32, copy=False)
@@ -175,7 +175,7 @@ def _filters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _wavelet_noise_plane_fast(plane: np.ndarray, noise_var: float) -> np.ndarray:
-    """Steps 1–2 of SPEC §1 on one float32 plane; the result may be 1 px larger (odd sizes).
+    """Steps 1–2 of method §1 on one float32 plane; the result may be 1 px larger (odd sizes).
 
     The DWT levels run in Numba kernels equivalent to ``pywt.wavedec2``/``waverec2`` (mode
     "symmetric", 8-tap filters); planes shorter than the filter fall back to PyWavelets itself.
@@ -235,7 +235,7 @@ def _wavelet_noise_fast(image: np.ndarray, sigma: float, *, threaded: bool) -> n
 
 
 def _gray_zero_mean_wiener_dft(noise: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Steps 3–5 of SPEC §1 on C×H'×W' noise (C = 1 or 3) cropped to h×w: float32 h×w."""
+    """Steps 3–5 of method §1 on C×H'×W' noise (C = 1 or 3) cropped to h×w: float32 h×w."""
     from scipy import fft
 
     from . import _kernels
@@ -261,9 +261,9 @@ def _residual_fast(image: np.ndarray, sigma: float, *, threaded: bool) -> np.nda
 
 
 def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> np.ndarray:
-    """Step 1 of SPEC §1 per channel: float32 H×W×C (or H×W for 2-D input) wavelet-Wiener noise.
+    """Step 1 of method §1 per channel: float32 H×W×C (or H×W for 2-D input) wavelet-Wiener noise.
 
-    This is the per-channel residual the camera-fingerprint estimate (SPEC §2) needs, before gray,
+    This is the per-channel residual the camera-fingerprint estimate (method §2) needs, before gray,
     zero-mean and the Fourier-domain Wiener filter.
     """
     _check_method(method)
@@ -283,7 +283,7 @@ def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast"
 
 
 def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> np.ndarray:
-    """Noise residual W of ``image`` (SPEC §1): float32 H×W.
+    """Noise residual W of ``image`` (method §1): float32 H×W.
 
     Parameters
     ----------

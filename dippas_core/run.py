@@ -213,7 +213,7 @@ class RunDirectory:
         tile
             Finest tile of the per-tile NCC sums (assembly blocks are multiples of it).
         sigma
-            Noise level of the residuals (SPEC §1).
+            Noise level of the residuals (method §1).
         extra
             More JSON-able fields for ``config.json`` (e.g. fingerprint metadata).
         """

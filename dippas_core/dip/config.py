@@ -22,7 +22,7 @@ MIN_WIDTH = 4
 
 @dataclass(frozen=True)
 class DIPConfig:
-    """Parameters of the DIP inversion (SPEC §4); JSON-serialisable with :meth:`to_dict`.
+    """Parameters of the DIP inversion (method §4); JSON-serialisable with :meth:`to_dict`.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (SPEC §4, paper eq. 9).
+"""DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (method §4, paper eq. 9).
 
 :func:`invert` returns a generator: it yields one :class:`Step` per iteration (with the snapshot
 ``I_phi`` when its PSNR reaches ``tau_psnr``) and returns an :class:`InversionResult`. It never
@@ -432,7 +432,7 @@ def warm_up() -> None:
 
 
 def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with AMSGrad (SPEC §4); the fused kernel on CUDA where this torch has it."""
+    """Adam with AMSGrad (method §4); the fused kernel on CUDA where this torch has it."""
     import torch
 
     if device.type == "cuda":
