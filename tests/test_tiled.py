@@ -302,3 +302,11 @@ def test_cli_writes_the_forensic_record_apart_from_the_image(d70, tmp_path, caps
     assert "p.png" not in out.with_suffix(".json").read_text()
     # the default run folder beside OUT is removed once the photo is done
     assert not (tmp_path / "o.dippas-run").exists()
+
+
+def test_assemble_names_a_photo_run_instead_of_failing_deep(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "photo-run.json").write_text("{}")
+    code = main(["assemble", str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
+    assert code == 2 and "whole-photo run" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
