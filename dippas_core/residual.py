@@ -4,12 +4,14 @@ Two paths compute the same thing:
 
 * ``method="reference"``: plain NumPy/PyWavelets/SciPy, short and readable, kept as the test oracle
   (float64 wavelets, four separate box filters, a full complex FFT).
+* ``method="torch"``: the same steps in torch (:mod:`dippas_core.residual_torch`), batched and on
+  any device; the recorder uses it for snapshots that are already on a GPU.
 * ``method="fast"`` (default): float32 wavelets (PyWavelets, which releases the GIL), the adaptive
   Wiener shrinks, the gray + zero-mean step and the Fourier-domain gain in Numba kernels
   (:mod:`dippas_core._kernels`, GIL released), a real-input FFT (``rfft2``).  Colour channels run
   on a small thread pool; :func:`residual_batch` runs whole images in parallel, one per core.
 
-The two agree within 1e-4 of ``max|W|`` (tested on real photos and odd-size random images).
+All three agree within 1e-4 of ``max|W|`` (tested on real photos and odd-size random images).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ WAVELET = "db4"
 LEVELS = 4
 MODE = "symmetric"
 WINDOWS = (3, 5, 7, 9)
-METHODS = ("fast", "reference")
+METHODS = ("fast", "reference", "torch")
 
 # method §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
 # "useful" depth, yet the transform stays exact and both paths agree, so the warning is noise.
@@ -267,6 +269,8 @@ def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast"
     zero-mean and the Fourier-domain Wiener filter.
     """
     _check_method(method)
+    if method == "torch":
+        raise InputError("wavelet_noise has the 'fast' and 'reference' methods, not 'torch'")
     image = _as_float255(image)
     sigma = check_positive(sigma, "sigma")
     h, w = image.shape[:2]
@@ -292,9 +296,10 @@ def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> 
         the 0..255 scale.  Never modified.
     sigma : float
         Noise standard deviation of the wavelet-domain Wiener shrink (0..255 scale), > 0.
-    method : {"fast", "reference"}
+    method : {"fast", "reference", "torch"}
         ``"fast"``: Numba kernels (GIL released, colour channels on threads); ``"reference"``:
-        the plain NumPy/PyWavelets/SciPy oracle.
+        the plain NumPy/PyWavelets/SciPy oracle; ``"torch"``: the torch path on the CPU
+        (:func:`dippas_core.residual_torch.residual_torch` takes device tensors, in batches).
 
     Returns
     -------
@@ -304,6 +309,10 @@ def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> 
     _check_method(method)
     if method == "reference":
         return residual_reference(image, sigma)
+    if method == "torch":
+        from .residual_torch import residual_torch
+
+        return residual_torch(image, sigma)
     image = _validated(image)
     sigma = check_positive(sigma, "sigma")
     return _residual_fast(image, sigma, threaded=True)
