@@ -217,15 +217,18 @@ class AnonymizeSettings(EventedModel):
     seed: int = 0
     tau_psnr: float = 38.0
     stop_psnr: float = 39.0
-    max_iter: int = 3000
+    #: the cpu preset's measured budget (dippas_core.pipeline.PRESETS, docs/evaluation.md)
+    max_iter: int = 1500
     preset: Literal["tiny", "cpu", "paper"] = "cpu"
-    #: Adam learning rate; None keeps the preset's (the paper: 1e-3)
+    #: Adam learning rate; None keeps the preset's (cpu: the measured 1e-2; the paper: 1e-3)
     lr: float | None = None
 
     def dip_config(self) -> Any:
         """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
         from dippas_core.dip import DIPConfig
+        from dippas_core.pipeline import PRESETS
 
+        lr = self.lr if self.lr is not None else PRESETS[self.preset]["dip"].get("lr")
         return DIPConfig.preset(
             self.preset,
             seed=int(self.seed),
@@ -233,7 +236,7 @@ class AnonymizeSettings(EventedModel):
             stop_psnr=float(self.stop_psnr),
             max_iter=int(self.max_iter),
             device=self.device,
-            **({} if self.lr is None else {"lr": float(self.lr)}),
+            **({} if lr is None else {"lr": float(lr)}),
         )
 
 

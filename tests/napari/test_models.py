@@ -115,6 +115,14 @@ def test_settings_map_onto_the_dip_preset():
     assert cfg.widths == tiny.widths and cfg.z_channels == tiny.z_channels
 
 
+def test_viewer_defaults_are_the_measured_cpu_settings():
+    from dippas_core.pipeline import AnonymizeConfig
+
+    cfg = AnonymizeSettings().dip_config()
+    measured = AnonymizeConfig.preset("cpu").dip
+    assert (cfg.lr, cfg.max_iter) == (measured.lr, measured.max_iter) == (1e-2, 1500)
+
+
 def test_symmetric_limits():
     assert symmetric_limits(np.array([[-0.2, 0.05], [0.1, np.nan]])) == (-0.2, 0.2)
     lo, hi = symmetric_limits(np.zeros((3, 3)))
