@@ -421,20 +421,16 @@ def _refuse_oversized_file(path: str, settings: BatchSettings, name: str) -> Non
     Only without ``crop`` (a crop may bring a big photo under the limit); files whose header
     cannot be read are left to :func:`~dippas_core.io.read_image`, which names the problem.
     """
+    from .errors import ImageReadError
+    from .io import image_size
+
     if settings.crop is not None:
         return
     try:
-        if Path(path).suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                h, w = tif.pages[0].imagelength, tif.pages[0].imagewidth
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:  # lazy: reads the header only
-                w, h = im.size
-    except Exception:  # noqa: BLE001 - unreadable: read_image reports it properly
+        # the declared size, whatever it is: a decompression bomb's header must not be
+        # swallowed here (read_image would refuse it too, but only by its own, larger limit)
+        h, w = image_size(path)
+    except ImageReadError:  # unreadable: read_image reports it properly
         return
     if h * w > settings.max_pixels:
         raise InputError(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,7 +189,7 @@ def anonymize(
     from .assembly import assemble, check_assembly_params
     from .dip import invert
     from .residual import residual
-    from .run import RunDirectory, environment_info, record
+    from .run import RunDirectory, environment_info, record, temporary_run_folder
 
     t_start = time.perf_counter()
     config = AnonymizeConfig() if config is None else config
@@ -225,7 +224,7 @@ def anonymize(
     steps = invert(raw, P, config.dip, cancel=cancel)
     temporary = run_dir is None
     try:
-        path = Path(tempfile.mkdtemp(prefix="dippas-run-")) if temporary else Path(run_dir)
+        path = temporary_run_folder() if temporary else Path(run_dir)
     except BaseException:
         steps.close()
         raise

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .assemble import add_output_arguments, check_output, write_outputs
+from ._checks import finite_float, positive_float
+from .assemble import (
+    AVERAGED,
+    BLOCK,
+    add_output_arguments,
+    check_output,
+    warn_lowered_tau,
+    write_outputs,
+)
 from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments, dip_config_from_args
 
 __all__ = ["register", "run_anonymize", "print_summary"]
@@ -15,11 +23,15 @@ __all__ = ["register", "run_anonymize", "print_summary"]
 
 def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("assembly")
-    g.add_argument("-B", type=int, default=64, help="block size, a multiple of 32 (default 64)")
-    g.add_argument("-L", type=int, default=10, help="snapshots averaged per block (default 10)")
+    g.add_argument(
+        "-B", type=BLOCK, default=64, help="block size, a multiple of 32 (default 64)"
+    )
+    g.add_argument(
+        "-L", type=AVERAGED, default=10, help="snapshots averaged per block (default 10)"
+    )
     g.add_argument(
         "--tau",
-        type=float,
+        type=finite_float,
         default=None,
         help="PSNR threshold of the snapshots assembled (dB; default: --tau-psnr)",
     )
@@ -72,7 +84,7 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     """A few lines a person reads: PSNR, NCC and PCE before/after, snapshots, time."""
     s = stream if stream is not None else sys.stdout
     inv, asm = report["inversion"], report["assembly"]
-    print(f"anonymized image: {out}  (report: {out.with_suffix('.json')})", file=s)
+    print(f"anonymized image: {out}  (published settings: {out.with_suffix('.json')})", file=s)
     print(f"mode: {report['mode']} (reference: {report['reference']})", file=s)
     print(f"PSNR vs original: {report['psnr']:.2f} dB", file=s)
     print(
@@ -95,23 +107,49 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import shutil
+
     import numpy as np
 
+    from ..errors import DippasError
     from ..pipeline import AnonymizeConfig
+    from ..run import check_run_target, temporary_run_folder
     from .invert import load_photo_and_fingerprint
 
-    check_output(args.out, args.force, args.photo)
+    # every argument and the output location are checked before the first iteration
+    check_output(args.out, args.force, args.photo, args.fingerprint, run_dir=args.run_dir)
+    if args.run_dir is not None:
+        check_run_target(args.run_dir, args.force)
     photo, fingerprint = load_photo_and_fingerprint(args)
     config = AnonymizeConfig(
         dip=dip_config_from_args(args), B=args.B, L=args.L, tau=args.tau, sigma=args.sigma
     )
-    result, interrupted = run_anonymize(
-        photo, fingerprint, config, run_dir=args.run_dir, force=args.force, quiet=args.quiet
-    )
+    # a temporary run is kept until the outputs are written: a late failure loses no work
+    run_dir = args.run_dir if args.run_dir is not None else temporary_run_folder()
+    try:
+        result, interrupted = run_anonymize(
+            photo, fingerprint, config, run_dir=run_dir, force=args.force, quiet=args.quiet
+        )
+    except BaseException:
+        if args.run_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    # the report travels with the image: it names no file or folder of the source
+    # the sidecar travels with the image (published_sidecar); the full report stays in a run
+    # folder the user asked for
     report = {**result.report, "crop": args.crop}
-    write_outputs(args.out, result.image, bits, report, result.maps)
+    if args.run_dir is None:
+        report["run_dir"] = None
+    try:
+        write_outputs(args.out, result.image, bits, report, result.maps, forensic=args.run_dir)
+    except (OSError, DippasError) as exc:
+        raise DippasError(
+            f"{exc}; the run is kept in {run_dir}: assemble it with "
+            f"dippas assemble {run_dir} -B {config.B} -L {config.L} --out OUT.png"
+        ) from exc
+    if args.run_dir is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    warn_lowered_tau(config.assembly_tau, report["assembly"])
     print_summary(report, args.out)
     if interrupted:
         print(
@@ -136,7 +174,9 @@ def register(subparsers: Any) -> None:
     add_input_arguments(p, blind_flag=False)
     add_output_arguments(p)
     add_assembly_arguments(p)
-    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument(
+        "--sigma", type=positive_float, default=5.0, help="residual noise level (default 5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(p)
     p.set_defaults(func=_run)
