@@ -626,6 +626,14 @@ def process_image(
         record.seconds = round(time.perf_counter() - start, 3)
         record.status = _STATUS_OK
         write_image(output, image, bit_depth=bit_depth)
+        from .report import published_sidecar, write_forensic_record
+
+        # beside the image only the published part; the full report (camera, scores before)
+        # goes to the batch's state folder, with the done-markers
+        write_forensic_record(
+            {**report, "output": output.name}, Path(task.marker).parent.parent / "records"
+            / f"{output.stem}.json",
+        )
         atomic_write_text(
             output.with_suffix(".json"),
             json.dumps(
@@ -633,7 +641,7 @@ def process_image(
                     "output": output.name,
                     # what the batch did before the pipeline (no source size: it names the camera)
                     "batch": {"crop": settings.crop, "bit_depth": bit_depth},
-                    "report": report,
+                    "report": published_sidecar(report),
                 },
                 indent=2,
                 allow_nan=False,

@@ -307,6 +307,11 @@ def _check_run(path: Path, config: dict) -> None:
         raise DamagedRunError(path, f"config.json: photo height and width missing or not "
                               f"positive ({photo!r})")
     shape = (photo["height"], photo["width"])
+    from .io import MAX_PIXELS
+
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise DamagedRunError(path, f"config.json declares a {shape[0]}×{shape[1]} photo, over "
+                              f"the pixel limit of {MAX_PIXELS}")
     _check_store_meta(path, SnapshotStore.META, shape, None)
     _check_store_meta(path, TileSums.META, shape, tile)
     for name, want in ((RunDirectory.PHOTO, (*shape, 3)), (RunDirectory.REFERENCE, shape)):

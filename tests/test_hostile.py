@@ -321,6 +321,30 @@ def test_png_bomb_is_refused_by_its_declared_size(tmp_path, w, h, depth, colour)
     )
 
 
+def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
+    import io as _io
+
+    buf = _io.BytesIO()
+    Image.fromarray(PHOTO).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    bomb = tmp_path / "bomb.jpg"
+    bomb.write_bytes(bytes(data))
+    _assert_refused_within_memory(
+        f"""
+        from dippas_core.io import read_image
+        from dippas_core.errors import ImageReadError
+        try:
+            read_image({str(bomb)!r})
+        except ImageReadError as exc:
+            print("REFUSED", exc)
+        """,
+        tmp_path,
+        "REFUSED",
+    )
+
+
 def test_png_whose_data_inflates_past_its_size_is_decoded_within_memory(tmp_path):
     """A small declared size with 1 GiB of compressed zeros behind it: only the rows the size
     needs are inflated."""
@@ -480,6 +504,15 @@ def test_invert_refuses_bad_arguments_before_any_work(files, tmp_path, capsys, a
     assert code == 2 and match in err and not (tmp_path / "run").exists()
 
 
+def test_fingerprint_out_must_be_a_file_in_a_writable_place(files, tmp_path, capsys):
+    (tmp_path / "k.npz").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, match in ((tmp_path / "k.npz", "is a folder"),
+                       (tmp_path / "file" / "k.npz", "is a file, not a folder")):
+        code, err = cli(["fingerprint", files["photo"], "--out", out], capsys)
+        assert code == 2 and match in err
+
+
 def test_a_late_failure_keeps_the_run_and_says_how_to_assemble(files, tmp_path, capsys,
                                                               monkeypatch):
     """The inversion is done, then writing the image fails: the work is kept."""
@@ -533,6 +566,9 @@ DAMAGE = {
     "reference-wrong-shape": (lambda r: np.save(r / "reference.npy", K[:32]), "reference.npy"),
     "photo-missing": (lambda r: (r / "photo.npy").unlink(), "photo.npy is missing"),
     "nan-psnrs": (lambda r: _nan_psnrs(r), "non-finite PSNR"),
+    "huge-declared-photo": (
+        lambda r: _edit_json(r / "config.json", lambda c: {
+            **c, "photo": {**c["photo"], "height": 10**6, "width": 10**6}}), "pixel limit"),
 }
 
 
