@@ -50,6 +50,7 @@ __all__ = [
     "npz_header",
     "read_image",
     "to_float255",
+    "warn_if_turned",
     "write_image",
 ]
 
@@ -293,8 +294,7 @@ def read_image(
         JPEG, PNG, TIFF (or another format Pillow reads).
     apply_orientation : bool
         Rotate/flip by the EXIF orientation tag, as a viewer would.  Off by default: forensic
-        work needs pixels in sensor order; a file whose tag asks for a rotation then gets an
-        :class:`ImageNoteWarning` saying that the pixels are kept as stored.
+        work needs pixels in sensor order (:func:`warn_if_turned` says so where it matters).
     max_pixels : int, optional
         Largest height×width decoded (default :data:`MAX_PIXELS`), checked against the size the
         file declares before any pixel is decoded.
@@ -345,10 +345,20 @@ def read_image(
         kind = type(exc).__name__
         raise ImageReadError(f"{path}: cannot read as an image ({kind}: {exc})") from exc
     arr = _finish(arr, path)
-    orientation = _exif_orientation(path)
     if apply_orientation:
-        arr = np.ascontiguousarray(_orient(arr, orientation))
-    elif orientation not in (None, 1):
+        arr = np.ascontiguousarray(_orient(arr, _exif_orientation(path)))
+    return arr
+
+
+def warn_if_turned(path: str | os.PathLike) -> None:
+    """Warn (:class:`ImageNoteWarning`) when ``path``'s EXIF orientation turns the picture.
+
+    Called where an image read as stored becomes an output: the output carries no EXIF, so it
+    displays turned against the original.  The pixels are still used as stored, since the
+    camera fingerprint lives in sensor order.
+    """
+    orientation = _exif_orientation(Path(path))
+    if orientation not in (None, 1):
         warnings.warn(
             f"{path}: its EXIF orientation tag ({orientation}: {_ORIENTATIONS[orientation]}) is "
             "not applied: the pixels are used as the sensor stored them (as the camera "
@@ -357,7 +367,6 @@ def read_image(
             ImageNoteWarning,
             stacklevel=2,
         )
-    return arr
 
 
 # --------------------------------------------------------------------------------------------

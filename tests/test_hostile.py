@@ -523,10 +523,16 @@ def test_a_late_failure_keeps_the_run_and_says_how_to_assemble(files, tmp_path, 
 
     monkeypatch.setattr(io, "write_image", disk_full)
     out = tmp_path / "a.png"
-    code, err = cli(["anonymize", files["photo"], "--fingerprint", files["k"], "--crop", "32",
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(PHOTO).save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
+    code, err = cli(["anonymize", tmp_path / "turned.jpg", "--fingerprint", files["k"],
+                     "--crop", "32",
                      "--out", out, "-B", "32", "-L", "2", "--preset", "tiny", "--tau-psnr", "0",
                      "--max-iter", "4", "--quiet"], capsys)
     assert code == 2 and "No space left" in err and "dippas assemble" in err
+    # the command says, in one line, that the output will display turned (class 6)
+    assert "dippas anonymize: warning: " in err and "rotated 90° left" in err
     kept = Path(err.split("the run is kept in ")[1].split(":")[0])
     try:
         assert len(RunDirectory.open(kept).snapshots) > 0
@@ -748,11 +754,11 @@ def test_exif_orientation_is_said_or_applied_as_pillow_does(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(wide).save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=100)
-    from dippas_core.io import ImageNoteWarning
+    from dippas_core.io import ImageNoteWarning, warn_if_turned
 
+    assert read_image(tmp_path / "turned.jpg").shape == (24, 40, 3)  # as stored
     with pytest.warns(ImageNoteWarning, match="orientation tag .*rotated 90° right"):
-        stored = read_image(tmp_path / "turned.jpg")
-    assert stored.shape == (24, 40, 3)
+        warn_if_turned(tmp_path / "turned.jpg")
     with Image.open(tmp_path / "turned.jpg") as im:
         expected = np.asarray(ImageOps.exif_transpose(im))
     assert np.array_equal(read_image(tmp_path / "turned.jpg", apply_orientation=True), expected)

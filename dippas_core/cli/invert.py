@@ -106,7 +106,7 @@ def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read PHOTO and --fingerprint (cropped with --crop); the fingerprint is None in blind mode."""
     from ..errors import InputError
     from ..fingerprint import Fingerprint, check_fingerprint_file
-    from ..io import center_crop, image_size, read_image
+    from ..io import center_crop, image_size, read_image, warn_if_turned
 
     # sizes from the headers first: a fingerprint of the wrong size (or a huge one) is refused
     # before either file's data is read
@@ -116,6 +116,7 @@ def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.crop is not None and args.crop > min(size):
         raise InputError(f"--crop {args.crop} is larger than the photo's smaller side {min(size)}")
     photo = read_image(args.photo)
+    warn_if_turned(args.photo)
     if photo.ndim != 3:
         raise InputError(f"{args.photo} is a gray image; DIPPAS needs a colour (RGB) photo")
     fingerprint = Fingerprint.load(args.fingerprint) if args.fingerprint else None
