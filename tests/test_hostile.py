@@ -635,6 +635,13 @@ def test_evaluate_report_only_names_the_bad_line_of_scores_csv(tmp_path, capsys,
     assert code == 2 and match in err, err
 
 
+@pytest.mark.parametrize("args", [["--sizes", "0"], ["--sizes", ","], ["--crops-per-photo", "0"],
+                                  ["--seed", str(2**64)], ["--block", "-3"]])
+def test_evaluate_refuses_bad_numbers_while_parsing(tmp_path, capsys, args):
+    code, err = cli(["evaluate", "--data", tmp_path, "--out", tmp_path / "o", *args], capsys)
+    assert code == 2 and args[0] in err and not (tmp_path / "o").exists()
+
+
 def test_huge_block_size_is_the_whole_image_not_a_huge_allocation(run_dir, tmp_path, capsys):
     out = tmp_path / "whole.png"
     code, err = cli(["assemble", run_dir, "-B", str(2**20), "--out", out], capsys)
