@@ -536,6 +536,7 @@ def test_a_late_failure_keeps_the_run_and_says_how_to_assemble(files, tmp_path, 
     kept = Path(err.split("the run is kept in ")[1].split(":")[0])
     try:
         assert len(RunDirectory.open(kept).snapshots) > 0
+        assert kept.name.startswith("dippas-kept-run-")  # the stale-run cleaning leaves it
     finally:
         import shutil
 

@@ -18,7 +18,7 @@ from .assemble import (
 )
 from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments, dip_config_from_args
 
-__all__ = ["register", "run_anonymize", "print_summary"]
+__all__ = ["keep_temporary_run", "print_summary", "register", "run_anonymize"]
 
 
 def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
@@ -143,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         write_outputs(args.out, result.image, bits, report, result.maps, forensic=args.run_dir)
     except (OSError, DippasError) as exc:
+        if args.run_dir is None:  # out of the stale-temporary pattern: the next start keeps it
+            run_dir = keep_temporary_run(run_dir)
         raise DippasError(
             f"{exc}; the run is kept in {run_dir}: assemble it with "
             f"dippas assemble {run_dir} -B {config.B} -L {config.L} --out OUT.png"
@@ -158,6 +160,19 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     return 0
+
+
+def keep_temporary_run(folder: Path) -> Path:
+    """Rename a temporary run so that :func:`~dippas_core.run.clean_stale_temporary_runs` leaves
+    it alone (the user is told where it is); return its new path."""
+    import os
+
+    kept = folder.with_name(folder.name.replace("dippas-run-", "dippas-kept-run-", 1))
+    try:
+        os.rename(folder, kept)
+    except OSError:
+        return folder
+    return kept
 
 
 def register(subparsers: Any) -> None:
