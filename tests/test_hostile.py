@@ -131,14 +131,23 @@ def npy_header_only(shape: tuple[int, ...], dtype: str = "<f4") -> bytes:
     return buf.getvalue()
 
 
+#: The child's own peak: VmHWM belongs to the memory of the program exec'd, while ru_maxrss
+#: also carries the peak of the (forked) parent, e.g. a pytest process grown to 1 GB.
+_PRINT_PEAK = """
+import re, resource
+try:
+    with open("/proc/self/status") as fh:
+        peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", fh.read()).group(1))
+except OSError:
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PEAK_MB", peak_kb / 1024)
+"""
+
+
 def run_measured(code: str, tmp_path: Path) -> tuple[str, float]:
     """Run ``code`` in a fresh Python; return its stdout and its peak RSS in MB."""
     script = tmp_path / "measure.py"
-    script.write_text(
-        textwrap.dedent(code)
-        + "\nimport resource\n"
-        "print('PEAK_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
-    )
+    script.write_text(textwrap.dedent(code) + _PRINT_PEAK)
     env = {**os.environ, "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(tmp_path))}
     proc = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, cwd=REPO, env=env,
