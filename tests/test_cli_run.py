@@ -91,8 +91,9 @@ def test_invert_ctrl_c_keeps_the_run_then_assemble(sample_files, tmp_path, capsy
     capsys.readouterr()
     assert main(["assemble", str(run_dir), "-B", "32", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["assemble", str(run_dir), "-L", "0", "--out", str(out), "--force"]) == 2
-    assert "argument -L" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # refused while the command line is parsed
+        main(["assemble", str(run_dir), "-L", "0", "--out", str(out), "--force"])
+    assert usage.value.code == 2 and "argument -L" in capsys.readouterr().err
     assert (
         main(
             [

@@ -66,7 +66,11 @@ def folder_hash(folder: Path) -> str:
 
 
 def cli(argv: list[str], capsys) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
+    """Exit status and stderr of ``dippas ARGV`` (argparse's refusals exit via SystemExit)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
     return code, capsys.readouterr().err
 
 

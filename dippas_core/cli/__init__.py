@@ -53,10 +53,7 @@ def _show_warning(command: str):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dippas`` command; returns the process exit code."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # usage errors (status 2, message printed), --help, --version
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parser.parse_args(argv)  # usage errors exit here (status 2, message printed)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
