@@ -80,6 +80,7 @@ SCORE_FIELDS = (
     "pce",
     "psnr",
     "seconds",
+    "attacker",
 )
 
 
@@ -622,6 +623,20 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc(scores[ok], labels[ok]))
 
 
+def _top1_accuracy(rows: Sequence[dict[str, Any]], key: str) -> float:
+    """Share of crops whose highest ``key`` score is the true camera's (NaN: no such scores)."""
+    best: dict[str, tuple[float, bool]] = {}
+    for r in rows:
+        v = r.get(key)
+        value = float(v) if v not in ("", None) else float("nan")
+        if not np.isfinite(value):
+            continue
+        crop = str(r["crop"])
+        if crop not in best or value > best[crop][0]:
+            best[crop] = (value, str(r["label"]) in ("1", "True", "true"))
+    return float(np.mean([hit for _, hit in best.values()])) if best else float("nan")
+
+
 def summarize(
     rows: Sequence[dict[str, Any]], *, crops: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -640,6 +655,9 @@ def summarize(
     method's (higher: more removed).  ``mean_psnr`` averages the per-crop PSNR, a crop the method
     left unchanged counting as :data:`PSNR_CAP` dB; it is infinite only when no crop changed
     (untouched), and then ``C`` is left empty.  ``n_unchanged`` counts the unchanged crops.
+    ``acc_ncc``, ``acc_pce`` and ``acc_attacker`` are top-1 accuracies: the share of crops whose
+    highest score (over the fingerprints, or the learned attacker's camera probabilities) is the
+    true camera's; ``auc_attacker`` pools the attacker's probabilities as ``auc_ncc`` pools NCCs.
     """
     from .metrics import tradeoff_c
 
@@ -679,6 +697,12 @@ def summarize(
                 "auc_ncc_edges": auc_e,
                 "auc_edges_rel_change": (auc_e - auc) / auc if auc > 0 else nan,
                 "auc_pce": _auc(np.array([num(r["pce"]) for r in rs]), labels),
+                "auc_attacker": _auc(
+                    np.array([num(r.get("attacker")) for r in rs]), labels
+                ),
+                "acc_ncc": _top1_accuracy(rs, "ncc"),
+                "acc_pce": _top1_accuracy(rs, "pce"),
+                "acc_attacker": _top1_accuracy(rs, "attacker"),
                 "C": float(tradeoff_c(mean_psnr, auc))
                 if np.isfinite([mean_psnr, auc]).all()
                 else nan,
@@ -904,6 +928,44 @@ def _report_only(out: Path, config: EvalConfig, plots: bool) -> list[dict[str, A
     return summary
 
 
+def _load_attacker(attacker: Any, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
+    """The attacker model (or None) and what params.json records of it; refuses a model that
+    lacks a camera or trained on a photo this evaluation scores."""
+    if attacker is None:
+        return None, None
+    import hashlib
+
+    from .attacker import AttackerModel
+
+    model = attacker if isinstance(attacker, AttackerModel) else AttackerModel.load(attacker)
+    model.check_cameras(dataset.cameras)
+    split = model.meta.get("split", {})
+    trained = {*split.get("train", []), *split.get("validation", [])}
+    leaked = sorted(trained & set(dataset.files.get("photos", [])))
+    if leaked:
+        raise InputError(f"the attacker model trained on {leaked}, which this evaluation scores")
+    info = {"cameras": model.cameras, "config": model.config.to_dict(),
+            "data_sha256": model.meta.get("data_sha256"), "seed": model.meta.get("seed")}
+    if not isinstance(attacker, AttackerModel):
+        info["file"] = str(attacker)
+        info["file_sha256"] = hashlib.sha256(Path(attacker).read_bytes()).hexdigest()
+    return model, info
+
+
+def _check_same_attacker(
+    earlier: dict[str, Any], info: dict[str, Any] | None, out: Path, have_rows: bool
+) -> None:
+    """Resumed rows must have been scored by the same attacker (or none, when none is given)."""
+    before = earlier.get("attacker") or {}
+    now = info or {}
+    if have_rows and (bool(before) != bool(now)
+                      or before.get("file_sha256") != now.get("file_sha256")):
+        raise InputError(
+            f"{out} holds scores made with another attacker model (or none): use another --out, "
+            "or --fresh to start over"
+        )
+
+
 def evaluate(
     data: str | Path,
     out: str | Path,
@@ -914,6 +976,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     dataset: Dataset | None = None,
     compute: bool = True,
+    attacker: str | Path | Any | None = None,
 ) -> list[dict[str, Any]]:
     """Run the protocol and write ``scores.csv``, ``summary.csv``, ``summary_common.csv``,
     ``summary.json``, ``params.json`` and the PNG plots into ``out``; return the summary rows.
@@ -926,6 +989,11 @@ def evaluate(
     Methods run one after the other over all crops (the cheap baselines first), and every crop's
     scores are written as soon as they exist.  With ``resume`` the (method, crop) pairs already in
     ``out/scores.csv`` are kept and skipped.
+
+    ``attacker`` (a model file or :class:`dippas_core.attacker.AttackerModel`) adds the learned
+    attacker as another detector: every output's per-camera probability goes into the
+    ``attacker`` column.  It must know every camera, and must not have trained on a photo that
+    is scored here.
     """
     from .edges import edge_mask
 
@@ -940,6 +1008,7 @@ def evaluate(
     if dataset is None:
         dataset = load_dataset(data, config, cache_dir=out / "fingerprints", log=say)
     say(f"{len(dataset.crops)} crops, {len(dataset.cameras)} cameras, region {dataset.region} px")
+    model, attacker_info = _load_attacker(attacker, dataset)
 
     scores_path = out / "scores.csv"
     rows = _read_scores(scores_path) if resume else []
@@ -950,6 +1019,7 @@ def evaluate(
     if resume and (out / "params.json").is_file():
         earlier = json.loads((out / "params.json").read_text())
         _check_resumable(earlier.get("config") or {}, config, out)
+        _check_same_attacker(earlier, attacker_info, out, bool(rows))
         notes = earlier.get("method_notes") or {}
 
     versions = environment_info()
@@ -969,6 +1039,7 @@ def evaluate(
             "partial": partial,
             "versions": versions,
             "method_notes": notes,
+            "attacker": attacker_info,
         }
         atomic_write_text(out / "params.json", json.dumps(_json_safe(params), indent=2) + "\n")
         return summary, common, keep
@@ -1003,6 +1074,7 @@ def evaluate(
             quality, per_fp = score_output(
                 image, crop.image, fps, edges[crop.crop_id], sigma=config.sigma, pce=config.pce
             )
+            learned = model.predict_proba(_to_uint8(image)) if model is not None else {}
             for cam, sc in per_fp.items():
                 rows.append(
                     {
@@ -1018,6 +1090,7 @@ def evaluate(
                         **sc,
                         "psnr": quality,
                         "seconds": seconds,
+                        "attacker": learned.get(cam, ""),
                     }
                 )
             summary, common, keep = flush(partial=True)

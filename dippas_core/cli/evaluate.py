@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="same: aware methods get the detector's fingerprint (the paper); split: they get one "
              "from the other half of the flat fields",
     )
+    p.add_argument("--attacker", type=Path, default=None, metavar="MODEL",
+                   help="also score every output with a learned attacker (dippas train-attacker)")
     p.add_argument("--no-pce", action="store_true", help="skip PCE")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in OUT")
     p.add_argument("--report-only", action="store_true",
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         merge_scores(args.merge_from, args.out)
     summary = evaluate(
         args.data, args.out, config, resume=not args.fresh, log=log,
-        compute=not args.report_only,
+        compute=not args.report_only, attacker=args.attacker,
     )
     cols = (
         "size",
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         "auc_pce",
         "C",
         "ncc_cut_vs_untouched",
+        "acc_ncc",
+        *(("auc_attacker", "acc_attacker") if args.attacker else ()),
     )
     print("  ".join(f"{c:>12s}" for c in cols))
     for s in summary:
