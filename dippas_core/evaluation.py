@@ -56,6 +56,7 @@ __all__ = [
     "load_dataset",
     "make_crops",
     "merge_scores",
+    "score_saved_outputs",
     "register_method",
     "score_output",
     "summarize",
@@ -928,7 +929,9 @@ def _report_only(out: Path, config: EvalConfig, plots: bool) -> list[dict[str, A
     return summary
 
 
-def _load_attacker(attacker: Any, dataset: Dataset) -> tuple[Any, dict[str, Any] | None]:
+def _load_attacker(
+    attacker: Any, cameras: Sequence[str], photos: Sequence[str]
+) -> tuple[Any, dict[str, Any] | None]:
     """The attacker model (or None) and what params.json records of it; refuses a model that
     lacks a camera or trained on a photo this evaluation scores."""
     if attacker is None:
@@ -938,10 +941,10 @@ def _load_attacker(attacker: Any, dataset: Dataset) -> tuple[Any, dict[str, Any]
     from .attacker import AttackerModel
 
     model = attacker if isinstance(attacker, AttackerModel) else AttackerModel.load(attacker)
-    model.check_cameras(dataset.cameras)
+    model.check_cameras(cameras)
     split = model.meta.get("split", {})
     trained = {*split.get("train", []), *split.get("validation", [])}
-    leaked = sorted(trained & set(dataset.files.get("photos", [])))
+    leaked = sorted(trained & set(photos))
     if leaked:
         raise InputError(f"the attacker model trained on {leaked}, which this evaluation scores")
     info = {"cameras": model.cameras, "config": model.config.to_dict(),
@@ -966,6 +969,53 @@ def _check_same_attacker(
         )
 
 
+def _output_path(out: Path, method: str, crop_id: str) -> Path:
+    return out / "outputs" / method / f"{crop_id}.png"
+
+
+def score_saved_outputs(
+    out: str | Path, attacker: str | Path | Any, *, plots: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score the outputs a finished ``evaluate(..., save_outputs=True)`` kept in ``out`` with a
+    learned attacker: fill the ``attacker`` column of ``out/scores.csv``, rewrite the summaries
+    (and plots) and record the model in ``params.json``; return the summary rows.
+
+    Crops whose output file is missing are left unscored (their ``attacker`` cell empty).
+    """
+    from .io import read_image
+
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    rows = _read_scores(out / "scores.csv")
+    if not rows or not (out / "params.json").is_file():
+        raise InputError(f"no finished evaluation in {out} (scores.csv and params.json)")
+    params = json.loads((out / "params.json").read_text())
+    model, info = _load_attacker(
+        attacker, params.get("cameras") or sorted({r["fingerprint"] for r in rows}),
+        (params.get("files") or {}).get("photos", []),
+    )
+    probs: dict[tuple[str, str], dict[str, float]] = {}
+    missing = 0
+    for r in rows:
+        key = (r["method"], r["crop"])
+        if key not in probs:
+            path = _output_path(out, *key)
+            probs[key] = model.predict_proba(read_image(path)) if path.is_file() else {}
+            missing += not probs[key]
+            if probs[key]:
+                say(f"attacker {key[0]:18s} {key[1]:32s} p(true) "
+                    f"{probs[key].get(r['camera'], float('nan')):.3f}")
+        r["attacker"] = probs[key].get(r["fingerprint"], "")
+    if missing:
+        say(f"{missing} output(s) not kept in {out / 'outputs'}: left unscored")
+    atomic_write_text(out / "scores.csv", _rows_to_csv(rows, SCORE_FIELDS))
+    params["attacker"] = info
+    atomic_write_text(out / "params.json", json.dumps(_json_safe(params), indent=2) + "\n")
+    config = EvalConfig.from_dict(params["config"]) if params.get("config") else EvalConfig()
+    return _report_only(out, config, plots)
+
+
 def evaluate(
     data: str | Path,
     out: str | Path,
@@ -977,6 +1027,7 @@ def evaluate(
     dataset: Dataset | None = None,
     compute: bool = True,
     attacker: str | Path | Any | None = None,
+    save_outputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the protocol and write ``scores.csv``, ``summary.csv``, ``summary_common.csv``,
     ``summary.json``, ``params.json`` and the PNG plots into ``out``; return the summary rows.
@@ -993,9 +1044,12 @@ def evaluate(
     ``attacker`` (a model file or :class:`dippas_core.attacker.AttackerModel`) adds the learned
     attacker as another detector: every output's per-camera probability goes into the
     ``attacker`` column.  It must know every camera, and must not have trained on a photo that
-    is scored here.
+    is scored here.  ``save_outputs`` keeps every output as a lossless PNG in
+    ``out/outputs/<method>/<crop>.png``, so another detector can score them later
+    (:func:`score_saved_outputs`).
     """
     from .edges import edge_mask
+    from .io import write_image
 
     config = config or EvalConfig()
     say = log or (lambda _msg: None)
@@ -1008,7 +1062,9 @@ def evaluate(
     if dataset is None:
         dataset = load_dataset(data, config, cache_dir=out / "fingerprints", log=say)
     say(f"{len(dataset.crops)} crops, {len(dataset.cameras)} cameras, region {dataset.region} px")
-    model, attacker_info = _load_attacker(attacker, dataset)
+    model, attacker_info = _load_attacker(
+        attacker, dataset.cameras, dataset.files.get("photos", [])
+    )
 
     scores_path = out / "scores.csv"
     rows = _read_scores(scores_path) if resume else []
@@ -1068,6 +1124,8 @@ def evaluate(
                 continue
             seconds = time.perf_counter() - t0
             image, info = result if isinstance(result, tuple) else (result, {})
+            if save_outputs:
+                write_image(_output_path(out, name, crop.crop_id), _to_uint8(image))
             if info:
                 notes.setdefault(name, {})[crop.crop_id] = info
             fps = {c: dataset.fingerprint_crop(c, crop) for c in dataset.cameras}

@@ -279,3 +279,30 @@ def test_cli_train_attacker_smoke(cameras_dir, tmp_path, capsys):
     assert AttackerModel.load(out).cameras == [f"Synth_{c}" for c in range(N_CAMERAS)]
     rc = main(["train-attacker", str(tmp_path / "nope"), "--out", str(out)])
     assert rc == 2 and "no data folder" in capsys.readouterr().err
+
+
+def test_scoring_saved_outputs_matches_scoring_during_the_run(trained, cameras_dir, tmp_path):
+    """Two paths to the attacker column: inline during the run, and later from the kept PNGs."""
+    import csv
+
+    from dippas_core.evaluation import EvalConfig, evaluate, load_dataset, score_saved_outputs
+
+    cfg = EvalConfig(crop_sizes=(64,), methods=("untouched", "denoise"), pce=False,
+                     photos_per_camera=1)
+    data = load_dataset(cameras_dir, cfg)
+    evaluate(cameras_dir, tmp_path / "inline", cfg, dataset=data, plots=False, attacker=trained)
+    evaluate(cameras_dir, tmp_path / "later", cfg, dataset=data, plots=False, save_outputs=True)
+    assert len(list((tmp_path / "later" / "outputs" / "denoise").glob("*.png"))) == N_CAMERAS
+    summary = score_saved_outputs(tmp_path / "later", trained, plots=False)
+
+    def column(folder):
+        with (tmp_path / folder / "scores.csv").open() as fh:
+            return [(r["method"], r["crop"], r["fingerprint"], float(r["attacker"]))
+                    for r in csv.DictReader(fh)]
+
+    inline, later = column("inline"), column("later")
+    assert [r[:3] for r in inline] == [r[:3] for r in later]
+    np.testing.assert_allclose([r[3] for r in inline], [r[3] for r in later], atol=1e-6)
+    assert all(np.isfinite(s["auc_attacker"]) for s in summary)
+    params = json.loads((tmp_path / "later" / "params.json").read_text())
+    assert params["attacker"]["cameras"] == trained.cameras
