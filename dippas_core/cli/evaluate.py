@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pce", action="store_true", help="skip PCE")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in OUT")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: summarise and plot what OUT/scores.csv holds (with --attacker: "
-                        "score the outputs a --save-outputs run kept)")
+                   help="run nothing: summarise and plot what OUT/scores.csv holds (with "
+                        "--attacker: score the outputs a --save-outputs run kept)")
     p.add_argument("--merge-from", type=_csv_list, default=None, metavar="DIR,DIR",
                    help="with --report-only: first merge the scores.csv of these run folders")
     p.add_argument("--quiet", action="store_true")
