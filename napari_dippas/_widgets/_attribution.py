@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-__all__ = ["AttributionWidget", "DEFAULT_THRESHOLDS", "is_photo", "is_plane"]
+__all__ = ["AttributionWidget", "DEFAULT_THRESHOLDS", "is_photo", "is_plane", "learned_scores"]
 
 #: Starting thresholds.  PCE: our PCE is taken at zero shift (photo and fingerprint aligned), about
 #: chi-square(1) under "no match", so 25 means a false-alarm rate near Q(5) ≈ 3e-7; the classic 60
@@ -45,6 +47,18 @@ def is_photo(layer: Layer) -> bool:
 def is_plane(layer: Layer) -> bool:
     """A single 2-D non-RGB image layer (a fingerprint, a reference residual)."""
     return isinstance(layer, Image) and not layer.rgb and layer.data.ndim == 2
+
+
+def learned_scores(image: Any, model_path: Path | None) -> str:
+    """Per-camera probabilities of the learned attacker at ``model_path`` as one line, most
+    likely first ("" with no model)."""
+    if model_path is None:
+        return ""
+    from dippas_core.attacker import AttackerModel
+
+    probs = AttackerModel.load(model_path).predict_proba(image)
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    return "learned attacker: " + "  ".join(f"{cam} {p:.2f}" for cam, p in ranked)
 
 
 class AttributionWidget(DockWidget):
@@ -78,6 +92,12 @@ class AttributionWidget(DockWidget):
         self.verdict = QLabel("Choose a photo and a fingerprint, then Compute.")
         self.verdict.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC")
+        # optional second opinion: a model from `dippas train-attacker`
+        self.attacker_path: Path | None = None
+        self.attacker_button = QPushButton("Learned attacker: none (load a model…)")
+        self.attacker_button.clicked.connect(self._choose_attacker)
+        self.learned = QLabel("")
+        self.learned.setWordWrap(True)
 
         form = QFormLayout()
         form.addRow("photo", self.photo)
@@ -91,8 +111,23 @@ class AttributionWidget(DockWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.scores)
         layout.addWidget(self.verdict)
+        layout.addWidget(self.attacker_button)
+        layout.addWidget(self.learned)
         layout.addWidget(self.colorbar)
         layout.addStretch(1)
+
+    def _choose_attacker(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Learned attacker model", "", "attacker model (*.pt);;all files (*)"
+        )
+        self.set_attacker(path or None)
+
+    def set_attacker(self, path: str | Path | None) -> None:
+        """Score with the learned attacker at ``path`` too on the next Compute (None: stop)."""
+        self.attacker_path = Path(path) if path else None
+        name = self.attacker_path.name if self.attacker_path else "none (load a model…)"
+        self.attacker_button.setText(f"Learned attacker: {name}")
+        self.learned.setText("")
 
     def _score_changed(self, score: str) -> None:
         self.threshold.setValue(DEFAULT_THRESHOLDS[score])
@@ -114,20 +149,25 @@ class AttributionWidget(DockWidget):
         # attribute() brings a 16-bit photo to the 0..255 scale the residual and scores expect
         image, K = photo.data, fp.data
         sigma, block = self.sigma.value(), self.block.value()
+        attacker = self.attacker_path
         self.run_button.setEnabled(False)
         self.verdict.setText("Computing the residual…")
         self.worker = start_job(
-            lambda report: attribute(image, K, sigma=sigma, block_size=block),
-            on_returned=lambda result: self._on_done(result, photo.name),
+            lambda report: (
+                attribute(image, K, sigma=sigma, block_size=block),
+                learned_scores(image, attacker),
+            ),
+            on_returned=lambda both: self._on_done(*both, photo.name),
             on_errored=lambda exc: None if self.closed else self.verdict.setText(str(exc)),
             on_finished=lambda: None if self.closed else self.run_button.setEnabled(True),
             what="Attribution",
         )
 
-    def _on_done(self, result: AttributionResult, photo_name: str) -> None:
+    def _on_done(self, result: AttributionResult, learned: str, photo_name: str) -> None:
         self.result = result
         if self.closed:
             return
+        self.learned.setText(learned)
         upsert_layer(self.viewer, residual_layer(result.residual, sigma=result.sigma))
         heat = upsert_layer(
             self.viewer,
