@@ -326,6 +326,18 @@ def _network(n_classes: int, width: int):
 # the model
 
 
+def _threads(n: int):
+    """torch's thread count set to ``n`` inside the block; nothing is touched when it already is
+    (no nested re-setting while scoring inside training)."""
+    import contextlib
+
+    import torch
+
+    from .dip.device import torch_threads
+
+    return contextlib.nullcontext() if torch.get_num_threads() == int(n) else torch_threads(n)
+
+
 def _log_softmax_rows(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
@@ -359,16 +371,15 @@ class AttackerModel:
         """Per-patch camera log-probabilities of standardised patches ``(n, p, p)``: ``(n, C)``."""
         import torch
 
-        from .dip.device import torch_threads
-
         x = np.asarray(patches, np.float32)
         if x.ndim != 3 or x.shape[1:] != (self.config.patch, self.config.patch):
             raise InputError(f"need patches of shape (n, {self.config.patch}, "
                              f"{self.config.patch}), got {x.shape}")
         out = []
-        with torch_threads(self.config.torch_threads), torch.inference_mode():
+        with _threads(self.config.torch_threads), torch.inference_mode():
             for i in range(0, len(x), batch):
-                logits = self.net(torch.from_numpy(x[i : i + batch, None]))
+                xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch])).unsqueeze(1)
+                logits = self.net(xb)
                 out.append(torch.log_softmax(logits, 1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.cameras)), np.float32)
 
@@ -534,7 +545,6 @@ def train_attacker(
     """
     import torch
 
-    from .dip.device import torch_threads
     from .run import environment_info
 
     config = config or AttackerConfig()
@@ -560,7 +570,7 @@ def train_attacker(
     history: list[dict[str, Any]] = []
     best: tuple[float, dict[str, Any]] | None = None
     stopped = "epochs"
-    with torch_threads(config.torch_threads):
+    with _threads(config.torch_threads):
         for epoch in range(1, config.max_epochs + 1):
             net.train()
             order = rng.permutation(len(y_tr))
@@ -569,7 +579,9 @@ def train_attacker(
                 idx = order[i : i + config.batch_size]
                 if len(idx) < 2:  # batch norm needs two samples
                     continue
-                xb = torch.from_numpy(x_tr[idx, None])
+                # unsqueeze, not x[idx, None]: numpy gives the unit axis a stride that made
+                # oneDNN's convolution backward crash (segfault) here
+                xb = torch.from_numpy(x_tr[idx]).unsqueeze(1)
                 yb = torch.from_numpy(y_tr[idx])
                 logits = net(xb)
                 loss = torch.nn.functional.cross_entropy(logits, yb)
