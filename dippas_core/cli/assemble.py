@@ -78,6 +78,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..run import RunDirectory
 
     report_path = check_output(args.out, args.force)
+    if (Path(args.run_dir) / "photo-run.json").is_file():
+        from ..errors import InputError
+
+        raise InputError(
+            f"{args.run_dir} is a whole-photo run (one run per tile); assemble one tile's run, "
+            f"e.g. dippas assemble {Path(args.run_dir) / 'tiles' / '0000'} (kept with "
+            "--keep-runs), or rerun dippas anonymize with other -B/-L/--tau"
+        )
     run = RunDirectory.open(args.run_dir)
     missing = run.n_missing_tile_sums
     if missing and run.being_recorded():

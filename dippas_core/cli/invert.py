@@ -41,6 +41,7 @@ def add_dip_arguments(
         help="keep outputs with PSNR >= this as snapshots (dB)",
     )
     g.add_argument("--stop-psnr", type=float, default=None, help="stop at this PSNR (dB)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: preset)")
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument(
         "--torch-threads",
@@ -79,11 +80,21 @@ def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = 
     """
     from ..dip.config import DIPConfig
 
+    return DIPConfig.preset(preset_name(args, default_preset), **dip_changes_from_args(args))
+
+
+def preset_name(args: argparse.Namespace, default_preset: str | None = None) -> str:
+    """``--preset``, else ``default_preset``, else ``cpu`` on a CPU and ``paper`` elsewhere."""
     preset = args.preset or default_preset
     if preset is None:
         from ..dip.device import resolve_device
 
         preset = "cpu" if resolve_device(args.device or "auto").type == "cpu" else "paper"
+    return preset
+
+
+def dip_changes_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The DIP fields the options set (those left at their default are not included)."""
     changes = {
         "seed": args.seed,
         "max_iter": args.max_iter,
@@ -91,9 +102,10 @@ def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = 
         "stop_psnr": args.stop_psnr,
         "device": args.device,
         "torch_threads": args.torch_threads,
+        "lr": getattr(args, "lr", None),
         "tiles_per_step": getattr(args, "tiles_per_step", None),
     }
-    return DIPConfig.preset(preset, **{k: v for k, v in changes.items() if v is not None})
+    return {k: v for k, v in changes.items() if v is not None}
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None:
