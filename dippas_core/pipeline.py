@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -352,7 +351,7 @@ def _anonymize_one(
 ) -> AnonymizeResult:
     """A photo that fits in one tile: one inversion, one run folder (re-assemblable)."""
     from .residual import residual
-    from .run import environment_info
+    from .run import environment_info, temporary_run_folder
     from .tiled import invert_tile
 
     t_start = time.perf_counter()
@@ -361,7 +360,7 @@ def _anonymize_one(
     if P is None:
         P = residual(img255, config.sigma)
     temporary = run_dir is None
-    path = Path(tempfile.mkdtemp(prefix="dippas-run-")) if temporary else Path(run_dir)
+    path = temporary_run_folder() if temporary else Path(run_dir)
     try:
         t0 = time.perf_counter()
         out = invert_tile(

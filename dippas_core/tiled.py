@@ -7,7 +7,7 @@ A photo run folder holds::
                       unless ``keep_tile_runs`` (then ``dippas assemble`` can redo any tile)
     done/NNNN.npz     the tile's assembled image and its statistics, written atomically: a tile
                       with this record is finished and is read back, never recomputed
-    forensic.json     the forensic record of the last run (written by the CLI)
+    forensic-record.json  the forensic record of the last run (written by the CLI)
 
 A run killed after k tiles restarts at tile k + 1 when :func:`anonymize` is called again with the
 same photo, config and folder; a tile whose record is missing (half-written) is redone.
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .run import MARKER, RUN_FILES
 
 __all__ = [
     "TileOutcome",
@@ -213,6 +214,8 @@ class PhotoRun:
     """A resumable photo run folder (see the module docstring)."""
 
     META = "photo-run.json"
+    #: Files of a photo run besides a tile run's own (``RUN_FILES``).
+    OWN_FILES = frozenset({META})
 
     def __init__(self, path: Path, meta: dict):
         self.path = path
@@ -243,18 +246,28 @@ class PhotoRun:
                     f"{path} holds a photo run of another photo or other settings; choose "
                     "another folder or pass force=True (--force) to start it over"
                 )
-            shutil.rmtree(path)
+            cls._clear(path)
         elif path.is_dir() and any(path.iterdir()):
-            if not (force and (path / "config.json").is_file()):
+            if not (force and (path / MARKER).is_file()):
                 raise InputError(
                     f"run directory {path} already exists and is not a photo run; choose another "
                     "folder" + (" or pass force=True (--force)" if not force else "")
                 )
-            shutil.rmtree(path)
+            cls._clear(path)
         (path / "tiles").mkdir(parents=True, exist_ok=True)
         (path / "done").mkdir(exist_ok=True)
+        atomic_write_text(path / MARKER, json.dumps({"format": PHOTO_RUN_FORMAT}) + "\n")
         atomic_write_text(meta_path, json.dumps(meta, indent=1))
         return cls(path, meta), False
+
+    @classmethod
+    def _clear(cls, path: Path) -> None:
+        """Delete what a previous (photo) run made in ``path``; a user's other files stay."""
+        for name in ("tiles", "done"):
+            shutil.rmtree(path / name, ignore_errors=True)
+        for entry in path.iterdir():
+            if entry.is_file() and (entry.name in RUN_FILES or entry.name in cls.OWN_FILES):
+                entry.unlink()
 
     def tile_path(self, index: int) -> Path:
         return self.path / "tiles" / f"{index:04d}"
@@ -414,8 +427,6 @@ def anonymize_tiled(
 
     Checks were done by the caller (photo, fingerprint size, plan, B, L, tau).
     """
-    import tempfile
-
     from .pipeline import (
         AnonymizeResult,
         _below_tau,
@@ -426,7 +437,7 @@ def anonymize_tiled(
         attribution_scores,
     )
     from .residual import residual
-    from .run import environment_info
+    from .run import environment_info, temporary_run_folder
     from .tiling import stitch
 
     t_start = time.perf_counter()
@@ -444,7 +455,7 @@ def anonymize_tiled(
         "fingerprint": fp_info,
     }
     temporary = run_dir is None
-    path = Path(tempfile.mkdtemp(prefix="dippas-photo-run-")) if temporary else Path(run_dir)
+    path = temporary_run_folder() if temporary else Path(run_dir)
     prun, resumed = PhotoRun.open_or_create(path, meta, force=force or temporary)
     done = {i: v for i, v in prun.read_done().items() if i < len(plan)}
     resumed_tiles = sorted(done)

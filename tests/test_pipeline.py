@@ -125,11 +125,11 @@ def test_bad_assembly_parameters_fail_before_any_run_exists(
 ):
     """B, L, tau are checked against the photo before a folder is made or the DIP starts."""
     import dippas_core.dip as dip
-    import dippas_core.pipeline as pipeline
+    import dippas_core.run as run_module
 
     photo, fingerprint = sample64
     made: list = []
-    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda **kw: made.append(kw) or "/nowhere")
+    monkeypatch.setattr(run_module, "temporary_run_folder", lambda: made.append(1) or "/nowhere")
     monkeypatch.setattr(dip, "invert", lambda *a, **k: pytest.fail("the inversion started"))
     config = AnonymizeConfig.preset("tiny", max_iter=5, **changes)
     with pytest.raises(InputError, match=match):

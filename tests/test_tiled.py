@@ -310,3 +310,42 @@ def test_assemble_names_a_photo_run_instead_of_failing_deep(tmp_path, capsys):
     code = main(["assemble", str(tmp_path / "run"), "--out", str(tmp_path / "o.png")])
     assert code == 2 and "whole-photo run" in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_force_on_a_photo_run_folder_deletes_only_what_a_run_made(tmp_path):
+    import hashlib
+
+    from dippas_core.errors import InputError
+    from dippas_core.run import MARKER
+
+    def digest(folder: Path) -> dict:
+        return {
+            p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    meta = {"format": "x", "plan": {"tile": 64}, "photo_sha256": "a"}
+    # a user's folder that merely holds a config.json is never a run: refused even with force
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text("{}")
+    (user / "notes.txt").write_text("mine")
+    before = digest(user)
+    with pytest.raises(InputError, match="not a photo run"):
+        PhotoRun.open_or_create(user, meta, force=True)
+    assert digest(user) == before
+    # a photo run made here is marked; force replaces its own files and keeps the user's
+    run = tmp_path / "run"
+    PhotoRun.open_or_create(run, meta)
+    assert (run / MARKER).is_file() and (run / PhotoRun.META).is_file()
+    (run / "done" / "0000.npz").write_bytes(b"tile")
+    (run / "notes.txt").write_text("mine")
+    other = {**meta, "photo_sha256": "b"}
+    with pytest.raises(InputError, match="another photo"):
+        PhotoRun.open_or_create(run, other)
+    _, resumed = PhotoRun.open_or_create(run, other, force=True)
+    assert not resumed
+    assert (run / "notes.txt").read_text() == "mine"
+    assert not list((run / "done").iterdir())
+    assert json.loads((run / PhotoRun.META).read_text())["photo_sha256"] == "b"

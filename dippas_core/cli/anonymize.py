@@ -7,23 +7,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .assemble import add_output_arguments, check_output, write_outputs
+from ._checks import finite_float, positive_float
+from .assemble import (
+    AVERAGED,
+    BLOCK,
+    add_output_arguments,
+    check_output,
+    warn_lowered_tau,
+    write_outputs,
+)
 from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments
 
-__all__ = ["register", "run_anonymize", "print_summary", "output_name"]
+__all__ = ["keep_temporary_run", "output_name", "print_summary", "register", "run_anonymize"]
 
 
 def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("assembly")
     g.add_argument(
-        "-B", type=int, default=None, help="block size, a multiple of 32 (default: the preset's)"
+        "-B", type=BLOCK, default=None, help="block size, a multiple of 32 (default: the preset's)"
     )
     g.add_argument(
-        "-L", type=int, default=None, help="snapshots averaged per block (default: the preset's)"
+        "-L",
+        type=AVERAGED,
+        default=None,
+        help="snapshots averaged per block (default: the preset's)",
     )
     g.add_argument(
         "--tau",
-        type=float,
+        type=finite_float,
         default=None,
         help="PSNR threshold of the snapshots assembled (dB; default: the preset's)",
     )
@@ -127,7 +138,7 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     """A few lines a person reads: PSNR, NCC and PCE before/after, snapshots, time."""
     s = stream if stream is not None else sys.stdout
     inv, asm = report["inversion"], report["assembly"]
-    print(f"anonymized image: {out}  (report: {out.with_suffix('.json')})", file=s)
+    print(f"anonymized image: {out}  (published settings: {out.with_suffix('.json')})", file=s)
     print(f"mode: {report['mode']} (reference: {report['reference']})", file=s)
     print(f"PSNR vs original: {report['psnr']:.2f} dB", file=s)
     print(
@@ -193,32 +204,47 @@ def output_name(out: Path, report: dict) -> Path:
     return out.with_name(stem + out.suffix)
 
 
-#: Report fields kept out of the JSON that travels with the image (forensic record only).
-FORENSIC_ONLY = ("tiles", "source", "resumed_tiles", "region", "environment", "pce_detail")
-
-
-def _forensic_record(report: dict, source: Path, maps: dict) -> dict:
+def _source(path: Path) -> dict:
+    """The source file's name and SHA-256, for the forensic record (never the published sidecar)."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(source, "rb") as fh:
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return {**report, "source": {"file": source.name, "sha256": digest.hexdigest()}, "maps": maps}
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+def keep_temporary_run(folder: Path) -> Path:
+    """Rename a temporary run so that :func:`~dippas_core.run.clean_stale_temporary_runs` leaves
+    it alone (the user is told where it is); return its new path."""
+    import os
+
+    kept = folder.with_name(folder.name.replace("dippas-run-", "dippas-kept-run-", 1))
+    try:
+        os.rename(folder, kept)
+    except OSError:
+        return folder
+    return kept
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
+    import shutil
 
     import numpy as np
 
-    from .._atomic import atomic_write_text
+    from ..errors import DippasError
     from ..pipeline import AnonymizeConfig, estimate_cost
-    from ..run import jsonable
+    from ..report import write_forensic_record
+    from ..run import check_run_target, temporary_run_folder
+    from ..tiled import PhotoRun
     from ..tiling import check_region, check_tiling, parse_region, plan_tiles
     from .invert import dip_changes_from_args, load_photo_and_fingerprint, preset_name
 
-    check_output(args.out, args.force, args.photo)
+    # every argument and the output location are checked before the first iteration
+    check_output(args.out, args.force, args.photo, args.fingerprint, run_dir=args.run_dir)
+    if args.run_dir is not None and not (args.run_dir / PhotoRun.META).is_file():
+        check_run_target(args.run_dir, args.force)  # a photo run there is resumed (or forced)
     region = parse_region(args.region) if args.region is not None else None
     own = {
         "B": args.B,
@@ -256,37 +282,54 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
     estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
     print(f"estimate: {estimate.text}", file=sys.stderr)
-    result, interrupted = run_anonymize(
-        photo,
-        fingerprint,
-        config,
-        run_dir=run_dir,
-        force=args.force,
-        quiet=args.quiet,
-        region=region,
-        estimate=estimate,
-    )
-    bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    report = {**result.report, "crop": args.crop}
-    record = _forensic_record(report, args.photo, result.maps)
-    if args.report is not None:
-        atomic_write_text(args.report, json.dumps(jsonable(record), indent=1, allow_nan=True))
-    if result.run_dir is not None and (result.run_dir / "photo-run.json").is_file():
-        atomic_write_text(
-            result.run_dir / "forensic.json", json.dumps(jsonable(record), indent=1, allow_nan=True)
+    # a temporary run is kept until the outputs are written: a late failure loses no work
+    temporary = run_dir is None
+    if temporary:
+        run_dir = temporary_run_folder()
+    try:
+        result, interrupted = run_anonymize(
+            photo,
+            fingerprint,
+            config,
+            run_dir=run_dir,
+            force=args.force,
+            quiet=args.quiet,
+            region=region,
+            estimate=estimate,
         )
+    except BaseException:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
+    report = {**result.report, "crop": args.crop, "source": _source(args.photo)}
+    if temporary:
+        report["run_dir"] = None
     out = output_name(args.out, report)
-    if out != args.out:
-        # a partial or short-of-tau image of an earlier attempt is replaced: never fail now
-        check_output(out, True, args.photo)
-    # the report travels with the image: it names no file or folder of the source
-    sidecar = {k: v for k, v in report.items() if k not in FORENSIC_ONLY}
-    write_outputs(out, result.image, bits, sidecar, result.maps)
+    try:
+        if out != args.out:
+            # a partial or short-of-tau image of an earlier attempt is replaced: never fail now
+            check_output(out, True, args.photo)
+        if args.report is not None:
+            write_forensic_record(report, args.report, result.maps)
+        # the sidecar beside the image is report.published_sidecar: nothing about the source;
+        # the full record goes into a run folder that is kept
+        kept_run = None if temporary or result.run_dir is None else result.run_dir
+        write_outputs(out, result.image, bits, report, result.maps, forensic=kept_run)
+    except (OSError, DippasError) as exc:
+        if temporary:  # out of the stale-temporary pattern: the next start keeps it
+            run_dir = keep_temporary_run(Path(run_dir))
+        raise DippasError(
+            f"{exc}; the run is kept in {run_dir}: assemble it with "
+            f"dippas assemble {run_dir} -B {config.B} -L {config.L} --out OUT.png"
+        ) from exc
+    if temporary:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if len(plan) == 1:
+        warn_lowered_tau(config.assembly_tau, report["assembly"])
     print_summary(report, out)
     partial = bool(report.get("partial"))
     if default_run and not partial and not args.keep_runs and result.run_dir is not None:
-        import shutil
-
         shutil.rmtree(result.run_dir, ignore_errors=True)
     if interrupted:
         what = (
@@ -313,7 +356,9 @@ def register(subparsers: Any) -> None:
     add_input_arguments(p, blind_flag=False)
     add_output_arguments(p)
     add_assembly_arguments(p)
-    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument(
+        "--sigma", type=positive_float, default=5.0, help="residual noise level (default 5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(p, tiles_per_step=True)
     p.set_defaults(func=_run)

@@ -223,9 +223,12 @@ def test_anonymize_assemble_export_reopen_round_trip(
     np.testing.assert_array_equal(read_image(tmp_path / "anon.png"), outcome.image)
     report = json.loads((tmp_path / "anon.json").read_text())
     assert report["assembly"]["B"] == 32 and report["assembly"]["L"] == 2
-    assert report["seed"] == tiny_settings.seed and report["run_dir"] == anon.run_path.name
-    assert str(anon.run_path.parent) not in (tmp_path / "anon.json").read_text()  # no full path
-    assert report["ncc"]["after"] == pytest.approx(out.after.ncc)
+    assert report["seed"] == tiny_settings.seed and "run_dir" not in report
+    assert anon.run_path.name not in (tmp_path / "anon.json").read_text()  # not even its name
+    # the scores against the camera go to the run's forensic record, not beside the image
+    assert "ncc" not in report
+    record = json.loads((Path(anon.run_path) / "forensic-record.json").read_text())
+    assert record["ncc"]["after"] == pytest.approx(out.after.ncc)
 
     # reopen the run in a fresh viewer state: every layer comes back, same image
     viewer.layers.clear()
@@ -481,7 +484,8 @@ def test_export_saves_the_current_run_when_two_runs_are_open(
     written = asm.export(tmp_path / "b.png")
     assert [Path(p).name for p in written] == ["b.png", "b.json"]
     np.testing.assert_array_equal(read_image(tmp_path / "b.png"), anon_b.data)
-    assert json.loads((tmp_path / "b.json").read_text())["run_dir"] == "run-b"
+    assert "run-b" not in (tmp_path / "b.json").read_text()
+    assert json.loads((Path(path_b) / "forensic-record.json").read_text())["run_dir"] == "run-b"
     asm.close_down()  # nothing may reach the viewer once the test closes it
     qtbot.waitUntil(lambda: not asm.worker.is_running, timeout=30_000)
 
