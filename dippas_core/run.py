@@ -7,7 +7,8 @@ Layout of a run folder::
                      and the result
     photo.npy        the photo as given (uint8/uint16/float, exact)
     reference.npy    P, the NCC's reference (fingerprint K, or the photo's residual if blind)
-    history.csv      iteration, loss, psnr, gamma, kept: one line per iteration, appended
+    history.csv      iteration, loss, psnr, gamma, gamma_star, kept: one line per iteration,
+                     appended (runs made before gamma_star existed lack that column)
     snapshots.*      the snapshot store (:class:`~dippas_core.snapshots.SnapshotStore`)
     tilesums.*       per-tile NCC sums of every snapshot (:class:`~dippas_core.snapshots.TileSums`)
     .lock            advisory lock held by the run's one writer (the live recorder)
@@ -62,7 +63,7 @@ __all__ = ["RunDirectory", "record", "environment_info", "jsonable"]
 
 FORMAT = "dippas-run"
 FORMAT_VERSION = 1
-HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "kept")
+HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "gamma_star", "kept")
 
 
 def environment_info() -> dict[str, str]:
@@ -363,15 +364,18 @@ class RunDirectory:
         return not free
 
     def history(self) -> dict[str, np.ndarray]:
-        """Per-iteration history (iteration, loss, psnr, gamma, kept) read from ``history.csv``.
+        """Per-iteration history read from ``history.csv``: one array per :data:`HISTORY_FIELDS`.
 
-        A trailing partial line (a run killed while writing) is ignored.
+        A trailing partial line (a run killed while writing) is ignored.  A column the run's file
+        lacks (``gamma_star`` in runs recorded before it existed) comes back as NaN.
         """
         text = (self.path / self.HISTORY).read_text()
-        lines = text.split("\n")[1:-1]  # header; the piece after the last newline is incomplete
+        header, *lines = text.split("\n")[:-1]  # the piece after the last newline is incomplete
+        names = header.split(",")
         rows = np.array([[float(v) for v in ln.split(",")] for ln in lines if ln], np.float64)
-        rows = rows.reshape(-1, len(HISTORY_FIELDS))
-        out = {k: rows[:, i] for i, k in enumerate(HISTORY_FIELDS)}
+        rows = rows.reshape(-1, len(names))
+        out = {k: rows[:, names.index(k)] if k in names else np.full(len(rows), np.nan)
+               for k in HISTORY_FIELDS}
         out["iteration"] = out["iteration"].astype(np.int64)
         out["kept"] = out["kept"].astype(bool)
         return out
@@ -702,6 +706,7 @@ def record(
                     float(step.loss),
                     float(step.psnr),
                     float(step.gamma),
+                    float(getattr(step, "gamma_star", float("nan"))),
                     int(kept),
                 )
                 for k, v in zip(HISTORY_FIELDS, row, strict=True):

@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tops", default="1,5,10,25,50")
     p.add_argument("--taus", default="38,39")
     p.add_argument(
+        "--gamma-mode", default=None,
+        help="DIPConfig.gamma_mode of the DIP runs (default: the preset's); 'adam' is the old way",
+    )
+    p.add_argument(
         "--held-out", action="store_true",
         help="use the photos the preset leaves out (a validation set for choosing B, L, tau)",
     )
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         K = ds.fingerprint_crop(crop.camera, crop)
         if not (run_dir / RunDirectory.CONFIG).is_file():
             seed = config.seed + i
-            dip = DIPConfig.preset(config.dip_preset, **{**config.dip_changes, "seed": seed})
+            changes = {**config.dip_changes, "seed": seed}
+            if args.gamma_mode is not None:
+                changes["gamma_mode"] = args.gamma_mode
+            dip = DIPConfig.preset(config.dip_preset, **changes)
             conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
                                    sigma=config.sigma, seed=seed)
             t = time.perf_counter()

@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 
     from ..cancel import CancelToken
 
-__all__ = ["Step", "InversionResult", "invert", "run_to_end", "warm_up", "STOP_REASONS"]
+__all__ = [
+    "Step",
+    "InversionResult",
+    "invert",
+    "run_to_end",
+    "warm_up",
+    "least_squares_gamma",
+    "STOP_REASONS",
+]
 
 #: Why an inversion ended.
 STOP_REASONS = ("psnr", "max_iter", "cancelled")
-_HISTORY_KEYS = ("iteration", "loss", "psnr", "gamma")
+_HISTORY_KEYS = ("iteration", "loss", "psnr", "gamma", "gamma_star")
 
 
 @dataclass
@@ -50,7 +58,11 @@ class Step:
     psnr : float
         PSNR (dB) of ``I_phi`` against the photo.
     gamma : float
-        The injection strength after this iteration's update (clamped ``>= 0``).
+        The injection strength (``>= 0``). With ``gamma_mode="lsq"`` (the default) the one this
+        iteration's loss used; with ``"adam"`` the value after this iteration's update and clamp.
+    gamma_star : float
+        The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
+        before any clamp): where the injection strength should be for this output.
     snapshot : numpy.ndarray or None
         ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
         generator's output itself, never the fingerprint-injected product.
@@ -64,6 +76,7 @@ class Step:
     loss: float
     psnr: float
     gamma: float
+    gamma_star: float = float("nan")
     snapshot: np.ndarray | None = field(default=None, repr=False)
     environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -75,7 +88,8 @@ class InversionResult:
     Attributes
     ----------
     history : dict of str to numpy.ndarray
-        ``iteration`` (int64), ``loss``, ``psnr``, ``gamma`` (float64), one entry per iteration.
+        ``iteration`` (int64), ``loss``, ``psnr``, ``gamma``, ``gamma_star`` (float64), one entry
+        per iteration.
     n_snapshots : int
         Number of steps that carried a snapshot.
     stop_reason : str
@@ -219,14 +233,14 @@ def _iterate(
                 stop_reason = "cancelled"
                 break
             with torch_threads(threads):
-                loss, psnr, gamma, snapshot = inverter.step()
-            history["iteration"].append(iteration)
-            history["loss"].append(loss)
-            history["psnr"].append(psnr)
-            history["gamma"].append(gamma)
+                loss, psnr, gamma, gamma_star, snapshot = inverter.step()
+            for key, value in zip(
+                _HISTORY_KEYS, (iteration, loss, psnr, gamma, gamma_star), strict=True
+            ):
+                history[key].append(value)
             n_snapshots += snapshot is not None
             env = dict(environment) if iteration == 1 else None
-            yield Step(iteration, loss, psnr, gamma, snapshot, env)
+            yield Step(iteration, loss, psnr, gamma, gamma_star, snapshot, env)
             del snapshot  # the consumer owns it now
             if psnr >= config.stop_psnr:
                 stop_reason = "psnr"
@@ -245,10 +259,8 @@ def _iterate(
             inverter = None
     return InversionResult(
         history={
-            "iteration": np.asarray(history["iteration"], dtype=np.int64),
-            "loss": np.asarray(history["loss"], dtype=np.float64),
-            "psnr": np.asarray(history["psnr"], dtype=np.float64),
-            "gamma": np.asarray(history["gamma"], dtype=np.float64),
+            k: np.asarray(v, dtype=np.int64 if k == "iteration" else np.float64)
+            for k, v in history.items()
         },
         n_snapshots=int(n_snapshots),
         stop_reason=stop_reason,
@@ -337,7 +349,10 @@ class _Inverter:
         )
         self.P = torch.from_numpy(np.ascontiguousarray(P)[None, None]).to(device)
         self.gamma = torch.nn.Parameter(torch.zeros((), device=device))
-        self.optimizer = _adam([*self.model.parameters(), self.gamma], config.lr, device)
+        params = list(self.model.parameters())
+        if config.gamma_mode == "adam":
+            params.append(self.gamma)  # the old way: gamma learned with the weights
+        self.optimizer = _adam(params, config.lr, device)
         self.amp_dtype = getattr(torch, speed.amp_dtype) if speed.amp_dtype else None
         self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
         self.layout = layout
@@ -353,8 +368,20 @@ class _Inverter:
             ).permute(0, 3, 1, 2)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
-    def step(self) -> tuple[float, float, float, np.ndarray | None]:
-        """One Adam step; returns loss, PSNR of I_phi, gamma and the snapshot if kept."""
+    def _loss_gamma(self, i_phi: torch.Tensor) -> torch.Tensor:
+        """The gamma that multiplies ``P`` in this iteration's loss.
+
+        ``"lsq"``: the clamped least-squares gamma of this very output (variable projection; a
+        constant to autograd — at the optimum dJ/dgamma = 0, so its own gradient would add
+        nothing). ``"adam"``: the learned parameter.
+        """
+        if self.config.gamma_mode == "lsq":
+            star = least_squares_gamma(i_phi.detach(), self.P, self.target)
+            return star.clamp_(min=0.0)[0]
+        return self.gamma
+
+    def step(self) -> tuple[float, float, float, float, np.ndarray | None]:
+        """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept."""
         import torch
         import torch.nn.functional as F
 
@@ -367,7 +394,8 @@ class _Inverter:
         ):
             out = self.forward(self.noisy_z, (self.height, self.width))
         i_phi = out.float()
-        loss = F.mse_loss(i_phi * (1.0 + self.gamma * self.P), self.target)
+        gamma = self._loss_gamma(i_phi)
+        loss = F.mse_loss(i_phi * (1.0 + gamma * self.P), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -377,16 +405,21 @@ class _Inverter:
             loss.backward()
             self.optimizer.step()
         with torch.no_grad():
-            self.gamma.clamp_(min=0.0)
+            if self.config.gamma_mode == "adam":
+                self.gamma.clamp_(min=0.0)
+                gamma = self._loss_gamma(i_phi)  # the value after the update
             i_phi = i_phi.detach()
             psnr = -10.0 * torch.log10(F.mse_loss(i_phi, self.target))
-            # the only host synchronisation of the iteration: three scalars in one transfer
-            loss_v, psnr_v, gamma_v = torch.stack([loss.detach(), psnr, self.gamma]).tolist()
+            gamma_star = least_squares_gamma(i_phi, self.P, self.target)[0]
+            # the only host synchronisation of the iteration: four scalars in one transfer
+            loss_v, psnr_v, gamma_v, star_v = torch.stack(
+                [loss.detach(), psnr, gamma.detach(), gamma_star]
+            ).tolist()
             snapshot = None
             if psnr_v >= self.tau:
                 # a fresh tensor (the product), so the array shares memory with nothing we reuse
                 snapshot = (i_phi[0] * 255.0).permute(1, 2, 0).contiguous().cpu().numpy()
-        return float(loss_v), float(psnr_v), float(gamma_v), snapshot
+        return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
 
     def release(self) -> None:
         """Drop every tensor, the model and the optimiser; give cached device memory back."""
@@ -429,6 +462,22 @@ def warm_up() -> None:
         conv(torch.zeros(1, 3, 8, 8)).square().mean().backward()
         opt.step()
     residual(np.zeros((32, 32, 3), np.float32))
+
+
+def least_squares_gamma(
+    i_phi: torch.Tensor, P: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``argmin_gamma ||i_phi·(1 + gamma·P) − target||²`` per batch item (no clamp).
+
+    Closed form ``<i_phi·P, target − i_phi> / <i_phi·P, i_phi·P>``, reduced over every dimension
+    but the first; ``P`` broadcasts (N×1×H×W or 1×1×H×W against N×3×H×W).  0 where
+    ``i_phi·P`` is identically zero.  Returns a float tensor of shape (N,) on the inputs' device.
+    """
+    injected = i_phi * P
+    dims = tuple(range(1, i_phi.ndim))
+    num = (injected * (target - i_phi)).sum(dims)
+    den = injected.square().sum(dims)
+    return num / den.clamp(min=float(np.finfo(np.float32).tiny))
 
 
 def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
