@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from ._validation import as_image, as_plane, check_known_fields, check_same_size
 from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .run import RunDirectory
 
 __all__ = ["AnonymizeConfig", "AnonymizeResult", "anonymize", "attribution_scores"]
 
@@ -139,6 +142,23 @@ def attribution_scores(
     return scores, measure_block_ncc(img, P, B, sigma, residual_=w)
 
 
+def _snapshot_ncc(run: RunDirectory, photo_ncc: float) -> dict[str, Any]:
+    """The kept snapshots' whole-image NCC with P (from their tile sums) beside the photo's.
+
+    When the injection works the snapshots carry less of the pattern than the photo; when gamma
+    is dead they carry it at the photo's level (issue 17).
+    """
+    from .snapshots import block_ncc_from_sums
+
+    out: dict[str, Any] = {"photo": float(photo_ncc), "n": len(run.tile_sums)}
+    if len(run.tile_sums):
+        sums = run.tile_sums.array()
+        values = block_ncc_from_sums(sums, max(sums.shape[1:3]))[:, 0, 0]
+        out.update(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
+        out["share_below_photo"] = float(np.mean(np.abs(values) < abs(photo_ncc)))
+    return out
+
+
 def anonymize(
     photo: np.ndarray,
     fingerprint: Any = None,
@@ -190,7 +210,7 @@ def anonymize(
     from .assembly import assemble, check_assembly_params
     from .dip import invert
     from .residual import residual
-    from .run import RunDirectory, environment_info, record
+    from .run import RunDirectory, environment_info, gamma_summary, record
 
     t_start = time.perf_counter()
     config = AnonymizeConfig() if config is None else config
@@ -294,6 +314,8 @@ def anonymize(
                 "n_snapshots": int(len(run.snapshots)),
                 "best_psnr": float(np.max(hist["psnr"])) if len(hist["psnr"]) else None,
                 "final_gamma": float(hist["gamma"][-1]) if len(hist["gamma"]) else None,
+                "gamma": gamma_summary(run.history()),
+                "snapshot_ncc": _snapshot_ncc(run, before["ncc"]),
                 "elapsed_s": float(inv.elapsed_s),
             },
             "assembly": asm.params,

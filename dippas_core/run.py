@@ -59,7 +59,7 @@ try:
 except ImportError:  # Windows: no advisory locks, the stores are simply not guarded
     fcntl = None
 
-__all__ = ["RunDirectory", "record", "environment_info", "jsonable"]
+__all__ = ["RunDirectory", "record", "environment_info", "jsonable", "gamma_summary"]
 
 FORMAT = "dippas-run"
 FORMAT_VERSION = 1
@@ -577,6 +577,32 @@ def _device_is_cpu(dip_config: dict) -> bool:
     return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
+def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
+    """How the injection strength gamma behaved while snapshots were recorded.
+
+    Over the recording phase (the iterations whose output was kept, PSNR >= ``tau_psnr``): their
+    number, the share with gamma at its bound (0: the injection switched off, the network alone
+    explains the photo, camera pattern included), the medians of gamma and of the least-squares
+    gamma* (NaN for runs recorded before gamma* existed); and both at the last iteration.
+    """
+    kept = np.asarray(history["kept"], dtype=bool)
+    gamma = np.asarray(history["gamma"], dtype=np.float64)
+    star = np.asarray(history.get("gamma_star", np.full(len(gamma), np.nan)), dtype=np.float64)
+
+    def value(a: np.ndarray) -> float | None:
+        return float(a) if np.isfinite(a) else None
+
+    out: dict[str, Any] = {"recording_iterations": int(kept.sum())}
+    if kept.any():
+        out["at_bound_share"] = float(np.mean(gamma[kept] <= 0.0))
+        out["median"] = float(np.median(gamma[kept]))
+        out["median_star"] = value(np.median(star[kept]))
+    if len(gamma):
+        out["final"] = float(gamma[-1])
+        out["final_star"] = value(star[-1])
+    return out
+
+
 def _make_result(
     history: dict[str, list],
     n_snapshots: int,
@@ -757,6 +783,7 @@ def record(
                 "n_snapshots": len(run.snapshots),
                 "n_tile_sums": len(run.tile_sums),
                 "best_psnr": max(history["psnr"]) if history["psnr"] else None,
+                "gamma": gamma_summary(history),
                 "elapsed_s": time.perf_counter() - t0,
                 "ingest_busy_s": ingest.busy_s,
                 "ingest_wait_s": ingest.wait_s,

@@ -60,9 +60,6 @@ class Step:
     gamma : float
         The injection strength (``>= 0``). With ``gamma_mode="lsq"`` (the default) the one this
         iteration's loss used; with ``"adam"`` the value after this iteration's update and clamp.
-    gamma_star : float
-        The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
-        before any clamp): where the injection strength should be for this output.
     snapshot : numpy.ndarray or None
         ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
         generator's output itself, never the fingerprint-injected product.
@@ -70,15 +67,18 @@ class Step:
         On the first step only: the run's environment (resolved device, speed settings, versions),
         as in :attr:`InversionResult.environment`, so that a consumer that closes the generator
         early still knows what ran.
+    gamma_star : float
+        The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
+        before any clamp): where the injection strength should be for this output.
     """
 
     iteration: int
     loss: float
     psnr: float
     gamma: float
-    gamma_star: float = float("nan")
     snapshot: np.ndarray | None = field(default=None, repr=False)
     environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    gamma_star: float = float("nan")  # last: older positional callers stay valid
 
 
 @dataclass
@@ -240,7 +240,7 @@ def _iterate(
                 history[key].append(value)
             n_snapshots += snapshot is not None
             env = dict(environment) if iteration == 1 else None
-            yield Step(iteration, loss, psnr, gamma, gamma_star, snapshot, env)
+            yield Step(iteration, loss, psnr, gamma, snapshot, env, gamma_star)
             del snapshot  # the consumer owns it now
             if psnr >= config.stop_psnr:
                 stop_reason = "psnr"
