@@ -5,7 +5,8 @@ as ``assembly_grid.py --held-out``; same seeds and DIP settings) once per way of
 
 * ``adam``: gamma learned by Adam with the weights, one learning rate (the old behaviour);
 * ``scaled``: the same, but the parameter is ``g`` with ``gamma = s·g``,
-  ``s = 1 / (255·rms(P))`` (``g`` is then the injected pattern's amplitude in gray levels, O(1));
+  ``s = 1 / (255·rms(P))`` (``g`` is then the injected pattern's amplitude in gray levels, O(1);
+  the history's ``gamma`` column holds ``g``);
 * ``group``: gamma in its own Adam parameter group, learning rate ``--gamma-lr``;
 * ``lsq``: the clamped least-squares gamma of each iteration's output, a constant to autograd;
 * ``lsq_attached``: the same with the gradient flowing through the closed form.
@@ -48,13 +49,14 @@ def _inverter_class(mode: str, gamma_lr: float):
                 ]
                 self.optimizer = inversion._adam(groups, config.lr, device)
 
-        def _loss_gamma(self, i_phi):
+        def _gammas(self, i_phi):
+            gamma, star = super()._gammas(i_phi)
             if mode == "lsq_attached":
-                star = inversion.least_squares_gamma(i_phi, self.P, self.target)
-                return star.clamp(min=0.0)[0]
+                attached = inversion.least_squares_gamma(i_phi, self.P, self.target)
+                return attached.clamp(min=0.0)[0], star
             if mode == "scaled":
-                return self.gamma * self.scale
-            return super()._loss_gamma(i_phi)
+                return self.gamma * self.scale, star
+            return gamma, star
 
     return Inverter
 

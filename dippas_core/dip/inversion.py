@@ -368,17 +368,17 @@ class _Inverter:
             ).permute(0, 3, 1, 2)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
-    def _loss_gamma(self, i_phi: torch.Tensor) -> torch.Tensor:
-        """The gamma that multiplies ``P`` in this iteration's loss.
+    def _gammas(self, i_phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gamma that multiplies ``P`` in this iteration's loss, and this output's gamma*.
 
-        ``"lsq"``: the clamped least-squares gamma of this very output (variable projection; a
+        ``"lsq"``: the clamped least-squares gamma* of this very output (variable projection; a
         constant to autograd — at the optimum dJ/dgamma = 0, so its own gradient would add
         nothing). ``"adam"``: the learned parameter.
         """
+        star = least_squares_gamma(i_phi.detach(), self.P, self.target)[0]
         if self.config.gamma_mode == "lsq":
-            star = least_squares_gamma(i_phi.detach(), self.P, self.target)
-            return star.clamp_(min=0.0)[0]
-        return self.gamma
+            return star.clamp(min=0.0), star
+        return self.gamma, star
 
     def step(self) -> tuple[float, float, float, float, np.ndarray | None]:
         """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept."""
@@ -394,7 +394,7 @@ class _Inverter:
         ):
             out = self.forward(self.noisy_z, (self.height, self.width))
         i_phi = out.float()
-        gamma = self._loss_gamma(i_phi)
+        gamma, gamma_star = self._gammas(i_phi)
         loss = F.mse_loss(i_phi * (1.0 + gamma * self.P), self.target)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -407,10 +407,9 @@ class _Inverter:
         with torch.no_grad():
             if self.config.gamma_mode == "adam":
                 self.gamma.clamp_(min=0.0)
-                gamma = self._loss_gamma(i_phi)  # the value after the update
+                gamma = self.gamma  # the value after the update
             i_phi = i_phi.detach()
             psnr = -10.0 * torch.log10(F.mse_loss(i_phi, self.target))
-            gamma_star = least_squares_gamma(i_phi, self.P, self.target)[0]
             # the only host synchronisation of the iteration: four scalars in one transfer
             loss_v, psnr_v, gamma_v, star_v = torch.stack(
                 [loss.detach(), psnr, gamma.detach(), gamma_star]
