@@ -8,7 +8,7 @@ A synthetic run (no DIP) of N snapshots at S×S×3, like a 512×512 DIPPAS run:
 2. **Store**: the N snapshots are the ingested ones cycled (pixels copied, tile sums jittered by
    1e-3 so every snapshot ranks differently): assemble's cost depends on the counts, not the values.
 3. **assemble(B, L)** for B in {32..S}, L in {1, 10, 100} (median of 3), the lazy measured block-NCC
-   map of the result, and **assemble_direct** (a residual per snapshot, SPEC §5 literally) on the
+   map of the result, and **assemble_direct** (a residual per snapshot, method §5 literally) on the
    ``--n-direct`` best snapshots, checked equal to assemble on the same subset, and scaled to N.
 4. **Peak RAM** of assembling all N snapshots in a fresh process (VmHWM of /proc/self/status).
 

@@ -20,6 +20,15 @@ Usage::
     .venv/bin/python benchmarks/bench_dip.py --compile     # add torch.compile rows on the CPU too
 
 Other jobs share this machine's CPU: the defaults keep the run to a few minutes.
+
+Tiles per step (``--tiles 1,2,4,8``): N tiles of a real Dresden photo trained in one optimiser
+step (``dippas_core.dip.batched``), every N side by side (round-robin, so the machine's load hits
+all alike): pixel-iterations per second per N and its ratio to N = 1.  Then the ``auto`` choice
+(its own short measurement) and, on a real multi-tile region, the wall time of ``invert_tiles``
+with N = 1 and with the auto N, end to end (measurement included and not)::
+
+    .venv/bin/python benchmarks/bench_dip.py --tiles 1,2,4,8 --sizes 64 128        # this CPU
+    .venv/bin/python benchmarks/bench_dip.py --tiles 1,4,16 --sizes 512 --amp auto,off  # a GPU
 """
 
 from __future__ import annotations
@@ -227,11 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tiles", help="tiles-per-step mode: comma-separated N values (e.g. 1,2,4,8)"
+    )
+    parser.add_argument("--preset", default="paper", help="DIP preset of the tiles mode (paper)")
+    parser.add_argument(
+        "--amp", default=None, help="tiles mode: comma-separated amp settings (default: off on "
+        "the CPU, auto,off on CUDA)"
+    )
+    parser.add_argument(
+        "--region-iters", type=int, default=3, help="tiles mode: iterations per tile of the region"
+    )
     args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(_memory_worker(json.loads(args.worker))))
         return 0
+    if args.tiles:
+        return _tiles_main(args)
 
     import torch
 
@@ -277,6 +299,142 @@ def main(argv: list[str] | None = None) -> int:
         "of this process per iteration (all threads; on CUDA mostly launch overhead);\n"
         "× plain: over the first row's figure (lower = faster)"
     )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# Tiles per step
+# ------------------------------------------------------------------------------------------
+
+TESTDATA = Path(
+    os.environ.get("DIPPAS_TESTDATA", REPO.parent / "shared" / "data" / "prnu-python-testdata")
+)
+
+
+def _region(size: int, count: int):
+    """``count`` size×size tiles of a real photo (a 2-row region), and a reference P each."""
+    import numpy as np
+
+    from dippas_core.io import read_image
+    from dippas_core.residual import residual
+
+    photos = sorted((TESTDATA / "nat-jpg").glob("*.JPG"))
+    if photos:
+        photo, source = np.asarray(read_image(photos[0])), photos[0].name
+    else:  # no camera data here: the smooth synthetic picture (said in the output)
+        photo, source = _photo(size * max(2, count))[0], "synthetic"
+    cols = -(-count // 2)
+    h0, w0 = (photo.shape[0] - 2 * size) // 2, (photo.shape[1] - cols * size) // 2
+    region = photo[h0 : h0 + 2 * size, w0 : w0 + cols * size]
+    tiles = [
+        region[r * size : (r + 1) * size, c * size : (c + 1) * size]
+        for r in range(2)
+        for c in range(cols)
+    ][:count]
+    return [(t, residual(t)) for t in tiles], source
+
+
+def _batch_of(n: int, tiles, config, device):
+    from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
+    from dippas_core.dip.device import speed_settings
+    from dippas_core.dip.inversion import _image_to_unit
+
+    speed = speed_settings(config, device)
+    batch = _Batch(device, speed)
+    multiple = 2 ** (len(config.widths) - 1)
+    for i in range(n):
+        img, P = tiles[i % len(tiles)]
+        c = config.replace(seed=i)
+        job = _PreparedJob(i, _image_to_unit(img, multiple), P, c)
+        batch.add(_with_params(_Tile(job, c, device, speed)))
+    return batch
+
+
+def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, float]:
+    """Median wall seconds of one step of each N, the Ns stepping in turn (round-robin)."""
+    import numpy as np
+    import torch
+
+    batches = {n: _batch_of(n, tiles, config, device) for n in ns}
+    times: dict[int, list[float]] = {n: [] for n in ns}
+    try:
+        for _ in range(1 + iters):  # one warm-up step
+            for n, batch in batches.items():
+                t0 = time.perf_counter()
+                batch.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[n].append(time.perf_counter() - t0)
+    finally:
+        for batch in batches.values():
+            batch.release()
+    return {n: float(np.median(t[1:])) for n, t in times.items()}
+
+
+def _run_region(tiles, config, n) -> float:
+    from dippas_core.dip.batched import TileJob, invert_tiles
+
+    jobs = [TileJob(i, img, P, seed=i) for i, (img, P) in enumerate(tiles)]
+    t0 = time.perf_counter()
+    for _ in invert_tiles(jobs, config, tiles_per_step=n):
+        pass
+    return time.perf_counter() - t0
+
+
+def _tiles_main(args) -> int:
+    import torch
+
+    from dippas_core.dip import DIPConfig
+    from dippas_core.dip.batched import choose_tiles_per_step
+    from dippas_core.dip.device import device_name, resolve_device, speed_settings
+    from dippas_core.dip.inversion import _image_to_unit
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _forensic_timing import machine_note
+
+    torch.set_num_threads(1)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    ns = [int(v) for v in args.tiles.split(",")]
+    sizes = args.sizes or ([512] if cuda else [64, 128])
+    amps = (args.amp or ("auto,off" if cuda else "off")).split(",")
+    label = "" if cuda else "  [timings under load (shared machine)]"
+    print(f"device: {device_name(device)}   torch {torch.__version__}   {machine_note()}{label}")
+    print(f"tiles per step, preset {args.preset!r}; median of {args.iters} steps after 1 warm-up, "
+          "the Ns interleaved; px·it/s = N·H·W / seconds per step")
+    for amp in amps:
+        for size in sizes:
+            config = DIPConfig.preset(
+                args.preset, device=str(device), amp=amp, max_iter=args.region_iters,
+                tau_psnr=float("inf"), stop_psnr=float("inf"), torch_threads=None,
+            )
+            tiles, source = _region(size, max(8, max(ns)))
+            seconds = _time_tiles(ns, tiles, config, device, args.iters)
+            print(f"\n{size}×{size} px, amp={amp}, tiles from {source}")
+            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7}")
+            base = size * size / seconds[ns[0]] if ns[0] == 1 else None
+            for n in ns:
+                rate = n * size * size / seconds[n]
+                ratio = f"{rate / base:7.2f}" if base else "      -"
+                print(f"{n:>4} {seconds[n]:9.3f} {rate / 1e3:9.1f} {ratio}", flush=True)
+            multiple = 2 ** (len(config.widths) - 1)
+            speed = speed_settings(config, device)
+            region = tiles[:8]
+            t0 = time.perf_counter()
+            n_auto, why = choose_tiles_per_step(
+                _image_to_unit(region[0][0], multiple), region[0][1], config, device, speed,
+                len(region),
+            )
+            t_choose = time.perf_counter() - t0
+            runs = {1: [], n_auto: []}
+            for _ in range(2):  # alternate, best of two: the machine's load hits both alike
+                for n in runs:
+                    runs[n].append(_run_region(region, config, n))
+            t1, tn = min(runs[1]), min(runs[n_auto])
+            print(f"auto: N={n_auto} ({why}; {t_choose:.1f} s)")
+            print(f"region of {len(region)} tiles × {args.region_iters} iterations: N=1 "
+                  f"{t1:.2f} s, N={n_auto} {tn:.2f} s: speed-up {t1 / tn:.2f}× "
+                  f"({t1 / (tn + t_choose):.2f}× counting the auto measurement)", flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Camera fingerprint (SPEC §2) from 10 flat-field crops: reference path vs fast path.
+"""Camera fingerprint (method §2) from 10 flat-field crops: reference path vs fast path.
 
 Usage::
 

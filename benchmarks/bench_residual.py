@@ -1,4 +1,4 @@
-"""Residual (SPEC §1): reference path vs fast path, side by side in one run.
+"""Residual (method §1): reference path vs fast path, side by side in one run.
 
 Usage::
 

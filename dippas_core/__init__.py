@@ -1,13 +1,13 @@
 """dippas_core: remove a camera's sensor fingerprint (PRNU) from photographs (DIPPAS).
 
 Napari-free and Qt-free.  Public names are imported lazily so ``import dippas_core`` stays quick and
-never pulls in torch.
+never pulls in torch.  Docstrings cite "method §n": the sections of ``docs/method.md``, the
+algorithm with its equations and every parameter.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 __version__ = "0.1.0"
 
@@ -64,14 +64,9 @@ from .residual import residual  # noqa: E402
 
 __all__ = ["__version__", "residual", *_API]
 
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dippas_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__, _, _ = lazy_loader.attach(
+    __name__, submod_attrs={m: [n for n, mod in _API.items() if mod == m] for m in {*_API.values()}}
+)
 
 
 def __dir__() -> list[str]:

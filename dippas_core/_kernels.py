@@ -1,4 +1,4 @@
-"""Numba kernels: the fast residual path (SPEC §1), the fingerprint sums (§2), PNG row filters.
+"""Numba kernels: the fast residual path (method §1), the fingerprint sums (§2), PNG row filters.
 
 Imported only when first needed (fast residual, fingerprint, 16-bit colour PNG), so
 ``import dippas_core`` never pays for Numba.  Every kernel is compiled with ``nogil=True`` (a worker
@@ -87,7 +87,7 @@ def _wiener_gain(sq, h, w, noise_var, gain):
 
 @njit(**_OPTS)
 def _shrink_plane(x, noise_var):
-    """Adaptive Wiener shrink (SPEC §1 step 2) of one float32 h×w band, in place."""
+    """Adaptive Wiener shrink (method §1 step 2) of one float32 h×w band, in place."""
     h, w = x.shape
     sq = np.zeros((h + 2 * _PAD, w + 2 * _PAD), dtype=np.float32)
     for i in range(h):
@@ -103,14 +103,14 @@ def _shrink_plane(x, noise_var):
 
 @njit(**_OPTS)
 def wiener_shrink_inplace(bands, noise_var):
-    """Adaptive Wiener shrink (SPEC §1 step 2) of each 2-D plane of ``bands`` (C×h×w), in place."""
+    """Adaptive Wiener shrink (method §1 step 2) of each plane of ``bands`` (C×h×w), in place."""
     for c in range(bands.shape[0]):
         _shrink_plane(bands[c], noise_var)
 
 
 @njit(**_OPTS)
 def zero_mean_inplace(w):
-    """Zero-mean per CFA sub-lattice (SPEC §1 step 4), in place, float64 sums.
+    """Zero-mean per CFA sub-lattice (method §1 step 4), in place, float64 sums.
 
     Per lattice, subtracting the global mean and then the row and column means (taken after the
     global mean) is ``x - row_mean - col_mean + global_mean`` with all three means of the input, so
@@ -144,7 +144,7 @@ def zero_mean_inplace(w):
 
 @njit(**_OPTS)
 def gray_zero_mean(noise, weights, h, w):
-    """Gray (SPEC §1 step 3) of the C×H'×W' noise cropped to h×w, zero-meaned (step 4).
+    """Gray (method §1 step 3) of the C×H'×W' noise cropped to h×w, zero-meaned (step 4).
 
     Two passes: the first forms the gray image and the row/column sums of each CFA lattice, the
     second subtracts ``row mean + column mean - lattice mean`` (see :func:`zero_mean_inplace`) and
@@ -211,7 +211,7 @@ def gray_zero_mean(noise, weights, h, w):
 
 @njit(**_OPTS)
 def dft_wiener_gain(fhalf, h, w, noise_var):
-    """Fourier-domain Wiener filter (SPEC §1 step 5) of a real-input half spectrum, in place.
+    """Fourier-domain Wiener filter (method §1 step 5) of a real-input half spectrum, in place.
 
     ``fhalf`` is ``rfft2(W)`` (h × (w//2+1)).  The shrink runs on the full magnitude ``A`` (h×w,
     rebuilt from the half by Hermitian symmetry) and its gain ``A'/A = v / (s2 + v)`` (0 where
@@ -356,7 +356,7 @@ def idwt2_level(ca, ch_t, cv_t, cd_t, rlo, rhi):
 
 
 # --------------------------------------------------------------------------------------------
-# Camera fingerprint (SPEC §2): one pass per image for both running sums
+# Camera fingerprint (method §2): one pass per image for both running sums
 # --------------------------------------------------------------------------------------------
 
 
@@ -405,7 +405,7 @@ def ml_accumulate(image, noise, rp_sum, nn_sum, knee, width, min_max):
 
 @njit(**_OPTS)
 def wavelet_noise_plane(plane, lo, hi, rlo, rhi, noise_var, levels):
-    """Steps 1–2 of SPEC §1 on one float32 plane (every side >= len(lo) - 1), all in one call.
+    """Steps 1–2 of method §1 on one float32 plane (every side >= len(lo) - 1), all in one call.
 
     ``levels`` DWT levels (:func:`dwt2_level`), the Wiener shrink of every detail band, the
     coarsest approximation set to zero, and the inverse (:func:`idwt2_level`).  Returns the

@@ -1,4 +1,4 @@
-"""Assembly (SPEC §5): per block, rank the snapshots by their block NCC and average the best L.
+"""Assembly (method §5): per block, rank the snapshots by their block NCC and average the best L.
 
 The NCC of every snapshot on every B×B block comes from the per-tile sums recorded while the DIP ran
 (:class:`~dippas_core.snapshots.TileSums`), so no residual is recomputed and any (B, L, tau) is
@@ -86,7 +86,7 @@ def measure_block_ncc(
     *,
     residual_: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Block NCC (SPEC §3) of ``image`` against ``P`` on B×B blocks (edge blocks smaller).
+    """Block NCC (method §3) of ``image`` against ``P`` on B×B blocks (edge blocks smaller).
 
     ``residual_``: the image's residual when already computed.
     """
@@ -164,7 +164,7 @@ def _candidates(run: RunDirectory, tau: float) -> tuple[np.ndarray, float]:
 def rank_snapshots(
     ncc: np.ndarray, iterations: np.ndarray, first: int | None = None
 ) -> np.ndarray:
-    """Order of SPEC §5 along the last axis of ``ncc`` (…×n): indices into that axis.
+    """Order of method §5 along the last axis of ``ncc`` (…×n): indices into that axis.
 
     First the snapshots with negative NCC by increasing |NCC|, then those with NCC >= 0 by
     increasing NCC; ties go to the earlier iteration (a stable lexicographic sort).  With
@@ -207,7 +207,7 @@ def assemble(
     *,
     dtype: str = "uint8",
 ) -> AssemblyResult:
-    """Assemble the anonymized image from a run (SPEC §5).
+    """Assemble the anonymized image from a run (method §5).
 
     Parameters
     ----------
@@ -311,7 +311,7 @@ def assemble_direct(
     *,
     dtype: str = "uint8",
 ) -> AssemblyResult:
-    """Literal SPEC §5, no tile sums: a residual per candidate, its block NCC, sort, average.
+    """Literal method §5, no tile sums: a residual per candidate, its block NCC, sort, average.
 
     Slow (what the published code does); the oracle for :func:`assemble` in tests and benchmarks.
     """

@@ -1,4 +1,4 @@
-"""Attribution scores (SPEC §3): NCC, block NCC maps and PCE.
+"""Attribution scores (method §3): NCC, block NCC maps and PCE.
 
 Conventions
     ``W`` is a noise residual (float32 H×W), ``I`` the image (H×W×3 or H×W, 0..255 scale, or
@@ -57,7 +57,7 @@ def _ncc_inputs(W, I, K) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ncc(W, I, K) -> float:
-    """Normalised cross-correlation ``sum(W·I_g·K) / (||W||·||I_g·K||)`` (paper eq. 2, SPEC §3).
+    """Normalised cross-correlation ``sum(W·I_g·K) / (||W||·||I_g·K||)`` (paper eq. 2, method §3).
 
     Parameters
     ----------
@@ -99,7 +99,7 @@ def _window_sums(a: np.ndarray, B: int, stride: int) -> np.ndarray:
 
 
 def block_ncc(W, I, K, B: int, *, stride: int | None = None) -> np.ndarray:
-    """Map of the NCC of SPEC §3 on B×B blocks.
+    """Map of the NCC of method §3 on B×B blocks.
 
     Parameters
     ----------
@@ -183,7 +183,7 @@ def pce(
     exclusion: int = DEFAULT_EXCLUSION,
     shift_range: tuple[int, int] | int | None = None,
 ) -> PCEResult:
-    """Peak-to-correlation energy of two same-size planes (SPEC §3).
+    """Peak-to-correlation energy of two same-size planes (method §3).
 
     Parameters
     ----------

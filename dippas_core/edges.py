@@ -44,7 +44,7 @@ def edge_mask(
     dilate : int
         Grow the seeds by this many pixels (3×3 binary dilation, repeated).
     denoise : bool
-        Take edges of the wavelet-denoised image (SPEC §1 denoiser with ``sigma``).
+        Take edges of the wavelet-denoised image (method §1 denoiser with ``sigma``).
     sigma : float
         Noise level of that denoiser.
 
@@ -83,7 +83,7 @@ def edge_mask(
 
 
 def masked_ncc(W, I, K, mask) -> float:
-    """NCC of SPEC §3 restricted to the pixels of ``mask``: ``Σ_m W·I_g·K / (‖W‖_m ‖I_g K‖_m)``.
+    """NCC of method §3 restricted to the pixels of ``mask``: ``Σ_m W·I_g·K / (‖W‖_m ‖I_g K‖_m)``.
 
     With an all-true mask it equals :func:`dippas_core.correlation.ncc`.  Returns 0 for an empty
     mask or a zero norm.

@@ -1,6 +1,6 @@
 """The evaluation protocol: how well each method hides the camera, and what it costs the picture.
 
-It follows the DIPPAS paper (§4.4) and SPEC §3/§6:
+It follows the DIPPAS paper (§4.4) and method §3/§6:
 
 * cameras are fingerprints ``K`` estimated from flat-field shots; photos are natural shots whose
   camera is known from the file name (the device label is the part before the last ``_``);
@@ -104,7 +104,7 @@ class EvalConfig:
     photos_per_camera : int or None
         At most this many photos per camera; ``None``: all.
     sigma : float
-        Residual noise level (SPEC §1).
+        Residual noise level (method §1).
     seed : int
         Base seed; the DIP run of crop ``i`` uses ``seed + i``.
     dip_preset : str
@@ -112,7 +112,7 @@ class EvalConfig:
     dip_changes : dict
         Fields of that preset to change (e.g. ``{"max_iter": 600}``).
     block, top_l, tau : int, int, float
-        DIPPAS assembly (SPEC §5): block size ``B``, ``L`` and ``tau_psnr``.
+        DIPPAS assembly (method §5): block size ``B``, ``L`` and ``tau_psnr``.
     inpaint_step : int
         Grid step of the inpainting baseline.
     inpaint_lambda : dict
@@ -499,7 +499,7 @@ def load_dataset(
     """Fingerprints and crops from a folder laid out like the prnu-python test data.
 
     ``data/ff-jpg`` holds flat-field shots and ``data/nat-jpg`` natural photos; the camera of a
-    file is :func:`camera_label` of its name.  Fingerprints are estimated (SPEC §2) on the centred
+    file is :func:`camera_label` of its name.  Fingerprints are estimated (method §2) on the centred
     ``region`` square of the flat fields that holds every crop, and cached in ``cache_dir``.
     With ``config.reference == "split"`` the detector's fingerprint of a camera comes from its
     2nd, 4th, … flat field (name order) and the methods' from the 1st, 3rd, ….

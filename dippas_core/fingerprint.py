@@ -1,7 +1,7 @@
-"""Camera fingerprint K: maximum-likelihood estimate from flat-field images (SPEC §2).
+"""Camera fingerprint K: maximum-likelihood estimate from flat-field images (method §2).
 
 ``K = sum_i W_i * I_i / 255  /  (sum_i (s(I_i) * m(I_i))**2 + 1)`` per colour channel, then gray,
-zero-mean and the Fourier-domain Wiener filter (SPEC §1 steps 3–5).  The sums are running sums, so
+zero-mean and the Fourier-domain Wiener filter (method §1 steps 3–5).  The sums are running sums, so
 memory does not grow with the number of images.
 """
 
@@ -26,7 +26,7 @@ __all__ = [
     "saturation_mask",
 ]
 
-#: Intensity-scale knee (SPEC §2): linear below, Gaussian fall-off above.
+#: Intensity-scale knee (method §2): linear below, Gaussian fall-off above.
 SATURATION_KNEE = 252.0
 SATURATION_WIDTH = 6.0
 #: A channel whose maximum is at most this has no saturation mask.
@@ -53,7 +53,7 @@ class Fingerprint:
     n_images : int
         Number of flat-field images averaged.
     sigma : float
-        Noise level of the residual extraction (SPEC §1).
+        Noise level of the residual extraction (method §1).
     version : str
         dippas version that estimated it.
     crop : tuple of int or None
@@ -185,7 +185,7 @@ def _environment() -> dict[str, str]:
 
 
 def intensity_scale(image: np.ndarray) -> np.ndarray:
-    """s(I) of SPEC §2 (float, 0..255 scale): ``I/252`` below 252, ``exp(-(I-252)**2/6)`` above."""
+    """s(I) of method §2 (float, 0..255): ``I/252`` below 252, ``exp(-(I-252)**2/6)`` above."""
     i = np.asarray(image, dtype=np.float32)
     return np.where(
         i < SATURATION_KNEE,
@@ -195,7 +195,7 @@ def intensity_scale(image: np.ndarray) -> np.ndarray:
 
 
 def saturation_mask(image: np.ndarray) -> np.ndarray:
-    """m(I) of SPEC §2, per channel: False on flat saturated areas, True elsewhere.
+    """m(I) of method §2, per channel: False on flat saturated areas, True elsewhere.
 
     A channel whose maximum is at most 250 is all True.  Otherwise a pixel is masked when it equals
     the channel maximum and at least one of its 4 neighbours (with wrap-around) equals it too.
@@ -257,7 +257,7 @@ def estimate_fingerprint(
     camera: str = "",
     method: str = "fast",
 ) -> Fingerprint:
-    """Maximum-likelihood camera fingerprint from flat-field images (SPEC §2).
+    """Maximum-likelihood camera fingerprint from flat-field images (method §2).
 
     Parameters
     ----------
@@ -265,7 +265,7 @@ def estimate_fingerprint(
         Paths (read with :func:`dippas_core.io.read_image`, pixels as stored) or arrays (uint8,
         uint16 or float 0..255, H×W×3 or H×W), or an N×H×W×3 array.  Read one at a time.
     sigma : float
-        Noise level of the residual extraction (SPEC §1), > 0.
+        Noise level of the residual extraction (method §1), > 0.
     crop : int or (h, w), optional
         Centre-crop every image to this size first (as prnu-python's example does with 512).
     camera : str

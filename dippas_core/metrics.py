@@ -1,4 +1,4 @@
-"""Image quality and detection metrics: PSNR, ROC/AUC and the DIPPAS trade-off ``C`` (SPEC §3)."""
+"""Image quality and detection metrics: PSNR, ROC/AUC and the DIPPAS trade-off ``C`` (method §3)."""
 
 from __future__ import annotations
 

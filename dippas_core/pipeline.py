@@ -38,7 +38,7 @@ class AnonymizeConfig:
     tau
         Assembly PSNR threshold (dB); ``None`` uses ``dip.tau_psnr`` (every recorded snapshot).
     sigma
-        Noise level of the residuals (SPEC §1).
+        Noise level of the residuals (method §1).
     tile
         Finest tile of the per-tile NCC sums.
     seed

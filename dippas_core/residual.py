@@ -1,15 +1,17 @@
-"""Noise residual W of an image (SPEC §1).
+"""Noise residual W of an image (method §1).
 
 Two paths compute the same thing:
 
 * ``method="reference"``: plain NumPy/PyWavelets/SciPy, short and readable, kept as the test oracle
   (float64 wavelets, four separate box filters, a full complex FFT).
+* ``method="torch"``: the same steps in torch (:mod:`dippas_core.residual_torch`), batched and on
+  any device; the recorder uses it for snapshots that are already on a GPU.
 * ``method="fast"`` (default): float32 wavelets (PyWavelets, which releases the GIL), the adaptive
   Wiener shrinks, the gray + zero-mean step and the Fourier-domain gain in Numba kernels
   (:mod:`dippas_core._kernels`, GIL released), a real-input FFT (``rfft2``).  Colour channels run
   on a small thread pool; :func:`residual_batch` runs whole images in parallel, one per core.
 
-The two agree within 1e-4 of ``max|W|`` (tested on real photos and odd-size random images).
+All three agree within 1e-4 of ``max|W|`` (tested on real photos and odd-size random images).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ WAVELET = "db4"
 LEVELS = 4
 MODE = "symmetric"
 WINDOWS = (3, 5, 7, 9)
-METHODS = ("fast", "reference")
+METHODS = ("fast", "reference", "torch")
 
-# SPEC §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
+# method §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
 # "useful" depth, yet the transform stays exact and both paths agree, so the warning is noise.
 warnings.filterwarnings("ignore", message=r"Level value of \d+ is too high", category=UserWarning)
 
@@ -107,7 +109,7 @@ def _wavelet_noise_channel_reference(x: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def zero_mean(w: np.ndarray) -> np.ndarray:
-    """Zero-mean per CFA sub-lattice: global, then row and column means (SPEC §1 step 4).
+    """Zero-mean per CFA sub-lattice: global, then row and column means (method §1 step 4).
 
     Returns a new float32 array; the input is not modified.
     """
@@ -124,7 +126,7 @@ def zero_mean(w: np.ndarray) -> np.ndarray:
 
 
 def wiener_dft(w: np.ndarray) -> np.ndarray:
-    """Wiener filter in the Fourier domain (SPEC §1 step 5), reference version."""
+    """Wiener filter in the Fourier domain (method §1 step 5), reference version."""
     from scipy import fft
 
     w = w.astype(np.float32, copy=False)
@@ -175,7 +177,7 @@ def _filters() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _wavelet_noise_plane_fast(plane: np.ndarray, noise_var: float) -> np.ndarray:
-    """Steps 1–2 of SPEC §1 on one float32 plane; the result may be 1 px larger (odd sizes).
+    """Steps 1–2 of method §1 on one float32 plane; the result may be 1 px larger (odd sizes).
 
     The DWT levels run in Numba kernels equivalent to ``pywt.wavedec2``/``waverec2`` (mode
     "symmetric", 8-tap filters); planes shorter than the filter fall back to PyWavelets itself.
@@ -235,7 +237,7 @@ def _wavelet_noise_fast(image: np.ndarray, sigma: float, *, threaded: bool) -> n
 
 
 def _gray_zero_mean_wiener_dft(noise: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Steps 3–5 of SPEC §1 on C×H'×W' noise (C = 1 or 3) cropped to h×w: float32 h×w."""
+    """Steps 3–5 of method §1 on C×H'×W' noise (C = 1 or 3) cropped to h×w: float32 h×w."""
     from scipy import fft
 
     from . import _kernels
@@ -261,12 +263,14 @@ def _residual_fast(image: np.ndarray, sigma: float, *, threaded: bool) -> np.nda
 
 
 def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> np.ndarray:
-    """Step 1 of SPEC §1 per channel: float32 H×W×C (or H×W for 2-D input) wavelet-Wiener noise.
+    """Step 1 of method §1 per channel: float32 H×W×C (or H×W for 2-D input) wavelet-Wiener noise.
 
-    This is the per-channel residual the camera-fingerprint estimate (SPEC §2) needs, before gray,
+    This is the per-channel residual the camera-fingerprint estimate (method §2) needs, before gray,
     zero-mean and the Fourier-domain Wiener filter.
     """
     _check_method(method)
+    if method == "torch":
+        raise InputError("wavelet_noise has the 'fast' and 'reference' methods, not 'torch'")
     image = _as_float255(image)
     sigma = check_positive(sigma, "sigma")
     h, w = image.shape[:2]
@@ -283,7 +287,7 @@ def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast"
 
 
 def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> np.ndarray:
-    """Noise residual W of ``image`` (SPEC §1): float32 H×W.
+    """Noise residual W of ``image`` (method §1): float32 H×W.
 
     Parameters
     ----------
@@ -292,9 +296,10 @@ def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> 
         the 0..255 scale.  Never modified.
     sigma : float
         Noise standard deviation of the wavelet-domain Wiener shrink (0..255 scale), > 0.
-    method : {"fast", "reference"}
+    method : {"fast", "reference", "torch"}
         ``"fast"``: Numba kernels (GIL released, colour channels on threads); ``"reference"``:
-        the plain NumPy/PyWavelets/SciPy oracle.
+        the plain NumPy/PyWavelets/SciPy oracle; ``"torch"``: the torch path on the CPU
+        (:func:`dippas_core.residual_torch.residual_torch` takes device tensors, in batches).
 
     Returns
     -------
@@ -304,6 +309,10 @@ def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> 
     _check_method(method)
     if method == "reference":
         return residual_reference(image, sigma)
+    if method == "torch":
+        from .residual_torch import residual_torch
+
+        return residual_torch(image, sigma)
     image = _validated(image)
     sigma = check_positive(sigma, "sigma")
     return _residual_fast(image, sigma, threaded=True)

@@ -21,8 +21,9 @@ missing, e.g. on Windows, there is no such guard).
 
 :func:`record` drives an ``invert`` generator: every kept snapshot is written to the store at once
 and handed to a background *ingest* thread through a bounded queue; the thread computes residuals in
-small batches (``residual_batch``, Numba, releases the GIL) and appends the tile sums.  The
-inversion only waits when the thread is more than ``queue_size`` snapshots behind
+small batches (``residual_batch``, Numba, releases the GIL) and appends the tile sums; snapshots of
+an inversion on a GPU are ingested on that GPU (torch residual), only their tile sums come back.
+The inversion only waits when the thread is more than ``queue_size`` snapshots behind
 (back-pressure).  On CPU, torch and Numba fighting over the same cores slow each other
 several-fold, so while recording torch is capped to half the cores (one on a 2-core machine;
 unless the DIP config sets ``torch_threads`` explicitly), the other half left to the ingest.
@@ -180,6 +181,7 @@ class RunDirectory:
         self.tile_sums = TileSums(path, writable=writable)
         self._photo: np.ndarray | None = None
         self._reference: np.ndarray | None = None
+        self._reference_on: dict[str, Any] = {}  # the reference as a tensor, per device
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -214,7 +216,7 @@ class RunDirectory:
         tile
             Finest tile of the per-tile NCC sums (assembly blocks are multiples of it).
         sigma
-            Noise level of the residuals (SPEC §1).
+            Noise level of the residuals (method §1).
         extra
             More JSON-able fields for ``config.json`` (e.g. fingerprint metadata).
         """
@@ -396,6 +398,30 @@ class RunDirectory:
         ip = gray * self.reference  # in float64, like correlation.ncc
         return tile_sums(w, ip, self.tile)
 
+    def ingest_on_device(self, snapshots: Any) -> np.ndarray:
+        """Tile sums (n×Th×Tw×3) of snapshots still on the inversion's device.
+
+        ``snapshots`` is an n×H×W×3 float tensor (0..255) on any device.  Each is quantized as
+        the snapshot store quantizes it, and its residual (``residual_torch``), gray product with
+        the reference and tile sums are computed on that device: only the sums come back.  They
+        equal :meth:`ingest_frames` of the stored frames up to float rounding.
+        """
+        import torch
+
+        from .residual_torch import gray_torch, residual_torch, tile_sums_torch
+
+        device = snapshots.device
+        reference = self._reference_on.get(str(device))
+        if reference is None:
+            reference = torch.from_numpy(np.asarray(self.reference, np.float64)).to(device)
+            self._reference_on = {str(device): reference}  # one device per run: keep only it
+        with torch.no_grad():
+            frames = torch.clamp(torch.round(snapshots.to(torch.float32) * SCALE), 0, 65535)
+            images = frames / SCALE  # what ingest_frames reads back from the store
+            w = residual_torch(images, self.sigma)
+            ip = gray_torch(images.permute(0, 3, 1, 2)).to(torch.float64) * reference
+            return tile_sums_torch(w, ip, self.tile).cpu().numpy()
+
     def complete_tile_sums(
         self,
         *,
@@ -483,11 +509,16 @@ class _Ingest:
         self.busy_s = 0.0  # seconds spent computing residuals and tile sums
         self.wait_s = 0.0  # seconds the inversion waited for room in the queue
         self.n_done = 0
+        self.n_on_device = 0  # of them, ingested where the inversion ran (not on the host)
         self.thread = threading.Thread(target=self._loop, name="dippas-ingest", daemon=True)
         self.thread.start()
 
-    def put(self, frame: np.ndarray) -> None:
-        """Queue one frame; blocks only while the queue is full (back-pressure)."""
+    def put(self, frame: Any) -> None:
+        """Queue one frame; blocks only while the queue is full (back-pressure).
+
+        A stored uint16 frame (numpy) is ingested on the host (:meth:`RunDirectory.ingest_frames`);
+        a float snapshot tensor on a GPU is ingested there (:meth:`RunDirectory.ingest_on_device`).
+        """
         t0 = time.perf_counter()
         try:
             while True:
@@ -532,9 +563,8 @@ class _Ingest:
                         break
                     batch.append(item)
                 t0 = time.perf_counter()
-                self.run.tile_sums.append(
-                    self.run.ingest_frames(np.stack(batch), workers=self.workers)
-                )
+                for group in _same_kind_runs(batch):
+                    self.run.tile_sums.append(self._sums(group))
                 self.busy_s += time.perf_counter() - t0
                 self.n_done += len(batch)
         except BaseException as exc:  # noqa: BLE001 - handed to the producer
@@ -542,6 +572,27 @@ class _Ingest:
             with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
                 while True:
                     self.queue.get_nowait()
+
+
+    def _sums(self, group: list) -> np.ndarray:
+        if isinstance(group[0], np.ndarray):
+            return self.run.ingest_frames(np.stack(group), workers=self.workers)
+        import torch
+
+        self.n_on_device += len(group)
+        return self.run.ingest_on_device(torch.stack(group))
+
+
+def _same_kind_runs(batch: list) -> list[list]:
+    """``batch`` cut into consecutive runs of host frames (numpy) and device tensors, in order."""
+    runs: list[list] = []
+    for item in batch:
+        host = isinstance(item, np.ndarray)
+        if runs and isinstance(runs[-1][0], np.ndarray) == host:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 @contextlib.contextmanager
@@ -646,6 +697,7 @@ def record(
     batch_size: int = 4,
     workers: int | None = None,
     torch_threads: int | None | str = "auto",
+    device_ingest: bool = True,
 ) -> Any:
     """Drive an ``invert`` generator, streaming its kept snapshots into ``run_dir``.
 
@@ -671,6 +723,10 @@ def record(
         Cap of torch's threads while recording on CPU: ``"auto"`` is half the usable cores (at
         least 1; the ingest's residuals use the rest), ``None`` leaves torch alone.  An explicit
         ``torch_threads`` in the DIP config wins.
+    device_ingest
+        Compute the residuals and tile sums of snapshots that the inversion ran on a GPU there
+        (``Step.snapshot_device``; torch residual) rather than on the host (Numba).  Snapshots
+        made on the CPU are always ingested on the host.
 
     Returns
     -------
@@ -725,7 +781,9 @@ def record(
                 kept = step.snapshot is not None
                 if kept:
                     frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
-                    ingest.put(frame)
+                    on_device = getattr(step, "snapshot_device", None)
+                    # a snapshot still on a GPU is ingested there: only its tile sums come back
+                    ingest.put(frame if on_device is None or not device_ingest else on_device)
                     n_kept += 1
                 row = (
                     int(step.iteration),
@@ -787,6 +845,7 @@ def record(
                 "elapsed_s": time.perf_counter() - t0,
                 "ingest_busy_s": ingest.busy_s,
                 "ingest_wait_s": ingest.wait_s,
+                "ingested_on_device": ingest.n_on_device,
             }
             if ingest_error is not None:
                 info["error"] = str(ingest_error)

@@ -9,7 +9,7 @@ Two append-only stores live side by side in a run directory:
   storage error (float16 has a step of 0.125 near 255, enough to flip a rounding); it also sums
   exactly in integers.
 * :class:`TileSums` keeps, per snapshot and per ``tile×tile`` tile, the three sums that make up the
-  NCC of SPEC §3: ``Σ W·(I·P)``, ``Σ W²``, ``Σ (I·P)²`` (float64, N×Th×Tw×3).  The NCC of any block
+  NCC (method §3): ``Σ W·(I·P)``, ``Σ W²``, ``Σ (I·P)²`` (float64, N×Th×Tw×3).  The NCC of any block
   made of whole tiles is a ratio of sums of tile sums, so assembling with another B never touches a
   residual again.
 

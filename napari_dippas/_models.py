@@ -279,7 +279,7 @@ class AnonymizeJob(EventedModel):
 
 
 class AssemblySettings(EventedModel):
-    """Assembly parameters (SPEC §5): block size ``B``, snapshots averaged ``L``, PSNR floor."""
+    """Assembly parameters (method §5): block size ``B``, snapshots averaged ``L``, PSNR floor."""
 
     block_size: int = 64
     n_average: int = 10
@@ -312,7 +312,7 @@ def attribute(
 ) -> AttributionResult:
     """Residual, NCC, PCE and block-NCC map of ``photo`` against fingerprint ``K``.
 
-    Calls :mod:`dippas_core` for every number (SPEC §1, §3).  The PCE is computed between the
+    Calls :mod:`dippas_core` for every number (method §1, §3).  The PCE is computed between the
     residual and ``I_gray * K`` (the two terms of the NCC) at zero shift only: the photo and the
     fingerprint are aligned, and searching every shift would turn the largest of H×W noise peaks
     into a "match".  Under no match the zero-shift PCE is about chi-square with one degree of
@@ -326,7 +326,7 @@ def attribute(
     K : np.ndarray
         H×W fingerprint (or, in blind mode, the reference residual).
     sigma : float
-        Noise level of the residual (SPEC §1).
+        Noise level of the residual (method §1).
     block_size : int
         ``B`` of the block-NCC map.
     W : np.ndarray, optional

@@ -103,7 +103,7 @@ def read_run(path: str | list[str]) -> list[LayerDataTuple]:
 
 
 def last_assembly_params(session: RunSession) -> AssemblySettings:
-    """The ``(B, L, tau)`` last used on this run (``assembly.json``), else SPEC §5's defaults.
+    """The ``(B, L, tau)`` last used on this run (``assembly.json``), else method §5's defaults.
 
     ``B`` is snapped to the nearest block size the run supports (its tile, small images).  A
     garbled value (a hand-edited or half-written file) falls back to its default: it must not

@@ -2,7 +2,7 @@
 
 For each run folder, the gamma that minimises ``||I_phi (1 + gamma P) - I||²`` for the run's last
 snapshot ``I_phi`` (closed form: ``<(I - I_phi) I_phi, P> / <I_phi P, I_phi P>``) beside the
-gamma the inversion ended with.  SPEC §2's ``K`` is in gray levels per unit of normalised
+gamma the inversion ended with.  method §2's ``K`` is in gray levels per unit of normalised
 intensity (sd ≈ 0.3–0.4 here), so a perfect fingerprint would give gamma ≈ 1/255 ≈ 0.004 and an
 estimated one less (its estimation noise attenuates the fit).  For runs recorded with gamma* in
 ``history.csv`` it also prints the share of recording-phase iterations with gamma at 0 and the

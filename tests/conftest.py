@@ -5,23 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import _testdata
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TESTDATA = Path(
-    os.environ.get("DIPPAS_TESTDATA", REPO.parent / "shared" / "data" / "prnu-python-testdata")
-)
+#: $DIPPAS_TESTDATA, else ../shared/data/prnu-python-testdata (see tests/_testdata.py)
+TESTDATA = _testdata.data_folder()
 
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    """The Dresden subset of prnu-python (6 Nikon cameras); CI must have it."""
-    if not (TESTDATA / "ff-jpg").is_dir():
+    """The Dresden subset of prnu-python (6 Nikon cameras), every file checked against the
+    registry's SHA-256 (``tests/testdata-registry.txt``); CI must have it."""
+    folder = _testdata.data_folder()
+    if not (folder / "ff-jpg").is_dir() and os.environ.get(_testdata.DOWNLOAD_ENV) == "1":
+        for name in _testdata.registered():
+            _testdata.fetch(name)
+    if not (folder / "ff-jpg").is_dir():
         if os.environ.get("CI"):
-            pytest.fail(f"camera test data missing at {TESTDATA}")
-        pytest.skip(f"camera test data not found at {TESTDATA} (set DIPPAS_TESTDATA)")
-    return TESTDATA
+            pytest.fail(f"camera test data missing at {folder}")
+        pytest.skip(f"camera test data not found at {folder} (set DIPPAS_TESTDATA)")
+    _testdata.verify()  # a damaged or missing file fails here, named
+    return folder
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def flatfield_crops(testdata) -> dict[str, list[np.ndarray]]:
     from dippas_core.io import center_crop, read_image
 
     crops: dict[str, list[np.ndarray]] = {}
-    for path in sorted((testdata / "ff-jpg").glob("*.JPG")):
+    for path in (testdata / name for name in _testdata.registered("ff-jpg/")):
         crop = np.array(center_crop(read_image(path), CAMERA_CROP))  # copy: free the full image
         crops.setdefault(_device_label(path), []).append(crop)
     return crops
@@ -112,5 +118,5 @@ def natural_photos(testdata) -> list[tuple[str, str, np.ndarray]]:
 
     return [
         (_device_label(p), p.name, np.array(center_crop(read_image(p), CAMERA_CROP)))
-        for p in sorted((testdata / "nat-jpg").glob("*.JPG"))
+        for p in (testdata / name for name in _testdata.registered("nat-jpg/"))
     ]

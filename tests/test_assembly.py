@@ -1,4 +1,4 @@
-"""Assembly (SPEC §5) from tile sums against the literal implementation, and its edge cases."""
+"""Assembly (method §5) from tile sums against the literal implementation, and its edge cases."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_ranking_rule_of_spec_section_5():
 
 
 def test_partial_ranking_equals_the_full_sort_with_many_ties(rng):
-    # the fast path for L << n (partition, then sort the few) must keep SPEC's tie rule exactly
+    # the fast path for L << n (partition, then sort the few) must keep method §5's tie rule exactly
     for _ in range(100):
         n = int(rng.integers(5, 300))
         first = int(rng.integers(1, n + 1))
@@ -90,7 +90,7 @@ def test_B_equal_H_and_L_1_is_the_smallest_ranked_full_image_ncc(synthetic_run):
         img = run.snapshots.read(i)
         scores.append(ncc(residual(img), img, run.reference))
     scores = np.array(scores)
-    # the rule of SPEC §5 written out: the negative closest to 0, else the smallest non-negative
+    # the rule of method §5 written out: the negative closest to 0, else the smallest non-negative
     neg = np.flatnonzero(scores < 0)
     best = neg[np.argmin(-scores[neg])] if neg.size else int(np.argmin(scores))
     res = assemble(run, B=64, L=1, tau=30.0)

@@ -1,8 +1,8 @@
-"""Attribution on real cameras: the 6 Dresden Nikons of prnu-python's test data (SPEC §2–3, §6).
+"""Attribution on real cameras: the 6 Dresden Nikons of prnu-python's test data (method §2–3, §6).
 
 Fingerprints from each camera's 10 flat-field shots and the 16 natural photos, all centre
 512×512 crops (the protocol of prnu-python's example, which reports AUC ≈ 0.98 with correlation on
-20 photos with its db8 wavelet; SPEC §1 pins db4).
+20 photos with its db8 wavelet; method §1 pins db4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attribution scores (SPEC §3): NCC, block NCC maps, PCE."""
+"""Attribution scores (method §3): NCC, block NCC maps, PCE."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DIP inversion generator (SPEC §4): loss, snapshots, stopping, cancel, cleanup, seeds.
+"""The DIP inversion generator (method §4): loss, snapshots, stopping, cancel, cleanup, seeds.
 
 Tiny networks on tiny images; one test runs a real Dresden crop with its camera's fingerprint.
 """

@@ -1,4 +1,4 @@
-"""The Multi-Resolution U-Net against SPEC §4, and DIPConfig (no torch needed for the latter)."""
+"""The Multi-Resolution U-Net against method §4, and DIPConfig (no torch needed for the latter)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from dippas_core.dip.config import DIPConfig
@@ -20,7 +19,7 @@ from dippas_core.dip.network import MultiResUNet, count_parameters  # noqa: E402
 torch.set_num_threads(1)
 
 
-# --- an independent count from SPEC §4's layer list --------------------------------------------
+# --- an independent count from method §4's layer list --------------------------------------------
 def _conv(c_in: int, c_out: int, k: int) -> int:
     """Weights + bias of a k×k convolution."""
     return k * k * c_in * c_out + c_out
@@ -73,19 +72,29 @@ def _spec_count(in_channels: int, widths: list[int], skips: list[int], out_chann
     return total + _conv(below, out_channels, 1)
 
 
-def test_block_split_is_specs_floor_of_fractions():
-    # SPEC: W = 1.67 U split into floor(0.167W), floor(0.333W), floor(0.5W)
-    for u in (16, 32, 64, 128, 256):
-        w = 1.67 * u
-        assert _block_widths(u) == (math.floor(0.167 * w), math.floor(0.333 * w),
-                                    math.floor(0.5 * w))
-    net = MultiResUNet(in_channels=4, widths=(16,))
-    assert net.stem.out_channels == sum(_block_widths(16)) == 25
+@pytest.mark.parametrize(
+    "u, total", [(4, 6), (16, 25), (32, 51), (64, 105), (128, 212), (256, 426)]
+)
+def test_block_split_is_floor_of_fractions(u, total):
+    # method §4: W = 1.67 U split into floor(0.167W), floor(0.333W), floor(0.5W); the totals are
+    # those listed in docs/dip.md, worked out by hand
+    w = 1.67 * u
+    expected = (math.floor(0.167 * w), math.floor(0.333 * w), math.floor(0.5 * w))
+    assert sum(expected) == total
+    net = MultiResUNet(in_channels=4, widths=(u,))
+    # the stem's 3×3 convolutions, in the order they are chained (the 1×1 is the shortcut)
+    chain = [m for m in net.stem.modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert tuple(m.out_channels for m in chain) == expected
+    assert [m.in_channels for m in chain] == [4, expected[0], expected[1]]
+    with torch.no_grad():
+        assert net.stem.eval()(torch.randn(1, 4, 8, 8)).shape == (1, total, 8, 8)
 
 
 def test_default_parameter_count_matches_spec_and_paper():
     net = MultiResUNet()  # 512 input channels, U = 16..256, residual paths 16..128
     n = count_parameters(net)
+    assert n == sum(p.numel() for p in net.parameters() if p.requires_grad)
     assert n == _spec_count(512, [16, 32, 64, 128, 256], [16, 32, 64, 128])
     assert 2.1e6 < n < 2.3e6  # the paper: "about 2.2 M parameters"
 
@@ -195,8 +204,14 @@ def test_import_does_not_pull_in_torch():
 def test_public_names():
     import dippas_core
     import dippas_core.dip as dip
+    from dippas_core.dip import inversion, network
 
-    for name in ("DIPConfig", "invert", "Step", "InversionResult", "run_to_end", "MultiResUNet"):
-        assert getattr(dip, name) is not None
-    assert dippas_core.DIPConfig is DIPConfig and dippas_core.invert is dip.invert
-    assert np.isclose(1.67 * 16, 26.72)
+    # the lazy names are the objects their modules define, listed by dir() and __all__
+    assert dip.invert is inversion.invert and dip.run_to_end is inversion.run_to_end
+    assert dip.Step is inversion.Step and dip.InversionResult is inversion.InversionResult
+    assert dip.MultiResUNet is MultiResUNet is network.MultiResUNet
+    assert dip.DIPConfig is DIPConfig is dippas_core.DIPConfig
+    assert dippas_core.invert is inversion.invert
+    assert {"DIPConfig", "invert", "Step", "MultiResUNet"} <= set(dir(dip)) & set(dip.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        dip.no_such_name  # noqa: B018

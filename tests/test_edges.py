@@ -1,4 +1,4 @@
-"""Edge masks (SPEC §6 / DIPPAS paper Table 4) and the edge-restricted NCC."""
+"""Edge masks (method §6 / DIPPAS paper Table 4) and the edge-restricted NCC."""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def test_untouched_auc_on_512_centre_crops_reaches_the_standard_level(
     summary = evaluate("in-memory", tmp_path, cfg, dataset=dataset, plots=False)
     (row,) = summary
     assert row["n_crops"] == 16 and row["n_pairs"] == 96
-    assert row["auc_ncc"] >= 0.95  # measured 0.963 (SPEC §6: prnu-python reports ~0.98 on 20)
+    assert row["auc_ncc"] >= 0.95  # measured 0.963 (method §6: prnu-python reports ~0.98 on 20)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Camera fingerprint (SPEC §2): estimate, running sums, errors, file round trip, CLI."""
+"""Camera fingerprint (method §2): estimate, running sums, errors, file round trip, CLI."""
 
 from __future__ import annotations
 

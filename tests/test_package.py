@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pkgutil
+import re
 import subprocess
 import sys
+
+import pytest
 
 import dippas_core
 
@@ -24,12 +28,12 @@ def test_core_imports_no_gui_and_no_torch():
 
 def test_core_modules_import_no_gui():
     # every core module, not just the package: none may reach napari or Qt
-    import pkgutil
-
     names = [m.name for m in pkgutil.walk_packages(dippas_core.__path__, "dippas_core.")]
     stmt = "; ".join(f"import {n}" for n in names if not n.endswith("__main__"))
     modules = _imported_after(stmt)
-    for banned in ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui"):
+    banned_modules = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui",
+                      "npe2", "psygnal", "superqt")
+    for banned in banned_modules:
         assert banned not in modules, f"a dippas_core module imported {banned}"
 
 
@@ -43,8 +47,20 @@ def test_public_api_resolves():
     assert not missing, f"names in dippas_core.__all__ that do not resolve: {missing}"
 
 
-def test_cli_help_lists_commands():
-    from dippas_core.cli import build_parser
+def test_cli_help_lists_every_subcommand(capsys):
+    import dippas_core.cli as cli
 
-    help_text = build_parser().format_help()
-    assert "dippas" in help_text
+    # the subcommands are the public modules of dippas_core/cli, each registering one parser
+    modules = {m.name for m in pkgutil.iter_modules(cli.__path__) if not m.name.startswith("_")}
+    assert {"anonymize", "assemble", "demo", "fingerprint", "invert", "score"} <= modules
+    help_text = cli.build_parser().format_help()
+    listed = set(re.findall(r"^    (\w+)\s", help_text, flags=re.MULTILINE))
+    assert listed == modules, f"'dippas --help' lists {sorted(listed)}, not {sorted(modules)}"
+    for name in modules:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: dippas {name}")
+    # no command: the help, exit status 2
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Noise residual (SPEC §1): the fast Numba path against the readable reference path."""
+"""Noise residual (method §1): the fast Numba path against the readable reference path."""
 
 from __future__ import annotations
 

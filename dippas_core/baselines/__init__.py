@@ -1,4 +1,4 @@
-"""Published anonymization methods DIPPAS is compared with (issue 6, SPEC §6).
+"""Published anonymization methods DIPPAS is compared with (issue 6, method §6).
 
 Each is a function ``photo (+ fingerprint) -> image`` (float32 0..255, the photo's shape):
 

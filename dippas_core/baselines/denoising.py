@@ -17,7 +17,7 @@ __all__ = ["bm3d_available", "bm3d_denoise", "denoise", "wavelet_denoise"]
 
 
 def wavelet_denoise(photo, sigma: float = 5.0, *, passes: int = 1) -> np.ndarray:
-    """Photo minus its wavelet-Wiener noise (SPEC §1 step 1), per channel.
+    """Photo minus its wavelet-Wiener noise (method §1 step 1), per channel.
 
     This is the denoiser inside the fingerprint residual, so it removes exactly the noise the
     detector looks at, and nothing else.
@@ -27,7 +27,7 @@ def wavelet_denoise(photo, sigma: float = 5.0, *, passes: int = 1) -> np.ndarray
     photo : array_like
         H×W or H×W×3 image, 0..255 scale (uint8/uint16 as read, or float).
     sigma : float
-        Noise standard deviation of the Wiener shrink (SPEC §1, default 5).
+        Noise standard deviation of the Wiener shrink (method §1, default 5).
     passes : int
         How many times to apply it (the inpainting baseline denoises its edges twice).
 

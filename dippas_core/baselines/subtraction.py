@@ -3,7 +3,7 @@
 The photo follows the PRNU model ``I = I0 (1 + K) + noise``; removing ``alpha·I·K`` undoes the
 multiplicative term.  Since the estimated ``K`` is attenuated and the detector works on a denoised
 residual, the useful weight is not 1: it is chosen so that the anonymized photo's NCC with ``K``
-(SPEC §3, the detector the ROC is computed from) is as close to zero as possible.
+(method §3, the detector the ROC is computed from) is as close to zero as possible.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def subtraction_alpha(
     fingerprint : Fingerprint or array_like
         The camera fingerprint ``K``, same H×W as the photo.
     sigma : float
-        Residual noise level (SPEC §1).
+        Residual noise level (method §1).
     quantize : bool
         Score (and later produce) the image rounded to integer levels.
     max_doublings : int

@@ -147,5 +147,5 @@ def register(subparsers: Any) -> None:
     add_assembly_arguments(p)
     p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    add_dip_arguments(p)
+    add_dip_arguments(p, tiles_per_step=True)
     p.set_defaults(func=_run)

@@ -141,7 +141,7 @@ def register(subparsers: Any) -> None:
         help="assemble the anonymized image from a run folder",
         description=(
             "Rank every snapshot of RUN_DIR on each BxB block by its NCC with the reference and "
-            "average the best L (SPEC §5).  Fast: it reuses the tile sums recorded during the "
+            "average the best L (method §5).  Fast: it reuses the tile sums recorded during the "
             "inversion.  A run that was stopped midway works too."
         ),
     )

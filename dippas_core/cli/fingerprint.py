@@ -1,4 +1,4 @@
-"""``dippas fingerprint``: estimate a camera fingerprint from flat-field images (SPEC §2)."""
+"""``dippas fingerprint``: estimate a camera fingerprint from flat-field images (method §2)."""
 
 from __future__ import annotations
 

@@ -19,8 +19,12 @@ def add_dip_arguments(
     p: argparse.ArgumentParser,
     *,
     preset_help: str = "network/stopping preset (default: 'paper' on a GPU, 'cpu' otherwise)",
+    tiles_per_step: bool = False,
 ) -> None:
-    """Options of the DIP inversion (preset and the fields people change most)."""
+    """Options of the DIP inversion (preset and the fields people change most).
+
+    ``tiles_per_step``: also offer ``--tiles-per-step`` (commands that invert several tiles).
+    """
     g = p.add_argument_group("DIP inversion")
     g.add_argument(
         "--preset",
@@ -44,6 +48,28 @@ def add_dip_arguments(
         default=None,
         help="torch CPU threads (default: 1 while residuals are computed beside it)",
     )
+    if tiles_per_step:
+        g.add_argument(
+            "--tiles-per-step",
+            type=_tiles_per_step,
+            default=None,
+            metavar="N|auto",
+            help="tiles trained in one optimiser step, each its own network (default 1; 'auto': "
+            "from the free GPU memory, or a short measurement on the CPU)",
+        )
+
+
+def _tiles_per_step(text: str) -> int | str:
+    """``--tiles-per-step`` value: a positive integer or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = None) -> Any:
@@ -65,6 +91,7 @@ def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = 
         "stop_psnr": args.stop_psnr,
         "device": args.device,
         "torch_threads": args.torch_threads,
+        "tiles_per_step": getattr(args, "tiles_per_step", None),
     }
     return DIPConfig.preset(preset, **{k: v for k, v in changes.items() if v is not None})
 

@@ -1,4 +1,4 @@
-"""DIP inversion (SPEC §4): the Multi-Resolution U-Net and the generator loop that fits it.
+"""DIP inversion (method §4): the Multi-Resolution U-Net and the generator loop that fits it.
 
 Names are resolved lazily: ``import dippas_core.dip`` and :class:`DIPConfig` do not import torch;
 :func:`invert`, :class:`MultiResUNet` and friends import it on first use.
@@ -6,8 +6,7 @@ Names are resolved lazily: ``import dippas_core.dip`` and :class:`DIPConfig` do 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 _API = {
     "DIPConfig": "config",
@@ -24,15 +23,6 @@ _API = {
 
 __all__ = list(_API)
 
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__, _ = lazy_loader.attach(
+    __name__, submod_attrs={m: [n for n, mod in _API.items() if mod == m] for m in {*_API.values()}}
+)

@@ -25,7 +25,7 @@ MIN_WIDTH = 4
 
 @dataclass(frozen=True)
 class DIPConfig:
-    """Parameters of the DIP inversion (SPEC §4); JSON-serialisable with :meth:`to_dict`.
+    """Parameters of the DIP inversion (method §4); JSON-serialisable with :meth:`to_dict`.
 
     Parameters
     ----------
@@ -72,6 +72,10 @@ class DIPConfig:
     torch_threads : int or None
         When set, ``torch.set_num_threads`` for the duration of the run (restored afterwards).
         ``None`` leaves the caller's setting; cap it when Numba or Dask workers share the CPU.
+    tiles_per_step : int or "auto"
+        When a photo is inverted tile by tile (:func:`dippas_core.dip.batched.invert_tiles`):
+        how many tiles are trained in one optimiser step, each its own network.  ``"auto"``
+        picks N from the free GPU memory, or from a short measurement on the CPU.
     """
 
     seed: int = 0
@@ -90,6 +94,7 @@ class DIPConfig:
     channels_last: bool | str = True
     compile: bool = False
     torch_threads: int | None = None
+    tiles_per_step: int | str = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -137,6 +142,9 @@ class DIPConfig:
             raise InputError(f"z_channels must be >= 1, got {self.z_channels!r}")
         if self.torch_threads is not None and int(self.torch_threads) < 1:
             raise InputError(f"torch_threads must be None or >= 1, got {self.torch_threads!r}")
+        tps = self.tiles_per_step
+        if tps != "auto" and (isinstance(tps, bool) or not isinstance(tps, int) or tps < 1):
+            raise InputError(f"tiles_per_step must be an integer >= 1 or 'auto', got {tps!r}")
         self.amp_mode  # noqa: B018 - raises on a bad value
         self.layout_mode  # noqa: B018
 

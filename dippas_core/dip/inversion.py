@@ -1,4 +1,4 @@
-"""DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (SPEC §4, paper eq. 9).
+"""DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (method §4, paper eq. 9).
 
 :func:`invert` returns a generator: it yields one :class:`Step` per iteration (with the snapshot
 ``I_phi`` when its PSNR reaches ``tau_psnr``) and returns an :class:`InversionResult`. It never
@@ -67,6 +67,10 @@ class Step:
         On the first step only: the run's environment (resolved device, speed settings, versions),
         as in :attr:`InversionResult.environment`, so that a consumer that closes the generator
         early still knows what ran.
+    snapshot_device : torch.Tensor or None
+        When the inversion runs on a GPU (not the CPU) and kept a snapshot: the same snapshot as
+        an H×W×3 float32 tensor still on that device, so that its residual and tile sums can be
+        computed there (:meth:`dippas_core.run.RunDirectory.ingest_on_device`).
     gamma_star : float
         The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
         before any clamp): where the injection strength should be for this output.
@@ -78,6 +82,7 @@ class Step:
     gamma: float
     snapshot: np.ndarray | None = field(default=None, repr=False)
     environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    snapshot_device: Any = field(default=None, repr=False, compare=False)
     gamma_star: float = float("nan")  # last: older positional callers stay valid
 
 
@@ -233,15 +238,16 @@ def _iterate(
                 stop_reason = "cancelled"
                 break
             with torch_threads(threads):
-                loss, psnr, gamma, gamma_star, snapshot = inverter.step()
+                loss, psnr, gamma, gamma_star, kept = inverter.step()
             for key, value in zip(
                 _HISTORY_KEYS, (iteration, loss, psnr, gamma, gamma_star), strict=True
             ):
                 history[key].append(value)
-            n_snapshots += snapshot is not None
+            n_snapshots += kept is not None
             env = dict(environment) if iteration == 1 else None
-            yield Step(iteration, loss, psnr, gamma, snapshot, env, gamma_star)
-            del snapshot  # the consumer owns it now
+            snapshot, on_device = _snapshot_pair(kept)
+            yield Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star)
+            del snapshot, on_device, kept  # the consumer owns them now
             if psnr >= config.stop_psnr:
                 stop_reason = "psnr"
                 break
@@ -269,6 +275,15 @@ def _iterate(
         environment=environment,
         elapsed_s=time.perf_counter() - start,
     )
+
+
+def _snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
+    """The host array of a kept H×W×3 snapshot tensor, and the tensor itself when on a GPU."""
+    if kept is None:
+        return None, None
+    if kept.device.type == "cpu":
+        return kept.numpy(), None  # a fresh tensor: the array shares memory with nothing reused
+    return kept.cpu().numpy(), kept
 
 
 def _drop_failed_frames(exc: BaseException) -> None:
@@ -368,6 +383,51 @@ class _Inverter:
             ).permute(0, 3, 1, 2)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
+    def step(self) -> tuple[float, float, float, float, torch.Tensor | None]:
+        """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept.
+
+        Built from the pieces that :mod:`dippas_core.dip.batched` also calls per tile
+        (:meth:`perturb`, :meth:`loss_of`, :meth:`after_update`, :meth:`report`), so that N tiles
+        in one step follow exactly the rule of one inversion.
+        """
+        import torch
+
+        self.perturb()
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            out = self.forward(self.noisy_z, (self.height, self.width))
+        i_phi = out.float()
+        loss = self.loss_of(i_phi)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.after_update()
+        # the only host synchronisation of the iteration: the scalars in one transfer
+        loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
+        snapshot = self.snapshot(i_phi) if psnr_v >= self.tau else None
+        return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
+
+    def perturb(self) -> None:
+        """Draw this iteration's input ``z + perturb_std · noise`` into :attr:`noisy_z`."""
+        import torch
+
+        noise = self._randn(tuple(self.z.shape), self.layout)
+        torch.add(self.z, noise, alpha=self.config.perturb_std, out=self.noisy_z)
+
+    def loss_of(self, i_phi: torch.Tensor) -> torch.Tensor:
+        """The loss of eq. 9 for the generator's output ``i_phi`` (1×3×H×W float32).
+
+        Also fixes this step's gamma and gamma* (:meth:`_gammas`), which :meth:`report` gives.
+        """
+        self._step_gamma, self._step_star = self._gammas(i_phi)
+        return camera_model_loss(i_phi, self._step_gamma, self.P, self.target)
+
     def _gammas(self, i_phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The gamma that multiplies ``P`` in this iteration's loss, and this output's gamma*.
 
@@ -380,45 +440,33 @@ class _Inverter:
             return star.clamp(min=0.0), star
         return self.gamma, star
 
-    def step(self) -> tuple[float, float, float, float, np.ndarray | None]:
-        """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept."""
+    def after_update(self) -> None:
+        """What follows the optimiser step: a learned gamma (``"adam"``) kept ``>= 0``."""
+        import torch
+
+        if self.config.gamma_mode == "adam":
+            with torch.no_grad():
+                self.gamma.clamp_(min=0.0)
+            self._step_gamma = self.gamma  # the value after the update
+
+    def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss, PSNR (dB) of ``i_phi``, gamma and gamma*: one tensor on the device."""
         import torch
         import torch.nn.functional as F
 
-        cfg = self.config
-        noise = self._randn(tuple(self.z.shape), self.layout)
-        torch.add(self.z, noise, alpha=cfg.perturb_std, out=self.noisy_z)
-        del noise
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-        ):
-            out = self.forward(self.noisy_z, (self.height, self.width))
-        i_phi = out.float()
-        gamma, gamma_star = self._gammas(i_phi)
-        loss = F.mse_loss(i_phi * (1.0 + gamma * self.P), self.target)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
         with torch.no_grad():
-            if self.config.gamma_mode == "adam":
-                self.gamma.clamp_(min=0.0)
-                gamma = self.gamma  # the value after the update
-            i_phi = i_phi.detach()
-            psnr = -10.0 * torch.log10(F.mse_loss(i_phi, self.target))
-            # the only host synchronisation of the iteration: four scalars in one transfer
-            loss_v, psnr_v, gamma_v, star_v = torch.stack(
-                [loss.detach(), psnr, gamma.detach(), gamma_star]
-            ).tolist()
-            snapshot = None
-            if psnr_v >= self.tau:
-                # a fresh tensor (the product), so the array shares memory with nothing we reuse
-                snapshot = (i_phi[0] * 255.0).permute(1, 2, 0).contiguous().cpu().numpy()
-        return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
+            psnr = -10.0 * torch.log10(F.mse_loss(i_phi.detach(), self.target))
+            return torch.stack(
+                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
+            )
+
+    @staticmethod
+    def snapshot(i_phi: torch.Tensor) -> torch.Tensor:
+        """``i_phi`` as a fresh H×W×3 tensor on the 0..255 scale (shares memory with nothing)."""
+        import torch
+
+        with torch.no_grad():
+            return (i_phi.detach()[0] * 255.0).permute(1, 2, 0).contiguous()
 
     def release(self) -> None:
         """Drop every tensor, the model and the optimiser; give cached device memory back."""
@@ -463,6 +511,15 @@ def warm_up() -> None:
     residual(np.zeros((32, 32, 3), np.float32))
 
 
+def camera_model_loss(
+    i_phi: torch.Tensor, gamma: torch.Tensor, P: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``MSE(i_phi · (1 + gamma · P), target)``: the fit through the camera model (eq. 9)."""
+    import torch.nn.functional as F
+
+    return F.mse_loss(i_phi * (1.0 + gamma * P), target)
+
+
 def least_squares_gamma(
     i_phi: torch.Tensor, P: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
@@ -480,7 +537,7 @@ def least_squares_gamma(
 
 
 def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """Adam with AMSGrad (SPEC §4); the fused kernel on CUDA where this torch has it."""
+    """Adam with AMSGrad (method §4); the fused kernel on CUDA where this torch has it."""
     import torch
 
     if device.type == "cuda":

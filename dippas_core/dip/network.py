@@ -1,4 +1,4 @@
-"""The Multi-Resolution U-Net generator of DIPPAS (SPEC §4, paper §3.4 and Fig. 5).
+"""The Multi-Resolution U-Net generator of DIPPAS (method §4, paper §3.4 and Fig. 5).
 
 Encoder and decoder stages are MultiRes blocks (Ibtehaz & Rahman 2020); U-Net skip connections are
 replaced by residual paths; stride-2 3×3 convolutions go down, nearest-neighbour ×2 goes up; every
@@ -27,7 +27,7 @@ __all__ = [
 
 #: Slope of the LeakyReLU that follows every convolution but the last (paper §3.4).
 NEGATIVE_SLOPE = 0.2
-#: MultiRes block width factor: W = ALPHA * U (Ibtehaz & Rahman; SPEC §4).
+#: MultiRes block width factor: W = ALPHA * U (Ibtehaz & Rahman; method §4).
 ALPHA = 1.67
 
 

@@ -1,0 +1,230 @@
+"""Many tiles per optimiser step (dip.batched) against separate ``invert`` runs, on real crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dippas_core.cancel import CancelToken
+from dippas_core.dip import DIPConfig, invert
+from dippas_core.errors import DeviceError, InputError
+
+torch = pytest.importorskip("torch")
+
+from dippas_core.dip.batched import (  # noqa: E402
+    TileDone,
+    TileJob,
+    TileStep,
+    choose_tiles_per_step,
+    invert_tiles,
+)
+
+FREE = {"tau_psnr": -np.inf, "stop_psnr": np.inf}
+
+
+@pytest.fixture(scope="module")
+def tiles(natural_photos):
+    """Five real 64×64 tiles (two photos) and one 64×96 tile, each with a reference P."""
+    rng = np.random.default_rng(11)
+    a, b = natural_photos[2][2], natural_photos[10][2]
+    crops = [a[:64, :64], a[64:128, :64], a[200:264, 300:364], b[:64, 100:164], b[300:364, :64],
+             b[100:164, 200:296]]
+    return [(c, rng.normal(0, 0.02, c.shape[:2]).astype(np.float32)) for c in crops]
+
+
+@pytest.fixture
+def float64():
+    """Run the networks in float64: rounding no longer drives the trajectories apart."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def _separate(tiles, cfg):
+    out = {}
+    for i, (img, P) in enumerate(tiles):
+        gen = invert(img, P, cfg.replace(seed=100 + i))
+        steps = []
+        while True:
+            try:
+                steps.append(next(gen))
+            except StopIteration as stop:
+                out[i] = (steps, stop.value)
+                break
+    return out
+
+
+def _batched(tiles, cfg, n, cancel=None, after=None):
+    jobs = [TileJob(i, img, P, seed=100 + i) for i, (img, P) in enumerate(tiles)]
+    steps: dict = {i: [] for i in range(len(tiles))}
+    done = {}
+    order = []
+    gen = invert_tiles(jobs, cfg, tiles_per_step=n, cancel=cancel)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return steps, done, order, stop.value
+        if isinstance(event, TileStep):
+            steps[event.key].append(event.step)
+            order.append(event.key)
+            if after is not None:
+                after(len(order))
+        else:
+            assert isinstance(event, TileDone)
+            done[event.key] = event.result
+
+
+def _first_hit(psnr: np.ndarray, threshold: float) -> int | None:
+    hit = np.nonzero(psnr >= threshold)[0]
+    return int(hit[0]) + 1 if hit.size else None
+
+
+def test_same_seed_same_images_as_separate_runs(tiles, float64):
+    cfg = DIPConfig.preset("tiny", max_iter=8, **FREE)
+    # a stop threshold that some tiles reach at different iterations and others never: those
+    # leave the batch early and waiting tiles take their place
+    free = _separate(tiles, cfg)
+    psnrs = {i: r.history["psnr"] for i, (_, r) in free.items()}
+    threshold = next(
+        t for t in np.sort(np.concatenate(list(psnrs.values())))[::-1]
+        if len({_first_hit(p, t) for p in psnrs.values()}) >= 3
+    )
+    cfg = cfg.replace(stop_psnr=float(threshold), tau_psnr=float(threshold) - 3.0)
+    separate = _separate(tiles, cfg)
+    assert len({r.n_iterations for _, r in separate.values()}) >= 2  # tiles stop at different steps
+    steps, done, order, results = _batched(tiles, cfg, n=3)
+    assert set(done) == set(results) == set(separate)
+    for i, (ref_steps, ref) in separate.items():
+        got = steps[i]
+        assert [s.iteration for s in got] == list(range(1, ref.n_iterations + 1))
+        assert results[i].stop_reason == ref.stop_reason
+        assert results[i].n_snapshots == ref.n_snapshots
+        np.testing.assert_allclose(results[i].history["psnr"], ref.history["psnr"], atol=1e-6)
+        np.testing.assert_allclose(results[i].history["loss"], ref.history["loss"], rtol=1e-6)
+        for a, b in zip(got, ref_steps, strict=True):
+            assert (a.snapshot is None) == (b.snapshot is None)
+            if a.snapshot is not None:
+                assert np.abs(a.snapshot - b.snapshot).max() <= 1e-4 * 255
+    # never more than three tiles in one step; the last tile (64×96) runs in its own batch
+    per_step = np.diff([0, *[k for k in range(1, len(order)) if order[k] <= order[k - 1]],
+                        len(order)])
+    assert per_step.max() == 3
+    env = results[0].environment
+    assert env["tiles_per_step"] == 3 and env["tiles_per_step_choice"] == "given"
+
+
+def test_float32_first_outputs_match_separate_runs(tiles):
+    # in float32 grouped and plain convolutions round differently, and the first Adam steps
+    # amplify those roundings (scale-invariant weights before batch norm get near-zero,
+    # noise-sized gradients that Adam normalises); the first outputs still agree
+    cfg = DIPConfig.preset("tiny", max_iter=1, **FREE)
+    separate = _separate(tiles[:4], cfg)
+    steps, *_ = _batched(tiles[:4], cfg, n=4)
+    for i, (ref_steps, _) in separate.items():
+        assert np.abs(steps[i][0].snapshot - ref_steps[0].snapshot).max() <= 1e-4 * 255
+
+
+def test_one_step_gradients_are_each_tiles_own(tiles):
+    # N networks in one backward: each tile's weights get exactly its own loss's gradient
+    from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
+    from dippas_core.dip.device import resolve_device, speed_settings
+    from dippas_core.dip.inversion import _image_to_unit, _Inverter
+
+    cfg = DIPConfig.preset("tiny", channels_last=False)
+    device = resolve_device("cpu")
+    speed = speed_settings(cfg, device)
+    batch = _Batch(device, speed)
+    alone = []
+    for i, (img, P) in enumerate(tiles[:3]):
+        c = cfg.replace(seed=i)
+        img01 = _image_to_unit(img, 16)
+        alone.append(_Inverter(img01, P, c, device, speed))
+        batch.add(_with_params(_Tile(_PreparedJob(i, img01, P, c), c, device, speed)))
+    for inv in alone:
+        inv.perturb()
+        inv.loss_of(inv.forward(inv.noisy_z, (64, 64)).float()).backward()
+    for t in batch.tiles:
+        t.perturb()
+    out = batch.forward().float()
+    sum(t.loss_of(out[i : i + 1]) for i, t in enumerate(batch.tiles)).backward()
+    for inv, t in zip(alone, batch.tiles, strict=True):
+        ref = [p.grad for p in inv.model.parameters()]
+        got = [p.grad for p in t.model.parameters()]
+        top = max(float(g.abs().max()) for g in ref)
+        assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) <= 1e-4 * top
+        inv.release()
+    batch.release()
+
+
+def test_cancel_ends_running_tiles_and_never_starts_waiting_ones(tiles):
+    cfg = DIPConfig.preset("tiny", max_iter=50, **FREE)
+    token = CancelToken()
+
+    def after(n_steps: int) -> None:
+        if n_steps == 6:  # two steps of the first batch of three
+            token.cancel()
+
+    steps, done, _, results = _batched(tiles[:5], cfg, n=3, cancel=token, after=after)
+    assert set(results) == {0, 1, 2} == set(done)
+    assert all(r.stop_reason == "cancelled" and r.n_iterations == 2 for r in results.values())
+    assert steps[3] == steps[4] == []
+
+
+def test_auto_measures_on_the_cpu_and_records_its_choice(tiles):
+    from dippas_core.dip.device import resolve_device, speed_settings
+    from dippas_core.dip.inversion import _image_to_unit
+
+    cfg = DIPConfig.preset("tiny")
+    device = resolve_device("cpu")
+    img01 = _image_to_unit(tiles[0][0], 16)
+    n, why = choose_tiles_per_step(img01, tiles[0][1], cfg, device, speed_settings(cfg, device), 3)
+    assert n in (1, 2) and "N=1" in why and "N=4" not in why  # capped by the three tiles
+    _, _, _, results = _batched(tiles[:2], cfg.replace(max_iter=1), n="auto")
+    assert results[0].environment["tiles_per_step"] in (1, 2)
+    assert "measured" in results[0].environment["tiles_per_step_choice"]
+
+
+def test_out_of_memory_is_a_device_error_with_advice(tiles, monkeypatch):
+    from dippas_core.dip import batched
+
+    def boom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(batched._Batch, "step", boom)
+    with pytest.raises(DeviceError, match="tiles_per_step"):
+        _batched(tiles[:2], DIPConfig.preset("tiny", max_iter=2), n=2)
+
+
+def test_bad_jobs_and_settings_are_input_errors(tiles):
+    img, P = tiles[0]
+    with pytest.raises(InputError, match="key"):
+        invert_tiles([TileJob("a", img, P), TileJob("a", img, P)], DIPConfig.preset("tiny"))
+    with pytest.raises(InputError, match="no tiles"):
+        invert_tiles([], DIPConfig.preset("tiny"))
+    with pytest.raises(InputError, match="P"):
+        invert_tiles([TileJob(0, img, P[:10])], DIPConfig.preset("tiny"))
+    for bad in (0, -2, "many", 1.5, True):
+        with pytest.raises(InputError, match="tiles_per_step"):
+            DIPConfig(tiles_per_step=bad)
+    assert DIPConfig(tiles_per_step="auto").tiles_per_step == "auto"
+
+
+def test_cli_tiles_per_step_option(capsys):
+    from dippas_core.cli import build_parser
+    from dippas_core.cli.invert import dip_config_from_args
+
+    parser = build_parser()
+    base = ["anonymize", "photo.png", "--out", "out.png", "--preset", "tiny"]
+    for value, expected in (("4", 4), ("auto", "auto"), ("AUTO", "auto")):
+        args = parser.parse_args([*base, "--tiles-per-step", value])
+        assert dip_config_from_args(args).tiles_per_step == expected
+    assert dip_config_from_args(parser.parse_args(base)).tiles_per_step == 1
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--tiles-per-step", bad])
+        assert "positive integer or 'auto'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one photo, one network: no such option for invert
+        parser.parse_args(["invert", "photo.png", "--blind", "--out", "run",
+                           "--tiles-per-step", "2"])
