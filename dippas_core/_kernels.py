@@ -26,7 +26,6 @@ __all__ = [
     "gray_zero_mean",
     "idwt2_level",
     "ml_accumulate",
-    "png_unfilter",
     "wavelet_noise_plane",
     "wiener_shrink_inplace",
     "zero_mean_inplace",
@@ -424,54 +423,3 @@ def wavelet_noise_plane(plane, lo, hi, rlo, rhi, noise_var, levels):
         ch_t, cv_t, cd_t = details[k]
         rec = idwt2_level(rec, ch_t, cv_t, cd_t, rlo, rhi)
     return rec
-
-
-# --------------------------------------------------------------------------------------------
-# PNG row filters (16-bit colour PNG, which Pillow would reduce to 8 bits)
-# --------------------------------------------------------------------------------------------
-
-
-@njit(**_OPTS)
-def png_unfilter(data, h, stride, bpp):
-    """Undo the PNG row filters of a non-interlaced image: ``data`` is the inflated stream,
-    ``h`` rows of one filter-type byte plus ``stride`` bytes, ``bpp`` bytes per pixel.
-
-    Returns the h×stride uint8 pixel bytes, or raises ValueError on an unknown filter type.
-    """
-    out = np.zeros((h, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int32)
-    cur = np.zeros(stride, dtype=np.int32)
-    for y in range(h):
-        base = y * (stride + 1)
-        ftype = data[base]
-        if ftype > 4:
-            raise ValueError("bad PNG filter type")
-        for x in range(stride):
-            raw = np.int32(data[base + 1 + x])
-            left = cur[x - bpp] if x >= bpp else 0
-            up = prev[x]
-            if ftype == 0:
-                pred = 0
-            elif ftype == 1:
-                pred = left
-            elif ftype == 2:
-                pred = up
-            elif ftype == 3:
-                pred = (left + up) >> 1
-            else:
-                ul = prev[x - bpp] if x >= bpp else 0
-                p = left + up - ul
-                pa = abs(p - left)
-                pb = abs(p - up)
-                pc = abs(p - ul)
-                if pa <= pb and pa <= pc:
-                    pred = left
-                elif pb <= pc:
-                    pred = up
-                else:
-                    pred = ul
-            cur[x] = (raw + pred) & 0xFF
-            out[y, x] = cur[x]
-        for x in range(stride):
-            prev[x] = cur[x]
-    return out

@@ -113,7 +113,8 @@ def check_assembly_params(
     ------
     InputError
         B neither a multiple of ``tile`` nor at least the image's larger side, L < 1, tau not a
-        finite number.
+        finite number.  A B larger than the whole image (rounded up to the tile) comes back as
+        that size: it is the same single block.
     """
     h, w = (int(v) for v in shape[:2])
     tile = int(tile)
@@ -128,6 +129,9 @@ def check_assembly_params(
             f"block size B={B} must be a multiple of the run's tile {tile} "
             f"({tile}, {2 * tile}, {4 * tile}, ...) or at least the image size {max(h, w)}"
         )
+    # any B beyond the whole image (rounded up to the tile) is that same single block: use it,
+    # never pad the tile sums to an absurd B (-B 10**9 tried to allocate petabytes)
+    B = min(B, max(-(-max(h, w) // tile) * tile, max(h, w)))
     if isinstance(L, bool) or not isinstance(L, int | np.integer) or L < 1:
         raise InputError(f"L (snapshots averaged per block) must be an integer >= 1, got {L!r}")
     try:
@@ -157,6 +161,10 @@ def _candidates(run: RunDirectory, tau: float) -> tuple[np.ndarray, float]:
         )
         raise NoSnapshotsError(f"run {run.path} has no snapshot to assemble: {why}")
     psnr = run.snapshots.psnrs[:n]
+    if not np.isfinite(psnr).all():  # a damaged index: NaN passes no threshold, nothing'd be kept
+        from .run import DamagedRunError
+
+        raise DamagedRunError(run.path, f"{run.snapshots.INDEX} records non-finite PSNRs")
     threshold = min(tau, float(psnr.max()))
     return np.flatnonzero(psnr >= threshold), threshold
 

@@ -421,20 +421,16 @@ def _refuse_oversized_file(path: str, settings: BatchSettings, name: str) -> Non
     Only without ``crop`` (a crop may bring a big photo under the limit); files whose header
     cannot be read are left to :func:`~dippas_core.io.read_image`, which names the problem.
     """
+    from .errors import ImageReadError
+    from .io import image_size
+
     if settings.crop is not None:
         return
     try:
-        if Path(path).suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                h, w = tif.pages[0].imagelength, tif.pages[0].imagewidth
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:  # lazy: reads the header only
-                w, h = im.size
-    except Exception:  # noqa: BLE001 - unreadable: read_image reports it properly
+        # the declared size, whatever it is: a decompression bomb's header must not be
+        # swallowed here (read_image would refuse it too, but only by its own, larger limit)
+        h, w = image_size(path)
+    except ImageReadError:  # unreadable: read_image reports it properly
         return
     if h * w > settings.max_pixels:
         raise InputError(
@@ -630,6 +626,14 @@ def process_image(
         record.seconds = round(time.perf_counter() - start, 3)
         record.status = _STATUS_OK
         write_image(output, image, bit_depth=bit_depth)
+        from .report import published_sidecar, write_forensic_record
+
+        # beside the image only the published part; the full report (camera, scores before)
+        # goes to the batch's state folder, with the done-markers
+        write_forensic_record(
+            {**report, "output": output.name}, Path(task.marker).parent.parent / "records"
+            / f"{output.stem}.json",
+        )
         atomic_write_text(
             output.with_suffix(".json"),
             json.dumps(
@@ -637,7 +641,7 @@ def process_image(
                     "output": output.name,
                     # what the batch did before the pipeline (no source size: it names the camera)
                     "batch": {"crop": settings.crop, "bit_depth": bit_depth},
-                    "report": report,
+                    "report": published_sidecar(report),
                 },
                 indent=2,
                 allow_nan=False,

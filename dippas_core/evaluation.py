@@ -731,10 +731,49 @@ def _rows_to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
 
 
 def _read_scores(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``scores.csv``, each checked (InputError naming the line and column)."""
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [f for f in SCORE_FIELDS if f not in (reader.fieldnames or ())]
+            if missing:
+                raise InputError(
+                    f"{path} is not a scores file of dippas evaluate: no column "
+                    f"{', '.join(missing)}"
+                )
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path} is not a readable CSV file ({exc})") from None
+    for line, row in enumerate(rows, start=2):
+        _check_score_row(path, line, row)
+    return rows
+
+
+def _check_score_row(path: Path, line: int, row: dict[str, Any]) -> None:
+    def bad(column: str, why: str) -> InputError:
+        return InputError(f"{path}, line {line}: {column} {row.get(column)!r} {why}")
+
+    if None in row or any(row.get(f) is None for f in SCORE_FIELDS):
+        raise InputError(f"{path}, line {line}: wrong number of columns")
+    try:
+        size = int(row["size"])
+    except ValueError:
+        raise bad("size", "is not a whole number") from None
+    if size < 1:
+        raise bad("size", "must be >= 1")
+    if not row["method"] or not row["crop"]:
+        raise InputError(f"{path}, line {line}: method and crop must not be empty")
+    if row["label"] not in ("0", "1", "True", "False", "true", "false"):
+        raise bad("label", "is not 0/1")
+    for column in ("ncc", "ncc_edges", "pce", "psnr", "seconds"):
+        if row[column] == "":
+            continue  # a score that was not computed (e.g. --no-pce)
+        try:
+            float(row[column])  # nan and inf are written by evaluate itself
+        except ValueError:
+            raise bad(column, "is not a number") from None
 
 
 def _json_safe(obj):

@@ -21,6 +21,7 @@ from .errors import InputError, ShapeMismatchError
 
 __all__ = [
     "Fingerprint",
+    "check_fingerprint_file",
     "estimate_fingerprint",
     "intensity_scale",
     "saturation_mask",
@@ -137,11 +138,19 @@ class Fingerprint:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Fingerprint:
-        """Load a fingerprint saved by :meth:`save`; InputError naming the file if invalid."""
+    def load(
+        cls, path: str | os.PathLike, *, shape: tuple[int, int] | None = None
+    ) -> Fingerprint:
+        """Load a fingerprint saved by :meth:`save`; InputError naming the file if invalid.
+
+        The array headers are checked first (:func:`check_fingerprint_file`): a file over the
+        pixel limit, of another ``shape`` than asked, or holding Python objects is refused
+        before its data is read.
+        """
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such fingerprint file")
+        check_fingerprint_file(path, shape=shape)
         try:
             with np.load(path, allow_pickle=False) as data:
                 if "K" not in data.files or "metadata" not in data.files:
@@ -176,6 +185,62 @@ class Fingerprint:
             )
         except (TypeError, ValueError, IndexError) as exc:
             raise InputError(f"{path}: damaged fingerprint metadata ({exc})") from None
+
+
+def check_fingerprint_file(
+    path: str | os.PathLike, *, shape: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """Size of the fingerprint in a ``.npz`` from its headers alone; nothing else is read.
+
+    Parameters
+    ----------
+    path
+        The fingerprint file.
+    shape
+        When given, the (height, width) K must have (e.g. the photo's).
+
+    Raises
+    ------
+    InputError
+        Not a fingerprint archive, K not 2-D, more pixels than :data:`dippas_core.io.MAX_PIXELS`,
+        metadata larger than a JSON text can sensibly be, or K of another ``shape``.
+    """
+    import zipfile
+
+    from . import io
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(
+            f"{path}: not a fingerprint file (a NumPy .npz archive): {exc}"
+        ) from None
+    if not {"K.npy", "metadata.npy"} <= names:
+        raise InputError(f"{path}: not a dippas fingerprint (needs K and metadata)")
+    k_shape, _ = io.npz_header(path, "K")
+    if len(k_shape) != 2:
+        raise InputError(f"{path}: K must be a 2-D float array, got shape {k_shape}")
+    h, w = k_shape
+    if h * w > io.MAX_PIXELS:
+        raise InputError(
+            f"{path}: K declares {h}×{w} = {h * w / 1e6:.1f} megapixels, over the limit of "
+            f"{io.MAX_PIXELS / 1e6:.1f} MP; refusing to read it"
+        )
+    m_shape, m_dtype = io.npz_header(path, "metadata")
+    if m_dtype.itemsize * int(np.prod(m_shape)) > _MAX_METADATA_BYTES:
+        raise InputError(f"{path}: fingerprint metadata is implausibly large; refusing to read it")
+    if shape is not None and (h, w) != tuple(shape):
+        raise InputError(
+            f"the photo is {shape[0]}×{shape[1]} but the fingerprint {path} is {h}×{w}; "
+            "use --crop N (or crop both) to work on matching central crops"
+        )
+    return h, w
+
+
+#: Largest metadata array read from a fingerprint file (it holds a short JSON text).
+_MAX_METADATA_BYTES = 1 << 20
 
 
 def _environment() -> dict[str, str]:

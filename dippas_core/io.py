@@ -6,9 +6,16 @@ Reading
     fingerprint lives in sensor coordinates); ``apply_orientation=True`` rotates/flips as a viewer
     would.  RGBA, LA, palette, CMYK and 1-bit images are converted to RGB (or gray for LA/1-bit);
     the alpha channel is dropped.  TIFF is read with tifffile (16-bit colour TIFF stays 16-bit);
-    Pillow reduces 16-bit colour PNG to 8 bits, so such files are decoded here instead.
-    Anything unreadable, truncated, empty or unsupported raises
+    Pillow reduces 16-bit colour PNG to 8 bits, so 16-bit PNG is decoded with libpng
+    (``imagecodecs``).  Anything unreadable, truncated, empty, animated or unsupported raises
     :class:`~dippas_core.errors.ImageReadError` naming the file.
+
+Size limit
+    Every reader compares the size a file *declares* (PNG IHDR, TIFF tags, Pillow's header)
+    with one limit, :data:`MAX_PIXELS` (Pillow's default) or ``max_pixels=``, before decoding a
+    pixel: a small file claiming a huge image (a decompression bomb) is refused at once.
+    :func:`npz_header` and :func:`load_npy` do the same for NumPy files: shape and dtype come from
+    the header, objects (pickles) are never loaded.
 
 Writing
     :func:`write_image` writes PNG or TIFF (by suffix), atomically, with no EXIF/ICC/XMP/text
@@ -17,8 +24,11 @@ Writing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import threading
+import warnings
 import zlib
 from pathlib import Path
 
@@ -29,11 +39,18 @@ from .errors import ImageReadError, InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "ImageNoteWarning",
     "center_crop",
     "crop_at",
     "find_images",
+    "image_size",
+    "load_npy",
+    "npy_header",
+    "npz_header",
     "read_image",
     "to_float255",
+    "warn_if_turned",
     "write_image",
 ]
 
@@ -41,6 +58,17 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Largest height×width any reader decodes (Pillow's default limit): checked from the header.
+MAX_PIXELS = 89_478_485
+_PILLOW_LOCK = threading.Lock()
+_ORIENTATIONS = {
+    2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "mirrored and rotated 90° left",
+    6: "rotated 90° right", 7: "mirrored and rotated 90° right", 8: "rotated 90° left",
+}
+
+
+class ImageNoteWarning(UserWarning):
+    """Something in an image file is deliberately not applied (e.g. its EXIF orientation)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,13 +146,87 @@ def _finish(arr: np.ndarray, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _too_large(path: Path, h: int, w: int, max_pixels: int) -> ImageReadError:
+    return ImageReadError(
+        f"{path}: the image declares {w}×{h} = {h * w / 1e6:.1f} megapixels, over the limit of "
+        f"{max_pixels / 1e6:.1f} MP; refusing to decode it (raise dippas_core.io.MAX_PIXELS or "
+        "pass max_pixels= if the file is trusted)"
+    )
+
+
+def _limit(max_pixels: int | None) -> int:
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+        raise InputError(f"max_pixels must be a positive integer, got {limit!r}")
+    return int(limit)
+
+
+def _png_header(path: Path) -> tuple[int, int, int, int] | None:
+    """(height, width, bit depth, colour type) from a PNG's IHDR, or None if it is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if len(head) < 29 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    w, h = struct.unpack(">II", head[16:24])
+    return h, w, head[24], head[25]
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) an image file declares, read from its header alone (nothing decoded).
+
+    Raises
+    ------
+    ImageReadError
+        The header cannot be read.
+    """
+    path = Path(path)
+    try:
+        png = _png_header(path)
+        if png is not None:
+            return png[0], png[1]
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if not tif.pages:
+                    raise ImageReadError(f"{path}: TIFF file has no image")
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        from PIL import Image
+
+        with _pillow_unlimited(), Image.open(path) as im:  # lazy: reads the header only
+            return int(im.size[1]), int(im.size[0])
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder error: name the file
+        raise ImageReadError(f"{path}: cannot read the image header ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _pillow_unlimited():
+    """Pillow's own bomb check off while a header is read: :data:`MAX_PIXELS` is the one limit,
+    and it is checked right after, before any pixel is decoded."""
+    from PIL import Image
+
+    with _PILLOW_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         if not tif.pages:
             raise ImageReadError(f"{path}: TIFF file has no image")
         page = tif.pages[0]
+        h, w = int(page.imagelength), int(page.imagewidth)
+        if h * w > max_pixels:  # tifffile has no limit of its own: check before asarray
+            raise _too_large(path, h, w, max_pixels)
         if int(page.photometric) not in (1, 2):  # MINISBLACK, RGB
             # tifffile hands back raw samples: CMYK, palette indices, inverted or YCbCr values
             # would pass for gray/RGB, so let Pillow convert those to RGB
@@ -136,54 +238,31 @@ def _read_tiff(path: Path) -> np.ndarray:
     return arr
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
-    """(bit depth, colour type) of a PNG file, or None if it is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(33)
-    if len(head) < 29 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    return head[24], head[25]
+def _read_png16(path: Path) -> np.ndarray:
+    """Decode a 16-bit PNG with libpng (imagecodecs): Pillow would keep only the top 8 bits of
+    colour samples.  The caller has checked the declared size; libpng inflates no more than the
+    rows that size needs, however large the compressed stream claims to be."""
+    import imagecodecs
+
+    return imagecodecs.png_decode(path.read_bytes())
 
 
-def _read_png16_colour(path: Path) -> np.ndarray:
-    """Decode a 16-bit RGB/RGBA PNG (Pillow would keep only the top 8 bits of each sample)."""
-    raw = Path(path).read_bytes()
-    pos, idat, ihdr = 8, [], None
-    while pos + 8 <= len(raw):
-        (length,) = struct.unpack(">I", raw[pos : pos + 4])
-        ctype = raw[pos + 4 : pos + 8]
-        body = raw[pos + 8 : pos + 8 + length]
-        if len(body) != length:
-            raise ValueError("truncated PNG chunk")
-        if ctype == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    else:
-        raise ValueError("truncated PNG (no IEND chunk)")
-    if ihdr is None:
-        raise ValueError("PNG without IHDR")
-    w, h, depth, ctype_, _, _, interlace = ihdr
-    if interlace:
-        raise ValueError("interlaced 16-bit colour PNG is not supported")
-    channels = {2: 3, 6: 4}[ctype_]
-    bpp = channels * depth // 8
-    data = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-    if data.size != h * (w * bpp + 1):
-        raise ValueError("PNG image data has the wrong length")
-    from ._kernels import png_unfilter  # Numba: the row filters are sequential per byte
-
-    pixels = png_unfilter(data, h, w * bpp, bpp)
-    return pixels.view(">u2").reshape(h, w, channels).astype(np.uint16)
-
-
-def _read_pillow(path: Path) -> np.ndarray:
+def _read_pillow(path: Path, max_pixels: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
+    with _pillow_unlimited():
+        im = Image.open(path)  # the header only
+    with im:
+        w, h = im.size
+        if h * w > max_pixels:
+            raise _too_large(path, h, w, max_pixels)
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1 and im.format != "MPO":  # MPO: a camera JPEG whose extra frames are previews
+            raise ImageReadError(
+                f"{path}: an animated or multi-frame {im.format} image ({frames} frames); only "
+                "one still photo can be anonymized and the other frames would be lost: save the "
+                "frame you want as its own file first"
+            )
         im.load()  # decode now, inside the caller's try: truncated files fail here
         mode = im.mode
         if mode in ("L", "RGB", "I;16", "I;16L", "I;16B", "I;16N"):
@@ -204,7 +283,9 @@ def _read_pillow(path: Path) -> np.ndarray:
     return arr
 
 
-def read_image(path: str | os.PathLike, *, apply_orientation: bool = False) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike, *, apply_orientation: bool = False, max_pixels: int | None = None
+) -> np.ndarray:
     """Read an image file as stored: uint8 or uint16, H×W (gray) or H×W×3 (colour).
 
     Parameters
@@ -213,7 +294,10 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = False) -> n
         JPEG, PNG, TIFF (or another format Pillow reads).
     apply_orientation : bool
         Rotate/flip by the EXIF orientation tag, as a viewer would.  Off by default: forensic
-        work needs pixels in sensor order.
+        work needs pixels in sensor order (:func:`warn_if_turned` says so where it matters).
+    max_pixels : int, optional
+        Largest height×width decoded (default :data:`MAX_PIXELS`), checked against the size the
+        file declares before any pixel is decoded.
 
     Returns
     -------
@@ -223,11 +307,12 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = False) -> n
     Raises
     ------
     ImageReadError
-        The file is missing, empty, truncated, not an image, or in an unsupported layout; the
-        message names the file.
+        The file is missing, empty, truncated, not an image, larger than ``max_pixels``,
+        animated (frames would be lost), or in an unsupported layout; the message names the file.
     """
     from PIL import Image, ImageFile
 
+    limit = _limit(max_pixels)
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -237,17 +322,19 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = False) -> n
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         png = _png_header(path)
-        if path.suffix.lower() in _TIFF_SUFFIXES:
+        if png is not None and png[0] * png[1] > limit:
+            raise _too_large(path, png[0], png[1], limit)
+        if path.suffix.lower() in _TIFF_SUFFIXES and png is None:
             try:
-                arr = _read_tiff(path)
+                arr = _read_tiff(path, limit)
             except ImageReadError:
                 raise
             except Exception:  # noqa: BLE001 - e.g. a codec tifffile lacks: let Pillow try
-                arr = _read_pillow(path)
-        elif png is not None and png[0] == 16 and png[1] in (2, 6):
-            arr = _read_png16_colour(path)
+                arr = _read_pillow(path, limit)
+        elif png is not None and png[2] == 16 and png[3] in (2, 4, 6):
+            arr = _read_png16(path)
         else:
-            arr = _read_pillow(path)
+            arr = _read_pillow(path, limit)
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
@@ -261,6 +348,121 @@ def read_image(path: str | os.PathLike, *, apply_orientation: bool = False) -> n
     if apply_orientation:
         arr = np.ascontiguousarray(_orient(arr, _exif_orientation(path)))
     return arr
+
+
+def warn_if_turned(path: str | os.PathLike) -> None:
+    """Warn (:class:`ImageNoteWarning`) when ``path``'s EXIF orientation turns the picture.
+
+    Called where an image read as stored becomes an output: the output carries no EXIF, so it
+    displays turned against the original.  The pixels are still used as stored, since the
+    camera fingerprint lives in sensor order.
+    """
+    orientation = _exif_orientation(Path(path))
+    if orientation not in (None, 1):
+        warnings.warn(
+            f"{path}: its EXIF orientation tag ({orientation}: {_ORIENTATIONS[orientation]}) is "
+            "not applied: the pixels are used as the sensor stored them (as the camera "
+            "fingerprint is), and the output carries no EXIF, so it will display turned "
+            "against the original; rotate the output afterwards if needed",
+            ImageNoteWarning,
+            stacklevel=2,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy files: headers checked before any data is read
+# --------------------------------------------------------------------------------------------
+
+
+def _npy_header(fh, source: str) -> tuple[tuple[int, ...], np.dtype]:
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npformat.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = npformat.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown .npy format version {version}")
+    except (ValueError, EOFError, OSError, SyntaxError) as exc:
+        raise InputError(f"{source}: not a NumPy array file ({exc})") from None
+    if dtype.hasobject:
+        raise InputError(
+            f"{source}: holds Python objects, not plain numbers; such files are never loaded "
+            "(loading them could run code)"
+        )
+    return tuple(int(n) for n in shape), dtype
+
+
+def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a ``.npy`` file from its header alone.
+
+    Raises
+    ------
+    InputError
+        Not a ``.npy`` file, or one holding Python objects (never loaded).
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            return _npy_header(fh, str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+
+
+def npz_header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of array ``name`` in a ``.npz`` archive, from its header alone.
+
+    Only the first bytes of the member are inflated, so a small archive holding a huge array
+    can be refused by size before its data is read.
+
+    Raises
+    ------
+    InputError
+        Not a zip archive, no member ``name``, or a member that is not a plain ``.npy`` array.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if f"{name}.npy" not in zf.namelist():
+                raise InputError(f"{path}: no array {name!r} in this .npz file")
+            with zf.open(f"{name}.npy") as fh:
+                return _npy_header(fh, f"{path} ({name})")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise InputError(
+            f"{path}: not a NumPy .npz archive (a zip of .npy arrays): {exc}"
+        ) from None
+
+
+def load_npy(
+    path: str | os.PathLike, *, shape: tuple[int, ...] | None = None, what: str = "array"
+) -> np.ndarray:
+    """Load a plain numeric ``.npy`` array, its header checked first (objects never loaded).
+
+    Parameters
+    ----------
+    path
+        The ``.npy`` file.
+    shape
+        When given, the shape the array must have; checked from the header, before the data.
+    what
+        What the array is, for messages.
+    """
+    path = Path(path)
+    found, dtype = npy_header(path)
+    if shape is not None and found != tuple(shape):
+        raise InputError(f"{path}: the {what} is {found}, expected {tuple(shape)}")
+    if dtype.kind not in "uif" or dtype.itemsize > 8:
+        raise InputError(f"{path}: the {what} holds {dtype}, not plain numbers")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: the {what} is damaged ({exc})") from None
 
 
 def to_float255(image) -> np.ndarray:
@@ -354,26 +556,6 @@ def _to_integer(array, bit_depth: int) -> np.ndarray:
     return out.astype(np.uint8 if bit_depth == 8 else np.uint16)
 
 
-def _png_chunk(ctype: bytes, body: bytes) -> bytes:
-    crc = zlib.crc32(ctype + body) & 0xFFFFFFFF
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", crc)
-
-
-def _png16_bytes(arr: np.ndarray) -> bytes:
-    """A minimal 16-bit PNG (IHDR, IDAT, IEND only): Pillow cannot write 16-bit colour PNG."""
-    h, w = arr.shape[:2]
-    colour_type = 2 if arr.ndim == 3 else 0
-    rows = arr.astype(">u2").reshape(h, -1).view(np.uint8)
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1)  # filter type 0 per row
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 6))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
 def write_image(path: str | os.PathLike, array, *, bit_depth: int = 8) -> Path:
     """Write ``array`` as PNG or TIFF (by suffix), atomically and with no metadata.
 
@@ -412,7 +594,9 @@ def write_image(path: str | os.PathLike, array, *, bit_depth: int = 8) -> Path:
                 software=False,
             )
         elif bit_depth == 16:
-            tmp.write_bytes(_png16_bytes(arr))
+            import imagecodecs  # libpng: IHDR, IDAT and IEND only (Pillow cannot write 16-bit RGB)
+
+            tmp.write_bytes(imagecodecs.png_encode(arr.reshape(*arr.shape[:2], -1)))
         else:
             from PIL import Image
 

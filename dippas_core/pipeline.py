@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +18,30 @@ from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
 
-if TYPE_CHECKING:
-    from .run import RunDirectory
+__all__ = [
+    "AnonymizeConfig",
+    "AnonymizeResult",
+    "anonymize",
+    "attribution_scores",
+    "estimate_cost",
+    "PRESETS",
+]
 
-__all__ = ["AnonymizeConfig", "AnonymizeResult", "anonymize", "attribution_scores"]
+#: What each preset runs, in one place: the DIP preset's changes, the tile side and overlap of
+#: whole photos, and the assembly's B, L, tau.  ``cpu`` carries the evaluation's measured
+#: settings (docs/evaluation.md: lr 1e-2, 1500 iterations, B 128, L 2, tau 38, one torch thread).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"dip": {}, "tile_size": 512, "overlap": 64, "B": 64, "L": 10, "tau": None},
+    "cpu": {
+        "dip": {"lr": 1e-2, "max_iter": 1500, "torch_threads": 1},
+        "tile_size": 256,
+        "overlap": 64,
+        "B": 128,
+        "L": 2,
+        "tau": 38.0,
+    },
+    "tiny": {"dip": {}, "tile_size": 128, "overlap": 32, "B": 32, "L": 5, "tau": None},
+}
 
 
 @dataclass
@@ -45,6 +64,12 @@ class AnonymizeConfig:
         When set, replaces ``dip.seed``.
     keep_run
         Keep the temporary run folder when :func:`anonymize` made one (it can be large).
+    tile_size, overlap
+        Whole photos larger than ``tile_size`` are cut into ``tile_size``-pixel tiles overlapping
+        by ``overlap`` pixels (:mod:`dippas_core.tiling`), each inverted by its own network.
+    keep_tile_runs
+        Keep every tile's run folder (all snapshots) in a photo run, so ``dippas assemble`` can
+        redo a tile with another B, L, tau; by default a tile's run is removed once assembled.
     """
 
     dip: DIPConfig = field(default_factory=DIPConfig)
@@ -55,6 +80,9 @@ class AnonymizeConfig:
     tile: int = 32
     seed: int | None = None
     keep_run: bool = False
+    tile_size: int = 512
+    overlap: int = 64
+    keep_tile_runs: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.dip, dict):
@@ -64,14 +92,17 @@ class AnonymizeConfig:
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> AnonymizeConfig:
-        """A config on the DIP preset ``name`` (``"paper"``, ``"cpu"``, ``"tiny"``).
+        """A config on the preset ``name`` (``"paper"``, ``"cpu"``, ``"tiny"``; :data:`PRESETS`).
 
         ``changes`` go to this class when they name one of its fields, to the DIP config otherwise.
         """
+        DIPConfig.preset(name)  # an unknown name: the DIP preset's error
+        base = PRESETS[name]
         own = {f.name for f in dataclasses.fields(cls)}
-        mine = {k: v for k, v in changes.items() if k in own}
-        dip = DIPConfig.preset(name, **{k: v for k, v in changes.items() if k not in own})
-        return cls(dip=dip, **mine)
+        mine = {k: v for k, v in base.items() if k != "dip"}
+        mine.update({k: v for k, v in changes.items() if k in own})
+        dip_changes = {**base["dip"], **{k: v for k, v in changes.items() if k not in own}}
+        return cls(dip=DIPConfig.preset(name, **dip_changes), **mine)
 
     @property
     def assembly_tau(self) -> float:
@@ -142,21 +173,32 @@ def attribution_scores(
     return scores, measure_block_ncc(img, P, B, sigma, residual_=w)
 
 
-def _snapshot_ncc(run: RunDirectory, photo_ncc: float) -> dict[str, Any]:
-    """The kept snapshots' whole-image NCC with P (from their tile sums) beside the photo's.
+def estimate_cost(
+    photo_shape: tuple[int, ...],
+    config: AnonymizeConfig,
+    device: str | None = None,
+    *,
+    n_tiles: int | None = None,
+) -> Any:
+    """Time a few iterations at the tile size; see :func:`dippas_core.tiled.estimate_cost`."""
+    from .tiled import estimate_cost as _estimate
 
-    When the injection works the snapshots carry less of the pattern than the photo; when gamma
-    is dead they carry it at the photo's level (issue 17).
-    """
-    from .snapshots import block_ncc_from_sums
+    return _estimate(photo_shape, config, device, n_tiles=n_tiles)
 
-    out: dict[str, Any] = {"photo": float(photo_ncc), "n": len(run.tile_sums)}
-    if len(run.tile_sums):
-        sums = run.tile_sums.array()
-        values = block_ncc_from_sums(sums, max(sums.shape[1:3]))[:, 0, 0]
-        out.update(mean=float(values.mean()), min=float(values.min()), max=float(values.max()))
-        out["share_below_photo"] = float(np.mean(np.abs(values) < abs(photo_ncc)))
-    return out
+
+def _reference(img255: np.ndarray, fingerprint: Any, sigma: float) -> tuple[str, Any, dict | None]:
+    """Mode, the reference K (``None`` in blind mode: per tile) and the fingerprint's metadata."""
+    if fingerprint is None:
+        return "blind", None, None
+    K = getattr(fingerprint, "K", fingerprint)
+    P = as_plane(K, "fingerprint K")
+    check_same_size(img255, P, "photo", "fingerprint")
+    info = {
+        k: getattr(fingerprint, k)
+        for k in ("camera", "n_images", "sigma", "version")
+        if hasattr(fingerprint, k)
+    }
+    return "aware", P, info
 
 
 def anonymize(
@@ -167,14 +209,20 @@ def anonymize(
     run_dir: str | os.PathLike | None = None,
     cancel: CancelToken | None = None,
     on_step: Callable[[Any], None] | None = None,
+    on_tile: Callable[[Any, Any], None] | None = None,
     force: bool = False,
+    region: tuple[int, int, int, int] | None = None,
+    estimate: Any = None,
 ) -> AnonymizeResult:
     """Remove the camera fingerprint from ``photo`` with DIPPAS.
 
     Parameters
     ----------
     photo
-        H×W×3 photo: uint8, uint16 or float on the 0..255 scale.  Never modified.
+        H×W×3 photo of any size: uint8, uint16 or float on the 0..255 scale.  Never modified.
+        A photo larger than ``config.tile_size`` is cut into overlapping tiles, each inverted by
+        its own network and assembled with the same B, L, tau, then stitched with feathered
+        weights (docs/whole-photos.md).
     fingerprint
         The camera's :class:`~dippas_core.fingerprint.Fingerprint` (or its ``K`` array), same H×W as
         the photo: PRNU-aware mode.  ``None``: PRNU-blind mode, the reference is the photo's own
@@ -182,14 +230,24 @@ def anonymize(
     config
         :class:`AnonymizeConfig` (default: the paper's setup).
     run_dir
-        Folder for the run (snapshots, tile sums, history) so it can be re-assembled later; by
-        default a temporary folder removed at the end (``config.keep_run`` keeps it).
+        Folder for the run so it can be re-assembled (one tile) or resumed (several tiles: the
+        same call on the same folder goes on from the first unfinished tile); by default a
+        temporary folder removed at the end (``config.keep_run`` keeps it).
     cancel
-        Stops the inversion early; the image is then assembled from the snapshots kept so far.
+        Stops the inversion early.  One tile: the image is assembled from the snapshots kept so
+        far.  Several: the finished tiles are stitched, the others keep the original pixels and
+        the report says ``partial`` (and which tiles are not anonymized).
     on_step
         Called with each DIP ``Step`` (progress).
+    on_tile
+        Called with ``(tile, plan)`` before each tile's inversion (several tiles only).
     force
-        Replace a previous run in ``run_dir``.
+        Replace a previous run in ``run_dir`` (instead of resuming it).
+    region
+        ``(y, x, h, w)``: anonymize only that region (with the matching fingerprint region) and
+        return just it.  The rest of the photo still carries the camera's trace.
+    estimate
+        A :class:`~dippas_core.tiled.CostEstimate` made beforehand, recorded next to the real time.
 
     Returns
     -------
@@ -198,21 +256,18 @@ def anonymize(
     Raises
     ------
     InputError, ShapeMismatchError
-        Bad photo or fingerprint, fingerprint of another size, or assembly parameters (B, L,
-        tau) that do not fit the photo: all raised before the run folder is made or the inversion
-        starts.
+        Bad photo or fingerprint, fingerprint of another size, bad region, tile size or overlap,
+        or assembly parameters (B, L, tau) that do not fit: all raised before any run folder is
+        made or any inversion starts.
     DeviceError
         The device asked for does not exist (raised before the run folder is made), or it ran out
         of memory.
     NoSnapshotsError
-        The inversion kept no snapshot (it never reached ``tau_psnr``).
+        The inversion was stopped before its first iteration.
     """
-    from .assembly import assemble, check_assembly_params
-    from .dip import invert
-    from .residual import residual
-    from .run import RunDirectory, environment_info, gamma_summary, record
+    from .assembly import check_assembly_params
+    from .tiling import check_region, plan_tiles
 
-    t_start = time.perf_counter()
     config = AnonymizeConfig() if config is None else config
     if not isinstance(config, AnonymizeConfig):
         raise InputError(f"config must be an AnonymizeConfig, got {type(config).__name__}")
@@ -223,107 +278,137 @@ def anonymize(
             f"photo must be a colour H×W×3 image, got shape {raw.shape}; stack a gray photo into "
             "three channels first"
         )
-    # B, L and tau are only used after the whole inversion: refuse bad ones now, not hours later
-    check_assembly_params(img.shape[:2], config.tile, config.B, config.L, config.assembly_tau)
-    img255 = _to_float255(raw)
-    fp_info: dict[str, Any] | None = None
-    if fingerprint is None:
-        mode = "blind"
-        P = residual(img255, config.sigma)
+    if fingerprint is not None:
+        K = as_plane(getattr(fingerprint, "K", fingerprint), "fingerprint K")
+        check_same_size(img, K, "photo", "fingerprint")
+    offset = None
+    if region is not None:
+        y, x, h, w = check_region(region, raw.shape)
+        offset = {"y": y, "x": x, "h": h, "w": w}
+        raw = raw[y : y + h, x : x + w]
+        if fingerprint is not None:
+            fingerprint = _crop_fingerprint(fingerprint, y, x, h, w)
+    plan = plan_tiles(raw.shape, config.tile_size, config.overlap)
+    # B, L and tau are only used after the inversions: refuse bad ones now, not hours later
+    for shape in {(t.h, t.w) for t in plan.tiles}:
+        check_assembly_params(shape, config.tile, config.B, config.L, config.assembly_tau)
+    if len(plan) == 1:
+        result = _anonymize_one(
+            raw, fingerprint, config, run_dir=run_dir, cancel=cancel, on_step=on_step, force=force
+        )
     else:
-        mode = "aware"
-        K = getattr(fingerprint, "K", fingerprint)
-        P = as_plane(K, "fingerprint K")
-        check_same_size(img255, P, "photo", "fingerprint")
-        fp_info = {
-            k: getattr(fingerprint, k)
-            for k in ("camera", "n_images", "sigma", "version")
-            if hasattr(fingerprint, k)
+        from .tiled import anonymize_tiled
+
+        result = anonymize_tiled(
+            raw,
+            fingerprint,
+            config,
+            plan,
+            run_dir=run_dir,
+            cancel=cancel,
+            on_step=on_step,
+            on_tile=on_tile,
+            force=force,
+        )
+    report = result.report
+    report.setdefault("tile_plan", plan.to_dict() | {"tiles": None})
+    report["tile_plan"] = {k: v for k, v in plan.to_dict().items() if k != "tiles"}
+    if offset is not None:
+        report["region"] = {
+            **offset,
+            "note": "only this region was anonymized; the rest of the photo still carries the "
+            "camera's trace",
         }
-    # invert() checks the image, P and the device here, before any folder exists: a failure
-    # leaves no run behind (nor a previous run replaced by --force)
-    steps = invert(raw, P, config.dip, cancel=cancel)
+    if estimate is not None:
+        report["cost"] = {
+            "estimate_s": float(estimate.seconds),
+            "estimate": estimate.to_dict(),
+            "actual_s": float(report["timing_s"]["total"]),
+        }
+    return result
+
+
+def _crop_fingerprint(fingerprint: Any, y: int, x: int, h: int, w: int) -> Any:
+    """The fingerprint's (y, x, h, w) region (a Fingerprint keeps its metadata)."""
+    K = getattr(fingerprint, "K", None)
+    if K is None:
+        return np.asarray(fingerprint)[y : y + h, x : x + w]
+    cut = np.array(np.asarray(K)[y : y + h, x : x + w], copy=True)
+    if dataclasses.is_dataclass(fingerprint):
+        return dataclasses.replace(fingerprint, K=cut)
+    return cut
+
+
+def _anonymize_one(
+    raw: np.ndarray,
+    fingerprint: Any,
+    config: AnonymizeConfig,
+    *,
+    run_dir: str | os.PathLike | None,
+    cancel: CancelToken | None,
+    on_step: Callable[[Any], None] | None,
+    force: bool,
+) -> AnonymizeResult:
+    """A photo that fits in one tile: one inversion, one run folder (re-assemblable)."""
+    from .residual import residual
+    from .run import environment_info, temporary_run_folder
+    from .tiled import invert_tile
+
+    t_start = time.perf_counter()
+    img255 = _to_float255(raw)
+    mode, P, fp_info = _reference(img255, fingerprint, config.sigma)
+    if P is None:
+        P = residual(img255, config.sigma)
     temporary = run_dir is None
+    path = temporary_run_folder() if temporary else Path(run_dir)
     try:
-        path = Path(tempfile.mkdtemp(prefix="dippas-run-")) if temporary else Path(run_dir)
-    except BaseException:
-        steps.close()
-        raise
-    run = None
-    try:
-        try:
-            run = RunDirectory.create(
-                path,
-                raw,
-                P,
-                mode=mode,
-                dip_config=config.dip,
-                tile=config.tile,
-                sigma=config.sigma,
-                force=force,
-                extra={"anonymize_config": config.to_dict(), "fingerprint": fp_info},
-            )
-        except BaseException:
-            steps.close()  # never started: nothing on the device yet
-            raise
         t0 = time.perf_counter()
-        inv = record(run, steps, cancel, on_step)
+        out = invert_tile(
+            raw,
+            P,
+            config,
+            path,
+            mode=mode,
+            cancel=cancel,
+            on_step=on_step,
+            force=force,
+            extra={"anonymize_config": config.to_dict(), "fingerprint": fp_info},
+        )
         t_inv = time.perf_counter() - t0
+        if out.image is None:
+            from .assembly import NoSnapshotsError
 
+            raise NoSnapshotsError("the inversion was stopped before its first iteration")
+        asm = out.assembly
+        block = asm.block if asm is not None else int(min(config.B, max(raw.shape[:2])))
         t0 = time.perf_counter()
-        dtype = "uint8" if raw.dtype == np.uint8 else "float32"
-        asm = assemble(run, config.B, config.L, config.assembly_tau, dtype=dtype)
-        t_asm = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        before, map_before = attribution_scores(img255, P, asm.block, config.sigma)
-        after, map_after = attribution_scores(asm.image, P, asm.block, config.sigma)
-        asm._ncc_map = map_after  # the same measurement; spare a second residual
+        before, map_before = attribution_scores(img255, P, block, config.sigma)
+        after, map_after = attribution_scores(out.image, P, block, config.sigma)
+        if asm is not None:
+            asm._ncc_map = map_after  # the same measurement; spare a second residual
         t_meas = time.perf_counter() - t0
-        from .metrics import psnr
-
-        hist = inv.history
+        inv = out.inversion
         env = dict(getattr(inv, "environment", {}) or {})
+        st = out.stats
         report = {
-            "mode": mode,
-            "reference": (
-                "fingerprint K"
-                if mode == "aware"
-                else "photo residual (blind: no fingerprint given; NCC/PCE are against the "
-                "photo's own noise residual)"
-            ),
-            "fingerprint": fp_info,
-            "photo": {
-                "height": int(raw.shape[0]),
-                "width": int(raw.shape[1]),
-                "dtype": str(raw.dtype),
-            },
-            "psnr": float(psnr(img255, np.asarray(asm.image, np.float32))),
-            "ncc": {"before": before["ncc"], "after": after["ncc"]},
-            "pce": {"before": before["pce"], "after": after["pce"]},
-            "pce_detail": {"before": before, "after": after},
-            "block_ncc": {
-                "B": asm.block,
-                "mean_abs_before": float(np.abs(map_before).mean()),
-                "mean_abs_after": float(np.abs(map_after).mean()),
-                "max_abs_after": float(np.abs(map_after).max()),
-            },
+            **_report_head(mode, fp_info, raw, img255, out.image, before, after),
+            "block_ncc": _block_summary(block, map_before, map_after),
             "inversion": {
-                "stop_reason": inv.stop_reason,
-                "n_iterations": int(len(hist["iteration"])),
-                "n_snapshots": int(len(run.snapshots)),
-                "best_psnr": float(np.max(hist["psnr"])) if len(hist["psnr"]) else None,
-                "final_gamma": float(hist["gamma"][-1]) if len(hist["gamma"]) else None,
-                "gamma": gamma_summary(run.history()),
-                "snapshot_ncc": _snapshot_ncc(run, before["ncc"]),
+                "stop_reason": st["stop_reason"],
+                "n_iterations": st["iterations"],
+                "n_snapshots": st["n_snapshots"],
+                "best_psnr": st["best_psnr"],
+                "final_gamma": float(inv.history["gamma"][-1]) if inv.n_iterations else None,
                 "elapsed_s": float(inv.elapsed_s),
             },
-            "assembly": asm.params,
+            "below_tau": _below_tau([(0, st)]),
+            "tiles": [{"y": 0, "x": 0, "h": int(raw.shape[0]), "w": int(raw.shape[1]), **st}],
+            "assembly": st["assembly"],
             "config": config.to_dict(),
             "seed": int(config.dip.seed),
             "timing_s": {
                 "inversion": t_inv,
-                "assembly": t_asm,
+                "assembly": float(st["assembly"].get("elapsed_s", 0.0)),
                 "measurement": t_meas,
                 "total": time.perf_counter() - t_start,
             },
@@ -333,17 +418,61 @@ def anonymize(
             "run_dir": None if temporary and not config.keep_run else str(path),
         }
     except BaseException:
-        if run is not None:
-            run.close()  # a writer that never reached record() would keep the run's lock
         if temporary:
             shutil.rmtree(path, ignore_errors=True)
         raise
     if temporary and not config.keep_run:
         shutil.rmtree(path, ignore_errors=True)
     return AnonymizeResult(
-        image=asm.image,
+        image=out.image,
         report=report,
         maps={"block_ncc_before": map_before, "block_ncc_after": map_after},
         run_dir=Path(report["run_dir"]) if report["run_dir"] else None,
         assembly=asm,
     )
+
+
+def _report_head(
+    mode: str,
+    fp_info: dict | None,
+    raw: np.ndarray,
+    img255: np.ndarray,
+    image: np.ndarray,
+    before: dict,
+    after: dict,
+) -> dict[str, Any]:
+    from .metrics import psnr
+
+    return {
+        "mode": mode,
+        "reference": (
+            "fingerprint K"
+            if mode == "aware"
+            else "photo residual (blind: no fingerprint given; NCC/PCE are against the "
+            "photo's own noise residual)"
+        ),
+        "fingerprint": fp_info,
+        "photo": {"height": int(raw.shape[0]), "width": int(raw.shape[1]), "dtype": str(raw.dtype)},
+        "psnr": float(psnr(img255, np.asarray(image, np.float32))),
+        "ncc": {"before": before["ncc"], "after": after["ncc"]},
+        "pce": {"before": before["pce"], "after": after["pce"], "decision_level": 60.0},
+        "pce_detail": {"before": before, "after": after},
+    }
+
+
+def _block_summary(block: int, map_before: np.ndarray, map_after: np.ndarray) -> dict[str, Any]:
+    return {
+        "B": int(block),
+        "mean_abs_before": float(np.abs(map_before).mean()),
+        "mean_abs_after": float(np.abs(map_after).mean()),
+        "max_abs_after": float(np.abs(map_after).max()),
+    }
+
+
+def _below_tau(tiles: list[tuple[int, dict]]) -> list[dict[str, Any]]:
+    """The tiles whose inversion never reached tau_psnr, and by how much (dB)."""
+    return [
+        {"tile": i, "short_db": float(st["below_tau_db"]), "best_psnr": st["best_psnr"]}
+        for i, st in tiles
+        if st.get("below_tau_db", 0.0) > 0
+    ]

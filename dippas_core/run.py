@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import queue
-import shutil
 import sys
 import threading
 import time
@@ -60,11 +59,35 @@ try:
 except ImportError:  # Windows: no advisory locks, the stores are simply not guarded
     fcntl = None
 
-__all__ = ["RunDirectory", "record", "environment_info", "jsonable", "gamma_summary"]
+__all__ = [
+    "MARKER",
+    "RUN_FILES",
+    "DamagedRunError",
+    "RunDirectory",
+    "check_run_target",
+    "check_writable_folder",
+    "clean_stale_temporary_runs",
+    "temporary_run_folder",
+    "environment_info",
+    "gamma_summary",
+    "is_run_file",
+    "is_run_folder",
+    "jsonable",
+    "record",
+]
 
 FORMAT = "dippas-run"
 FORMAT_VERSION = 1
 HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "gamma_star", "kept")
+#: The file only :meth:`RunDirectory.create` writes: ``--force`` replaces a folder only with it.
+MARKER = ".dippas-run"
+#: Every name a run owns inside its folder (``--force`` deletes these and nothing else; no
+#: output may be written over them).
+RUN_FILES = frozenset({
+    MARKER, ".lock", "config.json", "photo.npy", "reference.npy", "history.csv",
+    "snapshots.u16", "snapshots.idx", "snapshots.json", "tilesums.f64", "tilesums.json",
+    "assembly.json", "forensic-record.json",
+})
 
 
 def environment_info() -> dict[str, str]:
@@ -124,6 +147,255 @@ class _RunLock:
     def __del__(self) -> None:  # a writer dropped without close() must not lock the run forever
         with contextlib.suppress(Exception):
             self.release()
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """True for a folder made by :meth:`RunDirectory.create` (its marker, or an older run's
+    ``config.json`` with ``format: dippas-run``)."""
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        config = json.loads((folder / RunDirectory.CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def is_run_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` names one of a run's own files (or their temporaries) in a run folder.
+
+    Writing an output there would break the run: ``assemble RUN --out RUN/config.png`` would put
+    its report over the run's ``config.json``.
+    """
+    path = Path(path)
+    name = path.name
+    owned = name in RUN_FILES or any(
+        name.startswith(f".{own}.") and ".part" in name for own in RUN_FILES
+    )
+    return owned and is_run_folder(path.parent)
+
+
+def check_run_target(path: str | os.PathLike, force: bool) -> bool:
+    """Check that a run may be created in ``path``; True when a previous run will be replaced.
+
+    Cheap (no file is written), so commands call it before any work.
+
+    Raises
+    ------
+    InputError
+        ``path`` is a file, or a non-empty folder without ``force``, or a non-empty folder that
+        is not a run (no :data:`MARKER`) even with ``force``, or its nearest existing folder is
+        not writable.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"run directory {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not force:
+            raise InputError(
+                f"run directory {path} already exists and is not empty; "
+                "choose another folder or pass force=True (--force) to replace a previous run"
+            )
+        if not (path / MARKER).is_file():
+            raise InputError(
+                f"{path} is not empty and is not a dippas run folder (it lacks the {MARKER} "
+                "marker only dippas writes): refusing to replace anything in it; choose a new "
+                "or empty folder"
+            )
+        replace = True
+    else:
+        replace = False
+    check_writable_folder(path if path.is_dir() else path.parent)
+    return replace
+
+
+def check_writable_folder(folder: str | os.PathLike) -> None:
+    """Raise :class:`InputError` unless files can be created in ``folder`` (or, when it does not
+    exist yet, in its nearest existing parent, which must be a folder)."""
+    folder = Path(os.path.abspath(folder))
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot create {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {probe}: permission denied")
+
+
+def _clear_previous_run(path: Path) -> _RunLock:
+    """Delete a previous run's own files from ``path`` (others stay); return the held lock.
+
+    Only a folder carrying :data:`MARKER` is touched, and of it only the names in
+    :data:`RUN_FILES`: a user's files that happen to sit there (or a folder that merely holds a
+    ``config.json``) are never deleted.
+    """
+    if not (path / MARKER).is_file():  # checked by check_run_target; never delete without it
+        raise InputError(f"{path} is not a dippas run folder (no {MARKER}); nothing replaced")
+    lock = _RunLock(path)
+    if not lock.acquire():  # never delete a run that is still being recorded
+        raise InputError(_busy_message(path))
+    try:
+        for entry in path.iterdir():
+            if entry.name in RUN_FILES and entry.name != _RunLock.NAME and not entry.is_dir():
+                entry.unlink()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+class DamagedRunError(InputError):
+    """A run folder whose files contradict each other or miss what a run needs."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        super().__init__(
+            f"damaged run folder {path}: {problem}; it cannot be opened or assembled "
+            "(run the inversion again into a new folder)"
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_store_meta(path: Path, name: str, shape: tuple[int, int], tile: int | None) -> None:
+    """The snapshot store's or tile sums' JSON agrees with ``config.json``."""
+    try:
+        meta = json.loads((path / name).read_text())
+    except FileNotFoundError:
+        raise DamagedRunError(path, f"{name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise DamagedRunError(path, f"{name} cannot be read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise DamagedRunError(path, f"{name} is not a JSON object")
+    for key in ("height", "width") + (("tile",) if tile is not None else ()):
+        if not _positive_int(meta.get(key)):
+            raise DamagedRunError(
+                path, f"{name}: {key} must be a positive whole number, got {meta.get(key)!r}"
+            )
+    if (meta["height"], meta["width"]) != shape:
+        raise DamagedRunError(
+            path, f"{name} says {meta['height']}×{meta['width']} but config.json says "
+            f"{shape[0]}×{shape[1]}"
+        )
+    if tile is not None and meta["tile"] != tile:
+        raise DamagedRunError(path, f"{name} says tile {meta['tile']}, config.json {tile}")
+
+
+def _check_run(path: Path, config: dict) -> None:
+    """Raise :class:`DamagedRunError` naming the first thing a run folder lacks or garbles.
+
+    Only headers and small JSON files are read: the photo, reference and stores are checked by
+    their declared shapes, never loaded here.
+    """
+    from .io import npy_header
+
+    if config.get("mode") not in ("aware", "blind"):
+        raise DamagedRunError(path, f"config.json: mode must be aware or blind, "
+                              f"got {config.get('mode')!r}")
+    tile = config.get("tile")
+    if not _positive_int(tile):
+        raise DamagedRunError(path, f"config.json: tile must be a positive whole number, "
+                              f"got {tile!r}")
+    sigma = config.get("sigma")
+    if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not sigma > 0 or (
+        not np.isfinite(sigma)
+    ):
+        raise DamagedRunError(path, f"config.json: sigma must be a positive number, got {sigma!r}")
+    photo = config.get("photo")
+    if not isinstance(photo, dict) or not all(
+        _positive_int(photo.get(k)) for k in ("height", "width")
+    ):
+        raise DamagedRunError(path, f"config.json: photo height and width missing or not "
+                              f"positive ({photo!r})")
+    shape = (photo["height"], photo["width"])
+    from .io import MAX_PIXELS
+
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise DamagedRunError(path, f"config.json declares a {shape[0]}×{shape[1]} photo, over "
+                              f"the pixel limit of {MAX_PIXELS}")
+    _check_store_meta(path, SnapshotStore.META, shape, None)
+    _check_store_meta(path, TileSums.META, shape, tile)
+    for name, want in ((RunDirectory.PHOTO, (*shape, 3)), (RunDirectory.REFERENCE, shape)):
+        if not (path / name).is_file():
+            raise DamagedRunError(path, f"{name} is missing")
+        try:
+            found, dtype = npy_header(path / name)
+        except InputError as exc:
+            raise DamagedRunError(path, str(exc)) from None
+        if found != want or dtype.kind not in "uif":
+            raise DamagedRunError(
+                path, f"{name} is {dtype} {found}, expected a numeric array of shape {want}"
+            )
+
+
+def _load_part(run: RunDirectory, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    from .io import load_npy
+
+    try:
+        return load_npy(run.path / name, shape=shape, what=what)
+    except InputError as exc:
+        raise DamagedRunError(run.path, str(exc)) from None
+
+
+#: Name prefix of temporary run folders: ``dippas-run-<owner pid>-<random>`` in the temp folder.
+TEMPORARY_PREFIX = "dippas-run-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but is someone else's (or cannot tell)
+        return True
+    return True
+
+
+def clean_stale_temporary_runs(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Delete temporary run folders whose owner process is gone; return those deleted.
+
+    A run killed mid-way (power cut, ``kill -9``) leaves its temporary folder, which holds the
+    un-anonymized photo.  Only folders named ``dippas-run-<pid>-*`` in ``folder`` (default: the
+    system's temp folder), owned by this user, whose process ``<pid>`` no longer runs, are
+    cleared, and of them only a run's own files (:data:`RUN_FILES`): anything else keeps the
+    folder.
+    """
+    import tempfile
+
+    base = Path(folder if folder is not None else tempfile.gettempdir())
+    removed = []
+    for entry in base.glob(f"{TEMPORARY_PREFIX}*-*"):
+        pid_text = entry.name[len(TEMPORARY_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            mine = not hasattr(os, "getuid") or entry.stat().st_uid == os.getuid()
+            if not entry.is_dir() or entry.is_symlink() or not mine:
+                continue
+            if _process_alive(int(pid_text)):
+                continue
+            for part in entry.iterdir():
+                owned = part.name in RUN_FILES or any(
+                    part.name.startswith(f".{own}.") for own in RUN_FILES
+                )
+                if owned and part.is_file() and not part.is_symlink():
+                    part.unlink()
+            entry.rmdir()  # fails (kept) when anything else is inside
+        except OSError:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def temporary_run_folder() -> Path:
+    """A new, empty temporary run folder named after this process (see
+    :func:`clean_stale_temporary_runs`, which runs first)."""
+    import tempfile
+
+    clean_stale_temporary_runs()
+    return Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-"))
 
 
 def _busy_message(path: Path) -> str:
@@ -204,7 +476,8 @@ class RunDirectory:
         ----------
         path
             Folder to create.  An existing non-empty folder is refused unless ``force`` is true,
-            and even then only a previous *run* folder is replaced, never other files.
+            and even then only a previous run's own files are replaced (the folder must carry
+            the marker :data:`MARKER` that only this method writes); other files stay.
         photo
             The photo being anonymized (H×W×3, uint8/uint16 as read or float 0..255); saved as is.
         P
@@ -231,29 +504,15 @@ class RunDirectory:
         tile = int(tile)
         if tile < 1:
             raise InputError(f"tile must be a positive number of pixels, got {tile}")
-        if path.exists() and not path.is_dir():
-            raise InputError(f"run directory {path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()):
-            if not force:
-                raise InputError(
-                    f"run directory {path} already exists and is not empty; "
-                    "choose another folder or pass force=True (--force) to replace a previous run"
-                )
-            if not (path / cls.CONFIG).is_file():
-                raise InputError(
-                    f"{path} is not empty and is not a dippas run directory; refusing to delete it"
-                )
-            old = _RunLock(path)
-            if not old.acquire():  # never delete a run that is still being recorded
-                raise InputError(_busy_message(path))
-            try:
-                shutil.rmtree(path)
-            finally:
-                old.release()
+        lock = None
+        if check_run_target(path, force):
+            lock = _clear_previous_run(path)
         path.mkdir(parents=True, exist_ok=True)
-        lock = _RunLock(path)
-        if not lock.acquire():  # another process created this folder at the same moment
-            raise InputError(_busy_message(path))
+        if lock is None:
+            lock = _RunLock(path)
+            if not lock.acquire():  # another process created this folder at the same moment
+                raise InputError(_busy_message(path))
+        atomic_write_text(path / MARKER, json.dumps({"format": FORMAT}) + "\n")
 
         photo = np.asarray(photo)
         _save_npy(path / cls.PHOTO, photo)
@@ -296,10 +555,16 @@ class RunDirectory:
         try:
             config = json.loads(cfg_path.read_text())
         except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {cfg_path}: {exc}") from exc
-        if config.get("format") != FORMAT:
+            raise DamagedRunError(path, f"cannot read {cls.CONFIG} ({exc})") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise InputError(f"{cfg_path} is not a dippas run configuration")
-        return cls(path, config, writable=writable)
+        _check_run(path, config)
+        try:
+            return cls(path, config, writable=writable)
+        except (KeyError, TypeError, ValueError) as exc:  # InputError passes (it is a ValueError)
+            if isinstance(exc, InputError):
+                raise
+            raise DamagedRunError(path, f"{type(exc).__name__}: {exc}") from None
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -327,14 +592,14 @@ class RunDirectory:
     def photo(self) -> np.ndarray:
         """The photo exactly as given to :meth:`create`."""
         if self._photo is None:
-            self._photo = np.load(self.path / self.PHOTO)
+            self._photo = _load_part(self, self.PHOTO, (*self.shape, 3), "photo")
         return self._photo
 
     @property
     def reference(self) -> np.ndarray:
         """P (float32 H×W)."""
         if self._reference is None:
-            self._reference = np.load(self.path / self.REFERENCE)
+            self._reference = _load_part(self, self.REFERENCE, self.shape, "reference")
         return self._reference
 
     def refresh(self) -> int:
@@ -374,8 +639,11 @@ class RunDirectory:
         text = (self.path / self.HISTORY).read_text()
         header, *lines = text.split("\n")[:-1]  # the piece after the last newline is incomplete
         names = header.split(",")
-        rows = np.array([[float(v) for v in ln.split(",")] for ln in lines if ln], np.float64)
-        rows = rows.reshape(-1, len(names))
+        try:
+            rows = np.array([[float(v) for v in ln.split(",")] for ln in lines if ln], np.float64)
+            rows = rows.reshape(-1, len(names))
+        except ValueError as exc:
+            raise DamagedRunError(self.path, f"{self.HISTORY} is garbled ({exc})") from None
         out = {k: rows[:, names.index(k)] if k in names else np.full(len(rows), np.nan)
                for k in HISTORY_FIELDS}
         out["iteration"] = out["iteration"].astype(np.int64)

@@ -8,19 +8,28 @@ dict whose ``"kind"`` says what it is; widgets find their inputs by that kind, n
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "BLOCK_NCC_LIMIT",
     "DIVERGING_COLORMAP",
     "LayerDataTuple",
+    "RECT_STATE_COLORS",
+    "Region",
     "anonymized_layer",
     "block_heatmap_layer",
     "block_placement",
+    "difference_layer",
     "dippas_kind",
     "fingerprint_layer",
+    "layer_title",
     "photo_layer",
+    "rectangles_layer",
     "residual_layer",
     "snapshots_layer",
     "symmetric_limits",
@@ -31,6 +40,117 @@ __all__ = [
 DIVERGING_COLORMAP = "RdBu_r"
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: One colour scale for every block-NCC map: ``(-0.05, 0.05)``.  A map scaled to its own largest
+#: value makes a match and a non-match look alike; with one fixed scale, chance-level blocks
+#: (their NCC spreads about ``1/B``: ±0.016 for B = 64) stay pale and a fingerprint that is
+#: present shows red.  Values beyond ±0.05 saturate; the exact numbers are in the layer's
+#: ``metadata["dippas"]["values"]``.
+BLOCK_NCC_LIMIT = 0.05
+
+#: Edge colours of the states a rectangle (a tile of a whole-photo run) can be in.
+RECT_STATE_COLORS = {
+    "waiting": "#9e9e9e",
+    "running": "#ffb300",
+    "done": "#43a047",
+    "fell short": "#e53935",
+}
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of a photo, in pixels: top ``y``, left ``x``, height ``h``, width ``w``.
+
+    A region crops the photo and the fingerprint together; every layer computed on the crop is
+    drawn at :attr:`translate` so that it sits over the region of the photo.
+    """
+
+    y: int
+    x: int
+    h: int
+    w: int
+
+    @classmethod
+    def whole(cls, shape: tuple[int, ...]) -> Region:
+        """The whole of an image of ``shape`` (H, W, ...)."""
+        return cls(0, 0, int(shape[0]), int(shape[1]))
+
+    @classmethod
+    def from_corners(cls, corners: np.ndarray, shape: tuple[int, ...]) -> Region:
+        """The pixels inside a drawn rectangle (world corners as napari stores them), clipped.
+
+        A napari rectangle's corners are in world coordinates where pixel ``i`` is centred at
+        ``i``; the pixels whose centres fall inside are kept.
+
+        Raises
+        ------
+        ValueError
+            If the rectangle holds no pixel of the image.
+        """
+        pts = np.asarray(corners, dtype=np.float64)[:, -2:]
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        y0, x0 = (int(v) for v in np.maximum(np.ceil(lo), 0))
+        y1 = min(int(np.floor(hi[0])) + 1, int(shape[0]))
+        x1 = min(int(np.floor(hi[1])) + 1, int(shape[1]))
+        if y1 <= y0 or x1 <= x0:
+            raise ValueError("the rectangle does not cover any pixel of the photo")
+        return cls(y0, x0, y1 - y0, x1 - x0)
+
+    def check(self, shape: tuple[int, ...]) -> Region:
+        """``self`` if it lies inside an image of ``shape``.
+
+        Raises
+        ------
+        ValueError
+            With the analyst's words: what is wrong and what fits.
+        """
+        H, W = int(shape[0]), int(shape[1])
+        if self.h < 1 or self.w < 1:
+            raise ValueError(f"the region must be at least 1×1 pixels (got {self.h}×{self.w})")
+        if self.y < 0 or self.x < 0 or self.y + self.h > H or self.x + self.w > W:
+            raise ValueError(
+                f"the region Y {self.y}, X {self.x}, H {self.h}, W {self.w} does not fit "
+                f"in the {H}×{W} photo: keep Y + H ≤ {H} and X + W ≤ {W}"
+            )
+        return self
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        """The region of ``array`` (H×W or H×W×C), contiguous (a copy, the input is untouched)."""
+        return np.ascontiguousarray(array[self.y : self.y + self.h, self.x : self.x + self.w])
+
+    @property
+    def translate(self) -> tuple[float, float]:
+        """Where a layer computed on the crop must be drawn (its ``translate``)."""
+        return (float(self.y), float(self.x))
+
+    def is_whole(self, shape: tuple[int, ...]) -> bool:
+        """Whether the region is the whole image."""
+        return self == Region.whole(shape)
+
+    def label(self) -> str:
+        """Short text for layer names: ``y 100, x 200, 128×128``."""
+        return f"y {self.y}, x {self.x}, {self.h}×{self.w}"
+
+    def corners(self) -> np.ndarray:
+        """The rectangle's 4 corners as a napari Shapes rectangle (pixel edges included)."""
+        y0, x0 = self.y - 0.5, self.x - 0.5
+        y1, x1 = y0 + self.h, x0 + self.w
+        return np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], dtype=np.float64)
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"y", "x", "h", "w"}`` for records."""
+        return {"y": self.y, "x": self.x, "h": self.h, "w": self.w}
+
+
+def layer_title(what: str, photo: str = "", camera: str = "", region: Region | None = None) -> str:
+    """A layer name that says what it is and of which photo and camera.
+
+    ``layer_title("block NCC", "IMG_0012", "Nikon_D70_0")`` is ``"block NCC — IMG_0012 ×
+    Nikon_D70_0"``; a region adds its place: ``"… [y 100, x 200, 128×128]"``.
+    """
+    subject = " × ".join(part for part in (photo, camera) if part)
+    name = f"{what} — {subject}" if subject else what
+    return f"{name} [{region.label()}]" if region is not None else name
 
 
 def symmetric_limits(values: np.ndarray, percentile: float = 100.0) -> tuple[float, float]:
@@ -103,15 +223,38 @@ def fingerprint_layer(
     return np.asarray(K, dtype=np.float32), kwargs, "image"
 
 
-def residual_layer(W: np.ndarray, *, sigma: float, name: str = "residual") -> LayerDataTuple:
-    """A noise residual ``W`` (gray, zero-mean), diverging colormap, robust symmetric limits."""
+def residual_layer(
+    W: np.ndarray, *, sigma: float, name: str = "residual", offset: Sequence[float] = (0.0, 0.0),
+    **info: Any,
+) -> LayerDataTuple:
+    """A noise residual ``W`` (gray, zero-mean), robust symmetric limits, at ``offset``."""
     kwargs = {
         "name": name,
         "colormap": "gray",
         "contrast_limits": symmetric_limits(W, 99.5),
-        "metadata": {"dippas": {"kind": "residual", "sigma": float(sigma)}},
+        "translate": tuple(float(v) for v in offset),
+        "metadata": {"dippas": {"kind": "residual", "sigma": float(sigma), **info}},
     }
     return np.asarray(W, dtype=np.float32), kwargs, "image"
+
+
+def _exact_cells(
+    values: np.ndarray, block_size: int, image_shape: tuple[int, int] | None
+) -> tuple[np.ndarray, int]:
+    """``(cells, g)``: the map on a grid of ``g×g``-pixel cells that ends exactly at the image.
+
+    A block map has ``ceil(H/B)`` rows; drawn with ``B``-pixel cells its last row would hang
+    ``B - H % B`` pixels below a photo whose edge blocks are smaller.  With ``g = gcd(B, H, W)``
+    each block is ``B/g`` cells and the grid is ``H/g × W/g``: the same colours, ending exactly
+    at the photo's edges (``g = B`` when the photo is a multiple of ``B``: nothing changes).
+    """
+    if image_shape is None:
+        return values, int(block_size)
+    H, W = (int(s) for s in image_shape[:2])
+    g = math.gcd(int(block_size), H, W)
+    k = int(block_size) // g
+    cells = np.repeat(np.repeat(values, k, axis=0), k, axis=1) if k > 1 else values
+    return np.ascontiguousarray(cells[: H // g, : W // g]), g
 
 
 def block_heatmap_layer(
@@ -119,9 +262,10 @@ def block_heatmap_layer(
     block_size: int,
     *,
     name: str = "block NCC",
-    limit: float | None = None,
+    limit: float | None = BLOCK_NCC_LIMIT,
     image_shape: tuple[int, int] | None = None,
     opacity: float = 0.6,
+    offset: Sequence[float] = (0.0, 0.0),
     **info: Any,
 ) -> LayerDataTuple:
     """A per-block NCC map drawn over the photo, one cell per ``B×B`` block.
@@ -134,13 +278,16 @@ def block_heatmap_layer(
         ``B``; sets the layer's scale and translate (see :func:`block_placement`).
     name : str
         Layer name.
-    limit : float, optional
-        Contrast limits are ``(-limit, limit)``; by default the map's largest magnitude.  Pass the
-        "before" map's limit to the "after" map so both use the same colour scale.
+    limit : float or None
+        Contrast limits are ``(-limit, limit)``: by default :data:`BLOCK_NCC_LIMIT`, the one
+        scale shared by every block-NCC map; ``None`` takes the map's largest magnitude.
     image_shape : tuple of int, optional
-        ``(H, W)`` of the photo, stored in the metadata (edge blocks may be smaller than ``B``).
+        ``(H, W)`` of the photo (or region) the map was measured on: the map then ends exactly
+        at its edges (edge blocks smaller than ``B``, see :func:`_exact_cells`).
     opacity : float
         Layer opacity, so the photo shows through.
+    offset : tuple of float
+        ``(y, x)`` of the region the map was measured on (:attr:`Region.translate`).
     **info
         Extra entries for ``metadata["dippas"]`` (e.g. ``stage="before"``).
 
@@ -153,7 +300,9 @@ def block_heatmap_layer(
     if values.ndim != 2:
         raise ValueError(f"a block map must be 2-D, got shape {values.shape}")
     lims = symmetric_limits(values) if limit is None else (-float(limit), float(limit))
-    scale, translate = block_placement(block_size)
+    cells, g = _exact_cells(values, block_size, image_shape)
+    scale, translate = block_placement(g)
+    translate = (translate[0] + float(offset[0]), translate[1] + float(offset[1]))
     meta = {
         "kind": "block_ncc", "block_size": int(block_size), "values": values.astype(np.float64),
         "limit": lims[1], **info,
@@ -170,7 +319,48 @@ def block_heatmap_layer(
         "interpolation2d": "nearest",
         "metadata": {"dippas": meta},
     }
-    return values, kwargs, "image"
+    return cells, kwargs, "image"
+
+
+def rectangles_layer(
+    rects: Sequence[tuple[int, int, int, int]],
+    states: Sequence[str],
+    *,
+    name: str = "tiles",
+    offset: Sequence[float] = (0.0, 0.0),
+    **info: Any,
+) -> LayerDataTuple:
+    """Rectangles ``(y, x, h, w)`` with a state each, as a Shapes layer (e.g. a run's tile plan).
+
+    The edge colour tells the state (:data:`RECT_STATE_COLORS`: waiting, running, done, fell
+    short); the faces stay transparent so the photo shows through.  Each rectangle covers its
+    pixels exactly (edges on the pixel borders).
+
+    Raises
+    ------
+    ValueError
+        If the counts differ or a state is unknown.
+    """
+    if len(rects) != len(states):
+        raise ValueError(f"{len(rects)} rectangles but {len(states)} states")
+    unknown = sorted(set(states) - set(RECT_STATE_COLORS))
+    if unknown:
+        raise ValueError(
+            f"unknown state {unknown[0]!r}; use one of {', '.join(RECT_STATE_COLORS)}"
+        )
+    oy, ox = (float(v) for v in offset)
+    data = [Region(int(y) + int(oy), int(x) + int(ox), int(h), int(w)).corners()
+            for y, x, h, w in rects]
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "edge_color": [RECT_STATE_COLORS[s] for s in states],
+        "face_color": "transparent",
+        "edge_width": 4,
+        "features": {"state": list(states)},
+        "metadata": {"dippas": {"kind": "rectangles", **info}},
+    }
+    return data, kwargs, "shapes"
 
 
 def snapshots_layer(stack: np.ndarray, *, name: str = "snapshots", **info: Any) -> LayerDataTuple:
@@ -194,11 +384,42 @@ def anonymized_layer(
     *,
     report: dict[str, Any] | None = None,
     name: str = "anonymized",
+    offset: Sequence[float] = (0.0, 0.0),
     **info: Any,
 ) -> LayerDataTuple:
-    """The assembled image; its ``report`` is what the writer saves beside it as JSON."""
+    """The assembled image at ``offset``; its ``report`` is what the writer saves beside it."""
     meta = {"kind": "anonymized", **info}
     if report is not None:
         meta["report"] = report
     rgb = image.ndim == 3 and image.shape[-1] == 3
-    return image, {"name": name, "rgb": rgb, "metadata": {"dippas": meta}}, "image"
+    kwargs = {"name": name, "rgb": rgb, "metadata": {"dippas": meta}}
+    if any(offset):
+        kwargs["translate"] = tuple(float(v) for v in offset)
+    return image, kwargs, "image"
+
+
+def difference_layer(
+    after: np.ndarray, before: np.ndarray, *, name: str = "difference",
+    offset: Sequence[float] = (0.0, 0.0), **info: Any,
+) -> LayerDataTuple:
+    """What anonymizing changed: ``after − before`` (gray, both on the 0..255 scale), at ``offset``.
+
+    A before/after view: zero is mid-gray, the limits are symmetric (99.5th percentile of the
+    change), so the fine noise DIPPAS replaced shows wherever it is.
+    """
+    from dippas_core.io import to_float255
+    from dippas_core.residual import rgb2gray
+
+    a, b = to_float255(np.asarray(after)), to_float255(np.asarray(before))
+    diff = a - b
+    if diff.ndim == 3:
+        diff = rgb2gray(diff)
+    kwargs = {
+        "name": name,
+        "colormap": "gray",
+        "contrast_limits": symmetric_limits(diff, 99.5),
+        "translate": tuple(float(v) for v in offset),
+        "visible": False,
+        "metadata": {"dippas": {"kind": "difference", **info}},
+    }
+    return np.asarray(diff, dtype=np.float32), kwargs, "image"

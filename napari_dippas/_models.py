@@ -19,6 +19,9 @@ import numpy as np
 from psygnal import EventedModel, Signal
 
 __all__ = [
+    "COST_BUDGET",
+    "DECISION_LEVEL_PCE",
+    "PROVENANCE_FILE",
     "AnonymizeJob",
     "AnonymizeSettings",
     "AssemblySettings",
@@ -28,11 +31,43 @@ __all__ = [
     "StepThrottle",
     "AssemblyOutcome",
     "RunSession",
+    "ResultsTable",
+    "RunCost",
     "attribute",
     "attribution_verdict",
+    "estimate_run_cost",
+    "pce_verdict",
+    "run_provenance",
+    "sha256_array",
+    "sha256_file",
+    "trace_warning",
+    "add_output_to_provenance",
+    "write_provenance",
 ]
 
+#: The PCE decision level of forensic practice (Goljan, Fridrich & Filler 2009): a photo whose
+#: PCE with a camera's fingerprint reaches 60 is attributed to that camera.  Editable in the
+#: widgets; our PCE is taken at zero shift, so 60 is conservative (false alarms ≈ Q(√60) ≈ 5e-15).
+DECISION_LEVEL_PCE = 60.0
+
+#: Work (pixels × iterations) above which Run asks first: the ``cpu`` network on a 256×256
+#: crop for its 3000 iterations, minutes on a laptop CPU.
+COST_BUDGET = 256 * 256 * 3000
+
+#: The forensic record the viewer writes into each run folder it starts (never beside an
+#: exported image: that one carries nothing about the source).
+PROVENANCE_FILE = "viewer-record.json"
+
 JobStatus = Literal["idle", "running", "stopping", "finished", "cancelled", "failed"]
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``: a remaining time in the analyst's words."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,15 +220,18 @@ class AnonymizeSettings(EventedModel):
     seed: int = 0
     tau_psnr: float = 38.0
     stop_psnr: float = 39.0
-    max_iter: int = 3000
+    #: the cpu preset's measured budget (dippas_core.pipeline.PRESETS, docs/evaluation.md)
+    max_iter: int = 1500
     preset: Literal["tiny", "cpu", "paper"] = "cpu"
-    #: Adam learning rate; None keeps the preset's (the paper: 1e-3)
+    #: Adam learning rate; None keeps the preset's (cpu: the measured 1e-2; the paper: 1e-3)
     lr: float | None = None
 
     def dip_config(self) -> Any:
         """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
         from dippas_core.dip import DIPConfig
+        from dippas_core.pipeline import PRESETS
 
+        lr = self.lr if self.lr is not None else PRESETS[self.preset]["dip"].get("lr")
         return DIPConfig.preset(
             self.preset,
             seed=int(self.seed),
@@ -201,7 +239,7 @@ class AnonymizeSettings(EventedModel):
             stop_psnr=float(self.stop_psnr),
             max_iter=int(self.max_iter),
             device=self.device,
-            **({} if self.lr is None else {"lr": float(self.lr)}),
+            **({} if lr is None else {"lr": float(lr)}),
         )
 
 
@@ -219,15 +257,58 @@ class AnonymizeJob(EventedModel):
     stop_reason: str = ""
     message: str = ""
     run_dir: str = ""
+    #: seconds since the run started (set with each batch of steps)
+    elapsed_s: float = 0.0
+    #: iterations done when the first batch arrived, and the time then: the speed is measured
+    #: from there on (the first iterations include loading the network)
+    first_iteration: int = 0
+    first_elapsed_s: float = 0.0
+    #: the snapshot threshold (tau) of the run, for the "nothing was kept" message
+    tau_psnr: float = float("nan")
 
-    def start(self, max_iter: int, run_dir: str = "") -> None:
+    def start(self, max_iter: int, run_dir: str = "", tau_psnr: float = float("nan")) -> None:
         """Reset for a new run."""
         self.update(
             {
                 "status": "running", "iteration": 0, "max_iter": int(max_iter),
                 "psnr": float("nan"), "best_psnr": float("nan"), "gamma": 0.0,
                 "ncc": float("nan"), "n_snapshots": 0, "stop_reason": "", "message": "",
-                "run_dir": str(run_dir),
+                "run_dir": str(run_dir), "elapsed_s": 0.0, "first_iteration": 0,
+                "first_elapsed_s": 0.0, "tau_psnr": float(tau_psnr),
+            }
+        )
+
+    def tick(self, elapsed_s: float) -> None:
+        """Note the time since the start (the GUI calls it with each batch)."""
+        if self.first_elapsed_s == 0.0 and self.iteration > 0:
+            self.update({"first_iteration": self.iteration, "first_elapsed_s": float(elapsed_s)})
+        self.elapsed_s = float(elapsed_s)
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        """Measured speed since the first batch (nan until two batches arrived)."""
+        done = self.iteration - self.first_iteration
+        spent = self.elapsed_s - self.first_elapsed_s
+        return spent / done if done > 0 and spent > 0 else float("nan")
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left at the measured speed if the run goes to ``max_iter`` (an upper bound:
+        it stops earlier when the PSNR reaches the stop level)."""
+        return max(self.max_iter - self.iteration, 0) * self.seconds_per_iteration
+
+    def stopped_empty(self) -> None:
+        """The run was stopped before any output reached tau: nothing was kept (not a failure)."""
+        best = f"{self.best_psnr:.1f} dB" if np.isfinite(self.best_psnr) else "no PSNR yet"
+        self.update(
+            {
+                "status": "cancelled", "stop_reason": "cancelled",
+                "message": (
+                    f"Stopped at iteration {self.iteration}, before any output came within "
+                    f"tau = {self.tau_psnr:g} dB of the photo (best so far: {best}): nothing "
+                    "was kept and there is nothing to assemble. Run again and let it reach tau "
+                    "(or lower tau, or raise the learning rate)."
+                ),
             }
         )
 
@@ -251,7 +332,9 @@ class AnonymizeJob(EventedModel):
 
     @property
     def progress(self) -> float:
-        """Fraction of ``max_iter`` done (0..1)."""
+        """Fraction done (0..1): of ``max_iter`` while running, 1 once the run ended."""
+        if self.status in ("finished", "cancelled"):
+            return 1.0
         return min(1.0, self.iteration / self.max_iter) if self.max_iter else 0.0
 
     def describe(self) -> str:
@@ -260,11 +343,16 @@ class AnonymizeJob(EventedModel):
             return "Ready."
         if self.status == "failed":
             return f"Failed: {self.message}"
+        if self.status == "cancelled" and self.message:
+            return self.message
         psnr = f"{self.psnr:.2f} dB" if np.isfinite(self.psnr) else "–"
         text = (
             f"iteration {self.iteration}/{self.max_iter} · PSNR {psnr} · gamma {self.gamma:.4f}"
             f" · {self.n_snapshots} snapshots"
         )
+        left = self.remaining_s
+        if self.status == "running" and np.isfinite(left):
+            text += f" · at most {_duration(left)} left"
         if self.status in ("finished", "cancelled"):
             reason = {"psnr": "reached the stop PSNR", "max_iter": "reached max iterations",
                       "cancelled": "stopped by the user"}.get(self.stop_reason, self.stop_reason)
@@ -381,6 +469,229 @@ def attribution_verdict(score: Literal["PCE", "NCC"], value: float, threshold: f
         f"No match: the camera's fingerprint is not detected "
         f"({score} {value:.4g} < threshold {threshold:.4g})."
     )
+
+
+def pce_verdict(pce: float, level: float = DECISION_LEVEL_PCE) -> str:
+    """The forensic verdict on the PCE (the NCC gets none: its scale depends on the size)."""
+    return attribution_verdict("PCE", pce, level)
+
+
+def trace_warning(pce_before: float, level: float = DECISION_LEVEL_PCE,
+                  n_pixels: int | None = None) -> str | None:
+    """A warning when the photo (or region) carries no detectable trace of the camera at all.
+
+    Anonymizing it, or scoring it "after", then proves nothing: the fingerprint was not
+    detectable to begin with.  None when the trace is there (PCE at or above ``level``).
+    """
+    if np.isfinite(pce_before) and pce_before >= level:
+        return None
+    size = f" ({n_pixels:,} pixels)" if n_pixels else ""
+    return (
+        f"This region{size} carries no detectable trace of the camera even before anonymizing "
+        f"(PCE {pce_before:.1f} < decision level {level:g}): a before/after comparison on it "
+        "proves nothing. Choose a larger region (a few hundred pixels on a side, with texture "
+        "but not saturated) or the whole photo."
+    )
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """How much work a run is, before it starts (pixels × iterations against a budget)."""
+
+    pixels: int
+    max_iter: int
+    device: str
+
+    @property
+    def work(self) -> int:
+        """Pixels × iterations."""
+        return self.pixels * self.max_iter
+
+    @property
+    def ratio(self) -> float:
+        """Work as a multiple of :data:`COST_BUDGET`."""
+        return self.work / COST_BUDGET
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Above the budget (on any device: no GPU speed was measured for this budget)."""
+        return self.ratio > 1.0
+
+    def warning(self) -> str:
+        """The confirmation question, in the analyst's words."""
+        on_gpu = self.device.startswith(("cuda", "mps"))
+        advice = (
+            "Try a region first (Draw, then a rectangle a few hundred pixels on a side)"
+            + ("." if on_gpu else " or run on a GPU.")
+        )
+        return (
+            f"This run is large: {self.pixels / 1e6:.2f} megapixels for up to {self.max_iter} "
+            f"iterations, about {self.ratio:.0f}× the work of a 256×256 preview (which takes "
+            f"minutes on a laptop CPU). On {self.device} it may take hours and many GB of "
+            "memory, and Stop keeps only the snapshots reached by then.\n\n"
+            f"{advice} Start the whole run anyway?"
+        )
+
+
+def estimate_run_cost(shape: tuple[int, ...], max_iter: int, device: str = "cpu") -> RunCost:
+    """The :class:`RunCost` of inverting an image of ``shape`` for ``max_iter`` iterations."""
+    return RunCost(int(shape[0]) * int(shape[1]), int(max_iter), str(device))
+
+
+# --------------------------------------------------------------------------------------------
+# results table: photos × cameras
+
+
+class ResultsTable:
+    """Scores of photos against fingerprints, one row per (photo, camera, region).
+
+    Scoring the same photo against the same camera and region again replaces its row; anything
+    else adds one.  ``changed`` is emitted after every change.
+    """
+
+    changed = Signal()
+    COLUMNS = ("photo", "camera", "region", "pixels", "NCC", "PCE", "decision level", "verdict")
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(
+        self, photo: str, camera: str, ncc: float, pce: float, level: float,
+        region: str = "whole photo", pixels: int = 0,
+    ) -> dict[str, Any]:
+        """Add (or update) the row of ``photo`` × ``camera`` on ``region``; returns it."""
+        verdict = "match" if np.isfinite(pce) and pce >= level else "no match"
+        row = {
+            "photo": photo, "camera": camera, "region": region, "pixels": int(pixels),
+            "NCC": float(ncc), "PCE": float(pce), "decision level": float(level),
+            "verdict": verdict,
+        }
+        key = (photo, camera, region)
+        self.rows = [r for r in self.rows if (r["photo"], r["camera"], r["region"]) != key]
+        self.rows.append(row)
+        self.changed.emit()
+        return row
+
+    def relevel(self, level: float) -> None:
+        """Re-decide every row at a new decision level."""
+        for row in self.rows:
+            row["decision level"] = float(level)
+            row["verdict"] = "match" if row["PCE"] >= level else "no match"
+        self.changed.emit()
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table as CSV (atomically; numbers in full precision)."""
+        import csv
+        import io
+
+        from dippas_core._atomic import atomic_write_text
+
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(path, buffer.getvalue())
+        return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# provenance: the forensic record of a run started from the viewer
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """SHA-256 of an image's pixels, shape and dtype (two equal images hash alike)."""
+    import hashlib
+
+    a = np.ascontiguousarray(array)
+    return hashlib.sha256(f"{a.shape}|{a.dtype}|".encode() + a.tobytes()).hexdigest()
+
+
+def run_provenance(
+    *,
+    source_name: str,
+    source_path: str | None,
+    photo: np.ndarray,
+    region: Any,
+    fingerprint: dict[str, Any] | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The record of where a run's input came from (written into the run folder).
+
+    Parameters
+    ----------
+    source_name : str
+        The photo layer's name.
+    source_path : str, optional
+        The file it was opened from (its SHA-256 is recorded), if any.
+    photo : np.ndarray
+        The whole photo as shown (its pixels' SHA-256 is recorded).
+    region : Region
+        The part that was anonymized (``y, x, h, w``; the whole photo is a region too).
+    fingerprint : dict, optional
+        The fingerprint's camera, number of shots, sigma, version (None in blind mode).
+    settings : dict
+        Everything the user chose.
+    """
+    import datetime as dt
+
+    from dippas_core.run import environment_info
+
+    from . import __version__
+
+    return {
+        "tool": f"napari-dippas {__version__}",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": {
+            "name": source_name,
+            "file": Path(source_path).name if source_path else None,
+            "file_sha256": sha256_file(source_path) if source_path else None,
+            "pixels_sha256": sha256_array(photo),
+            "height": int(photo.shape[0]),
+            "width": int(photo.shape[1]),
+            "dtype": str(photo.dtype),
+        },
+        "region": region.as_dict(),
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "versions": environment_info(),
+        "outputs": [],
+    }
+
+
+def write_provenance(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write (or replace) the run folder's :data:`PROVENANCE_FILE` atomically."""
+    import json
+
+    from dippas_core._atomic import atomic_write_text
+    from dippas_core.run import jsonable
+
+    path = Path(run_dir) / PROVENANCE_FILE
+    atomic_write_text(path, json.dumps(jsonable(record), indent=2))
+    return path
+
+
+def add_output_to_provenance(run_dir: str | Path, output: dict[str, Any]) -> bool:
+    """Append an output (its name and SHA-256) to the run's record; False if it has none."""
+    import json
+
+    path = Path(run_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    record.setdefault("outputs", []).append(output)
+    write_provenance(run_dir, record)
+    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,9 +97,21 @@ def read_fingerprint(path: str | list[str]) -> list[LayerDataTuple]:
 
 
 def read_run(path: str | list[str]) -> list[LayerDataTuple]:
-    """All the layers of a run directory (see the module docstring)."""
+    """All the layers of a run directory (see the module docstring).
+
+    A damaged run raises :class:`~dippas_core.run.DamagedRunError` naming what is wrong (napari
+    shows the message), never a bare ``KeyError`` from deep inside.
+    """
+    from dippas_core.errors import DippasError
+    from dippas_core.run import DamagedRunError
+
     path = path[0] if isinstance(path, list) else path
-    return run_layers(RunSession(path))
+    try:
+        return run_layers(RunSession(path))
+    except DippasError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise DamagedRunError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
 def last_assembly_params(session: RunSession) -> AssemblySettings:

@@ -2,10 +2,13 @@
 
 File → Save Selected Layer(s) and the Assemble & export widget's button both end here.  Pixels go
 through :func:`dippas_core.io.write_image` (atomic, rounds floats, writes no metadata); if the layer
-carries a DIPPAS report (``metadata["dippas"]["report"]``) it is written beside the image as JSON,
-with the run folder cut to its name (the report travels with the image; a full path says where the
-run lives, and a folder name can identify a person).  Fingerprints, residuals and block-NCC maps
-are refused: they are small signed values that an 8-bit image would turn black.
+carries a DIPPAS report (``metadata["dippas"]["report"]``), only its published part
+(:func:`dippas_core.report.published_sidecar`: settings, seed, PSNR, versions; nothing about the
+source camera, its scores or the run folder) is written beside the image as JSON, and the full
+report goes into the run folder as its forensic record.  A JSON file already beside the image is
+replaced only when it is a sidecar an earlier export wrote; a run's own files are never written
+over.  Fingerprints, residuals and block-NCC maps are refused: they are small signed values that
+an 8-bit image would turn black.
 """
 
 from __future__ import annotations
@@ -88,17 +91,56 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         )
     # 16-bit sources stay 16-bit (their float assembly included); everything else is 8-bit
     bit_depth = int(info.get("bit_depth", 16 if array.dtype == np.uint16 else 8))
-    written = [str(write_image(target, array, bit_depth=bit_depth))]
     report = info.get("report")
+    _check_targets(target, with_sidecar=report is not None)
+    written = [str(write_image(target, array, bit_depth=bit_depth))]
     if report is not None:
         from dippas_core._atomic import atomic_write_text
-        from dippas_core.run import jsonable
+        from dippas_core.report import published_sidecar
 
-        report = {**report, "image": target.name}
-        if report.get("run_dir"):
-            report["run_dir"] = Path(str(report["run_dir"])).name
         out = report_path(target)
-        atomic_write_text(out, json.dumps(jsonable(report), indent=1))
+        sidecar = published_sidecar({**report, "bit_depth": bit_depth}, image_name=target.name)
+        atomic_write_text(out, json.dumps(sidecar, indent=1))
         written.append(str(out))
+        _keep_forensic_record(report, info.get("run_dir"), target)
     return written
+
+
+def _check_targets(target: Path, *, with_sidecar: bool) -> None:
+    """Refuse, before anything is written, to write over a run's own files or a JSON file that
+    is not an earlier export's sidecar (napari asked the user about the image only)."""
+    from dippas_core.report import PUBLISHED_FORMAT
+    from dippas_core.run import is_run_file
+
+    for path in (target, report_path(target)) if with_sidecar else (target,):
+        if is_run_file(path):
+            raise CannotSaveLayer(
+                f"cannot save {path.name} there: it is one of the run folder's own files; "
+                "choose another name or folder"
+            )
+        if path.is_dir():
+            raise CannotSaveLayer(f"cannot save {path}: a folder has that name")
+    sidecar = report_path(target)
+    if with_sidecar and sidecar.exists():
+        try:
+            ours = json.loads(sidecar.read_text()).get("format") == PUBLISHED_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise CannotSaveLayer(
+                f"cannot save {target.name}: {sidecar.name} already exists beside it and is not "
+                "a DIPPAS export's sidecar, which would be replaced; choose another name"
+            )
+
+
+def _keep_forensic_record(report: dict, run_dir: Any, target: Path) -> None:
+    """The full report (camera, scores, maps) into the run folder, never beside the image."""
+    import contextlib
+
+    from dippas_core.report import write_forensic_record
+    from dippas_core.run import is_run_folder
+
+    if run_dir and is_run_folder(run_dir):
+        with contextlib.suppress(OSError):  # a read-only run folder: the export still stands
+            write_forensic_record({**report, "output": str(target)}, Path(str(run_dir)))
 

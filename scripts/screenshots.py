@@ -1,13 +1,17 @@
-"""Open napari with the sample data, drive each DIPPAS widget and save a screenshot of each.
+"""Drive each DIPPAS dock on a whole Dresden photo and a region of it; screenshot each step.
 
 Run under a virtual display (CI has no screen)::
 
-    NUMBA_CACHE_DIR=/tmp/numba_cache xvfb-run -a .venv/bin/python scripts/screenshots.py
+    NUMBA_CACHE_DIR=/tmp/numba_cache xvfb-run -a -s "-screen 0 1280x800x24" \
+        .venv/bin/python scripts/screenshots.py
 
-Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble}.png``.  The Fingerprint
-step needs the Dresden flat-field shots (``DIPPAS_TESTDATA`` or ``../shared/data/...``); the other
-steps use only the sample bundled in the package.  The inversion is a short CPU run (the ``tiny``
-network on a 128×128 crop): enough to show the live plot and the assembly, not a real result.
+Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble,docks}.png`` from a
+1280×800 window (``--size``).  Needs the Dresden files (``DIPPAS_TESTDATA`` or
+``../shared/data/...``): the fingerprint of Nikon_D70_0 from its full-frame flat fields, the
+whole 3008×2000 photo ``Nikon_D70_0_19445.JPG`` scored against it and against another camera's
+fingerprint, then a region of that photo anonymized with the ``tiny`` network on the CPU (a short
+run that stops at the preset's stop PSNR: enough to show the live plot, the layers placed over the
+photo and the assembly).  The last screenshot has all four docks open at once (they scroll).
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(
     os.environ.get("DIPPAS_TESTDATA", REPO.parent / "shared" / "data" / "prnu-python-testdata")
 )
-CAMERA = "Nikon_D70s_0"
+CAMERA = "Nikon_D70_0"
+OTHER = "Nikon_D70s_0"
+PHOTO = "Nikon_D70_0_19445.JPG"
+DONE = ("finished", "cancelled", "failed")
 
 
-def wait(app, condition, timeout: float = 600.0) -> None:
+def wait(app, condition, timeout: float = 900.0) -> None:
     """Run the Qt event loop until ``condition()`` is true."""
     end = time.monotonic() + timeout
     while not condition():
@@ -48,95 +53,135 @@ def settle(app, seconds: float = 0.5) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
-    parser.add_argument("--crop", type=int, default=128, help="photo crop for the inversion")
-    parser.add_argument("--iterations", type=int, default=260)
+    parser.add_argument("--size", type=int, nargs=2, default=(1280, 800), metavar=("W", "H"))
+    parser.add_argument("--region", type=int, nargs=4, default=(900, 1500, 128, 128),
+                        metavar=("Y", "X", "H", "W"), help="region of the photo to anonymize")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="max iterations (default: the tiny preset's)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     import napari
+    import numpy as np
     import torch
+    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
-    from dippas_core.io import center_crop
+    from dippas_core.fingerprint import estimate_fingerprint
+    from napari_dippas._layers import Region
 
     torch.set_num_threads(2)
     viewer = napari.Viewer(title="napari-dippas")
     app = QApplication.instance()
-    viewer.window._qt_window.resize(1500, 1040)
-    viewer.open_sample("napari-dippas", "dresden")
+    window = viewer.window._qt_window
+    window.resize(*args.size)
+    viewer.open(str(TESTDATA / "nat-jpg" / PHOTO))
     settle(app)
+    viewer.reset_view()  # fit the photo to the resized window
+    work = Path(tempfile.mkdtemp(prefix="dippas-screens-"))
 
-    def shoot(name: str) -> None:
+    def shoot(name: str, prepare=None) -> None:
         settle(app, 0.8)
+        if prepare is not None:  # last touches, right before the picture (a run may move on)
+            prepare()
+            settle(app, 0.2)
         path = args.out / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)
-        print("wrote", path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+        size = f"{window.width()}×{window.height()}"
+        print("wrote", path.relative_to(REPO) if path.is_relative_to(REPO) else path, size)
 
     def dock(title: str):
         return viewer.window.add_plugin_dock_widget("napari-dippas", title)
 
-    # 1. Fingerprint from the camera's flat-field shots, centre-cropped like the sample
-    ff = TESTDATA / "ff-jpg"
+    # 1. Fingerprint from the camera's full-frame flat-field shots
     dock_w, widget = dock("Fingerprint")
-    if ff.is_dir():
-        widget.folder.set_path(ff)
-        widget.pattern.setText(f"{CAMERA}_*")
-        widget.crop.setValue(256)
-        widget.output.set_path(Path(tempfile.mkdtemp()) / f"{CAMERA}.npz")
-        widget.start()
-        wait(app, lambda: widget.run_button.isEnabled() and widget.progress.value() > 0)
-        viewer.layers.selection.active = viewer.layers["fingerprint"]
-    else:
-        print(f"flat-field shots not found at {ff}: the Fingerprint screenshot shows the form only")
+    widget.folder.set_path(TESTDATA / "ff-jpg")
+    widget.pattern.setText(f"{CAMERA}_*")
+    widget.output.set_path(work / f"{CAMERA}.npz")
+    widget.start()
+    wait(app, lambda: widget.layer is not None and widget.run_button.isEnabled())
+    fingerprint = widget.layer
+    fingerprint.visible = False
+    viewer.layers.selection.active = fingerprint
     shoot("fingerprint")
     viewer.window.remove_dock_widget(dock_w)
 
-    # 2. Residual & attribution: verdict, scores, block-NCC heatmap over the photo
+    # 2. Residual & attribution of the whole photo: its camera, then another camera
+    other = estimate_fingerprint(sorted((TESTDATA / "ff-jpg").glob(f"{OTHER}_*"))[:5],
+                                 camera=OTHER)
+    viewer.add_image(other.K, name=f"fingerprint — {OTHER}", visible=False, colormap="RdBu_r",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": OTHER,
+                                          "n_images": other.n_images}})
     dock_w, widget = dock("Residual & attribution")
-    widget.block.setValue(32)
-    widget.start()
-    wait(app, lambda: widget.result is not None and widget.run_button.isEnabled())
-    viewer.layers["residual"].visible = False
-    viewer.layers["fingerprint"].visible = False
-    viewer.layers.selection.active = viewer.layers["block NCC"]
+    widget.photo.select(PHOTO.rsplit(".", 1)[0])
+    for name in (f"fingerprint — {OTHER}", fingerprint.name):
+        widget.fingerprint.select(name)
+        widget.start()
+        wait(app, lambda: widget.result is not None and widget.run_button.isEnabled())
+    for layer in viewer.layers:
+        if layer.name.startswith("residual"):
+            layer.visible = False
+        if layer.name.startswith("block NCC") and OTHER in layer.name:
+            layer.visible = False
+    viewer.layers.selection.active = viewer.layers[-1]
+    viewer.reset_view()
     shoot("attribution")
     viewer.window.remove_dock_widget(dock_w)
+    for layer in list(viewer.layers):
+        if layer.name.startswith(("residual", "block NCC")) or OTHER in layer.name:
+            viewer.layers.remove(layer)
 
-    # 3. Anonymize a crop (tiny network, CPU), screenshot mid-run
-    photo = np.ascontiguousarray(center_crop(viewer.layers["photo"].data, args.crop))
-    K = np.ascontiguousarray(center_crop(viewer.layers["fingerprint"].data, args.crop))
-    viewer.layers.clear()
-    viewer.add_image(photo, rgb=True, name="photo")
-    viewer.add_image(K, name="fingerprint", colormap="RdBu_r", visible=False,
-                     metadata={"dippas": {"kind": "fingerprint", "camera": CAMERA}})
+    # 3. Anonymize a region (tiny network, CPU), screenshot mid-run, zoomed on the region
+    region = Region(*args.region)
     dock_w, widget = dock("Anonymize")
     widget.settings.preset = "tiny"
-    widget.settings.update(
-        {"device": "cpu", "seed": 1, "tau_psnr": 27.0, "stop_psnr": 40.0,
-         "max_iter": args.iterations, "lr": 0.01}
-    )
-    widget.runs_folder.set_path(Path(tempfile.mkdtemp(prefix="dippas-screens-")))
+    widget.settings.update({"device": "cpu", "seed": 1})
+    if args.iterations:
+        widget.settings.max_iter = args.iterations
+    widget.runs_folder.set_path(work / "runs")
+    widget.region.set_region(region)
+    viewer.add_shapes([region.corners()], shape_type="rectangle", name="region",
+                      edge_color="#00e5ff", face_color="transparent", edge_width=3)
+
+    def zoom_on_region() -> None:
+        """Centre the view on the region, with some of the photo around it (napari resets the
+        view when the snapshots layer adds a dimension)."""
+        camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to the scene
+        camera.center = (region.y + region.h / 2, region.x + region.w / 2)
+        camera.zoom = 1.6
+
     widget.start()
-    wait(app, lambda: widget.job.n_snapshots >= 25 or widget.job.status != "running")
-    viewer.layers.selection.active = viewer.layers["snapshots"]
-    shoot("anonymize")
-    wait(app, lambda: widget.job.status in ("finished", "cancelled", "failed"))
+    # the tiny network reaches tau (31 dB) on a 128×128 region after about 300 iterations
+    wait(app, lambda: widget.job.n_snapshots >= 5 or widget.job.status != "running")
+    shoot("anonymize", zoom_on_region)
+    wait(app, lambda: widget.job.status in DONE)
     if widget.job.status == "failed":
         raise SystemExit(f"anonymize failed: {widget.job.message}")
     viewer.window.remove_dock_widget(dock_w)
 
-    # 4. Assemble & export: B = 32, L = 5, before/after scores, NCC-after heatmap
-    for name in ("snapshots", "fingerprint"):
-        viewer.layers[name].visible = False
+    # 4. Assemble & export the region: before/after scores, the maps over the photo
+    viewer.layers["snapshots"].visible = False
     dock_w, widget = dock("Assemble & export")
-    widget.settings.update({"block_size": 32, "n_average": 5})
-    wait(app, lambda: widget.outcome is not None and widget.outcome.params["L"] == 5
-         and widget.outcome.params["B"] == 32)
+    wait(app, lambda: widget.outcome is not None)
+    widget.settings.update({"block_size": 64, "n_average": 2})
+    wait(app, lambda: widget.outcome is not None and widget.outcome.params["L"] == 2
+         and widget.outcome.params["B"] == 64)
     viewer.layers["block NCC"].visible = False
-    viewer.layers["photo"].visible = False
     viewer.layers.selection.active = viewer.layers["NCC after"]
-    widget.export_path.set_path(Path(tempfile.mkdtemp()) / "anonymized.png")
-    shoot("assemble")
+    widget.export_path.set_path(work / "anonymized.png")
+    shoot("assemble", zoom_on_region)
+    viewer.window.remove_dock_widget(dock_w)
+
+    # 5. All four docks at once: each scrolls inside the window
+    docks = [dock(title)[0] for title in ("Fingerprint", "Residual & attribution", "Anonymize",
+                                          "Assemble & export")]
+    # equal shares of the height; each dock scrolls within its share
+    share = window.height() // (len(docks) + 1)
+    window.resizeDocks(docks, [share] * len(docks), Qt.Orientation.Vertical)
+    viewer.reset_view()
+    shoot("docks")
+    print("anonymized region mean |change|:",
+          float(np.abs(viewer.layers["difference (after − before)"].data).mean()))
     viewer.close()
 
 

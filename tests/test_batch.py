@@ -552,9 +552,13 @@ def test_cli_batch_with_the_real_tiny_anonymizer(tmp_path, client, capsys, testd
         img = read_image(out / row["output"])
         original = center_crop(read_image(src / row["source"]), 64)
         assert img.shape == (64, 64, 3) and img.dtype == np.uint8
-        report = json.loads((out / row["output"]).with_suffix(".json").read_text())["report"]
+        published = json.loads((out / row["output"]).with_suffix(".json").read_text())["report"]
+        assert "fingerprint" not in published and "ncc" not in published  # nothing of the source
+        stem = Path(row["output"]).stem
+        report = json.loads((out / ".dippas-batch" / "records" / f"{stem}.json").read_text())
         # the summary's figures are the pipeline's, and they describe this very output
         assert report["mode"] == "aware" and report["fingerprint"]["camera"] == "Nikon_D70s_0"
+        assert published["psnr"] == report["psnr"]
         assert float(row["psnr"]) == pytest.approx(report["psnr"])
         assert report["psnr"] == pytest.approx(psnr(original, img), abs=0.01)
         assert float(row["ncc_before"]) == pytest.approx(report["ncc"]["before"])

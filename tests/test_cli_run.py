@@ -81,13 +81,19 @@ def test_invert_ctrl_c_keeps_the_run_then_assemble(sample_files, tmp_path, capsy
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["assembly"]["B"] == 32 and report["assembly"]["n_averaged"] == 3
-    assert report["run_status"] == "cancelled" and "psnr" in report and "ncc" in report
+    assert report["run_status"] == "cancelled" and "psnr" in report
+    # the scores against the camera stay in the run's forensic record, not beside the image
+    assert "ncc" not in report and "fingerprint" not in report
+    record = json.loads((run_dir / "forensic-record.json").read_text())
+    assert record["psnr"] == report["psnr"] and set(record["ncc"]) == {"before", "after"}
+    assert np.asarray(record["maps"]["block_ncc_before"]).shape == (1, 1)
     # never overwrite without --force, never reuse a run folder
     capsys.readouterr()
     assert main(["assemble", str(run_dir), "-B", "32", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["assemble", str(run_dir), "-L", "0", "--out", str(out), "--force"]) == 2
-    assert "L (snapshots averaged per block)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # refused while the command line is parsed
+        main(["assemble", str(run_dir), "-L", "0", "--out", str(out), "--force"])
+    assert usage.value.code == 2 and "argument -L" in capsys.readouterr().err
     assert (
         main(
             [
@@ -141,7 +147,7 @@ def test_anonymize_writes_image_and_report(sample_files, tmp_path, capsys):
     assert report["seed"] == 5 and report["mode"] == "aware" and report["output"] == "anon.png"
     assert str(photo.parent) not in out.with_suffix(".json").read_text()  # no source folder
     assert report["inversion"]["n_iterations"] == 40
-    assert np.asarray(report["maps"]["block_ncc_after"]).shape == (1, 1)
+    assert "maps" not in report and "ncc" not in report and "fingerprint" not in report
     assert main(["anonymize", str(photo), "--out", str(photo), "--force", *FAST]) == 2
     assert "input file itself" in capsys.readouterr().err
     gray = tmp_path / "gray.png"

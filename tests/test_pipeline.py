@@ -62,17 +62,9 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     assert np.all(run.snapshots.psnrs >= 29.0)
     again = assemble(run, 32, 5, 29.0)
     np.testing.assert_array_equal(again.image, res.image)
-    # gamma and snapshot diagnostics: the snapshots' NCC (from their tile sums) is the NCC of
-    # each stored snapshot computed directly
-    from dippas_core.correlation import ncc
-    from dippas_core.residual import residual
-
-    gamma, snaps = rep["inversion"]["gamma"], rep["inversion"]["snapshot_ncc"]
+    # the run record says how gamma behaved while snapshots were kept
+    gamma = run.config["result"]["gamma"]
     assert gamma["recording_iterations"] == kept and 0.0 <= gamma["at_bound_share"] <= 1.0
-    assert snaps["n"] == kept and snaps["photo"] == rep["ncc"]["before"]
-    frames = [run.snapshots.read(i) for i in range(kept)]
-    direct = [ncc(residual(f), f, run.reference) for f in frames]
-    assert snaps["mean"] == pytest.approx(np.mean(direct), rel=1e-4, abs=1e-7)
     np.testing.assert_allclose(again.ncc_map, res.maps["block_ncc_after"], rtol=1e-5, atol=1e-8)
 
 
@@ -136,11 +128,11 @@ def test_bad_assembly_parameters_fail_before_any_run_exists(
 ):
     """B, L, tau are checked against the photo before a folder is made or the DIP starts."""
     import dippas_core.dip as dip
-    import dippas_core.pipeline as pipeline
+    import dippas_core.run as run_module
 
     photo, fingerprint = sample64
     made: list = []
-    monkeypatch.setattr(pipeline.tempfile, "mkdtemp", lambda **kw: made.append(kw) or "/nowhere")
+    monkeypatch.setattr(run_module, "temporary_run_folder", lambda: made.append(1) or "/nowhere")
     monkeypatch.setattr(dip, "invert", lambda *a, **k: pytest.fail("the inversion started"))
     config = AnonymizeConfig.preset("tiny", max_iter=5, **changes)
     with pytest.raises(InputError, match=match):

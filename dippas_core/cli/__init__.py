@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from ..errors import DippasError
 
@@ -34,15 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(command: str):
+    """Our own warnings (an image note, ...) as one plain line; others as Python prints them."""
+    from ..io import ImageNoteWarning
+
+    plain = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageNoteWarning):
+            print(f"dippas {command}: warning: {message}", file=sys.stderr)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dippas`` command; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors exit here (status 2, message printed)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(args.command)
+            return int(args.func(args) or 0)
     except DippasError as exc:
         print(f"dippas {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,27 +7,78 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .assemble import add_output_arguments, check_output, write_outputs
-from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments, dip_config_from_args
+from ._checks import finite_float, positive_float
+from .assemble import (
+    AVERAGED,
+    BLOCK,
+    add_output_arguments,
+    check_output,
+    warn_lowered_tau,
+    write_outputs,
+)
+from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments
 
-__all__ = ["register", "run_anonymize", "print_summary"]
+__all__ = ["keep_temporary_run", "output_name", "print_summary", "register", "run_anonymize"]
 
 
 def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("assembly")
-    g.add_argument("-B", type=int, default=64, help="block size, a multiple of 32 (default 64)")
-    g.add_argument("-L", type=int, default=10, help="snapshots averaged per block (default 10)")
+    g.add_argument(
+        "-B", type=BLOCK, default=None, help="block size, a multiple of 32 (default: the preset's)"
+    )
+    g.add_argument(
+        "-L",
+        type=AVERAGED,
+        default=None,
+        help="snapshots averaged per block (default: the preset's)",
+    )
     g.add_argument(
         "--tau",
-        type=float,
+        type=finite_float,
         default=None,
-        help="PSNR threshold of the snapshots assembled (dB; default: --tau-psnr)",
+        help="PSNR threshold of the snapshots assembled (dB; default: the preset's)",
     )
     g.add_argument(
         "--run-dir",
         type=Path,
         default=None,
-        help="keep the run (snapshots, tile sums) here to re-assemble it later",
+        help="keep the run here (re-assemble a one-tile run later; resume a photo run: the "
+        "same command goes on from the first unfinished tile)",
+    )
+    t = p.add_argument_group("whole photos")
+    t.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        metavar="T",
+        help="tile side in pixels, a multiple of 32 (default: paper 512, cpu 256, tiny 128)",
+    )
+    t.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        metavar="O",
+        help="overlap of neighbouring tiles, a multiple of 32 >= 32 (default: the preset's)",
+    )
+    t.add_argument(
+        "--region",
+        default=None,
+        metavar="Y,X,H,W",
+        help="anonymize only this region (written alone; the rest of the photo keeps the "
+        "camera's trace)",
+    )
+    t.add_argument(
+        "--keep-runs",
+        action="store_true",
+        help="keep every tile's snapshots in the run folder (to re-assemble with other B, L, tau)",
+    )
+    t.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the forensic record (tile plan, per-tile stats, NCC/PCE, block-NCC map, the "
+        "input's name and SHA-256) here; it never travels with the image",
     )
 
 
@@ -39,6 +90,8 @@ def run_anonymize(
     run_dir: Path | None,
     force: bool,
     quiet: bool = False,
+    region: tuple[int, int, int, int] | None = None,
+    estimate: Any = None,
 ) -> tuple[Any, bool]:
     """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early.
 
@@ -50,7 +103,17 @@ def run_anonymize(
     from ._progress import ProgressLine, sigint_cancels
 
     cancel = CancelToken()
-    bar = ProgressLine(config.dip.max_iter)
+    bars: list = [ProgressLine(config.dip.max_iter)]
+
+    def on_tile(tile: Any, plan: Any) -> None:
+        if not quiet:
+            bars[0].close()
+            print(
+                f"tile {tile.index + 1}/{len(plan)} at y={tile.y}, x={tile.x} ({tile.h}×{tile.w})",
+                file=sys.stderr,
+            )
+        bars[0] = ProgressLine(config.dip.max_iter)
+
     with sigint_cancels(cancel):
         try:
             result = anonymize(
@@ -59,12 +122,15 @@ def run_anonymize(
                 config,
                 run_dir=run_dir,
                 cancel=cancel,
-                on_step=None if quiet else bar.update,
+                on_step=None if quiet else (lambda step: bars[0].update(step)),
+                on_tile=on_tile,
                 force=force,
+                region=region,
+                estimate=estimate,
             )
         finally:
             if not quiet:
-                bar.close()
+                bars[0].close()
     return result, result.report["inversion"]["stop_reason"] == "cancelled"
 
 
@@ -72,18 +138,15 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     """A few lines a person reads: PSNR, NCC and PCE before/after, snapshots, time."""
     s = stream if stream is not None else sys.stdout
     inv, asm = report["inversion"], report["assembly"]
-    print(f"anonymized image: {out}  (report: {out.with_suffix('.json')})", file=s)
+    print(f"anonymized image: {out}  (published settings: {out.with_suffix('.json')})", file=s)
     print(f"mode: {report['mode']} (reference: {report['reference']})", file=s)
     print(f"PSNR vs original: {report['psnr']:.2f} dB", file=s)
     print(
         f"NCC with the fingerprint: {report['ncc']['before']:.4f} -> {report['ncc']['after']:.4f}",
         file=s,
     )
-    print(f"PCE: {report['pce']['before']:.1f} -> {report['pce']['after']:.1f}", file=s)
     print(
-        f"inversion: {inv['n_iterations']} iterations ({inv['stop_reason']}), best PSNR "
-        f"{inv['best_psnr']:.2f} dB, {inv['n_snapshots']} snapshots; assembly B={asm['B']} "
-        f"L={asm['L']} from {asm['n_candidates']} snapshots",
+        f"PCE: {report['pce']['before']:.1f} -> {report['pce']['after']:.1f} (decision level 60)",
         file=s,
     )
     g, sn = inv.get("gamma", {}), inv.get("snapshot_ncc", {})
@@ -95,38 +158,195 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
             f"snapshots' NCC {sn.get('mean', float('nan')):.4f} (photo {sn['photo']:.4f})",
             file=s,
         )
-    t = report["timing_s"]
+    best = inv.get("best_psnr")
+    best_text = f"{best:.2f} dB" if best is not None else "n/a"
+    tiles = report.get("tiles") or [{"done": True}]
+    n_tiles, n_done = len(tiles), sum(bool(t.get("done", True)) for t in tiles)
     print(
-        f"time: {t['total']:.1f} s (inversion {t['inversion']:.1f} s, assembly "
-        f"{t['assembly'] * 1e3:.0f} ms) on {report['device']}, seed {report['seed']}",
+        f"inversion: {n_done}/{n_tiles} tile(s), {inv['n_iterations']} iterations "
+        f"({inv['stop_reason']}), lowest best PSNR of a tile {best_text}, "
+        f"{inv['n_snapshots']} snapshots; assembly B={asm.get('B')} L={asm.get('L')}",
+        file=s,
+    )
+    for short in report.get("below_tau") or []:
+        print(
+            f"tile {short['tile']} never reached tau_psnr: best {short['best_psnr']:.2f} dB, "
+            f"{short['short_db']:.2f} dB short (assembled from its best outputs)",
+            file=s,
+        )
+    if report.get("partial"):
+        missing = report["tiles_not_anonymized"]
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        print(
+            f"PARTIAL: {len(missing)} of {n_tiles} tiles are not anonymized (original pixels: "
+            f"{shown}); run the same command again to resume",
+            file=s,
+        )
+    if report.get("region"):
+        r = report["region"]
+        print(
+            f"region y={r['y']}, x={r['x']}, {r['h']}×{r['w']}: the rest of the photo still "
+            "carries the camera's trace",
+            file=s,
+        )
+    t = report["timing_s"]
+    cost = report.get("cost")
+    est = f" (estimated {cost['estimate_s']:.0f} s)" if cost else ""
+    print(
+        f"time: {t['total']:.1f} s{est}, inversion {t['inversion']:.1f} s, on "
+        f"{report['device']}, seed {report['seed']}",
         file=s,
     )
 
 
+def output_name(out: Path, report: dict) -> Path:
+    """OUT, or OUT with ``-partial`` / ``-below-tau-t…`` when the image is not what was asked."""
+    stem = out.stem
+    if report.get("partial"):
+        stem += "-partial"
+    short = [d["tile"] for d in report.get("below_tau") or []]
+    if short:
+        listed = ",".join(f"t{i}" for i in short[:6]) + (
+            f"+{len(short) - 6}" if len(short) > 6 else ""
+        )
+        stem += "-below-tau-" + listed
+    return out.with_name(stem + out.suffix)
+
+
+def _source(path: Path) -> dict:
+    """The source file's name and SHA-256, for the forensic record (never the published sidecar)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+def keep_temporary_run(folder: Path) -> Path:
+    """Rename a temporary run so that :func:`~dippas_core.run.clean_stale_temporary_runs` leaves
+    it alone (the user is told where it is); return its new path."""
+    import os
+
+    kept = folder.with_name(folder.name.replace("dippas-run-", "dippas-kept-run-", 1))
+    try:
+        os.rename(folder, kept)
+    except OSError:
+        return folder
+    return kept
+
+
 def _run(args: argparse.Namespace) -> int:
+    import shutil
+
     import numpy as np
 
-    from ..pipeline import AnonymizeConfig
-    from .invert import load_photo_and_fingerprint
+    from ..errors import DippasError
+    from ..pipeline import AnonymizeConfig, estimate_cost
+    from ..report import write_forensic_record
+    from ..run import check_run_target, temporary_run_folder
+    from ..tiled import PhotoRun
+    from ..tiling import check_region, check_tiling, parse_region, plan_tiles
+    from .invert import dip_changes_from_args, load_photo_and_fingerprint, preset_name
 
-    check_output(args.out, args.force, args.photo)
+    # every argument and the output location are checked before the first iteration
+    check_output(args.out, args.force, args.photo, args.fingerprint, run_dir=args.run_dir)
+    if args.run_dir is not None and not (args.run_dir / PhotoRun.META).is_file():
+        check_run_target(args.run_dir, args.force)  # a photo run there is resumed (or forced)
+    region = parse_region(args.region) if args.region is not None else None
+    own = {
+        "B": args.B,
+        "L": args.L,
+        "tau": args.tau,
+        "tile_size": args.tile,
+        "overlap": args.overlap,
+    }
+    config = AnonymizeConfig.preset(
+        preset_name(args),
+        **dip_changes_from_args(args),
+        **{k: v for k, v in own.items() if v is not None},
+        sigma=args.sigma,
+        keep_tile_runs=args.keep_runs,
+    )
+    check_tiling(config.tile_size, config.overlap)  # before the photo is even read
     photo, fingerprint = load_photo_and_fingerprint(args)
-    config = AnonymizeConfig(
-        dip=dip_config_from_args(args), B=args.B, L=args.L, tau=args.tau, sigma=args.sigma
-    )
-    result, interrupted = run_anonymize(
-        photo, fingerprint, config, run_dir=args.run_dir, force=args.force, quiet=args.quiet
-    )
-    bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    # the report travels with the image: it names no file or folder of the source
-    report = {**result.report, "crop": args.crop}
-    write_outputs(args.out, result.image, bits, report, result.maps)
-    print_summary(report, args.out)
-    if interrupted:
-        print(
-            "dippas anonymize: interrupted; the image was assembled from the snapshots kept so far",
-            file=sys.stderr,
+    shape = photo.shape[:2]
+    if region is not None:
+        shape = check_region(region, photo.shape)[2:]
+    plan = plan_tiles(shape, config.tile_size, config.overlap)
+    run_dir = args.run_dir
+    default_run = run_dir is None and len(plan) > 1
+    if default_run:
+        # a photo run is resumable: it lives beside OUT until the photo is done
+        run_dir = args.out.with_name(args.out.stem + ".dippas-run")
+    print(f"tile plan: {plan.describe()}", file=sys.stderr)
+    if len(plan) > 1:
+        for t in plan.tiles:
+            print(f"  tile {t.index}: y={t.y} x={t.x} {t.h}×{t.w}", file=sys.stderr)
+        print(f"run folder (resumable): {run_dir}", file=sys.stderr)
+    done_dir = Path(run_dir) / "done" if run_dir is not None else None
+    n_done = len(list(done_dir.glob("*.npz"))) if done_dir and done_dir.is_dir() else 0
+    if n_done and not args.force:
+        print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
+    estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
+    print(f"estimate: {estimate.text}", file=sys.stderr)
+    # a temporary run is kept until the outputs are written: a late failure loses no work
+    temporary = run_dir is None
+    if temporary:
+        run_dir = temporary_run_folder()
+    try:
+        result, interrupted = run_anonymize(
+            photo,
+            fingerprint,
+            config,
+            run_dir=run_dir,
+            force=args.force,
+            quiet=args.quiet,
+            region=region,
+            estimate=estimate,
         )
+    except BaseException:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
+    report = {**result.report, "crop": args.crop, "source": _source(args.photo)}
+    if temporary:
+        report["run_dir"] = None
+    out = output_name(args.out, report)
+    try:
+        if out != args.out:
+            # a partial or short-of-tau image of an earlier attempt is replaced: never fail now
+            check_output(out, True, args.photo)
+        if args.report is not None:
+            write_forensic_record(report, args.report, result.maps)
+        # the sidecar beside the image is report.published_sidecar: nothing about the source;
+        # the full record goes into a run folder that is kept
+        kept_run = None if temporary or result.run_dir is None else result.run_dir
+        write_outputs(out, result.image, bits, report, result.maps, forensic=kept_run)
+    except (OSError, DippasError) as exc:
+        if temporary:  # out of the stale-temporary pattern: the next start keeps it
+            run_dir = keep_temporary_run(Path(run_dir))
+        raise DippasError(
+            f"{exc}; the run is kept in {run_dir}: assemble it with "
+            f"dippas assemble {run_dir} -B {config.B} -L {config.L} --out OUT.png"
+        ) from exc
+    if temporary:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if len(plan) == 1:
+        warn_lowered_tau(config.assembly_tau, report["assembly"])
+    print_summary(report, out)
+    partial = bool(report.get("partial"))
+    if default_run and not partial and not args.keep_runs and result.run_dir is not None:
+        shutil.rmtree(result.run_dir, ignore_errors=True)
+    if interrupted:
+        what = (
+            f"the finished tiles were stitched into {out}; resume with the same command"
+            if partial
+            else "the image was assembled from the snapshots kept so far"
+        )
+        print(f"dippas anonymize: interrupted; {what}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 
@@ -145,7 +365,9 @@ def register(subparsers: Any) -> None:
     add_input_arguments(p, blind_flag=False)
     add_output_arguments(p)
     add_assembly_arguments(p)
-    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument(
+        "--sigma", type=positive_float, default=5.0, help="residual noise level (default 5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(p, tiles_per_step=True)
     p.set_defaults(func=_run)

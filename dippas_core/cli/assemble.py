@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "add_output_arguments", "check_output", "write_outputs"]
+from ._checks import finite_float, int_between
+
+#: Parse-time bounds of -B and -L (the photo's size bounds B again once it is known).
+BLOCK = int_between(1, 2**20)
+AVERAGED = int_between(1, 2**20)
+
+__all__ = [
+    "add_output_arguments",
+    "check_output",
+    "register",
+    "warn_lowered_tau",
+    "write_outputs",
+]
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,55 +43,107 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite OUT and its report")
 
 
-def check_output(out: Path, force: bool, *inputs: Path | None) -> Path:
-    """Refuse to overwrite an input, or OUT/OUT.json without --force; return OUT.json's path."""
-    from ..errors import InputError
+def check_output(
+    out: Path, force: bool, *inputs: Path | None, run_dir: Path | None = None
+) -> Path:
+    """Check OUT and the report beside it before any work; return the report's path.
 
-    report = out.with_suffix(".json")
-    for src in inputs:
-        if src is not None and Path(src).exists() and out.exists() and out.samefile(src):
-            raise InputError(f"--out {out} is the input file itself; choose another name")
+    Both files are checked alike: not a folder, not an input, not one of a run's own files
+    (``RUN/config.png`` would put its report over ``RUN/config.json``), not existing unless
+    ``force``, and their folder writable.  ``run_dir`` is a run folder the command will create
+    (it may not exist yet).
+    """
+    from ..errors import InputError
+    from ..run import RUN_FILES, check_writable_folder, is_run_file
+
     if out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise InputError(f"--out {out}: use a .png or .tif file name")
+    report = out.with_suffix(".json")
     for path in (out, report):
+        if path.is_dir():
+            raise InputError(f"{path} is a folder; --out must name an image file beside it")
+        for src in inputs:
+            if src is not None and Path(src).exists() and path.exists() and path.samefile(src):
+                raise InputError(f"{path} is the input file itself; choose another --out name")
+        in_new_run = run_dir is not None and (
+            Path(os.path.abspath(path.parent)) == Path(os.path.abspath(run_dir))
+        )
+        if is_run_file(path) or (in_new_run and path.name in RUN_FILES):
+            raise InputError(
+                f"{path} is one of the run folder's own files; writing it would break the run: "
+                "choose another --out name or folder"
+            )
         if path.exists() and not force:
             raise InputError(f"{path} already exists; choose another name or pass --force")
+    check_writable_folder(out.parent)
     return report
 
 
-def write_outputs(out: Path, image: Any, bits: int, report: dict, maps: dict) -> Path:
-    """Write the image (no metadata, atomic) and its JSON report; return the report's path.
+def write_outputs(
+    out: Path,
+    image: Any,
+    bits: int,
+    report: dict,
+    maps: dict,
+    *,
+    forensic: Path | None = None,
+) -> Path:
+    """Write the image (no metadata, atomic) and its published JSON sidecar; return its path.
 
-    The report travels with the image, so paths in it are cut to their last component: it must
-    not tell where the source or the run lives (a folder name can identify a person).
+    The sidecar travels with the image, so it is :func:`~dippas_core.report.published_sidecar`:
+    nothing about the source camera, its scores or where the source and run live.  The full
+    report and the block-NCC maps go to ``forensic`` (a run folder or a file), when given.
     """
     from .._atomic import atomic_write_text
     from ..io import write_image
-    from ..run import jsonable
+    from ..report import published_sidecar, write_forensic_record
 
     write_image(out, image, bit_depth=bits)
     report_path = out.with_suffix(".json")
-    payload = {
-        **report,
-        "run_dir": Path(report["run_dir"]).name if report.get("run_dir") else None,
-        "output": out.name,
-        "bit_depth": bits,
-        "maps": {k: jsonable(v) for k, v in maps.items()},
-    }
-    atomic_write_text(report_path, json.dumps(jsonable(payload), indent=1, allow_nan=True))
+    sidecar = published_sidecar({**report, "bit_depth": bits}, image_name=out.name)
+    atomic_write_text(report_path, json.dumps(sidecar, indent=1))
+    if forensic is not None:
+        try:
+            write_forensic_record({**report, "output": str(out), "bit_depth": bits},
+                                  forensic, maps)
+        except OSError as exc:  # the image is written; say where the record could not go
+            print(f"warning: could not write the forensic record to {forensic}: {exc}",
+                  file=sys.stderr)
     return report_path
+
+
+def warn_lowered_tau(tau: float, params: dict) -> None:
+    """Say so when the assembly used a lower PSNR threshold than asked (no snapshot reached it)."""
+    used = params.get("psnr_threshold")
+    if used is not None and used < tau:
+        print(
+            f"warning: no snapshot reaches tau {tau:g} dB; the best snapshots, at {used:.2f} dB, "
+            "were assembled instead",
+            file=sys.stderr,
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..assembly import assemble
+    from ..assembly import assemble, check_assembly_params
     from ..metrics import psnr
     from ..pipeline import _to_float255, attribution_scores
-    from ..run import RunDirectory
+    from ..run import RunDirectory, environment_info
 
     report_path = check_output(args.out, args.force)
+    if (Path(args.run_dir) / "photo-run.json").is_file():
+        from ..errors import InputError
+
+        raise InputError(
+            f"{args.run_dir} is a whole-photo run (one run per tile); assemble one tile's run, "
+            f"e.g. dippas assemble {Path(args.run_dir) / 'tiles' / '0000'} (kept with "
+            "--keep-runs), or rerun dippas anonymize with other -B/-L/--tau"
+        )
     run = RunDirectory.open(args.run_dir)
+    recorded_tau = (run.config.get("dip_config") or {}).get("tau_psnr", 38.0)
+    tau = args.tau if args.tau is not None else recorded_tau
+    check_assembly_params(run.shape, run.tile, args.B, args.L, tau)  # before any work
     missing = run.n_missing_tile_sums
     if missing and run.being_recorded():
         # its ingest thread is appending these very tile sums: computing them too would misalign
@@ -96,11 +161,6 @@ def _run(args: argparse.Namespace) -> int:
         run.complete_tile_sums()  # skips by itself if a recorder started in the meantime
     photo = run.photo
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    tau = (
-        args.tau
-        if args.tau is not None
-        else (run.config.get("dip_config") or {}).get("tau_psnr", 38.0)
-    )
     asm = assemble(run, args.B, args.L, tau, dtype="uint8" if bits == 8 else "float32")
     photo255 = _to_float255(photo)
     before, map_before = attribution_scores(photo255, run.reference, asm.block, run.sigma)
@@ -116,6 +176,9 @@ def _run(args: argparse.Namespace) -> int:
         "seed": run.config.get("seed"),
         "device": run.config.get("device"),
         "run_status": run.status,
+        "sigma": run.sigma,
+        "dip_config": run.config.get("dip_config"),
+        "versions": environment_info(),
     }
     write_outputs(
         args.out,
@@ -123,8 +186,10 @@ def _run(args: argparse.Namespace) -> int:
         bits,
         report,
         {"block_ncc_before": map_before, "block_ncc_after": map_after},
+        forensic=run.path,
     )
     p = asm.params
+    warn_lowered_tau(tau, p)
     print(
         f"assembled {args.out} from {p['n_candidates']} snapshots (PSNR >= "
         f"{p['psnr_threshold']:.2f} dB), B={p['B']} L={p['L']} in {p['elapsed_s']:.2f} s: "
@@ -146,11 +211,11 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("-B", type=int, default=64, help="block size, a multiple of the tile (64)")
-    p.add_argument("-L", type=int, default=10, help="snapshots averaged per block (10)")
+    p.add_argument("-B", type=BLOCK, default=64, help="block size, a multiple of the tile (64)")
+    p.add_argument("-L", type=AVERAGED, default=10, help="snapshots averaged per block (10)")
     p.add_argument(
         "--tau",
-        type=float,
+        type=finite_float,
         default=None,
         help="PSNR threshold of the snapshots used (dB; default: the run's tau_psnr)",
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
+from ._checks import finite_float
 from .invert import add_dip_arguments, dip_config_from_args
 
 __all__ = ["register", "run"]
@@ -79,7 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("assembly")
     g.add_argument("-B", type=_positive_int, default=64, help="block size (default 64)")
     g.add_argument("-L", type=_positive_int, default=10, help="snapshots averaged per block")
-    g.add_argument("--tau", type=float, default=None, help="PSNR threshold of assembled snapshots")
+    g.add_argument(
+        "--tau", type=finite_float, default=None, help="PSNR threshold of assembled snapshots"
+    )
     p.add_argument("--crop", type=_size, metavar="N|HxW", help="centre-crop photos (and K) first")
     p.add_argument(
         "--max-pixels",

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._checks import int_between
+from .assemble import AVERAGED, BLOCK
 from .invert import EXIT_INTERRUPTED, add_dip_arguments, dip_config_from_args
 
 __all__ = ["register", "DEMO_PRESET", "DEMO_CROP"]
@@ -18,6 +20,32 @@ DEMO_PRESET = "tiny"
 DEMO_CROP = 64
 
 
+#: What a demo writes into its folder (``--force`` replaces these and nothing else).
+DEMO_FILES = ("original.png", "anonymized.png", "anonymized.json")
+
+
+def _check_demo_folder(out: Path, force: bool) -> None:
+    """A new or empty folder, or (with ``force``) one that holds a previous demo and no more."""
+    from ..errors import InputError
+    from ..run import MARKER, check_writable_folder
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; --out names the demo's folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise InputError(
+                f"{out} already exists and is not empty; choose another folder or --force"
+            )
+        others = sorted(p.name for p in out.iterdir() if p.name not in (*DEMO_FILES, "run"))
+        if others or not (out / "run" / MARKER).is_file():
+            raise InputError(
+                f"{out} does not hold a previous demo (or holds other files too: "
+                f"{', '.join(others[:5]) or 'no run/'}); --force replaces only a demo's own "
+                "files: choose a new or empty folder"
+            )
+    check_writable_folder(out)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import center_crop, write_image
@@ -27,8 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     from .assemble import write_outputs
 
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise InputError(f"{out} already exists and is not empty; choose another folder or --force")
+    _check_demo_folder(out, args.force)
     photo, fingerprint = sample_data()
     crop = args.crop if args.crop is not None else DEMO_CROP
     if not 16 <= crop <= min(photo.shape[:2]):
@@ -48,7 +75,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     write_image(out / "original.png", photo)
     image_path = out / "anonymized.png"
-    write_outputs(image_path, result.image, 8, {**result.report, "crop": crop}, result.maps)
+    write_outputs(
+        image_path, result.image, 8, {**result.report, "crop": crop}, result.maps,
+        forensic=out / "run",
+    )
     print_summary(result.report, image_path)
     print(
         f"re-assemble with other settings: dippas assemble {out / 'run'} -B 32 -L 25 "
@@ -70,12 +100,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--crop",
-        type=int,
+        type=int_between(1),
         default=None,
         help=f"central crop of the 256×256 sample (default {DEMO_CROP})",
     )
-    p.add_argument("-B", type=int, default=32, help="assembly block size (default 32)")
-    p.add_argument("-L", type=int, default=10, help="snapshots averaged per block (default 10)")
+    p.add_argument("-B", type=BLOCK, default=32, help="assembly block size (default 32)")
+    p.add_argument(
+        "-L", type=AVERAGED, default=10, help="snapshots averaged per block (default 10)"
+    )
     p.add_argument("--force", action="store_true", help="replace a previous demo in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(

@@ -11,11 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._checks import int_between, seed
+
 __all__ = ["register"]
 
 
 def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _sizes(text: str) -> list[int]:
+    """Comma-separated crop sizes, each a whole number >= 16."""
+    sizes = [int_between(16, 1 << 16)(t) for t in _csv_list(text)]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 128,256, got {text!r}")
+    return sizes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,17 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sizes",
-        type=lambda t: [int(v) for v in _csv_list(t)],
+        type=_sizes,
         default=None,
         help="crop sizes, e.g. 128,256",
     )
-    p.add_argument("--crops-per-photo", type=int, default=None)
-    p.add_argument("--max-photos", type=int, default=None)
-    p.add_argument("--photos-per-camera", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-iter", type=int, default=None, help="cap on DIP iterations")
-    p.add_argument("--block", type=int, default=None, help="DIPPAS assembly block size B")
-    p.add_argument("--top-l", type=int, default=None, help="DIPPAS assembly L")
+    p.add_argument("--crops-per-photo", type=int_between(1), default=None)
+    p.add_argument("--max-photos", type=int_between(1), default=None)
+    p.add_argument("--photos-per-camera", type=int_between(1), default=None)
+    p.add_argument("--seed", type=seed, default=None)
+    p.add_argument("--max-iter", type=int_between(1), default=None, help="cap on DIP iterations")
+    p.add_argument("--block", type=int_between(1, 1 << 20), default=None,
+                   help="DIPPAS assembly block size B")
+    p.add_argument("--top-l", type=int_between(1, 1 << 20), default=None, help="DIPPAS assembly L")
     p.add_argument(
         "--reference", choices=("same", "split"), default=None,
         help="same: aware methods get the detector's fingerprint (the paper); split: they get one "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._checks import int_between, positive_float
+
 __all__ = ["register"]
 
 
@@ -35,8 +37,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".npz":
         raise InputError(f"--out {args.out}: a fingerprint file must end in .npz")
+    if args.out.is_dir():
+        raise InputError(f"--out {args.out} is a folder; name the fingerprint file (K.npz)")
     if args.out.exists() and not args.force:
         raise InputError(f"{args.out} already exists; choose another name or pass --force")
+    from ..run import check_writable_folder
+
+    check_writable_folder(args.out.parent)
     files = _inputs(args.inputs)
     camera = args.camera if args.camera is not None else _common_label(files)
     fp = estimate_fingerprint(files, sigma=args.sigma, crop=args.crop, camera=camera)
@@ -67,10 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", type=Path, metavar="FF_DIR|FILE",
                    help="a folder of flat-field images, or image files")
     p.add_argument("--out", type=Path, required=True, metavar="K.npz", help="fingerprint file")
-    p.add_argument("--crop", type=int, default=None, metavar="N",
+    p.add_argument("--crop", type=int_between(1), default=None, metavar="N",
                    help="centre-crop every image to N×N first")
     p.add_argument("--camera", default=None, metavar="NAME",
                    help="camera label to store (default: the common file-name prefix)")
-    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument("--sigma", type=positive_float, default=5.0,
+                   help="residual noise level (default 5)")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.set_defaults(func=_run)

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._checks import finite_float, int_between, positive_float, seed, torch_threads
+
 __all__ = ["register", "add_dip_arguments", "dip_config_from_args", "load_photo_and_fingerprint"]
 
 EXIT_INTERRUPTED = 130
@@ -32,19 +34,24 @@ def add_dip_arguments(
         default=None,
         help=preset_help,
     )
-    g.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    g.add_argument("--max-iter", type=int, default=None, help="stop after this many iterations")
+    g.add_argument("--seed", type=seed, default=None, help="random seed (default 0)")
+    g.add_argument(
+        "--max-iter", type=int_between(1), default=None, help="stop after this many iterations"
+    )
     g.add_argument(
         "--tau-psnr",
-        type=float,
+        type=finite_float,
         default=None,
         help="keep outputs with PSNR >= this as snapshots (dB)",
     )
-    g.add_argument("--stop-psnr", type=float, default=None, help="stop at this PSNR (dB)")
+    g.add_argument("--stop-psnr", type=finite_float, default=None, help="stop at this PSNR (dB)")
+    g.add_argument(
+        "--lr", type=positive_float, default=None, help="Adam learning rate (default: preset)"
+    )
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument(
         "--torch-threads",
-        type=int,
+        type=torch_threads,
         default=None,
         help="torch CPU threads (default: 1 while residuals are computed beside it)",
     )
@@ -79,11 +86,21 @@ def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = 
     """
     from ..dip.config import DIPConfig
 
+    return DIPConfig.preset(preset_name(args, default_preset), **dip_changes_from_args(args))
+
+
+def preset_name(args: argparse.Namespace, default_preset: str | None = None) -> str:
+    """``--preset``, else ``default_preset``, else ``cpu`` on a CPU and ``paper`` elsewhere."""
     preset = args.preset or default_preset
     if preset is None:
         from ..dip.device import resolve_device
 
         preset = "cpu" if resolve_device(args.device or "auto").type == "cpu" else "paper"
+    return preset
+
+
+def dip_changes_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The DIP fields the options set (those left at their default are not included)."""
     changes = {
         "seed": args.seed,
         "max_iter": args.max_iter,
@@ -91,9 +108,10 @@ def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = 
         "stop_psnr": args.stop_psnr,
         "device": args.device,
         "torch_threads": args.torch_threads,
+        "lr": getattr(args, "lr", None),
         "tiles_per_step": getattr(args, "tiles_per_step", None),
     }
-    return DIPConfig.preset(preset, **{k: v for k, v in changes.items() if v is not None})
+    return {k: v for k, v in changes.items() if v is not None}
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None:
@@ -118,7 +136,7 @@ def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None
         )
     p.add_argument(
         "--crop",
-        type=int,
+        type=int_between(1),
         default=None,
         metavar="N",
         help="work on the central N×N crop of the photo (and of the fingerprint)",
@@ -128,10 +146,18 @@ def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None
 def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
     """Read PHOTO and --fingerprint (cropped with --crop); the fingerprint is None in blind mode."""
     from ..errors import InputError
-    from ..fingerprint import Fingerprint
-    from ..io import center_crop, read_image
+    from ..fingerprint import Fingerprint, check_fingerprint_file
+    from ..io import center_crop, image_size, read_image, warn_if_turned
 
+    # sizes from the headers first: a fingerprint of the wrong size (or a huge one) is refused
+    # before either file's data is read
+    size = image_size(args.photo)
+    if args.fingerprint:
+        check_fingerprint_file(args.fingerprint, shape=None if args.crop else size)
+    if args.crop is not None and args.crop > min(size):
+        raise InputError(f"--crop {args.crop} is larger than the photo's smaller side {min(size)}")
     photo = read_image(args.photo)
+    warn_if_turned(args.photo)
     if photo.ndim != 3:
         raise InputError(f"{args.photo} is a gray image; DIPPAS needs a colour (RGB) photo")
     fingerprint = Fingerprint.load(args.fingerprint) if args.fingerprint else None
@@ -206,10 +232,16 @@ def run_inversion(
 def _run(args: argparse.Namespace) -> int:
     from ..cancel import CancelToken
     from ..dip import invert
+    from ..errors import InputError
     from ..residual import residual
-    from ..run import RunDirectory
+    from ..run import RunDirectory, check_run_target
 
+    check_run_target(args.out, args.force)  # before any work, as every argument
     photo, fingerprint = load_photo_and_fingerprint(args)
+    if args.tile > max(photo.shape[:2]):
+        raise InputError(
+            f"--tile {args.tile} is larger than the photo ({photo.shape[0]}×{photo.shape[1]})"
+        )
     dip = dip_config_from_args(args)
     if fingerprint is None:
         P, mode = residual(photo, args.sigma), "blind"
@@ -285,9 +317,14 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace a previous run in RUN_DIR")
     p.add_argument(
-        "--tile", type=int, default=32, help="finest assembly block (pixels, default 32)"
+        "--tile",
+        type=int_between(1),
+        default=32,
+        help="finest assembly block (pixels, default 32)",
     )
-    p.add_argument("--sigma", type=float, default=5.0, help="residual noise level (default 5)")
+    p.add_argument(
+        "--sigma", type=positive_float, default=5.0, help="residual noise level (default 5)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(p)
     p.set_defaults(func=_run)

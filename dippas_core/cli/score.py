@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._checks import finite_float, int_between
+
 __all__ = ["register", "PCE_THRESHOLD"]
 
 #: The usual PCE decision threshold of the PRNU literature (Goljan et al. 2009).
@@ -72,11 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("photo", type=Path, metavar="PHOTO")
     p.add_argument("--fingerprint", type=Path, required=True, metavar="K.npz")
-    p.add_argument("--crop", type=int, default=None, metavar="N",
+    p.add_argument("--crop", type=int_between(1), default=None, metavar="N",
                    help="centre-crop both the photo and the fingerprint to N×N")
     p.add_argument("--aligned", action="store_true",
                    help="score PCE at zero shift only (photo known to be aligned)")
-    p.add_argument("--threshold", type=float, default=PCE_THRESHOLD,
+    p.add_argument("--threshold", type=finite_float, default=PCE_THRESHOLD,
                    help=f"PCE decision threshold (default {PCE_THRESHOLD:g})")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.set_defaults(func=_run)

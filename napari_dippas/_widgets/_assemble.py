@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,17 @@ from qtpy.QtWidgets import (
 
 from dippas_core.assembly import NoSnapshotsError
 
-from .._layers import block_heatmap_layer, dippas_kind
-from .._models import AssemblyOutcome, AssemblySettings, RunSession
+from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
+from .._models import (
+    DECISION_LEVEL_PCE,
+    PROVENANCE_FILE,
+    AssemblyOutcome,
+    AssemblySettings,
+    RunSession,
+    add_output_to_provenance,
+    sha256_file,
+    trace_warning,
+)
 from .._reader import (
     assembly_layers,
     is_run_directory,
@@ -52,6 +62,43 @@ DEBOUNCE_MS = 150
 def _is_run_layer(layer: Layer) -> bool:
     return dippas_kind(layer.metadata) == "snapshots" and "run_dir" in layer.metadata["dippas"]
 
+
+def run_offset(run_dir: str | Path) -> tuple[float, float]:
+    """Where a run's layers go over the whole photo: its region's ``(y, x)`` (0, 0 if none).
+
+    Read from the record the viewer wrote into the run folder (runs made elsewhere have none:
+    they cover their whole photo).
+    """
+    import json
+
+    path = Path(run_dir) / PROVENANCE_FILE
+    try:
+        region = json.loads(path.read_text()).get("region") or {}
+        return float(region.get("y", 0)), float(region.get("x", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0.0, 0.0
+
+
+def _on_shared_scale(data_tuple: Any) -> Any:
+    """A block-NCC map put on the one colour scale of every map (:data:`BLOCK_NCC_LIMIT`)."""
+    data, kwargs, kind = data_tuple
+    if dippas_kind(kwargs.get("metadata")) != "block_ncc":
+        return data_tuple
+    meta = {**kwargs["metadata"]["dippas"], "limit": BLOCK_NCC_LIMIT}
+    limits = (-BLOCK_NCC_LIMIT, BLOCK_NCC_LIMIT)
+    return data, {**kwargs, "contrast_limits": limits, "metadata": {"dippas": meta}}, kind
+
+
+def _shifted(data_tuple: Any, offset: tuple[float, float]) -> Any:
+    """A layer data tuple moved by ``offset`` (its own translate kept, e.g. a heatmap's)."""
+    data, kwargs, kind = data_tuple
+    if not any(offset):
+        return data_tuple
+    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+    base = np.zeros(ndim) if kwargs.get("translate") is None else np.asarray(kwargs["translate"])
+    base = base.astype(float)
+    base[-2:] += offset
+    return data, {**kwargs, "translate": tuple(base)}, kind
 
 class AssembleWidget(DockWidget):
     """Re-assemble a recorded run live and export the anonymized image with its JSON report.
@@ -122,13 +169,14 @@ class AssembleWidget(DockWidget):
         self.export_button.clicked.connect(self.export)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow("run", self.run)
         form.addRow(self.open_run)
         form.addRow(self.open_button)
         form.addRow("B (block)", self.block)
         form.addRow("L (average)", self.n_average)
         form.addRow("tau", self.tau)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
         layout.addLayout(grid)
         layout.addWidget(self.status)
@@ -162,6 +210,10 @@ class AssembleWidget(DockWidget):
         if self.closed:
             return
         layer = self.run.layer()  # the chosen object: its name may have changed
+        if layer is None and (self.session is None or not Path(self.session.path).is_dir()):
+            # e.g. a run that failed to start took its placeholder layer away: wait for nothing
+            self.session = None
+            self.status.setText("Choose a run (the snapshots layer of a run, or a run folder).")
         if layer is not None:
             # a run still recording grows this layer: re-assemble as it grows
             layer.events.data.connect(self._run_data_changed)
@@ -197,6 +249,11 @@ class AssembleWidget(DockWidget):
         except Exception as exc:  # noqa: BLE001 - shown to the user; the viewer is unchanged
             self.status.setText(f"Could not open {Path(path).name}: {exc}")
             return []
+        for layer in layers:
+            # napari numbers a clashing name ("photo [1]"): name it by its run instead
+            match = re.fullmatch(r"(.*) \[\d+\]", layer.name)
+            if match:
+                layer.name = f"{match.group(1)} — {Path(path).name}"
         snapshots = [layer for layer in layers if _is_run_layer(layer)]
         if snapshots:
             self.run.select(snapshots[-1])
@@ -283,23 +340,28 @@ class AssembleWidget(DockWidget):
         self.outcome = outcome
         info = {"run_dir": session.path}  # the job's run, never a later one
         B = outcome.before.block_size
+        offset = run_offset(session.path)
         before = upsert_run_layer(
             self.viewer,
             block_heatmap_layer(outcome.before.block_ncc, B, image_shape=outcome.image.shape[:2],
-                                stage="before", **info),
+                                offset=offset, stage="before", **info),
         )
         for data_tuple in assembly_layers(outcome, **info):
-            upsert_run_layer(self.viewer, data_tuple)
+            upsert_run_layer(self.viewer, _on_shared_scale(_shifted(data_tuple, offset)))
         self.colorbar.set_limit(before.contrast_limits[1], f"block NCC, B = {B} (before and after)")
         for stage, scores in (("before", outcome.before), ("after", outcome.after)):
             self.table["NCC", stage].setText(f"{scores.ncc:.5f}")
             self.table["PCE", stage].setText(f"{scores.pce:.1f}")
         self.psnr.setText(f"{outcome.psnr:.2f} dB")
         p = outcome.params
-        self.status.setText(
+        text = (
             f"Assembled B={p['B']}, L={p['L']} from {p['n_candidates']} of {p['n_snapshots']} "
             f"snapshots (PSNR ≥ {p['psnr_threshold']:.2f} dB) in {p['elapsed_s'] * 1000:.0f} ms."
         )
+        h, w = outcome.image.shape[:2]
+        # a photo (or region) without a detectable trace: "after" proves nothing, say so
+        warning = trace_warning(outcome.before.pce, DECISION_LEVEL_PCE, h * w)
+        self.status.setText(f"{text}\n{warning}" if warning else text)
 
     # -- export ---------------------------------------------------------------------------------
     def anonymized_layer(self) -> Layer | None:
@@ -339,5 +401,11 @@ class AssembleWidget(DockWidget):
             show_error(f"Export failed: {exc}")
             return []
         written = [str(p) for p in np.atleast_1d(written)] if written else []
+        # the forensic record stays in the run folder: which file came out, and its hash
+        for out in written:
+            add_output_to_provenance(
+                self.session.path if self.session is not None else "",
+                {"file": Path(out).name, "sha256": sha256_file(out)},
+            )
         self.status.setText("Saved " + ", ".join(Path(p).name for p in written) + ".")
         return written

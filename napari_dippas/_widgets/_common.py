@@ -13,18 +13,23 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
-from qtpy.QtCore import QEvent, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
-from .._layers import DIVERGING_COLORMAP, LayerDataTuple, dippas_kind
+from .._layers import DIVERGING_COLORMAP, LayerDataTuple, Region, dippas_kind
 
 if TYPE_CHECKING:
     import napari
@@ -33,9 +38,13 @@ if TYPE_CHECKING:
     from .._models import RunHistory
 
 __all__ = [
-    "WIDGET_MIN_WIDTH", "ColorbarCanvas", "DockWidget", "LayerChoice", "LivePlot", "PathEdit",
-    "same_path", "upsert_layer", "upsert_run_layer",
+    "REGION_LAYER", "WIDGET_MIN_WIDTH", "ColorbarCanvas", "DockWidget", "LayerChoice", "LivePlot",
+    "PathEdit", "RegionPicker", "add_new_layer", "layer_source_path", "same_path",
+    "show_rectangles", "upsert_layer", "upsert_run_layer",
 ]
+
+#: name of the Shapes layer where the analyst draws the region to work on
+REGION_LAYER = "region"
 
 #: pixels; wide enough for the dock titles ("Assemble & export (napari-dippas)") and the plots
 WIDGET_MIN_WIDTH = 340
@@ -80,6 +89,50 @@ def upsert_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
             return layer
         viewer.layers.remove(name)
     return getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+
+
+def add_new_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
+    """Add the layer under a name no other layer has (``name (2)``, ...): never replaces one."""
+    data, kwargs, layer_type = data_tuple
+    base = name = kwargs["name"]
+    k = 1
+    while name in viewer.layers:
+        k += 1
+        name = f"{base} ({k})"
+    return getattr(viewer, f"add_{layer_type}")(data, **{**kwargs, "name": name})
+
+
+def show_rectangles(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
+    """Show :func:`~napari_dippas._layers.rectangles_layer` rectangles: add the Shapes layer, or
+    recolour it in place when the same rectangles are already shown (a tile changed state).
+
+    A plan with other rectangles replaces the layer's shapes (same layer, same name).
+    """
+    data, kwargs, _ = data_tuple
+    name = kwargs["name"]
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if layer is None or type(layer).__name__ != "Shapes":
+        active = viewer.layers.selection.active  # a status overlay must not take the focus
+        layer = viewer.add_shapes(data, **kwargs)
+        if active is not None:
+            viewer.layers.selection.active = active
+        return layer
+    same = len(layer.data) == len(data) and all(
+        np.allclose(a, b) for a, b in zip(layer.data, data, strict=True)
+    )
+    if not same:
+        layer.data = data
+        layer.shape_type = kwargs["shape_type"]
+    layer.features = kwargs["features"]
+    layer.edge_color = kwargs["edge_color"]
+    layer.metadata = kwargs["metadata"]
+    return layer
+
+
+def layer_source_path(layer: Layer) -> str | None:
+    """The file a layer was opened from (None for layers made in the session)."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path and Path(path).is_file() else None
 
 
 def same_path(a: str | Path | None, b: str | Path | None) -> bool:
@@ -135,6 +188,18 @@ class DockWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.setMinimumWidth(WIDGET_MIN_WIDTH)
+        #: the widget's contents (subclasses lay out into it): it scrolls inside
+        #: :attr:`scroll`, so four docks open at once fit a 1280×800 window
+        self.body = QWidget()
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setWidget(self.body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Ignored)
         self.viewer = napari_viewer
         #: True once the widget left napari: late job results then stay off the viewer
         self.closed = False
@@ -164,7 +229,7 @@ class DockWidget(QWidget):
         with contextlib.suppress(RuntimeError):
             self._close_down()
         for value in list(vars(self).values()):
-            if isinstance(value, LayerChoice):
+            if isinstance(value, LayerChoice | RegionPicker):
                 value.disconnect_viewer()
 
     def _close_down(self) -> None:
@@ -276,6 +341,125 @@ class LayerChoice(QComboBox):
                 self.setCurrentIndex(index)
 
 
+class RegionPicker(QWidget):
+    """Where to work: the whole photo, or a region typed as Y, X, H, W or drawn as a rectangle.
+
+    "Draw region" adds (or selects) the :data:`REGION_LAYER` Shapes layer in rectangle mode; the
+    last rectangle drawn there fills the four fields.  :meth:`region` is what the widgets use.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer (the rectangle is drawn there).
+    photo_shape : callable, optional
+        Returns the shape of the photo the region is for (a drawn rectangle is clipped to it).
+    """
+
+    def __init__(
+        self, viewer: napari.Viewer,
+        photo_shape: Callable[[], tuple[int, ...] | None] = lambda: None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._photo_shape = photo_shape
+        self._layer: Any = None
+        self.fields = {}
+        grid = QGridLayout(self)  # two rows: fits the dock's width
+        grid.setContentsMargins(0, 0, 0, 0)
+        for i, key in enumerate(("Y", "X", "H", "W")):
+            spin = QSpinBox(minimum=0, maximum=99_999)  # five digits: narrow enough for a dock
+            spin.setToolTip({"Y": "top row", "X": "left column", "H": "height (0: whole photo)",
+                             "W": "width (0: whole photo)"}[key])
+            spin.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)
+            self.fields[key] = spin
+            grid.addWidget(QLabel(key), i // 2, 2 * (i % 2))
+            grid.addWidget(spin, i // 2, 2 * (i % 2) + 1)
+        self.draw_button = QPushButton("Draw")
+        self.draw_button.setToolTip("draw a rectangle on the photo (the 'region' layer)")
+        self.draw_button.clicked.connect(self.draw)
+        self.whole_button = QPushButton("Whole")
+        self.whole_button.setToolTip("work on the whole photo")
+        self.whole_button.clicked.connect(self.clear)
+        grid.addWidget(self.draw_button, 0, 4)
+        grid.addWidget(self.whole_button, 1, 4)
+        # a region layer drawn through another dock (or already there) is followed too
+        viewer.layers.events.inserted.connect(self._layer_added)
+        if REGION_LAYER in viewer.layers:
+            self._watch(viewer.layers[REGION_LAYER])
+
+    def _layer_added(self, event: Any) -> None:
+        if event.value.name == REGION_LAYER and self._layer is None:
+            self._watch(event.value)
+
+    def draw(self) -> None:
+        """Add (or pick) the region layer and switch it to drawing rectangles."""
+        layers = self._viewer.layers
+        if REGION_LAYER in layers:
+            layer = layers[REGION_LAYER]
+        else:
+            layer = self._viewer.add_shapes(
+                name=REGION_LAYER, edge_color="#00e5ff", face_color="transparent",
+                edge_width=3, metadata={"dippas": {"kind": "region"}},
+            )
+        if self._layer is not layer:
+            self._unwatch()
+            self._watch(layer)
+        layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    def _watch(self, layer: Any) -> None:
+        layer.events.data.connect(self._drawn)
+        self._layer = layer
+
+    def _unwatch(self) -> None:
+        if self._layer is not None:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                self._layer.events.data.disconnect(self._drawn)
+            self._layer = None
+
+    def _drawn(self, *_: Any) -> None:
+        layer = self._layer
+        if layer is None or not len(layer.data):
+            return
+        corners = np.asarray(layer.data[-1]) + np.asarray(layer.translate)[-2:]
+        shape = self._photo_shape()
+        try:
+            region = Region.from_corners(corners, shape if shape else (10**9, 10**9))
+        except ValueError:
+            return
+        self.set_region(region)
+
+    def set_region(self, region: Region | None) -> None:
+        """Fill the fields (None: the whole photo)."""
+        values = (0, 0, 0, 0) if region is None else (region.y, region.x, region.h, region.w)
+        for key, value in zip(("Y", "X", "H", "W"), values, strict=True):
+            self.fields[key].setValue(int(value))
+
+    def clear(self) -> None:
+        """Back to the whole photo."""
+        self.set_region(None)
+
+    def region(self, shape: tuple[int, ...]) -> Region:
+        """The region to work on in a photo of ``shape``: the whole photo when H or W is 0.
+
+        Raises
+        ------
+        ValueError
+            If the region does not fit in the photo (the message says what fits).
+        """
+        y, x, h, w = (self.fields[k].value() for k in ("Y", "X", "H", "W"))
+        if h == 0 or w == 0:
+            return Region.whole(shape)
+        return Region(y, x, h, w).check(shape)
+
+    def disconnect_viewer(self) -> None:
+        """Stop watching the viewer's layers and the region layer."""
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            self._viewer.layers.events.inserted.disconnect(self._layer_added)
+        self._unwatch()
+
+
 class PathEdit(QWidget):
     """A path field with a "…" button that opens a file or folder dialog."""
 
@@ -357,6 +541,9 @@ class ColorbarCanvas(_ThemedCanvas):
             orientation="horizontal",
         )
         self._style(self.ax)
+        # five ticks at most, symmetric: labels of "−0.05 … 0.05" never run into each other
+        self.ax.set_xticks(np.linspace(-self.limit, self.limit, 5))
+        self.ax.xaxis.set_major_formatter(lambda v, _: f"{v:+.3g}" if v else "0")
         self.ax.set_xlabel(self.label, fontsize=8, labelpad=1)
         self.draw_idle()
 

@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QDoubleSpinBox,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -21,15 +22,24 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from .._layers import fingerprint_layer
+from .._layers import dippas_kind, fingerprint_layer, layer_title
 from .._workers import JobCancelled, start_job
-from ._common import DockWidget, LayerChoice, PathEdit, upsert_layer
+from ._common import DockWidget, LayerChoice, PathEdit, add_new_layer
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-__all__ = ["FingerprintWidget", "flat_field_files"]
+__all__ = ["DEFAULT_FINGERPRINTS_FOLDER", "FingerprintWidget", "flat_field_files"]
+
+#: where fingerprints are proposed to be saved: never inside the flat-field (evidence) folder
+DEFAULT_FINGERPRINTS_FOLDER = Path.home() / "dippas-fingerprints"
+
+
+def _file_stem(name: str) -> str:
+    """A file name made of a camera name (letters, digits, ``-_.`` kept)."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return stem or "fingerprint"
 
 
 def flat_field_files(folder: str | Path, pattern: str = "*") -> list[Path]:
@@ -64,8 +74,8 @@ def flat_field_files(folder: str | Path, pattern: str = "*") -> list[Path]:
 
 def _is_stack(layer: Layer) -> bool:
     """Image layers holding several frames: N×H×W or N×H×W×3."""
-    if not isinstance(layer, Image):
-        return False
+    if not isinstance(layer, Image) or dippas_kind(layer.metadata) == "snapshots":
+        return False  # a run's snapshots are no flat fields
     return layer.data.ndim == (4 if layer.rgb else 3)
 
 
@@ -101,6 +111,8 @@ class FingerprintWidget(DockWidget):
         super().__init__(napari_viewer)
         self.worker = None
         self.cancel: Any = None
+        #: the layer of the latest estimate
+        self.layer: Any = None
 
         self.from_folder = QRadioButton("folder of flat-field files")
         self.from_layer = QRadioButton("image-stack layer")
@@ -121,12 +133,17 @@ class FingerprintWidget(DockWidget):
         self.output = PathEdit("save_file", "Fingerprint (*.npz)", "where to save K (.npz)")
         self.run_button = QPushButton("Estimate fingerprint")
         self.run_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop reading shots; nothing is saved")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.stop)
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m shots")
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
 
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
         form.addRow(self.from_folder)
         form.addRow(self.folder)
         form.addRow("files", self.pattern)
@@ -136,17 +153,43 @@ class FingerprintWidget(DockWidget):
         form.addRow("sigma", self.sigma)
         form.addRow("crop", self.crop)
         form.addRow("save to", self.output)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.body)
         layout.addLayout(form)
-        layout.addWidget(self.run_button)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.folder.edit.textChanged.connect(self._suggest_output)
+        self.pattern.textChanged.connect(self._suggest_output)
+        self.camera.textChanged.connect(self._suggest_output)
+        self._suggested = ""
 
-    def _suggest_output(self, text: str) -> None:
-        if text and not self.output.edit.text():
-            self.output.set_path(Path(text) / "fingerprint.npz")
+    def _suggest_output(self, *_: Any) -> None:
+        """Propose ``~/dippas-fingerprints/<camera>.npz`` (never inside the evidence folder).
+
+        A path the user typed is left alone; a previous suggestion follows the camera name.
+        """
+        current = self.output.edit.text()
+        if current and current != self._suggested:
+            return
+        folder = self.folder.path()
+        pattern = self.pattern.text().strip() or "*"
+        camera = self.camera.text().strip() or (
+            pattern.rstrip("*_") if pattern != "*" else (folder.name if folder else "")
+        )
+        if not camera:
+            return
+        self._suggested = str(DEFAULT_FINGERPRINTS_FOLDER / f"{_file_stem(camera)}.npz")
+        self.output.set_path(self._suggested)
+
+    def stop(self) -> None:
+        """Cancel the estimate (button "Cancel"): it stops before the next shot."""
+        if self.cancel is not None:
+            self.cancel.cancel()
+            self.status.setText("Cancelling after the current shot…")
 
     def _sources(self) -> tuple[list[Any], str]:
         from dippas_core.errors import InputError
@@ -186,6 +229,7 @@ class FingerprintWidget(DockWidget):
         self.progress.setRange(0, len(sources))
         self.progress.setValue(0)
         self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
         self.status.setText(f"Reading {len(sources)} shots…")
 
         def job(report: Callable[[Any], None]) -> Any:
@@ -217,6 +261,7 @@ class FingerprintWidget(DockWidget):
         self.cancel = None
         if not self.closed:
             self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
 
     def _on_progress(self, batch: list[tuple[int, int]]) -> None:
         if self.closed:
@@ -230,19 +275,20 @@ class FingerprintWidget(DockWidget):
         if self.closed:
             return
         saved_to = None if out is None or save_error is not None else str(out)
-        upsert_layer(
+        # a second fingerprint is a new layer beside the first, named by its camera
+        self.layer = add_new_layer(
             self.viewer,
             fingerprint_layer(
                 fp.K, camera=fp.camera, n_images=fp.n_images, sigma=fp.sigma, version=fp.version,
-                path=saved_to,
+                path=saved_to, name=layer_title("fingerprint", camera=fp.camera),
             ),
         )
         if save_error is not None:
             from napari.utils.notifications import show_error
 
             message = (
-                f"The fingerprint is in the 'fingerprint' layer but could not be saved to "
-                f"{out}: {save_error}"
+                f"The fingerprint is in the '{self.layer.name}' layer but could not be saved to "
+                f"{out}: {save_error}. Choose another file under 'save to' and estimate again."
             )
             show_error(message)
             self.status.setText(message)
@@ -256,4 +302,7 @@ class FingerprintWidget(DockWidget):
     def _on_error(self, exc: BaseException) -> None:
         if not self.closed:
             stopped = isinstance(exc.__cause__, JobCancelled)
-            self.status.setText("Stopped." if stopped else str(exc))
+            self.status.setText(
+                "Cancelled: no fingerprint was made and nothing was saved." if stopped
+                else f"{exc} Check the files (or the layer) and estimate again."
+            )

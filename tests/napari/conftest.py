@@ -63,6 +63,8 @@ def configure():
     def apply(widget, settings) -> None:
         widget.settings.preset = settings.preset  # a preset resets tau/stop/max_iter: first
         widget.settings.update(settings.model_dump(exclude={"preset"}))
+        # some tests start long runs on purpose (and stop them): no "large run" dialog
+        widget.confirm = lambda question: True
 
     return apply
 

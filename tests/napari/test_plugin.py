@@ -118,7 +118,7 @@ def test_writer_is_bit_exact_without_metadata(viewer, sample, tmp_path, suffix):
         assert not names & {"ImageDescription", "Make", "Model", "Software", "DateTime",
                             "Artist", "ExifTag", "GPSTag", "XMP", "InterColorProfile"}
     saved = json.loads((tmp_path / "anon.json").read_text())
-    assert saved["psnr"] == 41.5 and saved["image"] == out.name
+    assert saved["psnr"] == 41.5 and saved["output"] == out.name and "before" not in saved
 
 
 def test_writer_refuses_what_it_cannot_write(tmp_path):
@@ -187,14 +187,14 @@ def test_writer_refuses_measurement_layers(viewer, small, tmp_path, make):
     assert not list(tmp_path.iterdir())
 
 
-def test_writer_keeps_only_the_run_folder_name(tmp_path):
+def test_writer_keeps_no_run_folder_name(tmp_path):
     from napari_dippas._writer import write_image_layer
 
     run_dir = tmp_path / "alice-smith-photos" / "run-1"
     meta = {"metadata": {"dippas": {"kind": "anonymized", "report": {"run_dir": str(run_dir)}}}}
     write_image_layer(str(tmp_path / "out.png"), np.zeros((8, 8, 3), np.uint8), meta)
     text = (tmp_path / "out.json").read_text()
-    assert json.loads(text)["run_dir"] == "run-1" and "alice-smith" not in text
+    assert "run_dir" not in json.loads(text) and "alice-smith" not in text and "run-1" not in text
 
 
 def test_a_garbled_assembly_file_falls_back_to_defaults(viewer, synthetic_run):
@@ -240,4 +240,7 @@ def test_a_16_bit_run_is_scored_on_the_8_bit_scale_and_saved_16_bit(
     saved = read_image(tmp_path / "anon16.png")
     assert saved.dtype == np.uint16
     np.testing.assert_allclose(saved / 257.0, anon.data, atol=0.01)
-    assert json.loads((tmp_path / "anon16.json").read_text())["run_dir"] == "sixteen"
+    assert "sixteen" not in (tmp_path / "anon16.json").read_text()  # the run folder's name
+    record = json.loads((Path(anon.metadata["dippas"]["run_dir"]) / "forensic-record.json")
+                        .read_text())
+    assert record["run_dir"] == "sixteen" and "before" in record["ncc"]

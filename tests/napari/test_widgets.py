@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
+from napari_dippas._layers import BLOCK_NCC_LIMIT
 from napari_dippas._widgets import (
     AnonymizeWidget,
     AssembleWidget,
@@ -47,12 +48,16 @@ def test_fingerprint_from_a_folder_and_from_a_stack(viewer, qtbot, small, tmp_pa
     widget = FingerprintWidget(viewer)
     widget.folder.set_path(tmp_path)
     widget.camera.setText("test camera")
-    assert widget.output.path() == tmp_path / "fingerprint.npz"  # suggested beside the shots
+    # proposed outside the flat-field (evidence) folder, named by the camera
+    from napari_dippas._widgets._fingerprint import DEFAULT_FINGERPRINTS_FOLDER
+
+    assert widget.output.path() == DEFAULT_FINGERPRINTS_FOLDER / "test_camera.npz"
+    widget.output.set_path(tmp_path / "fingerprint.npz")
     widget.start()
-    qtbot.waitUntil(lambda: "fingerprint" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: "fingerprint — test camera" in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
     assert widget.progress.value() == 4
-    layer = viewer.layers["fingerprint"]
+    layer = viewer.layers["fingerprint — test camera"]
     direct = estimate_fingerprint(paths, sigma=5.0, camera="test camera")
     np.testing.assert_allclose(layer.data, direct.K, rtol=1e-5, atol=1e-7)
     saved = Fingerprint.load(tmp_path / "fingerprint.npz")
@@ -73,7 +78,9 @@ def test_fingerprint_from_a_folder_and_from_a_stack(viewer, qtbot, small, tmp_pa
     widget.start()
     qtbot.waitUntil(lambda: (tmp_path / "from_stack.npz").exists(), timeout=60_000)
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
-    np.testing.assert_allclose(viewer.layers["fingerprint"].data, direct.K, rtol=1e-5, atol=1e-7)
+    # a second estimate is a new layer: the first one is still there, unchanged
+    assert widget.layer.name == "fingerprint — test camera (2)" and layer.name in viewer.layers
+    np.testing.assert_allclose(widget.layer.data, direct.K, rtol=1e-5, atol=1e-7)
 
 
 def test_fingerprint_reports_an_empty_folder(viewer, tmp_path):
@@ -90,26 +97,30 @@ def test_attribution_verdict_heatmap_and_colorbar(viewer, qtbot, sample):
     assert widget.photo.currentText() == "photo"
     assert widget.fingerprint.currentText() == "fingerprint"
     widget.block.setValue(64)
+    assert widget.threshold.value() == 60  # the forensic decision level
+    # the sample is a 256×256 crop: its own camera's PCE (≈35) is below 60; decide at 25 here
+    widget.threshold.setValue(25)
     widget.start()
-    qtbot.waitUntil(lambda: "block NCC" in viewer.layers, timeout=60_000)
+    camera = viewer.layers["fingerprint"].metadata["dippas"]["camera"]
+    name = f"block NCC — photo × {camera}"
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=10_000)
     assert widget.verdict.text().startswith("Match")  # the sample's own camera
-    heat = viewer.layers["block NCC"]
+    heat = viewer.layers[name]
     assert heat.data.shape == (4, 4)
     # cell (1, 2) covers photo pixels 64..127 × 128..191
     assert np.allclose(heat.data_to_world((1, 2)), (64 + 31.5, 128 + 31.5))
     lo, hi = heat.contrast_limits
-    assert lo == -hi and hi == pytest.approx(np.abs(heat.data).max())
+    assert lo == -hi == -BLOCK_NCC_LIMIT  # the one scale of every block-NCC map
     assert heat.colormap.name == "RdBu_r"
     np.testing.assert_array_equal(heat.metadata["dippas"]["values"], heat.data)
     assert widget.colorbar.limit == pytest.approx(hi)
-    assert viewer.layers["residual"].data.shape == (256, 256)
-    # a stricter threshold changes the verdict at once, without recomputing
+    assert viewer.layers["residual — photo"].data.shape == (256, 256)
+    # a stricter level changes the verdict at once, without recomputing
     result = widget.result
     widget.threshold.setValue(widget.result.pce * 2)
     assert widget.verdict.text().startswith("No match") and widget.result is result
-    widget.score.setCurrentText("NCC")
-    assert "NCC" in widget.verdict.text()
+    assert "NCC" in widget.scores.text() and "NCC" not in widget.verdict.text()
 
 
 def _wait_done(qtbot, widget, timeout=120_000):
@@ -212,9 +223,12 @@ def test_anonymize_assemble_export_reopen_round_trip(
     np.testing.assert_array_equal(read_image(tmp_path / "anon.png"), outcome.image)
     report = json.loads((tmp_path / "anon.json").read_text())
     assert report["assembly"]["B"] == 32 and report["assembly"]["L"] == 2
-    assert report["seed"] == tiny_settings.seed and report["run_dir"] == anon.run_path.name
-    assert str(anon.run_path.parent) not in (tmp_path / "anon.json").read_text()  # no full path
-    assert report["ncc"]["after"] == pytest.approx(out.after.ncc)
+    assert report["seed"] == tiny_settings.seed and "run_dir" not in report
+    assert anon.run_path.name not in (tmp_path / "anon.json").read_text()  # not even its name
+    # the scores against the camera go to the run's forensic record, not beside the image
+    assert "ncc" not in report
+    record = json.loads((Path(anon.run_path) / "forensic-record.json").read_text())
+    assert record["ncc"]["after"] == pytest.approx(out.after.ncc)
 
     # reopen the run in a fresh viewer state: every layer comes back, same image
     viewer.layers.clear()
@@ -258,13 +272,23 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     anon = AnonymizeWidget(viewer)
     configure(anon, tiny_settings)
     anon.runs_folder.set_path(tmp_path)
+    # a fingerprint of another size is refused before any work, in the analyst's words
+    anon.start()
+    assert anon.job.status == "failed" and anon.worker is None
+    assert "64×64" in anon.job.message and "32×32" in anon.job.message
+    assert "dippas_core" not in anon.job.message and "full-frame" in anon.job.message
+    assert "snapshots" not in viewer.layers
+    # a failure inside the run (a device that is not there) becomes a notification
+    viewer.layers.remove("fingerprint")
+    viewer.add_image(fp.K, name="fingerprint")
+    anon.settings.device = "cuda:7"
     n_before = len(notification_manager.records)
     anon.start()
     _wait_done(qtbot, anon, 60_000)
     assert anon.job.status == "failed"
-    assert "64" in anon.job.message and "32" in anon.job.message
+    assert "cuda:7" in anon.job.message
     new = [str(n.message) for n in notification_manager.records[n_before:]]
-    assert any(m.startswith("Anonymize failed") and "32" in m for m in new), new
+    assert any(m.startswith("Anonymize failed") and "cuda:7" in m for m in new), new
     assert anon.run_button.text() == "Run" and anon.run_button.isEnabled()
     # the failed start's blank "snapshots" placeholder is gone ...
     assert "snapshots" not in viewer.layers
@@ -424,8 +448,8 @@ def test_a_failed_fingerprint_save_keeps_the_estimate(viewer, qtbot, small, tmp_
     n_before = len(notification_manager.records)
     widget.start()
     qtbot.waitUntil(lambda: widget.run_button.isEnabled(), timeout=60_000)
-    assert "fingerprint" in viewer.layers  # the minutes of work are not lost
-    layer = viewer.layers["fingerprint"]
+    layer = widget.layer  # the minutes of work are not lost
+    assert layer is not None and layer in viewer.layers
     assert layer.data.shape == fp.K.shape and "path" not in layer.metadata["dippas"]
     assert "could not be saved" in widget.status.text()
     new = [str(n.message) for n in notification_manager.records[n_before:]]
@@ -445,11 +469,13 @@ def test_export_saves_the_current_run_when_two_runs_are_open(
     asm = AssembleWidget(viewer)
     layers_a = asm.open_run_folder(path_a)
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
-    layers_b = asm.open_run_folder(path_b)  # napari renames clashing layers: "anonymized [1]"
+    layers_b = asm.open_run_folder(path_b)
     assert asm.session.path == str(path_b)
     (anon_a,) = [la for la in layers_a if la.metadata["dippas"]["kind"] == "anonymized"]
     (anon_b,) = [la for la in layers_b if la.metadata["dippas"]["kind"] == "anonymized"]
-    assert anon_a.name == "anonymized" and anon_b.name != "anonymized"
+    # clashing names are named by their run, not numbered ("photo [1]")
+    assert anon_a.name == "anonymized" and anon_b.name == "anonymized — run-b"
+    assert {la.name for la in layers_b} >= {"photo — run-b", "snapshots — run-b"}
     qtbot.waitUntil(lambda: asm.outcome is not None and asm.outcome.image.shape == (64, 64, 3)
                     and asm.status.text().startswith("Assembled"), timeout=30_000)
     asm.settings.n_average = 2  # re-assembling run b updates run b's layer, not run a's
@@ -461,7 +487,8 @@ def test_export_saves_the_current_run_when_two_runs_are_open(
     written = asm.export(tmp_path / "b.png")
     assert [Path(p).name for p in written] == ["b.png", "b.json"]
     np.testing.assert_array_equal(read_image(tmp_path / "b.png"), anon_b.data)
-    assert json.loads((tmp_path / "b.json").read_text())["run_dir"] == "run-b"
+    assert "run-b" not in (tmp_path / "b.json").read_text()
+    assert json.loads((Path(path_b) / "forensic-record.json").read_text())["run_dir"] == "run-b"
     asm.close_down()  # nothing may reach the viewer once the test closes it
     qtbot.waitUntil(lambda: not asm.worker.is_running, timeout=30_000)
 
