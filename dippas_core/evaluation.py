@@ -347,6 +347,13 @@ def _dippas(aware: bool):
             "ncc_after": report.get("ncc", {}).get("after"),
             **{k: v for k, v in inversion.items() if isinstance(v, int | float | str)},
         }
+        gamma, snapshots = inversion.get("gamma", {}), inversion.get("snapshot_ncc", {})
+        info.update(
+            gamma_at_bound_share=gamma.get("at_bound_share"),
+            gamma_median=gamma.get("median"),
+            gamma_star_median=gamma.get("median_star"),
+            snapshot_ncc_mean=snapshots.get("mean"),
+        )
         return result.image, info
 
     return run
