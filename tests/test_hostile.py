@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -766,6 +767,29 @@ def test_animated_gif_is_refused_naming_its_frames(tmp_path):
         read_image(tmp_path / "a.gif")
     frames[0].save(tmp_path / "still.gif")
     assert read_image(tmp_path / "still.gif").shape == (N, N, 3)
+
+
+def test_multi_page_tiff_reads_the_first_page_and_says_the_rest_are_ignored(tmp_path):
+    import tifffile
+
+    from dippas_core.io import ImageNoteWarning
+
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([PHOTO, PHOTO[::-1]]), photometric="rgb")
+    with pytest.warns(ImageNoteWarning, match="2 pages; only the first page is read"):
+        image = read_image(tmp_path / "pages.tif")
+    assert np.array_equal(image, PHOTO)
+    tifffile.imwrite(tmp_path / "one.tif", PHOTO, photometric="rgb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageNoteWarning)
+        assert np.array_equal(read_image(tmp_path / "one.tif"), PHOTO)
+
+
+def test_absurd_torch_threads_are_refused_by_the_api_too():
+    from dippas_core.dip import DIPConfig
+
+    with pytest.raises(InputError, match="torch_threads must be None or 1"):
+        DIPConfig(torch_threads=100_000)
+    assert DIPConfig(torch_threads=os.cpu_count() or 1).torch_threads == (os.cpu_count() or 1)
 
 
 def test_exif_orientation_is_said_or_applied_as_pillow_does(tmp_path):

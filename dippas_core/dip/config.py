@@ -5,11 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from .._validation import check_known_fields
 from ..errors import InputError
+
+_MAX_THREADS = max(1, os.cpu_count() or 1)
 
 __all__ = ["DIPConfig", "PRESETS"]
 
@@ -140,8 +143,12 @@ class DIPConfig:
             raise InputError(f"max_iter must be >= 1, got {self.max_iter!r}")
         if int(self.z_channels) < 1:
             raise InputError(f"z_channels must be >= 1, got {self.z_channels!r}")
-        if self.torch_threads is not None and int(self.torch_threads) < 1:
-            raise InputError(f"torch_threads must be None or >= 1, got {self.torch_threads!r}")
+        if self.torch_threads is not None and not 1 <= int(self.torch_threads) <= _MAX_THREADS:
+            # torch crashes (segmentation fault) on absurd counts; more than the cores only slows
+            raise InputError(
+                f"torch_threads must be None or 1..{_MAX_THREADS} (this machine's cores), got "
+                f"{self.torch_threads!r}"
+            )
         tps = self.tiles_per_step
         if tps != "auto" and (isinstance(tps, bool) or not isinstance(tps, int) or tps < 1):
             raise InputError(f"tiles_per_step must be an integer >= 1 or 'auto', got {tps!r}")
