@@ -312,6 +312,22 @@ def _assert_refused_within_memory(code: str, tmp_path: Path, expect: str) -> flo
     return peak
 
 
+def _assert_read_refused_within_memory(path: Path, tmp_path: Path) -> float:
+    """``read_image(path)`` in a fresh process raises ImageReadError within the memory bound."""
+    return _assert_refused_within_memory(
+        f"""
+        from dippas_core.io import read_image
+        from dippas_core.errors import ImageReadError
+        try:
+            read_image({str(path)!r})
+        except ImageReadError as exc:
+            print("REFUSED", exc)
+        """,
+        tmp_path,
+        "REFUSED",
+    )
+
+
 @pytest.mark.parametrize(
     "w, h, depth, colour",
     [(15000, 12000, 16, 2), (15000, 12000, 8, 2), (50000, 50000, 8, 0)],
@@ -321,18 +337,7 @@ def test_png_bomb_is_refused_by_its_declared_size(tmp_path, w, h, depth, colour)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_bytes(w, h, depth, colour, zeros_deflate(1024)))  # inflates to 1 GiB
     assert bomb.stat().st_size < 2 << 20
-    _assert_refused_within_memory(
-        f"""
-        from dippas_core.io import read_image
-        from dippas_core.errors import ImageReadError
-        try:
-            read_image({str(bomb)!r})
-        except ImageReadError as exc:
-            print("REFUSED", exc)
-        """,
-        tmp_path,
-        "REFUSED",
-    )
+    _assert_read_refused_within_memory(bomb, tmp_path)
 
 
 def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
@@ -345,18 +350,7 @@ def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(bytes(data))
-    _assert_refused_within_memory(
-        f"""
-        from dippas_core.io import read_image
-        from dippas_core.errors import ImageReadError
-        try:
-            read_image({str(bomb)!r})
-        except ImageReadError as exc:
-            print("REFUSED", exc)
-        """,
-        tmp_path,
-        "REFUSED",
-    )
+    _assert_read_refused_within_memory(bomb, tmp_path)
 
 
 def test_png_whose_data_inflates_past_its_size_is_decoded_within_memory(tmp_path):

@@ -326,12 +326,7 @@ def invert_tiles(
     DeviceError
         Unknown device (here) or out of device memory (by the generator).
     """
-    if config is None:
-        config = DIPConfig()
-    elif isinstance(config, dict):
-        config = DIPConfig.from_dict(config)
-    elif not isinstance(config, DIPConfig):
-        raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+    config = DIPConfig.coerce(config)
     prepared = _prepare(jobs, config)
     n = config.tiles_per_step if tiles_per_step is None else tiles_per_step
     device = resolve_device(config.device)

@@ -203,6 +203,18 @@ class DIPConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def coerce(cls, config: DIPConfig | dict | None) -> DIPConfig:
+        """``config`` as a :class:`DIPConfig`: None gives the defaults, a dict goes through
+        :meth:`from_dict`; anything else is an :class:`InputError`."""
+        if config is None:
+            return cls()
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if not isinstance(config, cls):
+            raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+        return config
+
+    @classmethod
     def preset(cls, name: str, **changes: Any) -> DIPConfig:
         """A named configuration, optionally with some fields changed.
 

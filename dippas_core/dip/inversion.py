@@ -196,12 +196,7 @@ def invert(
     DeviceError
         Unknown device (raised here), or out of device memory (raised by the generator).
     """
-    if config is None:
-        config = DIPConfig()
-    elif isinstance(config, dict):
-        config = DIPConfig.from_dict(config)
-    elif not isinstance(config, DIPConfig):
-        raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+    config = DIPConfig.coerce(config)
     multiple = 2 ** (len(config.widths) - 1)
     img01 = _image_to_unit(image, min_size=multiple)
     plane = as_plane(P, "P")
