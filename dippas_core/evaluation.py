@@ -56,6 +56,7 @@ __all__ = [
     "load_dataset",
     "make_crops",
     "merge_scores",
+    "score_saved_outputs",
     "register_method",
     "score_output",
     "summarize",
@@ -80,6 +81,7 @@ SCORE_FIELDS = (
     "pce",
     "psnr",
     "seconds",
+    "attacker",
 )
 
 
@@ -345,6 +347,13 @@ def _dippas(aware: bool):
             "ncc_after": report.get("ncc", {}).get("after"),
             **{k: v for k, v in inversion.items() if isinstance(v, int | float | str)},
         }
+        gamma, snapshots = inversion.get("gamma", {}), inversion.get("snapshot_ncc", {})
+        info.update(
+            gamma_at_bound_share=gamma.get("at_bound_share"),
+            gamma_median=gamma.get("median"),
+            gamma_star_median=gamma.get("median_star"),
+            snapshot_ncc_mean=snapshots.get("mean"),
+        )
         return result.image, info
 
     return run
@@ -622,6 +631,20 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(roc_auc(scores[ok], labels[ok]))
 
 
+def _top1_accuracy(rows: Sequence[dict[str, Any]], key: str) -> float:
+    """Share of crops whose highest ``key`` score is the true camera's (NaN: no such scores)."""
+    best: dict[str, tuple[float, bool]] = {}
+    for r in rows:
+        v = r.get(key)
+        value = float(v) if v not in ("", None) else float("nan")
+        if not np.isfinite(value):
+            continue
+        crop = str(r["crop"])
+        if crop not in best or value > best[crop][0]:
+            best[crop] = (value, str(r["label"]) in ("1", "True", "true"))
+    return float(np.mean([hit for _, hit in best.values()])) if best else float("nan")
+
+
 def summarize(
     rows: Sequence[dict[str, Any]], *, crops: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -640,6 +663,9 @@ def summarize(
     method's (higher: more removed).  ``mean_psnr`` averages the per-crop PSNR, a crop the method
     left unchanged counting as :data:`PSNR_CAP` dB; it is infinite only when no crop changed
     (untouched), and then ``C`` is left empty.  ``n_unchanged`` counts the unchanged crops.
+    ``acc_ncc``, ``acc_pce`` and ``acc_attacker`` are top-1 accuracies: the share of crops whose
+    highest score (over the fingerprints, or the learned attacker's camera probabilities) is the
+    true camera's; ``auc_attacker`` pools the attacker's probabilities as ``auc_ncc`` pools NCCs.
     """
     from .metrics import tradeoff_c
 
@@ -679,6 +705,12 @@ def summarize(
                 "auc_ncc_edges": auc_e,
                 "auc_edges_rel_change": (auc_e - auc) / auc if auc > 0 else nan,
                 "auc_pce": _auc(np.array([num(r["pce"]) for r in rs]), labels),
+                "auc_attacker": _auc(
+                    np.array([num(r.get("attacker")) for r in rs]), labels
+                ),
+                "acc_ncc": _top1_accuracy(rs, "ncc"),
+                "acc_pce": _top1_accuracy(rs, "pce"),
+                "acc_attacker": _top1_accuracy(rs, "attacker"),
                 "C": float(tradeoff_c(mean_psnr, auc))
                 if np.isfinite([mean_psnr, auc]).all()
                 else nan,
@@ -943,6 +975,93 @@ def _report_only(out: Path, config: EvalConfig, plots: bool) -> list[dict[str, A
     return summary
 
 
+def _load_attacker(
+    attacker: Any, cameras: Sequence[str], photos: Sequence[str]
+) -> tuple[Any, dict[str, Any] | None]:
+    """The attacker model (or None) and what params.json records of it; refuses a model that
+    lacks a camera or trained on a photo this evaluation scores."""
+    if attacker is None:
+        return None, None
+    import hashlib
+
+    from .attacker import AttackerModel
+
+    model = attacker if isinstance(attacker, AttackerModel) else AttackerModel.load(attacker)
+    model.check_cameras(cameras)
+    split = model.meta.get("split", {})
+    trained = {*split.get("train", []), *split.get("validation", [])}
+    leaked = sorted(trained & set(photos))
+    if leaked:
+        raise InputError(f"the attacker model trained on {leaked}, which this evaluation scores")
+    info = {"cameras": model.cameras, "config": model.config.to_dict(),
+            "data_sha256": model.meta.get("data_sha256"), "seed": model.meta.get("seed")}
+    if not isinstance(attacker, AttackerModel):
+        info["file"] = str(attacker)
+        info["file_sha256"] = hashlib.sha256(Path(attacker).read_bytes()).hexdigest()
+    return model, info
+
+
+def _check_same_attacker(
+    earlier: dict[str, Any], info: dict[str, Any] | None, out: Path, have_rows: bool
+) -> None:
+    """Resumed rows must have been scored by the same attacker (or none, when none is given)."""
+    before = earlier.get("attacker") or {}
+    now = info or {}
+    if have_rows and (bool(before) != bool(now)
+                      or before.get("file_sha256") != now.get("file_sha256")):
+        raise InputError(
+            f"{out} holds scores made with another attacker model (or none): use another --out, "
+            "or --fresh to start over"
+        )
+
+
+def _output_path(out: Path, method: str, crop_id: str) -> Path:
+    return out / "outputs" / method / f"{crop_id}.png"
+
+
+def score_saved_outputs(
+    out: str | Path, attacker: str | Path | Any, *, plots: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score the outputs a finished ``evaluate(..., save_outputs=True)`` kept in ``out`` with a
+    learned attacker: fill the ``attacker`` column of ``out/scores.csv``, rewrite the summaries
+    (and plots) and record the model in ``params.json``; return the summary rows.
+
+    Crops whose output file is missing are left unscored (their ``attacker`` cell empty).
+    """
+    from .io import read_image
+
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    rows = _read_scores(out / "scores.csv")
+    if not rows or not (out / "params.json").is_file():
+        raise InputError(f"no finished evaluation in {out} (scores.csv and params.json)")
+    params = json.loads((out / "params.json").read_text())
+    model, info = _load_attacker(
+        attacker, params.get("cameras") or sorted({r["fingerprint"] for r in rows}),
+        (params.get("files") or {}).get("photos", []),
+    )
+    probs: dict[tuple[str, str], dict[str, float]] = {}
+    missing = 0
+    for r in rows:
+        key = (r["method"], r["crop"])
+        if key not in probs:
+            path = _output_path(out, *key)
+            probs[key] = model.predict_proba(read_image(path)) if path.is_file() else {}
+            missing += not probs[key]
+            if probs[key]:
+                say(f"attacker {key[0]:18s} {key[1]:32s} p(true) "
+                    f"{probs[key].get(r['camera'], float('nan')):.3f}")
+        r["attacker"] = probs[key].get(r["fingerprint"], "")
+    if missing:
+        say(f"{missing} output(s) not kept in {out / 'outputs'}: left unscored")
+    atomic_write_text(out / "scores.csv", _rows_to_csv(rows, SCORE_FIELDS))
+    params["attacker"] = info
+    atomic_write_text(out / "params.json", json.dumps(_json_safe(params), indent=2) + "\n")
+    config = EvalConfig.from_dict(params["config"]) if params.get("config") else EvalConfig()
+    return _report_only(out, config, plots)
+
+
 def evaluate(
     data: str | Path,
     out: str | Path,
@@ -953,6 +1072,8 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     dataset: Dataset | None = None,
     compute: bool = True,
+    attacker: str | Path | Any | None = None,
+    save_outputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the protocol and write ``scores.csv``, ``summary.csv``, ``summary_common.csv``,
     ``summary.json``, ``params.json`` and the PNG plots into ``out``; return the summary rows.
@@ -965,8 +1086,16 @@ def evaluate(
     Methods run one after the other over all crops (the cheap baselines first), and every crop's
     scores are written as soon as they exist.  With ``resume`` the (method, crop) pairs already in
     ``out/scores.csv`` are kept and skipped.
+
+    ``attacker`` (a model file or :class:`dippas_core.attacker.AttackerModel`) adds the learned
+    attacker as another detector: every output's per-camera probability goes into the
+    ``attacker`` column.  It must know every camera, and must not have trained on a photo that
+    is scored here.  ``save_outputs`` keeps every output as a lossless PNG in
+    ``out/outputs/<method>/<crop>.png``, so another detector can score them later
+    (:func:`score_saved_outputs`).
     """
     from .edges import edge_mask
+    from .io import write_image
 
     config = config or EvalConfig()
     say = log or (lambda _msg: None)
@@ -979,6 +1108,9 @@ def evaluate(
     if dataset is None:
         dataset = load_dataset(data, config, cache_dir=out / "fingerprints", log=say)
     say(f"{len(dataset.crops)} crops, {len(dataset.cameras)} cameras, region {dataset.region} px")
+    model, attacker_info = _load_attacker(
+        attacker, dataset.cameras, dataset.files.get("photos", [])
+    )
 
     scores_path = out / "scores.csv"
     rows = _read_scores(scores_path) if resume else []
@@ -989,6 +1121,7 @@ def evaluate(
     if resume and (out / "params.json").is_file():
         earlier = json.loads((out / "params.json").read_text())
         _check_resumable(earlier.get("config") or {}, config, out)
+        _check_same_attacker(earlier, attacker_info, out, bool(rows))
         notes = earlier.get("method_notes") or {}
 
     versions = environment_info()
@@ -1008,6 +1141,7 @@ def evaluate(
             "partial": partial,
             "versions": versions,
             "method_notes": notes,
+            "attacker": attacker_info,
         }
         atomic_write_text(out / "params.json", json.dumps(_json_safe(params), indent=2) + "\n")
         return summary, common, keep
@@ -1036,12 +1170,15 @@ def evaluate(
                 continue
             seconds = time.perf_counter() - t0
             image, info = result if isinstance(result, tuple) else (result, {})
+            if save_outputs:
+                write_image(_output_path(out, name, crop.crop_id), _to_uint8(image))
             if info:
                 notes.setdefault(name, {})[crop.crop_id] = info
             fps = {c: dataset.fingerprint_crop(c, crop) for c in dataset.cameras}
             quality, per_fp = score_output(
                 image, crop.image, fps, edges[crop.crop_id], sigma=config.sigma, pce=config.pce
             )
+            learned = model.predict_proba(_to_uint8(image)) if model is not None else {}
             for cam, sc in per_fp.items():
                 rows.append(
                     {
@@ -1057,6 +1194,7 @@ def evaluate(
                         **sc,
                         "psnr": quality,
                         "seconds": seconds,
+                        "attacker": learned.get(cam, ""),
                     }
                 )
             summary, common, keep = flush(partial=True)

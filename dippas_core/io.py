@@ -224,6 +224,13 @@ def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
         if not tif.pages:
             raise ImageReadError(f"{path}: TIFF file has no image")
         page = tif.pages[0]
+        if len(tif.pages) > 1:  # a silent choice would hide what was dropped
+            warnings.warn(
+                f"{path}: a TIFF of {len(tif.pages)} pages; only the first page is read, the "
+                "others are ignored",
+                ImageNoteWarning,
+                stacklevel=3,
+            )
         h, w = int(page.imagelength), int(page.imagewidth)
         if h * w > max_pixels:  # tifffile has no limit of its own: check before asarray
             raise _too_large(path, h, w, max_pixels)

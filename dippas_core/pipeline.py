@@ -375,10 +375,19 @@ def _anonymize_one(
             extra={"anonymize_config": config.to_dict(), "fingerprint": fp_info},
         )
         t_inv = time.perf_counter() - t0
-        if out.image is None:
+        stopped_short = out.stats["stop_reason"] == "cancelled" and out.assembly is None
+        if out.image is None or stopped_short:
             from .assembly import NoSnapshotsError
 
-            raise NoSnapshotsError("the inversion was stopped before its first iteration")
+            # a run stopped before any output reached tau is not anonymized (as an unfinished
+            # tile of a photo run is not): its best-PSNR fallback is only for runs that ended
+            raise NoSnapshotsError(
+                "the inversion was stopped before its first iteration"
+                if out.image is None
+                else f"the inversion was stopped before any output reached tau = "
+                f"{config.dip.tau_psnr:g} dB (best {out.stats['best_psnr']:.2f} dB): nothing "
+                "was kept"
+            )
         asm = out.assembly
         block = asm.block if asm is not None else int(min(config.B, max(raw.shape[:2])))
         t0 = time.perf_counter()

@@ -7,7 +7,8 @@ Layout of a run folder::
                      and the result
     photo.npy        the photo as given (uint8/uint16/float, exact)
     reference.npy    P, the NCC's reference (fingerprint K, or the photo's residual if blind)
-    history.csv      iteration, loss, psnr, gamma, kept: one line per iteration, appended
+    history.csv      iteration, loss, psnr, gamma, gamma_star, kept: one line per iteration,
+                     appended (runs made before gamma_star existed lack that column)
     snapshots.*      the snapshot store (:class:`~dippas_core.snapshots.SnapshotStore`)
     tilesums.*       per-tile NCC sums of every snapshot (:class:`~dippas_core.snapshots.TileSums`)
     .lock            advisory lock held by the run's one writer (the live recorder)
@@ -68,6 +69,7 @@ __all__ = [
     "clean_stale_temporary_runs",
     "temporary_run_folder",
     "environment_info",
+    "gamma_summary",
     "is_run_file",
     "is_run_folder",
     "jsonable",
@@ -76,7 +78,7 @@ __all__ = [
 
 FORMAT = "dippas-run"
 FORMAT_VERSION = 1
-HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "kept")
+HISTORY_FIELDS = ("iteration", "loss", "psnr", "gamma", "gamma_star", "kept")
 #: The file only :meth:`RunDirectory.create` writes: ``--force`` replaces a folder only with it.
 MARKER = ".dippas-run"
 #: Every name a run owns inside its folder (``--force`` deletes these and nothing else; no
@@ -629,18 +631,21 @@ class RunDirectory:
         return not free
 
     def history(self) -> dict[str, np.ndarray]:
-        """Per-iteration history (iteration, loss, psnr, gamma, kept) read from ``history.csv``.
+        """Per-iteration history read from ``history.csv``: one array per :data:`HISTORY_FIELDS`.
 
-        A trailing partial line (a run killed while writing) is ignored.
+        A trailing partial line (a run killed while writing) is ignored.  A column the run's file
+        lacks (``gamma_star`` in runs recorded before it existed) comes back as NaN.
         """
         text = (self.path / self.HISTORY).read_text()
-        lines = text.split("\n")[1:-1]  # header; the piece after the last newline is incomplete
+        header, *lines = text.split("\n")[:-1]  # the piece after the last newline is incomplete
+        names = header.split(",")
         try:
             rows = np.array([[float(v) for v in ln.split(",")] for ln in lines if ln], np.float64)
-            rows = rows.reshape(-1, len(HISTORY_FIELDS))
+            rows = rows.reshape(-1, len(names))
         except ValueError as exc:
             raise DamagedRunError(self.path, f"{self.HISTORY} is garbled ({exc})") from None
-        out = {k: rows[:, i] for i, k in enumerate(HISTORY_FIELDS)}
+        out = {k: rows[:, names.index(k)] if k in names else np.full(len(rows), np.nan)
+               for k in HISTORY_FIELDS}
         out["iteration"] = out["iteration"].astype(np.int64)
         out["kept"] = out["kept"].astype(bool)
         return out
@@ -891,6 +896,32 @@ def _device_is_cpu(dip_config: dict) -> bool:
     return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
+def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
+    """How the injection strength gamma behaved while snapshots were recorded.
+
+    Over the recording phase (the iterations whose output was kept, PSNR >= ``tau_psnr``): their
+    number, the share with gamma at its bound (0: the injection switched off, the network alone
+    explains the photo, camera pattern included), the medians of gamma and of the least-squares
+    gamma* (NaN for runs recorded before gamma* existed); and both at the last iteration.
+    """
+    kept = np.asarray(history["kept"], dtype=bool)
+    gamma = np.asarray(history["gamma"], dtype=np.float64)
+    star = np.asarray(history.get("gamma_star", np.full(len(gamma), np.nan)), dtype=np.float64)
+
+    def value(a: np.ndarray) -> float | None:
+        return float(a) if np.isfinite(a) else None
+
+    out: dict[str, Any] = {"recording_iterations": int(kept.sum())}
+    if kept.any():
+        out["at_bound_share"] = float(np.mean(gamma[kept] <= 0.0))
+        out["median"] = float(np.median(gamma[kept]))
+        out["median_star"] = value(np.median(star[kept]))
+    if len(gamma):
+        out["final"] = float(gamma[-1])
+        out["final_star"] = value(star[-1])
+    return out
+
+
 def _make_result(
     history: dict[str, list],
     n_snapshots: int,
@@ -1027,6 +1058,7 @@ def record(
                     float(step.loss),
                     float(step.psnr),
                     float(step.gamma),
+                    float(getattr(step, "gamma_star", float("nan"))),
                     int(kept),
                 )
                 for k, v in zip(HISTORY_FIELDS, row, strict=True):
@@ -1077,6 +1109,7 @@ def record(
                 "n_snapshots": len(run.snapshots),
                 "n_tile_sums": len(run.tile_sums),
                 "best_psnr": max(history["psnr"]) if history["psnr"] else None,
+                "gamma": gamma_summary(history),
                 "elapsed_s": time.perf_counter() - t0,
                 "ingest_busy_s": ingest.busy_s,
                 "ingest_wait_s": ingest.wait_s,

@@ -137,13 +137,14 @@ class StepSummary:
     psnr: float
     gamma: float
     kept: bool
+    gamma_star: float = float("nan")  # least-squares gamma of the step's output
 
     @classmethod
     def from_step(cls, step: Any) -> StepSummary:
         """Summarise a :class:`dippas_core.dip.Step` (drops the snapshot array)."""
         return cls(
             int(step.iteration), float(step.loss), float(step.psnr), float(step.gamma),
-            step.snapshot is not None,
+            step.snapshot is not None, float(getattr(step, "gamma_star", float("nan"))),
         )
 
 
@@ -160,7 +161,7 @@ class RunHistory:
 
     def clear(self) -> None:
         """Forget everything (a new run starts)."""
-        keys = ("iteration", "loss", "psnr", "gamma")
+        keys = ("iteration", "loss", "psnr", "gamma", "gamma_star")
         self._columns: dict[str, list[float]] = {k: [] for k in keys}
         self._ncc: list[tuple[int, float]] = []
 
@@ -178,7 +179,7 @@ class RunHistory:
             self.changed.emit()
 
     def column(self, key: str) -> np.ndarray:
-        """One curve as a float array: ``iteration``, ``loss``, ``psnr`` or ``gamma``."""
+        """One curve as a float array: iteration, loss, psnr, gamma or gamma_star."""
         return np.asarray(self._columns[key], dtype=np.float64)
 
     @property
@@ -198,6 +199,8 @@ class RunHistory:
         for key in self._columns:
             if key in history:
                 self._columns[key] = [float(v) for v in np.asarray(history[key]).ravel()]
+            else:  # e.g. gamma_star of a run recorded before it existed
+                self._columns[key] = [float("nan")] * len(self._columns["iteration"])
         self.changed.emit()
 
 

@@ -50,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tops", default="1,5,10,25,50")
     p.add_argument("--taus", default="38,39")
     p.add_argument(
+        "--crops", default=None,
+        help="indices of the crops to run, in this order (default: all); a second process "
+        "given another order shares the work (a crop whose run folder exists is skipped)",
+    )
+    p.add_argument(
+        "--gamma-mode", default=None,
+        help="DIPConfig.gamma_mode of the DIP runs (default: the preset's); 'adam' is the old way",
+    )
+    p.add_argument(
         "--held-out", action="store_true",
         help="use the photos the preset leaves out (a validation set for choosing B, L, tau)",
     )
@@ -66,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         crops = [c for c in ds.crops if c.photo not in used]
         print(f"held-out photos: {len(crops)} crops from photos the preset does not use")
     runs: list[tuple[object, Path]] = []
-    for i, crop in enumerate(crops):
+    order = range(len(crops)) if args.crops is None else [int(v) for v in args.crops.split(",")]
+    for i in order:
+        crop = crops[i]
         run_dir = args.out / "runs" / crop.crop_id.replace("@", "_").replace("#", "_")
         K = ds.fingerprint_crop(crop.camera, crop)
         if not (run_dir / RunDirectory.CONFIG).is_file():
             seed = config.seed + i
-            dip = DIPConfig.preset(config.dip_preset, **{**config.dip_changes, "seed": seed})
+            changes = {**config.dip_changes, "seed": seed}
+            if args.gamma_mode is not None:
+                changes["gamma_mode"] = args.gamma_mode
+            dip = DIPConfig.preset(config.dip_preset, **changes)
             conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
                                    sigma=config.sigma, seed=seed)
             t = time.perf_counter()
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     untouched = [(crop, *scores(crop.image, crop)) for crop, _ in runs]
     _, auc0, abs0 = summary(untouched)
     print(f"untouched: {len(untouched)} crops, AUC {auc0:.3f}, mean |NCC| true {abs0:.4f}")
-    rows = []
+    rows, cells = [], {}
     grid = itertools.product(
         [int(b) for b in args.blocks.split(",")],
         [int(v) for v in args.tops.split(",")],
@@ -116,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             run = RunDirectory.open(run_dir)
             image = assemble(run, B=B, L=L, tau=tau).image
             results.append((crop, *scores(image, crop)))
+        cells[(B, L, tau)] = results
         psnr, auc, true_abs = summary(results)
         C = psnr * (1 - 2 * abs(auc - 0.5))
         rows.append({"B": B, "L": L, "tau": tau, "crops": len(results), "mean_psnr": psnr,
@@ -137,7 +152,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chosen (lowest mean |NCC| true at mean PSNR >= 38 dB): B={best['B']} "
               f"L={best['L']} tau={best['tau']:g}  cut {best['ncc_cut']:.2f}x  "
               f"AUC {best['auc_ncc']:.3f}  PSNR {best['mean_psnr']:.2f}")
+    if not ok:
+        return 0
+    dirs = {crop.crop_id: run_dir for crop, run_dir in runs}
+    preset_cell = (config.block, config.top_l, float(config.tau))
+    for name, key in (("preset", preset_cell), ("chosen", (best["B"], best["L"], best["tau"]))):
+        if key in cells:
+            _per_crop(cells[key], dirs, ds.cameras, args.out / f"crops_{name}.csv", name)
     return 0
+
+
+def _per_crop(results, run_dirs, cameras, path: Path, name: str) -> None:
+    """Per crop of one (B, L, tau) cell: PSNR, NCC with the true camera against the wrong ones,
+    and how gamma behaved in the run's recording phase (issue 17's bars)."""
+    from dippas_core.run import RunDirectory, gamma_summary
+
+    rows = []
+    for crop, quality, per_cam in results:
+        wrong = [per_cam[c]["ncc"] for c in cameras if c != crop.camera]
+        g = gamma_summary(RunDirectory.open(run_dirs[crop.crop_id]).history())
+        rows.append({
+            "crop": crop.crop_id, "camera": crop.camera, "psnr": quality,
+            "ncc_true": per_cam[crop.camera]["ncc"], "ncc_wrong_max": max(wrong),
+            "ncc_wrong_mean_abs": float(np.mean(np.abs(wrong))),
+            "recording_iterations": g["recording_iterations"],
+            "gamma_at_bound_share": g.get("at_bound_share"), "gamma_median": g.get("median"),
+            "gamma_star_median": g.get("median_star"),
+        })
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    chance = np.mean([r["ncc_wrong_mean_abs"] for r in rows])
+    below_max = np.mean([r["ncc_true"] < r["ncc_wrong_max"] for r in rows])
+    below_chance = np.mean([abs(r["ncc_true"]) < chance for r in rows])
+    rec = np.array([r["recording_iterations"] for r in rows], float)
+    bound = np.array([r["gamma_at_bound_share"] or 0.0 for r in rows]) * rec
+    worst = max(r["gamma_at_bound_share"] or 0.0 for r in rows)
+    print(f"{name} cell, per crop ({path}): true-camera NCC below the best wrong camera's on "
+          f"{100 * below_max:.0f} % of {len(rows)} crops, |NCC| below the wrong cameras' mean "
+          f"|NCC| ({chance:.4f}) on {100 * below_chance:.0f} %; gamma at 0 in "
+          f"{100 * bound.sum() / max(rec.sum(), 1):.1f} % of {int(rec.sum())} recording-phase "
+          f"iterations (worst crop {100 * worst:.0f} %)")
 
 
 if __name__ == "__main__":

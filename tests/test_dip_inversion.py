@@ -173,12 +173,17 @@ def test_first_step_reports_the_environment(photo):
 
 
 # --- the loss, the snapshots, the stop ------------------------------------------------------
-def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng):
-    """Recompute each iteration's loss from the yielded I_phi, the previous gamma and P."""
+@pytest.mark.parametrize("gamma_mode", ["lsq", "adam"])
+def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng, gamma_mode):
+    """Recompute each iteration's loss from the yielded I_phi, its gamma and P.
+
+    ``lsq``: gamma is the clamped least-squares gamma of this very I_phi (recomputed here in
+    float64 from the snapshot); ``adam``: gamma is the previous step's learned value.
+    """
     P = rng.normal(0, 0.3, photo.shape[:2]).astype(np.float32)
     # a photo that really carries P, so gamma has something to grow on
     img = np.clip(photo * (1 + 0.3 * P[..., None]), 0, 255).astype(np.float32)
-    cfg = TINY.replace(tau_psnr=-np.inf, max_iter=25)  # keep every output
+    cfg = TINY.replace(tau_psnr=-np.inf, max_iter=25, gamma_mode=gamma_mode)  # keep every output
     I = img / 255.0
     gamma_before = 0.0
     steps = []
@@ -186,17 +191,23 @@ def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng):
         assert step.snapshot is not None and step.snapshot.dtype == np.float32
         assert step.snapshot.shape == img.shape
         i_phi = step.snapshot.astype(np.float64) / 255.0
-        loss = np.mean((i_phi * (1 + gamma_before * P[..., None]) - I) ** 2)
+        injected = i_phi * P[..., None]
+        star = np.sum(injected * (I - i_phi)) / np.sum(injected**2)
+        assert step.gamma_star == pytest.approx(star, rel=1e-3, abs=1e-6)
+        gamma = max(star, 0.0) if gamma_mode == "lsq" else gamma_before
+        loss = np.mean((i_phi * (1 + gamma * P[..., None]) - I) ** 2)
         assert step.loss == pytest.approx(loss, rel=1e-4)
         assert step.psnr == pytest.approx(_psnr255(step.snapshot, img), abs=1e-3)
         assert step.gamma >= 0.0
+        if gamma_mode == "lsq":
+            assert step.gamma == pytest.approx(max(step.gamma_star, 0.0), rel=1e-6)
         gamma_before = step.gamma
         steps.append(step)
     assert [s.iteration for s in steps] == list(range(1, 26))
     assert steps[-1].gamma > 0  # the injection found the fingerprint the photo carries
     # with gamma > 0 the injected product is a different picture than the snapshot
     last = steps[-1]
-    product = last.snapshot * (1 + steps[-2].gamma * P[..., None])
+    product = last.snapshot * (1 + last.gamma * P[..., None])
     assert np.abs(product - last.snapshot).max() > 1.0
 
 
@@ -250,7 +261,7 @@ def test_same_seed_same_history_other_seed_differs(photo):
     h1 = run_to_end(invert(photo, P, TINY)).history
     h2 = run_to_end(invert(photo, P, TINY)).history
     h3 = run_to_end(invert(photo, P, TINY.replace(seed=1))).history
-    for key in ("loss", "psnr", "gamma"):
+    for key in ("loss", "psnr", "gamma", "gamma_star"):
         np.testing.assert_array_equal(h1[key], h2[key])
     assert not np.array_equal(h1["psnr"], h3["psnr"])
     # the caller's global torch RNG stream is untouched by the run
@@ -365,3 +376,29 @@ def test_real_photo_with_its_fingerprint(testdata):
     # gamma grows once I_phi has the content and the misfit is mostly the camera's pattern
     assert result.history["gamma"][-1] > 0
     assert kept == result.n_snapshots == int(np.sum(psnr >= tau)) > 0
+
+
+def test_injection_recovers_a_known_pattern_and_keeps_it_out_of_the_output():
+    """A smooth picture times ``1 + gamma0·P`` (P known): gamma finds gamma0, I_phi drops P.
+
+    The camera model of the paper's eq. 9 with a pattern we put there ourselves: the fitted
+    gamma must come within 10 % of the injected amplitude, and the network's output must carry
+    far less of the pattern than the photo (the NCC of its noise residual with ``I·P``).
+    """
+    from dippas_core.correlation import ncc
+    from dippas_core.residual import residual
+
+    yy, xx = np.mgrid[0:64, 0:64] / 20.0
+    base = np.stack([np.sin(xx) + yy, np.cos(yy) * 0.5 + xx / 3, np.sin(xx + yy)], axis=-1)
+    base = 40 + 170 * (base - base.min()) / np.ptp(base)
+    P = np.random.default_rng(7).normal(0, 1, (64, 64)).astype(np.float32)
+    gamma0 = 0.02
+    img = (base * (1 + gamma0 * P[..., None])).astype(np.float32)
+    cfg = DIPConfig.preset("tiny", max_iter=200, tau_psnr=-np.inf, stop_psnr=np.inf, lr=1e-2)
+    steps = list(invert(img, P, cfg))
+    fitted = np.median([s.gamma for s in steps[-50:]])
+    assert fitted == pytest.approx(gamma0, rel=0.10)
+    out = steps[-1].snapshot
+    assert _psnr255(out, img) > 35.0  # the content is there ...
+    before, after = ncc(residual(img), img, P), ncc(residual(out), out, P)
+    assert before > 0.5 and after < 0.2 * before  # ... the pattern is not

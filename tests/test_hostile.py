@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -311,6 +312,22 @@ def _assert_refused_within_memory(code: str, tmp_path: Path, expect: str) -> flo
     return peak
 
 
+def _assert_read_refused_within_memory(path: Path, tmp_path: Path) -> float:
+    """``read_image(path)`` in a fresh process raises ImageReadError within the memory bound."""
+    return _assert_refused_within_memory(
+        f"""
+        from dippas_core.io import read_image
+        from dippas_core.errors import ImageReadError
+        try:
+            read_image({str(path)!r})
+        except ImageReadError as exc:
+            print("REFUSED", exc)
+        """,
+        tmp_path,
+        "REFUSED",
+    )
+
+
 @pytest.mark.parametrize(
     "w, h, depth, colour",
     [(15000, 12000, 16, 2), (15000, 12000, 8, 2), (50000, 50000, 8, 0)],
@@ -320,18 +337,7 @@ def test_png_bomb_is_refused_by_its_declared_size(tmp_path, w, h, depth, colour)
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_bytes(w, h, depth, colour, zeros_deflate(1024)))  # inflates to 1 GiB
     assert bomb.stat().st_size < 2 << 20
-    _assert_refused_within_memory(
-        f"""
-        from dippas_core.io import read_image
-        from dippas_core.errors import ImageReadError
-        try:
-            read_image({str(bomb)!r})
-        except ImageReadError as exc:
-            print("REFUSED", exc)
-        """,
-        tmp_path,
-        "REFUSED",
-    )
+    _assert_read_refused_within_memory(bomb, tmp_path)
 
 
 def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
@@ -344,18 +350,7 @@ def test_jpeg_declaring_a_huge_size_is_refused_from_its_header(tmp_path):
     data[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
     bomb = tmp_path / "bomb.jpg"
     bomb.write_bytes(bytes(data))
-    _assert_refused_within_memory(
-        f"""
-        from dippas_core.io import read_image
-        from dippas_core.errors import ImageReadError
-        try:
-            read_image({str(bomb)!r})
-        except ImageReadError as exc:
-            print("REFUSED", exc)
-        """,
-        tmp_path,
-        "REFUSED",
-    )
+    _assert_read_refused_within_memory(bomb, tmp_path)
 
 
 def test_png_whose_data_inflates_past_its_size_is_decoded_within_memory(tmp_path):
@@ -766,6 +761,29 @@ def test_animated_gif_is_refused_naming_its_frames(tmp_path):
         read_image(tmp_path / "a.gif")
     frames[0].save(tmp_path / "still.gif")
     assert read_image(tmp_path / "still.gif").shape == (N, N, 3)
+
+
+def test_multi_page_tiff_reads_the_first_page_and_says_the_rest_are_ignored(tmp_path):
+    import tifffile
+
+    from dippas_core.io import ImageNoteWarning
+
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([PHOTO, PHOTO[::-1]]), photometric="rgb")
+    with pytest.warns(ImageNoteWarning, match="2 pages; only the first page is read"):
+        image = read_image(tmp_path / "pages.tif")
+    assert np.array_equal(image, PHOTO)
+    tifffile.imwrite(tmp_path / "one.tif", PHOTO, photometric="rgb")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ImageNoteWarning)
+        assert np.array_equal(read_image(tmp_path / "one.tif"), PHOTO)
+
+
+def test_absurd_torch_threads_are_refused_by_the_api_too():
+    from dippas_core.dip import DIPConfig
+
+    with pytest.raises(InputError, match="torch_threads must be None or 1"):
+        DIPConfig(torch_threads=100_000)
+    assert DIPConfig(torch_threads=os.cpu_count() or 1).torch_threads == (os.cpu_count() or 1)
 
 
 def test_exif_orientation_is_said_or_applied_as_pillow_does(tmp_path):

@@ -51,10 +51,15 @@ def test_cli_help_lists_every_subcommand(capsys):
     import dippas_core.cli as cli
 
     # the subcommands are the public modules of dippas_core/cli, each registering one parser
-    modules = {m.name for m in pkgutil.iter_modules(cli.__path__) if not m.name.startswith("_")}
+    # (a module train_attacker registers `train-attacker`)
+    modules = {
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(cli.__path__)
+        if not m.name.startswith("_")
+    }
     assert {"anonymize", "assemble", "demo", "fingerprint", "invert", "score"} <= modules
     help_text = cli.build_parser().format_help()
-    listed = set(re.findall(r"^    (\w+)\s", help_text, flags=re.MULTILINE))
+    listed = set(re.findall(r"^    ([\w-]+)\s", help_text, flags=re.MULTILINE))
     assert listed == modules, f"'dippas --help' lists {sorted(listed)}, not {sorted(modules)}"
     for name in modules:
         with pytest.raises(SystemExit) as exit_info:

@@ -62,6 +62,9 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     assert np.all(run.snapshots.psnrs >= 29.0)
     again = assemble(run, 32, 5, 29.0)
     np.testing.assert_array_equal(again.image, res.image)
+    # the run record says how gamma behaved while snapshots were kept
+    gamma = run.config["result"]["gamma"]
+    assert gamma["recording_iterations"] == kept and 0.0 <= gamma["at_bound_share"] <= 1.0
     np.testing.assert_allclose(again.ncc_map, res.maps["block_ncc_after"], rtol=1e-5, atol=1e-8)
 
 

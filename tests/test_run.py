@@ -37,7 +37,9 @@ def _steps(photo, n, rng, *, keep_from=3, log=None):
                 snap = np.clip(photo + rng.normal(0, 2, photo.shape), 0, 255).astype(np.float32)
                 if log is not None:
                     log.append(snap)
-            yield Step(i, 1.0 / i, 30.0 + i, 0.001 * i, snap)
+            # gamma at 0 on the first two kept steps; gamma* = gamma - 0.0005
+            gamma = 0.001 * max(i - 4, 0)
+            yield Step(i, 1.0 / i, 30.0 + i, gamma, snap, gamma_star=gamma - 0.0005)
     finally:
         if log is not None:
             log.append("closed")
@@ -64,6 +66,13 @@ def test_record_writes_history_snapshots_and_tile_sums(tmp_path, rng):
     assert hist["iteration"].tolist() == list(range(1, 11))
     np.testing.assert_allclose(hist["psnr"], 30.0 + np.arange(1, 11))
     assert hist["kept"].sum() == 8 and not hist["kept"][:2].any()
+    np.testing.assert_allclose(hist["gamma_star"], hist["gamma"] - 0.0005)
+    # the run record says how gamma did while snapshots were kept (iterations 3..10)
+    gamma = back.config["result"]["gamma"]
+    assert gamma["recording_iterations"] == 8
+    assert gamma["at_bound_share"] == pytest.approx(2 / 8)  # iterations 3 and 4
+    assert gamma["median"] == pytest.approx(0.0025)  # of 0, 0, 0.001, ..., 0.006
+    assert gamma["final"] == pytest.approx(0.006) and gamma["final_star"] == pytest.approx(0.0055)
     assert back.snapshots.iterations.tolist() == list(range(3, 11))
     for i, snap in enumerate(kept):
         np.testing.assert_array_equal(back.snapshots.frames[i], SnapshotStore.quantize(snap))
@@ -75,6 +84,18 @@ def test_record_writes_history_snapshots_and_tile_sums(tmp_path, rng):
         img = back.snapshots.read(i)
         expect = tile_sums(residual(img), rgb2gray(img) * K, 32)
         np.testing.assert_allclose(sums[i], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_history_of_a_run_recorded_before_gamma_star(tmp_path, rng):
+    """Runs recorded before ``gamma_star`` existed have no such column: it reads as NaN."""
+    photo, K = _inputs(rng)
+    run = RunDirectory.create(tmp_path / "run", photo, K, mode="aware")
+    record(run, _steps(photo, 4, rng))
+    old = "iteration,loss,psnr,gamma,kept\n1,1.0,30.0,0.0,0\n2,0.5,31.5,0.002,1\n"
+    (tmp_path / "run" / RunDirectory.HISTORY).write_text(old)
+    hist = RunDirectory.open(tmp_path / "run").history()
+    np.testing.assert_array_equal(hist["gamma"], [0.0, 0.002])
+    assert hist["kept"].tolist() == [False, True] and np.isnan(hist["gamma_star"]).all()
 
 
 def test_run_dir_is_never_overwritten_without_force(tmp_path, rng):

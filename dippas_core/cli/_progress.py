@@ -51,7 +51,8 @@ class ProgressLine:
         rate = step.iteration / elapsed if elapsed > 0 else 0.0
         return (
             f"iter {step.iteration}{total}  PSNR {step.psnr:6.2f} dB (best {self.best_psnr:.2f})  "
-            f"gamma {step.gamma:.4f}  kept {self.kept}  {rate:.1f} it/s  {elapsed:.0f} s"
+            f"gamma {step.gamma:.4f} (lsq {getattr(step, 'gamma_star', float('nan')):.4f})  "
+            f"kept {self.kept}  {rate:.1f} it/s  {elapsed:.0f} s"
         )
 
     def _draw(self, step: Any, now: float) -> None:

@@ -149,6 +149,15 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
         f"PCE: {report['pce']['before']:.1f} -> {report['pce']['after']:.1f} (decision level 60)",
         file=s,
     )
+    g, sn = inv.get("gamma", {}), inv.get("snapshot_ncc", {})
+    if g.get("recording_iterations"):
+        print(
+            f"gamma while recording: median {g['median']:.5f} (least squares "
+            f"{g['median_star'] if g['median_star'] is not None else float('nan'):.5f}), at 0 in "
+            f"{100 * g['at_bound_share']:.0f} % of {g['recording_iterations']} iterations; "
+            f"snapshots' NCC {sn.get('mean', float('nan')):.4f} (photo {sn['photo']:.4f})",
+            file=s,
+        )
     best = inv.get("best_psnr")
     best_text = f"{best:.2f} dB" if best is not None else "n/a"
     tiles = report.get("tiles") or [{"done": True}]

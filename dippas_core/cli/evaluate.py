@@ -70,10 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="same: aware methods get the detector's fingerprint (the paper); split: they get one "
              "from the other half of the flat fields",
     )
+    p.add_argument("--attacker", type=Path, default=None, metavar="MODEL",
+                   help="also score every output with a learned attacker (dippas train-attacker)")
+    p.add_argument("--save-outputs", action="store_true",
+                   help="keep every output as OUT/outputs/METHOD/CROP.png (lossless)")
     p.add_argument("--no-pce", action="store_true", help="skip PCE")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in OUT")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: summarise and plot what OUT/scores.csv holds")
+                   help="run nothing: summarise and plot what OUT/scores.csv holds (with "
+                        "--attacker: score the outputs a --save-outputs run kept)")
     p.add_argument("--merge-from", type=_csv_list, default=None, metavar="DIR,DIR",
                    help="with --report-only: first merge the scores.csv of these run folders")
     p.add_argument("--quiet", action="store_true")
@@ -82,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..evaluation import EvalConfig, evaluate, merge_scores
+    from ..evaluation import EvalConfig, evaluate, merge_scores, score_saved_outputs
 
     changes: dict = {}
     if args.methods is not None:
@@ -109,10 +114,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.report_only:
             raise InputError("--merge-from needs --report-only")
         merge_scores(args.merge_from, args.out)
-    summary = evaluate(
-        args.data, args.out, config, resume=not args.fresh, log=log,
-        compute=not args.report_only,
-    )
+    if args.report_only and args.attacker:  # score the outputs a finished run kept
+        summary = score_saved_outputs(args.out, args.attacker, log=log)
+    else:
+        summary = evaluate(
+            args.data, args.out, config, resume=not args.fresh, log=log,
+            compute=not args.report_only, attacker=args.attacker,
+            save_outputs=args.save_outputs,
+        )
     cols = (
         "size",
         "method",
@@ -123,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         "auc_pce",
         "C",
         "ncc_cut_vs_untouched",
+        "acc_ncc",
+        *(("auc_attacker", "acc_attacker") if args.attacker else ()),
     )
     print("  ".join(f"{c:>12s}" for c in cols))
     for s in summary:

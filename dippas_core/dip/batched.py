@@ -118,7 +118,9 @@ class _Tile(_Inverter):
         self.height, self.width = job.img01.shape[:2]
         self._saved_globals = None  # the batch sets (and restores) them for all tiles
         self.iteration = 0
-        self.history: dict[str, list] = {k: [] for k in ("iteration", "loss", "psnr", "gamma")}
+        self.history: dict[str, list] = {
+            k: [] for k in ("iteration", "loss", "psnr", "gamma", "gamma_star")
+        }
         self.n_snapshots = 0
         self.started = time.perf_counter()
         try:
@@ -238,8 +240,8 @@ class _Batch:
         ):
             return self._forward(params, z)
 
-    def step(self) -> list[tuple[float, float, float, Any]]:
-        """One optimiser step of every tile: (loss, psnr, gamma, snapshot tensor or None) each."""
+    def step(self) -> list[tuple[float, float, float, float, Any]]:
+        """One optimiser step of every tile: (loss, psnr, gamma, gamma*, snapshot or None) each."""
         import torch
 
         for t in self.tiles:
@@ -267,9 +269,10 @@ class _Batch:
                                                              strict=True)]
         ).tolist()
         return [
-            (loss_v, psnr_v, gamma_v, t.snapshot(i_phi) if psnr_v >= t.tau else None)
-            for t, i_phi, (loss_v, psnr_v, gamma_v) in zip(self.tiles, i_phis, scalars,
-                                                            strict=True)
+            (loss_v, psnr_v, gamma_v, star_v, t.snapshot(i_phi) if psnr_v >= t.tau else None)
+            for t, i_phi, (loss_v, psnr_v, gamma_v, star_v) in zip(
+                self.tiles, i_phis, scalars, strict=True
+            )
         ]
 
     def remove(self, tile: _Tile) -> None:
@@ -323,12 +326,7 @@ def invert_tiles(
     DeviceError
         Unknown device (here) or out of device memory (by the generator).
     """
-    if config is None:
-        config = DIPConfig()
-    elif isinstance(config, dict):
-        config = DIPConfig.from_dict(config)
-    elif not isinstance(config, DIPConfig):
-        raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+    config = DIPConfig.coerce(config)
     prepared = _prepare(jobs, config)
     n = config.tiles_per_step if tiles_per_step is None else tiles_per_step
     device = resolve_device(config.device)
@@ -366,16 +364,19 @@ def _run(
             with torch_threads(threads):
                 _fill(batch, waiting, n, device, tile_speed)
                 outcomes = batch.step()
-            for tile, (loss, psnr, gamma, kept) in zip(list(batch.tiles), outcomes, strict=True):
+            for tile, (loss, psnr, gamma, star, kept) in zip(
+                list(batch.tiles), outcomes, strict=True
+            ):
                 tile.iteration += 1
-                for k, v in zip(tile.history, (tile.iteration, loss, psnr, gamma), strict=True):
+                row = (tile.iteration, loss, psnr, gamma, star)
+                for k, v in zip(tile.history, row, strict=True):
                     tile.history[k].append(v)
                 tile.n_snapshots += kept is not None
                 snapshot, on_device = _snapshot_pair(kept)
                 env = dict(environment) if tile.iteration == 1 else None
                 yield TileStep(
                     tile.key,
-                    Step(tile.iteration, loss, psnr, gamma, snapshot, env, on_device),
+                    Step(tile.iteration, loss, psnr, gamma, snapshot, env, on_device, star),
                 )
                 del snapshot, on_device, kept
                 reason = (

@@ -5,16 +5,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from .._validation import check_known_fields
 from ..errors import InputError
 
+_MAX_THREADS = max(1, os.cpu_count() or 1)
+
 __all__ = ["DIPConfig", "PRESETS"]
 
 _AMP_MODES = ("auto", "off", "bf16", "fp16")
 _LAYOUT_MODES = ("auto", "off", "on")
+#: How gamma is fitted: ``"lsq"`` its least-squares value for each iteration's output,
+#: ``"adam"`` learned by Adam with the network weights (the authors' code; dies at lr 1e-2).
+GAMMA_MODES = ("lsq", "adam")
 #: Narrowest MultiRes block: W = 1.67·U is split into floor(0.167 W), floor(0.333 W), floor(0.5 W)
 #: channels (``network.multires_split``), and U = 3 already leaves the first branch empty.
 MIN_WIDTH = 4
@@ -36,7 +42,14 @@ class DIPConfig:
     max_iter : int
         Hard cap on the number of iterations.
     lr : float
-        Adam learning rate (amsgrad), shared by the network weights and ``gamma``.
+        Adam learning rate (amsgrad) of the network weights (and of ``gamma`` when
+        ``gamma_mode="adam"``).
+    gamma_mode : str
+        How the injection strength ``gamma`` of ``I_phi · (1 + gamma · P)`` is fitted.
+        ``"lsq"`` (default): at every iteration the least-squares gamma of that iteration's
+        output, clamped at 0 (variable projection, ``docs/dip.md``). ``"adam"``: a parameter
+        learned with the weights, clamped at 0 after each step (the paper's description; at
+        ``lr = 1e-2`` it sits at 0 through the whole recording phase).
     z_channels : int
         Channels of the fixed input noise ``z`` (the paper: 512).
     z_std, perturb_std : float
@@ -73,6 +86,7 @@ class DIPConfig:
     stop_psnr: float = 39.0
     max_iter: int = 10000
     lr: float = 1e-3
+    gamma_mode: str = "lsq"
     z_channels: int = 512
     z_std: float = 0.1
     perturb_std: float = 0.1
@@ -123,12 +137,18 @@ class DIPConfig:
                 f"tau_psnr ({self.tau_psnr} dB) must not exceed stop_psnr ({self.stop_psnr} dB): "
                 "the run would stop before it keeps a snapshot"
             )
+        if self.gamma_mode not in GAMMA_MODES:
+            raise InputError(f"gamma_mode must be one of {GAMMA_MODES}, got {self.gamma_mode!r}")
         if int(self.max_iter) < 1:
             raise InputError(f"max_iter must be >= 1, got {self.max_iter!r}")
         if int(self.z_channels) < 1:
             raise InputError(f"z_channels must be >= 1, got {self.z_channels!r}")
-        if self.torch_threads is not None and int(self.torch_threads) < 1:
-            raise InputError(f"torch_threads must be None or >= 1, got {self.torch_threads!r}")
+        if self.torch_threads is not None and not 1 <= int(self.torch_threads) <= _MAX_THREADS:
+            # torch crashes (segmentation fault) on absurd counts; more than the cores only slows
+            raise InputError(
+                f"torch_threads must be None or 1..{_MAX_THREADS} (this machine's cores), got "
+                f"{self.torch_threads!r}"
+            )
         tps = self.tiles_per_step
         if tps != "auto" and (isinstance(tps, bool) or not isinstance(tps, int) or tps < 1):
             raise InputError(f"tiles_per_step must be an integer >= 1 or 'auto', got {tps!r}")
@@ -181,6 +201,18 @@ class DIPConfig:
     def replace(self, **changes: Any) -> DIPConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def coerce(cls, config: DIPConfig | dict | None) -> DIPConfig:
+        """``config`` as a :class:`DIPConfig`: None gives the defaults, a dict goes through
+        :meth:`from_dict`; anything else is an :class:`InputError`."""
+        if config is None:
+            return cls()
+        if isinstance(config, dict):
+            return cls.from_dict(config)
+        if not isinstance(config, cls):
+            raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+        return config
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> DIPConfig:

@@ -30,11 +30,19 @@ if TYPE_CHECKING:
 
     from ..cancel import CancelToken
 
-__all__ = ["Step", "InversionResult", "invert", "run_to_end", "warm_up", "STOP_REASONS"]
+__all__ = [
+    "Step",
+    "InversionResult",
+    "invert",
+    "run_to_end",
+    "warm_up",
+    "least_squares_gamma",
+    "STOP_REASONS",
+]
 
 #: Why an inversion ended.
 STOP_REASONS = ("psnr", "max_iter", "cancelled")
-_HISTORY_KEYS = ("iteration", "loss", "psnr", "gamma")
+_HISTORY_KEYS = ("iteration", "loss", "psnr", "gamma", "gamma_star")
 
 
 @dataclass
@@ -50,7 +58,8 @@ class Step:
     psnr : float
         PSNR (dB) of ``I_phi`` against the photo.
     gamma : float
-        The injection strength after this iteration's update (clamped ``>= 0``).
+        The injection strength (``>= 0``). With ``gamma_mode="lsq"`` (the default) the one this
+        iteration's loss used; with ``"adam"`` the value after this iteration's update and clamp.
     snapshot : numpy.ndarray or None
         ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
         generator's output itself, never the fingerprint-injected product.
@@ -62,6 +71,9 @@ class Step:
         When the inversion runs on a GPU (not the CPU) and kept a snapshot: the same snapshot as
         an H×W×3 float32 tensor still on that device, so that its residual and tile sums can be
         computed there (:meth:`dippas_core.run.RunDirectory.ingest_on_device`).
+    gamma_star : float
+        The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
+        before any clamp): where the injection strength should be for this output.
     """
 
     iteration: int
@@ -71,6 +83,7 @@ class Step:
     snapshot: np.ndarray | None = field(default=None, repr=False)
     environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     snapshot_device: Any = field(default=None, repr=False, compare=False)
+    gamma_star: float = float("nan")  # last: older positional callers stay valid
 
 
 @dataclass
@@ -80,7 +93,8 @@ class InversionResult:
     Attributes
     ----------
     history : dict of str to numpy.ndarray
-        ``iteration`` (int64), ``loss``, ``psnr``, ``gamma`` (float64), one entry per iteration.
+        ``iteration`` (int64), ``loss``, ``psnr``, ``gamma``, ``gamma_star`` (float64), one entry
+        per iteration.
     n_snapshots : int
         Number of steps that carried a snapshot.
     stop_reason : str
@@ -182,12 +196,7 @@ def invert(
     DeviceError
         Unknown device (raised here), or out of device memory (raised by the generator).
     """
-    if config is None:
-        config = DIPConfig()
-    elif isinstance(config, dict):
-        config = DIPConfig.from_dict(config)
-    elif not isinstance(config, DIPConfig):
-        raise InputError(f"config must be a DIPConfig or a dict, got {type(config).__name__}")
+    config = DIPConfig.coerce(config)
     multiple = 2 ** (len(config.widths) - 1)
     img01 = _image_to_unit(image, min_size=multiple)
     plane = as_plane(P, "P")
@@ -224,15 +233,15 @@ def _iterate(
                 stop_reason = "cancelled"
                 break
             with torch_threads(threads):
-                loss, psnr, gamma, kept = inverter.step()
-            history["iteration"].append(iteration)
-            history["loss"].append(loss)
-            history["psnr"].append(psnr)
-            history["gamma"].append(gamma)
+                loss, psnr, gamma, gamma_star, kept = inverter.step()
+            for key, value in zip(
+                _HISTORY_KEYS, (iteration, loss, psnr, gamma, gamma_star), strict=True
+            ):
+                history[key].append(value)
             n_snapshots += kept is not None
             env = dict(environment) if iteration == 1 else None
             snapshot, on_device = _snapshot_pair(kept)
-            yield Step(iteration, loss, psnr, gamma, snapshot, env, on_device)
+            yield Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star)
             del snapshot, on_device, kept  # the consumer owns them now
             if psnr >= config.stop_psnr:
                 stop_reason = "psnr"
@@ -251,10 +260,8 @@ def _iterate(
             inverter = None
     return InversionResult(
         history={
-            "iteration": np.asarray(history["iteration"], dtype=np.int64),
-            "loss": np.asarray(history["loss"], dtype=np.float64),
-            "psnr": np.asarray(history["psnr"], dtype=np.float64),
-            "gamma": np.asarray(history["gamma"], dtype=np.float64),
+            k: np.asarray(v, dtype=np.int64 if k == "iteration" else np.float64)
+            for k, v in history.items()
         },
         n_snapshots=int(n_snapshots),
         stop_reason=stop_reason,
@@ -352,7 +359,10 @@ class _Inverter:
         )
         self.P = torch.from_numpy(np.ascontiguousarray(P)[None, None]).to(device)
         self.gamma = torch.nn.Parameter(torch.zeros((), device=device))
-        self.optimizer = _adam([*self.model.parameters(), self.gamma], config.lr, device)
+        params = list(self.model.parameters())
+        if config.gamma_mode == "adam":
+            params.append(self.gamma)  # the old way: gamma learned with the weights
+        self.optimizer = _adam(params, config.lr, device)
         self.amp_dtype = getattr(torch, speed.amp_dtype) if speed.amp_dtype else None
         self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
         self.layout = layout
@@ -368,8 +378,8 @@ class _Inverter:
             ).permute(0, 3, 1, 2)
         return torch.randn(shape, generator=self.generator, device=self.device)
 
-    def step(self) -> tuple[float, float, float, torch.Tensor | None]:
-        """One Adam step; returns loss, PSNR of I_phi, gamma and the snapshot (H×W×3) if kept.
+    def step(self) -> tuple[float, float, float, float, torch.Tensor | None]:
+        """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept.
 
         Built from the pieces that :mod:`dippas_core.dip.batched` also calls per tile
         (:meth:`perturb`, :meth:`loss_of`, :meth:`after_update`, :meth:`report`), so that N tiles
@@ -394,9 +404,9 @@ class _Inverter:
             self.optimizer.step()
         self.after_update()
         # the only host synchronisation of the iteration: the scalars in one transfer
-        loss_v, psnr_v, gamma_v = self.report(i_phi, loss).tolist()
+        loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
         snapshot = self.snapshot(i_phi) if psnr_v >= self.tau else None
-        return float(loss_v), float(psnr_v), float(gamma_v), snapshot
+        return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
 
     def perturb(self) -> None:
         """Draw this iteration's input ``z + perturb_std · noise`` into :attr:`noisy_z`."""
@@ -406,24 +416,44 @@ class _Inverter:
         torch.add(self.z, noise, alpha=self.config.perturb_std, out=self.noisy_z)
 
     def loss_of(self, i_phi: torch.Tensor) -> torch.Tensor:
-        """The loss of eq. 9 for the generator's output ``i_phi`` (1×3×H×W float32)."""
-        return camera_model_loss(i_phi, self.gamma, self.P, self.target)
+        """The loss of eq. 9 for the generator's output ``i_phi`` (1×3×H×W float32).
+
+        Also fixes this step's gamma and gamma* (:meth:`_gammas`), which :meth:`report` gives.
+        """
+        self._step_gamma, self._step_star = self._gammas(i_phi)
+        return camera_model_loss(i_phi, self._step_gamma, self.P, self.target)
+
+    def _gammas(self, i_phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gamma that multiplies ``P`` in this iteration's loss, and this output's gamma*.
+
+        ``"lsq"``: the clamped least-squares gamma* of this very output (variable projection; a
+        constant to autograd — at the optimum dJ/dgamma = 0, so its own gradient would add
+        nothing). ``"adam"``: the learned parameter.
+        """
+        star = least_squares_gamma(i_phi.detach(), self.P, self.target)[0]
+        if self.config.gamma_mode == "lsq":
+            return star.clamp(min=0.0), star
+        return self.gamma, star
 
     def after_update(self) -> None:
-        """What follows the optimiser step: gamma kept ``>= 0``."""
+        """What follows the optimiser step: a learned gamma (``"adam"``) kept ``>= 0``."""
         import torch
 
-        with torch.no_grad():
-            self.gamma.clamp_(min=0.0)
+        if self.config.gamma_mode == "adam":
+            with torch.no_grad():
+                self.gamma.clamp_(min=0.0)
+            self._step_gamma = self.gamma  # the value after the update
 
     def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss, PSNR (dB) of ``i_phi`` and gamma, as one tensor on the device."""
+        """The step's loss, PSNR (dB) of ``i_phi``, gamma and gamma*: one tensor on the device."""
         import torch
         import torch.nn.functional as F
 
         with torch.no_grad():
             psnr = -10.0 * torch.log10(F.mse_loss(i_phi.detach(), self.target))
-            return torch.stack([loss.detach(), psnr, self.gamma.detach()])
+            return torch.stack(
+                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
+            )
 
     @staticmethod
     def snapshot(i_phi: torch.Tensor) -> torch.Tensor:
@@ -483,6 +513,22 @@ def camera_model_loss(
     import torch.nn.functional as F
 
     return F.mse_loss(i_phi * (1.0 + gamma * P), target)
+
+
+def least_squares_gamma(
+    i_phi: torch.Tensor, P: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``argmin_gamma ||i_phi·(1 + gamma·P) − target||²`` per batch item (no clamp).
+
+    Closed form ``<i_phi·P, target − i_phi> / <i_phi·P, i_phi·P>``, reduced over every dimension
+    but the first; ``P`` broadcasts (N×1×H×W or 1×1×H×W against N×3×H×W).  0 where
+    ``i_phi·P`` is identically zero.  Returns a float tensor of shape (N,) on the inputs' device.
+    """
+    injected = i_phi * P
+    dims = tuple(range(1, i_phi.ndim))
+    num = (injected * (target - i_phi)).sum(dims)
+    den = injected.square().sum(dims)
+    return num / den.clamp(min=float(np.finfo(np.float32).tiny))
 
 
 def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QLabel,
     QPushButton,
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
     from napari.layers import Layer
 
 __all__ = [
-    "AttributionWidget", "camera_of", "is_fingerprint", "is_photo", "is_plane", "size_problem",
+    "AttributionWidget", "camera_of", "is_fingerprint", "is_photo", "is_plane", "learned_scores",
+    "size_problem",
 ]
 
 #: our layers that are never a photo nor a fingerprint
@@ -101,6 +103,18 @@ def size_problem(photo: Layer, fingerprint: Layer) -> str | None:
     )
 
 
+def learned_scores(image: Any, model_path: Path | None) -> str:
+    """Per-camera probabilities of the learned attacker at ``model_path`` as one line, most
+    likely first ("" with no model)."""
+    if model_path is None:
+        return ""
+    from dippas_core.attacker import AttackerModel
+
+    probs = AttackerModel.load(model_path).predict_proba(image)
+    ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+    return "learned attacker: " + "  ".join(f"{cam} {p:.2f}" for cam, p in ranked)
+
+
 class AttributionWidget(DockWidget):
     """Residual, PCE verdict, NCC, a block-NCC heatmap over the photo, and a results table.
 
@@ -139,6 +153,12 @@ class AttributionWidget(DockWidget):
         self.verdict.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC")
         self.colorbar.set_limit(BLOCK_NCC_LIMIT, "block NCC (one scale for all maps)")
+        # optional second opinion: a model from `dippas train-attacker`
+        self.attacker_path: Path | None = None
+        self.attacker_button = QPushButton("Learned attacker: none (load a model…)")
+        self.attacker_button.clicked.connect(self._choose_attacker)
+        self.learned = QLabel("")
+        self.learned.setWordWrap(True)
         self.table = QTableWidget(0, 5)
         self.table.setHorizontalHeaderLabels(["photo", "camera", "PCE", "NCC", "verdict"])
         self.table.setMinimumHeight(110)
@@ -162,12 +182,27 @@ class AttributionWidget(DockWidget):
         layout.addWidget(self.run_button)
         layout.addWidget(self.scores)
         layout.addWidget(self.verdict)
+        layout.addWidget(self.attacker_button)
+        layout.addWidget(self.learned)
         layout.addWidget(self.colorbar)
         layout.addWidget(QLabel("Results (photos × cameras)"))
         layout.addWidget(self.table)
         layout.addWidget(self.csv_path)
         layout.addWidget(self.csv_button)
         layout.addStretch(1)
+
+    def _choose_attacker(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Learned attacker model", "", "attacker model (*.pt);;all files (*)"
+        )
+        self.set_attacker(path or None)
+
+    def set_attacker(self, path: str | Path | None) -> None:
+        """Score with the learned attacker at ``path`` too on the next Compute (None: stop)."""
+        self.attacker_path = Path(path) if path else None
+        name = self.attacker_path.name if self.attacker_path else "none (load a model…)"
+        self.attacker_button.setText(f"Learned attacker: {name}")
+        self.learned.setText("")
 
     def _photo_shape(self) -> tuple[int, ...] | None:
         layer = self.photo.layer()
@@ -222,11 +257,16 @@ class AttributionWidget(DockWidget):
         K = np.asarray(fp.data) if whole else region.crop(np.asarray(fp.data))
         sigma, block = self.sigma.value(), self.block.value()
         subject = (photo.name, camera_of(fp), None if whole else region)
+        attacker = self.attacker_path
+        self.learned.setText("")
         self.run_button.setEnabled(False)
         self._clear_scores("Computing the residual…")
         self.worker = start_job(
-            lambda report: attribute(image, K, sigma=sigma, block_size=block),
-            on_returned=lambda result: self._on_done(result, *subject),
+            lambda report: (
+                attribute(image, K, sigma=sigma, block_size=block),
+                learned_scores(image, attacker),
+            ),
+            on_returned=lambda both: self._on_done(*both, *subject),
             on_errored=self._on_error,
             on_finished=lambda: None if self.closed else self.run_button.setEnabled(True),
             what="Attribution",
@@ -237,11 +277,13 @@ class AttributionWidget(DockWidget):
             self._clear_scores(f"{exc} Nothing was scored; check the inputs and Compute again.")
 
     def _on_done(
-        self, result: AttributionResult, photo_name: str, camera: str, region: Region | None
+        self, result: AttributionResult, learned: str, photo_name: str, camera: str,
+        region: Region | None,
     ) -> None:
         self.result = result
         if self.closed:
             return
+        self.learned.setText(learned)
         offset = region.translate if region is not None else (0.0, 0.0)
         upsert_layer(
             self.viewer,

@@ -551,6 +551,9 @@ class ColorbarCanvas(_ThemedCanvas):
 class LivePlot(_ThemedCanvas):
     """PSNR, NCC and gamma against iteration, three stacked panels sharing the x axis.
 
+    The gamma panel also shows the least-squares gamma* of each output (dashed; negative values
+    leave the panel at its bottom): gamma stuck at 0 below a positive gamma* is a dead injection.
+
     Live updates are blitted: only the lines are redrawn (a few ms) while the data stay inside
     the axes' limits; the limits grow geometrically, so the full redraw (ticks and labels) happens
     a handful of times per run, and at most every ``full_redraw_s`` seconds.  During a run that
@@ -575,6 +578,10 @@ class LivePlot(_ThemedCanvas):
             (self.lines[key],) = ax.plot(
                 [], [], style, color=colors[key], lw=1.2, ms=2.5, animated=True
             )
+        # gamma* shares gamma's panel
+        (self.lines["gamma_star"],) = self.axes["gamma"].plot(
+            [], [], "--", color=colors["gamma"], lw=0.8, alpha=0.7, animated=True
+        )
         self.tau_line = self.axes["psnr"].axhline(np.nan, color=self.text, lw=0.6, ls="--")
         self.axes["ncc"].axhline(0.0, color=self.text, lw=0.5, alpha=0.5)
         axes[-1].set_xlabel("iteration", fontsize=8)
@@ -593,8 +600,8 @@ class LivePlot(_ThemedCanvas):
         self._draw_lines()
 
     def _draw_lines(self) -> None:
-        for key, line in self.lines.items():
-            self.axes[key].draw_artist(line)
+        for line in self.lines.values():
+            line.axes.draw_artist(line)
 
     def _set_limits(self, limits: dict[str, tuple[float, float]]) -> None:
         self.axes["gamma"].set_xlim(*limits["x"])
@@ -610,7 +617,9 @@ class LivePlot(_ThemedCanvas):
         current.update({k: self.axes[k].get_ylim() for k in ("psnr", "ncc", "gamma")})
         data = {
             "x": it, "psnr": history.column("psnr"), "ncc": history.ncc[1],
-            "gamma": history.column("gamma"),
+            "gamma": np.concatenate(
+                [history.column("gamma"), np.clip(history.column("gamma_star"), 0.0, None)]
+            ),
         }
         new, changed = dict(current), False
         for key, values in data.items():
@@ -640,6 +649,7 @@ class LivePlot(_ThemedCanvas):
         it = history.column("iteration")
         self.lines["psnr"].set_data(it, history.column("psnr"))
         self.lines["gamma"].set_data(it, history.column("gamma"))
+        self.lines["gamma_star"].set_data(it, history.column("gamma_star"))
         self.lines["ncc"].set_data(*history.ncc)
         full = self._background is None
         if tau is not None and self.tau_line.get_ydata()[0] != tau:

@@ -101,6 +101,8 @@ def test_history_curves_and_ncc_points():
     history.load({"iteration": np.arange(1, 4), "psnr": np.ones(3), "gamma": np.zeros(3),
                   "loss": np.ones(3)})
     assert len(history) == 3 and history.ncc[0].size == 0
+    # a run recorded before gamma* existed: the curve is there, all NaN
+    assert np.isnan(history.column("gamma_star")).sum() == 3
 
 
 def test_settings_map_onto_the_dip_preset():

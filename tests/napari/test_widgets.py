@@ -317,7 +317,7 @@ def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
     plot.show_history(history, 30.0, final=True)  # the first, synchronous draw
     steps = [
         StepSummary(iteration=i, loss=1.0 / i, psnr=10 + 25 * (1 - np.exp(-i / 200)),
-                    gamma=0.002 * i, kept=False)
+                    gamma=0.002 * i, kept=False, gamma_star=0.003 * i)
         for i in range(1, 400)
     ]
     history.extend(steps)
@@ -328,6 +328,9 @@ def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
     qtbot.waitUntil(lambda: plot._offscreen is None, timeout=5000)
     assert plot.n_full_draws == draws + 1
     assert plot.axes["gamma"].get_xlim()[1] >= 399
+    # gamma* is drawn in gamma's panel, and the panel grew to hold it
+    assert plot.lines["gamma_star"].axes is plot.axes["gamma"]
+    assert plot.axes["gamma"].get_ylim()[1] >= 0.003 * 399
     stepped = np.asarray(plot.buffer_rgba()).copy()
     plot.show_history(history, 30.0, final=True)  # the plain full draw
     full = np.asarray(plot.buffer_rgba()).copy()
