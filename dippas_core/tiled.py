@@ -303,9 +303,30 @@ class _TileRecorder:
         self._thread.join()
 
 
+def _choose_tiles_per_step(
+    image: np.ndarray, P: np.ndarray, config: Any, n_tiles: int
+) -> tuple[int, str]:
+    """``tiles_per_step="auto"`` resolved on the first tile to run: ``(N, reason)``.
+
+    Resolved here rather than in the batch so that N = 1 takes :func:`invert_tile`, the plain
+    one-network path (a batch of one runs the vmapped forward, slower on the CPU).
+    """
+    from .dip.batched import choose_tiles_per_step
+    from .dip.device import resolve_device, speed_settings, torch_threads
+    from .dip.inversion import _image_to_unit
+
+    dip = config.dip
+    device = resolve_device(dip.device)
+    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
+    img01 = _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1))
+    with torch_threads(dip.torch_threads):
+        return choose_tiles_per_step(img01, np.asarray(P, np.float32), dip, device, speed, n_tiles)
+
+
 def _invert_tiles_batched(
     jobs: list[tuple[Any, np.ndarray, np.ndarray]],
     config: Any,
+    tiles_per_step: int,
     prun: PhotoRun,
     *,
     mode: str,
@@ -314,7 +335,7 @@ def _invert_tiles_batched(
     on_step: Callable[[Any], None] | None = None,
     on_tile: Callable[[Any], None] | None = None,
 ) -> Generator[tuple[Any, TileOutcome], None, None]:
-    """:func:`invert_tile` for several tiles, ``config.dip.tiles_per_step`` per optimiser step.
+    """:func:`invert_tile` for several tiles, ``tiles_per_step`` of them per optimiser step.
 
     ``jobs`` are ``(tile, image, P)``.  Yields ``(tile, outcome)`` as each tile leaves the
     batch, in the order they finish; the tiles' run folders, filter, fallback and assembly are
@@ -331,7 +352,7 @@ def _invert_tiles_batched(
     events = invert_tiles(
         [TileJob(tile.index, image, P) for tile, image, P in jobs],
         dip.replace(tau_psnr=-math.inf, torch_threads=threads),
-        tiles_per_step=dip.tiles_per_step,
+        tiles_per_step=tiles_per_step,
         cancel=cancel,
     )
     recorders: dict[Any, _TileRecorder] = {}
@@ -622,7 +643,11 @@ def anonymize_tiled(
     env: dict = {}
     stopped = False
     todo = [t for t in plan.tiles if t.index not in done]
-    n_per_step = config.dip.tiles_per_step
+    n_per_step, n_choice = config.dip.tiles_per_step, "given"
+    if n_per_step == "auto" and len(todo) > 1 and not (cancel is not None and cancel.cancelled):
+        first = todo[0]
+        P0 = K[first.slices] if K is not None else residual(img255[first.slices], config.sigma)
+        n_per_step, n_choice = _choose_tiles_per_step(raw[first.slices], P0, config, len(todo))
     batched = n_per_step != 1 and len(todo) > 1
 
     def job(tile: Any) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -661,6 +686,7 @@ def anonymize_tiled(
             outcomes = _invert_tiles_batched(
                 [job(t) for t in todo],
                 config,
+                n_per_step,
                 prun,
                 mode=mode,
                 extra=extra,
@@ -721,10 +747,8 @@ def anonymize_tiled(
             "n_snapshots": int(sum(v[1]["n_snapshots"] for v in done.values())),
             "best_psnr": min((v[1]["best_psnr"] for v in done.values()), default=None),
             "elapsed_s": t_inv,
-            "tiles_per_step": int(env.get("tiles_per_step", 1)),
-            "tiles_per_step_choice": env.get(
-                "tiles_per_step_choice", "given" if n_per_step == 1 else "one tile to run"
-            ),
+            "tiles_per_step": int(n_per_step) if batched else 1,
+            "tiles_per_step_choice": n_choice if batched or n_per_step == 1 else "one tile to run",
         },
         "assembly": {
             "B": int(config.B),
