@@ -16,6 +16,11 @@ flat fields (with a margin, so the residual's border effects stay outside).  Pri
 Usage::
 
     python benchmarks/bench_fullres.py [--preset tiny] [--max-iter 300] [--lr 1e-2]
+        [--tiles-per-step 1,auto]
+
+With several ``--tiles-per-step`` values the region is anonymized once per value, in one run:
+the wall times side by side and their ratio to the first value, and the largest difference of
+the images (same seed); the other figures are of the last value's image.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--tau-psnr", type=float, default=None)
     ap.add_argument("--photo", default="Nikon_D70_0_19445.JPG")
+    ap.add_argument(
+        "--tiles-per-step", default="1", help="N or auto, comma-separated to compare (1,auto)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -92,17 +100,39 @@ def main() -> int:
         changes["tile_size"] = args.tile
     if args.overlap:
         changes["overlap"] = args.overlap
-    config = AnonymizeConfig.preset(args.preset, **changes)
+    values = [v if v == "auto" else int(v) for v in args.tiles_per_step.split(",")]
+    config = AnonymizeConfig.preset(args.preset, **changes, tiles_per_step=values[0])
     plan = plan_tiles(photo.shape, config.tile_size, config.overlap)
     print(f"region {args.photo} y={y} x={x} {h}×{w}, camera {camera} ({len(flats)} flat fields)")
     print(f"tile plan: {plan.describe()}")
     estimate = estimate_cost(photo.shape, config)
     print(f"estimate: {estimate.text}")
 
-    with tempfile.TemporaryDirectory(prefix="bench-fullres-") as tmp:
-        t0 = time.perf_counter()
-        result = anonymize(photo, K, config, run_dir=Path(tmp) / "run", estimate=estimate)
-        wall = time.perf_counter() - t0
+    walls: dict = {}
+    images: dict = {}
+    for value in values:
+        cfg = AnonymizeConfig.preset(args.preset, **changes, tiles_per_step=value)
+        with tempfile.TemporaryDirectory(prefix="bench-fullres-") as tmp:
+            t0 = time.perf_counter()
+            result = anonymize(photo, K, cfg, run_dir=Path(tmp) / "run", estimate=estimate)
+            walls[value] = time.perf_counter() - t0
+        images[value] = result.image
+        inv = result.report["inversion"]
+        print(
+            f"tiles_per_step={value}: wall {walls[value]:.1f} s, N used "
+            f"{inv['tiles_per_step']} ({inv['tiles_per_step_choice']})"
+        )
+    wall = walls[values[-1]]
+    if len(values) > 1:
+        first = values[0]
+        side = ", ".join(f"{v}: {walls[v]:.1f} s" for v in values)
+        ratios = ", ".join(f"{v}: {walls[first] / walls[v]:.2f}x" for v in values[1:])
+        diffs = ", ".join(
+            f"{v}: {np.abs(images[v].astype(np.float64) - images[first]).max():.0f}"
+            for v in values[1:]
+        )
+        print(f"wall times {side}; speed-up over {first}: {ratios} (under load (shared machine))")
+        print(f"largest pixel difference to tiles_per_step={first}: {diffs} (uint8 levels)")
     rep = result.report
     out = result.image
     w_after = residual(out.astype(np.float32))

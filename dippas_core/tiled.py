@@ -15,6 +15,7 @@ same photo, config and folder; a tile whose record is missing (half-written) is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -137,33 +138,20 @@ def invert_tile(
 ) -> TileOutcome:
     """Invert one tile into the run folder ``path``, then assemble it (B, L, tau of ``config``).
 
-    The one call per tile (a batched inversion of several tiles can replace it).  When no
+    The one call per tile (:func:`_invert_tiles_batched` steps several tiles at once).  When no
     snapshot reaches ``config.dip.tau_psnr``, the tile is the mean of its ``L`` best outputs
     by PSNR instead of an error (``stats["below_tau_db"]`` says by how much it fell short).
     """
-    from .assembly import assemble
     from .dip import invert
-    from .run import RunDirectory, record
+    from .run import record
 
     dip = config.dip
-    tau_rec = float(dip.tau_psnr)
-    dtype = "uint8" if photo.dtype == np.uint8 else "float32"
-    # every output comes out of the network; the filter passes on those >= tau_rec
+    # every output comes out of the network; the filter passes on those >= tau_psnr
     steps = invert(photo, P, dip.replace(tau_psnr=-math.inf), cancel=cancel)
     best: list = []
-    filtered = _keep_best_below(steps, tau_rec, int(config.L), best)
+    filtered = _keep_best_below(steps, float(dip.tau_psnr), int(config.L), best)
     try:
-        run = RunDirectory.create(
-            path,
-            photo,
-            P,
-            mode=mode,
-            dip_config=dip,
-            tile=config.tile,
-            sigma=config.sigma,
-            force=force,
-            extra=extra,
-        )
+        run = _create_tile_run(path, photo, P, config, mode=mode, force=force, extra=extra)
     except BaseException:
         steps.close()
         raise
@@ -171,6 +159,34 @@ def invert_tile(
         inv = record(run, filtered, cancel, on_step)
     finally:
         run.close()
+    return _tile_outcome(run, inv, best, config, photo.dtype)
+
+
+def _create_tile_run(
+    path: Path, photo: np.ndarray, P: np.ndarray, config: Any, *, mode: str, force: bool,
+    extra: dict | None,
+) -> Any:
+    from .run import RunDirectory
+
+    return RunDirectory.create(
+        path,
+        photo,
+        P,
+        mode=mode,
+        dip_config=config.dip,
+        tile=config.tile,
+        sigma=config.sigma,
+        force=force,
+        extra=extra,
+    )
+
+
+def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any) -> TileOutcome:
+    """A recorded tile's image: its assembly, or the mean of its best outputs below tau."""
+    from .assembly import assemble
+
+    dtype = "uint8" if photo_dtype == np.uint8 else "float32"
+    tau_rec = float(config.dip.tau_psnr)
     hist = inv.history
     best_psnr = float(np.max(hist["psnr"])) if len(hist["psnr"]) else None
     stats: dict[str, Any] = {
@@ -204,6 +220,169 @@ def invert_tile(
     else:
         image = None
     return TileOutcome(image, stats, inversion=inv, run=run, assembly=asm)
+
+
+# --------------------------------------------------------------------------------------------------
+# several tiles per optimiser step
+
+
+class _TileRecorder:
+    """One tile's :func:`~dippas_core.run.record` in a thread, fed the tile's steps one by one.
+
+    The batched inversion yields the steps of N tiles interleaved; each tile's recorder drives
+    the same filter and ``record`` as :func:`invert_tile` from a small bounded queue (the
+    inversion waits when a tile's ingest lags behind, as it does for one tile).
+    """
+
+    _QUEUE = 16
+
+    def __init__(self, run: Any, config: Any, cancel: Any) -> None:
+        import queue
+        import threading
+
+        self.run = run
+        self.best: list = []
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=self._QUEUE)
+        filtered = _keep_best_below(
+            self._steps(), float(config.dip.tau_psnr), int(config.L), self.best
+        )
+        self._thread = threading.Thread(
+            target=self._record, args=(filtered, cancel), name=f"record {run.path.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _steps(self) -> Generator[Any, None, Any]:
+        while True:
+            kind, item = self._queue.get()
+            if kind == "step":
+                yield item
+            else:
+                return item  # the tile's InversionResult, or None when aborted
+
+    def _record(self, filtered: Generator, cancel: Any) -> None:
+        from .run import record
+
+        try:
+            # torch's threads are set once for the whole batch by the caller
+            self.result = record(self.run, filtered, cancel, torch_threads=None)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            self.error = exc
+        finally:
+            self.run.close()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        import queue
+
+        while self._thread.is_alive():  # a recorder that stopped (cancel, error) takes no more
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        if self.error is not None:
+            raise self.error
+
+    def put(self, step: Any) -> None:
+        self._put(("step", step))
+
+    def finish(self, result: Any) -> Any:
+        """End the tile with the inversion's ``result``; the recorded result (after the ingest)."""
+        self._put(("end", result))
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def abort(self) -> None:
+        """End the recording without a result (the tile is redone on a resume)."""
+        with contextlib.suppress(BaseException):
+            self._put(("end", None))
+        self._thread.join()
+
+
+def _choose_tiles_per_step(
+    image: np.ndarray, P: np.ndarray, config: Any, n_tiles: int
+) -> tuple[int, str]:
+    """``tiles_per_step="auto"`` resolved on the first tile to run: ``(N, reason)``.
+
+    Resolved here rather than in the batch so that N = 1 takes :func:`invert_tile`, the plain
+    one-network path (a batch of one runs the vmapped forward, slower on the CPU).
+    """
+    from .dip.batched import choose_tiles_per_step
+    from .dip.device import resolve_device, speed_settings, torch_threads
+    from .dip.inversion import _image_to_unit
+
+    dip = config.dip
+    device = resolve_device(dip.device)
+    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
+    img01 = _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1))
+    with torch_threads(dip.torch_threads):
+        return choose_tiles_per_step(img01, np.asarray(P, np.float32), dip, device, speed, n_tiles)
+
+
+def _invert_tiles_batched(
+    jobs: list[tuple[Any, np.ndarray, np.ndarray]],
+    config: Any,
+    tiles_per_step: int,
+    prun: PhotoRun,
+    *,
+    mode: str,
+    extra: Callable[[Any], dict],
+    cancel: Any = None,
+    on_step: Callable[[Any], None] | None = None,
+    on_tile: Callable[[Any], None] | None = None,
+) -> Generator[tuple[Any, TileOutcome], None, None]:
+    """:func:`invert_tile` for several tiles, ``tiles_per_step`` of them per optimiser step.
+
+    ``jobs`` are ``(tile, image, P)``.  Yields ``(tile, outcome)`` as each tile leaves the
+    batch, in the order they finish; the tiles' run folders, filter, fallback and assembly are
+    those of :func:`invert_tile`.
+    """
+    from .dip.batched import TileDone, TileJob, invert_tiles
+    from .run import _device_is_cpu, usable_cpus
+
+    dip = config.dip
+    threads = dip.torch_threads
+    if not threads and _device_is_cpu({"device": dip.device}):
+        threads = max(1, usable_cpus() // 2)  # what record caps one tile's inversion at
+    by_key = {tile.index: (tile, image, P) for tile, image, P in jobs}
+    events = invert_tiles(
+        [TileJob(tile.index, image, P) for tile, image, P in jobs],
+        dip.replace(tau_psnr=-math.inf, torch_threads=threads),
+        tiles_per_step=tiles_per_step,
+        cancel=cancel,
+    )
+    recorders: dict[Any, _TileRecorder] = {}
+    try:
+        for event in events:
+            key = event.key
+            tile, image, P = by_key[key]
+            if isinstance(event, TileDone):
+                rec = recorders.pop(key, None)
+                if rec is None:  # cancelled before its first step
+                    continue
+                inv = rec.finish(event.result)
+                yield tile, _tile_outcome(rec.run, inv, rec.best, config, image.dtype)
+                continue
+            rec = recorders.get(key)
+            if rec is None:
+                if on_tile is not None:
+                    on_tile(tile)
+                run = _create_tile_run(
+                    prun.tile_path(key), image, P, config, mode=mode, force=True,
+                    extra=extra(tile),
+                )
+                rec = recorders[key] = _TileRecorder(run, config, cancel)
+            rec.put(event.step)
+            if on_step is not None:
+                on_step(event.step)
+    finally:
+        events.close()
+        for rec in recorders.values():
+            rec.abort()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,19 +642,29 @@ def anonymize_tiled(
     t_inv = 0.0
     env: dict = {}
     stopped = False
-    try:
-        for tile in plan.tiles:
-            if tile.index in done:
-                continue
+    todo = [t for t in plan.tiles if t.index not in done]
+    n_per_step, n_choice = config.dip.tiles_per_step, "given"
+    if n_per_step == "auto" and len(todo) > 1 and not (cancel is not None and cancel.cancelled):
+        first = todo[0]
+        P0 = K[first.slices] if K is not None else residual(img255[first.slices], config.sigma)
+        n_per_step, n_choice = _choose_tiles_per_step(raw[first.slices], P0, config, len(todo))
+    batched = n_per_step != 1 and len(todo) > 1
+
+    def job(tile: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+        P = K[tile.slices] if K is not None else residual(img255[tile.slices], config.sigma)
+        return tile, raw[tile.slices], P
+
+    def extra(tile: Any) -> dict:
+        return {"photo_tile": tile.to_dict(), "fingerprint": fp_info}
+
+    def one_at_a_time() -> Generator[tuple[Any, TileOutcome], None, None]:
+        for tile in todo:
             if cancel is not None and cancel.cancelled:
-                stopped = True
-                break
+                return
             if on_tile is not None:
                 on_tile(tile, plan)
-            tile_raw = raw[tile.slices]
-            P = K[tile.slices] if K is not None else residual(img255[tile.slices], config.sigma)
-            t0 = time.perf_counter()
-            out = invert_tile(
+            _, tile_raw, P = job(tile)
+            yield tile, invert_tile(
                 tile_raw,
                 P,
                 config,
@@ -484,9 +673,28 @@ def anonymize_tiled(
                 cancel=cancel,
                 on_step=on_step,
                 force=True,  # a half-written tile of an earlier attempt is redone
-                extra={"photo_tile": tile.to_dict(), "fingerprint": fp_info},
+                extra=extra(tile),
             )
-            t_inv += time.perf_counter() - t0
+
+    try:
+        t0 = time.perf_counter()
+        if not batched:
+            outcomes = one_at_a_time()
+        elif cancel is not None and cancel.cancelled:
+            outcomes = iter(())
+        else:
+            outcomes = _invert_tiles_batched(
+                [job(t) for t in todo],
+                config,
+                n_per_step,
+                prun,
+                mode=mode,
+                extra=extra,
+                cancel=cancel,
+                on_step=on_step,
+                on_tile=None if on_tile is None else (lambda tile: on_tile(tile, plan)),
+            )
+        for tile, out in outcomes:
             env = env or dict(getattr(out.inversion, "environment", {}) or {})
             disk_peak = max(disk_peak, prun.disk_bytes())
             if out.image is None or out.stats["stop_reason"] == "cancelled":
@@ -494,12 +702,17 @@ def anonymize_tiled(
                 if not config.keep_tile_runs:
                     prun.drop_tile_run(tile.index)
                 stopped = True
+                if batched:
+                    continue  # the batch's other tiles end too; any that finished is kept
                 break
+            # written as soon as it is finished: a resume or a Stop keeps it
             prun.write_done(tile.index, out.image, out.stats)
             if not config.keep_tile_runs:
                 prun.drop_tile_run(tile.index)
             done[tile.index] = (out.image, out.stats)
-            del out, P, tile_raw
+            del out
+        t_inv = time.perf_counter() - t0
+        stopped = stopped or (cancel is not None and cancel.cancelled)
         missing = [t.index for t in plan.tiles if t.index not in done]
         t0 = time.perf_counter()
         image = stitch(plan, {i: v[0] for i, v in done.items()}, fill=img255, dtype=dtype)
@@ -534,6 +747,8 @@ def anonymize_tiled(
             "n_snapshots": int(sum(v[1]["n_snapshots"] for v in done.values())),
             "best_psnr": min((v[1]["best_psnr"] for v in done.values()), default=None),
             "elapsed_s": t_inv,
+            "tiles_per_step": int(n_per_step) if batched else 1,
+            "tiles_per_step_choice": n_choice if batched or n_per_step == 1 else "one tile to run",
         },
         "assembly": {
             "B": int(config.B),

@@ -349,3 +349,92 @@ def test_force_on_a_photo_run_folder_deletes_only_what_a_run_made(tmp_path):
     assert (run / "notes.txt").read_text() == "mine"
     assert not list((run / "done").iterdir())
     assert json.loads((run / PhotoRun.META).read_text())["photo_sha256"] == "b"
+
+
+# --------------------------------------------------------------------------------------------------
+# several tiles per optimiser step (dip.batched)
+
+
+@pytest.fixture
+def float64():
+    """Networks in float64, as the batched equivalence tests (tests/test_dip_batched.py) run them:
+    in float32 grouped and plain convolutions round differently and Adam amplifies it."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def test_tiles_per_step_gives_the_image_of_one_tile_at_a_time(d70, tmp_path, float64):
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    photo = photo.astype(np.float32)  # float output: compared without uint8 rounding
+    free = anonymize(photo, K, _config(), run_dir=tmp_path / "free").report["tiles"]
+    # a stop threshold that two tiles reach before max_iter: they leave the batch and the
+    # waiting tile takes their place (N=3 with four tiles)
+    best = sorted((t["best_psnr"] for t in free), reverse=True)
+    stop_psnr = (best[1] + best[2]) / 2
+    one = anonymize(photo, K, _config(stop_psnr=stop_psnr), run_dir=tmp_path / "one")
+    reps = {1: one.report}
+    assert len({t["iterations"] for t in one.report["tiles"]}) >= 2  # tiles stop apart
+    assert any(t["n_snapshots"] for t in one.report["tiles"])  # assembled, not only fallbacks
+    for n in (2, 3):
+        config_n = _config(stop_psnr=stop_psnr, tiles_per_step=n)
+        many = anonymize(photo, K, config_n, run_dir=tmp_path / f"n{n}")
+        reps[n] = many.report
+        assert not many.report["partial"]
+        assert _max_diff(many.image, one.image) <= 1e-4 * 255
+        for a, b in zip(many.report["tiles"], one.report["tiles"], strict=True):
+            assert (a["iterations"], a["n_snapshots"], a["stop_reason"]) == (
+                b["iterations"], b["n_snapshots"], b["stop_reason"])
+        # each tile was recorded in its own run folder, removed once assembled
+        assert not any((tmp_path / f"n{n}" / "tiles").iterdir())
+    assert {n: r["inversion"]["tiles_per_step"] for n, r in reps.items()} == {1: 1, 2: 2, 3: 3}
+    assert reps[2]["environment"]["tiles_per_step_choice"] == "given"
+
+
+def test_auto_tiles_per_step_is_measured_and_recorded(d70, tmp_path):
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    result = anonymize(photo, K, _config(max_iter=3, tiles_per_step="auto"))
+    inv = result.report["inversion"]
+    assert inv["tiles_per_step"] in (1, 2, 4)
+    assert inv["tiles_per_step_choice"].startswith("measured on the CPU: N=1:")
+    assert not result.report["partial"]
+
+
+def test_a_stopped_batched_run_keeps_finished_tiles_and_resumes(d70, tmp_path, float64):
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    config = _config(tiles_per_step=2)
+    whole = anonymize(photo.astype(np.float32), K, config, run_dir=tmp_path / "whole")
+    assert [t["iterations"] for t in whole.report["tiles"]] == [25] * 4
+    cancel = CancelToken()
+    n_steps = [0]
+
+    def stop_in_the_second_batch(step):
+        n_steps[0] += 1
+        if n_steps[0] == 2 * 25 + 2 * 5:  # tiles 0 and 1 done, tiles 2 and 3 at iteration 5
+            cancel.cancel()
+
+    run = tmp_path / "run"
+    stopped = anonymize(
+        photo.astype(np.float32), K, config, run_dir=run, cancel=cancel,
+        on_step=stop_in_the_second_batch,
+    )
+    rep = stopped.report
+    assert rep["partial"] and rep["tiles_not_anonymized"] == [2, 3]
+    assert rep["inversion"]["stop_reason"] == "cancelled"
+    assert sorted(p.name for p in (run / "done").iterdir()) == ["0000.npz", "0001.npz"]
+    assert not any((run / "tiles").iterdir())  # unfinished tiles' runs dropped too
+    visited: list[int] = []
+    resumed = anonymize(
+        photo.astype(np.float32), K, config, run_dir=run,
+        on_tile=lambda t, p: visited.append(t.index),
+    )
+    assert visited == [2, 3]
+    assert resumed.report["resumed_tiles"] == [0, 1]
+    assert not resumed.report["partial"] and resumed.report["inversion"]["tiles_per_step"] == 2
+    assert _max_diff(resumed.image, whole.image) <= 1e-4 * 255
