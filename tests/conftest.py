@@ -31,6 +31,16 @@ def testdata() -> Path:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, restored after (the DIP tests share 2 cores)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -21,13 +21,7 @@ def sample64():
     return center_crop(photo, 64).copy(), fingerprint.center_crop(64)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_anonymize_aware_end_to_end(sample64, tmp_path):

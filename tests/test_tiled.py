@@ -19,14 +19,7 @@ from dippas_core.pipeline import AnonymizeConfig, anonymize, estimate_cost
 from dippas_core.tiled import PhotoRun
 from dippas_core.tiling import edge_jump_ratio, plan_tiles
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
