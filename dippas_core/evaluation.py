@@ -340,6 +340,15 @@ def _dippas(aware: bool):
         )
         result = anonymize(photo, K if aware else None, conf)
         report = result.report
+        if report.get("below_tau"):
+            from .assembly import NoSnapshotsError
+
+            # the protocol compares methods at the quality bar tau: a run that never reached it
+            # failed on this crop, its best-PSNR fallback image is not scored
+            short = report["below_tau"][0]
+            raise NoSnapshotsError(
+                f"never reached tau = {conf.dip.tau_psnr:g} dB (best {short['best_psnr']:.2f} dB)"
+            )
         inversion = report.get("inversion", {})
         info = {
             "psnr": report.get("psnr"),

@@ -351,7 +351,7 @@ def _anonymize_one(
 ) -> AnonymizeResult:
     """A photo that fits in one tile: one inversion, one run folder (re-assemblable)."""
     from .residual import residual
-    from .run import environment_info, temporary_run_folder
+    from .run import environment_info, gamma_summary, temporary_run_folder
     from .tiled import invert_tile
 
     t_start = time.perf_counter()
@@ -408,6 +408,8 @@ def _anonymize_one(
                 "n_snapshots": st["n_snapshots"],
                 "best_psnr": st["best_psnr"],
                 "final_gamma": float(inv.history["gamma"][-1]) if inv.n_iterations else None,
+                # gamma over the recording phase: at its bound, medians of gamma and gamma*
+                "gamma": gamma_summary(inv.history) if "kept" in inv.history else {},
                 "elapsed_s": float(inv.elapsed_s),
             },
             "below_tau": _below_tau([(0, st)]),

@@ -311,3 +311,19 @@ def test_auc_plot_axis_keeps_every_point_in_view():
     low, high = auc_axis_limits([0.244, 0.6, float("nan")])  # the split run's TV inpainting
     assert low < 0.244 and high > 1.0
     assert auc_axis_limits([0.0])[0] <= 0.0
+
+
+def test_a_dippas_run_that_never_reaches_tau_is_a_failure_not_a_scored_output(tiny_dataset):
+    """The protocol compares methods at the quality bar: the whole-photo threshold fallback (an
+    image from the best outputs below tau) must not enter the tables."""
+    from dippas_core.assembly import NoSnapshotsError
+    from dippas_core.evaluation import MethodContext
+
+    photo = tiny_dataset.crops[0].image
+    cfg = EvalConfig.preset(
+        "tiny", crop_sizes=(48,), block=48, top_l=2, tau=60.0,
+        dip_changes={"max_iter": 3, "tau_psnr": 60.0, "stop_psnr": 61.0, "torch_threads": 1},
+    )
+    ctx = MethodContext(config=cfg, seed=0, crop_id="c0")
+    with pytest.raises(NoSnapshotsError, match="never reached tau = 60 dB"):
+        METHODS["dippas_blind"].run(photo, None, ctx)
