@@ -580,6 +580,26 @@ def _with_torch_threads(config: Any, threads: int | None) -> Any:
     return dataclasses.replace(config, dip=dataclasses.replace(dip, torch_threads=threads))
 
 
+def _quality_notes(report: dict[str, Any]) -> str:
+    """What an ``ok`` image did not reach: a lowered assembly tau, tiles short of tau_psnr.
+
+    On a Dask worker a warning would reach nobody: the summary's ``reason`` column says it.
+    """
+    notes = []
+    asm = report.get("assembly") if isinstance(report.get("assembly"), dict) else {}
+    used, tau = asm.get("psnr_threshold"), asm.get("tau")
+    if isinstance(used, int | float) and isinstance(tau, int | float) and used < tau:
+        notes.append(
+            f"no snapshot reached tau {tau:g} dB: assembled from the best, at {used:.2f} dB"
+        )
+    for short in report.get("below_tau") or []:
+        notes.append(
+            f"tile {short.get('tile')} never reached tau_psnr (best {short.get('best_psnr'):.2f} "
+            "dB): assembled from its best outputs"
+        )
+    return "; ".join(notes)
+
+
 def process_image(
     task: ImageTask,
     fingerprint: Any,
@@ -625,6 +645,7 @@ def process_image(
         record.ncc_after = _metric(report, "ncc_after", "ncc.after", "after.ncc")
         record.seconds = round(time.perf_counter() - start, 3)
         record.status = _STATUS_OK
+        record.reason = _quality_notes(report)
         write_image(output, image, bit_depth=bit_depth)
         from .report import published_sidecar, write_forensic_record
 

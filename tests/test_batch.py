@@ -437,6 +437,33 @@ def test_a_rerun_of_a_finished_task_returns_the_record_without_recomputing(tmp_p
         assert process_image(task, None, config, settings, standin_job).status == "ok"
 
 
+def test_an_image_short_of_tau_says_so_in_its_summary_row(tmp_path):
+    """tau lowered by the assembly or tiles short of tau_psnr: never silent, even on a worker."""
+    src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
+    log.mkdir()
+    make_inputs(src, [1, 2])
+
+    def short_job(photo, fingerprint, config):
+        result = standin_job(photo, fingerprint, config)
+        if photo_tag(photo) == 1:
+            result.report["assembly"] = {"tau": 38.0, "psnr_threshold": 36.5}
+            result.report["below_tau"] = [{"tile": 3, "short_db": 1.5, "best_psnr": 36.5}]
+        else:
+            result.report["assembly"] = {"tau": 38.0, "psnr_threshold": 38.0}
+        return result
+
+    config, settings = {"log": str(log)}, BatchSettings()
+    tasks = plan_batch(src, out, fingerprint_sha=None, config=config, settings=settings,
+                       job=short_job)
+    records = {r.source: r for r in (process_image(t, None, config, settings, short_job)
+                                     for t in tasks)}
+    short, fine = records["img01.png"], records["img02.png"]
+    assert short.status == fine.status == "ok"
+    assert "no snapshot reached tau 38 dB: assembled from the best, at 36.50 dB" in short.reason
+    assert "tile 3 never reached tau_psnr (best 36.50 dB)" in short.reason
+    assert fine.reason == ""
+
+
 def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):
     from dippas_core.cancel import CancelToken
 
