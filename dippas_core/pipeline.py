@@ -311,7 +311,6 @@ def anonymize(
             force=force,
         )
     report = result.report
-    report.setdefault("tile_plan", plan.to_dict() | {"tiles": None})
     report["tile_plan"] = {k: v for k, v in plan.to_dict().items() if k != "tiles"}
     if offset is not None:
         report["region"] = {
@@ -409,7 +408,7 @@ def _anonymize_one(
                 "best_psnr": st["best_psnr"],
                 "final_gamma": float(inv.history["gamma"][-1]) if inv.n_iterations else None,
                 # gamma over the recording phase: at its bound, medians of gamma and gamma*
-                "gamma": gamma_summary(inv.history) if "kept" in inv.history else {},
+                "gamma": gamma_summary(out.run.history()),  # history.csv marks kept iterations
                 "elapsed_s": float(inv.elapsed_s),
             },
             "below_tau": _below_tau([(0, st)]),

@@ -463,6 +463,12 @@ class PhotoRun:
         np.savez(buf, image=image, stats=np.array(json.dumps(jsonable(stats))))
         atomic_write_bytes(self._done_path(index), buf.getvalue())
 
+    @staticmethod
+    def count_done(path: str | Path) -> int:
+        """Finished tiles recorded in the photo run folder ``path`` (0 when there is none)."""
+        done = Path(path) / "done"
+        return len(list(done.glob("*.npz"))) if done.is_dir() else 0
+
     def read_done(self) -> dict[int, tuple[np.ndarray, dict]]:
         """Every finished tile: index -> (image, stats); unreadable records are ignored."""
         out: dict[int, tuple[np.ndarray, dict]] = {}

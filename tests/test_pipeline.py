@@ -59,6 +59,7 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     # the run record says how gamma behaved while snapshots were kept
     gamma = run.config["result"]["gamma"]
     assert gamma["recording_iterations"] == kept and 0.0 <= gamma["at_bound_share"] <= 1.0
+    assert res.report["inversion"]["gamma"] == gamma  # the report says what the run recorded
     np.testing.assert_allclose(again.ncc_map, res.maps["block_ncc_after"], rtol=1e-5, atol=1e-8)
 
 

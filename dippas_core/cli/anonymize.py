@@ -149,13 +149,13 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
         f"PCE: {report['pce']['before']:.1f} -> {report['pce']['after']:.1f} (decision level 60)",
         file=s,
     )
-    g, sn = inv.get("gamma", {}), inv.get("snapshot_ncc", {})
+    g = inv.get("gamma", {})
     if g.get("recording_iterations"):
+        star = g.get("median_star")
         print(
             f"gamma while recording: median {g['median']:.5f} (least squares "
-            f"{g['median_star'] if g['median_star'] is not None else float('nan'):.5f}), at 0 in "
-            f"{100 * g['at_bound_share']:.0f} % of {g['recording_iterations']} iterations; "
-            f"snapshots' NCC {sn.get('mean', float('nan')):.4f} (photo {sn['photo']:.4f})",
+            f"{star if star is not None else float('nan'):.5f}), at 0 in "
+            f"{100 * g['at_bound_share']:.0f} % of {g['recording_iterations']} iterations",
             file=s,
         )
     best = inv.get("best_psnr")
@@ -285,8 +285,7 @@ def _run(args: argparse.Namespace) -> int:
         for t in plan.tiles:
             print(f"  tile {t.index}: y={t.y} x={t.x} {t.h}×{t.w}", file=sys.stderr)
         print(f"run folder (resumable): {run_dir}", file=sys.stderr)
-    done_dir = Path(run_dir) / "done" if run_dir is not None else None
-    n_done = len(list(done_dir.glob("*.npz"))) if done_dir and done_dir.is_dir() else 0
+    n_done = PhotoRun.count_done(run_dir) if run_dir is not None else 0
     if n_done and not args.force:
         print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
     estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
