@@ -213,6 +213,8 @@ def anonymize(
     force: bool = False,
     region: tuple[int, int, int, int] | None = None,
     estimate: Any = None,
+    scheduler: Any = None,
+    workers: int | None = None,
 ) -> AnonymizeResult:
     """Remove the camera fingerprint from ``photo`` with DIPPAS.
 
@@ -248,6 +250,13 @@ def anonymize(
         return just it.  The rest of the photo still carries the camera's trace.
     estimate
         A :class:`~dippas_core.tiled.CostEstimate` made beforehand, recorded next to the real time.
+    scheduler, workers
+        Where the tiles of a photo that needs several run: a Dask scheduler address (or
+        ``distributed.Client``), one Dask task per tile; or ``workers`` local worker processes
+        (1: in this process).  By default a local cluster when more than one worker helps
+        (:func:`dippas_core.photo_cluster.choose_execution`; the choice and why are in
+        ``report["inversion"]["execution"]``).  On a cluster ``on_step`` is not called and
+        ``on_tile`` is called as each tile comes back.  Same seed, same image either way.
 
     Returns
     -------
@@ -266,6 +275,7 @@ def anonymize(
         The inversion was stopped before its first iteration.
     """
     from .assembly import check_assembly_params
+    from .photo_cluster import check_execution
     from .tiling import check_region, plan_tiles
 
     config = AnonymizeConfig() if config is None else config
@@ -289,6 +299,7 @@ def anonymize(
         if fingerprint is not None:
             fingerprint = _crop_fingerprint(fingerprint, y, x, h, w)
     plan = plan_tiles(raw.shape, config.tile_size, config.overlap)
+    check_execution(scheduler, workers)
     # B, L and tau are only used after the inversions: refuse bad ones now, not hours later
     for shape in {(t.h, t.w) for t in plan.tiles}:
         check_assembly_params(shape, config.tile, config.B, config.L, config.assembly_tau)
@@ -309,6 +320,8 @@ def anonymize(
             on_step=on_step,
             on_tile=on_tile,
             force=force,
+            scheduler=scheduler,
+            workers=workers,
         )
     report = result.report
     report["tile_plan"] = {k: v for k, v in plan.to_dict().items() if k != "tiles"}

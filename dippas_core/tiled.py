@@ -607,11 +607,15 @@ def anonymize_tiled(
     on_step: Callable[[Any], None] | None = None,
     on_tile: Callable[[Any, Any], None] | None = None,
     force: bool = False,
+    scheduler: Any = None,
+    workers: int | None = None,
 ) -> Any:
     """:func:`~dippas_core.pipeline.anonymize` of a photo that needs several tiles.
 
-    Checks were done by the caller (photo, fingerprint size, plan, B, L, tau).
+    Checks were done by the caller (photo, fingerprint size, plan, B, L, tau).  ``scheduler``
+    and ``workers``: where the tiles run (:func:`dippas_core.photo_cluster.choose_execution`).
     """
+    from .photo_cluster import choose_execution, invert_tiles_on_cluster
     from .pipeline import (
         AnonymizeResult,
         _below_tau,
@@ -649,8 +653,11 @@ def anonymize_tiled(
     env: dict = {}
     stopped = False
     todo = [t for t in plan.tiles if t.index not in done]
+    execution = choose_execution(config, len(todo), scheduler=scheduler, workers=workers)
     n_per_step, n_choice = config.dip.tiles_per_step, "given"
-    if n_per_step == "auto" and len(todo) > 1 and not (cancel is not None and cancel.cancelled):
+    if execution.on_cluster:
+        n_per_step, n_choice = 1, "one tile per Dask task (the workers run tiles side by side)"
+    elif n_per_step == "auto" and len(todo) > 1 and not (cancel is not None and cancel.cancelled):
         first = todo[0]
         P0 = K[first.slices] if K is not None else residual(img255[first.slices], config.sigma)
         n_per_step, n_choice = _choose_tiles_per_step(raw[first.slices], P0, config, len(todo))
@@ -684,7 +691,18 @@ def anonymize_tiled(
 
     try:
         t0 = time.perf_counter()
-        if not batched:
+        if execution.on_cluster:
+            outcomes = invert_tiles_on_cluster(
+                [job(t) for t in todo],
+                config,
+                path,
+                execution,
+                mode=mode,
+                extra=extra,
+                cancel=cancel,
+                on_tile=None if on_tile is None else (lambda tile: on_tile(tile, plan)),
+            )
+        elif not batched:
             outcomes = one_at_a_time()
         elif cancel is not None and cancel.cancelled:
             outcomes = iter(())
@@ -708,7 +726,7 @@ def anonymize_tiled(
                 if not config.keep_tile_runs:
                     prun.drop_tile_run(tile.index)
                 stopped = True
-                if batched:
+                if batched or execution.on_cluster:
                     continue  # the batch's other tiles end too; any that finished is kept
                 break
             # written as soon as it is finished: a resume or a Stop keeps it
@@ -755,6 +773,7 @@ def anonymize_tiled(
             "elapsed_s": t_inv,
             "tiles_per_step": int(n_per_step) if batched else 1,
             "tiles_per_step_choice": n_choice if batched or n_per_step == 1 else "one tile to run",
+            "execution": execution.to_dict(),
         },
         "assembly": {
             "B": int(config.B),

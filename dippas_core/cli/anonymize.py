@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._checks import finite_float, positive_float
+from ._checks import finite_float, int_between, positive_float
 from .assemble import (
     AVERAGED,
     BLOCK,
@@ -73,6 +73,21 @@ def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
         help="keep every tile's snapshots in the run folder (to re-assemble with other B, L, tau)",
     )
     t.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="run the tiles as Dask tasks on this scheduler (tcp://host:8786; the run folder must "
+        "be on a file system the workers share); default: a local cluster when more than one "
+        "worker helps, else this process",
+    )
+    t.add_argument(
+        "--workers",
+        type=int_between(1, 4096),
+        default=None,
+        metavar="N",
+        help="run the tiles on a local cluster of N worker processes (1: in this process)",
+    )
+    t.add_argument(
         "--report",
         type=Path,
         default=None,
@@ -92,6 +107,8 @@ def run_anonymize(
     quiet: bool = False,
     region: tuple[int, int, int, int] | None = None,
     estimate: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> tuple[Any, bool]:
     """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early.
 
@@ -127,6 +144,8 @@ def run_anonymize(
                 force=force,
                 region=region,
                 estimate=estimate,
+                scheduler=scheduler,
+                workers=workers,
             )
         finally:
             if not quiet:
@@ -243,6 +262,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import DippasError
+    from ..photo_cluster import check_execution, choose_execution
     from ..pipeline import AnonymizeConfig, estimate_cost
     from ..report import write_forensic_record
     from ..run import check_run_target, temporary_run_folder
@@ -270,6 +290,7 @@ def _run(args: argparse.Namespace) -> int:
         keep_tile_runs=args.keep_runs,
     )
     check_tiling(config.tile_size, config.overlap)  # before the photo is even read
+    check_execution(args.scheduler, args.workers)
     photo, fingerprint = load_photo_and_fingerprint(args)
     shape = photo.shape[:2]
     if region is not None:
@@ -290,6 +311,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
     estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
     print(f"estimate: {estimate.text}", file=sys.stderr)
+    if len(plan) > 1:
+        execution = choose_execution(
+            config, len(plan) - n_done, scheduler=args.scheduler, workers=args.workers
+        )
+        print(f"tiles run: {execution.kind} ({execution.reason})", file=sys.stderr)
     # a temporary run is kept until the outputs are written: a late failure loses no work
     temporary = run_dir is None
     if temporary:
@@ -304,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             region=region,
             estimate=estimate,
+            scheduler=args.scheduler,
+            workers=args.workers,
         )
     except BaseException:
         if temporary:

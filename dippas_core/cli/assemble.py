@@ -1,4 +1,8 @@
-"""``dippas assemble``: build the anonymized image from a run folder (any B, L, tau; no DIP)."""
+"""``dippas assemble``: build the anonymized image from a run folder (any B, L, tau; no DIP).
+
+A whole-photo run folder kept with ``dippas anonymize --keep-runs`` is re-assembled tile by tile
+and stitched (:func:`dippas_core.photo_assembly.assemble_photo_run`).
+"""
 
 from __future__ import annotations
 
@@ -128,18 +132,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..assembly import assemble, check_assembly_params
     from ..metrics import psnr
+    from ..photo_assembly import is_photo_run
     from ..pipeline import _to_float255, attribution_scores
     from ..run import RunDirectory, environment_info
 
     report_path = check_output(args.out, args.force)
-    if (Path(args.run_dir) / "photo-run.json").is_file():
-        from ..errors import InputError
-
-        raise InputError(
-            f"{args.run_dir} is a whole-photo run (one run per tile); assemble one tile's run, "
-            f"e.g. dippas assemble {Path(args.run_dir) / 'tiles' / '0000'} (kept with "
-            "--keep-runs), or rerun dippas anonymize with other -B/-L/--tau"
-        )
+    if is_photo_run(args.run_dir):
+        return _run_photo(args)
+    args.B = 64 if args.B is None else args.B
+    args.L = 10 if args.L is None else args.L
     run = RunDirectory.open(args.run_dir)
     recorded_tau = (run.config.get("dip_config") or {}).get("tau_psnr", 38.0)
     tau = args.tau if args.tau is not None else recorded_tau
@@ -200,6 +201,64 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_photo(args: argparse.Namespace) -> int:
+    """A whole-photo run kept with --keep-runs: every tile re-assembled, stitched, written."""
+    import numpy as np
+
+    from ..metrics import psnr
+    from ..photo_assembly import assemble_photo_run
+    from ..pipeline import _to_float255, attribution_scores
+    from ..residual import residual
+    from ..run import environment_info
+    from .anonymize import output_name
+
+    bits = args.bits
+    dtype = None if bits is None else ("uint8" if bits == 8 else "float32")
+    asm = assemble_photo_run(args.run_dir, args.B, args.L, args.tau, dtype=dtype)
+    bits = bits or (16 if asm.photo.dtype == np.uint16 else 8)
+    photo255 = _to_float255(asm.photo)
+    P = asm.reference if asm.reference is not None else residual(photo255, asm.sigma)
+    p = asm.params
+    block = p["B"] if p["B"] % 32 == 0 else 64
+    before, map_before = attribution_scores(photo255, P, block, asm.sigma)
+    after, map_after = attribution_scores(asm.image, P, block, asm.sigma)
+    below = [{"tile": i, "kept_fallback": True} for i in p["kept_fallback"]]
+    report = {
+        "run_dir": str(args.run_dir),
+        "mode": asm.mode,
+        "psnr": float(psnr(photo255, np.asarray(asm.image, np.float32))),
+        "ncc": {"before": before["ncc"], "after": after["ncc"]},
+        "pce": {"before": before["pce"], "after": after["pce"], "decision_level": 60.0},
+        "assembly": p,
+        "below_tau": below,
+        "versions": environment_info(),
+    }
+    out = output_name(args.out, report)
+    if out != args.out:
+        check_output(out, True)
+    write_outputs(
+        out,
+        asm.image,
+        bits,
+        report,
+        {"block_ncc_before": map_before, "block_ncc_after": map_after},
+        forensic=Path(args.run_dir),
+    )
+    if p["kept_fallback"]:
+        print(
+            f"tiles {p['kept_fallback']} never reached the run's tau_psnr (no snapshot kept): "
+            "they keep the run's fallback image (the mean of their best outputs)",
+            file=sys.stderr,
+        )
+    print(
+        f"assembled {out} from {len(p['tiles'])} tiles' runs, B={p['B']} L={p['L']} "
+        f"tau={p['tau']:g}: PSNR {report['psnr']:.2f} dB, NCC {before['ncc']:.4f} -> "
+        f"{after['ncc']:.4f}, PCE {before['pce']:.1f} -> {after['pce']:.1f}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "assemble",
@@ -210,14 +269,30 @@ def register(subparsers: Any) -> None:
             "inversion.  A run that was stopped midway works too."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("-B", type=BLOCK, default=64, help="block size, a multiple of the tile (64)")
-    p.add_argument("-L", type=AVERAGED, default=10, help="snapshots averaged per block (10)")
+    p.add_argument(
+        "run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a run folder, or a whole-photo run folder made with dippas anonymize --keep-runs "
+        "(every tile re-assembled and stitched with the same feathered weights)",
+    )
+    p.add_argument(
+        "-B",
+        type=BLOCK,
+        default=None,
+        help="block size, a multiple of the tile (default 64; a photo run: the run's)",
+    )
+    p.add_argument(
+        "-L",
+        type=AVERAGED,
+        default=None,
+        help="snapshots averaged per block (default 10; a photo run: the run's)",
+    )
     p.add_argument(
         "--tau",
         type=finite_float,
         default=None,
-        help="PSNR threshold of the snapshots used (dB; default: the run's tau_psnr)",
+        help="PSNR threshold of the snapshots used (dB; default: the run's)",
     )
     add_output_arguments(p)
     p.set_defaults(func=_run)

@@ -1,0 +1,114 @@
+"""``dippas assemble PHOTO_RUN``: a whole-photo run kept with --keep-runs, re-assembled.
+
+The tiny network on a real Nikon D70 crop of four 64-pixel tiles (overlap 32).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dippas_core.cancel import CancelToken
+from dippas_core.cli import main
+from dippas_core.io import read_image
+from dippas_core.metrics import psnr
+from dippas_core.pipeline import AnonymizeConfig, anonymize
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def crop(natural_photos, camera_fingerprints):
+    cam, _, photo = next(p for p in natural_photos if p[0] == "Nikon_D70_0")
+    K = camera_fingerprints[cam].K
+    return photo[100:196, 200:296].copy(), K[100:196, 200:296].copy()
+
+
+def _config(**changes) -> AnonymizeConfig:
+    base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, tau_psnr=12.0, stop_psnr=40.0,
+                B=32, L=3, seed=0, torch_threads=1)
+    return AnonymizeConfig.preset("tiny", **{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def kept(crop, tmp_path_factory):
+    """A finished photo run with every tile's run kept, and its result."""
+    photo, K = crop
+    run = tmp_path_factory.mktemp("kept") / "run"
+    result = anonymize(photo, K, _config(keep_tile_runs=True), run_dir=run, workers=1)
+    assert not result.report["partial"] and not result.report["below_tau"]
+    return run, result
+
+
+def _assemble(run, out, *options) -> int:
+    return main(["assemble", str(run), "--out", str(out), *options])
+
+
+def test_the_runs_own_settings_give_back_the_runs_image(kept, tmp_path, capsys):
+    run, result = kept
+    assert _assemble(run, tmp_path / "same.png", "-B", "32", "-L", "3", "--tau", "12") == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "same.png"), result.image)
+    # without -B/-L/--tau the run's own are taken
+    assert _assemble(run, tmp_path / "default.png") == 0
+    np.testing.assert_array_equal(read_image(tmp_path / "default.png"), result.image)
+    err = capsys.readouterr().err
+    assert "from 4 tiles' runs, B=32 L=3 tau=12" in err
+    # the JSON beside the image is the published sidecar: no run folder, no scores of the camera
+    sidecar = (tmp_path / "same.json").read_text()
+    assert str(run) not in sidecar and "pce" not in json.loads(sidecar)
+
+
+def test_other_settings_give_another_valid_image(kept, crop, tmp_path):
+    from dippas_core.assembly import assemble
+
+    run, result = kept
+    photo, _ = crop
+    assert _assemble(run, tmp_path / "other.png", "-B", "64", "-L", "1", "--tau", "14") == 0
+    other = read_image(tmp_path / "other.png")
+    assert other.shape == photo.shape and other.dtype == np.uint8
+    assert not np.array_equal(other, result.image)
+    assert psnr(photo.astype(np.float32), other.astype(np.float32)) > 12.0
+    # where one tile alone covers the photo (weight 1) the pixels are that tile's own assembly
+    # with the new settings, made here from its kept run
+    tile0 = assemble(run / "tiles" / "0000", 64, 1, 14.0)
+    np.testing.assert_array_equal(other[:32, :32], tile0.image[:32, :32])
+    tile3 = assemble(run / "tiles" / "0003", 64, 1, 14.0)
+    np.testing.assert_array_equal(other[64:, 64:], tile3.image[32:, 32:])
+
+
+def test_a_run_without_keep_runs_is_refused_and_nothing_written(crop, tmp_path, capsys):
+    photo, K = crop
+    run = tmp_path / "run"
+    anonymize(photo, K, _config(), run_dir=run, workers=1)
+    before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+    out = tmp_path / "o.png"
+    assert _assemble(run, out, "-B", "64") == 2
+    err = capsys.readouterr().err
+    assert "made without --keep-runs" in err and "again with --keep-runs" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
+
+
+def test_a_partial_run_is_refused_until_resumed(crop, tmp_path, capsys):
+    photo, K = crop
+    cancel = CancelToken()
+
+    def stop_at_tile_1(tile, plan):
+        if tile.index == 1:
+            cancel.cancel()
+
+    run = tmp_path / "run"
+    anonymize(photo, K, _config(keep_tile_runs=True), run_dir=run, cancel=cancel,
+              on_tile=stop_at_tile_1, workers=1)
+    assert _assemble(run, tmp_path / "o.png") == 2
+    assert "partial photo run" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_bad_settings_fail_before_any_tile_is_assembled(kept, tmp_path, capsys):
+    run, _ = kept
+    assert _assemble(run, tmp_path / "o.png", "-B", "48") == 2
+    assert "B" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
