@@ -51,6 +51,32 @@ def rss_mib() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / MiB
 
 
+class RssSampler:
+    """RSS every ``period`` seconds in a thread: ``(time.perf_counter(), MiB)`` samples."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._period = period
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), rss_mib()))
+            self._stop.wait(self._period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float, end: float) -> float:
+        inside = [m for t, m in self.samples if start <= t <= end]
+        return max(inside) if inside else float("nan")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -124,17 +150,22 @@ def main() -> int:
     print(f"photo {args.photo} upsampled to {H}×{W} ({H * W / 1e6:.1f} MP); tile plan: "
           f"{plan.describe()}; mode {args.mode} ({iterations} outputs kept per tile)")
     samples: list[tuple[int, float]] = []
+    tile_times: list[float] = []
 
     def on_tile(tile, plan_):
+        tile_times.append(time.perf_counter())
         samples.append((tile.index, rss_mib()))
         if tile.index % 100 == 0:
             print(f"  tile {tile.index}/{len(plan_)}: RSS {samples[-1][1]:.0f} MiB", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-photo-memory-") as tmp:
+        sampler = RssSampler()
         t0 = time.perf_counter()
         result = anonymize(photo, K, config, run_dir=Path(tmp) / "run", on_tile=on_tile,
                            workers=1)
-        t_run = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        sampler.stop()
+        t_run = t_end - t0
         rss_after_run = rss_mib()
         peak_run = peak_rss_mib()
         out = Path(tmp) / "out.png"
@@ -150,6 +181,17 @@ def main() -> int:
     print(f"RSS: at start {rss_start:.0f} MiB, photo + K loaded {rss_loaded:.0f} MiB; as tiles "
           f"pass: first {first:.0f}, middle {middle:.0f}, last {last:.0f} MiB (drift "
           f"{last - first:+.0f} MiB over {len(samples)} tiles); after the run {rss_after_run:.0f}")
+    timing = rep["timing_s"]
+    t_measure = t_end - timing["measurement"] - 0.2  # the NCC/PCE step ends the call
+    t_stitch = t_measure - timing["stitch"]
+    phases = {
+        "before the first tile": sampler.peak(t0, tile_times[0]),
+        "tiles": sampler.peak(tile_times[0], t_stitch),
+        "stitching": sampler.peak(t_stitch, t_measure),
+        "whole-photo NCC/PCE": sampler.peak(t_measure, t_end),
+    }
+    print("peak RSS by phase (sampled every 50 ms; phase limits from the report's timings): "
+          + ", ".join(f"{k} {v:.0f} MiB" for k, v in phases.items()))
     print(f"peak RSS: {peak_run:.0f} MiB during anonymize, {peak:.0f} MiB with the PNG "
           f"({out_bytes / MiB:.0f} MiB) written")
     print(f"  documented RAM bound, data only (docs/whole-photos.md: 19 B/px photo+float copy+K, "

@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -320,7 +320,7 @@ def _open_client(execution: Execution, config: Any) -> tuple[Any, Any, int | Non
 
 
 def invert_tiles_on_cluster(
-    jobs: list[tuple[Any, np.ndarray, np.ndarray]],
+    jobs: Iterable[tuple[Any, np.ndarray, np.ndarray]],
     config: Any,
     run_path: Path,
     execution: Execution,
@@ -332,10 +332,12 @@ def invert_tiles_on_cluster(
 ) -> Generator[tuple[Any, Any], None, None]:
     """The tiles ``jobs`` (``(tile, image, P)``) as Dask tasks; yields ``(tile, TileOutcome)``.
 
-    Tiles come back in the order they finish.  ``on_tile(tile)`` is called as each tile comes
-    back (a task's progress is not streamed).  A ``cancel`` stops the running tasks at their
-    next poll (:data:`CANCEL_POLL_S`) and the queued ones before they start; their tiles come
-    back with no image.  ``execution.workers`` and ``execution.torch_threads`` are filled in.
+    ``jobs`` is read lazily: at most two tasks per worker are on the cluster at a time, so
+    neither this process nor the scheduler holds every tile of a large photo.  Tiles come back
+    in the order they finish; ``on_tile(tile)`` is called as each comes back (a task's progress
+    is not streamed).  A ``cancel`` submits no more tiles and stops the running tasks at their
+    next poll (:data:`CANCEL_POLL_S`); their tiles come back with no image.
+    ``execution.workers`` and ``execution.torch_threads`` are filled in.
     """
     from distributed import Event, wait
 
@@ -345,48 +347,50 @@ def invert_tiles_on_cluster(
     futures: dict[Any, Any] = {}
     stop = None
     try:
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        if n_workers == 0:
+        workers_info = client.scheduler_info().get("workers", {})
+        if not workers_info:
             raise DippasError("the Dask cluster has no workers to run the tiles")
-        execution.workers = n_workers
-        if share is not None and not config.dip.torch_threads:
-            execution.torch_threads = max(1, share // 2)
-        else:
-            execution.torch_threads = config.dip.torch_threads
-        workers_info = client.scheduler_info().get("workers", {}).values()
-        has_gpus = any(w.get("resources", {}).get("GPU") for w in workers_info)
+        execution.workers = len(workers_info)
+        execution.torch_threads = config.dip.torch_threads or (
+            max(1, share // 2) if share is not None else None
+        )
+        has_gpus = any(w.get("resources", {}).get("GPU") for w in workers_info.values())
         options = {"resources": {"GPU": 1}} if has_gpus else {}
         token = secrets.token_hex(6)  # fresh keys and event: never those of a stopped run
         stop = Event(f"dippas-photo-stop-{token}", client=client)
-        for tile, image, P in jobs:
+        queue = iter(jobs)
+        in_flight = 2 * execution.workers
+        stopping = cancel is not None and cancel.cancelled  # stopped before it began: send none
+
+        def submit_next() -> bool:
+            job = next(queue, None)
+            if job is None:
+                return False
+            tile, image, P = job
             fut = client.submit(
-                invert_tile_task,
-                str(run_path),
-                tile,
-                image,
-                P,
-                config,
-                mode,
-                extra(tile),
-                share,
-                stop.name,
-                key=f"dippas-tile-{tile.index:04d}-{token}",
-                pure=False,
+                invert_tile_task, str(run_path), tile, image, P, config, mode, extra(tile),
+                share, stop.name, key=f"dippas-tile-{tile.index:04d}-{token}", pure=False,
                 **options,
             )
             futures[fut] = tile
-        pending = set(futures)
-        while pending:
-            if cancel is not None and cancel.cancelled and not stop.is_set():
-                stop.set()  # running tasks stop at their next poll, queued ones at once
+            return True
+
+        while not stopping and len(futures) < in_flight and submit_next():
+            pass
+        while futures:
+            if not stopping and cancel is not None and cancel.cancelled:
+                stopping = True
+                stop.set()  # running tasks stop at their next poll
             try:
-                finished, pending = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                finished = wait(list(futures), timeout=0.5, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 continue
             for fut in finished:
                 tile = futures.pop(fut)
                 res = fut.result()  # a task's error is the run's error, as in process
                 fut.release()
+                if not stopping:
+                    submit_next()
                 if on_tile is not None:
                     on_tile(tile)
                 inv = SimpleNamespace(environment=res.get("environment") or {})

@@ -693,7 +693,7 @@ def anonymize_tiled(
         t0 = time.perf_counter()
         if execution.on_cluster:
             outcomes = invert_tiles_on_cluster(
-                [job(t) for t in todo],
+                (job(t) for t in todo),
                 config,
                 path,
                 execution,

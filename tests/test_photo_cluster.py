@@ -5,6 +5,8 @@ The tiny network on a real Nikon D70 crop of four 64-pixel tiles, torch at one t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,11 +43,19 @@ def _config(**changes) -> AnonymizeConfig:
     return AnonymizeConfig.preset("tiny", **{**base, **changes})
 
 
-def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, tmp_path):
+@pytest.fixture(scope="module")
+def here(crop, tmp_path_factory):
+    """The crop anonymized in this process, one tile after the other."""
+    photo, K = crop
+    result = anonymize(photo, K, _config(), run_dir=tmp_path_factory.mktemp("here") / "run",
+                       workers=1)
+    assert result.report["inversion"]["execution"]["kind"] == IN_PROCESS
+    return result
+
+
+def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, here, tmp_path):
     photo, K = crop
     config = _config()
-    here = anonymize(photo, K, config, run_dir=tmp_path / "here", workers=1)
-    assert here.report["inversion"]["execution"]["kind"] == IN_PROCESS
     came_back: list[int] = []
     there = anonymize(
         photo, K, config, run_dir=tmp_path / "there", scheduler=cluster.scheduler_address,
@@ -66,10 +76,9 @@ def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, tmp_path):
     assert not any((tmp_path / "there" / "tiles").iterdir())  # tile runs removed once done
 
 
-def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, tmp_path):
+def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, here, tmp_path):
     photo, K = crop
     config = _config()
-    whole = anonymize(photo, K, config, run_dir=tmp_path / "whole", workers=1)
     cancel = CancelToken()
 
     def stop_at_tile_2(tile, plan):
@@ -85,19 +94,60 @@ def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, tmp_path
                         on_tile=lambda t, plan: came_back.append(t.index))
     assert sorted(came_back) == [2, 3]  # tiles 0 and 1 read back, never sent to a worker
     assert resumed.report["resumed_tiles"] == [0, 1] and not resumed.report["partial"]
-    np.testing.assert_array_equal(resumed.image, whole.image)
+    np.testing.assert_array_equal(resumed.image, here.image)
+
+
+def test_cli_scheduler_runs_the_tiles_there_and_says_so(crop, cluster, here, tmp_path, capsys):
+    from dippas_core.cli import main
+    from dippas_core.fingerprint import Fingerprint
+    from dippas_core.io import read_image, write_image
+
+    photo, K = crop
+    write_image(tmp_path / "p.png", photo, bit_depth=8)
+    Fingerprint(K=K, camera="Nikon_D70_0", n_images=10).save(tmp_path / "K.npz")
+    options = ["--preset", "tiny", "--tile", "64", "--overlap", "32", "--max-iter", "25",
+               "--lr", "0.01", "--tau-psnr", "12", "--stop-psnr", "40", "-B", "32", "-L", "3",
+               "--seed", "0", "--torch-threads", "1", "--quiet"]
+    code = main(["anonymize", str(tmp_path / "p.png"), "--fingerprint", str(tmp_path / "K.npz"),
+                 *options, "--out", str(tmp_path / "o.png"), "--report", str(tmp_path / "f.json"),
+                 "--scheduler", cluster.scheduler_address])
+    assert code == 0
+    assert "tiles run: scheduler (a Dask scheduler was given)" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_image(tmp_path / "o.png"), here.image)
+    record = json.loads((tmp_path / "f.json").read_text())
+    assert record["inversion"]["execution"]["workers"] == 2
+    # --workers 0 (a usage error), or both options: refused before any work, nothing written
+    out = tmp_path / "bad.png"
+    with pytest.raises(SystemExit) as usage:
+        main(["anonymize", str(tmp_path / "p.png"), *options, "--out", str(out), "--workers", "0"])
+    assert usage.value.code == 2
+    both = ["--workers", "2", "--scheduler", "tcp://h:1"]
+    code = main(["anonymize", str(tmp_path / "p.png"), *options, "--out", str(out), *both])
+    assert code == 2 and "not both" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "bad.dippas-run").exists()
 
 
 def test_a_stop_reaches_the_tasks_on_the_workers(crop, cluster, tmp_path):
+    import threading
+
     photo, K = crop
     cancel = CancelToken()
-    cancel.cancel()  # stopped before any tile came back: every task ends before its inversion
-    result = anonymize(photo, K, _config(), run_dir=tmp_path / "run", cancel=cancel,
-                       scheduler=cluster.scheduler_address)
+    # far more iterations than the stop leaves them: a task that missed the stop would finish
+    # its tile and record it
+    config = _config(max_iter=100_000, stop_psnr=99.0)
+    timer = threading.Timer(3.0, cancel.cancel)
+    timer.start()
+    try:
+        result = anonymize(photo, K, config, run_dir=tmp_path / "run", cancel=cancel,
+                           scheduler=cluster.scheduler_address)
+    finally:
+        timer.cancel()
     rep = result.report
     assert rep["partial"] and rep["tiles_not_anonymized"] == [0, 1, 2, 3]
+    assert rep["inversion"]["stop_reason"] == "cancelled"
     np.testing.assert_array_equal(result.image, photo)  # nothing anonymized, nothing pretended
     assert not any((tmp_path / "run" / "done").iterdir())
+    assert not any((tmp_path / "run" / "tiles").iterdir())  # the stopped tiles' runs removed
 
 
 def test_the_automatic_choice_follows_the_cores_a_tile_keeps_busy():
