@@ -76,6 +76,14 @@ def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, here, tmp_p
     assert not any((tmp_path / "there" / "tiles").iterdir())  # tile runs removed once done
 
 
+def test_workers_start_a_local_cluster_for_the_run(crop, here, tmp_path):
+    photo, K = crop
+    result = anonymize(photo, K, _config(), run_dir=tmp_path / "run", workers=2)
+    ex = result.report["inversion"]["execution"]
+    assert (ex["kind"], ex["workers"], ex["torch_threads_per_tile"]) == ("local cluster", 2, 1)
+    np.testing.assert_array_equal(result.image, here.image)
+
+
 def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, here, tmp_path):
     photo, K = crop
     config = _config()

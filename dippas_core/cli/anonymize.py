@@ -266,7 +266,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline import AnonymizeConfig, estimate_cost
     from ..report import write_forensic_record
     from ..run import check_run_target, temporary_run_folder
-    from ..tiled import PhotoRun
+    from ..tiled import PhotoRun, _duration
     from ..tiling import check_region, check_tiling, parse_region, plan_tiles
     from .invert import dip_changes_from_args, load_photo_and_fingerprint, preset_name
 
@@ -315,7 +315,13 @@ def _run(args: argparse.Namespace) -> int:
         execution = choose_execution(
             config, len(plan) - n_done, scheduler=args.scheduler, workers=args.workers
         )
-        print(f"tiles run: {execution.kind} ({execution.reason})", file=sys.stderr)
+        share = (
+            f"; ≈ {_duration(estimate.seconds / execution.workers)} with {execution.workers} "
+            "workers side by side"
+            if execution.workers > 1
+            else ""
+        )
+        print(f"tiles run: {execution.kind} ({execution.reason}){share}", file=sys.stderr)
     # a temporary run is kept until the outputs are written: a late failure loses no work
     temporary = run_dir is None
     if temporary:
