@@ -263,7 +263,9 @@ class EvaluationRun:
             image, crop.image, fps, self._edges[crop.crop_id],
             sigma=self.config.sigma, pce=self.config.pce,
         )
-        learned = self.attacker.predict_proba(to_uint8(image)) if self.attacker else {}
+        learned = (
+            self.attacker.predict_proba(to_uint8(image)) if self.attacker is not None else {}
+        )
         for cam, sc in per_fp.items():
             self.rows.append(
                 {
