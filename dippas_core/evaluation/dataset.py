@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -198,11 +199,9 @@ def load_dataset(
             f"reference 'split' needs at least 2 flat-field shots per camera; {short} have one"
         )
 
-    def estimate(cam: str, paths: list[Path], role: str) -> np.ndarray:
-        return _camera_fingerprint(
-            cam, paths, role, region=region, sigma=config.sigma, cache_dir=cache_dir, log=say
-        )
-
+    estimate = functools.partial(
+        _camera_fingerprint, region=region, sigma=config.sigma, cache_dir=cache_dir, log=say
+    )
     fingerprints: dict[str, np.ndarray] = {}
     attack: dict[str, np.ndarray] | None = {} if split else None
     files: dict[str, list[str]] = {"flat_fields": [p.name for p in flats]}
