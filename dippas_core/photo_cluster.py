@@ -47,9 +47,6 @@ __all__ = [
 #: ``Execution.kind`` of tiles run one after the other in this process.
 IN_PROCESS = "in-process"
 
-#: How long to wait for a ``--scheduler`` to answer.
-SCHEDULER_TIMEOUT_S = 20
-
 #: How often (s) a task on a worker asks the scheduler whether the run was stopped.
 CANCEL_POLL_S = 1.0
 
@@ -217,17 +214,14 @@ class _ClusterCancel:
 
 
 def _worker_device(config: Any) -> Any:
-    """On a worker that advertises a GPU resource, pin ``device="auto"`` to its GPU."""
-    from distributed import get_worker
+    """On a worker that advertises a GPU resource, pin ``device="auto"`` to its GPU (as the
+    batch's jobs are pinned)."""
+    from .batch.worker import _worker_gpu_device
 
-    worker = get_worker()
-    if config.dip.device != "auto" or not worker.state.total_resources.get("GPU"):
+    device = _worker_gpu_device() if config.dip.device == "auto" else None
+    if device is None:
         return config
-    count = _cuda_devices()
-    if not count:
-        return config
-    index = worker.name if isinstance(worker.name, int) else 0
-    return dataclasses.replace(config, dip=config.dip.replace(device=f"cuda:{index % count}"))
+    return dataclasses.replace(config, dip=config.dip.replace(device=device))
 
 
 def _worker_threads(config: Any, share: int | None) -> Any:
@@ -294,28 +288,17 @@ def invert_tile_task(
 # the driver
 
 
-def _connect(address: str) -> Any:
-    from distributed import Client
-
-    try:
-        return Client(address, timeout=f"{SCHEDULER_TIMEOUT_S}s")
-    except ValueError as exc:
-        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address: {exc}") from exc
-    except (OSError, TimeoutError) as exc:
-        raise DippasError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
-
-
 def _open_client(execution: Execution, config: Any) -> tuple[Any, Any, int | None]:
     """``(client, cluster or None, cores per task or None)`` for ``execution``."""
     from distributed import Client
 
-    if execution.kind == "local cluster":
-        from .batch import local_cluster
+    from .batch.cluster import connect, local_cluster
 
+    if execution.kind == "local cluster":
         cluster, share = local_cluster(execution.workers)
         return Client(cluster), cluster, share
     if isinstance(execution.scheduler, str):
-        return _connect(execution.scheduler), None, None
+        return connect(execution.scheduler), None, None
     return execution.scheduler, None, None
 
 
@@ -341,6 +324,7 @@ def invert_tiles_on_cluster(
     """
     from distributed import Event, wait
 
+    from .batch.cluster import has_gpus
     from .tiled import TileOutcome
 
     client, cluster, share = _open_client(execution, config)
@@ -354,8 +338,7 @@ def invert_tiles_on_cluster(
         execution.torch_threads = config.dip.torch_threads or (
             max(1, share // 2) if share is not None else None
         )
-        has_gpus = any(w.get("resources", {}).get("GPU") for w in workers_info.values())
-        options = {"resources": {"GPU": 1}} if has_gpus else {}
+        options = {"resources": {"GPU": 1}} if has_gpus(client) else {}
         token = secrets.token_hex(6)  # fresh keys and event: never those of a stopped run
         stop = Event(f"dippas-photo-stop-{token}", client=client)
         queue = iter(jobs)

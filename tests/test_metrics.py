@@ -64,3 +64,17 @@ def test_tradeoff_c():
     np.testing.assert_allclose(tradeoff_c(np.array([30.0, 40.0]), 0.75), [15.0, 20.0])
     with pytest.raises(InputError, match="auc"):
         tradeoff_c(40.0, 1.2)
+
+
+def test_psnr_in_chunks_matches_the_whole_array_formula(monkeypatch):
+    import dippas_core.metrics as metrics
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (301, 77, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 3, a.shape), 0, 255).astype(np.float32)
+    whole = 10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b) ** 2))
+    monkeypatch.setattr(metrics, "_PSNR_CHUNK", 1000)  # 4 rows per chunk: 76 chunks
+    assert metrics.psnr(a, b) == pytest.approx(whole, rel=1e-12)
+    b[290, 5, 1] = np.nan  # in a late chunk: still named
+    with pytest.raises(InputError, match="b contains NaN"):
+        metrics.psnr(a, b)
