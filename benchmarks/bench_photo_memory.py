@@ -105,13 +105,13 @@ def documented_bounds(n_px: int, plan, iterations: int, network: bool) -> dict[s
 
     Disk: one tile's run (``iterations`` uint16 outputs, its photo and reference) plus one record
     per tile (its uint8 image and ~4 KiB of npz header and statistics).  RAM: the rule fitted on
-    this benchmark's 6- and 24-MP runs (0.6 GiB + 126 bytes per pixel, and 0.2 GiB more for
+    this benchmark's 6- and 24-MP runs (0.6 GiB + 100 bytes per pixel, and 0.2 GiB more for
     torch and one network), not derived independently.
     """
     T = plan.tile
     tile_px = sum(t.h * t.w for t in plan.tiles)
     disk = iterations * T * T * 6 + T * T * 7 + tile_px * 3 + len(plan) * 4096
-    ram = 0.6 * 2**30 + 126 * n_px + (0.2 * 2**30 if network else 0)
+    ram = 0.6 * 2**30 + 100 * n_px + (0.2 * 2**30 if network else 0)
     return {"disk": disk, "ram": ram}
 
 
@@ -231,7 +231,7 @@ def main() -> int:
           + ", ".join(f"{k} {v:.0f} MiB" for k, v in phases.items()))
     print(f"peak RSS: {peak_run:.0f} MiB during anonymize, {peak:.0f} MiB with the PNG "
           f"({out_bytes / MiB:.0f} MiB) written")
-    print(f"  docs/whole-photos.md's RAM rule (0.6 GiB + 126 B/px, +0.2 GiB with the network; "
+    print(f"  docs/whole-photos.md's RAM rule (0.6 GiB + 100 B/px, +0.2 GiB with the network; "
           f"fitted on this benchmark at 6 and 24 MP): {bounds['ram'] / MiB:.0f} MiB; measured "
           f"peak {peak:.0f} MiB")
     print(f"disk peak of the run folder: {rep['disk_peak_bytes'] / MiB:.1f} MiB; documented bound "
