@@ -54,6 +54,7 @@ _API = {
     "assemble": "assembly",
     "anonymize": "pipeline",
     "AnonymizeConfig": "pipeline",
+    "assemble_photo_run": "photo_assembly",
     "sample_data": "sample",
     # many images on Dask
     "run_batch": "batch",
