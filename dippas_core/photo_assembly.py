@@ -81,13 +81,14 @@ def _plan_of(meta: dict, path: Path) -> Any:
     return plan
 
 
-def _check_kept_runs(path: Path, meta: dict, plan: Any) -> None:
-    """Every tile finished and its run kept, or an error that says what to do."""
+def _check_kept_runs(path: Path, meta: dict, plan: Any) -> dict[int, tuple[np.ndarray, dict]]:
+    """Every tile finished and its run kept (returns the finished tiles' records), or an error
+    that says what to do."""
     from .run import RunDirectory
     from .tiled import PhotoRun
 
     prun = PhotoRun(path, meta)
-    done = set(prun.read_done())
+    done = prun.read_done()
     missing = [t.index for t in plan.tiles if t.index not in done]
     if missing:
         raise InputError(
@@ -112,6 +113,7 @@ def _check_kept_runs(path: Path, meta: dict, plan: Any) -> None:
             "(finished by an invocation without --keep-runs); run dippas anonymize again with "
             "--keep-runs in a new --run-dir (or with --force) to re-assemble the whole photo"
         )
+    return done
 
 
 def assemble_photo_run(
@@ -151,7 +153,7 @@ def assemble_photo_run(
         raise InputError(f"{path} is not a whole-photo run folder (no {PhotoRun.META})")
     meta = _read_meta(path)
     plan = _plan_of(meta, path)
-    _check_kept_runs(path, meta, plan)
+    done = _check_kept_runs(path, meta, plan)
     cfg = meta.get("config") or {}
     dip = cfg.get("dip") or {}
     B = int(cfg.get("B", 64)) if B is None else B
@@ -161,7 +163,6 @@ def assemble_photo_run(
     grain = int(cfg.get("tile", 32))
     for shape in {(t.h, t.w) for t in plan.tiles}:
         check_assembly_params(shape, grain, B, L, tau)  # before any tile is assembled
-    done = PhotoRun(path, meta).read_done()
     images: dict[int, np.ndarray] = {}
     per_tile: list[dict[str, Any]] = []
     fallback: list[int] = []
