@@ -7,7 +7,9 @@ side by side.  :func:`choose_execution` decides where they run:
   cluster, one task per tile;
 - ``workers=N``: a local cluster of N worker processes (:func:`dippas_core.batch.local_cluster`);
   ``workers=1`` runs the tiles one after the other in this process;
-- neither: a local cluster when more than one worker helps.  On CPUs one tile's inversion keeps
+- neither: a local cluster when more than one worker helps and the caller does not follow
+  every DIP step (``on_step``: the viewer's live plot needs the steps, which a task on a worker
+  does not stream).  On CPUs one tile's inversion keeps
   ``2 × t`` cores busy (``t`` torch threads, as many for the recording's ingest thread, which
   computes each kept snapshot's residual; the rule :func:`~dippas_core.run.record` applies), so
   ``usable cores // (2 t)`` workers, at most one per tile; with GPUs one worker per GPU.  A
@@ -133,6 +135,7 @@ def choose_execution(
     workers: int | None = None,
     cpus: int | None = None,
     gpus: int | None = None,
+    watched: bool = False,
 ) -> Execution:
     """Where the ``n_tiles`` tiles still to run go (see the module docstring).
 
@@ -148,6 +151,9 @@ def choose_execution(
         Local cluster workers; 1 = in process; None = the automatic choice.
     cpus, gpus
         The machine's usable CPU cores and CUDA devices (default: measured).
+    watched
+        The caller follows every DIP step (``on_step``: the viewer's live plot, a progress
+        bar): the automatic choice keeps the tiles in this process, where the steps are.
 
     Raises
     ------
@@ -168,6 +174,11 @@ def choose_execution(
         return Execution("local cluster", n, f"{n} local workers asked for")
     if _on_dask_worker():
         return Execution(IN_PROCESS, 1, "already a task on a Dask worker: no cluster inside it")
+    if watched:
+        return Execution(
+            IN_PROCESS, 1, "automatic: the caller follows every step (on_step), which only a "
+            "run in this process gives"
+        )
     cpus = usable_cpus() if cpus is None else int(cpus)
     gpus = (_cuda_devices() if _wants_gpu(config) else 0) if gpus is None else int(gpus)
     if gpus:

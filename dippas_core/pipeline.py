@@ -242,8 +242,9 @@ def anonymize(
     scheduler, workers
         Where the tiles of a photo that needs several run: a Dask scheduler address (or
         ``distributed.Client``), one Dask task per tile; or ``workers`` local worker processes
-        (1: in this process).  By default a local cluster when more than one worker helps
-        (:func:`dippas_core.photo_cluster.choose_execution`; the choice and why are in
+        (1: in this process).  By default a local cluster when more than one worker helps and
+        no ``on_step`` is given (:func:`dippas_core.photo_cluster.choose_execution`; the choice
+        and why are in
         ``report["inversion"]["execution"]``).  On a cluster ``on_step`` is not called and
         ``on_tile`` is called as each tile comes back.  Same seed, same image either way.
 

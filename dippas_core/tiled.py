@@ -651,7 +651,9 @@ def anonymize_tiled(
     env: dict = {}
     stopped = False
     todo = [t for t in plan.tiles if t.index not in done]
-    execution = choose_execution(config, len(todo), scheduler=scheduler, workers=workers)
+    execution = choose_execution(
+        config, len(todo), scheduler=scheduler, workers=workers, watched=on_step is not None
+    )
     n_per_step, n_choice = config.dip.tiles_per_step, "given"
     if execution.on_cluster:
         n_per_step, n_choice = 1, "one tile per Dask task (the workers run tiles side by side)"

@@ -168,6 +168,9 @@ def test_the_automatic_choice_follows_the_cores_a_tile_keeps_busy():
     assert choose_execution(_config(torch_threads=2), 10, cpus=16, gpus=0).workers == 4
     gpu = choose_execution(one, 10, cpus=2, gpus=3)
     assert (gpu.kind, gpu.workers) == ("local cluster", 3)
+    # a caller that follows every step (the viewer's live plot) keeps the tiles in process
+    watched = choose_execution(one, 10, cpus=8, gpus=0, watched=True)
+    assert watched.kind == IN_PROCESS and "on_step" in watched.reason
     assert choose_execution(one, 10, workers=1).kind == IN_PROCESS
     assert choose_execution(one, 10, scheduler="tcp://h:8786").kind == "scheduler"
 

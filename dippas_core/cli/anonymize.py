@@ -109,6 +109,7 @@ def run_anonymize(
     estimate: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
+    follow_steps: bool = True,
 ) -> tuple[Any, bool]:
     """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early.
 
@@ -139,7 +140,7 @@ def run_anonymize(
                 config,
                 run_dir=run_dir,
                 cancel=cancel,
-                on_step=None if quiet else (lambda step: bars[0].update(step)),
+                on_step=(lambda step: bars[0].update(step)) if follow_steps and not quiet else None,
                 on_tile=on_tile,
                 force=force,
                 region=region,
@@ -311,10 +312,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
     estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
     print(f"estimate: {estimate.text}", file=sys.stderr)
+    on_cluster = False
     if len(plan) > 1:
         execution = choose_execution(
             config, len(plan) - n_done, scheduler=args.scheduler, workers=args.workers
         )
+        on_cluster = execution.on_cluster
         share = (
             f"; ≈ {_duration(estimate.seconds / execution.workers)} with {execution.workers} "
             "workers side by side"
@@ -338,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
             estimate=estimate,
             scheduler=args.scheduler,
             workers=args.workers,
+            follow_steps=not on_cluster,  # a task on a worker streams no steps
         )
     except BaseException:
         if temporary:
