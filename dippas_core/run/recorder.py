@@ -1,0 +1,295 @@
+"""Recording an inversion into a run folder: :func:`record` and the gamma summary."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..cancel import CancelToken
+from ..dip.device import usable_cpus
+from ..errors import InputError
+from ..snapshots import SnapshotStore, TileSums
+from .directory import RunDirectory
+from .format import HISTORY_FIELDS, environment_info
+from .ingest import _Ingest
+
+__all__ = ["gamma_summary", "record"]
+
+
+@contextlib.contextmanager
+def _torch_threads(limit: int | None) -> Iterator[Callable[[], None]]:
+    """Cap torch's intra-op threads while recording; yields a function that re-applies the cap."""
+    torch = sys.modules.get("torch")
+    if torch is None or not limit:
+        yield lambda: None
+        return
+    previous = torch.get_num_threads()
+
+    def apply() -> None:
+        if torch.get_num_threads() != limit:
+            torch.set_num_threads(limit)
+
+    apply()
+    try:
+        yield apply
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _device_is_cpu(dip_config: dict) -> bool:
+    spec = str(dip_config.get("device", "auto"))
+    if spec.startswith("cpu"):
+        return True
+    if spec != "auto":
+        return False
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
+def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
+    """How the injection strength gamma behaved while snapshots were recorded.
+
+    Over the recording phase (the iterations whose output was kept, PSNR >= ``tau_psnr``): their
+    number, the share with gamma at its bound (0: the injection switched off, the network alone
+    explains the photo, camera pattern included), the medians of gamma and of the least-squares
+    gamma* (NaN for runs recorded before gamma* existed); and both at the last iteration.
+    """
+    kept = np.asarray(history["kept"], dtype=bool)
+    gamma = np.asarray(history["gamma"], dtype=np.float64)
+    star = np.asarray(history.get("gamma_star", np.full(len(gamma), np.nan)), dtype=np.float64)
+
+    def value(a: np.ndarray) -> float | None:
+        return float(a) if np.isfinite(a) else None
+
+    out: dict[str, Any] = {"recording_iterations": int(kept.sum())}
+    if kept.any():
+        out["at_bound_share"] = float(np.mean(gamma[kept] <= 0.0))
+        out["median"] = float(np.median(gamma[kept]))
+        out["median_star"] = value(np.median(star[kept]))
+    if len(gamma):
+        out["final"] = float(gamma[-1])
+        out["final_star"] = value(star[-1])
+    return out
+
+
+def _make_result(
+    history: dict[str, list],
+    n_snapshots: int,
+    stop_reason: str,
+    run: RunDirectory,
+    elapsed_s: float,
+    environment: dict | None = None,
+) -> Any:
+    """An ``InversionResult`` for a generator that did not return one (cancelled or closed).
+
+    ``environment`` is the one the generator reported on its first step (resolved device, speed
+    settings); without it, the package versions.
+    """
+    hist = {k: np.asarray(v) for k, v in history.items()}
+    fields = dict(
+        history=hist,
+        n_snapshots=n_snapshots,
+        stop_reason=stop_reason,
+        seed=run.config.get("seed"),
+        config=run.config.get("dip_config", {}),
+        environment=dict(environment) if environment else run.config.get("versions", {}),
+        elapsed_s=elapsed_s,
+    )
+    try:
+        from ..dip import InversionResult
+
+        return InversionResult(**fields)
+    except (ImportError, TypeError):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**fields)
+
+
+def record(
+    run_dir: RunDirectory | str | os.PathLike,
+    generator: Iterator,
+    cancel: CancelToken | None = None,
+    on_step: Callable[[Any], None] | None = None,
+    *,
+    queue_size: int = 16,
+    batch_size: int = 4,
+    workers: int | None = None,
+    torch_threads: int | None | str = "auto",
+    device_ingest: bool = True,
+) -> Any:
+    """Drive an ``invert`` generator, streaming its kept snapshots into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir
+        A writable :class:`RunDirectory` (from :meth:`RunDirectory.create`) or its path.
+    generator
+        The generator of :func:`dippas_core.dip.invert`: yields ``Step`` objects
+        (``iteration, loss, psnr, gamma, snapshot``) and returns an ``InversionResult``.
+    cancel
+        When set, recording stops: the generator (which should share the token) finishes its
+        iteration and returns; if it keeps going it is closed.
+    on_step
+        Called with each ``Step`` after it is recorded (progress bars, live plots).
+    queue_size
+        Snapshots the ingest thread may lag behind before the inversion waits for it.
+    batch_size
+        Largest number of snapshots whose residuals are computed in one ``residual_batch`` call.
+    workers
+        Threads for ``residual_batch`` (default: its own).
+    torch_threads
+        Cap of torch's threads while recording on CPU: ``"auto"`` is half the usable cores (at
+        least 1; the ingest's residuals use the rest), ``None`` leaves torch alone.  An explicit
+        ``torch_threads`` in the DIP config wins.
+    device_ingest
+        Compute the residuals and tile sums of snapshots that the inversion ran on a GPU there
+        (``Step.snapshot_device``; torch residual) rather than on the host (Numba).  Snapshots
+        made on the CPU are always ingested on the host.
+
+    Returns
+    -------
+    InversionResult
+        The generator's result (or one built from the history when it was cancelled or closed).
+        ``config.json`` records the status and the result.  A ``KeyboardInterrupt`` is re-raised
+        after the run has been written (status ``"interrupted"``).
+
+    Raises
+    ------
+    InputError
+        ``run_dir`` is open read-only, or another process is recording into it.
+    DippasError
+        Computing the residuals of the snapshots failed (status ``"failed"``); when the
+        inversion itself failed too, its exception is raised instead, with a note.
+
+    Notes
+    -----
+    The run's lock (``.lock``) is held until ``config.json`` says how the recording ended, so
+    ``dippas assemble`` run meanwhile uses the ready snapshots and never back-fills tile sums.
+    """
+    run = (
+        run_dir if isinstance(run_dir, RunDirectory) else RunDirectory.open(run_dir, writable=True)
+    )
+    if not run.writable:
+        raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
+    dip_cfg = run.config.get("dip_config") or {}
+    limit = max(1, usable_cpus() // 2) if torch_threads == "auto" else torch_threads
+    if dip_cfg.get("torch_threads") or not _device_is_cpu(dip_cfg):
+        limit = None
+    history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
+    n_kept = len(run.snapshots)
+    status, result = "failed", None
+    env_seen: dict | None = None  # the generator's environment, reported on its first step
+    body_error: BaseException | None = None
+    t0 = time.perf_counter()
+    ingest = _Ingest(run, queue_size=queue_size, batch_size=batch_size, workers=workers)
+    hist_fh = open(run.path / run.HISTORY, "a", encoding="utf-8")  # noqa: SIM115
+    grace = 2  # steps a cancelled generator may still yield before it is closed
+    try:
+        with _torch_threads(limit) as reapply:
+            while True:
+                try:
+                    step = next(generator)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if step.iteration == 1 or len(history["iteration"]) == 0:
+                    reapply()  # the generator may set torch's threads on its first step
+                if env_seen is None and getattr(step, "environment", None):
+                    env_seen = step.environment
+                kept = step.snapshot is not None
+                if kept:
+                    frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
+                    on_device = getattr(step, "snapshot_device", None)
+                    # a snapshot still on a GPU is ingested there: only its tile sums come back
+                    ingest.put(frame if on_device is None or not device_ingest else on_device)
+                    n_kept += 1
+                row = (
+                    int(step.iteration),
+                    float(step.loss),
+                    float(step.psnr),
+                    float(step.gamma),
+                    float(getattr(step, "gamma_star", float("nan"))),
+                    int(kept),
+                )
+                for k, v in zip(HISTORY_FIELDS, row, strict=True):
+                    history[k].append(v)
+                hist_fh.write(",".join(repr(v) for v in row) + "\n")
+                hist_fh.flush()
+                if on_step is not None:
+                    on_step(step)
+                if cancel is not None and cancel.cancelled:
+                    grace -= 1
+                    if grace < 0:
+                        generator.close()
+                        break
+        if result is None:  # closed after a cancel, or a generator that returns nothing
+            reason = "cancelled" if cancel is not None and cancel.cancelled else "ended"
+            result = _make_result(
+                history, n_kept, reason, run, time.perf_counter() - t0, env_seen
+            )
+        status = "cancelled" if getattr(result, "stop_reason", "") == "cancelled" else "finished"
+    except BaseException as exc:
+        body_error = exc
+        if isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        with contextlib.suppress(Exception):
+            generator.close()  # its clean-up (device memory) runs now, not at some GC
+        raise
+    finally:
+        hist_fh.close()
+        ingest_error: BaseException | None = None
+        try:
+            ingest.finish()
+        except BaseException as exc:  # noqa: BLE001 - recorded below, raised after config
+            ingest_error = exc
+            if body_error is None:
+                # the last tile sums are missing: the run did not finish, whatever the DIP did
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            else:
+                # the body's exception is the one that explains the run; keep it on top
+                body_error.add_note(f"(also: {exc})")
+        try:
+            run.snapshots.close()  # the stores are complete: reopen them as readers
+            run.tile_sums.close()
+            run.snapshots = SnapshotStore(run.path)
+            run.tile_sums = TileSums(run.path)
+            run.writable = False
+            info: dict[str, Any] = {
+                "n_iterations": len(history["iteration"]),
+                "n_snapshots": len(run.snapshots),
+                "n_tile_sums": len(run.tile_sums),
+                "best_psnr": max(history["psnr"]) if history["psnr"] else None,
+                "gamma": gamma_summary(history),
+                "elapsed_s": time.perf_counter() - t0,
+                "ingest_busy_s": ingest.busy_s,
+                "ingest_wait_s": ingest.wait_s,
+                "ingested_on_device": ingest.n_on_device,
+            }
+            if ingest_error is not None:
+                info["error"] = str(ingest_error)
+            env = (getattr(result, "environment", None) if result is not None else None) or (
+                env_seen or {}
+            )
+            if result is not None:
+                info["stop_reason"] = getattr(result, "stop_reason", None)
+                if getattr(result, "seed", None) is not None:
+                    run.config["seed"] = result.seed
+            if env:
+                info["environment"] = env
+            if isinstance(env, dict) and env.get("device"):
+                run.config["device"] = env["device"]  # the resolved device, never "auto"
+            run.update_config(status=status, result=info, versions=environment_info())
+        finally:
+            run._release_lock()  # held until config.json says how the recording ended
+        if ingest_error is not None and body_error is None:
+            raise ingest_error
+    return result
