@@ -20,14 +20,15 @@ count complete records, so a run killed midway opens and assembles from what it 
 so another process never truncates or back-fills the stores while they grow (where ``fcntl`` is
 missing, e.g. on Windows, there is no such guard).
 
-:func:`record` drives an ``invert`` generator: every kept snapshot is written to the store at once
-and handed to a background *ingest* thread through a bounded queue; the thread computes residuals in
-small batches (``residual_batch``, Numba, releases the GIL) and appends the tile sums; snapshots of
-an inversion on a GPU are ingested on that GPU (torch residual), only their tile sums come back.
-The inversion only waits when the thread is more than ``queue_size`` snapshots behind
-(back-pressure).  On CPU, torch and Numba fighting over the same cores slow each other
-several-fold, so while recording torch is capped to half the cores (one on a 2-core machine;
-unless the DIP config sets ``torch_threads`` explicitly), the other half left to the ingest.
+:func:`record` runs an :class:`~dippas_core.dip.inversion.Inversion`: every kept snapshot is
+written to the store at once and handed to a background *ingest* thread through a bounded queue;
+the thread computes residuals in small batches (``residual_batch``, Numba, releases the GIL) and
+appends the tile sums; snapshots of an inversion on a GPU are ingested on that GPU (torch
+residual), only their tile sums come back.  The inversion only waits when the thread is more than
+``queue_size`` snapshots behind (back-pressure).  On CPU, torch and Numba fighting over the same
+cores slow each other several-fold, so while recording the inversion's steps use half the cores
+(one on a 2-core machine; unless the DIP config sets ``torch_threads`` explicitly), the other half
+left to the ingest.
 
 The package's modules: :mod:`.format` (file names, version, JSON helpers), :mod:`.folders` (run
 folders, targets, temporary folders), :mod:`.checks` (a damaged run's errors),

@@ -203,6 +203,17 @@ class RunDirectory:
         return self.config.get("status", "recording")
 
     @property
+    def record_psnr(self) -> float:
+        """The recording threshold (dB): the DIP config's ``tau_psnr``, every snapshot at or above
+        it was kept.  Not the assembly's ``tau`` (:class:`~dippas_core.assembly.AssemblyParams`),
+        which picks among them.  38 dB (the DIP default) when the run does not say."""
+        dip = self.config.get("dip_config")
+        value = dip.get("tau_psnr") if isinstance(dip, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            return 38.0
+        return float(value)
+
+    @property
     def photo(self) -> np.ndarray:
         """The photo exactly as given to :meth:`create`."""
         if self._photo is None:
@@ -269,6 +280,42 @@ class RunDirectory:
         """Merge ``fields`` into ``config.json`` (atomic rewrite)."""
         self.config.update(jsonable(fields))
         atomic_write_text(self.path / self.CONFIG, json.dumps(self.config, indent=1))
+
+    def write_assembly(self, params: Any) -> None:
+        """Remember the assembly parameters last used (``assembly.json``, atomic), so that the run
+        reopens with the same result.  ``params``: an ``AssemblyParams`` or ``{"B", "L", "tau"}``.
+
+        Allowed on a run open read-only: the file is no part of the recording.
+        """
+        from ..assembly import AssemblyParams
+
+        if not isinstance(params, AssemblyParams):
+            params = AssemblyParams.from_dict(params)
+        atomic_write_text(self.path / self.ASSEMBLY, json.dumps(params.to_dict(), indent=1))
+
+    def read_assembly(self) -> Any:
+        """The ``AssemblyParams`` last written by :meth:`write_assembly`.
+
+        A field that is missing or garbled (a hand-edited or half-written file) takes its default
+        (B 64, L 10, tau the run's :attr:`record_psnr`): it never stops the run from opening.
+        """
+        from ..assembly import AssemblyParams
+
+        record = self.record_psnr
+        params = AssemblyParams(tau=record if np.isfinite(record) else 38.0)
+        try:
+            saved = json.loads((self.path / self.ASSEMBLY).read_text())
+        except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
+            return params
+        for name in ("B", "L", "tau"):
+            if saved.get(name) is not None:
+                try:
+                    params = params.replace(**{name: saved[name]})
+                except InputError:
+                    continue  # this one keeps its default
+        return params
 
     def ingest_frames(self, frames: np.ndarray, *, workers: int | None = None) -> np.ndarray:
         """Tile sums (n×Th×Tw×3) of stored uint16 frames (n×H×W×3): residual + products + sums."""

@@ -6,8 +6,8 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,27 +19,10 @@ from .directory import RunDirectory
 from .format import HISTORY_FIELDS, environment_info
 from .ingest import _Ingest
 
-__all__ = ["gamma_summary", "record"]
+if TYPE_CHECKING:
+    from ..dip.inversion import InversionResult, Step, StepSource
 
-
-@contextlib.contextmanager
-def _torch_threads(limit: int | None) -> Iterator[Callable[[], None]]:
-    """Cap torch's intra-op threads while recording; yields a function that re-applies the cap."""
-    torch = sys.modules.get("torch")
-    if torch is None or not limit:
-        yield lambda: None
-        return
-    previous = torch.get_num_threads()
-
-    def apply() -> None:
-        if torch.get_num_threads() != limit:
-            torch.set_num_threads(limit)
-
-    apply()
-    try:
-        yield apply
-    finally:
-        torch.set_num_threads(previous)
+__all__ = ["StepStream", "gamma_summary", "record"]
 
 
 def _device_is_cpu(dip_config: dict) -> bool:
@@ -88,11 +71,11 @@ def _make_result(
     run: RunDirectory,
     elapsed_s: float,
     environment: dict | None = None,
-) -> Any:
-    """An ``InversionResult`` for a generator that did not return one (cancelled or closed).
+) -> InversionResult:
+    """An ``InversionResult`` for a step source that has none (a plain iterable of steps).
 
-    ``environment`` is the one the generator reported on its first step (resolved device, speed
-    settings); without it, the package versions.
+    ``environment`` is the one reported on the first step (resolved device, speed settings);
+    without it, the package versions.
     """
     hist = {k: np.asarray(v) for k, v in history.items()}
     fields = dict(
@@ -104,40 +87,85 @@ def _make_result(
         environment=dict(environment) if environment else run.config.get("versions", {}),
         elapsed_s=elapsed_s,
     )
-    try:
-        from ..dip import InversionResult
+    from ..dip.inversion import InversionResult
 
-        return InversionResult(**fields)
-    except (ImportError, TypeError):
-        from types import SimpleNamespace
+    return InversionResult(**fields)
 
-        return SimpleNamespace(**fields)
+
+class StepStream:
+    """Any iterable of :class:`~dippas_core.dip.inversion.Step` as a step source for
+    :func:`record` (stand-ins in tests, replays, a queue fed by another thread).
+
+    It has no result of its own (:func:`record` builds one from the history it wrote), checks
+    its cancel token before taking each step and, once cancelled, closes a generator it wraps.
+    """
+
+    def __init__(self, steps: Iterable[Step], cancel: CancelToken | None = None) -> None:
+        self._steps = iter(steps)
+        self.cancel_token = cancel if cancel is not None else CancelToken()
+        self.result: InversionResult | None = None
+
+    def __iter__(self) -> StepStream:
+        return self
+
+    def __next__(self) -> Step:
+        if self.cancel_token.cancelled:
+            self.close()
+            raise StopIteration
+        return next(self._steps)
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    def close(self) -> None:
+        """Close the wrapped generator (its clean-up runs now, not at some garbage collection)."""
+        if isinstance(self._steps, Generator):
+            self._steps.close()
+
+    def share_cpu(self, threads: int | None) -> None:
+        """Nothing to share: these steps were computed elsewhere."""
+
+
+def _as_source(steps: StepSource | Iterable[Step], cancel: CancelToken | None) -> StepSource:
+    """``steps`` as a step source that stops when ``cancel`` is set (checked in one place)."""
+    from ..dip.inversion import StepSource
+
+    if not isinstance(steps, StepSource):
+        return StepStream(steps, cancel)
+    if cancel is not None and cancel is not steps.cancel_token:
+        raise InputError(
+            "record: cancel must be the inversion's own token (invert(..., cancel=token)) or "
+            "None; stop the inversion with inversion.cancel()"
+        )
+    return steps
 
 
 def record(
     run_dir: RunDirectory | str | os.PathLike,
-    generator: Iterator,
+    steps: StepSource | Iterable[Step],
     cancel: CancelToken | None = None,
-    on_step: Callable[[Any], None] | None = None,
+    on_step: Callable[[Step], None] | None = None,
     *,
     queue_size: int = 16,
     batch_size: int = 4,
     workers: int | None = None,
     torch_threads: int | None | str = "auto",
     device_ingest: bool = True,
-) -> Any:
-    """Drive an ``invert`` generator, streaming its kept snapshots into ``run_dir``.
+) -> InversionResult:
+    """Run an inversion, streaming its kept snapshots into ``run_dir``.
 
     Parameters
     ----------
     run_dir
         A writable :class:`RunDirectory` (from :meth:`RunDirectory.create`) or its path.
-    generator
-        The generator of :func:`dippas_core.dip.invert`: yields ``Step`` objects
-        (``iteration, loss, psnr, gamma, snapshot``) and returns an ``InversionResult``.
+    steps
+        The :class:`~dippas_core.dip.inversion.Inversion` of :func:`dippas_core.dip.invert`
+        (or another :class:`~dippas_core.dip.inversion.StepSource`), or any iterable of ``Step``
+        objects (``iteration, loss, psnr, gamma, snapshot``).
     cancel
-        When set, recording stops: the generator (which should share the token) finishes its
-        iteration and returns; if it keeps going it is closed.
+        The token that stops the recording: an inversion's own (``invert(..., cancel=token)``;
+        the inversion checks it before each iteration), or, for a plain iterable, one checked
+        before each step is taken.  ``None``: the source's own (``inversion.cancel()``).
     on_step
         Called with each ``Step`` after it is recorded (progress bars, live plots).
     queue_size
@@ -147,9 +175,9 @@ def record(
     workers
         Threads for ``residual_batch`` (default: its own).
     torch_threads
-        Cap of torch's threads while recording on CPU: ``"auto"`` is half the usable cores (at
-        least 1; the ingest's residuals use the rest), ``None`` leaves torch alone.  An explicit
-        ``torch_threads`` in the DIP config wins.
+        Torch threads of the inversion's steps on the CPU (:meth:`Inversion.share_cpu`):
+        ``"auto"`` is half the usable cores (at least 1; the ingest's residuals use the rest),
+        ``None`` leaves torch alone.  An explicit ``torch_threads`` in the DIP config wins.
     device_ingest
         Compute the residuals and tile sums of snapshots that the inversion ran on a GPU there
         (``Step.snapshot_device``; torch residual) rather than on the host (Numba).  Snapshots
@@ -158,14 +186,15 @@ def record(
     Returns
     -------
     InversionResult
-        The generator's result (or one built from the history when it was cancelled or closed).
+        The inversion's result (for a plain iterable, one built from the history).
         ``config.json`` records the status and the result.  A ``KeyboardInterrupt`` is re-raised
         after the run has been written (status ``"interrupted"``).
 
     Raises
     ------
     InputError
-        ``run_dir`` is open read-only, or another process is recording into it.
+        ``run_dir`` is open read-only, or another process is recording into it, or ``cancel``
+        is not the inversion's own token.
     DippasError
         Computing the residuals of the snapshots failed (status ``"failed"``); when the
         inversion itself failed too, its exception is raised instead, with a note.
@@ -180,116 +209,127 @@ def record(
     )
     if not run.writable:
         raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
-    dip_cfg = run.config.get("dip_config") or {}
-    limit = max(1, usable_cpus() // 2) if torch_threads == "auto" else torch_threads
-    if dip_cfg.get("torch_threads") or not _device_is_cpu(dip_cfg):
-        limit = None
+    source = _as_source(steps, cancel)
+    source.share_cpu(max(1, usable_cpus() // 2) if torch_threads == "auto" else torch_threads)
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
-    n_kept = len(run.snapshots)
+    n_before = len(run.snapshots)  # a run reopened to record more already holds some
     status, result = "failed", None
-    env_seen: dict | None = None  # the generator's environment, reported on its first step
+    env_seen: dict | None = None  # the inversion's environment, reported on its first step
     body_error: BaseException | None = None
     t0 = time.perf_counter()
     ingest = _Ingest(run, queue_size=queue_size, batch_size=batch_size, workers=workers)
     hist_fh = open(run.path / run.HISTORY, "a", encoding="utf-8")  # noqa: SIM115
-    grace = 2  # steps a cancelled generator may still yield before it is closed
     try:
-        with _torch_threads(limit) as reapply:
-            while True:
-                try:
-                    step = next(generator)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                if step.iteration == 1 or len(history["iteration"]) == 0:
-                    reapply()  # the generator may set torch's threads on its first step
-                if env_seen is None and getattr(step, "environment", None):
-                    env_seen = step.environment
-                kept = step.snapshot is not None
-                if kept:
-                    frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
-                    on_device = getattr(step, "snapshot_device", None)
-                    # a snapshot still on a GPU is ingested there: only its tile sums come back
-                    ingest.put(frame if on_device is None or not device_ingest else on_device)
-                    n_kept += 1
-                row = (
-                    int(step.iteration),
-                    float(step.loss),
-                    float(step.psnr),
-                    float(step.gamma),
-                    float(getattr(step, "gamma_star", float("nan"))),
-                    int(kept),
-                )
-                for k, v in zip(HISTORY_FIELDS, row, strict=True):
-                    history[k].append(v)
-                hist_fh.write(",".join(repr(v) for v in row) + "\n")
-                hist_fh.flush()
-                if on_step is not None:
-                    on_step(step)
-                if cancel is not None and cancel.cancelled:
-                    grace -= 1
-                    if grace < 0:
-                        generator.close()
-                        break
-        if result is None:  # closed after a cancel, or a generator that returns nothing
-            reason = "cancelled" if cancel is not None and cancel.cancelled else "ended"
-            result = _make_result(
-                history, n_kept, reason, run, time.perf_counter() - t0, env_seen
-            )
-        status = "cancelled" if getattr(result, "stop_reason", "") == "cancelled" else "finished"
+        for step in source:
+            if env_seen is None and step.environment:
+                env_seen = step.environment
+            _record_step(run, step, ingest, history, hist_fh, device_ingest)
+            if on_step is not None:
+                on_step(step)
+        result = source.result
+        if result is None:  # a plain iterable of steps: the result is what was recorded
+            reason = "cancelled" if source.cancel_token.cancelled else "ended"
+            n_kept = n_before + int(np.sum(history["kept"]))
+            elapsed = time.perf_counter() - t0
+            result = _make_result(history, n_kept, reason, run, elapsed, env_seen)
+        status = "cancelled" if result.stop_reason == "cancelled" else "finished"
     except BaseException as exc:
         body_error = exc
         if isinstance(exc, KeyboardInterrupt):
             status = "interrupted"
         with contextlib.suppress(Exception):
-            generator.close()  # its clean-up (device memory) runs now, not at some GC
+            source.close()  # its clean-up (device memory) runs now, not at some GC
         raise
     finally:
         hist_fh.close()
-        ingest_error: BaseException | None = None
-        try:
-            ingest.finish()
-        except BaseException as exc:  # noqa: BLE001 - recorded below, raised after config
-            ingest_error = exc
-            if body_error is None:
-                # the last tile sums are missing: the run did not finish, whatever the DIP did
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            else:
-                # the body's exception is the one that explains the run; keep it on top
-                body_error.add_note(f"(also: {exc})")
-        try:
-            run.snapshots.close()  # the stores are complete: reopen them as readers
-            run.tile_sums.close()
-            run.snapshots = SnapshotStore(run.path)
-            run.tile_sums = TileSums(run.path)
-            run.writable = False
-            info: dict[str, Any] = {
-                "n_iterations": len(history["iteration"]),
-                "n_snapshots": len(run.snapshots),
-                "n_tile_sums": len(run.tile_sums),
-                "best_psnr": max(history["psnr"]) if history["psnr"] else None,
-                "gamma": gamma_summary(history),
-                "elapsed_s": time.perf_counter() - t0,
-                "ingest_busy_s": ingest.busy_s,
-                "ingest_wait_s": ingest.wait_s,
-                "ingested_on_device": ingest.n_on_device,
-            }
-            if ingest_error is not None:
-                info["error"] = str(ingest_error)
-            env = (getattr(result, "environment", None) if result is not None else None) or (
-                env_seen or {}
-            )
-            if result is not None:
-                info["stop_reason"] = getattr(result, "stop_reason", None)
-                if getattr(result, "seed", None) is not None:
-                    run.config["seed"] = result.seed
-            if env:
-                info["environment"] = env
-            if isinstance(env, dict) and env.get("device"):
-                run.config["device"] = env["device"]  # the resolved device, never "auto"
-            run.update_config(status=status, result=info, versions=environment_info())
-        finally:
-            run._release_lock()  # held until config.json says how the recording ended
-        if ingest_error is not None and body_error is None:
-            raise ingest_error
+        _finish_recording(run, ingest, history, status, result, env_seen, body_error, t0)
     return result
+
+
+def _record_step(
+    run: RunDirectory,
+    step: Step,
+    ingest: _Ingest,
+    history: dict[str, list],
+    hist_fh: Any,
+    device_ingest: bool,
+) -> None:
+    """Store the step's snapshot (if kept), queue it for its tile sums, append its history row."""
+    kept = step.snapshot is not None
+    if kept:
+        frame = run.snapshots.append(step.snapshot, step.iteration, step.psnr)
+        on_device = step.snapshot_device
+        # a snapshot still on a GPU is ingested there: only its tile sums come back
+        ingest.put(frame if on_device is None or not device_ingest else on_device)
+    row = (
+        int(step.iteration),
+        float(step.loss),
+        float(step.psnr),
+        float(step.gamma),
+        float(step.gamma_star),
+        int(kept),
+    )
+    for k, v in zip(HISTORY_FIELDS, row, strict=True):
+        history[k].append(v)
+    hist_fh.write(",".join(repr(v) for v in row) + "\n")
+    hist_fh.flush()
+
+
+def _finish_recording(
+    run: RunDirectory,
+    ingest: _Ingest,
+    history: dict[str, list],
+    status: str,
+    result: InversionResult | None,
+    env_seen: dict | None,
+    body_error: BaseException | None,
+    t0: float,
+) -> None:
+    """Wait for the ingest, write how the recording ended into ``config.json``, drop the lock.
+
+    Raises the ingest's error when it failed and the recording itself did not.
+    """
+    ingest_error: BaseException | None = None
+    try:
+        ingest.finish()
+    except BaseException as exc:  # noqa: BLE001 - recorded below, raised after config
+        ingest_error = exc
+        if body_error is None:
+            # the last tile sums are missing: the run did not finish, whatever the DIP did
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        else:
+            # the body's exception is the one that explains the run; keep it on top
+            body_error.add_note(f"(also: {exc})")
+    try:
+        run.snapshots.close()  # the stores are complete: reopen them as readers
+        run.tile_sums.close()
+        run.snapshots = SnapshotStore(run.path)
+        run.tile_sums = TileSums(run.path)
+        run.writable = False
+        info: dict[str, Any] = {
+            "n_iterations": len(history["iteration"]),
+            "n_snapshots": len(run.snapshots),
+            "n_tile_sums": len(run.tile_sums),
+            "best_psnr": max(history["psnr"]) if history["psnr"] else None,
+            "gamma": gamma_summary(history),
+            "elapsed_s": time.perf_counter() - t0,
+            "ingest_busy_s": ingest.busy_s,
+            "ingest_wait_s": ingest.wait_s,
+            "ingested_on_device": ingest.n_on_device,
+        }
+        if ingest_error is not None:
+            info["error"] = str(ingest_error)
+        env = (result.environment if result is not None else None) or env_seen or {}
+        if result is not None:
+            info["stop_reason"] = result.stop_reason
+            if result.seed is not None:
+                run.config["seed"] = result.seed
+        if env:
+            info["environment"] = env
+        if isinstance(env, dict) and env.get("device"):
+            run.config["device"] = env["device"]  # the resolved device, never "auto"
+        run.update_config(status=status, result=info, versions=environment_info())
+    finally:
+        run._release_lock()  # held until config.json says how the recording ended
+    if ingest_error is not None and body_error is None:
+        raise ingest_error
