@@ -84,7 +84,7 @@ def test_anonymize_config_gives_its_assembly_params():
     assert config.assembly == AssemblyParams(32, 5, 31.0)  # tau None: the recording's tau_psnr
     assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(128, 2, 38.0)
     with pytest.raises(InputError, match="L .*>= 1"):
-        AnonymizeConfig(L=0).assembly
+        _ = AnonymizeConfig(L=0).assembly
 
 
 def test_the_run_owns_its_assembly_file(synthetic_run):
