@@ -208,7 +208,12 @@ def fingerprint_parts(
     if fingerprint is None:
         return None, None
     if isinstance(fingerprint, Fingerprint):
-        info = {k: getattr(fingerprint, k) for k in ("camera", "n_images", "sigma", "version")}
+        info = {
+            "camera": fingerprint.camera,
+            "n_images": fingerprint.n_images,
+            "sigma": fingerprint.sigma,
+            "version": fingerprint.version,
+        }
         return as_plane(fingerprint.K, "fingerprint K"), info
     if isinstance(fingerprint, np.ndarray | list | tuple):
         return as_plane(fingerprint, "fingerprint K"), {}

@@ -60,8 +60,8 @@ from .format import (
     jsonable,
 )
 from .ingest import _same_kind_runs as _same_kind_runs  # tests look at the batching
+from .recorder import StepStream, gamma_summary, record
 from .recorder import _device_is_cpu as _device_is_cpu  # the tiled batch's thread rule
-from .recorder import gamma_summary, record
 
 __all__ = [
     "ASSEMBLY",
@@ -73,6 +73,7 @@ __all__ = [
     "TEMPORARY_PREFIX",
     "DamagedRunError",
     "RunDirectory",
+    "StepStream",
     "check_run_target",
     "check_writable_folder",
     "clean_stale_temporary_runs",
