@@ -382,11 +382,15 @@ def test_cancelling_a_real_inversion_keeps_the_resolved_device(tmp_path, rng):
     cfg = DIPConfig.preset("tiny", device="auto", max_iter=50, torch_threads=1)
     run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config=cfg)
     assert run.config["device"] == "auto"
-    inversion = invert(photo, K, cfg)
-    result = record(run, inversion, on_step=lambda s: inversion.cancel())
+    inversion = invert(photo, K, cfg.replace(tau_psnr=-np.inf))  # every output a snapshot
+    result = record(run, inversion, on_step=lambda s: s.iteration == 3 and inversion.cancel())
     assert result is inversion.result
-    assert result.stop_reason == "cancelled" and result.n_iterations == 1  # the next check stops it
+    assert result.stop_reason == "cancelled" and result.n_iterations == 3  # the next check stops it
     back = RunDirectory.open(run.path)
+    assert back.status == "cancelled" and back.n_ready == len(back.snapshots) == 3
+    # the finished steps are all kept, in the run as in the result
+    np.testing.assert_allclose(back.history()["psnr"], result.history["psnr"])
+    np.testing.assert_allclose(back.snapshots.psnrs, result.history["psnr"], rtol=1e-6)
     device = back.config["device"]
     assert device != "auto" and device == result.environment["device"]
     env = back.config["result"]["environment"]
