@@ -163,17 +163,17 @@ def test_out_of_memory_in_a_step_does_not_pin_its_tensors(photo, monkeypatch, re
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(inversion_module._Inverter, "step", boom)
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
     with pytest.raises(DeviceError) as info:
-        next(gen)
+        next(inversion)
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # the cause is still told
     assert pinned[0]() is None and release_spy == [True]
 
 
 def test_first_step_reports_the_environment(photo):
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
-    first, second = next(gen), next(gen)
-    gen.close()
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    first, second = next(inversion), next(inversion)
+    inversion.close()
     env = first.environment
     assert env["device"].startswith("cpu") and second.environment is None
     assert {"cudnn_benchmark", "cudnn_deterministic", "deterministic"} <= set(env)
@@ -342,9 +342,9 @@ def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, rele
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(inversion_module._Inverter, "step", boom)
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
     with pytest.raises(DeviceError, match=r"out of memory.*widths.*z_channels.*amp=True"):
-        next(gen)
+        next(inversion)
     assert release_spy == [True]
 
 
@@ -359,11 +359,12 @@ def test_threads_apply_to_the_steps_only(photo, monkeypatch):
     monkeypatch.setattr(inversion_module._Inverter, "step", spy)
     torch.set_num_threads(2)
     try:
-        gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(torch_threads=1))
-        next(gen)
+        zeros = np.zeros(photo.shape[:2], np.float32)
+        inversion = invert(photo, zeros, TINY.replace(torch_threads=1))
+        next(inversion)
         assert torch.get_num_threads() == 2  # the caller's setting between steps
-        next(gen)
-        gen.close()
+        next(inversion)
+        inversion.close()
         assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
