@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+__all__: list[str] = []  # the run's writers take it through RunDirectory
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, the stores are simply not guarded

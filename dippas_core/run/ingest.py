@@ -13,6 +13,8 @@ import numpy as np
 from ..errors import DippasError
 from .directory import RunDirectory
 
+__all__: list[str] = []  # used by the recorder only
+
 _STOP = object()
 
 
