@@ -75,8 +75,8 @@ class AssemblyParams:
     tau: float | None = 38.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "B", _whole(self.B, "block size B"))
-        object.__setattr__(self, "L", _whole(self.L, "L (snapshots averaged per block)"))
+        object.__setattr__(self, "B", _whole(self.B, "B", "block size B"))
+        object.__setattr__(self, "L", _whole(self.L, "L", "L (snapshots averaged per block)"))
         if self.tau is not None:
             object.__setattr__(self, "tau", _finite_db(self.tau))
 
@@ -133,9 +133,9 @@ class AssemblyParams:
         return cls(B, L, tau)
 
 
-def _whole(value: Any, what: str) -> int:
+def _whole(value: Any, name: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InputError(f"{what} must be an integer >= 1, got {value!r}")
+        raise InputError(f"{what} must be an integer >= 1, got {name}={value!r}")
     return int(value)
 
 

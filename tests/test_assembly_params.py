@@ -18,11 +18,11 @@ from dippas_core.run import RunDirectory
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"B": 0}, r"block size B must be an integer >= 1, got 0"),
-        ({"B": 32.0}, r"block size B must be an integer >= 1, got 32\.0"),
-        ({"B": True}, r"block size B must be an integer >= 1, got True"),
-        ({"L": 0}, r"L \(snapshots averaged per block\) must be an integer >= 1, got 0"),
-        ({"L": "3"}, r"L .*integer >= 1, got '3'"),
+        ({"B": 0}, r"block size B must be an integer >= 1, got B=0"),
+        ({"B": 32.0}, r"block size B must be an integer >= 1, got B=32\.0"),
+        ({"B": True}, r"block size B must be an integer >= 1, got B=True"),
+        ({"L": 0}, r"L \(snapshots averaged per block\) must be an integer >= 1, got L=0"),
+        ({"L": "3"}, r"L .*integer >= 1, got L='3'"),
         ({"tau": float("nan")}, r"tau \(PSNR threshold, dB\) must be finite, got nan"),
         ({"tau": -np.inf}, r"tau .*must be finite"),
         ({"tau": "high"}, r"tau .*must be a number, got 'high'"),
