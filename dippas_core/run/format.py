@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import platform
 from importlib import metadata
-from pathlib import Path
-from typing import Any
 
-import numpy as np
+from .._json import jsonable
 
 __all__ = [
     "ASSEMBLY",
@@ -53,21 +51,3 @@ def environment_info() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             info[dist] = metadata.version(dist)
     return info
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` made JSON-ready, recursively: NumPy scalars and arrays, paths, config objects."""
-    if hasattr(value, "to_dict"):
-        return jsonable(value.to_dict())
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
