@@ -82,20 +82,25 @@ def peak_rss_mib() -> float:
 
 
 def stub_invert(n_snapshots: int):
-    """An ``invert`` stand-in: ``n_snapshots`` outputs (the tile plus noise), no network."""
-    from dippas_core.dip.inversion import Step
+    """An ``invert`` stand-in: ``n_snapshots`` outputs (the tile plus noise), no network.
 
-    def invert(photo, P, config, cancel=None, **_):
+    It returns a :class:`~dippas_core.run.StepStream` (the step source ``record`` takes for
+    steps computed elsewhere), as ``invert`` returns an ``Inversion``.
+    """
+    from dippas_core.dip.inversion import Step
+    from dippas_core.run import StepStream
+
+    def steps(photo, config):
         rng = np.random.default_rng(int(config.seed))
         img = np.asarray(photo, np.float32)
         if img.max() > 255:
             img = img / 257.0
         for i in range(1, n_snapshots + 1):
-            if cancel is not None and cancel.cancelled:
-                return None
             snap = np.clip(img + rng.normal(0, 2.0, img.shape).astype(np.float32), 0, 255)
             yield Step(i, 1e-3, 40.0 + 0.1 * i, 0.0, snap)
-        return None
+
+    def invert(photo, P, config, cancel=None, **_):
+        return StepStream(steps(photo, config), cancel)
 
     return invert
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .cancel import CancelToken
 from .errors import DippasError, InputError
 
 __all__ = [
@@ -201,27 +202,31 @@ def choose_execution(
 # the task on a worker
 
 
-class _ClusterCancel:
-    """A cancel token a task reads on its worker: a ``distributed.Event`` polled at most once a
-    second (each poll asks the scheduler)."""
+class _ClusterCancel(CancelToken):
+    """The run's stop as a task on a worker sees it: a :class:`CancelToken` that is also set by
+    a ``distributed.Event``, polled at most once a second (each poll asks the scheduler)."""
 
     def __init__(self, name: str) -> None:
         from distributed import Event
 
-        self._event = Event(name)
+        super().__init__()
+        self._stop = Event(name)
         self._checked = 0.0
-        self._set = False
 
     @property
     def cancelled(self) -> bool:
+        if super().cancelled:
+            return True
         now = time.monotonic()
-        if not self._set and now - self._checked >= CANCEL_POLL_S:
+        if now - self._checked >= CANCEL_POLL_S:
             self._checked = now
             try:
-                self._set = bool(self._event.is_set())
+                stopped = bool(self._stop.is_set())
             except Exception:  # noqa: BLE001 - a lost scheduler: stop rather than run on
-                self._set = True
-        return self._set
+                stopped = True
+            if stopped:
+                self.cancel()
+        return super().cancelled
 
 
 def _worker_device(config: Any) -> Any:
