@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--lr", type=float, default=None,
-        help="the DIP learning rate (default: the preset's); to re-choose it on the held-out photos",
+        help="the DIP learning rate (default: the preset's), to re-choose it on held-out photos",
     )
     p.add_argument(
         "--held-out", action="store_true",
