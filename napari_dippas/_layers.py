@@ -372,6 +372,9 @@ def snapshots_layer(stack: np.ndarray, *, name: str = "snapshots", **info: Any) 
     kwargs: dict[str, Any] = {
         "name": name,
         "rgb": True,
+        # the slider walks through snapshots: it says so (napari's default label is "-3"), and
+        # the label is the layer's, so napari keeps it whenever the dims are rebuilt
+        "axis_labels": ("snapshot", "y", "x"),
         "metadata": {"dippas": {"kind": "snapshots", **info}},
     }
     if stack.dtype == np.uint16:

@@ -720,11 +720,6 @@ class AnonymizeWidget(DockWidget):
         )
         # transparent, not hidden: a hidden layer leaves the dims, and the slider would come and go
         layer.opacity = 0.0
-        # the slider walks through snapshots: say so, instead of napari's axis number ("-3")
-        labels = list(self.viewer.dims.axis_labels)
-        if len(labels) >= 3 and labels[-3] != "snapshot":
-            labels[-3] = "snapshot"
-            self.viewer.dims.axis_labels = labels
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
