@@ -231,6 +231,12 @@ class AnonymizeWidget(DockWidget):
                       self.state.tiles.events.offset):
             event.connect(self._show_tiles)
         self.state.trace_checked.connect(self._show_trace)
+        # a plan on screen follows the photo, the region and the tile settings
+        for spin in self.region.fields.values():
+            spin.valueChanged.connect(self._plan_changed)
+        self.settings.events.tile_size.connect(self._plan_changed)
+        self.settings.events.overlap.connect(self._plan_changed)
+        self.photo.currentTextChanged.connect(self._plan_changed)
         #: set once torch and the kernels are loaded (see :meth:`_warm_up`)
         self.warm = threading.Event()
         threading.Thread(target=self._warm_up, name="dippas-warm-up", daemon=True).start()
@@ -437,6 +443,21 @@ class AnonymizeWidget(DockWidget):
         self.state.tiles.set_plan(plan, region.translate)
         return plan
 
+    def _plan_changed(self, *_: Any) -> None:
+        """The plan's inputs changed: the estimate is stale, a plan on screen is redrawn."""
+        from dippas_core.errors import DippasError
+
+        if self.running or self.closed:
+            return
+        self.estimate.setText("")
+        if self.state.tiles.rects:
+            try:
+                plan, region, _ = self._plan()
+            except DippasError:
+                return  # (e.g. a region typed halfway)
+            self._tiles_run_dir = ""
+            self.state.tiles.set_plan(plan, region.translate)
+
     def plan_and_estimate(self) -> None:
         """The "Plan & estimate time" button: draw the plan, then time this device (worker)."""
         from dippas_core.tiled import estimate_cost
@@ -572,14 +593,15 @@ class AnonymizeWidget(DockWidget):
         self.job.start(dip.max_iter, str(self.run_path), dip.tau_psnr)
         self._started_at = time.monotonic()
         self._tiles_run_dir = str(self.run_path)
+        self.state.tiles.set_plan(plan, region.translate)
         if tiled:
-            self.state.tiles.set_plan(plan, region.translate)
             self.progress.setRange(0, len(plan))
             self.progress.setFormat("%v / %m tiles")
         else:
             self.progress.setRange(0, dip.max_iter)
             self.progress.setFormat("%v / %m iterations")
             self._prepare_snapshots_layer(photo.shape[:2])
+            self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
         self.progress.setValue(0)
         run_path, job_model = self.run_path, self.job
         written = threading.Event()
@@ -803,6 +825,10 @@ class AnonymizeWidget(DockWidget):
         self._previous_snapshots = None  # replaced for good: let its memory map go
         if self.closed:  # the viewer may be gone with the widget: leave it alone
             return
+        if not self._tiled and self.job.status == "finished":
+            below = result.report.get("below_tau") or []
+            self.state.tiles.finish_tile(TileFinished(0, float(below[0]["short_db"]) if below
+                                                      else 0.0))
         self.state.tiles.run_ended()
         if not self._tiled:
             self._refresh_snapshots(force=True)
@@ -860,6 +886,7 @@ class AnonymizeWidget(DockWidget):
     def _on_error(self, exc: BaseException) -> None:
         """The run failed (``job.status`` is already set): drop its placeholder layer."""
         self.cancel = None
+        self.state.tiles.run_ended()
         if not self.closed:
             self._drop_placeholder()
 

@@ -52,12 +52,16 @@ def test_plan_drawn_over_the_region_with_a_time_estimate(viewer, qtbot, tiled):
     np.testing.assert_allclose(lo, (63.5, 95.5))
     np.testing.assert_allclose(hi, (159.5, 191.5))
     # the estimate times this device (the CPU here, with its threads) for this plan
-    qtbot.waitUntil(lambda: "Time:" in anon.estimate.text() or "No estimate" in
-                    anon.estimate.text(), timeout=120_000)
+    assert not anon.plan_button.isEnabled()  # while it times the device
+    qtbot.waitUntil(anon.plan_button.isEnabled, timeout=120_000)
     text = anon.estimate.text()
     assert "4 tiles (2×2) of 64×64 px" in text and "4 tiles ×" in text, text
     assert "on cpu" in text and "thread" in text, text
-    assert anon.plan_button.isEnabled()
+    # the plan on screen follows the settings; the estimate, now stale, goes
+    anon.tile_size.setValue(128)
+    assert len(viewer.layers["tiles"].data) == 1 and anon.estimate.text() == ""
+    anon.region.set_region(Region(0, 0, 256, 192))
+    assert len(viewer.layers["tiles"].data) == 6  # 3 rows × 2 columns of 128 px
     anon.close_down()
 
 
