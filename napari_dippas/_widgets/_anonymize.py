@@ -623,6 +623,10 @@ class AnonymizeWidget(DockWidget):
                 record_once()
                 report(TileFinished.from_stats(tile.index, stats))
 
+            def step_taken(step: Any) -> None:
+                record_once()  # a one-tile run's folder exists from its first step on
+                report(StepSummary.from_step(step))
+
             # flagged before the inversion: is there a trace to remove at all?
             reference = None if fingerprint is None else fingerprint.K
             if reference is not None:  # (blind mode: the photo's own residual always "matches")
@@ -630,7 +634,7 @@ class AnonymizeWidget(DockWidget):
                 report(TraceCheck(check.pce, int(photo.shape[0] * photo.shape[1])))
             result = anonymize(
                 photo, fingerprint, config, run_dir=run_path, cancel=cancel,
-                on_step=lambda step: report(StepSummary.from_step(step)),
+                on_step=step_taken,
                 on_tile=tile_started, on_tile_done=tile_done,
             )
             if result.report.get("partial"):
@@ -718,7 +722,9 @@ class AnonymizeWidget(DockWidget):
         plot_due = now - self._last_plot >= PLOT_INTERVAL_S
         # never the layer and the plot in one turn of the event loop (each costs tens of ms);
         # when both are due, the one that waited longer goes first
-        layer_updated = not self._tiled and self._refresh_snapshots(
+        # the store on disk is read only while the steps say it holds snapshots not yet shown
+        unseen = self.job.n_snapshots > min(self._n_shown, self._n_ncc)
+        layer_updated = not self._tiled and unseen and self._refresh_snapshots(
             allow_layer=not plot_due or self._last_layer <= self._last_plot
         )
         if plot_due and not layer_updated:
@@ -766,8 +772,6 @@ class AnonymizeWidget(DockWidget):
                 return False
             self._store = SnapshotStore(self.run_path)
             self._tile_sums = TileSums(self.run_path)
-            if self._record is not None:  # the run folder exists now: record where it came from
-                write_provenance(self.run_path, self._record)
         now = time.monotonic()
         n = self._store.refresh()
         due = force or (allow_layer and now - self._last_layer >= LAYER_INTERVAL_S)
