@@ -319,6 +319,10 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
         label.startswith("-") for label in labels) for ndim, labels in dims_seen), dims_seen
     # the result is selected (its controls show), not the snapshots layer
     assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    # a region that fits one tile is one tile, done, drawn over the region
+    tiles = viewer.layers["tiles"]
+    assert list(tiles.features["state"]) in (["done"], ["fell short"])
+    np.testing.assert_allclose(np.asarray(tiles.extent.world), [(95.5, 127.5), (159.5, 191.5)])
     assert not asked  # 64×64 is no big run
     assert anon.progress.value() == anon.progress.maximum()  # 100 % when done
     assert "PCE" in anon.trace_note

@@ -391,9 +391,9 @@ def test_removing_a_dock_disconnects_the_widget(viewer, qtbot, synthetic_run):
     viewer.window.add_dock_widget(asm, name="Assemble")
     asm.open_run_folder(path)
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
-    assert asm.run.count() == 1 and asm._watched is not None
+    assert asm.run.count() == 1
     viewer.window.remove_dock_widget(asm)
-    assert asm.closed and asm._watched is None and not asm._debounce.isActive()
+    assert asm.closed  # (what it no longer does is checked below, as a user would see it)
     viewer.add_image(np.zeros((1, 64, 64, 3), np.uint16), rgb=True, name="other snapshots",
                      metadata={"dippas": {"kind": "snapshots", "run_dir": str(path)}})
     assert asm.run.count() == 1  # the run list no longer follows the viewer
