@@ -50,7 +50,7 @@ BLOCK_NCC_LIMIT = 0.05
 
 #: Edge colours of the states a rectangle (a tile of a whole-photo run) can be in.
 RECT_STATE_COLORS = {
-    "waiting": "#9e9e9e",
+    "waiting": "#42a5f5",  # blue: grey vanished on a grey sky
     "running": "#ffb300",
     "done": "#43a047",
     "fell short": "#e53935",

@@ -120,3 +120,28 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
                  and layer.metadata["dippas"].get("run_dir") == str(fresh.run_path)]
     np.testing.assert_array_equal(output.data, resumed)
     fresh.close_down()
+
+
+def test_in_a_plugin_dock_layers_are_updated_in_place(viewer, qtbot, small, tiny_settings,
+                                                      configure, tmp_path):
+    """A dock opened from the Plugins menu gets napari's proxy of the viewer: the run's layers
+    must still be updated in place (one ``tiles``, one ``snapshots`` layer), never re-added."""
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    viewer.add_image(fp.K, name="fingerprint",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": "cam"}})
+    _, anon = viewer.window.add_plugin_dock_widget("napari-dippas", "Anonymize")
+    configure(anon, tiny_settings)
+    anon.runs_folder.set_path(tmp_path)
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+    anon.start()
+    snapshots = viewer.layers["snapshots"]
+    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
+    assert anon.job.status == "finished", anon.status.text()
+    assert viewer.layers["snapshots"] is snapshots and snapshots.data.shape[0] > 1
+    assert inserted.count("tiles") == 1 and inserted.count("snapshots") == 1, inserted
+    assert not any(name.endswith("]") for name in inserted), inserted
+    assert list(viewer.layers["tiles"].features["state"]) in (["done"], ["fell short"])
+    assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    anon.close_down()
