@@ -189,6 +189,7 @@ class AnonymizeWidget(DockWidget):
         self.plan_button.clicked.connect(self.plan_and_estimate)
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
+        self.estimate.setVisible(False)  # shown with an estimate (no gap in the form without)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.toggle)
         self.progress = QProgressBar()
@@ -443,13 +444,17 @@ class AnonymizeWidget(DockWidget):
         self.state.tiles.set_plan(plan, region.translate)
         return plan
 
+    def _show_estimate(self, text: str) -> None:
+        self.estimate.setText(text)
+        self.estimate.setVisible(bool(text))
+
     def _plan_changed(self, *_: Any) -> None:
         """The plan's inputs changed: the estimate is stale, a plan on screen is redrawn."""
         from dippas_core.errors import DippasError
 
         if self.running or self.closed:
             return
-        self.estimate.setText("")
+        self._show_estimate("")
         if self.state.tiles.rects:
             try:
                 plan, region, _ = self._plan()
@@ -467,7 +472,7 @@ class AnonymizeWidget(DockWidget):
             return
         config = self.settings.anonymize_config()
         shape = plan.shape
-        self.estimate.setText(f"{plan.describe()}; timing a few iterations on "
+        self._show_estimate(f"{plan.describe()}; timing a few iterations on "
                               f"{self.settings.device}…")
         self.plan_button.setEnabled(False)
 
@@ -477,11 +482,11 @@ class AnonymizeWidget(DockWidget):
 
         def returned(cost: Any) -> None:
             if not self.closed:
-                self.estimate.setText(f"{plan.describe()}.\nTime: {cost.text}.")
+                self._show_estimate(f"{plan.describe()}.\nTime: {cost.text}.")
 
         def errored(exc: BaseException) -> None:
             if not self.closed:
-                self.estimate.setText(f"No estimate: {exc}")
+                self._show_estimate(f"No estimate: {exc}")
 
         def finished() -> None:
             if not self.closed:
