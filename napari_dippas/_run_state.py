@@ -10,13 +10,17 @@ viewer, as napari-animation's model is driven without Qt.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from psygnal import EventedModel, Signal
 
-from ._models import AnonymizeJob, StepSummary
+from ._models import PROVENANCE_FILE, AnonymizeJob, StepSummary, sha256_array
 
 __all__ = [
     "TILE_STATES",
@@ -25,6 +29,8 @@ __all__ = [
     "TileFinished",
     "TileStarted",
     "TraceCheck",
+    "job_key",
+    "resumable_run",
 ]
 
 TileStateName = Literal["waiting", "running", "done", "fell short"]
@@ -184,3 +190,46 @@ class RunState:
         """A tile's inversion starts at iteration 0: its own PSNR curve, its own speed."""
         self.job.update({"iteration": 0, "psnr": float("nan"), "best_psnr": float("nan"),
                          "first_iteration": 0, "first_elapsed_s": 0.0})
+
+
+# --------------------------------------------------------------------------------------------
+# resuming a stopped whole-photo run
+
+
+def job_key(
+    photo: np.ndarray, K: np.ndarray | None, region: dict[str, int], mode: str,
+    config: dict[str, Any],
+) -> str:
+    """What makes two runs the same job (SHA-256): the pixels, the fingerprint, the region, the
+    mode and the whole configuration.  Recorded as ``job_key`` in the run's viewer record."""
+    job = {
+        "photo": sha256_array(photo),
+        "fingerprint": None if K is None else sha256_array(np.asarray(K)),
+        "region": region,
+        "mode": mode,
+        "config": config,
+    }
+    text = json.dumps(job, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def resumable_run(root: Path, key: str, n_tiles: int) -> Path | None:
+    """The newest stopped photo run of job ``key`` in the runs folder ``root`` (None if none).
+
+    Only a run that finished some but not all of its ``n_tiles`` tiles: one stopped before its
+    first tile saved nothing, and a new run (with its cost question) is the same.
+    """
+    from dippas_core.tiled import PhotoRun
+
+    found = []
+    for record in root.glob(f"*/{PROVENANCE_FILE}") if root.is_dir() else ():
+        folder = record.parent
+        if not (folder / PhotoRun.META).is_file():
+            continue
+        try:
+            same = json.loads(record.read_text()).get("job_key") == key
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same and 0 < PhotoRun.count_done(folder) < n_tiles:
+            found.append(folder)
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from .._layers import (
 )
 from .._models import (
     DECISION_LEVEL_PCE,
-    PROVENANCE_FILE,
     AnonymizeSettings,
     RunHistory,
     StepSummary,
@@ -47,7 +45,14 @@ from .._models import (
     trace_warning,
     write_provenance,
 )
-from .._run_state import RunState, TileFinished, TileStarted, TraceCheck
+from .._run_state import (
+    RunState,
+    TileFinished,
+    TileStarted,
+    TraceCheck,
+    job_key,
+    resumable_run,
+)
 from .._workers import start_job
 from ._attribution import camera_of, is_fingerprint, is_photo, size_problem
 from ._common import (
@@ -509,43 +514,6 @@ class AnonymizeWidget(DockWidget):
         )
         self._show_job()
 
-    # -- resuming a stopped whole-photo run ------------------------------------------------------
-    def _job_key(self, photo: np.ndarray, fingerprint: Any, region: Region, config: Any) -> str:
-        """What makes two runs the same job: pixels, fingerprint, region, settings (SHA-256)."""
-        import hashlib
-
-        job = {
-            "photo": sha256_array(photo),
-            "fingerprint": None if fingerprint is None else sha256_array(fingerprint.K),
-            "region": region.as_dict(),
-            "mode": self.settings.mode,
-            "config": config.to_dict(),
-        }
-        text = json.dumps(job, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def resumable_run(self, key: str, n_tiles: int) -> Path | None:
-        """The newest stopped photo run of the same job in the runs folder (None if none).
-
-        Only a run that finished some of its tiles: one stopped before its first tile saved
-        nothing, and a new run (with its cost question) is the same.
-        """
-        from dippas_core.tiled import PhotoRun
-
-        root = self.runs_folder.path() or DEFAULT_RUNS_FOLDER
-        found = []
-        for record in root.glob(f"*/{PROVENANCE_FILE}") if root.is_dir() else ():
-            folder = record.parent
-            if not (folder / PhotoRun.META).is_file():
-                continue
-            try:
-                same = json.loads(record.read_text()).get("job_key") == key
-            except (OSError, ValueError, AttributeError):
-                continue
-            if same and 0 < PhotoRun.count_done(folder) < n_tiles:
-                found.append(folder)
-        return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
     # -- run ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start a run in a worker thread (a stopped whole-photo run of the same job resumes)."""
@@ -568,8 +536,10 @@ class AnonymizeWidget(DockWidget):
             self.job.update({"status": "failed", "message": str(exc)})
             return
         self._tiled = tiled = len(plan) > 1
-        key = self._job_key(photo, fingerprint, region, config)
-        resume = self.resumable_run(key, len(plan)) if tiled else None
+        key = job_key(photo, None if fingerprint is None else fingerprint.K, region.as_dict(),
+                      self.settings.mode, config.to_dict())
+        root = self.runs_folder.path() or DEFAULT_RUNS_FOLDER
+        resume = resumable_run(root, key, len(plan)) if tiled else None
         if resume is None:
             cost = estimate_run_cost(photo.shape, dip.max_iter, self.settings.device)
             if cost.needs_confirmation and not self.confirm(cost.warning()):

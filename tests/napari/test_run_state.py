@@ -7,7 +7,14 @@ import pytest
 
 from dippas_core.tiling import plan_tiles
 from napari_dippas._models import StepSummary
-from napari_dippas._run_state import RunState, TileFinished, TileStarted, TraceCheck
+from napari_dippas._run_state import (
+    RunState,
+    TileFinished,
+    TileStarted,
+    TraceCheck,
+    job_key,
+    resumable_run,
+)
 
 
 def _step(i: int, psnr: float, kept: bool = False) -> StepSummary:
@@ -72,6 +79,7 @@ def test_fed_by_a_real_tiled_run_then_its_resume(sample, tmp_path):
     from dippas_core.cancel import CancelToken
     from dippas_core.dip import DIPConfig
     from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from napari_dippas._models import write_provenance
 
     photo, fp = sample
     crop = np.ascontiguousarray(photo[64:160, 96:192])
@@ -106,6 +114,19 @@ def test_fed_by_a_real_tiled_run_then_its_resume(sample, tmp_path):
     stopped = run(first, CancelToken())
     assert stopped.report["partial"]
     assert first.tiles.n_finished == 1 and first.tiles.states[1:] == ("waiting",) * 3
+    # the stopped run is found again by its job: same pixels, fingerprint, region, settings
+    region = {"y": 64, "x": 96, "h": 96, "w": 96}
+    key = job_key(crop, K, region, "aware", config.to_dict())
+    write_provenance(tmp_path / "run", {"job_key": key})
+    assert resumable_run(tmp_path, key, len(plan)) == tmp_path / "run"
+    other = [
+        job_key(crop, K, {**region, "y": 66}, "aware", config.to_dict()),
+        job_key(crop, None, region, "blind", config.to_dict()),
+        job_key(crop[::-1], K, region, "aware", config.to_dict()),
+        job_key(crop, K, region, "aware", {**config.to_dict(), "overlap": 64}),
+    ]
+    assert len({key, *other}) == 5
+    assert all(resumable_run(tmp_path, k, len(plan)) is None for k in other)
     second = RunState()
     second.tiles.set_plan(plan)
     result = run(second)
@@ -113,3 +134,4 @@ def test_fed_by_a_real_tiled_run_then_its_resume(sample, tmp_path):
     # the finished tile was read back, not inverted again
     assert second.tiles.n_resumed == 1 and second.tiles.n_started == 3
     assert result.report["resumed_tiles"] == [0]
+    assert resumable_run(tmp_path, key, len(plan)) is None  # finished: nothing to resume
