@@ -31,6 +31,8 @@ _API = {
     "ncc": "correlation",
     "pce": "correlation",
     "block_ncc": "correlation",
+    "attribute": "attribution",
+    "Attribution": "attribution",
     "psnr": "metrics",
     "roc_curve": "metrics",
     "roc_auc": "metrics",

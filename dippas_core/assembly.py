@@ -198,9 +198,9 @@ def rank_snapshots(
 
 def _finish(mean: np.ndarray, dtype: str) -> np.ndarray:
     """float64 0..255 mean → uint8 (rounded, never truncated) or float32."""
-    if dtype == "uint8":
-        return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-    return mean.astype(np.float32)
+    from .io import to_uint8
+
+    return to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
 
 
 def _block_edges(size: int, B: int) -> list[tuple[int, int]]:

@@ -123,6 +123,8 @@ class Fingerprint:
         ``dtype=np.float16`` halves the size (relative error about 5e-4; the shipped sample uses
         it).
         """
+        from .run import environment_info
+
         path = Path(path)
         if path.suffix.lower() != ".npz":
             raise InputError(f"{path}: a fingerprint file must end in .npz")
@@ -133,7 +135,9 @@ class Fingerprint:
                 f,
                 K=self.K.astype(dtype),
                 # the versions that produced the file, for whoever reproduces it later
-                metadata=np.array(json.dumps({**self.metadata(), "environment": _environment()})),
+                metadata=np.array(
+                    json.dumps({**self.metadata(), "environment": environment_info()})
+                ),
             )
         return path
 
@@ -241,12 +245,6 @@ def check_fingerprint_file(
 
 #: Largest metadata array read from a fingerprint file (it holds a short JSON text).
 _MAX_METADATA_BYTES = 1 << 20
-
-
-def _environment() -> dict[str, str]:
-    from .run import environment_info
-
-    return environment_info()
 
 
 def intensity_scale(image: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from ._validation import as_image, as_plane, check_known_fields, check_same_size
 from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
+from .io import to_float255 as _to_float255  # one converter; tiled.py imports it from here
 
 __all__ = [
     "AnonymizeConfig",
@@ -147,30 +148,18 @@ class AnonymizeResult:
     assembly: Any = field(repr=False, default=None)
 
 
-def _to_float255(photo: np.ndarray) -> np.ndarray:
-    from .io import to_float255
-
-    return to_float255(photo)
-
-
 def attribution_scores(
     image: np.ndarray, P: np.ndarray, B: int, sigma: float = 5.0
 ) -> tuple[dict[str, float], np.ndarray]:
-    """NCC and PCE of ``image``'s residual against ``gray(image)·P``, and its B×B block-NCC map."""
-    from .assembly import measure_block_ncc
-    from .correlation import ncc, pce
-    from .residual import residual, rgb2gray
+    """NCC and PCE of ``image``'s residual against ``gray(image)·P``, and its B×B block-NCC map.
 
-    img = np.asarray(image, dtype=np.float32)
-    w = residual(img, sigma)
-    # the output keeps the photo's geometry: score at zero shift, as the plugin does
-    p = pce(w, rgb2gray(img) * P, shift_range=0)
-    scores = {
-        "ncc": float(ncc(w, img, P)),
-        "pce": float(p.pce),
-        "pce_peak": float(p.peak),
-    }
-    return scores, measure_block_ncc(img, P, B, sigma, residual_=w)
+    The report's form of :func:`dippas_core.attribution.attribute` (zero-shift PCE: the output
+    keeps the photo's geometry).
+    """
+    from .attribution import attribute
+
+    result = attribute(image, P, sigma=sigma, block_size=B)
+    return result.scores(), result.block_ncc
 
 
 def estimate_cost(

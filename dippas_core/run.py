@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path, atomic_write_text
+from ._json import jsonable
 from ._validation import as_image, as_plane, check_same_size
 from .cancel import CancelToken
 from .dip.device import usable_cpus
@@ -403,23 +404,6 @@ def _busy_message(path: Path) -> str:
         f"run {path} is being recorded by another process (or is open for writing elsewhere); "
         "wait until it has finished"
     )
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` made JSON-ready, recursively: NumPy scalars and arrays, paths, config objects."""
-    if hasattr(value, "to_dict"):
-        return jsonable(value.to_dict())
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

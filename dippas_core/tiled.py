@@ -205,11 +205,9 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
     elif best:
         ranked = sorted(best, reverse=True)
         mean = np.mean([np.asarray(b[2], np.float64) for b in ranked], axis=0)
-        image = (
-            np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-            if dtype == "uint8"
-            else mean.astype(np.float32)
-        )
+        from .io import to_uint8
+
+        image = to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
         stats["below_tau_db"] = float(tau_rec - best_psnr)
         stats["assembly"] = {
             "fallback": f"mean of the {len(ranked)} best outputs by PSNR (none reached tau)",
