@@ -31,7 +31,6 @@ from .._layers import (
     difference_layer,
     dippas_kind,
     rectangles_layer,
-    snapshots_layer,
 )
 from .._models import (
     DECISION_LEVEL_PCE,
@@ -63,9 +62,9 @@ from ._common import (
     RegionPicker,
     layer_source_path,
     show_rectangles,
-    upsert_layer,
     upsert_run_layer,
 )
+from ._snapshots import SnapshotsView
 
 if TYPE_CHECKING:
     import napari
@@ -80,8 +79,6 @@ DEFAULT_RUNS_FOLDER = Path.home() / "dippas-runs"
 PRESET_LR = {"tiny": 1e-2, "cpu": 1e-2}
 #: seconds between two updates of the live plot (a blit: a few ms)
 PLOT_INTERVAL_S = 0.3
-#: seconds between two updates of the snapshots layer (new data re-slices the layer: tens of ms)
-LAYER_INTERVAL_S = 1.0
 
 
 def device_choices() -> tuple[list[str], list[str]]:
@@ -91,13 +88,6 @@ def device_choices() -> tuple[list[str], list[str]]:
     lines = describe_devices()
     names = [line.split()[0] for line in lines]
     return ["auto", *dict.fromkeys(names)], lines
-
-
-def _ncc_from_tile_sums(sums: np.ndarray) -> np.ndarray:
-    """Whole-image NCC of each snapshot from its per-tile sums (n×Th×Tw×3 → n)."""
-    total = sums.sum(axis=(1, 2))
-    den = np.sqrt(total[:, 1] * total[:, 2])
-    return np.divide(total[:, 0], den, out=np.zeros_like(den), where=den > 0)
 
 
 class AnonymizeWidget(DockWidget):
@@ -128,14 +118,9 @@ class AnonymizeWidget(DockWidget):
         self.worker = None
         self.cancel = None
         self.run_path: Path | None = None
-        self._store: Any = None
-        self._tile_sums: Any = None
-        self._n_shown = 0
-        self._n_ncc = 0
+        #: the ``snapshots`` layer of a one-tile run (None for a run in tiles)
+        self.snapshots: SnapshotsView | None = None
         self._last_plot = 0.0
-        self._last_layer = 0.0
-        #: the ``snapshots`` layer's state before this run's placeholder replaced it
-        self._previous_snapshots: tuple[Any, dict[str, Any], float] | None = None
         #: 16 when the photo is 16-bit: the anonymized image is then saved 16-bit
         self._bit_depth = 8
         #: the region of the photo the current run works on, and the photo's name
@@ -555,8 +540,6 @@ class AnonymizeWidget(DockWidget):
         self._record = record = self._provenance(photo, fingerprint, region)
         record["job_key"] = key
         self.cancel = cancel = CancelToken()
-        self._store = self._tile_sums = None
-        self._n_shown = self._n_ncc = 0
         self.history.clear()
         # the plot's one slow redraw (fonts, ticks, the tau line) happens now, on the click
         self.plot.show_history(self.history, dip.tau_psnr, final=True)
@@ -569,13 +552,17 @@ class AnonymizeWidget(DockWidget):
         self._started_at = time.monotonic()
         self._tiles_run_dir = str(self.run_path)
         self.state.tiles.set_plan(plan, region.translate)
+        self.snapshots = None
         if tiled:
             self.progress.setRange(0, len(plan))
             self.progress.setFormat("%v / %m tiles")
         else:
             self.progress.setRange(0, dip.max_iter)
             self.progress.setFormat("%v / %m iterations")
-            self._prepare_snapshots_layer(photo.shape[:2])
+            self.snapshots = SnapshotsView(
+                self.viewer, self.run_path, region.translate, self.job, self.history
+            )
+            self.snapshots.prepare(photo.shape[:2])
             self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
         self.progress.setValue(0)
         run_path, job_model = self.run_path, self.job
@@ -698,79 +685,13 @@ class AnonymizeWidget(DockWidget):
         # never the layer and the plot in one turn of the event loop (each costs tens of ms);
         # when both are due, the one that waited longer goes first
         # the store on disk is read only while the steps say it holds snapshots not yet shown
-        unseen = self.job.n_snapshots > min(self._n_shown, self._n_ncc)
-        layer_updated = not self._tiled and unseen and self._refresh_snapshots(
-            allow_layer=not plot_due or self._last_layer <= self._last_plot
+        view = self.snapshots
+        layer_updated = view is not None and view.unseen and view.refresh(
+            allow_layer=not plot_due or view.last_update <= self._last_plot
         )
         if plot_due and not layer_updated:
             self._last_plot = now
             self.plot.show_history(self.history, self.settings.tau_psnr)
-
-    def _prepare_snapshots_layer(self, shape: tuple[int, int]) -> None:
-        """Add the ``snapshots`` layer before the run (transparent, one blank frame).
-
-        Adding a layer builds its controls and shaders (hundreds of ms); doing it now, not when
-        the first snapshot arrives, keeps the GUI fluid during the run.
-        """
-        blank = np.zeros((1, *shape, 3), np.uint16)
-        active = self.viewer.layers.selection.active  # the new layer must not take the focus
-        self._previous_snapshots = None
-        if "snapshots" in self.viewer.layers:  # a previous run's: restored if this one fails
-            old = self.viewer.layers["snapshots"]
-            self._previous_snapshots = (old.data, dict(old.metadata), float(old.opacity))
-        layer = upsert_layer(
-            self.viewer, self._snapshots_tuple(blank)
-        )
-        # transparent, not hidden: a hidden layer leaves the dims, and the slider would come and go
-        layer.opacity = 0.0
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
-
-    def _snapshots_tuple(self, stack: np.ndarray) -> Any:
-        data, kwargs, kind = snapshots_layer(stack, run_dir=str(self.run_path), status="recording")
-        offset = self._region.translate if self._region is not None else (0.0, 0.0)
-        kwargs["translate"] = (0.0, *offset)
-        return data, kwargs, kind
-
-    def _refresh_snapshots(self, force: bool = False, allow_layer: bool = True) -> bool:
-        """Add NCC points from the tile sums on disk and grow the ``snapshots`` layer.
-
-        The layer is updated at most every ``LAYER_INTERVAL_S`` (``force``: now) and only if
-        ``allow_layer``.  Returns whether it was updated.
-        """
-        from dippas_core.snapshots import SnapshotStore, TileSums
-
-        if self.run_path is None:
-            return False
-        if self._store is None:
-            if not (self.run_path / TileSums.META).exists():
-                return False
-            self._store = SnapshotStore(self.run_path)
-            self._tile_sums = TileSums(self.run_path)
-        now = time.monotonic()
-        n = self._store.refresh()
-        due = force or (allow_layer and now - self._last_layer >= LAYER_INTERVAL_S)
-        updated = n > self._n_shown and due
-        if updated:
-            self._last_layer = now
-            # follow the newest snapshot unless the user parked the slider on an older one
-            # (napari may briefly reset the slider to 0 while a layer's range changes, so 0
-            # does not count as a choice)
-            current = self.viewer.dims.current_step[0]
-            was_last = not 0 < current < self._n_shown - 1
-            layer = upsert_layer(self.viewer, self._snapshots_tuple(self._store.frames))
-            layer.opacity = 1.0
-            if was_last:
-                self.viewer.dims.set_current_step(0, n - 1)
-            self._n_shown = n
-        k = self._tile_sums.refresh()
-        if k > self._n_ncc:
-            values = _ncc_from_tile_sums(self._tile_sums.array(k)[self._n_ncc : k])
-            iterations = self._store.iterations[self._n_ncc : k]
-            self.history.add_ncc(list(zip(iterations, values, strict=False)))
-            self.job.ncc = float(values[-1])
-            self._n_ncc = k
-        return updated
 
     def _show_job(self, *_: Any) -> None:
         lines = [self.job.describe(), self.run_note, self.trace_note]
@@ -801,7 +722,9 @@ class AnonymizeWidget(DockWidget):
     def _on_done(self, result: Any) -> None:
         """The run ended (``job.status`` is already set): show its layers."""
         self.cancel = None
-        self._previous_snapshots = None  # replaced for good: let its memory map go
+        view = self.snapshots
+        if view is not None:
+            view.forget_previous()
         if self.closed:  # the viewer may be gone with the widget: leave it alone
             return
         if not self._tiled and self.job.status == "finished":
@@ -809,8 +732,8 @@ class AnonymizeWidget(DockWidget):
             self.state.tiles.finish_tile(TileFinished(0, float(below[0]["short_db"]) if below
                                                       else 0.0))
         self.state.tiles.run_ended()
-        if not self._tiled:
-            self._refresh_snapshots(force=True)
+        if view is not None:
+            view.refresh(force=True)
         self.plot.show_history(self.history, self.settings.tau_psnr, final=True)
         if result.report.get("partial"):  # a stopped photo run: its tiles wait for a resume
             self._select(self.photo.layer())
@@ -848,12 +771,8 @@ class AnonymizeWidget(DockWidget):
                     difference_layer(result.image, source, name="difference (after − before)",
                                      offset=offset, **info),
                 )
-        if not self._tiled and "snapshots" in self.viewer.layers:
-            snapshots = self.viewer.layers["snapshots"]
-            meta = snapshots.metadata.get("dippas", {})
-            meta["status"] = self.job.status
-            if not self._n_shown and snapshots.opacity == 0.0:
-                self.viewer.layers.remove(snapshots)  # nothing came: no empty layer stays
+        if view is not None:
+            view.finished(self.job.status)
         self._select(output)  # the result, never the transparent snapshots placeholder
         self.run_finished.emit(str(self.run_path))
 
@@ -866,28 +785,5 @@ class AnonymizeWidget(DockWidget):
         """The run failed (``job.status`` is already set): drop its placeholder layer."""
         self.cancel = None
         self.state.tiles.run_ended()
-        if not self.closed:
-            self._drop_placeholder()
-
-    def _drop_placeholder(self) -> None:
-        """A failed run: its ``snapshots`` placeholder goes (the previous run's layer comes back).
-
-        Snapshots the run already showed stay, marked failed: they are real and on disk.
-        """
-        layers = self.viewer.layers
-        if "snapshots" not in layers:
-            return
-        layer = layers["snapshots"]
-        meta = layer.metadata.get("dippas", {})
-        if meta.get("run_dir") != str(self.run_path):
-            return  # not ours any more
-        if self._n_shown:
-            layer.metadata = {"dippas": {**meta, "status": "failed"}}
-        elif self._previous_snapshots is not None:
-            data, metadata, opacity = self._previous_snapshots
-            layer.data = data
-            layer.metadata = metadata
-            layer.opacity = opacity
-        else:
-            layers.remove(layer)
-        self._previous_snapshots = None
+        if not self.closed and self.snapshots is not None:
+            self.snapshots.failed()
