@@ -48,10 +48,12 @@ _API = {
     # DIP inversion
     "DIPConfig": "dip",
     "invert": "dip",
+    "Inversion": "dip",
     # runs, assembly, one-call pipeline
     "SnapshotStore": "snapshots",
     "RunDirectory": "run",
     "assemble": "assembly",
+    "AssemblyParams": "assembly",
     "anonymize": "pipeline",
     "AnonymizeConfig": "pipeline",
     "sample_data": "sample",
