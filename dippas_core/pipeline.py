@@ -214,6 +214,7 @@ def anonymize(
     cancel: CancelToken | None = None,
     on_step: Callable[[Any], None] | None = None,
     on_tile: Callable[[Any, Any], None] | None = None,
+    on_tile_done: Callable[[Any, dict], None] | None = None,
     force: bool = False,
     region: tuple[int, int, int, int] | None = None,
     estimate: Any = None,
@@ -247,6 +248,9 @@ def anonymize(
         Called with each DIP ``Step`` (progress).
     on_tile
         Called with ``(tile, plan)`` before each tile's inversion (several tiles only).
+    on_tile_done
+        Called with ``(tile, stats)`` for each finished tile (several tiles only): first those a
+        resume reads back (``stats["resumed"]`` is True), then each as it is written.
     force
         Replace a previous run in ``run_dir`` (instead of resuming it).
     region
@@ -323,6 +327,7 @@ def anonymize(
             cancel=cancel,
             on_step=on_step,
             on_tile=on_tile,
+            on_tile_done=on_tile_done,
             force=force,
             scheduler=scheduler,
             workers=workers,

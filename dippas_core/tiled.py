@@ -651,14 +651,17 @@ def anonymize_tiled(
     cancel: Any = None,
     on_step: Callable[[Any], None] | None = None,
     on_tile: Callable[[Any, Any], None] | None = None,
+    on_tile_done: Callable[[Any, dict], None] | None = None,
     force: bool = False,
     scheduler: Any = None,
     workers: int | None = None,
 ) -> Any:
     """:func:`~dippas_core.pipeline.anonymize` of a photo that needs several tiles.
 
-    Checks were done by the caller (photo, fingerprint size, plan, B, L, tau).  ``scheduler``
-    and ``workers``: where the tiles run (:func:`dippas_core.photo_cluster.choose_execution`).
+    Checks were done by the caller (photo, fingerprint size, plan, B, L, tau).  ``on_tile_done``
+    gets ``(tile, stats)`` for each finished tile: first the tiles a resume reads back (their
+    stats say ``resumed: True``), then each tile as it is written.  ``scheduler`` and
+    ``workers``: where the tiles run (:func:`dippas_core.photo_cluster.choose_execution`).
     """
     from .photo_cluster import choose_execution, invert_tiles_on_cluster
     from .pipeline import (
@@ -693,6 +696,10 @@ def anonymize_tiled(
     prun, resumed = PhotoRun.open_or_create(path, meta, force=force or temporary)
     done = {i: v for i, v in prun.read_done().items() if i < len(plan)}
     resumed_tiles = sorted(done)
+    if on_tile_done is not None:
+        for tile in plan.tiles:
+            if tile.index in done:
+                on_tile_done(tile, {**done[tile.index][1], "resumed": True})
     disk_peak = prun.disk_bytes()
     t_inv = 0.0
     env: dict = {}
@@ -781,6 +788,8 @@ def anonymize_tiled(
             if not config.keep_tile_runs:
                 prun.drop_tile_run(tile.index)
             done[tile.index] = (out.image, out.stats)
+            if on_tile_done is not None:
+                on_tile_done(tile, out.stats)
             del out
         t_inv = time.perf_counter() - t0
         stopped = stopped or (cancel is not None and cancel.cancelled)

@@ -50,7 +50,7 @@ BLOCK_NCC_LIMIT = 0.05
 
 #: Edge colours of the states a rectangle (a tile of a whole-photo run) can be in.
 RECT_STATE_COLORS = {
-    "waiting": "#9e9e9e",
+    "waiting": "#42a5f5",  # blue: grey vanished on a grey sky
     "running": "#ffb300",
     "done": "#43a047",
     "fell short": "#e53935",
@@ -372,6 +372,9 @@ def snapshots_layer(stack: np.ndarray, *, name: str = "snapshots", **info: Any) 
     kwargs: dict[str, Any] = {
         "name": name,
         "rgb": True,
+        # the slider walks through snapshots: it says so (napari's default label is "-3"), and
+        # the label is the layer's, so napari keeps it whenever the dims are rebuilt
+        "axis_labels": ("snapshot", "y", "x"),
         "metadata": {"dippas": {"kind": "snapshots", **info}},
     }
     if stack.dtype == np.uint16:

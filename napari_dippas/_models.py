@@ -227,6 +227,10 @@ class AnonymizeSettings(EventedModel):
     preset: Literal["tiny", "cpu", "paper"] = "cpu"
     #: Adam learning rate; None keeps the preset's (cpu: the measured 1e-2; the paper: 1e-3)
     lr: float | None = None
+    #: a photo (or region) larger than ``tile_size`` is cut into tiles overlapping by ``overlap``
+    #: pixels, each inverted on its own (the preset's values: dippas_core.pipeline.PRESETS)
+    tile_size: int = 256
+    overlap: int = 64
 
     def dip_config(self) -> Any:
         """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
@@ -242,6 +246,14 @@ class AnonymizeSettings(EventedModel):
             max_iter=int(self.max_iter),
             device=self.device,
             **({} if lr is None else {"lr": float(lr)}),
+        )
+
+    def anonymize_config(self) -> Any:
+        """The :class:`dippas_core.pipeline.AnonymizeConfig` of a run with these settings."""
+        from dippas_core.pipeline import AnonymizeConfig
+
+        return AnonymizeConfig(
+            dip=self.dip_config(), tile_size=int(self.tile_size), overlap=int(self.overlap)
         )
 
 

@@ -27,7 +27,7 @@ from ._layers import (
     residual_layer,
     snapshots_layer,
 )
-from ._models import AssemblyOutcome, AssemblySettings, RunSession
+from ._models import PROVENANCE_FILE, AssemblyOutcome, AssemblySettings, RunSession
 
 __all__ = [
     "assembly_layers",
@@ -36,6 +36,7 @@ __all__ = [
     "last_assembly_params",
     "read_fingerprint",
     "read_run",
+    "run_label",
     "run_layers",
     "save_assembly_params",
 ]
@@ -168,8 +169,36 @@ def assembly_layers(outcome: AssemblyOutcome, **info: Any) -> list[LayerDataTupl
     ]
 
 
+def run_label(session: RunSession) -> str:
+    """What names a run's layers: ``"IMG_0012 × Nikon_D70_0 (run-…-seed0)"``.
+
+    The photo's name comes from the record the viewer wrote into the run folder, the camera from
+    the run's fingerprint; the folder's name keeps two runs of one photo apart.  A run made
+    elsewhere (the command line) is named by its folder alone.
+    """
+    path = Path(session.path)
+    photo = None
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+        photo = json.loads((path / PROVENANCE_FILE).read_text())["source"]["name"]
+    info = session.run.config.get("fingerprint")
+    camera = info.get("camera") if isinstance(info, dict) else None
+    who = " × ".join(str(part) for part in (photo, camera) if part)
+    return f"{who} ({path.name})" if who else path.name
+
+
+def _named(data_tuple: LayerDataTuple, label: str) -> LayerDataTuple:
+    data, kwargs, kind = data_tuple
+    return data, {**kwargs, "name": f"{kwargs['name']} — {label}"}, kind
+
+
 def run_layers(session: RunSession) -> list[LayerDataTuple]:
-    """Layers for an opened run (see the module docstring)."""
+    """Layers for an opened run (see the module docstring), named by :func:`run_label`: two
+    runs open at once never clash (napari would number them, ``photo [1]``)."""
+    label = run_label(session)
+    return [_named(layer, label) for layer in _run_layers(session)]
+
+
+def _run_layers(session: RunSession) -> list[LayerDataTuple]:
     from dippas_core.assembly import NoSnapshotsError
 
     run = session.run

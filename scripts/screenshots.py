@@ -5,13 +5,15 @@ Run under a virtual display (CI has no screen)::
     NUMBA_CACHE_DIR=/tmp/numba_cache xvfb-run -a -s "-screen 0 1280x800x24" \
         .venv/bin/python scripts/screenshots.py
 
-Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble,docks}.png`` from a
+Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble,tiles,docks}.png`` from a
 1280×800 window (``--size``).  Needs the Dresden files (``DIPPAS_TESTDATA`` or
 ``../shared/data/...``): the fingerprint of Nikon_D70_0 from its full-frame flat fields, the
 whole 3008×2000 photo ``Nikon_D70_0_19445.JPG`` scored against it and against another camera's
 fingerprint, then a region of that photo anonymized with the ``tiny`` network on the CPU (a short
 run that stops at the preset's stop PSNR: enough to show the live plot, the layers placed over the
-photo and the assembly).  The last screenshot has all four docks open at once (they scroll).
+photo and the assembly), then a larger region in 2×2 tiles: its plan and time estimate, and the
+tiles coloured by state mid-run.  The last screenshot has all four docks open at once (they
+scroll).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(1280, 800), metavar=("W", "H"))
     parser.add_argument("--region", type=int, nargs=4, default=(900, 1500, 128, 128),
                         metavar=("Y", "X", "H", "W"), help="region of the photo to anonymize")
+    parser.add_argument("--tiled-region", type=int, nargs=4, default=(700, 1100, 224, 224),
+                        metavar=("Y", "X", "H", "W"),
+                        help="region anonymized in tiles (tiny preset: 2×2 tiles of 128 px)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="max iterations (default: the tiny preset's)")
     args = parser.parse_args()
@@ -143,12 +148,17 @@ def main() -> None:
     viewer.add_shapes([region.corners()], shape_type="rectangle", name="region",
                       edge_color="#00e5ff", face_color="transparent", edge_width=3)
 
-    def zoom_on_region() -> None:
-        """Centre the view on the region, with some of the photo around it (napari resets the
-        view when the snapshots layer adds a dimension)."""
-        camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to the scene
-        camera.center = (region.y + region.h / 2, region.x + region.w / 2)
-        camera.zoom = 1.6
+    def zoom_on(place: Region, zoom: float = 1.6):
+        def centre() -> None:
+            """Centre the view on the region, with some of the photo around it (napari resets
+            the view when the snapshots layer adds a dimension)."""
+            camera = getattr(viewer, "scene", viewer).camera  # napari 0.9 moved it to the scene
+            camera.center = (place.y + place.h / 2, place.x + place.w / 2)
+            camera.zoom = zoom
+
+        return centre
+
+    zoom_on_region = zoom_on(region)
 
     widget.start()
     # the tiny network reaches tau (31 dB) on a 128×128 region after about 300 iterations
@@ -172,7 +182,25 @@ def main() -> None:
     shoot("assemble", zoom_on_region)
     viewer.window.remove_dock_widget(dock_w)
 
-    # 5. All four docks at once: each scrolls inside the window
+    # 5. A larger region in tiles: the plan and the time estimate, then the tiles by state
+    tiled = Region(*args.tiled_region)
+    dock_w, widget = dock("Anonymize")
+    widget.settings.preset = "tiny"
+    widget.settings.update({"device": "cpu", "seed": 1})
+    widget.runs_folder.set_path(work / "runs")
+    widget.region.set_region(tiled)
+    viewer.layers["region"].visible = False  # the plan's rectangles show where it is
+    widget.plan_button.click()
+    wait(app, lambda: widget.plan_button.isEnabled() and "timing" not in widget.estimate.text())
+    print("estimate:", widget.estimate.text().replace("\n", " "))
+    widget.start()
+    wait(app, lambda: widget.state.tiles.n_finished >= 1 or widget.job.status != "running")
+    shoot("tiles", zoom_on(tiled, 1.2))
+    widget.stop()
+    wait(app, lambda: widget.job.status in DONE)
+    viewer.window.remove_dock_widget(dock_w)
+
+    # 6. All four docks at once: each scrolls inside the window
     docks = [dock(title)[0] for title in ("Fingerprint", "Residual & attribution", "Anonymize",
                                           "Assemble & export")]
     # equal shares of the height; each dock scrolls within its share

@@ -6,7 +6,6 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +29,10 @@ from .._layers import (
     block_heatmap_layer,
     difference_layer,
     dippas_kind,
-    snapshots_layer,
+    rectangles_layer,
 )
 from .._models import (
     DECISION_LEVEL_PCE,
-    AnonymizeJob,
     AnonymizeSettings,
     RunHistory,
     StepSummary,
@@ -45,6 +43,14 @@ from .._models import (
     trace_warning,
     write_provenance,
 )
+from .._run_state import (
+    RunState,
+    TileFinished,
+    TileStarted,
+    TraceCheck,
+    job_key,
+    resumable_run,
+)
 from .._workers import start_job
 from ._attribution import camera_of, is_fingerprint, is_photo, size_problem
 from ._common import (
@@ -54,9 +60,10 @@ from ._common import (
     PathEdit,
     RegionPicker,
     layer_source_path,
-    upsert_layer,
+    show_rectangles,
     upsert_run_layer,
 )
+from ._snapshots import SnapshotsView
 
 if TYPE_CHECKING:
     import napari
@@ -71,8 +78,6 @@ DEFAULT_RUNS_FOLDER = Path.home() / "dippas-runs"
 PRESET_LR = {"tiny": 1e-2, "cpu": 1e-2}
 #: seconds between two updates of the live plot (a blit: a few ms)
 PLOT_INTERVAL_S = 0.3
-#: seconds between two updates of the snapshots layer (new data re-slices the layer: tens of ms)
-LAYER_INTERVAL_S = 1.0
 
 
 def device_choices() -> tuple[list[str], list[str]]:
@@ -84,26 +89,15 @@ def device_choices() -> tuple[list[str], list[str]]:
     return ["auto", *dict.fromkeys(names)], lines
 
 
-@dataclass(frozen=True)
-class TraceCheck:
-    """Reported by a run before its inversion: the PCE of the input with its reference."""
-
-    pce: float
-    n_pixels: int
-
-
-def _ncc_from_tile_sums(sums: np.ndarray) -> np.ndarray:
-    """Whole-image NCC of each snapshot from its per-tile sums (n×Th×Tw×3 → n)."""
-    total = sums.sum(axis=(1, 2))
-    den = np.sqrt(total[:, 1] * total[:, 2])
-    return np.divide(total[:, 0], den, out=np.zeros_like(den), where=den > 0)
-
-
 class AnonymizeWidget(DockWidget):
     """Run the DIPPAS inversion on a photo layer; Run turns into Stop while it runs.
 
     The scriptable state is in :attr:`settings` (:class:`AnonymizeSettings`, edits show in the
-    form), :attr:`job` (:class:`AnonymizeJob`) and :attr:`history` (:class:`RunHistory`).
+    form), :attr:`state` (:class:`~napari_dippas._run_state.RunState`: :attr:`job` and the
+    tiles of a whole-photo run, fed by the run's callbacks) and :attr:`history`
+    (:class:`RunHistory`).  A photo (or region) larger than the tile size runs tile by tile: the
+    plan is drawn over the photo (layer ``tiles``), each tile coloured by its state; Stop keeps
+    the finished tiles and Run on the same photo, region and settings resumes from them.
 
     Parameters
     ----------
@@ -117,19 +111,15 @@ class AnonymizeWidget(DockWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
         self.settings = AnonymizeSettings()
-        self.job = AnonymizeJob()
+        self.state = RunState()
+        self.job = self.state.job
         self.history = RunHistory()
         self.worker = None
         self.cancel = None
         self.run_path: Path | None = None
-        self._store: Any = None
-        self._tile_sums: Any = None
-        self._n_shown = 0
-        self._n_ncc = 0
+        #: the ``snapshots`` layer of a one-tile run (None for a run in tiles)
+        self.snapshots: SnapshotsView | None = None
         self._last_plot = 0.0
-        self._last_layer = 0.0
-        #: the ``snapshots`` layer's state before this run's placeholder replaced it
-        self._previous_snapshots: tuple[Any, dict[str, Any], float] | None = None
         #: 16 when the photo is 16-bit: the anonymized image is then saved 16-bit
         self._bit_depth = 8
         #: the region of the photo the current run works on, and the photo's name
@@ -141,6 +131,14 @@ class AnonymizeWidget(DockWidget):
         self.confirm: Callable[[str], bool] = self._ask
         #: the last trace check (PCE of the input before anonymizing), shown with the status
         self.trace_note = ""
+        #: what the run does besides iterating (e.g. "Resuming the stopped run …")
+        self.run_note = ""
+        #: whether the current run goes tile by tile (a photo larger than the tile size)
+        self._tiled = False
+        #: the last cost estimate's worker
+        self.estimate_worker = None
+        #: the run folder the ``tiles`` layer shows ("" for a plan not yet run)
+        self._tiles_run_dir = ""
 
         self.photo = LayerChoice(napari_viewer, is_photo, prefer="photo")
         self.fingerprint = LayerChoice(napari_viewer, is_fingerprint, prefer="fingerprint")
@@ -165,8 +163,22 @@ class AnonymizeWidget(DockWidget):
         self.max_iter = QSpinBox(minimum=1, maximum=1_000_000, singleStep=100)
         self.lr = QDoubleSpinBox(minimum=1e-5, maximum=1.0, decimals=5, singleStep=1e-4)
         self.lr.setToolTip("Adam learning rate (the paper: 0.001)")
+        self.tile_size = QSpinBox(minimum=64, maximum=8192, singleStep=32)
+        self.tile_size.setSuffix(" px")
+        self.tile_size.setToolTip("larger photos are cut into tiles of this side, one network each")
+        self.overlap = QSpinBox(minimum=32, maximum=4096, singleStep=32)
+        self.overlap.setSuffix(" px")
+        self.overlap.setToolTip("neighbouring tiles overlap by this much (blended in the overlap)")
         self.runs_folder = PathEdit("folder", placeholder="folder for run directories")
         self.runs_folder.set_path(DEFAULT_RUNS_FOLDER)
+        self.plan_button = QPushButton("Plan && estimate time")
+        self.plan_button.setToolTip(
+            "draw the tiles over the photo and time a few iterations on the chosen device"
+        )
+        self.plan_button.clicked.connect(self.plan_and_estimate)
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        self.estimate.setVisible(False)  # shown with an estimate (no gap in the form without)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.toggle)
         self.progress = QProgressBar()
@@ -190,9 +202,13 @@ class AnonymizeWidget(DockWidget):
         form.addRow("stop at PSNR", self.stop_psnr)
         form.addRow("max iterations", self.max_iter)
         form.addRow("learning rate", self.lr)
+        form.addRow("tile size", self.tile_size)
+        form.addRow("tile overlap", self.overlap)
         form.addRow("runs folder", self.runs_folder)
         layout = QVBoxLayout(self.body)
         layout.addLayout(form)
+        layout.addWidget(self.plan_button)
+        layout.addWidget(self.estimate)
         layout.addWidget(self.run_button)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -201,6 +217,16 @@ class AnonymizeWidget(DockWidget):
 
         self._bind()
         self.job.events.connect(self._show_job)
+        for event in (self.state.tiles.events.rects, self.state.tiles.events.states,
+                      self.state.tiles.events.offset):
+            event.connect(self._show_tiles)
+        self.state.trace_checked.connect(self._show_trace)
+        # a plan on screen follows the photo, the region and the tile settings
+        for spin in self.region.fields.values():
+            spin.valueChanged.connect(self._plan_changed)
+        self.settings.events.tile_size.connect(self._plan_changed)
+        self.settings.events.overlap.connect(self._plan_changed)
+        self.photo.currentTextChanged.connect(self._plan_changed)
         #: set once torch and the kernels are loaded (see :meth:`_warm_up`)
         self.warm = threading.Event()
         threading.Thread(target=self._warm_up, name="dippas-warm-up", daemon=True).start()
@@ -224,7 +250,7 @@ class AnonymizeWidget(DockWidget):
         """Two-way binding between :attr:`settings` and the form fields."""
         combos = {"mode": self.mode, "device": self.device, "preset": self.preset}
         spins = {"seed": self.seed, "tau_psnr": self.tau, "stop_psnr": self.stop_psnr,
-                 "max_iter": self.max_iter}
+                 "max_iter": self.max_iter, "tile_size": self.tile_size, "overlap": self.overlap}
         for name, combo in combos.items():
             combo.setCurrentText(getattr(self.settings, name))
             combo.currentTextChanged.connect(
@@ -254,13 +280,15 @@ class AnonymizeWidget(DockWidget):
         self.fingerprint.setEnabled(mode == "aware")
 
     def _apply_preset(self, name: str) -> None:
-        """A new network preset brings its own stopping rule and snapshot threshold."""
+        """A new network preset brings its own stopping rule, snapshot threshold and tiles."""
         from dippas_core.dip import DIPConfig
+        from dippas_core.pipeline import PRESETS
 
         base = DIPConfig.preset(name)
         self.settings.update(
             {"tau_psnr": base.tau_psnr, "stop_psnr": base.stop_psnr, "max_iter": base.max_iter,
-             "lr": PRESET_LR.get(name, base.lr)}
+             "lr": PRESET_LR.get(name, base.lr), "tile_size": PRESETS[name]["tile_size"],
+             "overlap": PRESETS[name]["overlap"]}
         )
 
     # -- run / stop -----------------------------------------------------------------------------
@@ -368,54 +396,199 @@ class AnonymizeWidget(DockWidget):
             path = root / f"run-{stamp}-seed{self.settings.seed}-{k}"
         return path
 
+    # -- the tile plan and the cost, before Run ---------------------------------------------------
+    def _plan(self) -> tuple[Any, Region, tuple[int, ...]]:
+        """The tile plan of the run Run would start, its region and the photo's shape.
+
+        Raises
+        ------
+        dippas_core.errors.InputError
+            No photo, a bad region or tile settings (in the analyst's words).
+        """
+        from dippas_core.errors import InputError
+        from dippas_core.tiling import plan_tiles
+
+        layer = self.photo.layer()
+        if layer is None:
+            raise InputError("Open a colour photo first (it appears in the 'photo' list).")
+        shape = tuple(np.shape(layer.data))
+        try:
+            region = self.region.region(shape)
+        except ValueError as exc:
+            raise InputError(f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+        plan = plan_tiles((region.h, region.w), self.settings.tile_size, self.settings.overlap)
+        return plan, region, shape
+
+    def show_plan(self) -> Any:
+        """Draw the tile plan over the photo (layer ``tiles``, every tile waiting); the plan.
+
+        None (and the reason in the status line) when there is nothing to plan.
+        """
+        from dippas_core.errors import DippasError
+
+        try:
+            plan, region, _ = self._plan()
+        except DippasError as exc:
+            self.status.setText(str(exc))
+            return None
+        self._tiles_run_dir = ""
+        self.state.tiles.set_plan(plan, region.translate)
+        return plan
+
+    def _show_estimate(self, text: str) -> None:
+        self.estimate.setText(text)
+        self.estimate.setVisible(bool(text))
+
+    def _plan_changed(self, *_: Any) -> None:
+        """The plan's inputs changed: the estimate is stale, a plan on screen is redrawn."""
+        from dippas_core.errors import DippasError
+
+        if self.running or self.closed:
+            return
+        self._show_estimate("")
+        if self.state.tiles.rects:
+            try:
+                plan, region, _ = self._plan()
+            except DippasError:
+                return  # (e.g. a region typed halfway)
+            self._tiles_run_dir = ""
+            self.state.tiles.set_plan(plan, region.translate)
+
+    def plan_and_estimate(self) -> None:
+        """The "Plan & estimate time" button: draw the plan, then time this device (worker)."""
+        from dippas_core.tiled import estimate_cost
+
+        plan = self.show_plan()
+        if plan is None or self.running:
+            return
+        config = self.settings.anonymize_config()
+        shape = plan.shape
+        self._show_estimate(f"{plan.describe()}; timing a few iterations on "
+                              f"{self.settings.device}…")
+        self.plan_button.setEnabled(False)
+
+        def job(report: Callable[[Any], None]) -> Any:
+            self.warm.wait(120)  # torch and the kernels load once, in the warm-up thread
+            return estimate_cost(shape, config)
+
+        def returned(cost: Any) -> None:
+            if not self.closed:
+                self._show_estimate(f"{plan.describe()}.\nTime: {cost.text}.")
+
+        def errored(exc: BaseException) -> None:
+            if not self.closed:
+                self._show_estimate(f"No estimate: {exc}")
+
+        def finished() -> None:
+            if not self.closed:
+                self.plan_button.setEnabled(True)
+
+        self.estimate_worker = start_job(
+            job, on_returned=returned, on_errored=errored, on_finished=finished,
+            what="Time estimate",
+        )
+
+    def _show_tiles(self, *_: Any) -> None:
+        """Draw :attr:`state`'s tiles over the photo (the ``tiles`` layer follows their states)."""
+        tiles = self.state.tiles
+        if self.closed or not tiles.rects or len(tiles.rects) != len(tiles.states):
+            return  # (a new plan's fields arrive one event at a time)
+        info = {"run_dir": self._tiles_run_dir} if self._tiles_run_dir else {}
+        show_rectangles(
+            self.viewer,
+            rectangles_layer(tiles.rects, tiles.states, offset=tiles.offset, **info),
+        )
+        self._show_job()
+
+    # -- run ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start a run in a worker thread."""
+        """Start a run in a worker thread (a stopped whole-photo run of the same job resumes)."""
+        from dippas_core.assembly import check_assembly_params
         from dippas_core.cancel import CancelToken
         from dippas_core.errors import DippasError
-        from dippas_core.pipeline import AnonymizeConfig
+        from dippas_core.tiled import PhotoRun
 
         if self.running:
             return
         try:
             photo, fingerprint, region = self._inputs()
-            dip = self.settings.dip_config()
-            config = AnonymizeConfig(dip=dip)
-            from dippas_core.assembly import check_assembly_params
-
+            config = self.settings.anonymize_config()
+            dip = config.dip
+            plan, _, _ = self._plan()
             check_assembly_params(
                 photo.shape[:2], config.tile, config.B, config.L, config.assembly_tau
             )
         except DippasError as exc:
             self.job.update({"status": "failed", "message": str(exc)})
             return
-        cost = estimate_run_cost(photo.shape, dip.max_iter, self.settings.device)
-        if cost.needs_confirmation and not self.confirm(cost.warning()):
-            self.job.update({"status": "idle"})
-            self.status.setText(
-                "Not started. Draw a region (Draw) to preview on part of the photo, or choose a "
-                "GPU device."
-            )
-            return
+        self._tiled = tiled = len(plan) > 1
+        key = job_key(photo, None if fingerprint is None else fingerprint.K, region.as_dict(),
+                      self.settings.mode, config.to_dict())
+        root = self.runs_folder.path() or DEFAULT_RUNS_FOLDER
+        resume = resumable_run(root, key, len(plan)) if tiled else None
+        if resume is None:
+            cost = estimate_run_cost(photo.shape, dip.max_iter, self.settings.device)
+            if cost.needs_confirmation and not self.confirm(cost.warning()):
+                self.job.update({"status": "idle"})
+                self.status.setText(
+                    "Not started. Draw a region (Draw) to preview on part of the photo, or "
+                    "choose a GPU device."
+                )
+                return
         self._region = region
         self._bit_depth = 16 if photo.dtype == np.uint16 else 8
-        self.run_path = self.new_run_path()
+        self.run_path = resume if resume is not None else self.new_run_path()
         self._record = record = self._provenance(photo, fingerprint, region)
+        record["job_key"] = key
         self.cancel = cancel = CancelToken()
-        self._store = self._tile_sums = None
-        self._n_shown = self._n_ncc = 0
         self.history.clear()
         # the plot's one slow redraw (fonts, ticks, the tau line) happens now, on the click
         self.plot.show_history(self.history, dip.tau_psnr, final=True)
         self.trace_note = ""
+        self.run_note = "" if resume is None else (
+            f"Resuming the stopped run in {resume.name}: {PhotoRun.count_done(resume)} of "
+            f"{len(plan)} tiles are already done and are not computed again."
+        )
         self.job.start(dip.max_iter, str(self.run_path), dip.tau_psnr)
         self._started_at = time.monotonic()
-        self.progress.setRange(0, dip.max_iter)
+        self._tiles_run_dir = str(self.run_path)
+        self.state.tiles.set_plan(plan, region.translate)
+        self.snapshots = None
+        if tiled:
+            self.progress.setRange(0, len(plan))
+            self.progress.setFormat("%v / %m tiles")
+        else:
+            self.progress.setRange(0, dip.max_iter)
+            self.progress.setFormat("%v / %m iterations")
+            self.snapshots = SnapshotsView(
+                self.viewer, self.run_path, region.translate, self.job, self.history
+            )
+            self.snapshots.prepare(photo.shape[:2])
+            self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
         self.progress.setValue(0)
-        self._prepare_snapshots_layer(photo.shape[:2])
         run_path, job_model = self.run_path, self.job
+        written = threading.Event()
+
+        def record_once() -> None:
+            """The run folder exists (the tiles are about to run): say where it came from."""
+            if not written.is_set():
+                written.set()
+                write_provenance(run_path, record)
 
         def job(report: Callable[[Any], None]) -> Any:
             from dippas_core.pipeline import anonymize
+
+            def tile_started(tile: Any, _plan: Any) -> None:
+                record_once()
+                report(TileStarted(tile.index))
+
+            def tile_done(tile: Any, stats: dict[str, Any]) -> None:
+                record_once()
+                report(TileFinished.from_stats(tile.index, stats))
+
+            def step_taken(step: Any) -> None:
+                record_once()  # a one-tile run's folder exists from its first step on
+                report(StepSummary.from_step(step))
 
             # flagged before the inversion: is there a trace to remove at all?
             reference = None if fingerprint is None else fingerprint.K
@@ -424,22 +597,38 @@ class AnonymizeWidget(DockWidget):
                 report(TraceCheck(check.pce, int(photo.shape[0] * photo.shape[1])))
             result = anonymize(
                 photo, fingerprint, config, run_dir=run_path, cancel=cancel,
-                on_step=lambda step: report(StepSummary.from_step(step)),
+                on_step=step_taken,
+                on_tile=tile_started, on_tile_done=tile_done,
             )
-            record["outputs"] = [{
-                "what": "assembled by the run (B, L, tau of the run's settings)",
-                "pixels_sha256": sha256_array(result.image),
-            }]
+            if result.report.get("partial"):
+                record["partial"] = {"tiles_not_anonymized": result.report["tiles_not_anonymized"]}
+            else:
+                record.pop("partial", None)
+                record["outputs"] = [{
+                    "what": "assembled by the run (B, L, tau of the run's settings)",
+                    "pixels_sha256": sha256_array(result.image),
+                }]
             write_provenance(run_path, record)
             return result
 
         def returned(result: Any) -> None:
             # the status first, from a plain function: it must arrive even if the widget closed
-            stop_reason = result.report.get("inversion", {}).get("stop_reason", "")
-            job_model.update(
-                {"status": "cancelled" if stop_reason == "cancelled" else "finished",
-                 "stop_reason": stop_reason}
-            )
+            rep = result.report
+            stop_reason = rep.get("inversion", {}).get("stop_reason", "")
+            update = {"status": "cancelled" if stop_reason == "cancelled" else "finished",
+                      "stop_reason": stop_reason}
+            if rep.get("partial"):
+                n, missing = len(rep["tiles"]), len(rep["tiles_not_anonymized"])
+                update["message"] = (
+                    f"Stopped: {n - missing} of {n} tiles are anonymized and kept in "
+                    f"{Path(run_path).name}. Run again with the same photo, region and settings "
+                    "to resume from there; nothing is shown as anonymized until every tile is."
+                ) if missing < n else (
+                    f"Stopped at iteration {job_model.iteration} of the first tile, before any "
+                    "tile was finished: nothing was kept. Run again and let at least one tile "
+                    "finish (a later Run resumes from the finished tiles)."
+                )
+            job_model.update(update)
             self._on_done(result)
 
         def errored(exc: BaseException) -> None:
@@ -470,22 +659,24 @@ class AnonymizeWidget(DockWidget):
         """The widget left napari: cancel the run (it ends after its current iteration)."""
         self.stop()
         self.job.events.disconnect(self._show_job)
+        for event in (self.state.tiles.events.rects, self.state.tiles.events.states,
+                      self.state.tiles.events.offset):
+            event.disconnect(self._show_tiles)
         self.plot._offscreen = None  # no more off-screen redraw steps
 
     # -- live updates (main thread) -------------------------------------------------------------
+    def _show_trace(self, check: TraceCheck) -> None:
+        warning = trace_warning(check.pce, DECISION_LEVEL_PCE, check.n_pixels)
+        self.trace_note = warning or (
+            f"The input carries the camera's trace (PCE {check.pce:.1f} ≥ "
+            f"{DECISION_LEVEL_PCE:g}): a before/after comparison is meaningful."
+        )
+        self._show_job()
+
     def _on_steps(self, batch: list[Any]) -> None:
-        checks = [item for item in batch if isinstance(item, TraceCheck)]
-        batch = [item for item in batch if isinstance(item, StepSummary)]
-        if checks:
-            warning = trace_warning(checks[-1].pce, DECISION_LEVEL_PCE, checks[-1].n_pixels)
-            self.trace_note = warning or (
-                f"The input carries the camera's trace (PCE {checks[-1].pce:.1f} ≥ "
-                f"{DECISION_LEVEL_PCE:g}): a before/after comparison is meaningful."
-            )
-            self._show_job()
+        batch = self.state.apply(batch)
         if not batch:
             return
-        self.job.apply(batch)
         self.job.tick(time.monotonic() - self._started_at)
         if self.closed:
             return
@@ -494,104 +685,61 @@ class AnonymizeWidget(DockWidget):
         plot_due = now - self._last_plot >= PLOT_INTERVAL_S
         # never the layer and the plot in one turn of the event loop (each costs tens of ms);
         # when both are due, the one that waited longer goes first
-        layer_updated = self._refresh_snapshots(
-            allow_layer=not plot_due or self._last_layer <= self._last_plot
+        # the store on disk is read only while the steps say it holds snapshots not yet shown
+        view = self.snapshots
+        layer_updated = view is not None and view.unseen and view.refresh(
+            allow_layer=not plot_due or view.last_update <= self._last_plot
         )
         if plot_due and not layer_updated:
             self._last_plot = now
             self.plot.show_history(self.history, self.settings.tau_psnr)
 
-    def _prepare_snapshots_layer(self, shape: tuple[int, int]) -> None:
-        """Add the ``snapshots`` layer before the run (transparent, one blank frame).
-
-        Adding a layer builds its controls and shaders (hundreds of ms); doing it now, not when
-        the first snapshot arrives, keeps the GUI fluid during the run.
-        """
-        blank = np.zeros((1, *shape, 3), np.uint16)
-        active = self.viewer.layers.selection.active  # the new layer must not take the focus
-        self._previous_snapshots = None
-        if "snapshots" in self.viewer.layers:  # a previous run's: restored if this one fails
-            old = self.viewer.layers["snapshots"]
-            self._previous_snapshots = (old.data, dict(old.metadata), float(old.opacity))
-        layer = upsert_layer(
-            self.viewer, self._snapshots_tuple(blank)
-        )
-        # transparent, not hidden: a hidden layer leaves the dims, and the slider would come and go
-        layer.opacity = 0.0
-        # the slider walks through snapshots: say so, instead of napari's axis number ("-3")
-        labels = list(self.viewer.dims.axis_labels)
-        if len(labels) >= 3 and labels[-3] != "snapshot":
-            labels[-3] = "snapshot"
-            self.viewer.dims.axis_labels = labels
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
-
-    def _snapshots_tuple(self, stack: np.ndarray) -> Any:
-        data, kwargs, kind = snapshots_layer(stack, run_dir=str(self.run_path), status="recording")
-        offset = self._region.translate if self._region is not None else (0.0, 0.0)
-        kwargs["translate"] = (0.0, *offset)
-        return data, kwargs, kind
-
-    def _refresh_snapshots(self, force: bool = False, allow_layer: bool = True) -> bool:
-        """Add NCC points from the tile sums on disk and grow the ``snapshots`` layer.
-
-        The layer is updated at most every ``LAYER_INTERVAL_S`` (``force``: now) and only if
-        ``allow_layer``.  Returns whether it was updated.
-        """
-        from dippas_core.snapshots import SnapshotStore, TileSums
-
-        if self.run_path is None:
-            return False
-        if self._store is None:
-            if not (self.run_path / TileSums.META).exists():
-                return False
-            self._store = SnapshotStore(self.run_path)
-            self._tile_sums = TileSums(self.run_path)
-            if self._record is not None:  # the run folder exists now: record where it came from
-                write_provenance(self.run_path, self._record)
-        now = time.monotonic()
-        n = self._store.refresh()
-        due = force or (allow_layer and now - self._last_layer >= LAYER_INTERVAL_S)
-        updated = n > self._n_shown and due
-        if updated:
-            self._last_layer = now
-            # follow the newest snapshot unless the user parked the slider on an older one
-            # (napari may briefly reset the slider to 0 while a layer's range changes, so 0
-            # does not count as a choice)
-            current = self.viewer.dims.current_step[0]
-            was_last = not 0 < current < self._n_shown - 1
-            layer = upsert_layer(self.viewer, self._snapshots_tuple(self._store.frames))
-            layer.opacity = 1.0
-            if was_last:
-                self.viewer.dims.set_current_step(0, n - 1)
-            self._n_shown = n
-        k = self._tile_sums.refresh()
-        if k > self._n_ncc:
-            values = _ncc_from_tile_sums(self._tile_sums.array(k)[self._n_ncc : k])
-            iterations = self._store.iterations[self._n_ncc : k]
-            self.history.add_ncc(list(zip(iterations, values, strict=False)))
-            self.job.ncc = float(values[-1])
-            self._n_ncc = k
-        return updated
-
     def _show_job(self, *_: Any) -> None:
-        text = self.job.describe()
-        self.status.setText(f"{text}\n{self.trace_note}" if self.trace_note else text)
-        if self.job.status in ("finished", "cancelled") and self.job.iteration > 0:
-            # the honest total is what the run needed: a run that stopped at its PSNR is done
-            self.progress.setRange(0, self.job.iteration)
-        self.progress.setValue(min(self.job.iteration, self.progress.maximum()))
+        lines = [self.job.describe(), self.run_note, self.trace_note]
+        if self._tiled:
+            lines.insert(1, self.state.tiles.describe() + self._tiles_left())
+        self.status.setText("\n".join(line for line in lines if line))
+        if self._tiled:
+            self.progress.setValue(self.state.tiles.n_finished)
+        else:
+            if self.job.status in ("finished", "cancelled") and self.job.iteration > 0:
+                # the honest total is what the run needed: a run that stopped at its PSNR is done
+                self.progress.setRange(0, self.job.iteration)
+            self.progress.setValue(min(self.job.iteration, self.progress.maximum()))
         self.run_button.setText("Stop" if self.running else "Run")
         self.run_button.setEnabled(self.job.status != "stopping")
+
+    def _tiles_left(self) -> str:
+        """``" · at most 12 min left for every tile"`` at the measured speed (running only)."""
+        job, tiles = self.job, self.state.tiles
+        per_it = job.seconds_per_iteration
+        if job.status != "running" or not np.isfinite(per_it):
+            return ""
+        from .._models import _duration
+
+        left = (max(job.max_iter - job.iteration, 0) + tiles.count("waiting") * job.max_iter)
+        return f" · at most {_duration(left * per_it)} left for every tile"
 
     def _on_done(self, result: Any) -> None:
         """The run ended (``job.status`` is already set): show its layers."""
         self.cancel = None
-        self._previous_snapshots = None  # replaced for good: let its memory map go
+        view = self.snapshots
+        if view is not None:
+            view.forget_previous()
         if self.closed:  # the viewer may be gone with the widget: leave it alone
             return
-        self._refresh_snapshots(force=True)
+        if not self._tiled and self.job.status == "finished":
+            below = result.report.get("below_tau") or []
+            self.state.tiles.finish_tile(TileFinished(0, float(below[0]["short_db"]) if below
+                                                      else 0.0))
+        self.state.tiles.run_ended()
+        if view is not None:
+            view.refresh(force=True)
         self.plot.show_history(self.history, self.settings.tau_psnr, final=True)
+        if result.report.get("partial"):  # a stopped photo run: its tiles wait for a resume
+            self._select(self.photo.layer())
+            self.run_finished.emit(str(self.run_path))
+            return
         B = int(result.report["block_ncc"]["B"])
         shape = result.image.shape[:2]
         info = {"run_dir": str(self.run_path)}
@@ -604,7 +752,7 @@ class AnonymizeWidget(DockWidget):
             block_heatmap_layer(result.maps["block_ncc_before"], B, image_shape=shape,
                                 offset=offset, stage="before", **info),
         )
-        upsert_run_layer(
+        output = upsert_run_layer(
             self.viewer,
             anonymized_layer(result.image, report=result.report, bit_depth=self._bit_depth,
                              offset=offset, **info),
@@ -624,36 +772,19 @@ class AnonymizeWidget(DockWidget):
                     difference_layer(result.image, source, name="difference (after − before)",
                                      offset=offset, **info),
                 )
-        if "snapshots" in self.viewer.layers:
-            meta = self.viewer.layers["snapshots"].metadata.get("dippas", {})
-            meta["status"] = self.job.status
+        if view is not None:
+            view.finished(self.job.status)
+        self._select(output)  # the result, never the transparent snapshots placeholder
         self.run_finished.emit(str(self.run_path))
+
+    def _select(self, layer: Any) -> None:
+        """Make ``layer`` the selected one (its controls show), if it is still in the viewer."""
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.selection.active = layer
 
     def _on_error(self, exc: BaseException) -> None:
         """The run failed (``job.status`` is already set): drop its placeholder layer."""
         self.cancel = None
-        if not self.closed:
-            self._drop_placeholder()
-
-    def _drop_placeholder(self) -> None:
-        """A failed run: its ``snapshots`` placeholder goes (the previous run's layer comes back).
-
-        Snapshots the run already showed stay, marked failed: they are real and on disk.
-        """
-        layers = self.viewer.layers
-        if "snapshots" not in layers:
-            return
-        layer = layers["snapshots"]
-        meta = layer.metadata.get("dippas", {})
-        if meta.get("run_dir") != str(self.run_path):
-            return  # not ours any more
-        if self._n_shown:
-            layer.metadata = {"dippas": {**meta, "status": "failed"}}
-        elif self._previous_snapshots is not None:
-            data, metadata, opacity = self._previous_snapshots
-            layer.data = data
-            layer.metadata = metadata
-            layer.opacity = opacity
-        else:
-            layers.remove(layer)
-        self._previous_snapshots = None
+        self.state.tiles.run_ended()
+        if not self.closed and self.snapshots is not None:
+            self.snapshots.failed()

@@ -67,7 +67,9 @@ def upsert_layer(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
     name = kwargs["name"]
     if name in viewer.layers:
         layer = viewer.layers[name]
-        same_kind = type(layer).__name__.lower() == layer_type and (
+        # __class__, not type(): a plugin dock's viewer hands out napari's PublicOnlyProxy,
+        # whose type is the proxy (every update would then replace the layer)
+        same_kind = layer.__class__.__name__.lower() == layer_type and (
             getattr(layer, "rgb", False) == kwargs.get("rgb", getattr(layer, "rgb", False))
         )
         if same_kind and np.ndim(layer.data) == np.ndim(data):
@@ -111,7 +113,7 @@ def show_rectangles(viewer: napari.Viewer, data_tuple: LayerDataTuple) -> Layer:
     data, kwargs, _ = data_tuple
     name = kwargs["name"]
     layer = viewer.layers[name] if name in viewer.layers else None
-    if layer is None or type(layer).__name__ != "Shapes":
+    if layer is None or layer.__class__.__name__ != "Shapes":  # (__class__: see upsert_layer)
         active = viewer.layers.selection.active  # a status overlay must not take the focus
         layer = viewer.add_shapes(data, **kwargs)
         if active is not None:

@@ -209,8 +209,10 @@ def test_a_garbled_assembly_file_falls_back_to_defaults(viewer, synthetic_run):
     assert last_assembly_params(RunSession(path)).n_average == 10
     layers = viewer.open(str(path), plugin="napari-dippas")  # the run still opens, whole
     names = {layer.name for layer in layers}
-    assert {"photo", "fingerprint", "snapshots", "anonymized", "NCC after"} <= names
-    np.testing.assert_array_equal(viewer.layers["photo"].data, photo)
+    # named by the run (a run made outside the viewer: its folder), never numbered
+    assert {f"{name} — garbled" for name in (
+        "photo", "fingerprint", "snapshots", "anonymized", "NCC after")} <= names
+    np.testing.assert_array_equal(viewer.layers["photo — garbled"].data, photo)
 
 
 def test_a_16_bit_run_is_scored_on_the_8_bit_scale_and_saved_16_bit(

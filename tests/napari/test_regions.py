@@ -307,10 +307,22 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     asked = []
     anon.confirm = lambda text: asked.append(text) or True
     active = viewer.layers.selection.active
+    dims_seen = []  # what the dims show while the run goes: one slider, named, never "-3"
+    anon.job.events.n_snapshots.connect(
+        lambda *_: dims_seen.append((viewer.dims.ndim, tuple(viewer.dims.axis_labels)))
+    )
     anon.start()
     assert viewer.layers.selection.active is active  # the snapshots placeholder stays unselected
     qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
     assert anon.job.status == "finished", anon.job.message
+    assert dims_seen and all(ndim == 3 and labels[0] == "snapshot" and not any(
+        label.startswith("-") for label in labels) for ndim, labels in dims_seen), dims_seen
+    # the result is selected (its controls show), not the snapshots layer
+    assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    # a region that fits one tile is one tile, done, drawn over the region
+    tiles = viewer.layers["tiles"]
+    assert list(tiles.features["state"]) in (["done"], ["fell short"])
+    np.testing.assert_allclose(np.asarray(tiles.extent.world), [(95.5, 127.5), (159.5, 191.5)])
     assert not asked  # 64×64 is no big run
     assert anon.progress.value() == anon.progress.maximum()  # 100 % when done
     assert "PCE" in anon.trace_note
