@@ -21,9 +21,13 @@ With the same seed a tile's images equal those of a separate ``invert`` run up t
 (``tests/test_dip_batched.py``).  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
 at once and the next waiting tile of the same size takes its place.
 
+A batch of one tile (N = 1, or the last tile left) runs that tile's own network, the plain
+one-network forward of :func:`~dippas_core.dip.invert`: vmap gains nothing there.
+
 ``tiles_per_step="auto"`` measures: on a GPU, the memory one tile's step takes against the free
-memory; on the CPU, a few steps at N = 1, 2, 4, 8 (the best pixel-iterations per second wins).
-The choice and its reason are recorded in every tile's ``environment``.
+memory; on the CPU, a few steps of the plain path (N = 1) and of batches of N = 2, 4, 8: the
+fastest wins, a batch only when it beats the plain path by :data:`AUTO_MARGIN`.  The choice and
+every measured rate are recorded in every tile's ``environment``.
 """
 
 from __future__ import annotations
@@ -61,12 +65,24 @@ if TYPE_CHECKING:
 
     from ..cancel import CancelToken
 
-__all__ = ["TileJob", "TileStep", "TileDone", "invert_tiles", "choose_tiles_per_step"]
+__all__ = [
+    "TileJob",
+    "TileStep",
+    "TileDone",
+    "invert_tiles",
+    "choose_tiles_per_step",
+    "measure_tiles_per_step",
+    "fastest_tiles_per_step",
+]
 
 #: Largest N that ``"auto"`` picks (beyond it a GPU gains little and a slow tile delays more).
 AUTO_MAX = 64
 #: Share of the free GPU memory that ``"auto"`` plans to use.
 AUTO_MEMORY_SHARE = 0.7
+#: A batch must be this much faster than the one-network path for ``"auto"`` to pick it.
+AUTO_MARGIN = 1.05
+#: Timed steps per candidate N of the CPU measurement (after one warm-up step).
+AUTO_TIMED_STEPS = 2
 _CPU_CANDIDATES = (1, 2, 4, 8)
 
 
@@ -240,13 +256,28 @@ class _Batch:
         ):
             return self._forward(params, z)
 
+    def forward_one(self) -> torch.Tensor:
+        """1×3×H×W output of a lone tile's own network: the plain one-network forward.
+
+        A batch of one gains nothing from vmap (whose grouped kernels are slower on the CPU), and
+        this way N = 1 is exactly :func:`~dippas_core.dip.invert`'s computation.
+        """
+        import torch
+
+        tile = self.tiles[0]
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            return tile.forward(tile.noisy_z, (tile.height, tile.width))
+
     def step(self) -> list[tuple[float, float, float, float, Any]]:
         """One optimiser step of every tile: (loss, psnr, gamma, gamma*, snapshot or None) each."""
         import torch
 
         for t in self.tiles:
             t.perturb()
-        out = self.forward().float()
+        out = self.forward_one() if len(self.tiles) == 1 else self.forward()
+        out = out.float()
         i_phis = [out[i : i + 1] for i in range(len(self.tiles))]
         losses = [t.loss_of(i_phi) for t, i_phi in zip(self.tiles, i_phis, strict=True)]
         for t in self.tiles:
@@ -449,50 +480,100 @@ def choose_tiles_per_step(
     """N for ``tiles_per_step="auto"``, and why: ``(N, reason)``.
 
     On CUDA: the memory one step of one tile takes (measured on a throw-away tile) against
-    :data:`AUTO_MEMORY_SHARE` of the free device memory.  On the CPU (and MPS): a few timed
-    steps of throw-away batches at N = 1, 2, 4, 8; the best pixel-iterations per second wins.
-    Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
+    :data:`AUTO_MEMORY_SHARE` of the free device memory.  On the CPU (and MPS): a short
+    measurement, :func:`measure_tiles_per_step`, of the plain one-network path (N = 1) against
+    batches of N = 2, 4, 8; the fastest wins (:func:`fastest_tiles_per_step`).  The reason
+    names every measured rate.  Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
     """
-    import torch
-
     job = _PreparedJob("auto", img01, P, config)
     cap = max(1, min(int(n_tiles), AUTO_MAX))
     if cap == 1:
         return 1, "one tile"
     if device.type == "cuda":
+        return _choose_by_memory(job, config, device, speed, cap)
+    rates = measure_tiles_per_step(job, config, device, speed, cap)
+    best = fastest_tiles_per_step(rates)
+    measured = ", ".join(
+        f"N={n}{' (one network)' if n == 1 else ''}: {rate / 1e3:.1f} kpx·it/s"
+        for n, rate in rates.items()
+    )
+    return best, (
+        f"measured on the CPU ({AUTO_TIMED_STEPS} timed steps after 1 warm-up each): "
+        f"{measured}; fastest: N={best}"
+    )
+
+
+def _choose_by_memory(
+    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+) -> tuple[int, str]:
+    import torch
+
+    torch.cuda.synchronize(device)
+    free, _total = torch.cuda.mem_get_info(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    probe = _Batch(device, speed)
+    try:
+        probe.add(_with_params(_Tile(job, config, device, speed)))
+        probe.step()
         torch.cuda.synchronize(device)
-        free, _total = torch.cuda.mem_get_info(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        probe = _Batch(device, speed)
-        try:
-            probe.add(_with_params(_Tile(job, config, device, speed)))
-            probe.step()
-            torch.cuda.synchronize(device)
-            per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
-        finally:
-            probe.release()
-        n = int(AUTO_MEMORY_SHARE * free // per_tile)
-        n = max(1, min(n, cap))
-        return n, (
-            f"memory: {per_tile / 2**20:.0f} MiB per tile, {free / 2**30:.1f} GiB free"
-        )
+        per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
+    finally:
+        probe.release()
+    n = int(AUTO_MEMORY_SHARE * free // per_tile)
+    n = max(1, min(n, cap))
+    return n, f"memory: {per_tile / 2**20:.0f} MiB per tile, {free / 2**30:.1f} GiB free"
+
+
+def measure_tiles_per_step(
+    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+) -> dict[int, float]:
+    """Pixel-iterations per second of N = 1, 2, 4, 8 (at most ``cap``) tiles per step.
+
+    N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 the
+    vmapped batch.  Each rate comes from :func:`_seconds_per_step` on throw-away tiles.  Once
+    a batch is slower than the batch of half its size, larger ones are not tried.
+    """
+    h, w = job.size
     rates: dict[int, float] = {}
-    h, w = img01.shape[:2]
     for n in [c for c in _CPU_CANDIDATES if c <= cap]:
-        probe = _Batch(device, speed)
-        try:
-            for _ in range(n):
-                probe.add(_with_params(_Tile(job, config, device, speed)))
-            probe.step()  # warm-up
+        rates[n] = n * h * w / _seconds_per_step(n, job, config, device, speed)
+        if n > 2 and rates[n] < rates[n // 2]:
+            break  # past the best batch
+    return rates
+
+
+def fastest_tiles_per_step(rates: dict[int, float]) -> int:
+    """The N of the highest rate; a batch must beat the one-network rate by :data:`AUTO_MARGIN`.
+
+    The margin keeps the plain path when a batch is only as fast within measurement noise (a
+    batch also delays every tile's snapshots until its slowest step).
+    """
+    plain = rates.get(1, 0.0)
+    batched = {n: r for n, r in rates.items() if n > 1}
+    if not batched:
+        return 1
+    best = max(batched, key=batched.__getitem__)
+    return best if batched[best] > AUTO_MARGIN * plain else 1
+
+
+def _seconds_per_step(
+    n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+) -> float:
+    """The fastest of :data:`AUTO_TIMED_STEPS` steps of a throw-away batch of ``n`` tiles.
+
+    After one untimed warm-up step; the fastest step is the one least disturbed by other jobs.
+    """
+    probe = _Batch(device, speed)
+    try:
+        for _ in range(n):
+            probe.add(_with_params(_Tile(job, config, device, speed)))
+        probe.step()  # warm-up: first-call set-up of the kernels
+        best = float("inf")
+        for _ in range(AUTO_TIMED_STEPS):
             t0 = time.perf_counter()
-            for _ in range(2):
-                probe.step()
-            rates[n] = 2 * n * h * w / (time.perf_counter() - t0)
-        finally:
-            probe.release()
-        if n > 1 and rates[n] < rates[n // 2]:
-            break  # past the best
-    best = max(rates, key=rates.__getitem__)
-    measured = ", ".join(f"N={k}: {v / 1e3:.1f} kpx·it/s" for k, v in rates.items())
-    return best, f"measured on the CPU: {measured}"
+            probe.step()
+            best = min(best, time.perf_counter() - t0)
+        return best
+    finally:
+        probe.release()
