@@ -99,6 +99,7 @@ else
         --out "$W/K.npz" --force
     "$PY" -m dippas_core score "$PHOTO" --fingerprint "$W/K.npz" --json "${SCORE[@]}" \
         | tee "$W/before.json"
+    rm -f "$W"/anon*.png "$W"/anon*.json "$W/report.json"
     start=$(date +%s)
     # --tiles-per-step auto: N from the free GPU memory (on the CPU: the measured choice)
     timeout 240 "$PY" -m dippas_core anonymize "$PHOTO" --fingerprint "$W/K.npz" \
@@ -106,8 +107,11 @@ else
         --force --quiet
     status=$?
     echo "anonymize exit status $status, wall $(( $(date +%s) - start )) s (cut at 240 s)"
-    if [ -f "$W/anon.png" ]; then
-        "$PY" -m dippas_core score "$W/anon.png" --fingerprint "$W/K.npz" --json \
+    # a tile below tau or a partial run renames the output (anon-below-tau-….png, -partial)
+    IMG=$(ls -t "$W"/anon*.png 2>/dev/null | head -1)
+    if [ -n "$IMG" ]; then
+        echo "output: $IMG"
+        "$PY" -m dippas_core score "$IMG" --fingerprint "$W/K.npz" --json \
             "${SCORE[@]}" | tee "$W/after.json"
         "$PY" - "$W/report.json" <<'EOF'
 import json, sys

@@ -407,7 +407,17 @@ def test_auto_runs_the_measured_fastest_path(d70, tmp_path, monkeypatch, seconds
     # tile through it; when a batch does, with that many tiles per step; the record says so
     from dippas_core.dip import batched
 
-    monkeypatch.setattr(batched, "_seconds_per_step", lambda n, *args: seconds[n])
+    class FakeProbe:  # injected timings, no clock
+        def __init__(self, n, *args):
+            self.n = n
+
+        def step_seconds(self):
+            return seconds[self.n]
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(batched, "_make_probe", FakeProbe)
     photo, K = _crop(d70, 100, 200, 96, 96)
     result = anonymize(photo, K, _config(max_iter=2, tiles_per_step="auto"))
     inv = result.report["inversion"]

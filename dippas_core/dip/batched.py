@@ -498,7 +498,8 @@ def choose_tiles_per_step(
         for n, rate in rates.items()
     )
     return best, (
-        f"measured on the CPU ({AUTO_TIMED_STEPS} timed steps after 1 warm-up each): "
+        f"measured on the CPU ({AUTO_TIMED_STEPS} timed steps per batch after 1 warm-up, "
+        "the one-network path stepping in turn with each): "
         f"{measured}; fastest: N={best}"
     )
 
@@ -531,16 +532,33 @@ def measure_tiles_per_step(
     """Pixel-iterations per second of N = 1, 2, 4, 8 (at most ``cap``) tiles per step.
 
     N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 the
-    vmapped batch.  Each rate comes from :func:`_seconds_per_step` on throw-away tiles.  Once
-    a batch is slower than the batch of half its size, larger ones are not tried.
+    vmapped batch, each on throw-away tiles (:func:`_make_probe`).  The plain probe lives
+    through the whole measurement and steps in turn with each batch, so that other jobs' load
+    hits both alike; each rate comes from its fastest step.  Once a batch is slower than the
+    batch of half its size, larger ones are not tried.
     """
     h, w = job.size
+    plain = _make_probe(1, job, config, device, speed)
+    times: dict[int, list[float]] = {1: []}
     rates: dict[int, float] = {}
-    for n in [c for c in _CPU_CANDIDATES if c <= cap]:
-        rates[n] = n * h * w / _seconds_per_step(n, job, config, device, speed)
-        if n > 2 and rates[n] < rates[n // 2]:
-            break  # past the best batch
-    return rates
+    try:
+        for n in [c for c in _CPU_CANDIDATES if 1 < c <= cap]:
+            probe = _make_probe(n, job, config, device, speed)
+            try:
+                times[n] = []
+                for _ in range(AUTO_TIMED_STEPS):
+                    times[1].append(plain.step_seconds())
+                    times[n].append(probe.step_seconds())
+            finally:
+                probe.release()
+            rates[n] = n * h * w / min(times[n])
+            if n > 2 and rates[n] < rates[n // 2]:
+                break  # past the best batch
+        if not times[1]:  # no batch to try (cap 1)
+            times[1].append(plain.step_seconds())
+    finally:
+        plain.release()
+    return {1: h * w / min(times[1]), **rates}
 
 
 def fastest_tiles_per_step(rates: dict[int, float]) -> int:
@@ -557,23 +575,34 @@ def fastest_tiles_per_step(rates: dict[int, float]) -> int:
     return best if batched[best] > AUTO_MARGIN * plain else 1
 
 
-def _seconds_per_step(
-    n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
-) -> float:
-    """The fastest of :data:`AUTO_TIMED_STEPS` steps of a throw-away batch of ``n`` tiles.
+class _Probe:
+    """A throw-away batch of ``n`` copies of one tile, warmed up by one step."""
 
-    After one untimed warm-up step; the fastest step is the one least disturbed by other jobs.
-    """
-    probe = _Batch(device, speed)
-    try:
-        for _ in range(n):
-            probe.add(_with_params(_Tile(job, config, device, speed)))
-        probe.step()  # warm-up: first-call set-up of the kernels
-        best = float("inf")
-        for _ in range(AUTO_TIMED_STEPS):
-            t0 = time.perf_counter()
-            probe.step()
-            best = min(best, time.perf_counter() - t0)
-        return best
-    finally:
-        probe.release()
+    def __init__(
+        self, n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+    ) -> None:
+        self.n = n
+        self.batch = _Batch(device, speed)
+        try:
+            for _ in range(n):
+                self.batch.add(_with_params(_Tile(job, config, device, speed)))
+            self.batch.step()  # warm-up: first-call set-up of the kernels
+        except BaseException:
+            self.batch.release()
+            raise
+
+    def step_seconds(self) -> float:
+        """Wall seconds of one more step."""
+        t0 = time.perf_counter()
+        self.batch.step()
+        return time.perf_counter() - t0
+
+    def release(self) -> None:
+        self.batch.release()
+
+
+def _make_probe(
+    n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+) -> _Probe:
+    """A :class:`_Probe` (the one seam where tests inject timings)."""
+    return _Probe(n, job, config, device, speed)
