@@ -79,7 +79,7 @@ EOF
 echo "gpu_check: data ${DIPPAS_TESTDATA:-none}"
 
 echo; echo "== 1. CUDA tests"
-timeout 200 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider -p no:xvfb \
+timeout 200 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider -p no:xvfb -p no:warnings \
     -o addopts="" 2>&1 | tail -25
 echo "tests exit status: ${PIPESTATUS[0]}"
 

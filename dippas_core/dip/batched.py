@@ -18,7 +18,10 @@ module steps ``N = tiles_per_step`` of them at once:
   optimiser steps and its gamma is updated by the same :meth:`_Inverter.after_update`.
 
 With the same seed a tile's images equal those of a separate ``invert`` run up to float rounding
-(``tests/test_dip_batched.py``).  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
+(``tests/test_dip_batched.py``): in float64 over whole runs; in float32 the first step agrees to
+~1e-5 and then the pixels part within a few steps, as they do for ``invert`` itself under any
+change of summation order (Adam amplifies rounding), while the PSNR histories stay together
+(docs/dip.md, "Equivalence").  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
 at once and the next waiting tile of the same size takes its place.
 
 A batch of one tile (N = 1, or the last tile left) runs that tile's own network, the plain
@@ -513,12 +516,15 @@ def _choose_by_memory(
     free, _total = torch.cuda.mem_get_info(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
+    # two tiles, so that the probe runs the vmapped forward (a lone tile runs its own network,
+    # which needs less than a tile of a batch)
     probe = _Batch(device, speed)
     try:
-        probe.add(_with_params(_Tile(job, config, device, speed)))
+        for _ in range(2):
+            probe.add(_with_params(_Tile(job, config, device, speed)))
         probe.step()
         torch.cuda.synchronize(device)
-        per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
+        per_tile = max((torch.cuda.max_memory_allocated(device) - before) // 2, 1)
     finally:
         probe.release()
     n = int(AUTO_MEMORY_SHARE * free // per_tile)
