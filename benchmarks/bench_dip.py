@@ -355,25 +355,31 @@ def _batch_of(n: int, tiles, config, device):
     return batch
 
 
-def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, float]:
-    """Median wall seconds of one step of each N, the Ns stepping in turn (round-robin)."""
+def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, tuple[float, float]]:
+    """(median wall, median CPU) seconds of one step of each N, the Ns in turn (round-robin).
+
+    The CPU seconds of this process barely depend on other jobs' load (one torch thread): on a
+    shared machine they are the steadier figure to compare the Ns by.
+    """
     import numpy as np
     import torch
 
     batches = {n: _batch_of(n, tiles, config, device) for n in ns}
     times: dict[int, list[float]] = {n: [] for n in ns}
+    cpu: dict[int, list[float]] = {n: [] for n in ns}
     try:
         for _ in range(1 + iters):  # one warm-up step
             for n, batch in batches.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 batch.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 times[n].append(time.perf_counter() - t0)
+                cpu[n].append(time.process_time() - c0)
     finally:
         for batch in batches.values():
             batch.release()
-    return {n: float(np.median(t[1:])) for n, t in times.items()}
+    return {n: (float(np.median(times[n][1:])), float(np.median(cpu[n][1:]))) for n in ns}
 
 
 def _profile_tiles(ns, tiles, config, device, top: int = 6) -> None:
@@ -434,8 +440,8 @@ def _tiles_main(args) -> int:
     label = "" if cuda else "  [timings under load (shared machine)]"
     print(f"device: {device_name(device)}   torch {torch.__version__}   {machine_note()}{label}")
     print(f"tiles per step, preset {args.preset!r}; median of {args.iters} steps after 1 warm-up, "
-          "the Ns interleaved; px·it/s = N·H·W / seconds per step; N=1 is the plain "
-          "one-network path (what invert runs)")
+          "the Ns interleaved; px·it/s = N·H·W / seconds per step; × N=1: rate over N=1's; "
+          "N=1 is the plain one-network path (what invert runs); CPU: this process's CPU seconds")
     for amp in amps:
         for size in sizes:
             config = DIPConfig.preset(
@@ -445,12 +451,16 @@ def _tiles_main(args) -> int:
             tiles, source = _region(size, max(8, max(ns)))
             seconds = _time_tiles(ns, tiles, config, device, args.iters)
             print(f"\n{size}×{size} px, amp={amp}, tiles from {source}")
-            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7}")
-            base = size * size / seconds[ns[0]] if ns[0] == 1 else None
+            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7} {'CPU s/step':>11} "
+                  f"{'× N=1 (CPU)':>12}")
+            one = seconds.get(1)
             for n in ns:
-                rate = n * size * size / seconds[n]
-                ratio = f"{rate / base:7.2f}" if base else "      -"
-                print(f"{n:>4} {seconds[n]:9.3f} {rate / 1e3:9.1f} {ratio}", flush=True)
+                wall, cpu = seconds[n]
+                rate = n * size * size / wall
+                ratio = f"{one[0] * n / wall:7.2f}" if one else "      -"
+                ratio_cpu = f"{one[1] * n / cpu:12.2f}" if one else "           -"
+                print(f"{n:>4} {wall:9.3f} {rate / 1e3:9.1f} {ratio} {cpu:11.3f} {ratio_cpu}",
+                      flush=True)
             if args.profile:
                 _profile_tiles(ns, tiles, config, device)
                 continue
@@ -465,7 +475,7 @@ def _tiles_main(args) -> int:
             t_choose = time.perf_counter() - t0
             print(f"auto: N={n_auto} ({why}; {t_choose:.1f} s)", flush=True)
             # N = 1, the auto N and the table's fastest batch (when auto kept the plain path)
-            fastest = max((n for n in ns if n > 1), key=lambda n: n / seconds[n], default=1)
+            fastest = max((n for n in ns if n > 1), key=lambda n: n / seconds[n][0], default=1)
             runs: dict[int, list[float]] = {n: [] for n in dict.fromkeys((1, n_auto, fastest))}
             for _ in range(2):  # alternate, best of two: the machine's load hits all alike
                 for n in runs:
