@@ -540,31 +540,34 @@ def measure_tiles_per_step(
     N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 the
     vmapped batch, each on throw-away tiles (:func:`_make_probe`).  The plain probe lives
     through the whole measurement and steps in turn with each batch, so that other jobs' load
-    hits both alike; each rate comes from its fastest step.  Once a batch is slower than the
-    batch of half its size, larger ones are not tried.
+    hits both alike.  A batch's rate comes from the fastest of its :data:`AUTO_TIMED_STEPS`
+    steps; the plain path's from the median over the batches of its fastest step beside each
+    (as many steps per figure as a batch has: a minimum over more steps would favour it).  Once
+    a batch is slower than the batch of half its size, larger ones are not tried.
     """
     h, w = job.size
     plain = _make_probe(1, job, config, device, speed)
-    times: dict[int, list[float]] = {1: []}
+    plain_best: list[float] = []  # the plain path's fastest step beside each batch
     rates: dict[int, float] = {}
     try:
         for n in [c for c in _CPU_CANDIDATES if 1 < c <= cap]:
             probe = _make_probe(n, job, config, device, speed)
+            plain_times, times = [], []
             try:
-                times[n] = []
                 for _ in range(AUTO_TIMED_STEPS):
-                    times[1].append(plain.step_seconds())
-                    times[n].append(probe.step_seconds())
+                    plain_times.append(plain.step_seconds())
+                    times.append(probe.step_seconds())
             finally:
                 probe.release()
-            rates[n] = n * h * w / min(times[n])
+            plain_best.append(min(plain_times))
+            rates[n] = n * h * w / min(times)
             if n > 2 and rates[n] < rates[n // 2]:
                 break  # past the best batch
-        if not times[1]:  # no batch to try (cap 1)
-            times[1].append(plain.step_seconds())
+        if not plain_best:  # no batch to try (cap 1)
+            plain_best.append(min(plain.step_seconds() for _ in range(AUTO_TIMED_STEPS)))
     finally:
         plain.release()
-    return {1: h * w / min(times[1]), **rates}
+    return {1: h * w / float(np.median(plain_best)), **rates}
 
 
 def fastest_tiles_per_step(rates: dict[int, float]) -> int:
