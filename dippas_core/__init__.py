@@ -31,6 +31,8 @@ _API = {
     "ncc": "correlation",
     "pce": "correlation",
     "block_ncc": "correlation",
+    "attribute": "attribution",
+    "Attribution": "attribution",
     "psnr": "metrics",
     "roc_curve": "metrics",
     "roc_auc": "metrics",
@@ -46,10 +48,12 @@ _API = {
     # DIP inversion
     "DIPConfig": "dip",
     "invert": "dip",
+    "Inversion": "dip",
     # runs, assembly, one-call pipeline
     "SnapshotStore": "snapshots",
     "RunDirectory": "run",
     "assemble": "assembly",
+    "AssemblyParams": "assembly",
     "anonymize": "pipeline",
     "AnonymizeConfig": "pipeline",
     "sample_data": "sample",

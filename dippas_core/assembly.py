@@ -9,7 +9,9 @@ snapshot), kept as the test oracle and the benchmark's baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,15 @@ from .errors import InputError
 from .run import RunDirectory
 from .snapshots import SCALE, block_ncc_from_sums
 
-__all__ = ["AssemblyResult", "NoSnapshotsError", "assemble", "assemble_direct", "rank_snapshots"]
+__all__ = [
+    "AssemblyParams",
+    "AssemblyResult",
+    "NoSnapshotsError",
+    "assemble",
+    "assemble_direct",
+    "check_assembly_params",
+    "rank_snapshots",
+]
 
 #: Most bytes of snapshot pixels gathered at once while averaging a block (keeps peak RAM low).
 _GATHER_BYTES = 48 * 2**20
@@ -31,6 +41,114 @@ _RELEASE_BYTES = 16 * 2**20
 
 class NoSnapshotsError(InputError):
     """The run has no snapshot to assemble (the inversion never reached tau_psnr, or just began)."""
+
+
+#: Names other parts of the project once used for B and L (evaluation presets, the viewer), read
+#: by :meth:`AssemblyParams.from_dict`.  ``tau_psnr`` is not one: it names the recording threshold.
+_ALIASES = {"block": "B", "block_size": "B", "top_l": "L", "n_average": "L"}
+
+
+@dataclass(frozen=True)
+class AssemblyParams:
+    """The assembly's parameters (method §5), one set for the API, the CLI, configs and run files.
+
+    Parameters
+    ----------
+    B : int
+        Block side in pixels: a multiple of the run's tile, or at least the image's larger side
+        (one block).  Whether it fits a given run is checked by :meth:`fitted`.
+    L : int
+        Snapshots averaged per block (all the candidates when fewer), ``>= 1``.
+    tau : float or None
+        The *assembly* threshold (dB): the snapshots with PSNR ``>= min(tau, best PSNR)`` are the
+        candidates.  ``None``: the run's *recording* threshold (``DIPConfig.tau_psnr``, every
+        snapshot it kept; :attr:`~dippas_core.run.RunDirectory.record_psnr`).
+
+    Raises
+    ------
+    InputError
+        B or L not a whole number ``>= 1``, tau not a finite number (nor ``None``).
+    """
+
+    B: int = 64
+    L: int = 10
+    tau: float | None = 38.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "B", _whole(self.B, "B", "block size B"))
+        object.__setattr__(self, "L", _whole(self.L, "L", "L (snapshots averaged per block)"))
+        if self.tau is not None:
+            object.__setattr__(self, "tau", _finite_db(self.tau))
+
+    def fitted(self, shape: tuple[int, int], tile: int, record_psnr: float | None = None
+               ) -> AssemblyParams:
+        """These parameters checked against an H×W photo and a run tile (B capped at the image).
+
+        ``tau=None`` becomes ``record_psnr`` (the run's recording threshold).  Needs no run, so
+        a caller checks them before it spends an inversion on one.
+
+        Raises
+        ------
+        InputError
+            B neither a multiple of ``tile`` nor at least the image's larger side; ``tau`` is
+            ``None`` and ``record_psnr`` is not a finite number.
+        """
+        tau = self.tau if self.tau is not None else record_psnr
+        B, L, tau = check_assembly_params(shape, tile, self.B, self.L, tau)
+        return AssemblyParams(B, L, tau)
+
+    def replace(self, **changes: Any) -> AssemblyParams:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"B": self.B, "L": self.L, "tau": self.tau}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AssemblyParams:
+        """From ``{"B", "L", "tau"}`` (also the older names ``block``/``block_size`` and
+        ``top_l``/``n_average``); missing keys take the defaults."""
+        if not isinstance(data, dict):
+            raise InputError(f"assembly parameters must be a mapping, got {type(data).__name__}")
+        known = {"B", "L", "tau", *_ALIASES}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"unknown assembly parameter(s) {', '.join(map(repr, unknown))}; "
+                "expected B, L, tau"
+            )
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = _ALIASES.get(key, key)
+            if name in values and values[name] != value:
+                raise InputError(f"assembly parameter {name} given twice, as {values[name]!r} "
+                                 f"and {value!r}")
+            values[name] = value
+        return cls(**values)
+
+    @classmethod
+    def coerce(cls, B: Any = 64, L: Any = 10, tau: Any = 38.0) -> AssemblyParams:
+        """``AssemblyParams`` from ``B, L, tau``, or ``B`` itself when it already is one."""
+        if isinstance(B, AssemblyParams):
+            return B
+        return cls(B, L, tau)
+
+
+def _whole(value: Any, name: str, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{what} must be an integer >= 1, got {name}={value!r}")
+    return int(value)
+
+
+def _finite_db(value: Any) -> float:
+    if isinstance(value, bool):
+        raise InputError(f"tau (PSNR threshold, dB) must be a number, got {value!r}")
+    try:
+        tau = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"tau (PSNR threshold, dB) must be a number, got {value!r}") from exc
+    if isinstance(value, bool) or not math.isfinite(tau):
+        raise InputError(f"tau (PSNR threshold, dB) must be finite, got {value!r}")
+    return tau
 
 
 @dataclass
@@ -99,7 +217,10 @@ def measure_block_ncc(
 
 
 def _check_params(run: RunDirectory, B: Any, L: Any, tau: Any) -> tuple[int, int, float]:
-    return check_assembly_params(run.shape, run.tile, B, L, tau)
+    """B, L, tau (or an :class:`AssemblyParams` as ``B``) checked against the run."""
+    params = AssemblyParams.coerce(B, L, tau)
+    fitted = params.fitted(run.shape, run.tile, run.record_psnr)
+    return fitted.B, fitted.L, float(fitted.tau)
 
 
 def check_assembly_params(
@@ -121,7 +242,7 @@ def check_assembly_params(
     if tile < 1:
         raise InputError(f"tile must be a positive number of pixels, got {tile}")
     if isinstance(B, bool) or not isinstance(B, int | np.integer):
-        raise InputError(f"block size B must be an integer, got {B!r}")
+        raise InputError(f"block size B must be an integer >= 1, got {B!r}")
     B = int(B)
     whole = B >= max(h, w)
     if B < tile or (B % tile and not whole):
@@ -152,10 +273,10 @@ def _candidates(run: RunDirectory, tau: float) -> tuple[np.ndarray, float]:
             hist_best = float(psnr.max()) if psnr.size else None
         except (OSError, ValueError):
             pass
-        tau_rec = (run.config.get("dip_config") or {}).get("tau_psnr")
+        tau_rec = run.record_psnr
         why = (
-            f"the best PSNR reached was {hist_best:.2f} dB, below the recording's tau_psnr "
-            f"{tau_rec} dB"
+            f"the best PSNR reached was {hist_best:.2f} dB, below the recording threshold "
+            f"tau_psnr {tau_rec:g} dB"
             if hist_best is not None and tau_rec is not None and hist_best < tau_rec
             else "nothing was recorded yet"
         )
@@ -198,9 +319,9 @@ def rank_snapshots(
 
 def _finish(mean: np.ndarray, dtype: str) -> np.ndarray:
     """float64 0..255 mean → uint8 (rounded, never truncated) or float32."""
-    if dtype == "uint8":
-        return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-    return mean.astype(np.float32)
+    from .io import to_uint8
+
+    return to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
 
 
 def _block_edges(size: int, B: int) -> list[tuple[int, int]]:
@@ -209,9 +330,9 @@ def _block_edges(size: int, B: int) -> list[tuple[int, int]]:
 
 def assemble(
     run: RunDirectory | str | os.PathLike,
-    B: int = 64,
+    B: int | AssemblyParams = 64,
     L: int = 10,
-    tau: float = 38.0,
+    tau: float | None = 38.0,
     *,
     dtype: str = "uint8",
 ) -> AssemblyResult:
@@ -225,10 +346,13 @@ def assemble(
     B
         Block size in pixels: a multiple of the run's tile (32 by default), or at least the image
         size for a single block.  Edge blocks are smaller when the image is not a multiple of B.
+        Or an :class:`AssemblyParams`, which carries L and tau too (``L`` and ``tau`` are then
+        not read).
     L
         Number of best-ranked snapshots averaged per block (all of them when fewer).
     tau
-        PSNR threshold (dB): snapshots with PSNR >= min(tau, best PSNR reached) are candidates.
+        The assembly's PSNR threshold (dB): snapshots with PSNR >= min(tau, best PSNR reached)
+        are candidates.  ``None``: the run's recording threshold (every recorded snapshot).
     dtype
         ``"uint8"`` (rounded) or ``"float32"`` (0..255, for 16-bit output).
 
@@ -313,9 +437,9 @@ def assemble(
 
 def assemble_direct(
     run: RunDirectory | str | os.PathLike,
-    B: int = 64,
+    B: int | AssemblyParams = 64,
     L: int = 10,
-    tau: float = 38.0,
+    tau: float | None = 38.0,
     *,
     dtype: str = "uint8",
 ) -> AssemblyResult:

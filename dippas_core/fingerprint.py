@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from .errors import InputError, ShapeMismatchError
 __all__ = [
     "Fingerprint",
     "check_fingerprint_file",
+    "fingerprint_parts",
     "estimate_fingerprint",
     "intensity_scale",
     "saturation_mask",
@@ -123,6 +125,8 @@ class Fingerprint:
         ``dtype=np.float16`` halves the size (relative error about 5e-4; the shipped sample uses
         it).
         """
+        from .run import environment_info
+
         path = Path(path)
         if path.suffix.lower() != ".npz":
             raise InputError(f"{path}: a fingerprint file must end in .npz")
@@ -133,7 +137,9 @@ class Fingerprint:
                 f,
                 K=self.K.astype(dtype),
                 # the versions that produced the file, for whoever reproduces it later
-                metadata=np.array(json.dumps({**self.metadata(), "environment": _environment()})),
+                metadata=np.array(
+                    json.dumps({**self.metadata(), "environment": environment_info()})
+                ),
             )
         return path
 
@@ -185,6 +191,40 @@ class Fingerprint:
             )
         except (TypeError, ValueError, IndexError) as exc:
             raise InputError(f"{path}: damaged fingerprint metadata ({exc})") from None
+
+
+def fingerprint_parts(
+    fingerprint: Fingerprint | np.ndarray | None,
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The reference ``K`` (checked float32 H×W) and the metadata of ``fingerprint``.
+
+    The one place that tells the accepted kinds apart: a :class:`Fingerprint` gives its ``K`` and
+    ``camera``, ``n_images``, ``sigma``, ``version``; a bare array is ``K`` with no metadata
+    (``{}``); ``None`` (blind mode) gives ``(None, None)``.
+
+    Raises
+    ------
+    InputError
+        ``fingerprint`` is something else (named), or ``K`` is not a finite 2-D array.
+    """
+    from ._validation import as_plane
+
+    if fingerprint is None:
+        return None, None
+    if isinstance(fingerprint, Fingerprint):
+        info = {
+            "camera": fingerprint.camera,
+            "n_images": fingerprint.n_images,
+            "sigma": fingerprint.sigma,
+            "version": fingerprint.version,
+        }
+        return as_plane(fingerprint.K, "fingerprint K"), info
+    if isinstance(fingerprint, np.ndarray | list | tuple):
+        return as_plane(fingerprint, "fingerprint K"), {}
+    raise InputError(
+        f"fingerprint must be a dippas_core.fingerprint.Fingerprint, its K as an H×W array, or "
+        f"None (PRNU-blind mode); got {type(fingerprint).__name__}"
+    )
 
 
 def check_fingerprint_file(
@@ -241,12 +281,6 @@ def check_fingerprint_file(
 
 #: Largest metadata array read from a fingerprint file (it holds a short JSON text).
 _MAX_METADATA_BYTES = 1 << 20
-
-
-def _environment() -> dict[str, str]:
-    from .run import environment_info
-
-    return environment_info()
 
 
 def intensity_scale(image: np.ndarray) -> np.ndarray:

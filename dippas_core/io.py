@@ -41,8 +41,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "ImageNoteWarning",
+    "as_rgb",
     "center_crop",
     "crop_at",
+    "drop_alpha",
     "find_images",
     "image_size",
     "load_npy",
@@ -50,6 +52,7 @@ __all__ = [
     "npz_header",
     "read_image",
     "to_float255",
+    "to_uint8",
     "warn_if_turned",
     "write_image",
 ]
@@ -129,12 +132,7 @@ def _exif_orientation(path: Path) -> int | None:
 
 def _finish(arr: np.ndarray, path: Path) -> np.ndarray:
     """Normalise a decoded array to uint8/uint16 H×W or H×W×3, or raise ImageReadError."""
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA: drop alpha
-        arr = arr[..., :3]
-    if arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha
-        arr = arr[..., 0]
+    arr = drop_alpha(arr)
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise ImageReadError(f"{path}: unsupported image layout {arr.shape} (need gray or RGB)")
     if arr.dtype not in (np.uint8, np.uint16):
@@ -144,6 +142,35 @@ def _finish(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.size == 0:
         raise ImageReadError(f"{path}: the image is empty ({arr.shape})")
     return np.ascontiguousarray(arr)
+
+
+def drop_alpha(image: np.ndarray) -> np.ndarray:
+    """Gray or colour planes only: H×W×1 → H×W, gray + alpha → its gray plane, RGBA → RGB.
+
+    Any other layout is returned as it is (a view, never a copy).
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (1, 2):  # gray, or gray + alpha
+        return arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA
+        return arr[..., :3]
+    return arr
+
+
+def as_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """``image`` as H×W×3: alpha dropped (:func:`drop_alpha`), a gray plane repeated three times.
+
+    Raises
+    ------
+    InputError
+        Neither gray nor colour (the message names ``name`` and the shape).
+    """
+    arr = drop_alpha(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"{name}: unsupported image shape {arr.shape} (need gray or RGB)")
+    return arr
 
 
 def _too_large(path: Path, h: int, w: int, max_pixels: int) -> ImageReadError:
@@ -480,6 +507,19 @@ def to_float255(image) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.number)) or arr.dtype == bool:
         raise InputError(f"image must be numeric, got dtype {arr.dtype}")
     return arr.astype(np.float32)
+
+
+def to_uint8(image) -> np.ndarray:
+    """``image`` as uint8: uint8 is returned as it is, uint16 scaled (:func:`to_float255`), other
+    values (the 0..255 scale) rounded, never truncated, and clipped to 0..255."""
+    arr = np.asarray(image)
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        arr = to_float255(arr)
+    out = np.rint(arr)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

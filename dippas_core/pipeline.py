@@ -9,14 +9,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validation import as_image, as_plane, check_known_fields, check_same_size
+from ._validation import as_image, check_known_fields, check_same_size
 from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
+from .fingerprint import Fingerprint, fingerprint_parts
+from .io import to_float255 as _to_float255  # one converter; tiled.py imports it from here
+
+if TYPE_CHECKING:
+    from .assembly import AssemblyParams
 
 __all__ = [
     "AnonymizeConfig",
@@ -55,7 +60,8 @@ class AnonymizeConfig:
     B, L
         Assembly block size (a multiple of ``tile``, or the image size) and snapshots averaged.
     tau
-        Assembly PSNR threshold (dB); ``None`` uses ``dip.tau_psnr`` (every recorded snapshot).
+        Assembly PSNR threshold (dB); ``None`` uses ``dip.tau_psnr``, the recording threshold
+        (every recorded snapshot).  The three together: :attr:`assembly`.
     sigma
         Noise level of the residuals (method §1).
     tile
@@ -106,8 +112,21 @@ class AnonymizeConfig:
 
     @property
     def assembly_tau(self) -> float:
-        """The PSNR threshold the assembly uses."""
+        """The PSNR threshold the assembly uses (``tau``, else the recording's ``dip.tau_psnr``)."""
         return float(self.dip.tau_psnr if self.tau is None else self.tau)
+
+    @property
+    def assembly(self) -> AssemblyParams:
+        """B, L and the assembly threshold (``tau``, else the recording's ``dip.tau_psnr``).
+
+        Raises
+        ------
+        InputError
+            B or L not a whole number >= 1, or the threshold not finite.
+        """
+        from .assembly import AssemblyParams
+
+        return AssemblyParams(self.B, self.L, self.assembly_tau)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -147,30 +166,18 @@ class AnonymizeResult:
     assembly: Any = field(repr=False, default=None)
 
 
-def _to_float255(photo: np.ndarray) -> np.ndarray:
-    from .io import to_float255
-
-    return to_float255(photo)
-
-
 def attribution_scores(
     image: np.ndarray, P: np.ndarray, B: int, sigma: float = 5.0
 ) -> tuple[dict[str, float], np.ndarray]:
-    """NCC and PCE of ``image``'s residual against ``gray(image)·P``, and its B×B block-NCC map."""
-    from .assembly import measure_block_ncc
-    from .correlation import ncc, pce
-    from .residual import residual, rgb2gray
+    """NCC and PCE of ``image``'s residual against ``gray(image)·P``, and its B×B block-NCC map.
 
-    img = np.asarray(image, dtype=np.float32)
-    w = residual(img, sigma)
-    # the output keeps the photo's geometry: score at zero shift, as the plugin does
-    p = pce(w, rgb2gray(img) * P, shift_range=0)
-    scores = {
-        "ncc": float(ncc(w, img, P)),
-        "pce": float(p.pce),
-        "pce_peak": float(p.peak),
-    }
-    return scores, measure_block_ncc(img, P, B, sigma, residual_=w)
+    The report's form of :func:`dippas_core.attribution.attribute` (zero-shift PCE: the output
+    keeps the photo's geometry).
+    """
+    from .attribution import attribute
+
+    result = attribute(image, P, sigma=sigma, block_size=B)
+    return result.scores(), result.block_ncc
 
 
 def estimate_cost(
@@ -186,24 +193,20 @@ def estimate_cost(
     return _estimate(photo_shape, config, device, n_tiles=n_tiles)
 
 
-def _reference(img255: np.ndarray, fingerprint: Any, sigma: float) -> tuple[str, Any, dict | None]:
+def _reference(
+    img255: np.ndarray, fingerprint: Fingerprint | np.ndarray | None, sigma: float
+) -> tuple[str, np.ndarray | None, dict | None]:
     """Mode, the reference K (``None`` in blind mode: per tile) and the fingerprint's metadata."""
-    if fingerprint is None:
+    P, info = fingerprint_parts(fingerprint)
+    if P is None:
         return "blind", None, None
-    K = getattr(fingerprint, "K", fingerprint)
-    P = as_plane(K, "fingerprint K")
     check_same_size(img255, P, "photo", "fingerprint")
-    info = {
-        k: getattr(fingerprint, k)
-        for k in ("camera", "n_images", "sigma", "version")
-        if hasattr(fingerprint, k)
-    }
     return "aware", P, info
 
 
 def anonymize(
     photo: np.ndarray,
-    fingerprint: Any = None,
+    fingerprint: Fingerprint | np.ndarray | None = None,
     config: AnonymizeConfig | None = None,
     *,
     run_dir: str | os.PathLike | None = None,
@@ -265,7 +268,6 @@ def anonymize(
     NoSnapshotsError
         The inversion was stopped before its first iteration.
     """
-    from .assembly import check_assembly_params
     from .tiling import check_region, plan_tiles
 
     config = AnonymizeConfig() if config is None else config
@@ -278,8 +280,8 @@ def anonymize(
             f"photo must be a colour H×W×3 image, got shape {raw.shape}; stack a gray photo into "
             "three channels first"
         )
-    if fingerprint is not None:
-        K = as_plane(getattr(fingerprint, "K", fingerprint), "fingerprint K")
+    K, _ = fingerprint_parts(fingerprint)
+    if K is not None:
         check_same_size(img, K, "photo", "fingerprint")
     offset = None
     if region is not None:
@@ -291,7 +293,7 @@ def anonymize(
     plan = plan_tiles(raw.shape, config.tile_size, config.overlap)
     # B, L and tau are only used after the inversions: refuse bad ones now, not hours later
     for shape in {(t.h, t.w) for t in plan.tiles}:
-        check_assembly_params(shape, config.tile, config.B, config.L, config.assembly_tau)
+        config.assembly.fitted(shape, config.tile)
     if len(plan) == 1:
         result = _anonymize_one(
             raw, fingerprint, config, run_dir=run_dir, cancel=cancel, on_step=on_step, force=force
@@ -327,20 +329,19 @@ def anonymize(
     return result
 
 
-def _crop_fingerprint(fingerprint: Any, y: int, x: int, h: int, w: int) -> Any:
+def _crop_fingerprint(
+    fingerprint: Fingerprint | np.ndarray, y: int, x: int, h: int, w: int
+) -> Fingerprint | np.ndarray:
     """The fingerprint's (y, x, h, w) region (a Fingerprint keeps its metadata)."""
-    K = getattr(fingerprint, "K", None)
-    if K is None:
-        return np.asarray(fingerprint)[y : y + h, x : x + w]
-    cut = np.array(np.asarray(K)[y : y + h, x : x + w], copy=True)
-    if dataclasses.is_dataclass(fingerprint):
+    if isinstance(fingerprint, Fingerprint):
+        cut = np.array(fingerprint.K[y : y + h, x : x + w], copy=True)
         return dataclasses.replace(fingerprint, K=cut)
-    return cut
+    return np.asarray(fingerprint)[y : y + h, x : x + w]
 
 
 def _anonymize_one(
     raw: np.ndarray,
-    fingerprint: Any,
+    fingerprint: Fingerprint | np.ndarray | None,
     config: AnonymizeConfig,
     *,
     run_dir: str | os.PathLike | None,

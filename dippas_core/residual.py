@@ -59,9 +59,11 @@ warnings.filterwarnings("ignore", message=r"Level value of \d+ is too high", cat
 
 def _as_float255(image, name: str = "image") -> np.ndarray:
     """``image`` as finite float32 H×W or H×W×3 in the 0..255 scale (uint16 is rescaled)."""
+    from .io import to_float255
+
     arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
     if arr.dtype == np.uint16:
-        arr = arr.astype(np.float32) * np.float32(255.0 / 65535.0)
+        arr = to_float255(arr)
     return as_image(arr, name)
 
 

@@ -27,12 +27,15 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import InputError
 from .run import MARKER, RUN_FILES
+
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprint
 
 __all__ = [
     "TileOutcome",
@@ -83,45 +86,62 @@ class TileOutcome:
     assembly: Any = field(repr=False, default=None)
 
 
-def _keep_best_below(
-    steps: Generator, tau: float, keep: int, best: list
-) -> Generator[Any, None, Any]:
-    """Pass ``steps`` through, dropping snapshots below ``tau`` after keeping the ``keep`` best.
+class _KeepBestBelow:
+    """A step source: an inversion's steps, snapshots below ``tau`` dropped after the ``keep`` best.
 
     The inversion runs with every output as a snapshot; only those at or above ``tau`` reach the
     recorder.  Until one does, the ``keep`` best by PSNR stay in ``best`` (a heap of
-    ``(psnr, iteration, image)``): the tile's fallback when it never reaches ``tau``.
+    ``(psnr, iteration, image)``): the tile's fallback when it never reaches ``tau``.  Its result
+    counts only the snapshots passed on.
     """
-    reached = False
-    n_passed = 0
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as stop:
-            result = stop.value
-            if result is not None and hasattr(result, "n_snapshots"):
-                result.n_snapshots = n_passed
-            return result
+
+    def __init__(self, source: Any, tau: float, keep: int, best: list) -> None:
+        self.source = source
+        self.tau = tau
+        self.keep = keep
+        self.best = best
+        self._reached = False
+        self._n_passed = 0
+
+    @property
+    def cancel_token(self) -> Any:
+        return self.source.cancel_token
+
+    @property
+    def result(self) -> Any:
+        result = self.source.result
+        if result is not None:
+            result.n_snapshots = self._n_passed
+        return result
+
+    def __iter__(self) -> _KeepBestBelow:
+        return self
+
+    def __next__(self) -> Any:
+        step = next(self.source)
         snap = step.snapshot
-        if snap is not None and step.psnr < tau:
-            if not reached:
+        if snap is not None and step.psnr < self.tau:
+            if not self._reached:
                 item = (float(step.psnr), -int(step.iteration), snap)
-                if len(best) < keep:
-                    heapq.heappush(best, item)
-                elif item[:2] > best[0][:2]:
-                    heapq.heapreplace(best, item)
+                if len(self.best) < self.keep:
+                    heapq.heappush(self.best, item)
+                elif item[:2] > self.best[0][:2]:
+                    heapq.heapreplace(self.best, item)
             step = dataclasses.replace(step, snapshot=None)
         elif snap is not None:
-            reached = True
-            n_passed += 1
-            best.clear()
-        try:
-            yield step
-        except GeneratorExit:
-            steps.close()
-            raise
+            self._reached = True
+            self._n_passed += 1
+            self.best.clear()
+        return step
 
-    # unreachable
+    def cancel(self) -> None:
+        self.source.cancel()
+
+    def close(self) -> None:
+        self.source.close()
+
+    def share_cpu(self, threads: int | None) -> None:
+        self.source.share_cpu(threads)
 
 
 def invert_tile(
@@ -147,13 +167,13 @@ def invert_tile(
 
     dip = config.dip
     # every output comes out of the network; the filter passes on those >= tau_psnr
-    steps = invert(photo, P, dip.replace(tau_psnr=-math.inf), cancel=cancel)
+    inversion = invert(photo, P, dip.replace(tau_psnr=-math.inf), cancel=cancel)
     best: list = []
-    filtered = _keep_best_below(steps, float(dip.tau_psnr), int(config.L), best)
+    filtered = _KeepBestBelow(inversion, float(dip.tau_psnr), int(config.L), best)
     try:
         run = _create_tile_run(path, photo, P, config, mode=mode, force=force, extra=extra)
     except BaseException:
-        steps.close()
+        inversion.close()
         raise
     try:
         inv = record(run, filtered, cancel, on_step)
@@ -199,17 +219,15 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
     }
     asm = None
     if len(run.snapshots):
-        asm = assemble(run, config.B, config.L, config.assembly_tau, dtype=dtype)
+        asm = assemble(run, config.assembly, dtype=dtype)
         image = asm.image
         stats["assembly"] = asm.params
     elif best:
         ranked = sorted(best, reverse=True)
         mean = np.mean([np.asarray(b[2], np.float64) for b in ranked], axis=0)
-        image = (
-            np.clip(np.rint(mean), 0, 255).astype(np.uint8)
-            if dtype == "uint8"
-            else mean.astype(np.float32)
-        )
+        from .io import to_uint8
+
+        image = to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
         stats["below_tau_db"] = float(tau_rec - best_psnr)
         stats["assembly"] = {
             "fallback": f"mean of the {len(ranked)} best outputs by PSNR (none reached tau)",
@@ -226,6 +244,43 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
 # several tiles per optimiser step
 
 
+class _QueuedSteps:
+    """A step source fed through a queue: one tile's steps as the batched inversion makes them.
+
+    Cancelling is the batch's job (it ends every tile with a cancelled result), so this source
+    only passes on what it is given: ``("step", Step)`` items, then ``("end", result)`` (the
+    tile's ``InversionResult``, or ``None`` when the batch was aborted).
+    """
+
+    def __init__(self, size: int, cancel: Any) -> None:
+        import queue
+
+        from .cancel import CancelToken
+
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.cancel_token = cancel if cancel is not None else CancelToken()
+        self.result: Any = None
+
+    def __iter__(self) -> _QueuedSteps:
+        return self
+
+    def __next__(self) -> Any:
+        kind, item = self.queue.get()
+        if kind == "step":
+            return item
+        self.result = item
+        raise StopIteration
+
+    def cancel(self) -> None:
+        self.cancel_token.cancel()
+
+    def close(self) -> None:
+        """Nothing to release: the batch owns the device state."""
+
+    def share_cpu(self, threads: int | None) -> None:
+        """Torch's threads are set once for the whole batch by its caller."""
+
+
 class _TileRecorder:
     """One tile's :func:`~dippas_core.run.record` in a thread, fed the tile's steps one by one.
 
@@ -237,32 +292,22 @@ class _TileRecorder:
     _QUEUE = 16
 
     def __init__(self, run: Any, config: Any, cancel: Any) -> None:
-        import queue
         import threading
 
         self.run = run
         self.best: list = []
         self.result: Any = None
         self.error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=self._QUEUE)
-        filtered = _keep_best_below(
-            self._steps(), float(config.dip.tau_psnr), int(config.L), self.best
-        )
+        self._steps = _QueuedSteps(self._QUEUE, cancel)
+        self._queue = self._steps.queue
+        filtered = _KeepBestBelow(self._steps, float(config.dip.tau_psnr), int(config.L), self.best)
         self._thread = threading.Thread(
             target=self._record, args=(filtered, cancel), name=f"record {run.path.name}",
             daemon=True,
         )
         self._thread.start()
 
-    def _steps(self) -> Generator[Any, None, Any]:
-        while True:
-            kind, item = self._queue.get()
-            if kind == "step":
-                yield item
-            else:
-                return item  # the tile's InversionResult, or None when aborted
-
-    def _record(self, filtered: Generator, cancel: Any) -> None:
+    def _record(self, filtered: _KeepBestBelow, cancel: Any) -> None:
         from .run import record
 
         try:
@@ -613,7 +658,7 @@ def estimate_cost(
 
 def anonymize_tiled(
     raw: np.ndarray,
-    fingerprint: Any,
+    fingerprint: Fingerprint | np.ndarray | None,
     config: Any,
     plan: Any,
     *,

@@ -218,7 +218,9 @@ def stitch(
         weight = np.outer(wy[t.index // nx], wx[t.index % nx]).astype(np.float32)
         out[t.slices] += np.asarray(img, np.float32) * weight[..., None]
     if dtype == "uint8":
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        from .io import to_uint8
+
+        return to_uint8(out)
     return out
 
 

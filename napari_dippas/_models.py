@@ -18,6 +18,8 @@ from typing import Any, Literal
 import numpy as np
 from psygnal import EventedModel, Signal
 
+from dippas_core.attribution import Attribution
+
 __all__ = [
     "COST_BUDGET",
     "DECISION_LEVEL_PCE",
@@ -378,16 +380,8 @@ class AssemblySettings(EventedModel):
 # attribution
 
 
-@dataclass(frozen=True)
-class AttributionResult:
-    """Residual and scores of one photo against one fingerprint."""
-
-    residual: np.ndarray
-    ncc: float
-    pce: float
-    block_ncc: np.ndarray
-    block_size: int
-    sigma: float
+#: Residual and scores of one photo against one fingerprint (the core's one result type).
+AttributionResult = Attribution
 
 
 def attribute(
@@ -425,25 +419,9 @@ def attribute(
     dippas_core.errors.ShapeMismatchError
         If the photo and the fingerprint differ in size.
     """
-    from dippas_core._validation import as_image, as_plane, check_same_size
-    from dippas_core.correlation import block_ncc, ncc, pce
-    from dippas_core.io import to_float255
-    from dippas_core.residual import residual, rgb2gray
+    from dippas_core.attribution import attribute as score
 
-    image = as_image(to_float255(photo), "photo")
-    K = as_plane(K, "fingerprint")
-    check_same_size(image, K, "photo", "fingerprint")
-    if W is None:
-        W = residual(image, sigma)
-    gray = rgb2gray(image) if image.ndim == 3 else image
-    return AttributionResult(
-        residual=W,
-        ncc=float(ncc(W, image, K)),
-        pce=float(pce(W, gray * K, shift_range=0).pce),
-        block_ncc=np.asarray(block_ncc(W, image, K, int(block_size)), dtype=np.float64),
-        block_size=int(block_size),
-        sigma=float(sigma),
-    )
+    return score(photo, K, sigma=sigma, block_size=block_size, residual=W)
 
 
 def attribution_verdict(score: Literal["PCE", "NCC"], value: float, threshold: float) -> str:

@@ -121,23 +121,10 @@ def last_assembly_params(session: RunSession) -> AssemblySettings:
     garbled value (a hand-edited or half-written file) falls back to its default: it must not
     stop the run from opening.
     """
-    run = session.run
-    dip = run.config.get("dip_config")
-    tau = _number((dip if isinstance(dip, dict) else {}).get("tau_psnr"), _finite, 38.0)
-    saved: Any = {}
-    with contextlib.suppress(OSError, ValueError):
-        saved = json.loads((Path(run.path) / ASSEMBLY_FILE).read_text())
-    saved = saved if isinstance(saved, dict) else {}
-    params = {
-        "B": _number(saved.get("B"), int, 64),
-        "L": _number(saved.get("L"), int, 10),
-        "tau": _number(saved.get("tau"), _finite, tau),
-    }
-    if params["L"] < 1:
-        params["L"] = 10
+    params = session.run.read_assembly()
     sizes = session.valid_block_sizes()
-    B = min(sizes, key=lambda b: (abs(b - int(params["B"])), b))
-    return AssemblySettings(block_size=B, n_average=int(params["L"]), tau_psnr=params["tau"])
+    B = min(sizes, key=lambda b: (abs(b - params.B), b))
+    return AssemblySettings(block_size=B, n_average=params.L, tau_psnr=params.tau)
 
 
 def _number(value: Any, convert: Callable[[Any], Any], default: Any) -> Any:
@@ -158,10 +145,11 @@ def _finite(value: Any) -> float:
 
 def save_assembly_params(session: RunSession, settings: AssemblySettings) -> None:
     """Remember ``(B, L, tau)`` in the run folder: reopening the run shows the same result."""
-    from dippas_core._atomic import atomic_write_text
+    from dippas_core.assembly import AssemblyParams
 
-    data = {"B": settings.block_size, "L": settings.n_average, "tau": settings.tau_psnr}
-    atomic_write_text(Path(session.path) / ASSEMBLY_FILE, json.dumps(data, indent=1))
+    session.run.write_assembly(
+        AssemblyParams(settings.block_size, settings.n_average, settings.tau_psnr)
+    )
 
 
 def assembly_layers(outcome: AssemblyOutcome, **info: Any) -> list[LayerDataTuple]:

@@ -39,17 +39,14 @@ def main(argv: list[str]) -> int:
         P = residual(crop.astype(np.float32), 5.0)  # blind reference: the crop's own residual
         cfg = DIPConfig.preset(args.preset, lr=args.lr, seed=args.seed)
         t0 = time.perf_counter()
-        gen = invert(crop, P, cfg)
+        inversion = invert(crop, P, cfg)
         first, best, n = None, -np.inf, 0
-        try:
-            while True:
-                step = next(gen)
-                n += 1
-                best = max(best, step.psnr)
-                if first is None and step.psnr >= cfg.tau_psnr:
-                    first = step.iteration
-        except StopIteration as stop:
-            reason = stop.value.stop_reason
+        for step in inversion:
+            n += 1
+            best = max(best, step.psnr)
+            if first is None and step.psnr >= cfg.tau_psnr:
+                first = step.iteration
+        reason = inversion.result.stop_reason
         print(f"{size:>6d} {cfg.tau_psnr:>5.1f} {str(first):>15s} {best:>10.2f} {n:>6d} "
               f"{reason:>9s} {time.perf_counter() - t0:>6.0f}")
     return 0

@@ -97,8 +97,8 @@ def _invert(image, P, config=None):
     # invert checks its arguments when called (before the first step); take one step anyway
     from dippas_core.dip.config import DIPConfig
 
-    gen = dc.invert(image, P, DIPConfig.preset("tiny") if config is None else config)
-    next(gen)
+    inversion = dc.invert(image, P, DIPConfig.preset("tiny") if config is None else config)
+    next(inversion)
 
 
 CORE_CASES = [

@@ -187,6 +187,30 @@ def test_output_names_are_opaque_stable_and_distinct(tmp_path):
 # the whole batch
 
 
+def test_the_library_prints_nothing_its_callbacks_get_the_news(tmp_path, client, capsys):
+    """run_batch reports through ``progress`` and ``log`` only (the CLI prints them)."""
+    from dippas_core.batch import format_progress
+
+    src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
+    log.mkdir()
+    make_inputs(src, [1, 2])
+    config = {"log": str(log)}
+    events, messages = [], []
+    capsys.readouterr()
+    run_batch(src, out, config=config, job=standin_job, client=client,
+              progress=lambda *state: events.append(state), log=messages.append)
+    run_batch(src, out, config=config, job=standin_job, client=client,
+              progress=lambda *state: events.append(state), log=messages.append)
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""
+    assert [(done, total, rec.status) for done, total, rec, _ in events] == [
+        (1, 2, "ok"), (2, 2, "ok")
+    ]  # the second run had nothing left to do: no image event, one message
+    assert messages == ["2 of 2 images already done; 0 to go"]
+    done, total, record, counts = events[-1]
+    assert format_progress(done, total, record, counts).startswith(f"[2/2] ok      {record.output}")
+
+
 def test_batch_runs_every_image_once_and_resumes(tmp_path, client):
     src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
     log.mkdir()

@@ -37,13 +37,9 @@ def _run(crop, **changes):
     from dippas_core.dip import DIPConfig, invert
 
     cfg = DIPConfig.preset("tiny", device="cuda", torch_threads=None, **FREE, **changes)
-    gen = invert(*crop, cfg)
-    steps = []
-    while True:
-        try:
-            steps.append(next(gen))
-        except StopIteration as stop:
-            return steps, stop.value
+    inversion = invert(*crop, cfg)
+    steps = list(inversion)
+    return steps, inversion.result
 
 
 def test_auto_picks_the_gpu():
@@ -87,9 +83,9 @@ def test_memory_is_given_back(crop):
     _run(crop, max_iter=5)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before + 1024
-    gen = invert(*crop, DIPConfig.preset("tiny", device="cuda", **FREE))
-    next(gen)
-    gen.close()  # a consumer that stops early
+    inversion = invert(*crop, DIPConfig.preset("tiny", device="cuda", **FREE))
+    next(inversion)
+    inversion.close()  # a consumer that stops early
     assert torch.cuda.memory_allocated() <= before + 1024
 
 

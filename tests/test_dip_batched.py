@@ -44,14 +44,9 @@ def float64():
 def _separate(tiles, cfg):
     out = {}
     for i, (img, P) in enumerate(tiles):
-        gen = invert(img, P, cfg.replace(seed=100 + i))
-        steps = []
-        while True:
-            try:
-                steps.append(next(gen))
-            except StopIteration as stop:
-                out[i] = (steps, stop.value)
-                break
+        inversion = invert(img, P, cfg.replace(seed=100 + i))
+        steps = list(inversion)
+        out[i] = (steps, inversion.result)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The DIP inversion generator (method §4): loss, snapshots, stopping, cancel, cleanup, seeds.
+"""The DIP inversion (method §4): loss, snapshots, stopping, cancel, cleanup, seeds.
 
 Tiny networks on tiny images; one test runs a real Dresden crop with its camera's fingerprint.
 """
@@ -16,7 +16,15 @@ from dippas_core.errors import DeviceError, InputError, ShapeMismatchError
 
 torch = pytest.importorskip("torch")
 
-from dippas_core.dip import DIPConfig, InversionResult, Step, invert, run_to_end  # noqa: E402
+from dippas_core.dip import (  # noqa: E402
+    DIPConfig,
+    Inversion,
+    InversionResult,
+    Step,
+    invert,
+    run_to_end,
+)
+from dippas_core.dip import fitting as fitting_module  # noqa: E402
 from dippas_core.dip import inversion as inversion_module  # noqa: E402
 
 TINY = DIPConfig.preset("tiny", max_iter=20, stop_psnr=99.0, torch_threads=1)
@@ -122,8 +130,8 @@ def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
 
     saved = {"token": object()}
     restored, emptied = [], []
-    monkeypatch.setattr(inversion_module, "_set_cuda_globals", lambda speed: saved)
-    monkeypatch.setattr(inversion_module, "_restore_cuda_globals", restored.append)
+    monkeypatch.setattr(fitting_module, "_set_cuda_globals", lambda speed: saved)
+    monkeypatch.setattr(fitting_module, "_restore_cuda_globals", restored.append)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     monkeypatch.setattr(torch.random, "fork_rng", lambda **kw: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
@@ -155,17 +163,17 @@ def test_out_of_memory_in_a_step_does_not_pin_its_tensors(photo, monkeypatch, re
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(inversion_module._Inverter, "step", boom)
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
     with pytest.raises(DeviceError) as info:
-        next(gen)
+        next(inversion)
     assert isinstance(info.value.__cause__, torch.OutOfMemoryError)  # the cause is still told
     assert pinned[0]() is None and release_spy == [True]
 
 
 def test_first_step_reports_the_environment(photo):
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
-    first, second = next(gen), next(gen)
-    gen.close()
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    first, second = next(inversion), next(inversion)
+    inversion.close()
     env = first.environment
     assert env["device"].startswith("cpu") and second.environment is None
     assert {"cudnn_benchmark", "cudnn_deterministic", "deterministic"} <= set(env)
@@ -213,27 +221,42 @@ def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng, gamma_
 
 def test_stops_at_stop_psnr_and_counts_snapshots(photo):
     P = np.zeros(photo.shape[:2], np.float32)
-    gen = invert(photo, P, TINY.replace(max_iter=200, tau_psnr=14.0, stop_psnr=16.0))
+    inversion = invert(photo, P, TINY.replace(max_iter=200, tau_psnr=14.0, stop_psnr=16.0))
+    assert isinstance(inversion, Inversion) and inversion.result is None  # not run yet
     kept = 0
     psnrs = []
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    for step in inversion:
+        assert inversion.result is None  # still running
         psnrs.append(step.psnr)
         kept += step.snapshot is not None
         assert (step.snapshot is not None) == (step.psnr >= 14.0)
+    result = inversion.result
     assert isinstance(result, InversionResult)
     assert result.stop_reason == "psnr"
     assert psnrs[-1] >= 16.0 and max(psnrs[:-1], default=0) < 16.0
     np.testing.assert_array_equal(result.history["psnr"], psnrs)
     assert result.n_snapshots == kept == int(np.sum(result.history["psnr"] >= 14.0))
+    assert list(inversion) == [] and inversion.result is result  # an ended inversion stays so
+
+
+def test_generator_style_callers_still_get_the_result(photo):
+    """``next()`` until ``StopIteration``, whose value is the result (the former generator)."""
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(max_iter=3))
+    n = 0
+    while True:
+        try:
+            next(inversion)
+        except StopIteration as stop:
+            assert stop.value is inversion.result
+            break
+        n += 1
+    assert n == 3 and inversion.result.n_iterations == 3
 
 
 def test_max_iter_and_run_to_end(photo):
     result = run_to_end(invert(photo, np.zeros(photo.shape[:2], np.float32), TINY))
+    again = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY).run()
+    np.testing.assert_array_equal(again.history["psnr"], result.history["psnr"])
     assert result.stop_reason == "max_iter" and result.n_iterations == 20
     assert list(result.history["iteration"]) == list(range(1, 21))
     assert result.seed == TINY.seed and DIPConfig.from_dict(result.config) == TINY
@@ -270,31 +293,48 @@ def test_same_seed_same_history_other_seed_differs(photo):
 
 
 # --- cancel, close, cleanup -----------------------------------------------------------------
-def test_cancel_stops_at_next_iteration_and_releases(photo, release_spy):
-    token = CancelToken()
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY, cancel=token)
+def test_cancel_stops_at_next_iteration_and_keeps_the_finished_steps(photo, release_spy):
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
     seen = []
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        seen.append(step.iteration)
+    for step in inversion:
+        seen.append(step)
         if step.iteration == 3:
-            token.cancel()
-    assert seen == [1, 2, 3]
+            inversion.cancel()
+    result = inversion.result
+    assert [s.iteration for s in seen] == [1, 2, 3]
     assert result.stop_reason == "cancelled" and result.n_iterations == 3
+    # the result is the history of the three finished steps, exactly as they were yielded
+    np.testing.assert_array_equal(result.history["psnr"], [s.psnr for s in seen])
+    np.testing.assert_array_equal(result.history["loss"], [s.loss for s in seen])
+    assert result.environment == seen[0].environment and result.environment["device"]
+    assert release_spy == [True]
+    assert inversion.cancelled and inversion.cancel_token.cancelled
+
+
+def test_a_shared_cancel_token_stops_it(photo, release_spy):
+    token = CancelToken()
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY, cancel=token)
+    assert inversion.cancel_token is token
+    seen = []
+    for step in inversion:
+        seen.append(step.iteration)
+        if step.iteration == 2:
+            token.cancel()  # e.g. the viewer's Stop button, shared by every job of a run
+    assert seen == [1, 2] and inversion.result.stop_reason == "cancelled"
     assert release_spy == [True]
 
 
-def test_closing_the_generator_early_releases(photo, release_spy):
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
-    assert isinstance(next(gen), Step)
-    next(gen)
+def test_closing_early_releases_and_counts_as_cancelled(photo, release_spy):
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
+    assert isinstance(next(inversion), Step)
+    next(inversion)
     assert release_spy == []
-    gen.close()
+    inversion.close()
     assert release_spy == [True]
+    assert inversion.result.stop_reason == "cancelled" and inversion.result.n_iterations == 2
+    with invert(photo, np.zeros(photo.shape[:2], np.float32), TINY) as inv:
+        next(inv)
+    assert release_spy == [True, True] and inv.result.n_iterations == 1
 
 
 def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, release_spy):
@@ -302,9 +342,9 @@ def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, rele
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(inversion_module._Inverter, "step", boom)
-    gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
+    inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
     with pytest.raises(DeviceError, match=r"out of memory.*widths.*z_channels.*amp=True"):
-        next(gen)
+        next(inversion)
     assert release_spy == [True]
 
 
@@ -319,11 +359,12 @@ def test_threads_apply_to_the_steps_only(photo, monkeypatch):
     monkeypatch.setattr(inversion_module._Inverter, "step", spy)
     torch.set_num_threads(2)
     try:
-        gen = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(torch_threads=1))
-        next(gen)
+        zeros = np.zeros(photo.shape[:2], np.float32)
+        inversion = invert(photo, zeros, TINY.replace(torch_threads=1))
+        next(inversion)
         assert torch.get_num_threads() == 2  # the caller's setting between steps
-        next(gen)
-        gen.close()
+        next(inversion)
+        inversion.close()
         assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
@@ -352,14 +393,9 @@ def test_real_photo_with_its_fingerprint(testdata):
         max_iter=600,
         torch_threads=1,
     )
-    gen = invert(photo, K, cfg)
+    inversion = invert(photo, K, cfg)
     kept = 0
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    for step in inversion:
         if step.snapshot is None:
             assert step.psnr < tau
             continue
@@ -370,6 +406,7 @@ def test_real_photo_with_its_fingerprint(testdata):
         if step.gamma > 0:
             product = step.snapshot * (1 + step.gamma * K[..., None])
             assert not np.array_equal(product, step.snapshot)
+    result = inversion.result
     psnr = result.history["psnr"]
     assert result.stop_reason == "psnr", f"PSNR only reached {psnr.max():.2f} dB"
     assert psnr[-1] >= 32.0 and result.n_iterations <= 600  # past 30 dB in a few hundred

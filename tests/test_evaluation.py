@@ -327,3 +327,22 @@ def test_a_dippas_run_that_never_reaches_tau_is_a_failure_not_a_scored_output(ti
     ctx = MethodContext(config=cfg, seed=0, crop_id="c0")
     with pytest.raises(NoSnapshotsError, match="never reached tau = 60 dB"):
         METHODS["dippas_blind"].run(photo, None, ctx)
+
+
+def test_the_library_prints_nothing_its_log_gets_the_news(tiny_dataset, tmp_path, capsys):
+    """evaluate reports through ``log`` only (the CLI passes one that prints); a resumed run
+    skips what is done and says nothing about it."""
+    cfg = EvalConfig.preset("tiny", crop_sizes=(48,), methods=("untouched", "denoise"))
+    messages: list[str] = []
+    capsys.readouterr()
+    evaluate("in-memory", tmp_path, cfg, dataset=tiny_dataset, plots=False, log=messages.append)
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""
+    n = len(tiny_dataset.crops)
+    assert messages[0] == f"{n} crops, 2 cameras, region 96 px"
+    scored = [m for m in messages[1:] if " PSNR " in m]
+    assert len(scored) == 2 * n and len(messages) == 1 + 2 * n
+    assert sorted(m.split()[0] for m in scored) == ["denoise"] * n + ["untouched"] * n
+    again: list[str] = []
+    evaluate("in-memory", tmp_path, cfg, dataset=tiny_dataset, plots=False, log=again.append)
+    assert again == messages[:1] and capsys.readouterr().err == ""

@@ -212,3 +212,31 @@ def test_cli_fingerprint_and_score(tmp_path, rng, capsys):
     assert result["sigma"] == fp.sigma and result["versions"]["numpy"] == np.__version__
     assert cli_main(["score", str(photo_path), "--fingerprint", str(out), "--crop", "80"]) == 2
     assert "cannot crop 80×80" in capsys.readouterr().err
+
+
+def test_a_fingerprint_parameter_is_a_fingerprint_its_k_or_none(tmp_path):
+    """One function tells the accepted kinds apart; anything else is refused by name, before a
+    run folder is made."""
+    from types import SimpleNamespace
+
+    from dippas_core.fingerprint import Fingerprint, fingerprint_parts
+    from dippas_core.pipeline import AnonymizeConfig, anonymize
+
+    K = np.random.default_rng(3).normal(0, 0.01, (32, 32)).astype(np.float64)
+    fp = Fingerprint(K=K, camera="Nikon_D70_0", n_images=10, sigma=4.0)
+    got, info = fingerprint_parts(fp)
+    assert got.dtype == np.float32 and np.array_equal(got, K.astype(np.float32))
+    assert info == {"camera": "Nikon_D70_0", "n_images": 10, "sigma": 4.0, "version": fp.version}
+    bare, bare_info = fingerprint_parts(K)  # K alone: no metadata to report
+    assert np.array_equal(bare, got) and bare_info == {}
+    assert fingerprint_parts(None) == (None, None)  # blind mode
+    with pytest.raises(InputError, match="fingerprint K .*NaN|fingerprint K.*finite"):
+        fingerprint_parts(np.full((4, 4), np.nan))
+    lookalike = SimpleNamespace(K=K)  # once probed with getattr(fingerprint, "K", ...)
+    with pytest.raises(InputError, match="Fingerprint, its K as an H×W array, or None.*"
+                                         "got SimpleNamespace"):
+        fingerprint_parts(lookalike)
+    photo = np.full((32, 32, 3), 128, np.uint8)
+    with pytest.raises(InputError, match="got SimpleNamespace"):
+        anonymize(photo, lookalike, AnonymizeConfig.preset("tiny"), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -135,7 +135,7 @@ def test_cancel_stops_a_generator_that_ignores_the_token(tmp_path, rng):
     back = RunDirectory.open(run.path)
     assert back.status == "cancelled"
     n_iter = len(back.history()["iteration"])
-    assert 5 <= n_iter <= 8  # a couple of grace steps, not 1000
+    assert n_iter == 5  # the token is checked before the next step is taken, not 1000
     assert back.n_ready == len(back.snapshots) == n_iter - 2
 
 
@@ -373,8 +373,8 @@ def test_ingest_failure_does_not_mask_the_inversion_error(tmp_path, rng, monkeyp
     assert RunDirectory.open(run.path).status == "failed"
 
 
-def test_closing_a_real_inversion_early_keeps_the_resolved_device(tmp_path, rng):
-    """A generator that ignores the cancel is closed: the run still names the device it ran on."""
+def test_cancelling_a_real_inversion_keeps_the_resolved_device(tmp_path, rng):
+    """An inversion cancelled while recording stops at once: the run still names its device."""
     pytest.importorskip("torch")
     from dippas_core.dip import DIPConfig, invert
 
@@ -382,10 +382,15 @@ def test_closing_a_real_inversion_early_keeps_the_resolved_device(tmp_path, rng)
     cfg = DIPConfig.preset("tiny", device="auto", max_iter=50, torch_threads=1)
     run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config=cfg)
     assert run.config["device"] == "auto"
-    cancel = CancelToken()  # not handed to invert: record has to close the generator
-    result = record(run, invert(photo, K, cfg), cancel, on_step=lambda s: cancel.cancel())
-    assert result.stop_reason == "cancelled" and result.n_iterations == 3  # 1 + 2 grace steps
+    inversion = invert(photo, K, cfg.replace(tau_psnr=-np.inf))  # every output a snapshot
+    result = record(run, inversion, on_step=lambda s: s.iteration == 3 and inversion.cancel())
+    assert result is inversion.result
+    assert result.stop_reason == "cancelled" and result.n_iterations == 3  # the next check stops it
     back = RunDirectory.open(run.path)
+    assert back.status == "cancelled" and back.n_ready == len(back.snapshots) == 3
+    # the finished steps are all kept, in the run as in the result
+    np.testing.assert_allclose(back.history()["psnr"], result.history["psnr"])
+    np.testing.assert_allclose(back.snapshots.psnrs, result.history["psnr"], rtol=1e-6)
     device = back.config["device"]
     assert device != "auto" and device == result.environment["device"]
     env = back.config["result"]["environment"]
@@ -395,25 +400,38 @@ def test_closing_a_real_inversion_early_keeps_the_resolved_device(tmp_path, rng)
 
 @pytest.mark.parametrize(
     ("cap", "dip_threads", "expect"),
-    [("auto", None, "half"), (3, None, 3), (None, None, "untouched"), ("auto", 2, "untouched")],
+    [("auto", None, "half"), (3, None, 3), (None, None, "untouched"), ("auto", 2, 2)],
 )
 def test_torch_threads_are_capped_while_recording_on_cpu(tmp_path, rng, cap, dip_threads, expect):
+    """The inversion's steps run with the recorder's cap (the config's own setting wins); the
+    caller's setting is back between steps and after."""
     torch = pytest.importorskip("torch")
+    from dippas_core.dip import DIPConfig, invert
+
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
         photo, K = _inputs(rng)
-        run = RunDirectory.create(
-            tmp_path / "run", photo, K, mode="aware",
-            dip_config={"device": "cpu", "torch_threads": dip_threads},
-        )
-        during: list[int] = []
-        record(run, _steps(photo, 4, rng), on_step=lambda s: during.append(
-            torch.get_num_threads()), torch_threads=cap)
+        cfg = DIPConfig.preset("tiny", device="cpu", max_iter=2, torch_threads=dip_threads)
+        run = RunDirectory.create(tmp_path / "run", photo, K, mode="aware", dip_config=cfg)
+        between: list[int] = []
+        result = record(run, invert(photo, K, cfg), torch_threads=cap,
+                        on_step=lambda s: between.append(torch.get_num_threads()))
         after = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     wanted = {"half": max(1, usable // 2), "untouched": 4}.get(expect, expect)
-    assert set(during) == {wanted}
-    assert after == 4  # the caller's setting comes back
+    assert result.environment["torch_threads"] == wanted  # what the steps ran with
+    assert between == [4, 4] and after == 4  # the caller's setting comes back
+
+
+def test_record_refuses_a_cancel_token_the_inversion_does_not_watch(tmp_path, rng):
+    pytest.importorskip("torch")
+    from dippas_core.dip import DIPConfig, invert
+
+    photo, K = _inputs(rng)
+    cfg = DIPConfig.preset("tiny", device="cpu", max_iter=2)
+    run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config=cfg)
+    with pytest.raises(InputError, match="own token"):
+        record(run, invert(photo, K, cfg), CancelToken())

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_image, as_plane, check_same_size
+from .._validation import as_image, check_same_size
 from ..errors import InputError
+from ..fingerprint import Fingerprint, fingerprint_parts
 
 __all__ = ["SubtractionResult", "fingerprint_of", "subtract_fingerprint", "subtraction_alpha"]
 
 
-def fingerprint_of(fingerprint, shape: tuple[int, int]) -> np.ndarray:
+def fingerprint_of(fingerprint: Fingerprint | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``K`` (float32 H×W) from a ``Fingerprint`` or an array, checked against ``shape``."""
-    K = as_plane(getattr(fingerprint, "K", fingerprint), "fingerprint")
+    K, _ = fingerprint_parts(fingerprint)
+    if K is None:
+        raise InputError("a fingerprint is needed (got None): subtraction has no blind mode")
     if K.shape != tuple(shape):
         raise InputError(
             f"fingerprint is {K.shape[0]}×{K.shape[1]} but the photo is {shape[0]}×{shape[1]}; "

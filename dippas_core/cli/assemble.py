@@ -126,7 +126,7 @@ def warn_lowered_tau(tau: float, params: dict) -> None:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..assembly import assemble, check_assembly_params
+    from ..assembly import AssemblyParams, assemble
     from ..metrics import psnr
     from ..pipeline import _to_float255, attribution_scores
     from ..run import RunDirectory, environment_info
@@ -141,9 +141,8 @@ def _run(args: argparse.Namespace) -> int:
             "--keep-runs), or rerun dippas anonymize with other -B/-L/--tau"
         )
     run = RunDirectory.open(args.run_dir)
-    recorded_tau = (run.config.get("dip_config") or {}).get("tau_psnr", 38.0)
-    tau = args.tau if args.tau is not None else recorded_tau
-    check_assembly_params(run.shape, run.tile, args.B, args.L, tau)  # before any work
+    # tau defaults to the run's recording threshold (every snapshot it kept); checked before work
+    params = AssemblyParams(args.B, args.L, args.tau).fitted(run.shape, run.tile, run.record_psnr)
     missing = run.n_missing_tile_sums
     if missing and run.being_recorded():
         # its ingest thread is appending these very tile sums: computing them too would misalign
@@ -161,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         run.complete_tile_sums()  # skips by itself if a recorder started in the meantime
     photo = run.photo
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    asm = assemble(run, args.B, args.L, tau, dtype="uint8" if bits == 8 else "float32")
+    asm = assemble(run, params, dtype="uint8" if bits == 8 else "float32")
     photo255 = _to_float255(photo)
     before, map_before = attribution_scores(photo255, run.reference, asm.block, run.sigma)
     after, map_after = attribution_scores(asm.image, run.reference, asm.block, run.sigma)
@@ -189,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         forensic=run.path,
     )
     p = asm.params
-    warn_lowered_tau(tau, p)
+    warn_lowered_tau(params.tau, p)
     print(
         f"assembled {args.out} from {p['n_candidates']} snapshots (PSNR >= "
         f"{p['psnr_threshold']:.2f} dB), B={p['B']} L={p['L']} in {p['elapsed_s']:.2f} s: "
@@ -217,7 +216,8 @@ def register(subparsers: Any) -> None:
         "--tau",
         type=finite_float,
         default=None,
-        help="PSNR threshold of the snapshots used (dB; default: the run's tau_psnr)",
+        help="PSNR threshold of the snapshots used (dB; default: the run's recording "
+        "threshold tau_psnr, i.e. every snapshot it kept)",
     )
     add_output_arguments(p)
     p.set_defaults(func=_run)

@@ -107,9 +107,13 @@ def build_config(args: argparse.Namespace):
     return AnonymizeConfig(dip=dip_config_from_args(args), B=args.B, L=args.L, tau=args.tau)
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the batch; exit status 0 when every image is done, 1 when some failed."""
-    from ..batch import BatchSettings, format_table, run_batch
+    from ..batch import BatchSettings, format_progress, format_table, run_batch
 
     if args.scheduler and args.workers:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster decides")
@@ -127,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         client=args.scheduler,
         n_workers=args.workers,
+        progress=lambda *state: _say(format_progress(*state)),
+        log=_say,
     )
     print(format_table(result.records))
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)

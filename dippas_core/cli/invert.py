@@ -200,7 +200,7 @@ def run_inversion(
     quiet
         No progress line.
     steps, cancel
-        An ``invert`` generator made beforehand (so its input checks ran before ``run`` was
+        An ``Inversion`` made beforehand (so its input checks ran before ``run`` was
         created) and the ``CancelToken`` it shares; by default both are made here.
 
     Returns

@@ -15,11 +15,11 @@ PCE_THRESHOLD = 60.0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..correlation import DEFAULT_EXCLUSION, gray255, ncc, pce
+    from ..attribution import attribute
+    from ..correlation import DEFAULT_EXCLUSION
     from ..errors import ShapeMismatchError
     from ..fingerprint import Fingerprint
     from ..io import center_crop, read_image
-    from ..residual import residual
     from ..run import environment_info
 
     fp = Fingerprint.load(args.fingerprint)
@@ -32,18 +32,18 @@ def _run(args: argparse.Namespace) -> int:
             f"{args.photo} is {photo.shape[0]}×{photo.shape[1]} but the fingerprint is "
             f"{fp.shape[0]}×{fp.shape[1]}; pass --crop N to score centre crops of one size"
         )
-    w = residual(photo, fp.sigma)
-    score = ncc(w, photo, fp.K)
-    peak = pce(w, gray255(photo) * fp.K, shift_range=(0, 0) if args.aligned else None)
-    verdict = "match" if peak.pce >= args.threshold else "no match"
+    scores = attribute(
+        photo, fp.K, sigma=fp.sigma, pce_shift_range=(0, 0) if args.aligned else None
+    )
+    verdict = "match" if scores.pce >= args.threshold else "no match"
     result = {
         "photo": str(args.photo),
         "fingerprint": str(args.fingerprint),
         "camera": fp.camera,
         "size": list(fp.shape),
-        "ncc": score,
-        "pce": peak.pce,
-        "pce_shift": list(peak.shift),
+        "ncc": scores.ncc,
+        "pce": scores.pce,
+        "pce_shift": list(scores.pce_shift),
         "threshold": args.threshold,
         "verdict": verdict,
         # how the scores were made, so that they can be reproduced
@@ -55,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"NCC {score:+.5f}  PCE {peak.pce:.1f} (peak at shift {peak.shift})  "
+        print(f"NCC {scores.ncc:+.5f}  PCE {scores.pce:.1f} (peak at shift {scores.pce_shift})  "
               f"-> {verdict} with {fp.camera or 'the fingerprint'} (PCE threshold "
               f"{args.threshold:g})")
     return 0

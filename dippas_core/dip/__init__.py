@@ -1,4 +1,4 @@
-"""DIP inversion (method §4): the Multi-Resolution U-Net and the generator loop that fits it.
+"""DIP inversion (method §4): the Multi-Resolution U-Net and the inversion that fits it.
 
 Names are resolved lazily: ``import dippas_core.dip`` and :class:`DIPConfig` do not import torch;
 :func:`invert`, :class:`MultiResUNet` and friends import it on first use.
@@ -12,6 +12,8 @@ _API = {
     "DIPConfig": "config",
     "PRESETS": "config",
     "invert": "inversion",
+    "Inversion": "inversion",
+    "StepSource": "inversion",
     "run_to_end": "inversion",
     "warm_up": "inversion",
     "Step": "inversion",

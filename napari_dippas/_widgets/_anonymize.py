@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -326,7 +325,9 @@ class AnonymizeWidget(DockWidget):
             return crop, None, region
         info = (fp.metadata or {}).get("dippas", {}) if dippas_kind(fp.metadata) else {}
         K = np.asarray(fp.data, np.float32)
-        fingerprint = SimpleNamespace(
+        from dippas_core.fingerprint import Fingerprint
+
+        fingerprint = Fingerprint(
             K=K if region.is_whole(data.shape) else region.crop(K), camera=camera_of(fp),
             n_images=info.get("n_images", 0), sigma=info.get("sigma", 5.0),
             version=info.get("version", ""),

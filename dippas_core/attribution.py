@@ -1,0 +1,136 @@
+"""Does a photo carry a camera's fingerprint?  One function, :func:`attribute`, scores it.
+
+Every caller (the pipeline's before/after report, ``dippas score``, the evaluation protocol and
+the viewer's attribution panel) scores through :func:`attribute`, so a number means the same
+wherever it is shown: the residual ``W`` of the photo (method §1), the NCC of ``W`` with
+``I_gray · K`` (paper eq. 2, method §3), their PCE, and optionally the block-NCC map and the NCC
+on a mask of pixels (the edges of the original, paper Table 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Attribution", "attribute"]
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """The scores of one photo against one fingerprint.
+
+    Attributes
+    ----------
+    ncc : float
+        NCC of the residual with ``I_gray · K`` (method §3), in [-1, 1].
+    pce : float
+        Their peak-to-correlation energy; NaN when not computed (``pce=False``).
+    pce_peak : float
+        The cross-correlation at the PCE peak (NaN when not computed).
+    pce_shift : tuple of int
+        (dy, dx) of that peak; ``(0, 0)`` when scored aligned.
+    residual : numpy.ndarray
+        The photo's noise residual ``W`` (float32 H×W): pass it back as ``residual=`` to score
+        the same photo against another fingerprint without computing it again.
+    sigma : float
+        Noise level the residual was computed with.
+    block_size : int or None
+        ``B`` of :attr:`block_ncc`, None when no map was asked for.
+    block_ncc : numpy.ndarray or None
+        NCC on B×B blocks (float64, edge blocks smaller), None when not asked for.
+    ncc_edges : float or None
+        NCC on the ``edges`` mask only (NaN for an empty mask), None when no mask was given.
+    """
+
+    ncc: float
+    pce: float
+    pce_peak: float
+    pce_shift: tuple[int, int]
+    residual: np.ndarray = field(repr=False)
+    sigma: float
+    block_size: int | None = None
+    block_ncc: np.ndarray | None = field(default=None, repr=False)
+    ncc_edges: float | None = None
+
+    def scores(self) -> dict[str, float]:
+        """The report's numbers: ``{"ncc", "pce", "pce_peak"}``."""
+        return {"ncc": self.ncc, "pce": self.pce, "pce_peak": self.pce_peak}
+
+
+def attribute(
+    image: np.ndarray,
+    K: np.ndarray,
+    *,
+    sigma: float = 5.0,
+    residual: np.ndarray | None = None,
+    block_size: int | None = None,
+    edges: np.ndarray | None = None,
+    pce: bool = True,
+    pce_shift_range: int | tuple[int, int] | None = 0,
+) -> Attribution:
+    """Score ``image`` against the fingerprint ``K``: NCC, PCE, and optionally a block-NCC map.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        H×W×3 or H×W: uint8, float on the 0..255 scale, or uint16 (brought to 0..255 first, so a
+        16-bit photo is scored like its 8-bit version).
+    K : numpy.ndarray
+        H×W fingerprint (or, in blind mode, a reference residual).
+    sigma : float
+        Noise level of the residual (method §1).
+    residual : numpy.ndarray, optional
+        ``image``'s residual when already known (it is the expensive step).
+    block_size : int, optional
+        Also compute the NCC map on blocks of this side.
+    edges : numpy.ndarray of bool, optional
+        Also compute the NCC on these pixels only.
+    pce : bool
+        Compute the PCE (an FFT of the photo's size).
+    pce_shift_range : int, (int, int) or None
+        Shifts the PCE peak is searched over.  ``0`` (the default): the photo and the fingerprint
+        are aligned, so only the zero shift counts; searching every shift (``None``) would turn
+        the largest of H×W noise peaks into a "match".  At zero shift and no match, the PCE is
+        about chi-square with one degree of freedom (a threshold ``t`` has a false-alarm rate of
+        about ``Q(sqrt(t))``).
+
+    Returns
+    -------
+    Attribution
+
+    Raises
+    ------
+    dippas_core.errors.ShapeMismatchError
+        The photo and the fingerprint differ in size.
+    """
+    from ._validation import as_image, as_plane, check_same_size
+    from .correlation import block_ncc, ncc
+    from .correlation import pce as pce_of
+    from .edges import masked_ncc
+    from .io import to_float255
+    from .residual import residual as residual_of
+    from .residual import rgb2gray
+
+    img = as_image(to_float255(image), "photo")
+    K = as_plane(K, "fingerprint")
+    check_same_size(img, K, "photo", "fingerprint")
+    W = residual_of(img, sigma) if residual is None else residual
+    nan = float("nan")
+    peak = pce_of(W, rgb2gray(img) * K, shift_range=pce_shift_range) if pce else None
+    mask = None if edges is None else np.asarray(edges, dtype=bool)
+    return Attribution(
+        ncc=float(ncc(W, img, K)),
+        pce=float(peak.pce) if peak else nan,
+        pce_peak=float(peak.peak) if peak else nan,
+        pce_shift=tuple(peak.shift) if peak else (0, 0),
+        residual=W,
+        sigma=float(sigma),
+        block_size=None if block_size is None else int(block_size),
+        block_ncc=None
+        if block_size is None
+        else np.asarray(block_ncc(W, img, K, int(block_size)), dtype=np.float64),
+        ncc_edges=None
+        if mask is None
+        else (float(masked_ncc(W, img, K, mask)) if mask.any() else nan),
+    )

@@ -1,0 +1,337 @@
+"""The fit of one inversion on its device: network, optimiser, loss of eq. 9, gamma (method §4).
+
+:class:`_Inverter` holds the device state of one inversion and makes one optimiser step at a time;
+:class:`~dippas_core.dip.inversion.Inversion` drives it, :mod:`dippas_core.dip.batched` steps
+several at once.  Everything here imports torch inside its functions.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import sys
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import DIPConfig
+from .device import SpeedSettings, device_name
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["camera_model_loss", "least_squares_gamma"]
+
+
+def _snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
+    """The host array of a kept H×W×3 snapshot tensor, and the tensor itself when on a GPU."""
+    if kept is None:
+        return None, None
+    if kept.device.type == "cpu":
+        return kept.numpy(), None  # a fresh tensor: the array shares memory with nothing reused
+    return kept.cpu().numpy(), kept
+
+
+def _drop_failed_frames(exc: BaseException) -> None:
+    """Clear the finished frames of ``exc``'s traceback.
+
+    The exception (kept as the ``DeviceError``'s cause, and by whoever catches that) would
+    otherwise pin the failed step's locals: its output, loss and so the whole autograd graph,
+    which no ``empty_cache`` can then give back.
+    """
+    traceback.clear_frames(exc.__traceback__)  # frames still running are skipped
+
+
+class _Inverter:
+    """Device state of one inversion: network, optimiser, z, target, P and gamma.
+
+    Everything that holds device memory is an attribute so that :meth:`release` can drop it.
+    """
+
+    def __init__(
+        self,
+        img01: np.ndarray,
+        P: np.ndarray,
+        config: DIPConfig,
+        device: torch.device,
+        speed: SpeedSettings,
+    ) -> None:
+        self.device = device
+        self.config = config
+        self.height, self.width = img01.shape[:2]
+        self._saved_globals = _set_cuda_globals(speed) if device.type == "cuda" else None
+        try:
+            self._allocate(img01, P, config, device, speed)
+        except BaseException as exc:
+            # nobody will call release() on a half-built object: restore the cuDNN/TF32 globals
+            # and give back what was allocated so far
+            _drop_failed_frames(exc)
+            try:
+                self.release()
+            except Exception as cleanup:  # noqa: BLE001 - the allocation error explains more
+                exc.add_note(f"(cleaning up after it also failed: {cleanup!r})")
+            raise
+
+    def _allocate(
+        self,
+        img01: np.ndarray,
+        P: np.ndarray,
+        config: DIPConfig,
+        device: torch.device,
+        speed: SpeedSettings,
+    ) -> None:
+        import torch
+
+        from .network import MultiResUNet
+
+        # initial weights from the seed, without disturbing the caller's global RNG state
+        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(config.seed)
+            model = MultiResUNet(
+                in_channels=config.z_channels,
+                out_channels=3,
+                widths=config.widths,
+                skip_widths=config.residual_widths,
+            )
+        self.model = model.to(device)
+        layout = torch.channels_last if speed.channels_last else torch.contiguous_format
+        if speed.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if speed.compile else self.model
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(int(config.seed))
+        ph, pw = self.model.padded_size(self.height, self.width)
+        # z and the perturbation buffer are drawn in memory order, so channels-last costs no copy
+        self.z = self._randn((1, config.z_channels, ph, pw), layout).mul_(config.z_std)
+        self.noisy_z = torch.empty_like(self.z)
+        self.target = torch.from_numpy(np.ascontiguousarray(img01.transpose(2, 0, 1))[None]).to(
+            device
+        )
+        self.P = torch.from_numpy(np.ascontiguousarray(P)[None, None]).to(device)
+        self.gamma = torch.nn.Parameter(torch.zeros((), device=device))
+        params = list(self.model.parameters())
+        if config.gamma_mode == "adam":
+            params.append(self.gamma)  # the old way: gamma learned with the weights
+        self.optimizer = _adam(params, config.lr, device)
+        self.amp_dtype = getattr(torch, speed.amp_dtype) if speed.amp_dtype else None
+        self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
+        self.layout = layout
+        self.tau = float(config.tau_psnr)
+
+    def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
+        import torch
+
+        if layout is torch.channels_last:
+            n, c, h, w = shape
+            return torch.randn(
+                (n, h, w, c), generator=self.generator, device=self.device
+            ).permute(0, 3, 1, 2)
+        return torch.randn(shape, generator=self.generator, device=self.device)
+
+    def step(self) -> tuple[float, float, float, float, torch.Tensor | None]:
+        """One Adam step; returns loss, PSNR of I_phi, gamma, gamma* and the snapshot if kept.
+
+        Built from the pieces that :mod:`dippas_core.dip.batched` also calls per tile
+        (:meth:`perturb`, :meth:`loss_of`, :meth:`after_update`, :meth:`report`), so that N tiles
+        in one step follow exactly the rule of one inversion.
+        """
+        import torch
+
+        self.perturb()
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            out = self.forward(self.noisy_z, (self.height, self.width))
+        i_phi = out.float()
+        loss = self.loss_of(i_phi)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.after_update()
+        # the only host synchronisation of the iteration: the scalars in one transfer
+        loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
+        snapshot = self.snapshot(i_phi) if psnr_v >= self.tau else None
+        return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
+
+    def perturb(self) -> None:
+        """Draw this iteration's input ``z + perturb_std · noise`` into :attr:`noisy_z`."""
+        import torch
+
+        noise = self._randn(tuple(self.z.shape), self.layout)
+        torch.add(self.z, noise, alpha=self.config.perturb_std, out=self.noisy_z)
+
+    def loss_of(self, i_phi: torch.Tensor) -> torch.Tensor:
+        """The loss of eq. 9 for the generator's output ``i_phi`` (1×3×H×W float32).
+
+        Also fixes this step's gamma and gamma* (:meth:`_gammas`), which :meth:`report` gives.
+        """
+        self._step_gamma, self._step_star = self._gammas(i_phi)
+        return camera_model_loss(i_phi, self._step_gamma, self.P, self.target)
+
+    def _gammas(self, i_phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gamma that multiplies ``P`` in this iteration's loss, and this output's gamma*.
+
+        ``"lsq"``: the clamped least-squares gamma* of this very output (variable projection; a
+        constant to autograd — at the optimum dJ/dgamma = 0, so its own gradient would add
+        nothing). ``"adam"``: the learned parameter.
+        """
+        star = least_squares_gamma(i_phi.detach(), self.P, self.target)[0]
+        if self.config.gamma_mode == "lsq":
+            return star.clamp(min=0.0), star
+        return self.gamma, star
+
+    def after_update(self) -> None:
+        """What follows the optimiser step: a learned gamma (``"adam"``) kept ``>= 0``."""
+        import torch
+
+        if self.config.gamma_mode == "adam":
+            with torch.no_grad():
+                self.gamma.clamp_(min=0.0)
+            self._step_gamma = self.gamma  # the value after the update
+
+    def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss, PSNR (dB) of ``i_phi``, gamma and gamma*: one tensor on the device."""
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            psnr = -10.0 * torch.log10(F.mse_loss(i_phi.detach(), self.target))
+            return torch.stack(
+                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
+            )
+
+    @staticmethod
+    def snapshot(i_phi: torch.Tensor) -> torch.Tensor:
+        """``i_phi`` as a fresh H×W×3 tensor on the 0..255 scale (shares memory with nothing)."""
+        import torch
+
+        with torch.no_grad():
+            return (i_phi.detach()[0] * 255.0).permute(1, 2, 0).contiguous()
+
+    def release(self) -> None:
+        """Drop every tensor, the model and the optimiser; give cached device memory back."""
+        # torch is loaded (this object holds its tensors); no import here, so release also works
+        # when an abandoned inversion is collected at interpreter shutdown
+        torch = sys.modules.get("torch")
+        saved = self._saved_globals
+        for name in list(vars(self)):
+            if name not in ("device", "config"):
+                delattr(self, name)
+        if torch is None or self.device.type == "cpu":
+            # reference counting already freed the tensors; a full collection would hold the
+            # GIL for hundreds of ms in a big process (napari) and stall the GUI thread
+            return
+        gc.collect()  # cycles may still pin device memory that empty_cache cannot return
+        if self.device.type == "cuda":
+            try:
+                torch.cuda.empty_cache()
+            finally:
+                _restore_cuda_globals(saved)
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
+
+
+
+def camera_model_loss(
+    i_phi: torch.Tensor, gamma: torch.Tensor, P: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``MSE(i_phi · (1 + gamma · P), target)``: the fit through the camera model (eq. 9)."""
+    import torch.nn.functional as F
+
+    return F.mse_loss(i_phi * (1.0 + gamma * P), target)
+
+
+def least_squares_gamma(
+    i_phi: torch.Tensor, P: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """``argmin_gamma ||i_phi·(1 + gamma·P) − target||²`` per batch item (no clamp).
+
+    Closed form ``<i_phi·P, target − i_phi> / <i_phi·P, i_phi·P>``, reduced over every dimension
+    but the first; ``P`` broadcasts (N×1×H×W or 1×1×H×W against N×3×H×W).  0 where
+    ``i_phi·P`` is identically zero.  Returns a float tensor of shape (N,) on the inputs' device.
+    """
+    injected = i_phi * P
+    dims = tuple(range(1, i_phi.ndim))
+    num = (injected * (target - i_phi)).sum(dims)
+    den = injected.square().sum(dims)
+    return num / den.clamp(min=float(np.finfo(np.float32).tiny))
+
+
+def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """Adam with AMSGrad (method §4); the fused kernel on CUDA where this torch has it."""
+    import torch
+
+    if device.type == "cuda":
+        try:
+            return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.Adam(params, lr=lr, amsgrad=True)
+
+
+def _set_cuda_globals(speed: SpeedSettings) -> dict[str, Any]:
+    import torch
+
+    saved = {
+        "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+    torch.backends.cudnn.allow_tf32 = speed.tf32
+    torch.backends.cudnn.benchmark = True  # one input size for thousands of iterations
+    return saved
+
+
+def _restore_cuda_globals(saved: dict[str, Any] | None) -> None:
+    import torch
+
+    if not saved:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = saved["matmul_tf32"]
+    torch.backends.cudnn.allow_tf32 = saved["cudnn_tf32"]
+    torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
+
+
+def _oom_message(shape: tuple[int, ...], config: DIPConfig, device: torch.device) -> str:
+    h, w = shape[:2]
+    hints = [
+        f"crop the image (it is {h}×{w}; the paper uses 512×512)",
+        f"narrow the network (widths={list(config.widths)}, e.g. DIPConfig.preset('cpu'))",
+        f"use fewer input channels (z_channels={config.z_channels}, e.g. 64)",
+    ]
+    if config.amp_mode == "off":
+        hints.append("turn mixed precision on (amp=True)")
+    return f"out of memory on {device}: " + "; ".join(hints)
+
+
+def _environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
+    import torch
+
+    from .. import __version__
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "dippas_core": __version__,
+        "device": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        **speed.to_dict(),
+        # read after _Inverter set them: what the steps really ran with
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "deterministic": bool(torch.are_deterministic_algorithms_enabled()),
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
