@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         help="DIPConfig.gamma_mode of the DIP runs (default: the preset's); 'adam' is the old way",
     )
     p.add_argument(
+        "--lr", type=float, default=None,
+        help="the DIP learning rate (default: the preset's), to re-choose it on held-out photos",
+    )
+    p.add_argument(
         "--held-out", action="store_true",
         help="use the photos the preset leaves out (a validation set for choosing B, L, tau)",
     )
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             changes = {**config.dip_changes, "seed": seed}
             if args.gamma_mode is not None:
                 changes["gamma_mode"] = args.gamma_mode
+            if args.lr is not None:
+                changes["lr"] = args.lr
             dip = DIPConfig.preset(config.dip_preset, **changes)
             conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
                                    sigma=config.sigma, seed=seed)

@@ -11,7 +11,7 @@ import pytest
 
 from dippas_core.assembly import AssemblyParams, assemble
 from dippas_core.errors import InputError
-from dippas_core.pipeline import AnonymizeConfig
+from dippas_core.pipeline import PRESETS, AnonymizeConfig
 from dippas_core.run import RunDirectory
 
 
@@ -82,7 +82,8 @@ def test_assemble_takes_params_or_b_l_tau_alike(synthetic_run):
 def test_anonymize_config_gives_its_assembly_params():
     config = AnonymizeConfig.preset("tiny", tau_psnr=31.0)
     assert config.assembly == AssemblyParams(32, 5, 31.0)  # tau None: the recording's tau_psnr
-    assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(128, 2, 38.0)
+    cpu = PRESETS["cpu"]
+    assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(cpu["B"], cpu["L"], cpu["tau"])
     with pytest.raises(InputError, match="L .*>= 1"):
         _ = AnonymizeConfig(L=0).assembly
 

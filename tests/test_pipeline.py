@@ -10,7 +10,7 @@ import pytest
 from dippas_core.assembly import assemble
 from dippas_core.errors import InputError, ShapeMismatchError
 from dippas_core.io import center_crop
-from dippas_core.pipeline import AnonymizeConfig, anonymize
+from dippas_core.pipeline import PRESETS, AnonymizeConfig, anonymize
 from dippas_core.run import RunDirectory
 from dippas_core.sample import sample_data
 
@@ -94,7 +94,7 @@ def test_config_round_trip():
     cfg = AnonymizeConfig.preset("cpu", seed=9, B=128, L=25, max_iter=50)
     back = AnonymizeConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.dip.seed == 9 and back.dip.max_iter == 50 and back.B == 128
-    assert back.assembly_tau == cfg.dip.tau_psnr
+    assert back.assembly_tau == cfg.assembly_tau == PRESETS["cpu"]["tau"]
     with pytest.raises(InputError, match="unknown"):
         AnonymizeConfig.from_dict({"Bee": 3})
 

@@ -146,12 +146,13 @@ _CPU: dict[str, Any] = {
     # torch thread (two threads on a loaded 2-core machine ran ten times slower)
     "dip_changes": {"max_iter": 1500, "torch_threads": 1, "lr": 1e-2},
     "fingerprint_region": 512,
-    # chosen on the 10 photos the cpu preset leaves out (scripts/assembly_grid.py --held-out):
-    # the lowest mean |NCC| with the true camera at mean PSNR >= 38 dB; at 128×128 a 32-pixel
-    # block's NCC is mostly chance, so the whole crop is one block
-    "block": 128,
-    "top_l": 2,
-    "tau": 38.0,
+    # chosen on the 10 photos the cpu preset leaves out, with the least-squares gamma
+    # (scripts/assembly_grid.py --held-out --gamma-mode lsq, 2026-11-30; docs/evaluation.md): the
+    # lowest mean |NCC| with the true camera at mean PSNR >= 38 dB, over B 32/64/128, L 1-25,
+    # tau 38/38.5 (before, with Adam's gamma, the same rule picked B 128, L 2, tau 38)
+    "block": 64,
+    "top_l": 1,
+    "tau": 38.5,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {**_CPU, "photos_per_camera": 1},
