@@ -29,6 +29,7 @@ with N = 1 and with the auto N, end to end (measurement included and not)::
 
     .venv/bin/python benchmarks/bench_dip.py --tiles 1,2,4,8 --sizes 64 128        # this CPU
     .venv/bin/python benchmarks/bench_dip.py --tiles 1,4,16 --sizes 512 --amp auto,off  # a GPU
+    .venv/bin/python benchmarks/bench_dip.py --tiles 1,4 --sizes 64 --preset cpu --profile
 """
 
 from __future__ import annotations
@@ -247,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--region-iters", type=int, default=3, help="tiles mode: iterations per tile of the region"
     )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="tiles mode: instead of auto and the region, the ops that take each N's step time",
+    )
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -350,32 +355,66 @@ def _batch_of(n: int, tiles, config, device):
     return batch
 
 
-def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, float]:
-    """Median wall seconds of one step of each N, the Ns stepping in turn (round-robin)."""
+def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, tuple[float, float]]:
+    """(median wall, median CPU) seconds of one step of each N, the Ns in turn (round-robin).
+
+    The CPU seconds of this process barely depend on other jobs' load (one torch thread): on a
+    shared machine they are the steadier figure to compare the Ns by.
+    """
     import numpy as np
     import torch
 
     batches = {n: _batch_of(n, tiles, config, device) for n in ns}
     times: dict[int, list[float]] = {n: [] for n in ns}
+    cpu: dict[int, list[float]] = {n: [] for n in ns}
     try:
         for _ in range(1 + iters):  # one warm-up step
             for n, batch in batches.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 batch.step()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 times[n].append(time.perf_counter() - t0)
+                cpu[n].append(time.process_time() - c0)
     finally:
         for batch in batches.values():
             batch.release()
-    return {n: float(np.median(t[1:])) for n, t in times.items()}
+    return {n: (float(np.median(times[n][1:])), float(np.median(cpu[n][1:]))) for n in ns}
+
+
+def _profile_tiles(ns, tiles, config, device, top: int = 6) -> None:
+    """Where one step's time goes, per N: the ops with the most self time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for n in ns:
+        batch = _batch_of(n, tiles, config, device)
+        try:
+            batch.step()  # warm-up
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(2):
+                    batch.step()
+        finally:
+            batch.release()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 2 / 1e6
+        ops = ", ".join(
+            f"{e.key} {e.self_cpu_time_total / 2 / 1e6:.3f}" for e in events[:top]
+        )
+        print(f"  profile N={n}: {total:.3f} s/step ({total / n:.3f} per tile); "
+              f"most self time (s/step): {ops}", flush=True)
 
 
 def _run_region(tiles, config, n) -> float:
+    """Wall seconds to invert every tile: N = 1 as separate ``invert`` runs, else batched."""
+    from dippas_core.dip import invert, run_to_end
     from dippas_core.dip.batched import TileJob, invert_tiles
 
-    jobs = [TileJob(i, img, P, seed=i) for i, (img, P) in enumerate(tiles)]
     t0 = time.perf_counter()
+    if n == 1:  # the plain one-network path, tile after tile
+        for i, (img, P) in enumerate(tiles):
+            run_to_end(invert(img, P, config.replace(seed=i)))
+        return time.perf_counter() - t0
+    jobs = [TileJob(i, img, P, seed=i) for i, (img, P) in enumerate(tiles)]
     for _ in invert_tiles(jobs, config, tiles_per_step=n):
         pass
     return time.perf_counter() - t0
@@ -401,7 +440,8 @@ def _tiles_main(args) -> int:
     label = "" if cuda else "  [timings under load (shared machine)]"
     print(f"device: {device_name(device)}   torch {torch.__version__}   {machine_note()}{label}")
     print(f"tiles per step, preset {args.preset!r}; median of {args.iters} steps after 1 warm-up, "
-          "the Ns interleaved; px·it/s = N·H·W / seconds per step")
+          "the Ns interleaved; px·it/s = N·H·W / seconds per step; × N=1: rate over N=1's; "
+          "N=1 is the plain one-network path (what invert runs); CPU: this process's CPU seconds")
     for amp in amps:
         for size in sizes:
             config = DIPConfig.preset(
@@ -411,12 +451,19 @@ def _tiles_main(args) -> int:
             tiles, source = _region(size, max(8, max(ns)))
             seconds = _time_tiles(ns, tiles, config, device, args.iters)
             print(f"\n{size}×{size} px, amp={amp}, tiles from {source}")
-            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7}")
-            base = size * size / seconds[ns[0]] if ns[0] == 1 else None
+            print(f"{'N':>4} {'s/step':>9} {'kpx·it/s':>9} {'× N=1':>7} {'CPU s/step':>11} "
+                  f"{'× N=1 (CPU)':>12}")
+            one = seconds.get(1)
             for n in ns:
-                rate = n * size * size / seconds[n]
-                ratio = f"{rate / base:7.2f}" if base else "      -"
-                print(f"{n:>4} {seconds[n]:9.3f} {rate / 1e3:9.1f} {ratio}", flush=True)
+                wall, cpu = seconds[n]
+                rate = n * size * size / wall
+                ratio = f"{one[0] * n / wall:7.2f}" if one else "      -"
+                ratio_cpu = f"{one[1] * n / cpu:12.2f}" if one else "           -"
+                print(f"{n:>4} {wall:9.3f} {rate / 1e3:9.1f} {ratio} {cpu:11.3f} {ratio_cpu}",
+                      flush=True)
+            if args.profile:
+                _profile_tiles(ns, tiles, config, device)
+                continue
             multiple = 2 ** (len(config.widths) - 1)
             speed = speed_settings(config, device)
             region = tiles[:8]
@@ -426,14 +473,18 @@ def _tiles_main(args) -> int:
                 len(region),
             )
             t_choose = time.perf_counter() - t0
-            runs = {1: [], n_auto: []}
-            for _ in range(2):  # alternate, best of two: the machine's load hits both alike
+            print(f"auto: N={n_auto} ({why}; {t_choose:.1f} s)", flush=True)
+            # N = 1, the auto N and the table's fastest batch (when auto kept the plain path)
+            fastest = max((n for n in ns if n > 1), key=lambda n: n / seconds[n][0], default=1)
+            runs: dict[int, list[float]] = {n: [] for n in dict.fromkeys((1, n_auto, fastest))}
+            for _ in range(2):  # alternate, best of two: the machine's load hits all alike
                 for n in runs:
                     runs[n].append(_run_region(region, config, n))
-            t1, tn = min(runs[1]), min(runs[n_auto])
-            print(f"auto: N={n_auto} ({why}; {t_choose:.1f} s)")
-            print(f"region of {len(region)} tiles × {args.region_iters} iterations: N=1 "
-                  f"{t1:.2f} s, N={n_auto} {tn:.2f} s: speed-up {t1 / tn:.2f}× "
+            best = {n: min(t) for n, t in runs.items()}
+            t1, tn = best[1], best[n_auto]
+            print(f"region of {len(region)} tiles × {args.region_iters} iterations (best of 2): "
+                  + ", ".join(f"N={n} {t:.2f} s" for n, t in best.items())
+                  + f"; N=1 = separate invert runs; auto N={n_auto}: speed-up {t1 / tn:.2f}× "
                   f"({t1 / (tn + t_choose):.2f}× counting the auto measurement)", flush=True)
     return 0
 

@@ -354,7 +354,9 @@ def _choose_tiles_per_step(
     """``tiles_per_step="auto"`` resolved on the first tile to run: ``(N, reason)``.
 
     Resolved here rather than in the batch so that N = 1 takes :func:`invert_tile`, the plain
-    one-network path (a batch of one runs the vmapped forward, slower on the CPU).
+    one-network path, tile after tile.  On the CPU the choice is measured: that plain path
+    against batches of N = 2, 4, 8 (:func:`~dippas_core.dip.batched.choose_tiles_per_step`);
+    the reason, with every measured rate, goes into the photo's run record.
     """
     from .dip.batched import choose_tiles_per_step
     from .dip.device import resolve_device, speed_settings, torch_threads
@@ -364,8 +366,21 @@ def _choose_tiles_per_step(
     device = resolve_device(dip.device)
     speed = dataclasses.replace(speed_settings(dip, device), compile=False)
     img01 = _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1))
-    with torch_threads(dip.torch_threads):
+    # measured with the threads the tiles will run with (record's cap, as in the batched path)
+    with torch_threads(_tile_threads(dip)):
         return choose_tiles_per_step(img01, np.asarray(P, np.float32), dip, device, speed, n_tiles)
+
+
+def _tile_threads(dip: Any) -> int | None:
+    """Torch threads of a tile's inversion: the config's, else half the CPUs on the CPU.
+
+    The rule of :func:`_invert_tiles_batched` and of ``record`` (one tile at a time).
+    """
+    from .run import _device_is_cpu, usable_cpus
+
+    if not dip.torch_threads and _device_is_cpu({"device": dip.device}):
+        return max(1, usable_cpus() // 2)  # what record caps one tile's inversion at
+    return dip.torch_threads
 
 
 def _invert_tiles_batched(

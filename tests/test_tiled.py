@@ -395,7 +395,35 @@ def test_auto_tiles_per_step_is_measured_and_recorded(d70, tmp_path):
     result = anonymize(photo, K, _config(max_iter=3, tiles_per_step="auto"))
     inv = result.report["inversion"]
     assert inv["tiles_per_step"] in (1, 2, 4)
-    assert inv["tiles_per_step_choice"].startswith("measured on the CPU: N=1:")
+    assert inv["tiles_per_step_choice"].startswith("measured on the CPU")
+    assert "N=1 (one network): " in inv["tiles_per_step_choice"]
+    assert not result.report["partial"]
+
+
+@pytest.mark.parametrize(("seconds", "chosen"), [({1: 1.0, 2: 2.5, 4: 6.0}, 1),
+                                                 ({1: 1.0, 2: 1.5, 4: 4.0}, 2)])
+def test_auto_runs_the_measured_fastest_path(d70, tmp_path, monkeypatch, seconds, chosen):
+    # injected timings: when the plain one-network path measures fastest the photo runs tile by
+    # tile through it; when a batch does, with that many tiles per step; the record says so
+    from dippas_core.dip import batched
+
+    class FakeProbe:  # injected timings, no clock
+        def __init__(self, n, *args):
+            self.n = n
+
+        def step_seconds(self):
+            return seconds[self.n]
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(batched, "_make_probe", FakeProbe)
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    result = anonymize(photo, K, _config(max_iter=2, tiles_per_step="auto"))
+    inv = result.report["inversion"]
+    assert inv["tiles_per_step"] == chosen
+    assert inv["tiles_per_step_choice"].endswith(f"fastest: N={chosen}")
+    assert "N=4: " in inv["tiles_per_step_choice"]
     assert not result.report["partial"]
 
 

@@ -18,12 +18,19 @@ module steps ``N = tiles_per_step`` of them at once:
   optimiser steps and its gamma is updated by the same :meth:`_Inverter.after_update`.
 
 With the same seed a tile's images equal those of a separate ``invert`` run up to float rounding
-(``tests/test_dip_batched.py``).  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
+(``tests/test_dip_batched.py``): in float64 over whole runs; in float32 the first step agrees to
+~1e-5 and then the pixels part within a few steps, as they do for ``invert`` itself under any
+change of summation order (Adam amplifies rounding), while the PSNR histories stay together
+(docs/dip.md, "Equivalence").  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
 at once and the next waiting tile of the same size takes its place.
 
+A batch of one tile (N = 1, or the last tile left) runs that tile's own network, the plain
+one-network forward of :func:`~dippas_core.dip.invert`: vmap gains nothing there.
+
 ``tiles_per_step="auto"`` measures: on a GPU, the memory one tile's step takes against the free
-memory; on the CPU, a few steps at N = 1, 2, 4, 8 (the best pixel-iterations per second wins).
-The choice and its reason are recorded in every tile's ``environment``.
+memory; on the CPU, a few steps of the plain path (N = 1) and of batches of N = 2, 4, 8: the
+fastest wins, a batch only when it beats the plain path by :data:`AUTO_MARGIN`.  The choice and
+every measured rate are recorded in every tile's ``environment``.
 """
 
 from __future__ import annotations
@@ -61,12 +68,24 @@ if TYPE_CHECKING:
 
     from ..cancel import CancelToken
 
-__all__ = ["TileJob", "TileStep", "TileDone", "invert_tiles", "choose_tiles_per_step"]
+__all__ = [
+    "TileJob",
+    "TileStep",
+    "TileDone",
+    "invert_tiles",
+    "choose_tiles_per_step",
+    "measure_tiles_per_step",
+    "fastest_tiles_per_step",
+]
 
 #: Largest N that ``"auto"`` picks (beyond it a GPU gains little and a slow tile delays more).
 AUTO_MAX = 64
 #: Share of the free GPU memory that ``"auto"`` plans to use.
 AUTO_MEMORY_SHARE = 0.7
+#: A batch must be this much faster than the one-network path for ``"auto"`` to pick it.
+AUTO_MARGIN = 1.05
+#: Timed steps per candidate N of the CPU measurement (after one warm-up step).
+AUTO_TIMED_STEPS = 2
 _CPU_CANDIDATES = (1, 2, 4, 8)
 
 
@@ -240,13 +259,28 @@ class _Batch:
         ):
             return self._forward(params, z)
 
+    def forward_one(self) -> torch.Tensor:
+        """1×3×H×W output of a lone tile's own network: the plain one-network forward.
+
+        A batch of one gains nothing from vmap (whose grouped kernels are slower on the CPU), and
+        this way N = 1 is exactly :func:`~dippas_core.dip.invert`'s computation.
+        """
+        import torch
+
+        tile = self.tiles[0]
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            return tile.forward(tile.noisy_z, (tile.height, tile.width))
+
     def step(self) -> list[tuple[float, float, float, float, Any]]:
         """One optimiser step of every tile: (loss, psnr, gamma, gamma*, snapshot or None) each."""
         import torch
 
         for t in self.tiles:
             t.perturb()
-        out = self.forward().float()
+        out = self.forward_one() if len(self.tiles) == 1 else self.forward()
+        out = out.float()
         i_phis = [out[i : i + 1] for i in range(len(self.tiles))]
         losses = [t.loss_of(i_phi) for t, i_phi in zip(self.tiles, i_phis, strict=True)]
         for t in self.tiles:
@@ -449,50 +483,135 @@ def choose_tiles_per_step(
     """N for ``tiles_per_step="auto"``, and why: ``(N, reason)``.
 
     On CUDA: the memory one step of one tile takes (measured on a throw-away tile) against
-    :data:`AUTO_MEMORY_SHARE` of the free device memory.  On the CPU (and MPS): a few timed
-    steps of throw-away batches at N = 1, 2, 4, 8; the best pixel-iterations per second wins.
-    Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
+    :data:`AUTO_MEMORY_SHARE` of the free device memory.  On the CPU (and MPS): a short
+    measurement, :func:`measure_tiles_per_step`, of the plain one-network path (N = 1) against
+    batches of N = 2, 4, 8; the fastest wins (:func:`fastest_tiles_per_step`).  The reason
+    names every measured rate.  Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
     """
-    import torch
-
     job = _PreparedJob("auto", img01, P, config)
     cap = max(1, min(int(n_tiles), AUTO_MAX))
     if cap == 1:
         return 1, "one tile"
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        free, _total = torch.cuda.mem_get_info(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        probe = _Batch(device, speed)
-        try:
+        return _choose_by_memory(job, config, device, speed, cap)
+    rates = measure_tiles_per_step(job, config, device, speed, cap)
+    best = fastest_tiles_per_step(rates)
+    measured = ", ".join(
+        f"N={n}{' (one network)' if n == 1 else ''}: {rate / 1e3:.1f} kpx·it/s"
+        for n, rate in rates.items()
+    )
+    return best, (
+        f"measured on the CPU ({AUTO_TIMED_STEPS} timed steps per batch after 1 warm-up, "
+        "the one-network path stepping in turn with each): "
+        f"{measured}; fastest: N={best}"
+    )
+
+
+def _choose_by_memory(
+    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+) -> tuple[int, str]:
+    import torch
+
+    torch.cuda.synchronize(device)
+    free, _total = torch.cuda.mem_get_info(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    # two tiles, so that the probe runs the vmapped forward (a lone tile runs its own network,
+    # which needs less than a tile of a batch)
+    probe = _Batch(device, speed)
+    try:
+        for _ in range(2):
             probe.add(_with_params(_Tile(job, config, device, speed)))
-            probe.step()
-            torch.cuda.synchronize(device)
-            per_tile = max(torch.cuda.max_memory_allocated(device) - before, 1)
-        finally:
-            probe.release()
-        n = int(AUTO_MEMORY_SHARE * free // per_tile)
-        n = max(1, min(n, cap))
-        return n, (
-            f"memory: {per_tile / 2**20:.0f} MiB per tile, {free / 2**30:.1f} GiB free"
-        )
+        probe.step()
+        torch.cuda.synchronize(device)
+        per_tile = max((torch.cuda.max_memory_allocated(device) - before) // 2, 1)
+    finally:
+        probe.release()
+    n = int(AUTO_MEMORY_SHARE * free // per_tile)
+    n = max(1, min(n, cap))
+    return n, f"memory: {per_tile / 2**20:.0f} MiB per tile, {free / 2**30:.1f} GiB free"
+
+
+def measure_tiles_per_step(
+    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+) -> dict[int, float]:
+    """Pixel-iterations per second of N = 1, 2, 4, 8 (at most ``cap``) tiles per step.
+
+    N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 the
+    vmapped batch, each on throw-away tiles (:func:`_make_probe`).  The plain probe lives
+    through the whole measurement and steps in turn with each batch, so that other jobs' load
+    hits both alike.  A batch's rate comes from the fastest of its :data:`AUTO_TIMED_STEPS`
+    steps; the plain path's from the median over the batches of its fastest step beside each
+    (as many steps per figure as a batch has: a minimum over more steps would favour it).  Once
+    a batch is slower than the batch of half its size, larger ones are not tried.
+    """
+    h, w = job.size
+    plain = _make_probe(1, job, config, device, speed)
+    plain_best: list[float] = []  # the plain path's fastest step beside each batch
     rates: dict[int, float] = {}
-    h, w = img01.shape[:2]
-    for n in [c for c in _CPU_CANDIDATES if c <= cap]:
-        probe = _Batch(device, speed)
+    try:
+        for n in [c for c in _CPU_CANDIDATES if 1 < c <= cap]:
+            probe = _make_probe(n, job, config, device, speed)
+            plain_times, times = [], []
+            try:
+                for _ in range(AUTO_TIMED_STEPS):
+                    plain_times.append(plain.step_seconds())
+                    times.append(probe.step_seconds())
+            finally:
+                probe.release()
+            plain_best.append(min(plain_times))
+            rates[n] = n * h * w / min(times)
+            if n > 2 and rates[n] < rates[n // 2]:
+                break  # past the best batch
+        if not plain_best:  # no batch to try (cap 1)
+            plain_best.append(min(plain.step_seconds() for _ in range(AUTO_TIMED_STEPS)))
+    finally:
+        plain.release()
+    return {1: h * w / float(np.median(plain_best)), **rates}
+
+
+def fastest_tiles_per_step(rates: dict[int, float]) -> int:
+    """The N of the highest rate; a batch must beat the one-network rate by :data:`AUTO_MARGIN`.
+
+    The margin keeps the plain path when a batch is only as fast within measurement noise (a
+    batch also delays every tile's snapshots until its slowest step).
+    """
+    plain = rates.get(1, 0.0)
+    batched = {n: r for n, r in rates.items() if n > 1}
+    if not batched:
+        return 1
+    best = max(batched, key=batched.__getitem__)
+    return best if batched[best] > AUTO_MARGIN * plain else 1
+
+
+class _Probe:
+    """A throw-away batch of ``n`` copies of one tile, warmed up by one step."""
+
+    def __init__(
+        self, n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+    ) -> None:
+        self.n = n
+        self.batch = _Batch(device, speed)
         try:
             for _ in range(n):
-                probe.add(_with_params(_Tile(job, config, device, speed)))
-            probe.step()  # warm-up
-            t0 = time.perf_counter()
-            for _ in range(2):
-                probe.step()
-            rates[n] = 2 * n * h * w / (time.perf_counter() - t0)
-        finally:
-            probe.release()
-        if n > 1 and rates[n] < rates[n // 2]:
-            break  # past the best
-    best = max(rates, key=rates.__getitem__)
-    measured = ", ".join(f"N={k}: {v / 1e3:.1f} kpx·it/s" for k, v in rates.items())
-    return best, f"measured on the CPU: {measured}"
+                self.batch.add(_with_params(_Tile(job, config, device, speed)))
+            self.batch.step()  # warm-up: first-call set-up of the kernels
+        except BaseException:
+            self.batch.release()
+            raise
+
+    def step_seconds(self) -> float:
+        """Wall seconds of one more step."""
+        t0 = time.perf_counter()
+        self.batch.step()
+        return time.perf_counter() - t0
+
+    def release(self) -> None:
+        self.batch.release()
+
+
+def _make_probe(
+    n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+) -> _Probe:
+    """A :class:`_Probe` (the one seam where tests inject timings)."""
+    return _Probe(n, job, config, device, speed)
