@@ -50,4 +50,3 @@ def crop_at(image: np.ndarray, top: int, left: int, h: int, w: int) -> np.ndarra
     if h <= 0 or w <= 0 or top < 0 or left < 0 or top + h > H or left + w > W:
         raise InputError(f"crop {h}×{w} at ({top}, {left}) does not fit in an image of {H}×{W}")
     return arr[top : top + h, left : left + w]
-

@@ -324,4 +324,3 @@ def warn_if_turned(path: str | os.PathLike) -> None:
             ImageNoteWarning,
             stacklevel=2,
         )
-
