@@ -37,8 +37,9 @@ def _inverter_class(mode: str, gamma_lr: float):
     from dippas_core.dip import inversion
 
     class Inverter(inversion._Inverter):
-        def _allocate(self, img01, P, config, device, speed):
-            super()._allocate(img01, P, config, device, speed)
+        def _allocate(self, img01, P, speed):
+            super()._allocate(img01, P, speed)
+            config, device = self.config, self.device
             self.scale = 1.0
             if mode == "scaled":
                 self.scale = 1.0 / (255.0 * float(np.sqrt(np.mean(np.square(P)))))

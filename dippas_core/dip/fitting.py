@@ -62,7 +62,7 @@ class _Inverter:
         self.height, self.width = img01.shape[:2]
         self._saved_globals = _set_cuda_globals(speed) if device.type == "cuda" else None
         try:
-            self._allocate(img01, P, config, device, speed)
+            self._allocate(img01, P, speed)
         except BaseException as exc:
             # nobody will call release() on a half-built object: restore the cuDNN/TF32 globals
             # and give back what was allocated so far
@@ -73,15 +73,11 @@ class _Inverter:
                 exc.add_note(f"(cleaning up after it also failed: {cleanup!r})")
             raise
 
-    def _allocate(
-        self,
-        img01: np.ndarray,
-        P: np.ndarray,
-        config: DIPConfig,
-        device: torch.device,
-        speed: SpeedSettings,
-    ) -> None:
+    def _allocate(self, img01: np.ndarray, P: np.ndarray, speed: SpeedSettings) -> None:
+        """Build the network, optimiser and tensors on :attr:`device` from :attr:`config`."""
         import torch
+
+        config, device = self.config, self.device
 
         from .network import MultiResUNet
 
