@@ -715,7 +715,7 @@ class AnonymizeWidget(DockWidget):
         per_it = job.seconds_per_iteration
         if job.status != "running" or not np.isfinite(per_it):
             return ""
-        from .._models import _duration
+        from .._models._job import _duration
 
         left = (max(job.max_iter - job.iteration, 0) + tiles.count("waiting") * job.max_iter)
         return f" · at most {_duration(left * per_it)} left for every tile"
