@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from .._layer_updates import layer_source_path, show_rectangles, upsert_run_layer
 from .._layers import (
     Region,
     anonymized_layer,
@@ -53,16 +54,8 @@ from .._run_state import (
 )
 from .._workers import start_job
 from ._attribution import camera_of, is_fingerprint, is_photo, size_problem
-from ._common import (
-    DockWidget,
-    LayerChoice,
-    LivePlot,
-    PathEdit,
-    RegionPicker,
-    layer_source_path,
-    show_rectangles,
-    upsert_run_layer,
-)
+from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker
+from ._plots import LivePlot
 from ._snapshots import SnapshotsView
 
 if TYPE_CHECKING:

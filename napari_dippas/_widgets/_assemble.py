@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 
 from dippas_core.assembly import NoSnapshotsError
 
+from .._layer_updates import same_path, upsert_run_layer
 from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
 from .._models import (
     DECISION_LEVEL_PCE,
@@ -40,14 +41,8 @@ from .._reader import (
     save_assembly_params,
 )
 from .._workers import start_job
-from ._common import (
-    ColorbarCanvas,
-    DockWidget,
-    LayerChoice,
-    PathEdit,
-    same_path,
-    upsert_run_layer,
-)
+from ._forms import DockWidget, LayerChoice, PathEdit
+from ._plots import ColorbarCanvas
 
 if TYPE_CHECKING:
     import napari
