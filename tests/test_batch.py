@@ -513,11 +513,21 @@ def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):
     finished = {r.source for r in first.records if r.status == "ok"}
     assert 3 <= len(finished) < 8
     assert {r.status for r in first.records} <= {"ok", "cancelled"}
-    # images already running when the batch stopped still finish (and are kept): let them land
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(
-        list((out / ".dippas-batch" / "done").glob("*"))
-    ) < sum(executions(log, "start").values()):
+    # images already running when the batch stopped still finish (and are kept): let them land.
+    # Dask's cancel is asynchronous, so a worker may still start an image it had queued after
+    # run_batch returned: wait until nothing has started or finished for a second, every start done
+    def landed() -> tuple[int, int]:
+        return len(list((out / ".dippas-batch" / "done").glob("*"))), sum(
+            executions(log, "start").values()
+        )
+
+    deadline, last, quiet_since = time.monotonic() + 60, None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = landed()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif now[0] >= now[1] and time.monotonic() - quiet_since > 1.0:
+            break
         time.sleep(0.05)
     # what a SIGKILL can leave behind: a temporary file, an output whose marker was never written
     done_tags = sorted(executions(log))
