@@ -32,6 +32,7 @@ from dippas_core.batch import (
     run_batch,
     sanitise_stem,
 )
+from dippas_core.errors import InputError
 from dippas_core.io import read_image
 from dippas_core.metrics import psnr
 
@@ -369,6 +370,11 @@ def test_fingerprint_of_the_wrong_size_costs_only_those_images(tmp_path, client)
     assert cropped.ok and all(r.status == "ok" for r in cropped.records)
     out_img = read_rgb(tmp_path / "out2" / cropped.records[2].output)
     assert out_img.shape == (48, 48, 3)
+    # a bare K array is not a camera's fingerprint: said before any image runs, nothing written
+    with pytest.raises(InputError, match="Fingerprint or the path of its .npz file, not ndarray"):
+        run_batch(src, tmp_path / "out3", fingerprint=K, config={"log": str(log)},
+                  job=standin_job, client=client, progress=quiet)
+    assert not (tmp_path / "out3").exists()
 
 
 def test_a_worker_killed_mid_batch_costs_nothing_and_nothing_runs_twice(tmp_path, client):
