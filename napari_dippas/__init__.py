@@ -2,8 +2,9 @@
 
 The science lives in :mod:`dippas_core`; this package only turns it into napari contributions
 (reader, writer, sample data, four dock widgets).  Qt is imported only by the private
-``_widgets`` and ``_workers`` modules, so the models in :mod:`napari_dippas._models` and the layer
-helpers in :mod:`napari_dippas._layers` can be used and tested without a display.
+``_widgets`` and ``_workers`` modules, so the models in :mod:`napari_dippas._models`, the layer
+helpers in :mod:`napari_dippas._layers` and the layer updates in :mod:`napari_dippas._layer_updates`
+can be used and tested without a display.
 """
 
 from __future__ import annotations

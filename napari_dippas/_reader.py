@@ -38,7 +38,9 @@ __all__ = [
     "read_run",
     "run_label",
     "run_layers",
+    "run_offset",
     "save_assembly_params",
+    "shifted",
 ]
 
 #: Where the Assemble widget remembers the last (B, L, tau) of a run, inside the run folder.
@@ -191,11 +193,37 @@ def _named(data_tuple: LayerDataTuple, label: str) -> LayerDataTuple:
     return data, {**kwargs, "name": f"{kwargs['name']} — {label}"}, kind
 
 
+def run_offset(run_dir: str | Path) -> tuple[float, float]:
+    """Where a run's layers go over the whole photo: its region's ``(y, x)`` (0, 0 if none).
+
+    Read from the record the viewer wrote into the run folder (runs made elsewhere have none:
+    they cover their whole photo).
+    """
+    path = Path(run_dir) / PROVENANCE_FILE
+    try:
+        region = json.loads(path.read_text()).get("region") or {}
+        return float(region.get("y", 0)), float(region.get("x", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0.0, 0.0
+
+
+def shifted(data_tuple: Any, offset: tuple[float, float]) -> Any:
+    """A layer data tuple moved by ``offset`` (its own translate kept, e.g. a heatmap's)."""
+    data, kwargs, kind = data_tuple
+    if not any(offset):
+        return data_tuple
+    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
+    base = np.zeros(ndim) if kwargs.get("translate") is None else np.asarray(kwargs["translate"])
+    base = base.astype(float)
+    base[-2:] += offset
+    return data, {**kwargs, "translate": tuple(base)}, kind
+
 def run_layers(session: RunSession) -> list[LayerDataTuple]:
     """Layers for an opened run (see the module docstring), named by :func:`run_label`: two
-    runs open at once never clash (napari would number them, ``photo [1]``)."""
-    label = run_label(session)
-    return [_named(layer, label) for layer in _run_layers(session)]
+    runs open at once never clash (napari would number them, ``photo [1]``); a region's run
+    sits at the region's place over its photo (:func:`run_offset`)."""
+    label, offset = run_label(session), run_offset(session.path)
+    return [_named(shifted(layer, offset), label) for layer in _run_layers(session)]
 
 
 def _run_layers(session: RunSession) -> list[LayerDataTuple]:

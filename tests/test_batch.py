@@ -32,6 +32,7 @@ from dippas_core.batch import (
     run_batch,
     sanitise_stem,
 )
+from dippas_core.errors import InputError
 from dippas_core.io import read_image
 from dippas_core.metrics import psnr
 
@@ -369,6 +370,11 @@ def test_fingerprint_of_the_wrong_size_costs_only_those_images(tmp_path, client)
     assert cropped.ok and all(r.status == "ok" for r in cropped.records)
     out_img = read_rgb(tmp_path / "out2" / cropped.records[2].output)
     assert out_img.shape == (48, 48, 3)
+    # a bare K array is not a camera's fingerprint: said before any image runs, nothing written
+    with pytest.raises(InputError, match="Fingerprint or the path of its .npz file, not ndarray"):
+        run_batch(src, tmp_path / "out3", fingerprint=K, config={"log": str(log)},
+                  job=standin_job, client=client, progress=quiet)
+    assert not (tmp_path / "out3").exists()
 
 
 def test_a_worker_killed_mid_batch_costs_nothing_and_nothing_runs_twice(tmp_path, client):
@@ -513,11 +519,21 @@ def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):
     finished = {r.source for r in first.records if r.status == "ok"}
     assert 3 <= len(finished) < 8
     assert {r.status for r in first.records} <= {"ok", "cancelled"}
-    # images already running when the batch stopped still finish (and are kept): let them land
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(
-        list((out / ".dippas-batch" / "done").glob("*"))
-    ) < sum(executions(log, "start").values()):
+    # images already running when the batch stopped still finish (and are kept): let them land.
+    # Dask's cancel is asynchronous, so a worker may still start an image it had queued after
+    # run_batch returned: wait until nothing has started or finished for a second, every start done
+    def landed() -> tuple[int, int]:
+        return len(list((out / ".dippas-batch" / "done").glob("*"))), sum(
+            executions(log, "start").values()
+        )
+
+    deadline, last, quiet_since = time.monotonic() + 60, None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = landed()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif now[0] >= now[1] and time.monotonic() - quiet_since > 1.0:
+            break
         time.sleep(0.05)
     # what a SIGKILL can leave behind: a temporary file, an output whose marker was never written
     done_tags = sorted(executions(log))

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,20 +35,30 @@ from .settings import (
 from .table import write_summary
 from .worker import anonymize_job, process_image
 
+if TYPE_CHECKING:
+    from ..fingerprint import Fingerprint
+
 __all__ = ["Progress", "run_batch"]
 
 #: ``progress(done, total, record, counts)``: called after every finished image.
 Progress = Callable[[int, int, ImageRecord, dict[str, int]], None]
 
 
-def _load_fingerprint(fingerprint: Any):
+def _load_fingerprint(
+    fingerprint: Fingerprint | str | os.PathLike | None,
+) -> tuple[Fingerprint | None, str | None]:
     """``(Fingerprint or None, sha256)``: a path is loaded (errors name the file)."""
+    from ..fingerprint import Fingerprint
+
     if fingerprint is None:
         return None, None
     if isinstance(fingerprint, str | os.PathLike):
-        from ..fingerprint import Fingerprint
-
         fingerprint = Fingerprint.load(fingerprint)
+    if not isinstance(fingerprint, Fingerprint):
+        raise InputError(
+            "the batch's fingerprint must be a Fingerprint or the path of its .npz file, "
+            f"not {type(fingerprint).__name__}"
+        )
     K = np.asarray(fingerprint.K)
     if not np.isfinite(K).all():
         raise InputError("the fingerprint contains NaN or infinite values")
@@ -76,7 +86,7 @@ def run_batch(
     in_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    fingerprint: Any = None,
+    fingerprint: Fingerprint | str | os.PathLike | None = None,
     config: Any = None,
     settings: BatchSettings | None = None,
     job: Job | None = None,

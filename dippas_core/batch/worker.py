@@ -6,7 +6,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from .._json import jsonable
 from ..errors import DippasError, InputError, ShapeMismatchError
 from .plan import finished_record, sha256_file
 from .settings import STATUS_FAILED, STATUS_OK, BatchSettings, ImageRecord, ImageTask, Job
+
+if TYPE_CHECKING:
+    from ..fingerprint import Fingerprint
 
 __all__ = ["anonymize_job", "prepare_photo", "process_image"]
 
@@ -84,7 +87,9 @@ def prepare_photo(photo: np.ndarray, settings: BatchSettings, *, name: str = "im
     return np.ascontiguousarray(arr)
 
 
-def _prepare_fingerprint(fingerprint: Any, photo: np.ndarray, settings: BatchSettings, name: str):
+def _prepare_fingerprint(
+    fingerprint: Fingerprint | None, photo: np.ndarray, settings: BatchSettings, name: str
+) -> Fingerprint | None:
     """Crop the fingerprint like the photo and check that their sizes agree."""
     if fingerprint is None:
         return None
@@ -139,7 +144,9 @@ def _worker_gpu_device() -> str | None:
     return f"cuda:{index % count}"
 
 
-def anonymize_job(photo: np.ndarray, fingerprint: Any, config: Any, *, cancel=None) -> Any:
+def anonymize_job(
+    photo: np.ndarray, fingerprint: Fingerprint | None, config: Any, *, cancel=None
+) -> Any:
     """The default per-image job: :func:`dippas_core.pipeline.anonymize`.
 
     On a GPU worker the inversion is pinned to that worker's GPU; ``config.dip.torch_threads``
@@ -183,7 +190,7 @@ def _quality_notes(report: dict[str, Any]) -> str:
 
 def process_image(
     task: ImageTask,
-    fingerprint: Any,
+    fingerprint: Fingerprint | None,
     config: Any,
     settings: BatchSettings,
     job: Job | None = None,

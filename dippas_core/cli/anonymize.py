@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._checks import finite_float, int_between, positive_float
 from .assemble import (
@@ -17,6 +17,9 @@ from .assemble import (
     write_outputs,
 )
 from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments
+
+if TYPE_CHECKING:
+    from ..fingerprint import Fingerprint
 
 __all__ = ["keep_temporary_run", "output_name", "print_summary", "register", "run_anonymize"]
 
@@ -99,7 +102,7 @@ def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_anonymize(
     photo: Any,
-    fingerprint: Any,
+    fingerprint: Fingerprint | None,
     config: Any,
     *,
     run_dir: Path | None,

@@ -22,10 +22,10 @@ from qtpy.QtWidgets import (
 
 from dippas_core.assembly import NoSnapshotsError
 
+from .._layer_updates import same_path, upsert_run_layer
 from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
 from .._models import (
     DECISION_LEVEL_PCE,
-    PROVENANCE_FILE,
     AssemblyOutcome,
     AssemblySettings,
     RunSession,
@@ -37,17 +37,13 @@ from .._reader import (
     assembly_layers,
     is_run_directory,
     last_assembly_params,
+    run_offset,
     save_assembly_params,
+    shifted,
 )
 from .._workers import start_job
-from ._common import (
-    ColorbarCanvas,
-    DockWidget,
-    LayerChoice,
-    PathEdit,
-    same_path,
-    upsert_run_layer,
-)
+from ._forms import DockWidget, LayerChoice, PathEdit
+from ._plots import ColorbarCanvas
 
 if TYPE_CHECKING:
     import napari
@@ -63,22 +59,6 @@ def _is_run_layer(layer: Layer) -> bool:
     return dippas_kind(layer.metadata) == "snapshots" and "run_dir" in layer.metadata["dippas"]
 
 
-def run_offset(run_dir: str | Path) -> tuple[float, float]:
-    """Where a run's layers go over the whole photo: its region's ``(y, x)`` (0, 0 if none).
-
-    Read from the record the viewer wrote into the run folder (runs made elsewhere have none:
-    they cover their whole photo).
-    """
-    import json
-
-    path = Path(run_dir) / PROVENANCE_FILE
-    try:
-        region = json.loads(path.read_text()).get("region") or {}
-        return float(region.get("y", 0)), float(region.get("x", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0.0, 0.0
-
-
 def _on_shared_scale(data_tuple: Any) -> Any:
     """A block-NCC map put on the one colour scale of every map (:data:`BLOCK_NCC_LIMIT`)."""
     data, kwargs, kind = data_tuple
@@ -88,17 +68,6 @@ def _on_shared_scale(data_tuple: Any) -> Any:
     limits = (-BLOCK_NCC_LIMIT, BLOCK_NCC_LIMIT)
     return data, {**kwargs, "contrast_limits": limits, "metadata": {"dippas": meta}}, kind
 
-
-def _shifted(data_tuple: Any, offset: tuple[float, float]) -> Any:
-    """A layer data tuple moved by ``offset`` (its own translate kept, e.g. a heatmap's)."""
-    data, kwargs, kind = data_tuple
-    if not any(offset):
-        return data_tuple
-    ndim = np.ndim(data) - (1 if kwargs.get("rgb") else 0)
-    base = np.zeros(ndim) if kwargs.get("translate") is None else np.asarray(kwargs["translate"])
-    base = base.astype(float)
-    base[-2:] += offset
-    return data, {**kwargs, "translate": tuple(base)}, kind
 
 class AssembleWidget(DockWidget):
     """Re-assemble a recorded run live and export the anonymized image with its JSON report.
@@ -347,7 +316,7 @@ class AssembleWidget(DockWidget):
                                 offset=offset, stage="before", **info),
         )
         for data_tuple in assembly_layers(outcome, **info):
-            upsert_run_layer(self.viewer, _on_shared_scale(_shifted(data_tuple, offset)))
+            upsert_run_layer(self.viewer, _on_shared_scale(shifted(data_tuple, offset)))
         self.colorbar.set_limit(before.contrast_limits[1], f"block NCC, B = {B} (before and after)")
         for stage, scores in (("before", outcome.before), ("after", outcome.after)):
             self.table["NCC", stage].setText(f"{scores.ncc:.5f}")

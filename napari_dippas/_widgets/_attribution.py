@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from .._layer_updates import upsert_layer
 from .._layers import (
     BLOCK_NCC_LIMIT,
     Region,
@@ -35,14 +36,8 @@ from .._models import (
     pce_verdict,
 )
 from .._workers import start_job
-from ._common import (
-    ColorbarCanvas,
-    DockWidget,
-    LayerChoice,
-    PathEdit,
-    RegionPicker,
-    upsert_layer,
-)
+from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker
+from ._plots import ColorbarCanvas
 
 if TYPE_CHECKING:
     import napari

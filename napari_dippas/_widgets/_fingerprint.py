@@ -22,9 +22,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from .._layer_updates import add_new_layer
 from .._layers import dippas_kind, fingerprint_layer, layer_title
 from .._workers import JobCancelled, start_job
-from ._common import DockWidget, LayerChoice, PathEdit, add_new_layer
+from ._forms import DockWidget, LayerChoice, PathEdit
 
 if TYPE_CHECKING:
     import napari

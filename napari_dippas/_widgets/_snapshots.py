@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._layer_updates import upsert_layer
 from .._layers import snapshots_layer
-from ._common import upsert_layer
 
 if TYPE_CHECKING:
     import napari

@@ -355,6 +355,19 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     assert str(tmp_path) not in (tmp_path / "out" / "anon.json").read_text()
     assert tuple(viewer.layers["anonymized"].translate)[-2:] == (96, 128)
 
+    # reopened from the folder (File → Open), the run's layers sit over the region again
+    from napari_dippas._reader import read_run
+
+    reopened = {kwargs["name"].split(" — ")[0]: (data, kwargs)
+                for data, kwargs, _ in read_run(str(anon.run_path))}
+    for name in ("photo", "snapshots", "anonymized"):
+        assert tuple(reopened[name][1]["translate"])[-2:] == (96, 128), name
+    for name in ("block NCC", "NCC after"):  # the block placement's half-block shift on top
+        data, kwargs = reopened[name]
+        assert np.all(np.asarray(kwargs["translate"])[-2:] >= (96, 128)), name
+        assert np.asarray(kwargs["translate"])[-2:] == pytest.approx(
+            viewer.layers[name].translate[-2:]), name
+
 
 def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     viewer, qtbot, sample, tiny_settings, configure, tmp_path

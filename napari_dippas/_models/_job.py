@@ -1,0 +1,243 @@
+"""The Anonymize widget's models: its settings, the live state of a run, the cost of a run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from psygnal import EventedModel
+
+from ._steps import StepSummary
+
+__all__ = [
+    "COST_BUDGET", "AnonymizeJob", "AnonymizeSettings", "JobStatus", "RunCost",
+    "estimate_run_cost",
+]
+
+#: Work (pixels × iterations) above which Run asks first: the ``cpu`` network on a 256×256
+#: crop for its 3000 iterations, minutes on a laptop CPU.
+COST_BUDGET = 256 * 256 * 3000
+
+JobStatus = Literal["idle", "running", "stopping", "finished", "cancelled", "failed"]
+
+
+def _duration(seconds: float) -> str:
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``: a remaining time in the analyst's words."""
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class AnonymizeSettings(EventedModel):
+    """Everything the Anonymize widget lets the user choose.
+
+    ``preset`` picks a :meth:`dippas_core.dip.DIPConfig.preset` (network size and defaults); the
+    other fields override it.
+    """
+
+    mode: Literal["aware", "blind"] = "aware"
+    device: str = "auto"
+    seed: int = 0
+    tau_psnr: float = 38.0
+    stop_psnr: float = 39.0
+    #: the cpu preset's measured budget (dippas_core.pipeline.PRESETS, docs/evaluation.md)
+    max_iter: int = 1500
+    preset: Literal["tiny", "cpu", "paper"] = "cpu"
+    #: Adam learning rate; None keeps the preset's (cpu: the measured 1e-2; the paper: 1e-3)
+    lr: float | None = None
+    #: a photo (or region) larger than ``tile_size`` is cut into tiles overlapping by ``overlap``
+    #: pixels, each inverted on its own (the preset's values: dippas_core.pipeline.PRESETS)
+    tile_size: int = 256
+    overlap: int = 64
+
+    def dip_config(self) -> Any:
+        """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
+        from dippas_core.dip import DIPConfig
+        from dippas_core.pipeline import PRESETS
+
+        lr = self.lr if self.lr is not None else PRESETS[self.preset]["dip"].get("lr")
+        return DIPConfig.preset(
+            self.preset,
+            seed=int(self.seed),
+            tau_psnr=float(self.tau_psnr),
+            stop_psnr=float(self.stop_psnr),
+            max_iter=int(self.max_iter),
+            device=self.device,
+            **({} if lr is None else {"lr": float(lr)}),
+        )
+
+    def anonymize_config(self) -> Any:
+        """The :class:`dippas_core.pipeline.AnonymizeConfig` of a run with these settings."""
+        from dippas_core.pipeline import AnonymizeConfig
+
+        return AnonymizeConfig(
+            dip=self.dip_config(), tile_size=int(self.tile_size), overlap=int(self.overlap)
+        )
+
+
+class AnonymizeJob(EventedModel):
+    """Live state of one inversion run, updated from throttled step batches."""
+
+    status: JobStatus = "idle"
+    iteration: int = 0
+    max_iter: int = 0
+    psnr: float = float("nan")
+    best_psnr: float = float("nan")
+    gamma: float = 0.0
+    ncc: float = float("nan")
+    n_snapshots: int = 0
+    stop_reason: str = ""
+    message: str = ""
+    run_dir: str = ""
+    #: seconds since the run started (set with each batch of steps)
+    elapsed_s: float = 0.0
+    #: iterations done when the first batch arrived, and the time then: the speed is measured
+    #: from there on (the first iterations include loading the network)
+    first_iteration: int = 0
+    first_elapsed_s: float = 0.0
+    #: the snapshot threshold (tau) of the run, for the "nothing was kept" message
+    tau_psnr: float = float("nan")
+
+    def start(self, max_iter: int, run_dir: str = "", tau_psnr: float = float("nan")) -> None:
+        """Reset for a new run."""
+        self.update(
+            {
+                "status": "running", "iteration": 0, "max_iter": int(max_iter),
+                "psnr": float("nan"), "best_psnr": float("nan"), "gamma": 0.0,
+                "ncc": float("nan"), "n_snapshots": 0, "stop_reason": "", "message": "",
+                "run_dir": str(run_dir), "elapsed_s": 0.0, "first_iteration": 0,
+                "first_elapsed_s": 0.0, "tau_psnr": float(tau_psnr),
+            }
+        )
+
+    def tick(self, elapsed_s: float) -> None:
+        """Note the time since the start (the GUI calls it with each batch)."""
+        if self.first_elapsed_s == 0.0 and self.iteration > 0:
+            self.update({"first_iteration": self.iteration, "first_elapsed_s": float(elapsed_s)})
+        self.elapsed_s = float(elapsed_s)
+
+    @property
+    def seconds_per_iteration(self) -> float:
+        """Measured speed since the first batch (nan until two batches arrived)."""
+        done = self.iteration - self.first_iteration
+        spent = self.elapsed_s - self.first_elapsed_s
+        return spent / done if done > 0 and spent > 0 else float("nan")
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left at the measured speed if the run goes to ``max_iter`` (an upper bound:
+        it stops earlier when the PSNR reaches the stop level)."""
+        return max(self.max_iter - self.iteration, 0) * self.seconds_per_iteration
+
+    def stopped_empty(self) -> None:
+        """The run was stopped before any output reached tau: nothing was kept (not a failure)."""
+        best = f"{self.best_psnr:.1f} dB" if np.isfinite(self.best_psnr) else "no PSNR yet"
+        self.update(
+            {
+                "status": "cancelled", "stop_reason": "cancelled",
+                "message": (
+                    f"Stopped at iteration {self.iteration}, before any output came within "
+                    f"tau = {self.tau_psnr:g} dB of the photo (best so far: {best}): nothing "
+                    "was kept and there is nothing to assemble. Run again and let it reach tau "
+                    "(or lower tau, or raise the learning rate)."
+                ),
+            }
+        )
+
+    def apply(self, steps: Sequence[StepSummary]) -> None:
+        """Fold a batch of steps into the state (one event per changed field)."""
+        if not steps:
+            return
+        last = steps[-1]
+        best = max(s.psnr for s in steps)
+        if np.isfinite(self.best_psnr):
+            best = max(best, self.best_psnr)
+        self.update(
+            {
+                "iteration": last.iteration,
+                "psnr": last.psnr,
+                "gamma": last.gamma,
+                "best_psnr": best,
+                "n_snapshots": self.n_snapshots + sum(s.kept for s in steps),
+            }
+        )
+
+    @property
+    def progress(self) -> float:
+        """Fraction done (0..1): of ``max_iter`` while running, 1 once the run ended."""
+        if self.status in ("finished", "cancelled"):
+            return 1.0
+        return min(1.0, self.iteration / self.max_iter) if self.max_iter else 0.0
+
+    def describe(self) -> str:
+        """One line for the status label."""
+        if self.status == "idle":
+            return "Ready."
+        if self.status == "failed":
+            return f"Failed: {self.message}"
+        if self.status == "cancelled" and self.message:
+            return self.message
+        psnr = f"{self.psnr:.2f} dB" if np.isfinite(self.psnr) else "–"
+        text = (
+            f"iteration {self.iteration}/{self.max_iter} · PSNR {psnr} · gamma {self.gamma:.4f}"
+            f" · {self.n_snapshots} snapshots"
+        )
+        left = self.remaining_s
+        if self.status == "running" and np.isfinite(left):
+            text += f" · at most {_duration(left)} left"
+        if self.status in ("finished", "cancelled"):
+            reason = {"psnr": "reached the stop PSNR", "max_iter": "reached max iterations",
+                      "cancelled": "stopped by the user"}.get(self.stop_reason, self.stop_reason)
+            text = f"Done ({reason}): {text}"
+        elif self.status == "stopping":
+            text = f"Stopping… {text}"
+        return text
+
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """How much work a run is, before it starts (pixels × iterations against a budget)."""
+
+    pixels: int
+    max_iter: int
+    device: str
+
+    @property
+    def work(self) -> int:
+        """Pixels × iterations."""
+        return self.pixels * self.max_iter
+
+    @property
+    def ratio(self) -> float:
+        """Work as a multiple of :data:`COST_BUDGET`."""
+        return self.work / COST_BUDGET
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Above the budget (on any device: no GPU speed was measured for this budget)."""
+        return self.ratio > 1.0
+
+    def warning(self) -> str:
+        """The confirmation question, in the analyst's words."""
+        on_gpu = self.device.startswith(("cuda", "mps"))
+        advice = (
+            "Try a region first (Draw, then a rectangle a few hundred pixels on a side)"
+            + ("." if on_gpu else " or run on a GPU.")
+        )
+        return (
+            f"This run is large: {self.pixels / 1e6:.2f} megapixels for up to {self.max_iter} "
+            f"iterations, about {self.ratio:.0f}× the work of a 256×256 preview (which takes "
+            f"minutes on a laptop CPU). On {self.device} it may take hours and many GB of "
+            "memory, and Stop keeps only the snapshots reached by then.\n\n"
+            f"{advice} Start the whole run anyway?"
+        )
+
+
+def estimate_run_cost(shape: tuple[int, ...], max_iter: int, device: str = "cpu") -> RunCost:
+    """The :class:`RunCost` of inverting an image of ``shape`` for ``max_iter`` iterations."""
+    return RunCost(int(shape[0]) * int(shape[1]), int(max_iter), str(device))

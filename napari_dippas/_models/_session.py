@@ -1,0 +1,166 @@
+"""A recorded run opened for assembly: settings, outcome (scores before, after, report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from psygnal import EventedModel
+
+from ._scores import AttributionResult, attribute
+
+__all__ = ["AssemblyOutcome", "AssemblySettings", "RunSession"]
+
+
+class AssemblySettings(EventedModel):
+    """Assembly parameters (method §5): block size ``B``, snapshots averaged ``L``, PSNR floor."""
+
+    block_size: int = 64
+    n_average: int = 10
+    tau_psnr: float = 38.0
+
+
+
+@dataclass(frozen=True)
+class AssemblyOutcome:
+    """One assembly of a run with its scores and the report exported beside the image.
+
+    ``image`` is uint8, or float32 on the 0..255 scale for a 16-bit photo (``bit_depth`` 16: the
+    writer saves it 16-bit).
+    """
+
+    image: np.ndarray
+    before: AttributionResult
+    after: AttributionResult
+    psnr: float
+    params: dict[str, Any]
+    report: dict[str, Any]
+    bit_depth: int = 8
+
+
+class RunSession:
+    """A recorded run opened for assembly: caches what does not depend on ``(B, L, tau)``.
+
+    Parameters
+    ----------
+    run : dippas_core.run.RunDirectory or path
+        The run (finished, cancelled, or still recording).
+    """
+
+    def __init__(self, run: Any) -> None:
+        from dippas_core.run import RunDirectory
+
+        self.run = run if isinstance(run, RunDirectory) else RunDirectory.open(run)
+        self._photo_residual: np.ndarray | None = None
+        self._before: dict[int, AttributionResult] = {}
+
+    @property
+    def path(self) -> str:
+        """The run folder."""
+        return str(self.run.path)
+
+    @property
+    def bit_depth(self) -> int:
+        """16 for a 16-bit photo (assembled in float, saved 16-bit), else 8."""
+        return 16 if np.asarray(self.run.photo).dtype == np.uint16 else 8
+
+    def valid_block_sizes(self) -> list[int]:
+        """Block sizes the run supports: multiples of its tile up to the image size."""
+        tile = self.run.tile
+        top = max(self.run.shape)
+        sizes = [b for b in (32, 64, 128, 256, 512, 1024) if b % tile == 0 and b < top]
+        whole = -(-top // tile) * tile
+        return sorted(set(sizes + [whole]))
+
+    def before(self, block_size: int) -> AttributionResult:
+        """Scores of the photo against the run's reference (cached per ``B``)."""
+        if block_size not in self._before:
+            from dippas_core.io import to_float255
+            from dippas_core.residual import residual
+
+            photo = to_float255(self.run.photo)  # a 16-bit photo is scored on the 0..255 scale
+            if self._photo_residual is None:
+                self._photo_residual = residual(photo, self.run.sigma)
+            self._before[block_size] = attribute(
+                photo, self.run.reference, sigma=self.run.sigma, block_size=block_size,
+                W=self._photo_residual,
+            )
+        return self._before[block_size]
+
+    def assemble(self, settings: AssemblySettings) -> AssemblyOutcome:
+        """Assemble with ``settings`` and score the result (one residual of the result)."""
+        from dippas_core.assembly import assemble
+        from dippas_core.io import to_float255
+        from dippas_core.metrics import psnr
+
+        if self.run.status == "recording":  # re-read config.json: the run may have ended
+            from dippas_core.run import RunDirectory
+
+            self.run = RunDirectory.open(self.run.path)
+        B = int(settings.block_size)
+        bits = self.bit_depth
+        # a 16-bit photo keeps its precision: assembled in float (as the CLI does), saved 16-bit
+        result = assemble(
+            self.run, B, int(settings.n_average), float(settings.tau_psnr),
+            dtype="float32" if bits == 16 else "uint8",
+        )
+        before = self.before(B)
+        after = attribute(result.image, self.run.reference, sigma=self.run.sigma, block_size=B)
+        quality = float(
+            psnr(np.asarray(result.image, np.float32), to_float255(self.run.photo))
+        )
+        params = dict(result.params)
+        report = self._report(params, before, after, quality)
+        report["bit_depth"] = bits
+        return AssemblyOutcome(result.image, before, after, quality, params, report, bits)
+
+    def _report(
+        self, params: dict[str, Any], before: AttributionResult, after: AttributionResult,
+        quality: float,
+    ) -> dict[str, Any]:
+        import datetime as dt
+
+        from .. import __version__
+
+        cfg = self.run.config
+        result = cfg.get("result") or {}
+        # the same keys as dippas_core.pipeline.anonymize's report, plus the maps themselves
+        return {
+            "tool": f"napari-dippas {__version__}",
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mode": cfg.get("mode"),
+            "reference": cfg.get("reference"),
+            "fingerprint": cfg.get("fingerprint"),
+            "photo": cfg.get("photo"),
+            "psnr": quality,
+            "ncc": {"before": before.ncc, "after": after.ncc},
+            "pce": {"before": before.pce, "after": after.pce, "shift_search": "zero shift"},
+            "block_ncc": {
+                "B": after.block_size,
+                "mean_abs_before": float(np.abs(before.block_ncc).mean()),
+                "mean_abs_after": float(np.abs(after.block_ncc).mean()),
+                "max_abs_after": float(np.abs(after.block_ncc).max()),
+                "before": before.block_ncc.tolist(),
+                "after": after.block_ncc.tolist(),
+            },
+            "inversion": {
+                "status": cfg.get("status"),
+                "stop_reason": result.get("stop_reason"),
+                "n_iterations": result.get("n_iterations"),
+                "n_snapshots": result.get("n_snapshots"),
+                "best_psnr": result.get("best_psnr"),
+                "elapsed_s": result.get("elapsed_s"),
+            },
+            "assembly": params,
+            "dip_config": cfg.get("dip_config"),
+            "sigma": self.run.sigma,
+            "seed": cfg.get("seed"),
+            "device": cfg.get("device"),
+            "environment": result.get("environment"),
+            "versions": cfg.get("versions"),
+            # the folder's name only: the report travels with the image, and a full path tells
+            # where the run lives (a folder name can identify a person; as the CLI's reports)
+            "run_dir": Path(self.path).name,
+        }
