@@ -130,3 +130,55 @@ def natural_photos(testdata) -> list[tuple[str, str, np.ndarray]]:
         (_device_label(p), p.name, np.array(center_crop(read_image(p), CAMERA_CROP)))
         for p in (testdata / name for name in _testdata.registered("nat-jpg/"))
     ]
+
+
+@pytest.fixture(scope="session")
+def d70_four_tiles(natural_photos, camera_fingerprints) -> tuple[np.ndarray, np.ndarray]:
+    """A real off-centre 96×96 crop of a Nikon D70 photo (four 64-pixel tiles, overlap 32) and
+    its fingerprint."""
+    cam, _, photo = next(p for p in natural_photos if p[0] == "Nikon_D70_0")
+    K = camera_fingerprints[cam].K
+    return photo[100:196, 200:296].copy(), K[100:196, 200:296].copy()
+
+
+@pytest.fixture(scope="session")
+def four_tile_config():
+    """Factory of the tiny network's ``AnonymizeConfig`` for :func:`d70_four_tiles` (64-pixel
+    tiles, overlap 32, one torch thread), with the given changes."""
+    from dippas_core.pipeline import AnonymizeConfig
+
+    def make(**changes):
+        base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, tau_psnr=12.0, stop_psnr=40.0,
+                    B=32, L=3, seed=0, torch_threads=1)
+        return AnonymizeConfig.preset("tiny", **{**base, **changes})
+
+    return make
+
+
+@pytest.fixture
+def injected_probe_timings(monkeypatch):
+    """Replace the probes of the ``tiles_per_step="auto"`` measurement by injected timings.
+
+    ``install(seconds)`` makes a step of N tiles take ``seconds[N]`` (no clock) and returns the
+    list of the N measured, in order.
+    """
+
+    def install(seconds: dict[int, float]) -> list[int]:
+        calls: list[int] = []
+
+        class FakeProbe:
+            def __init__(self, n, *args):
+                calls.append(n)
+                self.n = n
+
+            def step_seconds(self):
+                return seconds[self.n]
+
+            def release(self):
+                pass
+
+        # patched where the measurement looks it up
+        monkeypatch.setattr("dippas_core.dip.batched._auto._make_probe", FakeProbe)
+        return calls
+
+    return install

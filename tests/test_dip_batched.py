@@ -235,26 +235,12 @@ def test_auto_measures_on_the_cpu_and_records_its_choice(tiles):
     ],
 )
 def test_auto_picks_the_fastest_of_the_plain_path_and_the_batches(
-    tiles, monkeypatch, seconds, cap, measured, chosen
+    tiles, injected_probe_timings, seconds, cap, measured, chosen
 ):
-    from dippas_core.dip import batched
     from dippas_core.dip.device import resolve_device, speed_settings
     from dippas_core.dip.inversion import _image_to_unit
 
-    calls = []
-
-    class FakeProbe:  # injected timings, no clock
-        def __init__(self, n, *args):
-            calls.append(n)
-            self.n = n
-
-        def step_seconds(self):
-            return seconds[self.n]
-
-        def release(self):
-            pass
-
-    monkeypatch.setattr(batched, "_make_probe", FakeProbe)
+    calls = injected_probe_timings(seconds)  # no clock
     cfg = DIPConfig.preset("tiny")
     device = resolve_device("cpu")
     img01 = _image_to_unit(tiles[0][0], 16)

@@ -14,30 +14,17 @@ from dippas_core.cancel import CancelToken
 from dippas_core.cli import main
 from dippas_core.io import read_image
 from dippas_core.metrics import psnr
-from dippas_core.pipeline import AnonymizeConfig, anonymize
+from dippas_core.pipeline import anonymize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def crop(natural_photos, camera_fingerprints):
-    cam, _, photo = next(p for p in natural_photos if p[0] == "Nikon_D70_0")
-    K = camera_fingerprints[cam].K
-    return photo[100:196, 200:296].copy(), K[100:196, 200:296].copy()
-
-
-def _config(**changes) -> AnonymizeConfig:
-    base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, tau_psnr=12.0, stop_psnr=40.0,
-                B=32, L=3, seed=0, torch_threads=1)
-    return AnonymizeConfig.preset("tiny", **{**base, **changes})
-
-
-@pytest.fixture(scope="module")
-def kept(crop, tmp_path_factory):
+def kept(d70_four_tiles, tmp_path_factory, four_tile_config):
     """A finished photo run with every tile's run kept, and its result."""
-    photo, K = crop
+    photo, K = d70_four_tiles
     run = tmp_path_factory.mktemp("kept") / "run"
-    result = anonymize(photo, K, _config(keep_tile_runs=True), run_dir=run, workers=1)
+    result = anonymize(photo, K, four_tile_config(keep_tile_runs=True), run_dir=run, workers=1)
     assert not result.report["partial"] and not result.report["below_tau"]
     return run, result
 
@@ -60,11 +47,11 @@ def test_the_runs_own_settings_give_back_the_runs_image(kept, tmp_path, capsys):
     assert str(run) not in sidecar and "pce" not in json.loads(sidecar)
 
 
-def test_other_settings_give_another_valid_image(kept, crop, tmp_path):
+def test_other_settings_give_another_valid_image(kept, d70_four_tiles, tmp_path):
     from dippas_core.assembly import assemble
 
     run, result = kept
-    photo, _ = crop
+    photo, _ = d70_four_tiles
     assert _assemble(run, tmp_path / "other.png", "-B", "64", "-L", "1", "--tau", "14") == 0
     other = read_image(tmp_path / "other.png")
     assert other.shape == photo.shape and other.dtype == np.uint8
@@ -78,10 +65,12 @@ def test_other_settings_give_another_valid_image(kept, crop, tmp_path):
     np.testing.assert_array_equal(other[64:, 64:], tile3.image[32:, 32:])
 
 
-def test_a_run_without_keep_runs_is_refused_and_nothing_written(crop, tmp_path, capsys):
-    photo, K = crop
+def test_a_run_without_keep_runs_is_refused_and_nothing_written(
+    d70_four_tiles, tmp_path, capsys, four_tile_config
+):
+    photo, K = d70_four_tiles
     run = tmp_path / "run"
-    anonymize(photo, K, _config(), run_dir=run, workers=1)
+    anonymize(photo, K, four_tile_config(), run_dir=run, workers=1)
     before = sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
     out = tmp_path / "o.png"
     assert _assemble(run, out, "-B", "64") == 2
@@ -91,8 +80,8 @@ def test_a_run_without_keep_runs_is_refused_and_nothing_written(crop, tmp_path, 
     assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*")) == before
 
 
-def test_a_partial_run_is_refused_until_resumed(crop, tmp_path, capsys):
-    photo, K = crop
+def test_a_partial_run_is_refused_until_resumed(d70_four_tiles, tmp_path, capsys, four_tile_config):
+    photo, K = d70_four_tiles
     cancel = CancelToken()
 
     def stop_at_tile_1(tile, plan):
@@ -100,7 +89,7 @@ def test_a_partial_run_is_refused_until_resumed(crop, tmp_path, capsys):
             cancel.cancel()
 
     run = tmp_path / "run"
-    anonymize(photo, K, _config(keep_tile_runs=True), run_dir=run, cancel=cancel,
+    anonymize(photo, K, four_tile_config(keep_tile_runs=True), run_dir=run, cancel=cancel,
               on_tile=stop_at_tile_1, workers=1)
     assert _assemble(run, tmp_path / "o.png") == 2
     assert "partial photo run" in capsys.readouterr().err

@@ -13,17 +13,9 @@ import pytest
 from dippas_core.cancel import CancelToken
 from dippas_core.errors import InputError
 from dippas_core.photo_cluster import IN_PROCESS, choose_execution
-from dippas_core.pipeline import AnonymizeConfig, anonymize
+from dippas_core.pipeline import anonymize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def crop(natural_photos, camera_fingerprints):
-    """A real off-centre 96×96 crop of a Nikon D70 photo (four tiles) and its fingerprint."""
-    cam, _, photo = next(p for p in natural_photos if p[0] == "Nikon_D70_0")
-    K = camera_fingerprints[cam].K
-    return photo[100:196, 200:296].copy(), K[100:196, 200:296].copy()
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +29,21 @@ def cluster():
     cluster.close()
 
 
-def _config(**changes) -> AnonymizeConfig:
-    base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, tau_psnr=12.0, stop_psnr=40.0,
-                B=32, L=3, seed=0, torch_threads=1)
-    return AnonymizeConfig.preset("tiny", **{**base, **changes})
-
-
 @pytest.fixture(scope="module")
-def here(crop, tmp_path_factory):
+def here(d70_four_tiles, tmp_path_factory, four_tile_config):
     """The crop anonymized in this process, one tile after the other."""
-    photo, K = crop
-    result = anonymize(photo, K, _config(), run_dir=tmp_path_factory.mktemp("here") / "run",
-                       workers=1)
+    photo, K = d70_four_tiles
+    result = anonymize(photo, K, four_tile_config(),
+                       run_dir=tmp_path_factory.mktemp("here") / "run", workers=1)
     assert result.report["inversion"]["execution"]["kind"] == IN_PROCESS
     return result
 
 
-def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, here, tmp_path):
-    photo, K = crop
-    config = _config()
+def test_tiles_on_a_cluster_give_the_in_process_image(
+    d70_four_tiles, cluster, here, tmp_path, four_tile_config
+):
+    photo, K = d70_four_tiles
+    config = four_tile_config()
     came_back: list[int] = []
     there = anonymize(
         photo, K, config, run_dir=tmp_path / "there", scheduler=cluster.scheduler_address,
@@ -76,17 +64,21 @@ def test_tiles_on_a_cluster_give_the_in_process_image(crop, cluster, here, tmp_p
     assert not any((tmp_path / "there" / "tiles").iterdir())  # tile runs removed once done
 
 
-def test_workers_start_a_local_cluster_for_the_run(crop, here, tmp_path):
-    photo, K = crop
-    result = anonymize(photo, K, _config(), run_dir=tmp_path / "run", workers=2)
+def test_workers_start_a_local_cluster_for_the_run(
+    d70_four_tiles, here, tmp_path, four_tile_config
+):
+    photo, K = d70_four_tiles
+    result = anonymize(photo, K, four_tile_config(), run_dir=tmp_path / "run", workers=2)
     ex = result.report["inversion"]["execution"]
     assert (ex["kind"], ex["workers"], ex["torch_threads_per_tile"]) == ("local cluster", 2, 1)
     np.testing.assert_array_equal(result.image, here.image)
 
 
-def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, here, tmp_path):
-    photo, K = crop
-    config = _config()
+def test_a_stopped_in_process_run_resumes_on_the_cluster(
+    d70_four_tiles, cluster, here, tmp_path, four_tile_config
+):
+    photo, K = d70_four_tiles
+    config = four_tile_config()
     cancel = CancelToken()
 
     def stop_at_tile_2(tile, plan):
@@ -105,12 +97,14 @@ def test_a_stopped_in_process_run_resumes_on_the_cluster(crop, cluster, here, tm
     np.testing.assert_array_equal(resumed.image, here.image)
 
 
-def test_cli_scheduler_runs_the_tiles_there_and_says_so(crop, cluster, here, tmp_path, capsys):
+def test_cli_scheduler_runs_the_tiles_there_and_says_so(
+    d70_four_tiles, cluster, here, tmp_path, capsys
+):
     from dippas_core.cli import main
     from dippas_core.fingerprint import Fingerprint
     from dippas_core.io import read_image, write_image
 
-    photo, K = crop
+    photo, K = d70_four_tiles
     write_image(tmp_path / "p.png", photo, bit_depth=8)
     Fingerprint(K=K, camera="Nikon_D70_0", n_images=10).save(tmp_path / "K.npz")
     options = ["--preset", "tiny", "--tile", "64", "--overlap", "32", "--max-iter", "25",
@@ -135,14 +129,16 @@ def test_cli_scheduler_runs_the_tiles_there_and_says_so(crop, cluster, here, tmp
     assert not out.exists() and not (tmp_path / "bad.dippas-run").exists()
 
 
-def test_a_stop_reaches_the_tasks_on_the_workers(crop, cluster, tmp_path):
+def test_a_stop_reaches_the_tasks_on_the_workers(
+    d70_four_tiles, cluster, tmp_path, four_tile_config
+):
     import threading
 
-    photo, K = crop
+    photo, K = d70_four_tiles
     cancel = CancelToken()
     # far more iterations than the stop leaves them: a task that missed the stop would finish
     # its tile and record it
-    config = _config(max_iter=100_000, stop_psnr=99.0)
+    config = four_tile_config(max_iter=100_000, stop_psnr=99.0)
     timer = threading.Timer(3.0, cancel.cancel)
     timer.start()
     try:
@@ -158,14 +154,14 @@ def test_a_stop_reaches_the_tasks_on_the_workers(crop, cluster, tmp_path):
     assert not any((tmp_path / "run" / "tiles").iterdir())  # the stopped tiles' runs removed
 
 
-def test_the_automatic_choice_follows_the_cores_a_tile_keeps_busy():
-    one = _config()  # one torch thread per tile, as many for the recording's residuals
+def test_the_automatic_choice_follows_the_cores_a_tile_keeps_busy(four_tile_config):
+    one = four_tile_config()  # one torch thread per tile, as many for the recording's residuals
     assert choose_execution(one, 10, cpus=2, gpus=0).kind == IN_PROCESS
     four = choose_execution(one, 10, cpus=8, gpus=0)
     assert (four.kind, four.workers) == ("local cluster", 4)
     assert "8 usable CPU core(s), 2 per tile" in four.reason
     assert choose_execution(one, 3, cpus=64, gpus=0).workers == 3  # never more than the tiles
-    assert choose_execution(_config(torch_threads=2), 10, cpus=16, gpus=0).workers == 4
+    assert choose_execution(four_tile_config(torch_threads=2), 10, cpus=16, gpus=0).workers == 4
     gpu = choose_execution(one, 10, cpus=2, gpus=3)
     assert (gpu.kind, gpu.workers) == ("local cluster", 3)
     # a caller that follows every step (the viewer's live plot) keeps the tiles in process
@@ -180,8 +176,10 @@ def test_the_automatic_choice_follows_the_cores_a_tile_keeps_busy():
     [({"workers": 0}, "workers"), ({"workers": 2, "scheduler": "tcp://h:1"}, "not both"),
      ({"scheduler": " "}, "address")],
 )
-def test_bad_scheduler_options_fail_before_any_work(crop, tmp_path, kwargs, message):
-    photo, K = crop
+def test_bad_scheduler_options_fail_before_any_work(
+    d70_four_tiles, tmp_path, kwargs, message, four_tile_config
+):
+    photo, K = d70_four_tiles
     with pytest.raises(InputError, match=message):
-        anonymize(photo, K, _config(), run_dir=tmp_path / "run", **kwargs)
+        anonymize(photo, K, four_tile_config(), run_dir=tmp_path / "run", **kwargs)
     assert not (tmp_path / "run").exists()

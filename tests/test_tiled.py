@@ -402,22 +402,11 @@ def test_auto_tiles_per_step_is_measured_and_recorded(d70, tmp_path):
 
 @pytest.mark.parametrize(("seconds", "chosen"), [({1: 1.0, 2: 2.5, 4: 6.0}, 1),
                                                  ({1: 1.0, 2: 1.5, 4: 4.0}, 2)])
-def test_auto_runs_the_measured_fastest_path(d70, tmp_path, monkeypatch, seconds, chosen):
+def test_auto_runs_the_measured_fastest_path(d70, tmp_path, injected_probe_timings, seconds,
+                                             chosen):
     # injected timings: when the plain one-network path measures fastest the photo runs tile by
     # tile through it; when a batch does, with that many tiles per step; the record says so
-    from dippas_core.dip import batched
-
-    class FakeProbe:  # injected timings, no clock
-        def __init__(self, n, *args):
-            self.n = n
-
-        def step_seconds(self):
-            return seconds[self.n]
-
-        def release(self):
-            pass
-
-    monkeypatch.setattr(batched, "_make_probe", FakeProbe)
+    injected_probe_timings(seconds)
     photo, K = _crop(d70, 100, 200, 96, 96)
     result = anonymize(photo, K, _config(max_iter=2, tiles_per_step="auto"))
     inv = result.report["inversion"]

@@ -1,0 +1,69 @@
+"""Many tiles in one optimiser step: N independent DIP inversions run as one batch.
+
+A whole photograph is tens of tiles, each its own inversion (method §4).  One small tile per step
+leaves a GPU mostly idle (and, on a CPU, pays the per-operation overhead once per tile); this
+module steps ``N = tiles_per_step`` of them at once:
+
+* every tile keeps everything one :func:`~dippas_core.dip.invert` run has (it *is* the same
+  per-tile state, :class:`~dippas_core.dip.inversion._Inverter`): its own network weights built
+  from its seed, input noise ``z`` and perturbation generator, gamma, Adam state, stopping rule
+  and snapshots;
+* one forward runs the N networks together with ``torch.func.vmap`` over
+  ``torch.func.functional_call``: the per-tile weights are stacked (each step, from the tiles'
+  own leaves, so gradients land on them) and vmap's batching rule turns every convolution into
+  one grouped convolution over the N tiles.  Batch norm is per tile: each vmapped call normalises
+  its own 1×C×H×W batch, exactly what the tile's own network does in training mode (running
+  statistics are never used by DIP and are not tracked here);
+* one backward of the sum of the N losses gives each tile its own gradient, then each tile's own
+  optimiser steps and its gamma is updated by the same :meth:`_Inverter.after_update`.
+
+With the same seed a tile's images equal those of a separate ``invert`` run up to float rounding
+(``tests/test_dip_batched.py``): in float64 over whole runs; in float32 the first step agrees to
+~1e-5 and then the pixels part within a few steps, as they do for ``invert`` itself under any
+change of summation order (Adam amplifies rounding), while the PSNR histories stay together
+(docs/dip.md, "Equivalence").  A tile that stops (PSNR reached, ``max_iter``) leaves the batch
+at once and the next waiting tile of the same size takes its place.
+
+A batch of one tile (N = 1, or the last tile left) runs that tile's own network, the plain
+one-network forward of :func:`~dippas_core.dip.invert`: vmap gains nothing there.
+
+``tiles_per_step="auto"`` measures: on a GPU, the memory one tile's step takes against the free
+memory; on the CPU, a few steps of the plain path (N = 1) and of batches of N = 2, 4, 8: the
+fastest wins, a batch only when it beats the plain path by :data:`AUTO_MARGIN`.  The choice and
+every measured rate are recorded in every tile's ``environment``.
+
+The modules: ``_jobs`` (the tiles and what is yielded), ``_stack`` (per-tile state and the
+stacked forward), ``_loop`` (the fitting loop) and ``_auto`` (the ``"auto"`` choice of N).
+"""
+
+from __future__ import annotations
+
+from ._auto import (
+    AUTO_MARGIN,
+    AUTO_MAX,
+    AUTO_MEMORY_SHARE,
+    AUTO_TIMED_STEPS,
+    choose_tiles_per_step,
+    fastest_tiles_per_step,
+    measure_tiles_per_step,
+)
+from ._jobs import TileDone, TileJob, TileStep
+from ._jobs import _PreparedJob as _PreparedJob  # the benchmarks and tests build batches by hand
+from ._loop import invert_tiles
+from ._stack import _Batch as _Batch
+from ._stack import _Tile as _Tile
+from ._stack import _with_params as _with_params
+
+__all__ = [
+    "TileJob",
+    "TileStep",
+    "TileDone",
+    "invert_tiles",
+    "choose_tiles_per_step",
+    "measure_tiles_per_step",
+    "fastest_tiles_per_step",
+    "AUTO_MAX",
+    "AUTO_MEMORY_SHARE",
+    "AUTO_MARGIN",
+    "AUTO_TIMED_STEPS",
+]

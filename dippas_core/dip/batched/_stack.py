@@ -1,0 +1,187 @@
+"""Tiles that step together: each tile's own state, and one vmapped forward of their networks."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...errors import InputError
+from ..config import DIPConfig
+from ..device import SpeedSettings
+from ..inversion import InversionResult, _drop_failed_frames, _Inverter
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._jobs import _PreparedJob
+
+__all__: list[str] = []
+
+
+class _Tile(_Inverter):
+    """The state of one tile: an ``_Inverter`` whose CUDA globals the batch sets once."""
+
+    def __init__(self, job: _PreparedJob, config: DIPConfig, device: Any, speed: Any) -> None:
+        self.device = device
+        self.config = config
+        self.key = job.key
+        self.height, self.width = job.img01.shape[:2]
+        self._saved_globals = None  # the batch sets (and restores) them for all tiles
+        self.iteration = 0
+        self.history: dict[str, list] = {
+            k: [] for k in ("iteration", "loss", "psnr", "gamma", "gamma_star")
+        }
+        self.n_snapshots = 0
+        self.started = time.perf_counter()
+        try:
+            self._allocate(job.img01, job.P, config, device, speed)
+        except BaseException as exc:
+            _drop_failed_frames(exc)
+            self.release()
+            raise
+
+    def result(self, stop_reason: str, environment: dict[str, Any]) -> InversionResult:
+        hist = {
+            k: np.asarray(v, dtype=np.int64 if k == "iteration" else np.float64)
+            for k, v in self.history.items()
+        }
+        return InversionResult(
+            history=hist,
+            n_snapshots=self.n_snapshots,
+            stop_reason=stop_reason,
+            seed=int(self.config.seed),
+            config=self.config.to_dict(),
+            environment=dict(environment),
+            elapsed_s=time.perf_counter() - self.started,
+        )
+
+
+class _Batch:
+    """The tiles stepping together (all of one size) and the vmapped forward of their networks."""
+
+    def __init__(self, device: Any, speed: SpeedSettings) -> None:
+        self.device = device
+        self.speed = speed
+        self.tiles: list[_Tile] = []
+        self._forward = None
+        self.amp_dtype = None
+        self.scaler = None
+        self._names: list[str] = []
+        self._size: tuple[int, int] | None = None
+
+    def add(self, tile: _Tile) -> None:
+        import torch
+
+        size = (tile.height, tile.width)
+        if self.tiles and size != (self.tiles[0].height, self.tiles[0].width):
+            raise InputError("all tiles of a batch must have the same size")
+        if self._size != size:  # built once per tile size, kept while tiles come and go
+            self._build(tile)
+            self._size = size
+        if self.scaler is None and tile.scaler is not None:
+            self.scaler = torch.amp.GradScaler("cuda")  # one loss scale for the batch
+        tile.scaler = None
+        self.tiles.append(tile)
+
+    def _build(self, tile: _Tile) -> None:
+        import torch
+        from torch.func import functional_call, replace_all_batch_norm_modules_, vmap
+
+        # the architecture only (weights come from the tiles); batch norm in training mode
+        # without running statistics, which DIP never reads and vmap cannot update in place
+        template = copy.deepcopy(tile.model)
+        replace_all_batch_norm_modules_(template)
+        self._names = [name for name, _ in template.named_parameters()]
+        size = (tile.height, tile.width)
+
+        def one(params: dict, z: torch.Tensor) -> torch.Tensor:
+            return functional_call(template, params, (z[None], size))[0]
+
+        run = vmap(one)
+        self._forward = torch.compile(run) if self.speed.compile else run
+        self.amp_dtype = tile.amp_dtype
+
+    def forward(self) -> torch.Tensor:
+        """N×3×H×W outputs of the tiles' networks on their perturbed inputs."""
+        import torch
+
+        # the stacked weights and inputs in the default layout: on the CPU (torch 2.13) vmap's
+        # grouped convolutions over channels-last tensors give wrong weight gradients.  (Each
+        # tile still draws z in its config's layout, so its noise is the one invert draws.)
+        params = {
+            name: torch.stack([t.params[name] for t in self.tiles]).contiguous()
+            for name in self._names
+        }
+        z = torch.cat([t.noisy_z for t in self.tiles]).contiguous()
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            return self._forward(params, z)
+
+    def forward_one(self) -> torch.Tensor:
+        """1×3×H×W output of a lone tile's own network: the plain one-network forward.
+
+        A batch of one gains nothing from vmap (whose grouped kernels are slower on the CPU), and
+        this way N = 1 is exactly :func:`~dippas_core.dip.invert`'s computation.
+        """
+        import torch
+
+        tile = self.tiles[0]
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
+            return tile.forward(tile.noisy_z, (tile.height, tile.width))
+
+    def step(self) -> list[tuple[float, float, float, float, Any]]:
+        """One optimiser step of every tile: (loss, psnr, gamma, gamma*, snapshot or None) each."""
+        import torch
+
+        for t in self.tiles:
+            t.perturb()
+        out = self.forward_one() if len(self.tiles) == 1 else self.forward()
+        out = out.float()
+        i_phis = [out[i : i + 1] for i in range(len(self.tiles))]
+        losses = [t.loss_of(i_phi) for t, i_phi in zip(self.tiles, i_phis, strict=True)]
+        for t in self.tiles:
+            t.optimizer.zero_grad(set_to_none=True)
+        total = torch.stack(losses).sum()  # d(sum)/d(tile's weights) = d(tile's loss)/d(them)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            for t in self.tiles:
+                self.scaler.step(t.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            for t in self.tiles:
+                t.optimizer.step()
+        for t in self.tiles:
+            t.after_update()
+        # one host synchronisation for the whole batch
+        scalars = torch.stack(
+            [t.report(i_phi, loss) for t, i_phi, loss in zip(self.tiles, i_phis, losses,
+                                                             strict=True)]
+        ).tolist()
+        return [
+            (loss_v, psnr_v, gamma_v, star_v, t.snapshot(i_phi) if psnr_v >= t.tau else None)
+            for t, i_phi, (loss_v, psnr_v, gamma_v, star_v) in zip(
+                self.tiles, i_phis, scalars, strict=True
+            )
+        ]
+
+    def remove(self, tile: _Tile) -> None:
+        self.tiles.remove(tile)
+        tile.release()
+
+    def release(self) -> None:
+        for t in list(self.tiles):
+            self.remove(t)
+        self._forward = None
+        self._size = None
+
+
+def _with_params(tile: _Tile) -> _Tile:
+    tile.params = dict(tile.model.named_parameters())
+    return tile

@@ -1,0 +1,198 @@
+"""One tile of a photo: its inversion, recorded into its own run folder, then assembled.
+
+The tile's steps pass through :class:`_KeepBestBelow`, which keeps the few best outputs below the
+recording threshold as the tile's fallback when none reaches it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TileOutcome", "invert_tile"]
+
+
+@dataclass
+class TileOutcome:
+    """What :func:`invert_tile` made of one tile.
+
+    Attributes
+    ----------
+    image
+        The tile's anonymized image (uint8 or float32 0..255), ``None`` when no iteration ran.
+    stats
+        ``iterations``, ``best_psnr``, ``n_snapshots``, ``stop_reason``, ``below_tau_db`` (how
+        far the best PSNR stayed below the recording threshold, 0 when reached) and
+        ``assembly`` (the assembly's parameters, or the fallback's).
+    inversion, run, assembly
+        The ``InversionResult``, the (closed) ``RunDirectory`` and the ``AssemblyResult``
+        (``None`` for the fallback).
+    """
+
+    image: np.ndarray | None
+    stats: dict[str, Any]
+    inversion: Any = field(repr=False, default=None)
+    run: Any = field(repr=False, default=None)
+    assembly: Any = field(repr=False, default=None)
+
+
+class _KeepBestBelow:
+    """A step source: an inversion's steps, snapshots below ``tau`` dropped after the ``keep`` best.
+
+    The inversion runs with every output as a snapshot; only those at or above ``tau`` reach the
+    recorder.  Until one does, the ``keep`` best by PSNR stay in ``best`` (a heap of
+    ``(psnr, iteration, image)``): the tile's fallback when it never reaches ``tau``.  Its result
+    counts only the snapshots passed on.
+    """
+
+    def __init__(self, source: Any, tau: float, keep: int, best: list) -> None:
+        self.source = source
+        self.tau = tau
+        self.keep = keep
+        self.best = best
+        self._reached = False
+        self._n_passed = 0
+
+    @property
+    def cancel_token(self) -> Any:
+        return self.source.cancel_token
+
+    @property
+    def result(self) -> Any:
+        result = self.source.result
+        if result is not None:
+            result.n_snapshots = self._n_passed
+        return result
+
+    def __iter__(self) -> _KeepBestBelow:
+        return self
+
+    def __next__(self) -> Any:
+        step = next(self.source)
+        snap = step.snapshot
+        if snap is not None and step.psnr < self.tau:
+            if not self._reached:
+                item = (float(step.psnr), -int(step.iteration), snap)
+                if len(self.best) < self.keep:
+                    heapq.heappush(self.best, item)
+                elif item[:2] > self.best[0][:2]:
+                    heapq.heapreplace(self.best, item)
+            step = dataclasses.replace(step, snapshot=None)
+        elif snap is not None:
+            self._reached = True
+            self._n_passed += 1
+            self.best.clear()
+        return step
+
+    def cancel(self) -> None:
+        self.source.cancel()
+
+    def close(self) -> None:
+        self.source.close()
+
+    def share_cpu(self, threads: int | None) -> None:
+        self.source.share_cpu(threads)
+
+
+def invert_tile(
+    photo: np.ndarray,
+    P: np.ndarray,
+    config: Any,
+    path: Path,
+    *,
+    mode: str,
+    cancel: Any = None,
+    on_step: Callable[[Any], None] | None = None,
+    force: bool = False,
+    extra: dict | None = None,
+) -> TileOutcome:
+    """Invert one tile into the run folder ``path``, then assemble it (B, L, tau of ``config``).
+
+    The one call per tile (:func:`~dippas_core.tiled._batched._invert_tiles_batched` steps
+    several tiles at once).  When no snapshot reaches ``config.dip.tau_psnr``, the tile is the
+    mean of its ``L`` best outputs by PSNR instead of an error (``stats["below_tau_db"]`` says by
+    how much it fell short).
+    """
+    from ..dip import invert
+    from ..run import record
+
+    dip = config.dip
+    # every output comes out of the network; the filter passes on those >= tau_psnr
+    inversion = invert(photo, P, dip.replace(tau_psnr=-math.inf), cancel=cancel)
+    best: list = []
+    filtered = _KeepBestBelow(inversion, float(dip.tau_psnr), int(config.L), best)
+    try:
+        run = _create_tile_run(path, photo, P, config, mode=mode, force=force, extra=extra)
+    except BaseException:
+        inversion.close()
+        raise
+    try:
+        inv = record(run, filtered, cancel, on_step)
+    finally:
+        run.close()
+    return _tile_outcome(run, inv, best, config, photo.dtype)
+
+
+def _create_tile_run(
+    path: Path, photo: np.ndarray, P: np.ndarray, config: Any, *, mode: str, force: bool,
+    extra: dict | None,
+) -> Any:
+    from ..run import RunDirectory
+
+    return RunDirectory.create(
+        path,
+        photo,
+        P,
+        mode=mode,
+        dip_config=config.dip,
+        tile=config.tile,
+        sigma=config.sigma,
+        force=force,
+        extra=extra,
+    )
+
+
+def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any) -> TileOutcome:
+    """A recorded tile's image: its assembly, or the mean of its best outputs below tau."""
+    from ..assembly import assemble
+
+    dtype = "uint8" if photo_dtype == np.uint8 else "float32"
+    tau_rec = float(config.dip.tau_psnr)
+    hist = inv.history
+    best_psnr = float(np.max(hist["psnr"])) if len(hist["psnr"]) else None
+    stats: dict[str, Any] = {
+        "iterations": int(len(hist["iteration"])),
+        "best_psnr": best_psnr,
+        "n_snapshots": int(len(run.snapshots)),
+        "stop_reason": inv.stop_reason,
+        "below_tau_db": 0.0,
+        "elapsed_s": float(inv.elapsed_s),
+    }
+    asm = None
+    if len(run.snapshots):
+        asm = assemble(run, config.assembly, dtype=dtype)
+        image = asm.image
+        stats["assembly"] = asm.params
+    elif best:
+        ranked = sorted(best, reverse=True)
+        mean = np.mean([np.asarray(b[2], np.float64) for b in ranked], axis=0)
+        from ..io import to_uint8
+
+        image = to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
+        stats["below_tau_db"] = float(tau_rec - best_psnr)
+        stats["assembly"] = {
+            "fallback": f"mean of the {len(ranked)} best outputs by PSNR (none reached tau)",
+            "L": len(ranked),
+            "psnrs": [float(b[0]) for b in ranked],
+            "iterations": [-int(b[1]) for b in ranked],
+        }
+    else:
+        image = None
+    return TileOutcome(image, stats, inversion=inv, run=run, assembly=asm)
