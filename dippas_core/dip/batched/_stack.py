@@ -37,7 +37,7 @@ class _Tile(_Inverter):
         self.n_snapshots = 0
         self.started = time.perf_counter()
         try:
-            self._allocate(job.img01, job.P, config, device, speed)
+            self._allocate(job.img01, job.P, speed)
         except BaseException as exc:
             _drop_failed_frames(exc)
             self.release()
