@@ -18,7 +18,7 @@ from .cancel import CancelToken
 from .dip.config import DIPConfig
 from .errors import InputError
 from .fingerprint import Fingerprint, fingerprint_parts
-from .io import to_float255 as _to_float255  # one converter; tiled.py imports it from here
+from .io import to_float255
 
 if TYPE_CHECKING:
     from .assembly import AssemblyParams
@@ -375,7 +375,7 @@ def _anonymize_one(
     from .tiled import invert_tile
 
     t_start = time.perf_counter()
-    img255 = _to_float255(raw)
+    img255 = to_float255(raw)
     mode, P, fp_info = _reference(img255, fingerprint, config.sigma)
     if P is None:
         P = residual(img255, config.sigma)

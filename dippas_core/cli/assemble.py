@@ -131,9 +131,10 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..assembly import AssemblyParams, assemble
+    from ..io import to_float255
     from ..metrics import psnr
     from ..photo_assembly import is_photo_run
-    from ..pipeline import _to_float255, attribution_scores
+    from ..pipeline import attribution_scores
     from ..run import RunDirectory, environment_info
 
     report_path = check_output(args.out, args.force)
@@ -162,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     photo = run.photo
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
     asm = assemble(run, params, dtype="uint8" if bits == 8 else "float32")
-    photo255 = _to_float255(photo)
+    photo255 = to_float255(photo)
     before, map_before = attribution_scores(photo255, run.reference, asm.block, run.sigma)
     after, map_after = attribution_scores(asm.image, run.reference, asm.block, run.sigma)
     report = {
@@ -204,9 +205,10 @@ def _run_photo(args: argparse.Namespace) -> int:
     """A whole-photo run kept with --keep-runs: every tile re-assembled, stitched, written."""
     import numpy as np
 
+    from ..io import to_float255
     from ..metrics import psnr
     from ..photo_assembly import assemble_photo_run
-    from ..pipeline import _to_float255, attribution_scores
+    from ..pipeline import attribution_scores
     from ..residual import residual
     from ..run import environment_info
     from .anonymize import output_name
@@ -215,7 +217,7 @@ def _run_photo(args: argparse.Namespace) -> int:
     dtype = None if bits is None else ("uint8" if bits == 8 else "float32")
     asm = assemble_photo_run(args.run_dir, args.B, args.L, args.tau, dtype=dtype)
     bits = bits or (16 if asm.photo.dtype == np.uint16 else 8)
-    photo255 = _to_float255(asm.photo)
+    photo255 = to_float255(asm.photo)
     P = asm.reference if asm.reference is not None else residual(photo255, asm.sigma)
     p = asm.params
     block = p["B"] if p["B"] % 32 == 0 else 64

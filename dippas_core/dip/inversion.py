@@ -30,7 +30,7 @@ from ..cancel import CancelToken
 from ..errors import DeviceError, InputError
 from .config import DIPConfig
 from .device import resolve_device, speed_settings, torch_threads
-from .fitting import (  # noqa: F401 - re-exported: batched.py and scripts use them from here
+from .fitting import (  # noqa: F401 - re-exported: dip.batched and scripts use them from here
     _adam,
     _drop_failed_frames,
     _environment,

@@ -42,6 +42,7 @@ def anonymize_tiled(
     stats say ``resumed: True``), then each tile as it is written.  ``scheduler`` and
     ``workers``: where the tiles run (:func:`dippas_core.photo_cluster.choose_execution`).
     """
+    from ..io import to_float255
     from ..photo_cluster import choose_execution, invert_tiles_on_cluster
     from ..pipeline import (
         AnonymizeResult,
@@ -49,7 +50,6 @@ def anonymize_tiled(
         _block_summary,
         _reference,
         _report_head,
-        _to_float255,
         attribution_scores,
     )
     from ..residual import residual
@@ -57,7 +57,7 @@ def anonymize_tiled(
     from ..tiling import stitch
 
     t_start = time.perf_counter()
-    img255 = _to_float255(raw)
+    img255 = to_float255(raw)
     mode, K, fp_info = _reference(img255, fingerprint, config.sigma)
     dtype = "uint8" if raw.dtype == np.uint8 else "float32"
     meta = {
