@@ -358,8 +358,8 @@ def _batch_of(n: int, tiles, config, device):
 def _time_tiles(ns, tiles, config, device, iters: int) -> dict[int, tuple[float, float]]:
     """(median wall, median CPU) seconds of one step of each N, the Ns in turn (round-robin).
 
-    The CPU seconds of this process barely depend on other jobs' load (one torch thread): on a
-    shared machine they are the steadier figure to compare the Ns by.
+    The CPU seconds of this process barely depend on other jobs' load: on a shared machine they
+    show what a batch costs in core-seconds, while the wall seconds show what it gains.
     """
     import numpy as np
     import torch
@@ -425,13 +425,14 @@ def _tiles_main(args) -> int:
 
     from dippas_core.dip import DIPConfig
     from dippas_core.dip.batched import choose_tiles_per_step
-    from dippas_core.dip.device import device_name, resolve_device, speed_settings
+    from dippas_core.dip.device import device_name, resolve_device, speed_settings, usable_cpus
     from dippas_core.dip.inversion import _image_to_unit
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _forensic_timing import machine_note
 
-    torch.set_num_threads(1)
+    # N = 1 gets every core (torch's intra-op threads); a thread batch runs one tile per core
+    torch.set_num_threads(usable_cpus())
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     ns = [int(v) for v in args.tiles.split(",")]
@@ -441,7 +442,9 @@ def _tiles_main(args) -> int:
     print(f"device: {device_name(device)}   torch {torch.__version__}   {machine_note()}{label}")
     print(f"tiles per step, preset {args.preset!r}; median of {args.iters} steps after 1 warm-up, "
           "the Ns interleaved; px·it/s = N·H·W / seconds per step; × N=1: rate over N=1's; "
-          "N=1 is the plain one-network path (what invert runs); CPU: this process's CPU seconds")
+          f"N=1 is the plain one-network path (what invert runs) on {torch.get_num_threads()} "
+          "torch threads; on the CPU a batch steps one tile per core, one torch thread each "
+          "(the threads engine); CPU: this process's CPU seconds")
     for amp in amps:
         for size in sizes:
             config = DIPConfig.preset(

@@ -38,7 +38,8 @@ __all__ = [
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"dip": {}, "tile_size": 512, "overlap": 64, "B": 64, "L": 10, "tau": None},
     "cpu": {
-        "dip": {"lr": 1e-2, "max_iter": 1500, "torch_threads": 1},
+        # tiles_per_step "auto": measured (docs/whole-photos.md, "Several tiles per step")
+        "dip": {"lr": 1e-2, "max_iter": 1500, "torch_threads": 1, "tiles_per_step": "auto"},
         "tile_size": 256,
         "overlap": 64,
         # the held-out grid's choice (docs/evaluation.md, "presets re-chosen with lsq")

@@ -32,6 +32,20 @@ def tiles(natural_photos):
     return [(c, rng.normal(0, 0.02, c.shape[:2]).astype(np.float32)) for c in crops]
 
 
+@pytest.fixture(params=["vmap", "threads"])
+def engine(request, monkeypatch):
+    """Run the batches with each engine (the CPU's default is threads; vmap is the GPU's)."""
+    monkeypatch.setattr(
+        "dippas_core.dip.batched._stack.batch_engine", lambda device: request.param
+    )
+    return request.param
+
+
+@pytest.fixture
+def vmap_engine(monkeypatch):
+    monkeypatch.setattr("dippas_core.dip.batched._stack.batch_engine", lambda device: "vmap")
+
+
 @pytest.fixture
 def float64():
     """Run the networks in float64: rounding no longer drives the trajectories apart."""
@@ -76,7 +90,7 @@ def _first_hit(psnr: np.ndarray, threshold: float) -> int | None:
     return int(hit[0]) + 1 if hit.size else None
 
 
-def test_same_seed_same_images_as_separate_runs(tiles, float64):
+def test_same_seed_same_images_as_separate_runs(tiles, float64, engine):
     cfg = DIPConfig.preset("tiny", max_iter=8, **FREE)
     # a stop threshold that some tiles reach at different iterations and others never: those
     # leave the batch early and waiting tiles take their place
@@ -110,7 +124,7 @@ def test_same_seed_same_images_as_separate_runs(tiles, float64):
     assert env["tiles_per_step"] == 3 and env["tiles_per_step_choice"] == "given"
 
 
-def test_float32_first_outputs_match_separate_runs(tiles):
+def test_float32_first_outputs_match_separate_runs(tiles, vmap_engine):
     # Every tile's state is its own (seeded weights, noise stream, batch-norm statistics, Adam
     # state, gamma): the first step's outputs, losses and PSNRs agree to float32 rounding.
     # From the second step on float32 trajectories part (docs/dip.md, "Equivalence"): vmap's
@@ -128,7 +142,7 @@ def test_float32_first_outputs_match_separate_runs(tiles):
         assert got.gamma_star == pytest.approx(ref.gamma_star, rel=1e-4, abs=1e-6)
 
 
-def test_float32_psnr_histories_follow_separate_runs(tiles):
+def test_float32_psnr_histories_follow_separate_runs(tiles, vmap_engine):
     # what does hold in float32 over many steps: the pixels part from iteration 2 on (as they
     # do for the plain path under a mere change of memory layout), but each tile fits its photo
     # as fast as its separate run: over 10 iterations at lr 1e-2 the PSNRs gain 1.5–9 dB and
@@ -155,6 +169,45 @@ def test_one_tile_per_step_is_the_plain_path_exactly(tiles):
         assert np.array_equal(results[i].history["loss"], ref.history["loss"])
 
 
+def test_threads_engine_is_bit_for_bit_the_separate_runs_in_float32(tiles, monkeypatch):
+    # the CPU's engine runs each tile's own step (invert's) in a pool thread with one torch
+    # thread: with the tiles' separate runs also on one thread (the tiny preset's), every
+    # snapshot and loss is bit for bit theirs, tiles leaving the batch and joining it included
+    import threading
+
+    from dippas_core.dip.fitting import _Inverter
+
+    cfg = DIPConfig.preset("tiny", max_iter=5, **FREE)
+    assert cfg.torch_threads == 1
+    separate = _separate(tiles[:5], cfg)
+    ran_in: set[str] = set()
+    step = _Inverter.step
+
+    def spy(self):
+        ran_in.add(threading.current_thread().name)
+        return step(self)
+
+    monkeypatch.setattr(_Inverter, "step", spy)
+    threads_before = torch.get_num_threads()
+    steps, _, _, results = _batched(tiles[:5], cfg, n=3)
+    assert torch.get_num_threads() == threads_before  # the pool's one-thread setting stays there
+    assert all(name.startswith("dippas-tile") for name in ran_in) and len(ran_in) >= 2
+    for i, (ref_steps, ref) in separate.items():
+        for a, b in zip(steps[i], ref_steps, strict=True):
+            assert np.array_equal(a.snapshot, b.snapshot)
+        assert np.array_equal(results[i].history["loss"], ref.history["loss"])
+        assert np.array_equal(results[i].history["gamma_star"], ref.history["gamma_star"])
+
+
+def test_an_unknown_engine_is_an_input_error():
+    from dippas_core.dip.batched import _Batch
+    from dippas_core.dip.device import resolve_device, speed_settings
+
+    device = resolve_device("cpu")
+    with pytest.raises(InputError, match="engine"):
+        _Batch(device, speed_settings(DIPConfig.preset("tiny"), device), engine="processes")
+
+
 def test_one_step_gradients_are_each_tiles_own(tiles):
     # N networks in one backward: each tile's weights get exactly its own loss's gradient
     from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
@@ -164,7 +217,7 @@ def test_one_step_gradients_are_each_tiles_own(tiles):
     cfg = DIPConfig.preset("tiny", channels_last=False)
     device = resolve_device("cpu")
     speed = speed_settings(cfg, device)
-    batch = _Batch(device, speed)
+    batch = _Batch(device, speed, engine="vmap")
     alone = []
     for i, (img, P) in enumerate(tiles[:3]):
         c = cfg.replace(seed=i)
@@ -187,7 +240,7 @@ def test_one_step_gradients_are_each_tiles_own(tiles):
     batch.release()
 
 
-def test_cancel_ends_running_tiles_and_never_starts_waiting_ones(tiles):
+def test_cancel_ends_running_tiles_and_never_starts_waiting_ones(tiles, engine):
     cfg = DIPConfig.preset("tiny", max_iter=50, **FREE)
     token = CancelToken()
 

@@ -10,7 +10,7 @@ import numpy as np
 from ..config import DIPConfig
 from ..device import SpeedSettings
 from ._jobs import _PreparedJob
-from ._stack import _Batch, _Tile, _with_params
+from ._stack import _Batch, _Tile, _with_params, batch_engine
 
 __all__ = [
     "AUTO_MARGIN",
@@ -46,7 +46,8 @@ def choose_tiles_per_step(
     On CUDA: the memory one step of one tile takes (measured on a throw-away tile) against
     :data:`AUTO_MEMORY_SHARE` of the free device memory.  On the CPU (and MPS): a short
     measurement, :func:`measure_tiles_per_step`, of the plain one-network path (N = 1) against
-    batches of N = 2, 4, 8; the fastest wins (:func:`fastest_tiles_per_step`).  The reason
+    batches of N = 2, 4, 8 (on the CPU the threads engine: each tile's network in its own
+    thread); the fastest wins (:func:`fastest_tiles_per_step`).  The reason
     names every measured rate.  Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
     """
     job = _PreparedJob("auto", img01, P, config)
@@ -63,6 +64,7 @@ def choose_tiles_per_step(
     )
     return best, (
         f"measured on the CPU ({AUTO_TIMED_STEPS} timed steps per batch after 1 warm-up, "
+        f"batches by {batch_engine(device)}, "
         "the one-network path stepping in turn with each): "
         f"{measured}; fastest: N={best}"
     )
@@ -98,8 +100,9 @@ def measure_tiles_per_step(
 ) -> dict[int, float]:
     """Pixel-iterations per second of N = 1, 2, 4, 8 (at most ``cap``) tiles per step.
 
-    N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 the
-    vmapped batch, each on throw-away tiles (:func:`_make_probe`).  The plain probe lives
+    N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 a
+    batch in the device's engine (:func:`~dippas_core.dip.batched._stack.batch_engine`), each on
+    throw-away tiles (:func:`_make_probe`).  The plain probe lives
     through the whole measurement and steps in turn with each batch, so that other jobs' load
     hits both alike.  A batch's rate comes from the fastest of its :data:`AUTO_TIMED_STEPS`
     steps; the plain path's from the median over the batches of its fastest step beside each
