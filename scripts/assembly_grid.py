@@ -63,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the DIP learning rate (default: the preset's), to re-choose it on held-out photos",
     )
     p.add_argument(
+        "--crop-size", type=int, default=None,
+        help="square crop side (default: the preset's); larger crops carry a trace above the "
+        "NCC's noise floor (about 1/side)",
+    )
+    p.add_argument(
         "--held-out", action="store_true",
         help="use the photos the preset leaves out (a validation set for choosing B, L, tau)",
     )
     args = p.parse_args(argv)
 
     config = EvalConfig.preset(args.preset)
+    if args.crop_size is not None:
+        config = config.replace(crop_sizes=(args.crop_size,))
     every_photo = config.replace(photos_per_camera=None, max_photos=None)
     ds = load_dataset(args.data, every_photo if args.held_out else config,
                       cache_dir=args.out / "fingerprints", log=print)

@@ -61,8 +61,9 @@ def add_dip_arguments(
             type=_tiles_per_step,
             default=None,
             metavar="N|auto",
-            help="tiles trained in one optimiser step, each its own network (default 1; 'auto': "
-            "from the free GPU memory, or a short measurement on the CPU)",
+            help="tiles trained in one optimiser step, each its own network (default: the "
+            "preset's, 'auto' for cpu, else 1; 'auto': from the free GPU memory, or a short "
+            "measurement on the CPU, where a batch runs one tile per core)",
         )
 
 
