@@ -232,9 +232,9 @@ class _ClusterCancel(CancelToken):
 def _worker_device(config: Any) -> Any:
     """On a worker that advertises a GPU resource, pin ``device="auto"`` to its GPU (as the
     batch's jobs are pinned)."""
-    from .batch.worker import _worker_gpu_device
+    from .batch.worker import worker_gpu_device
 
-    device = _worker_gpu_device() if config.dip.device == "auto" else None
+    device = worker_gpu_device() if config.dip.device == "auto" else None
     if device is None:
         return config
     return dataclasses.replace(config, dip=config.dip.replace(device=device))

@@ -554,7 +554,7 @@ def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):
 def test_default_local_cluster_and_gpu_resources(tmp_path):
     """client=None starts (and closes) a LocalCluster; a cluster advertising GPUs gets tasks that
     ask for one GPU each (one inversion per GPU)."""
-    from dippas_core.batch import _worker_gpu_device, local_cluster
+    from dippas_core.batch import local_cluster, worker_gpu_device
 
     src, log = tmp_path / "in", tmp_path / "log"
     log.mkdir()
@@ -574,7 +574,7 @@ def test_default_local_cluster_and_gpu_resources(tmp_path):
         info = c.scheduler_info()["workers"]
         assert [w["resources"] for w in info.values()] == [{"GPU": 1}]
         # the worker finds its GPU resource; this CPU-only torch has no device to pin it to
-        assert c.submit(_worker_gpu_device, resources={"GPU": 1}).result() is None
+        assert c.submit(worker_gpu_device, resources={"GPU": 1}).result() is None
         gpu_run = run_batch(
             src,
             tmp_path / "out_gpu",

@@ -39,12 +39,12 @@ from .driver import Progress, run_batch
 from .plan import output_names, plan_batch, sanitise_stem
 from .settings import STATE_DIR, BatchResult, BatchSettings, ImageRecord, ImageTask, Job
 from .table import format_progress, format_table, write_summary
-from .worker import (  # noqa: F401 - the private two: tests check them on their own
+from .worker import (  # noqa: F401 - the private one: tests check it on its own
     _refuse_oversized_file,
-    _worker_gpu_device,
     anonymize_job,
     prepare_photo,
     process_image,
+    worker_gpu_device,
 )
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "Job",
     "Progress",
     "anonymize_job",
+    "worker_gpu_device",
     "find_images",
     "format_progress",
     "format_table",

@@ -19,7 +19,7 @@ from .settings import STATUS_FAILED, STATUS_OK, BatchSettings, ImageRecord, Imag
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
 
-__all__ = ["anonymize_job", "prepare_photo", "process_image"]
+__all__ = ["anonymize_job", "prepare_photo", "process_image", "worker_gpu_device"]
 
 
 def _refuse_oversized_file(path: str, settings: BatchSettings, name: str) -> None:
@@ -121,7 +121,7 @@ def _metric(report: dict, *paths: str) -> float | None:
     return None
 
 
-def _worker_gpu_device() -> str | None:
+def worker_gpu_device() -> str | None:
     """``cuda:<i>`` for a Dask worker that advertises a GPU resource, else None.
 
     Workers of :func:`local_cluster` are named 0..n-1 (one per GPU); a worker elsewhere that owns
@@ -154,7 +154,7 @@ def anonymize_job(
     """
     from ..pipeline import anonymize
 
-    device = _worker_gpu_device()
+    device = worker_gpu_device()
     dip = getattr(config, "dip", None)
     if device is not None and dip is not None and getattr(dip, "device", None) == "auto":
         config = dataclasses.replace(config, dip=dataclasses.replace(dip, device=device))
