@@ -168,14 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         return 0
     dirs = {crop.crop_id: run_dir for crop, run_dir in runs}
+    photo_ncc = {crop.crop_id: s[crop.camera]["ncc"] for crop, _q, s in untouched}
     preset_cell = (config.block, config.top_l, float(config.tau))
     for name, key in (("preset", preset_cell), ("chosen", (best["B"], best["L"], best["tau"]))):
         if key in cells:
-            _per_crop(cells[key], dirs, ds.cameras, args.out / f"crops_{name}.csv", name)
+            _per_crop(cells[key], dirs, ds.cameras, args.out / f"crops_{name}.csv", name,
+                      photo_ncc)
     return 0
 
 
-def _per_crop(results, run_dirs, cameras, path: Path, name: str) -> None:
+def _per_crop(results, run_dirs, cameras, path: Path, name: str, photo_ncc: dict) -> None:
     """Per crop of one (B, L, tau) cell: PSNR, NCC with the true camera against the wrong ones,
     and how gamma behaved in the run's recording phase (issue 17's bars)."""
     from dippas_core.run import RunDirectory, gamma_summary
@@ -186,10 +188,12 @@ def _per_crop(results, run_dirs, cameras, path: Path, name: str) -> None:
         g = gamma_summary(RunDirectory.open(run_dirs[crop.crop_id]).history())
         rows.append({
             "crop": crop.crop_id, "camera": crop.camera, "psnr": quality,
-            "ncc_true": per_cam[crop.camera]["ncc"], "ncc_wrong_max": max(wrong),
+            "ncc_true_photo": photo_ncc[crop.crop_id], "ncc_true": per_cam[crop.camera]["ncc"],
+            "ncc_wrong_max": max(wrong),
             "ncc_wrong_mean_abs": float(np.mean(np.abs(wrong))),
             "recording_iterations": g["recording_iterations"],
-            "gamma_at_bound_share": g.get("at_bound_share"), "gamma_median": g.get("median"),
+            "gamma_at_bound_share": g.get("at_bound_share"),
+            "gamma_dead_share": g.get("dead_share"), "gamma_median": g.get("median"),
             "gamma_star_median": g.get("median_star"),
         })
     with open(path, "w", newline="") as f:
@@ -201,12 +205,14 @@ def _per_crop(results, run_dirs, cameras, path: Path, name: str) -> None:
     below_chance = np.mean([abs(r["ncc_true"]) < chance for r in rows])
     rec = np.array([r["recording_iterations"] for r in rows], float)
     bound = np.array([r["gamma_at_bound_share"] or 0.0 for r in rows]) * rec
+    dead = np.array([r["gamma_dead_share"] or 0.0 for r in rows]) * rec
     worst = max(r["gamma_at_bound_share"] or 0.0 for r in rows)
     print(f"{name} cell, per crop ({path}): true-camera NCC below the best wrong camera's on "
           f"{100 * below_max:.0f} % of {len(rows)} crops, |NCC| below the wrong cameras' mean "
           f"|NCC| ({chance:.4f}) on {100 * below_chance:.0f} %; gamma at 0 in "
           f"{100 * bound.sum() / max(rec.sum(), 1):.1f} % of {int(rec.sum())} recording-phase "
-          f"iterations (worst crop {100 * worst:.0f} %)")
+          f"iterations (worst crop {100 * worst:.0f} %), at 0 although gamma* > 0 in "
+          f"{100 * dead.sum() / max(rec.sum(), 1):.1f} %")
 
 
 if __name__ == "__main__":

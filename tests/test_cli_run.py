@@ -142,6 +142,10 @@ def test_anonymize_writes_image_and_report(sample_files, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "PSNR vs original" in text and "NCC with the fingerprint" in text
+    # gamma's bound told apart: at 0 with gamma* > 0 is a dead injection, with gamma* <= 0 the
+    # clamp's optimum
+    gamma_line = next(line for line in text.splitlines() if "gamma while recording" in line)
+    assert "% of 40 iterations (although gamma* > 0 in " in gamma_line
     assert read_image(out).shape == (32, 32, 3)
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["seed"] == 5 and report["mode"] == "aware" and report["output"] == "anon.png"

@@ -71,6 +71,7 @@ def test_record_writes_history_snapshots_and_tile_sums(tmp_path, rng):
     gamma = back.config["result"]["gamma"]
     assert gamma["recording_iterations"] == 8
     assert gamma["at_bound_share"] == pytest.approx(2 / 8)  # iterations 3 and 4
+    assert gamma["dead_share"] == 0.0  # gamma* is negative there: the clamp is the optimum
     assert gamma["median"] == pytest.approx(0.0025)  # of 0, 0, 0.001, ..., 0.006
     assert gamma["final"] == pytest.approx(0.006) and gamma["final_star"] == pytest.approx(0.0055)
     assert back.snapshots.iterations.tolist() == list(range(3, 11))
@@ -84,6 +85,24 @@ def test_record_writes_history_snapshots_and_tile_sums(tmp_path, rng):
         img = back.snapshots.read(i)
         expect = tile_sums(residual(img), rgb2gray(img) * K, 32)
         np.testing.assert_allclose(sums[i], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_gamma_summary_tells_a_dead_injection_from_an_active_bound():
+    from dippas_core.run import gamma_summary
+
+    # six recorded iterations at the bound: three with gamma* > 0 (the injection held off
+    # against the data), three with gamma* < 0 (the clamp is the constrained optimum)
+    history = {
+        "kept": [0, 1, 1, 1, 1, 1, 1, 1, 1],
+        "gamma": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.002, 0.003],
+        "gamma_star": [0.01, 0.001, 0.002, 0.003, -0.001, -0.002, -0.004, 0.002, 0.003],
+    }
+    g = gamma_summary(history)
+    assert g["recording_iterations"] == 8
+    assert g["at_bound_share"] == pytest.approx(6 / 8)
+    assert g["dead_share"] == pytest.approx(3 / 8)
+    # without gamma* (runs recorded before it existed) the dead share cannot be told
+    assert "dead_share" not in gamma_summary({**history, "gamma_star": [np.nan] * 9})
 
 
 def test_history_of_a_run_recorded_before_gamma_star(tmp_path, rng):

@@ -178,7 +178,9 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
         print(
             f"gamma while recording: median {g['median']:.5f} (least squares "
             f"{star if star is not None else float('nan'):.5f}), at 0 in "
-            f"{100 * g['at_bound_share']:.0f} % of {g['recording_iterations']} iterations",
+            f"{100 * g['at_bound_share']:.0f} % of {g['recording_iterations']} iterations"
+            + (f" (although gamma* > 0 in {100 * g['dead_share']:.0f} %)"
+               if g.get("dead_share") is not None else ""),
             file=s,
         )
     best = inv.get("best_psnr")

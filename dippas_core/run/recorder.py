@@ -43,8 +43,11 @@ def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
 
     Over the recording phase (the iterations whose output was kept, PSNR >= ``tau_psnr``): their
     number, the share with gamma at its bound (0: the injection switched off, the network alone
-    explains the photo, camera pattern included), the medians of gamma and of the least-squares
-    gamma* (NaN for runs recorded before gamma* existed); and both at the last iteration.
+    explains the photo, camera pattern included), the share at the bound *although* gamma* > 0
+    (``dead_share``: the injection held off against the data, the failure a learned gamma showed;
+    at the bound with gamma* <= 0 the clamp is the constrained optimum), the medians of gamma and
+    of the least-squares gamma* (NaN for runs recorded before gamma* existed); and both at the
+    last iteration.
     """
     kept = np.asarray(history["kept"], dtype=bool)
     gamma = np.asarray(history["gamma"], dtype=np.float64)
@@ -56,6 +59,8 @@ def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"recording_iterations": int(kept.sum())}
     if kept.any():
         out["at_bound_share"] = float(np.mean(gamma[kept] <= 0.0))
+        if np.isfinite(star[kept]).all():
+            out["dead_share"] = float(np.mean((gamma[kept] <= 0.0) & (star[kept] > 0.0)))
         out["median"] = float(np.median(gamma[kept]))
         out["median_star"] = value(np.median(star[kept]))
     if len(gamma):
