@@ -23,9 +23,9 @@ __all__: list[str] = []
 
 #: How the tiles of a batch run together: ``"vmap"`` (one vmapped forward of the stacked
 #: networks: grouped convolutions) or ``"threads"`` (each tile's own network stepped in its own
-#: thread with one torch thread).  Chosen by measurement (docs/dip.md, "Tiles per step"): on
-#: this 2-core CPU vmap's grouped convolutions run 0.5–0.75× the plain path's speed per tile
-#: while two threads run 1.3–1.4× of it; on a GPU one vmapped kernel fills the device.
+#: thread with one torch thread).  Chosen by measurement (docs/dip.md, "Tiles per step on this
+#: CPU"): on a 2-core CPU vmap's grouped convolutions ran 0.3–0.75× the plain path's speed while
+#: thread batches run 1.2–1.7× of it; on a GPU one vmapped kernel fills the device.
 ENGINES = ("vmap", "threads")
 
 
@@ -37,7 +37,8 @@ def batch_engine(device: Any) -> str:
 def _one_torch_thread() -> None:
     import torch
 
-    # OpenMP's thread count is per calling thread: this pins the pool thread alone
+    # OpenMP's thread count is per calling thread (torch's CPU builds): this pins the pool
+    # thread alone, the caller keeps its own
     torch.set_num_threads(1)
 
 
@@ -96,6 +97,7 @@ class _Batch:
         if self.engine not in ENGINES:
             raise InputError(f"unknown batch engine {self.engine!r}; choose one of {ENGINES}")
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self.tiles: list[_Tile] = []
         self._forward = None
         self.amp_dtype = None
@@ -177,12 +179,13 @@ class _Batch:
 
     def _step_threads(self) -> list[tuple[float, float, float, float, Any]]:
         want = min(len(self.tiles), usable_cpus())
-        if self._pool is None or self._pool._max_workers < want:
+        if self._pool is None or self._pool_size < want:  # grows with the batch, never shrinks
             if self._pool is not None:
                 self._pool.shutdown()
             self._pool = ThreadPoolExecutor(
                 want, thread_name_prefix="dippas-tile", initializer=_one_torch_thread
             )
+            self._pool_size = want
         return list(self._pool.map(_Tile.step, self.tiles))
 
     def _step_stacked(self) -> list[tuple[float, float, float, float, Any]]:
@@ -229,7 +232,7 @@ class _Batch:
             self.remove(t)
         if self._pool is not None:
             self._pool.shutdown()
-            self._pool = None
+            self._pool, self._pool_size = None, 0
         self._forward = None
         self._size = None
 
