@@ -215,6 +215,25 @@ def test_estimate_scales_with_the_number_of_tiles():
     assert "8 tiles × ~100 iterations" in est.text and "cpu" in est.text
 
 
+def test_estimate_times_the_batch_the_run_will_step(monkeypatch, injected_probe_timings):
+    # a given N: the batch step's time over its tiles (a real thread batch of two tiles)
+    est = estimate_cost((96, 160), _config(max_iter=100, tiles_per_step=2))
+    assert est.tiles_per_step == 2 and "2 tiles per step" in est.text
+    assert est.seconds == pytest.approx(8 * 100 * est.seconds_per_iteration)
+    # "auto" on the CPU: a batch of one tile per core beside the one-network path, the faster
+    # taken as auto will take it (batch timings injected: no clock)
+    monkeypatch.setattr("dippas_core.dip.device.usable_cpus", lambda: 2)
+    auto = _config(max_iter=100, tiles_per_step="auto")
+    calls = injected_probe_timings({2: 2e-6})
+    fast = estimate_cost((96, 160), auto)
+    assert calls == [2] and fast.tiles_per_step == 2
+    assert fast.seconds_per_iteration == pytest.approx(1e-6)
+    injected_probe_timings({2: 100.0})  # 50 s per tile: slower than one network
+    slow = estimate_cost((96, 160), auto)
+    assert slow.tiles_per_step == 1 and slow.seconds_per_iteration < 50
+    assert "tiles per step" not in slow.text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -15,7 +15,11 @@ __all__ = ["CostEstimate", "estimate_cost"]
 
 @dataclass
 class CostEstimate:
-    """What a run will cost: ``n_tiles × iterations × seconds_per_iteration``."""
+    """What a run will cost: ``n_tiles × iterations × seconds_per_iteration``.
+
+    ``seconds_per_iteration`` is per tile: with ``tiles_per_step`` > 1 it is a batch step's time
+    over the tiles in it.
+    """
 
     n_tiles: int
     iterations: int
@@ -23,6 +27,7 @@ class CostEstimate:
     tile_shape: tuple[int, int]
     device: str
     threads: int
+    tiles_per_step: int = 1
 
     @property
     def seconds(self) -> float:
@@ -33,6 +38,8 @@ class CostEstimate:
         where = self.device
         if "thread" not in where:
             where += f" ({self.threads} thread{'s' if self.threads != 1 else ''})"
+        if self.tiles_per_step > 1:
+            where += f", {self.tiles_per_step} tiles per step"
         return (
             f"≈ {self.n_tiles} tiles × ~{self.iterations} iterations (at most) × "
             f"{self.seconds_per_iteration * 1e3:.0f} ms ≈ {_duration(self.seconds)} on {where}"
@@ -59,6 +66,12 @@ def estimate_cost(
     n_tiles: int | None = None,
 ) -> CostEstimate:
     """Time a few DIP iterations at the tile size on the chosen device; scale to the whole run.
+
+    With several tiles per step (``config.dip.tiles_per_step``) a batch of them is timed as
+    well: a given N > 1 is the batch's time per tile; ``"auto"`` on the CPU times a thread batch
+    of one tile per core beside the one-network path and takes the faster, as ``auto`` will.
+    (``"auto"`` on a GPU sizes its batch by free memory: the one-network time stays, an upper
+    bound.)
 
     Parameters
     ----------
@@ -93,11 +106,52 @@ def estimate_cost(
         per_it = (time.perf_counter() - t0) / max(1, int(iterations))
     finally:
         gen.close()
+    n_run = len(plan) if n_tiles is None else int(n_tiles)
+    n_step = _planned_tiles_per_step(dip, env, n_run)
+    if n_step > 1:
+        per_tile = _batch_seconds_per_tile(img, dip, n_step, int(iterations))
+        if dip.tiles_per_step == "auto" and per_tile >= per_it:
+            n_step = 1  # auto will keep the one-network path
+        else:
+            per_it = per_tile
     return CostEstimate(
-        n_tiles=len(plan) if n_tiles is None else int(n_tiles),
+        n_tiles=n_run,
         iterations=int(config.dip.max_iter),
         seconds_per_iteration=per_it,
         tile_shape=(first.h, first.w),
         device=str(env.get("device", dip.device)),
         threads=int(env.get("torch_threads", 1)),
+        tiles_per_step=n_step,
     )
+
+
+def _planned_tiles_per_step(dip: Any, env: dict, n_tiles: int) -> int:
+    """The N a run will step: a given N, or for ``"auto"`` on the CPU one tile per core."""
+    from ..dip.device import usable_cpus
+
+    if dip.tiles_per_step != "auto":
+        return max(1, min(int(dip.tiles_per_step), n_tiles))
+    if not str(env.get("device", dip.device)).startswith("cpu"):
+        return 1
+    return max(1, min(usable_cpus(), n_tiles))
+
+
+def _batch_seconds_per_tile(img: np.ndarray, dip: Any, n: int, iterations: int) -> float:
+    """Median seconds of a batch step of ``n`` throw-away tiles, over ``n``."""
+    from ..dip.batched._auto import _make_probe
+    from ..dip.batched._jobs import _PreparedJob
+    from ..dip.device import resolve_device, speed_settings, torch_threads
+    from ..dip.inversion import _image_to_unit
+    from ._batched import _tile_threads
+
+    device = resolve_device(dip.device)
+    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
+    img01 = _image_to_unit(img, min_size=2 ** (len(dip.widths) - 1))
+    job = _PreparedJob("estimate", img01, np.zeros(img.shape[:2], np.float32), dip)
+    with torch_threads(_tile_threads(dip)):  # as the run's batch will be timed and run
+        probe = _make_probe(n, job, dip, device, speed)  # one warm-up step
+        try:
+            times = [probe.step_seconds() for _ in range(max(1, iterations))]
+        finally:
+            probe.release()
+    return float(np.median(times)) / n
