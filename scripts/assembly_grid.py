@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the DIP learning rate (default: the preset's), to re-choose it on held-out photos",
     )
     p.add_argument(
+        "--max-iter", type=int, default=None,
+        help="the DIP's iteration budget (default: the preset's, chosen on 128×128 crops)",
+    )
+    p.add_argument(
         "--crop-size", type=int, default=None,
         help="square crop side (default: the preset's); larger crops carry a trace above the "
         "NCC's noise floor (about 1/side)",
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 changes["gamma_mode"] = args.gamma_mode
             if args.lr is not None:
                 changes["lr"] = args.lr
+            if args.max_iter is not None:
+                changes["max_iter"] = args.max_iter
             dip = DIPConfig.preset(config.dip_preset, **changes)
             conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
                                    sigma=config.sigma, seed=seed)
