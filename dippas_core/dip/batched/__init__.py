@@ -16,9 +16,9 @@ module steps ``N = tiles_per_step`` of them at once:
   what the tile's own network does in training mode (running statistics are never used by DIP
   and are not tracked here).  On the CPU ``"threads"``: every tile runs its own step, the very
   step of :func:`~dippas_core.dip.invert`, in a pool of one thread per core with one torch
-  thread each (torch releases the GIL inside its kernels, so the steps overlap); on 2 cores two
-  tiles step 1.3–1.4× as fast as one network on both cores, where vmap's grouped convolutions
-  ran at 0.5–0.75×;
+  thread each (torch releases the GIL inside its kernels, so the steps overlap); on 2 cores
+  thread batches of the ``cpu`` network step 1.2–1.7× as fast as one network on both cores,
+  where vmap's grouped convolutions ran at 0.3–0.75×;
 * vmap: one backward of the sum of the N losses gives each tile its own gradient, then each
   tile's own optimiser steps and its gamma is updated by the same :meth:`_Inverter.after_update`.
 
