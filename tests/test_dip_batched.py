@@ -188,15 +188,35 @@ def test_threads_engine_is_bit_for_bit_the_separate_runs_in_float32(tiles, monke
         return step(self)
 
     monkeypatch.setattr(_Inverter, "step", spy)
-    threads_before = torch.get_num_threads()
     steps, _, _, results = _batched(tiles[:5], cfg, n=3)
-    assert torch.get_num_threads() == threads_before  # the pool's one-thread setting stays there
     assert all(name.startswith("dippas-tile") for name in ran_in) and len(ran_in) >= 2
     for i, (ref_steps, ref) in separate.items():
         for a, b in zip(steps[i], ref_steps, strict=True):
             assert np.array_equal(a.snapshot, b.snapshot)
         assert np.array_equal(results[i].history["loss"], ref.history["loss"])
         assert np.array_equal(results[i].history["gamma_star"], ref.history["gamma_star"])
+
+
+def test_the_pools_one_thread_setting_stays_in_the_pool(tiles):
+    # without a torch_threads of its own the batch sets nothing around its steps: neither the
+    # caller nor threads started later (a viewer's next worker) inherit the pool's one thread
+    import threading
+
+    def in_a_new_thread() -> int:
+        seen: list[int] = []
+        t = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        return seen[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _batched(tiles[:2], DIPConfig.preset("tiny", torch_threads=None, max_iter=2, **FREE), n=2)
+        assert torch.get_num_threads() == 2
+        assert in_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_an_unknown_engine_is_an_input_error():

@@ -178,6 +178,9 @@ class _Batch:
         return self._step_stacked()
 
     def _step_threads(self) -> list[tuple[float, float, float, float, Any]]:
+        import torch
+
+        caller = torch.get_num_threads()
         want = min(len(self.tiles), usable_cpus())
         if self._pool is None or self._pool_size < want:  # grows with the batch, never shrinks
             if self._pool is not None:
@@ -186,7 +189,12 @@ class _Batch:
                 want, thread_name_prefix="dippas-tile", initializer=_one_torch_thread
             )
             self._pool_size = want
-        return list(self._pool.map(_Tile.step, self.tiles))
+        try:
+            return list(self._pool.map(_Tile.step, self.tiles))
+        finally:
+            # a pool thread's set_num_threads(1) is also torch's default for threads started
+            # later (a viewer's next worker): the caller's count is put back as that default
+            torch.set_num_threads(caller)
 
     def _step_stacked(self) -> list[tuple[float, float, float, float, Any]]:
         import torch
