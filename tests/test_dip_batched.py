@@ -362,6 +362,13 @@ def test_cli_tiles_per_step_option(capsys):
         args = parser.parse_args([*base, "--tiles-per-step", value])
         assert dip_config_from_args(args).tiles_per_step == expected
     assert dip_config_from_args(parser.parse_args(base)).tiles_per_step == 1
+    assert dip_config_from_args(parser.parse_args(base)).gamma_mode == "lsq"
+    assert dip_config_from_args(
+        parser.parse_args([*base, "--gamma-mode", "adam"])
+    ).gamma_mode == "adam"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--gamma-mode", "free"])
+    assert "--gamma-mode" in capsys.readouterr().err
     for bad in ("0", "-1", "many"):
         with pytest.raises(SystemExit):
             parser.parse_args([*base, "--tiles-per-step", bad])

@@ -48,6 +48,14 @@ def add_dip_arguments(
     g.add_argument(
         "--lr", type=positive_float, default=None, help="Adam learning rate (default: preset)"
     )
+    g.add_argument(
+        "--gamma-mode",
+        choices=("lsq", "adam"),
+        default=None,
+        help="the injection strength gamma: 'lsq', the least-squares value of each output "
+        "(default), or 'adam', learned with the weights (the old way; docs/evaluation.md "
+        "compares them)",
+    )
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
     g.add_argument(
         "--torch-threads",
@@ -110,6 +118,7 @@ def dip_changes_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "torch_threads": args.torch_threads,
         "lr": getattr(args, "lr", None),
+        "gamma_mode": getattr(args, "gamma_mode", None),
         "tiles_per_step": getattr(args, "tiles_per_step", None),
     }
     return {k: v for k, v in changes.items() if v is not None}
