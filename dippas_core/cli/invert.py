@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..dip.config import GAMMA_MODES
 from ._checks import finite_float, int_between, positive_float, seed, torch_threads
 
 __all__ = ["register", "add_dip_arguments", "dip_config_from_args", "load_photo_and_fingerprint"]
@@ -50,7 +51,7 @@ def add_dip_arguments(
     )
     g.add_argument(
         "--gamma-mode",
-        choices=("lsq", "adam"),
+        choices=GAMMA_MODES,
         default=None,
         help="the injection strength gamma: 'lsq', the least-squares value of each output "
         "(default), or 'adam', learned with the weights (the old way; docs/evaluation.md "

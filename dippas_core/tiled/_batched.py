@@ -138,16 +138,26 @@ def _choose_tiles_per_step(
     the reason, with every measured rate, goes into the photo's run record.
     """
     from ..dip.batched import choose_tiles_per_step
-    from ..dip.device import resolve_device, speed_settings, torch_threads
-    from ..dip.inversion import _image_to_unit
+    from ..dip.device import torch_threads
 
     dip = config.dip
-    device = resolve_device(dip.device)
-    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
-    img01 = _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1))
+    img01, device, speed = _probe_inputs(image, dip)
     # measured with the threads the tiles will run with (record's cap, as in the batched path)
     with torch_threads(_tile_threads(dip)):
         return choose_tiles_per_step(img01, np.asarray(P, np.float32), dip, device, speed, n_tiles)
+
+
+def _probe_inputs(image: np.ndarray, dip: Any) -> tuple[np.ndarray, Any, Any]:
+    """What a throw-away batch of tiles like ``image`` needs: ``(img01, device, speed)``.
+
+    The batch compiles nothing (its tiles' own networks are not compiled either).
+    """
+    from ..dip.device import resolve_device, speed_settings
+    from ..dip.inversion import _image_to_unit
+
+    device = resolve_device(dip.device)
+    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
+    return _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1)), device, speed
 
 
 def _tile_threads(dip: Any) -> int | None:

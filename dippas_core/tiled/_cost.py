@@ -140,13 +140,10 @@ def _batch_seconds_per_tile(img: np.ndarray, dip: Any, n: int, iterations: int) 
     """Median seconds of a batch step of ``n`` throw-away tiles, over ``n``."""
     from ..dip.batched._auto import _make_probe
     from ..dip.batched._jobs import _PreparedJob
-    from ..dip.device import resolve_device, speed_settings, torch_threads
-    from ..dip.inversion import _image_to_unit
-    from ._batched import _tile_threads
+    from ..dip.device import torch_threads
+    from ._batched import _probe_inputs, _tile_threads
 
-    device = resolve_device(dip.device)
-    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
-    img01 = _image_to_unit(img, min_size=2 ** (len(dip.widths) - 1))
+    img01, device, speed = _probe_inputs(img, dip)
     job = _PreparedJob("estimate", img01, np.zeros(img.shape[:2], np.float32), dip)
     with torch_threads(_tile_threads(dip)):  # as the run's batch will be timed and run
         probe = _make_probe(n, job, dip, device, speed)  # one warm-up step

@@ -42,6 +42,17 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _restore_default_threads() -> None:
+    """Make the calling thread's count torch's default again for threads started later.
+
+    A pool thread's ``set_num_threads(1)`` also becomes the count every thread started after it
+    inherits (a viewer's next worker); the caller's own count is untouched by the pool.
+    """
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+
+
 class _Tile(_Inverter):
     """The state of one tile: an ``_Inverter`` whose CUDA globals the batch sets once."""
 
@@ -178,9 +189,6 @@ class _Batch:
         return self._step_stacked()
 
     def _step_threads(self) -> list[tuple[float, float, float, float, Any]]:
-        import torch
-
-        caller = torch.get_num_threads()
         want = min(len(self.tiles), usable_cpus())
         if self._pool is None or self._pool_size < want:  # grows with the batch, never shrinks
             if self._pool is not None:
@@ -192,9 +200,7 @@ class _Batch:
         try:
             return list(self._pool.map(_Tile.step, self.tiles))
         finally:
-            # a pool thread's set_num_threads(1) is also torch's default for threads started
-            # later (a viewer's next worker): the caller's count is put back as that default
-            torch.set_num_threads(caller)
+            _restore_default_threads()
 
     def _step_stacked(self) -> list[tuple[float, float, float, float, Any]]:
         import torch
@@ -239,8 +245,9 @@ class _Batch:
         for t in list(self.tiles):
             self.remove(t)
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown()  # joined: no pool thread can start (and pin itself) after this
             self._pool, self._pool_size = None, 0
+            _restore_default_threads()
         self._forward = None
         self._size = None
 
