@@ -65,7 +65,7 @@ def time_ingest(run: RunDirectory, frames: list[np.ndarray], workers: int, batch
 def build_run(path: Path, photo, K, frames, n: int, exact_tail: int, rng) -> RunDirectory:
     """The run: frames cycled; tile sums jittered except for the last ``exact_tail`` snapshots
     (the subset the direct way is checked against, which must rank on true NCCs)."""
-    run = RunDirectory.create(path, photo, K, mode="aware", dip_config={"tau_psnr": 38.0})
+    run = RunDirectory.create(path, photo, K, mode="aware", dip_config={"record_psnr": 38.0})
     sums = run.ingest_frames(np.stack(frames), workers=os.cpu_count())
     store = SnapshotStore.open(path, writable=True)
     tiles = TileSums.open(path, writable=True)

@@ -78,10 +78,11 @@ def _warm() -> None:
     """Import torch and compile every kernel on a worker (one 2-step anonymize) before timing."""
     import numpy as np
 
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.pipeline import anonymize
 
     photo = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    anonymize(photo, None, AnonymizeConfig.preset("tiny", max_iter=2, tau_psnr=0.0, B=32))
+    anonymize(photo, None, AnonymizeConfig.preset("tiny", max_iter=2, record_psnr=0.0, B=32))
 
 
 def time_batch(
@@ -118,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-iter", type=int, default=30, help="DIP iterations per image")
     args = parser.parse_args(argv)
 
-    from dippas_core.pipeline import AnonymizeConfig
+    from dippas_core.config import AnonymizeConfig
 
     config = AnonymizeConfig.preset(
-        "tiny", max_iter=args.max_iter, tau_psnr=0.0, stop_psnr=99.0, B=32, L=5, seed=0
+        "tiny", max_iter=args.max_iter, record_psnr=0.0, stop_psnr=99.0, B=32, L=5, seed=0
     )
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         tmp_path = Path(tmp)

@@ -113,13 +113,14 @@ def _plain_loop(size: int, threads: int, device) -> Iterator[None]:
 
 
 def _invert_loop(size: int, threads: int, device, switches: dict) -> Iterator[None]:
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     img, P = _photo(size)
     cfg = DIPConfig(
         device=str(device),
         max_iter=10**6,
-        tau_psnr=float("inf"),
+        record_psnr=float("inf"),
         stop_psnr=float("inf"),
         torch_threads=threads,
         **switches,
@@ -423,7 +424,7 @@ def _run_region(tiles, config, n) -> float:
 def _tiles_main(args) -> int:
     import torch
 
-    from dippas_core.dip import DIPConfig
+    from dippas_core.config import DIPConfig
     from dippas_core.dip.batched import choose_tiles_per_step
     from dippas_core.dip.device import device_name, resolve_device, speed_settings, usable_cpus
     from dippas_core.dip.inversion import _image_to_unit
@@ -449,7 +450,7 @@ def _tiles_main(args) -> int:
         for size in sizes:
             config = DIPConfig.preset(
                 args.preset, device=str(device), amp=amp, max_iter=args.region_iters,
-                tau_psnr=float("inf"), stop_psnr=float("inf"), torch_threads=None,
+                record_psnr=float("inf"), stop_psnr=float("inf"), torch_threads=None,
             )
             tiles, source = _region(size, max(8, max(ns)))
             seconds = _time_tiles(ns, tiles, config, device, args.iters)

@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--overlap", type=int, default=None)
     ap.add_argument("--max-iter", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--tau-psnr", type=float, default=None)
+    ap.add_argument("--record-psnr", type=float, default=None)
     ap.add_argument("--photo", default="Nikon_D70_0_19445.JPG")
     ap.add_argument(
         "--tiles-per-step", default="1", help="N or auto, comma-separated to compare (1,auto)"
@@ -77,10 +77,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
+    from dippas_core.config import AnonymizeConfig
     from dippas_core.correlation import ncc, pce
     from dippas_core.fingerprint import estimate_fingerprint
     from dippas_core.io import read_image
-    from dippas_core.pipeline import AnonymizeConfig, anonymize, estimate_cost
+    from dippas_core.pipeline import anonymize, estimate_cost
     from dippas_core.residual import residual, rgb2gray
     from dippas_core.tiling import edge_jump_ratio, parse_region, plan_tiles
 
@@ -94,8 +95,8 @@ def main() -> int:
     photo = read_image(DATA / "nat-jpg" / args.photo)[y : y + h, x : x + w].copy()
 
     changes = {"max_iter": args.max_iter, "lr": args.lr, "seed": 0, "torch_threads": 1}
-    if args.tau_psnr is not None:
-        changes["tau_psnr"] = args.tau_psnr
+    if args.record_psnr is not None:
+        changes["record_psnr"] = args.record_psnr
     if args.tile:
         changes["tile_size"] = args.tile
     if args.overlap:

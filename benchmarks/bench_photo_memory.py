@@ -163,8 +163,9 @@ def main() -> int:
 
     torch.set_num_threads(1)
     import dippas_core.dip as dip_module
+    from dippas_core.config import AnonymizeConfig
     from dippas_core.io import read_image, write_image
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.pipeline import anonymize
     from dippas_core.tiling import plan_tiles
 
     t_start = time.perf_counter()
@@ -181,10 +182,10 @@ def main() -> int:
     if args.mode == "dry":
         iterations = args.snapshots
         dip_module.invert = stub_invert(args.snapshots)  # the network only is stubbed out
-        changes = {"max_iter": iterations, "tau_psnr": 30.0}
+        changes = {"max_iter": iterations, "record_psnr": 30.0}
     else:
         iterations = args.max_iter
-        changes = {"max_iter": iterations, "tau_psnr": 0.0, "stop_psnr": 99.0}
+        changes = {"max_iter": iterations, "record_psnr": 0.0, "stop_psnr": 99.0}
     config = AnonymizeConfig.preset(args.preset, seed=0, torch_threads=1, **changes)
     plan = plan_tiles(photo.shape, config.tile_size, config.overlap)
     print(f"photo {args.photo} upsampled to {H}×{W} ({H * W / 1e6:.1f} MP); tile plan: "

@@ -47,8 +47,9 @@ def fake():
         yield Step(i, 0.01, 40.0, 0.01, snap)
 
 def dip():
-    from dippas_core.dip import DIPConfig, invert
-    cfg = DIPConfig.preset("tiny", max_iter=iters, tau_psnr=0.0, stop_psnr=1e9)
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
+    cfg = DIPConfig.preset("tiny", max_iter=iters, record_psnr=0.0, stop_psnr=1e9)
     for step in invert(photo, K, cfg):
         if step.iteration % every:
             step.snapshot = None  # 'few': keep one in `every`

@@ -44,7 +44,7 @@ def measure(viewer, app, kind: str, folder: Path, max_iter: int) -> dict[str, fl
     # opened as a user opens it (Plugins menu): the dock gets napari's proxy of the viewer
     dock, widget = viewer.window.add_plugin_dock_widget("napari-dippas", "Anonymize")
     settings = AnonymizeSettings(mode="aware", device="cpu", seed=3, preset="tiny",
-                                 tau_psnr=20.0, stop_psnr=60.0, max_iter=max_iter, lr=1e-2)
+                                 record_psnr=20.0, stop_psnr=60.0, max_iter=max_iter, lr=1e-2)
     widget.settings.preset = settings.preset
     widget.settings.update(settings.model_dump(exclude={"preset"}))
     widget.settings.update({"tile_size": tile, "overlap": 32})

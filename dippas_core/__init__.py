@@ -46,16 +46,17 @@ _API = {
     "wavelet_denoise": "baselines",
     "CancelToken": "cancel",
     # DIP inversion
-    "DIPConfig": "dip",
+    "DIPConfig": "config",
     "invert": "dip",
     "Inversion": "dip",
     # runs, assembly, one-call pipeline
     "SnapshotStore": "snapshots",
     "RunDirectory": "run",
     "assemble": "assembly",
-    "AssemblyParams": "assembly",
+    "AssemblyParams": "config",
     "anonymize": "pipeline",
-    "AnonymizeConfig": "pipeline",
+    "AnonymizeConfig": "config",
+    "PRESETS": "config",
     "assemble_photo_run": "photo_assembly",
     "sample_data": "sample",
     # many images on Dask

@@ -45,7 +45,7 @@ class PhotoAssembly:
         ``"aware"`` or ``"blind"``.
     params
         B, L, tau and, per tile, the assembly's parameters (``tiles``); ``kept_fallback`` lists
-        the tiles that never reached the run's ``tau_psnr`` (no snapshot kept): their image is
+        the tiles that never reached the run's ``record_psnr`` (no snapshot kept): their image is
         the run's fallback (the mean of their best outputs), whatever B, L, tau.
     sigma
         The residuals' noise level of the run.
@@ -143,7 +143,8 @@ def assemble_photo_run(
         Not a photo run, a partial one, one made without ``--keep-runs``, or B, L, tau that do
         not fit a tile: all before any tile is assembled.
     """
-    from .assembly import assemble, check_assembly_params
+    from .assembly import assemble
+    from .config import AnonymizeConfig, check_assembly_params
     from .run import RunDirectory
     from .tiled import PhotoRun
     from .tiling import stitch
@@ -154,13 +155,11 @@ def assemble_photo_run(
     meta = _read_meta(path)
     plan = _plan_of(meta, path)
     done = _check_kept_runs(path, meta, plan)
-    cfg = meta.get("config") or {}
-    dip = cfg.get("dip") or {}
-    B = int(cfg.get("B", 64)) if B is None else B
-    L = int(cfg.get("L", 10)) if L is None else L
-    if tau is None:
-        tau = cfg.get("tau") if cfg.get("tau") is not None else dip.get("tau_psnr", 38.0)
-    grain = int(cfg.get("tile", 32))
+    config = AnonymizeConfig.from_dict(meta.get("config") or {})
+    B = config.assembly.B if B is None else B
+    L = config.assembly.L if L is None else L
+    tau = config.assembly_tau if tau is None else tau
+    grain = config.tile
     for shape in {(t.h, t.w) for t in plan.tiles}:
         check_assembly_params(shape, grain, B, L, tau)  # before any tile is assembled
     images: dict[int, np.ndarray] = {}
@@ -179,7 +178,7 @@ def assemble_photo_run(
         photo[t.slices] = run.photo
         if reference is not None:
             reference[t.slices] = run.reference
-        if not len(run.snapshots):  # the tile never reached tau_psnr: its fallback stays
+        if not len(run.snapshots):  # never reached the recording threshold: its fallback stays
             images[t.index] = done[t.index][0]
             fallback.append(t.index)
             per_tile.append({"tile": t.index, **(done[t.index][1].get("assembly") or {})})

@@ -9,137 +9,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ._validation import as_image, check_known_fields, check_same_size
+from ._validation import as_image, check_same_size
 from .cancel import CancelToken
-from .dip.config import DIPConfig
+from .config import AnonymizeConfig
 from .errors import InputError
 from .fingerprint import Fingerprint, fingerprint_parts
 from .io import to_float255
 
-if TYPE_CHECKING:
-    from .assembly import AssemblyParams
-
 __all__ = [
-    "AnonymizeConfig",
     "AnonymizeResult",
     "anonymize",
     "attribution_scores",
     "estimate_cost",
-    "PRESETS",
 ]
-
-#: What each preset runs, in one place: the DIP preset's changes, the tile side and overlap of
-#: whole photos, and the assembly's B, L, tau.  ``cpu`` carries the evaluation's measured
-#: settings (docs/evaluation.md: lr 1e-2, 1500 iterations, B 64, L 1, tau 38.5, one torch thread).
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"dip": {}, "tile_size": 512, "overlap": 64, "B": 64, "L": 10, "tau": None},
-    "cpu": {
-        # tiles_per_step "auto": measured (docs/whole-photos.md, "Several tiles per step")
-        "dip": {"lr": 1e-2, "max_iter": 1500, "torch_threads": 1, "tiles_per_step": "auto"},
-        "tile_size": 256,
-        "overlap": 64,
-        # the held-out grid's choice (docs/evaluation.md, "presets re-chosen with lsq")
-        "B": 64,
-        "L": 1,
-        "tau": 38.5,
-    },
-    "tiny": {"dip": {}, "tile_size": 128, "overlap": 32, "B": 32, "L": 5, "tau": None},
-}
-
-
-@dataclass
-class AnonymizeConfig:
-    """Every parameter of :func:`anonymize` (JSON round trip: :meth:`to_dict`, :meth:`from_dict`).
-
-    Parameters
-    ----------
-    dip
-        The DIP inversion's settings (network, stopping rule, ``tau_psnr``, device, seed).
-    B, L
-        Assembly block size (a multiple of ``tile``, or the image size) and snapshots averaged.
-    tau
-        Assembly PSNR threshold (dB); ``None`` uses ``dip.tau_psnr``, the recording threshold
-        (every recorded snapshot).  The three together: :attr:`assembly`.
-    sigma
-        Noise level of the residuals (method §1).
-    tile
-        Finest tile of the per-tile NCC sums.
-    seed
-        When set, replaces ``dip.seed``.
-    keep_run
-        Keep the temporary run folder when :func:`anonymize` made one (it can be large).
-    tile_size, overlap
-        Whole photos larger than ``tile_size`` are cut into ``tile_size``-pixel tiles overlapping
-        by ``overlap`` pixels (:mod:`dippas_core.tiling`), each inverted by its own network.
-    keep_tile_runs
-        Keep every tile's run folder (all snapshots) in a photo run, so ``dippas assemble`` can
-        redo a tile with another B, L, tau; by default a tile's run is removed once assembled.
-    """
-
-    dip: DIPConfig = field(default_factory=DIPConfig)
-    B: int = 64
-    L: int = 10
-    tau: float | None = None
-    sigma: float = 5.0
-    tile: int = 32
-    seed: int | None = None
-    keep_run: bool = False
-    tile_size: int = 512
-    overlap: int = 64
-    keep_tile_runs: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.dip, dict):
-            self.dip = DIPConfig.from_dict(self.dip)
-        if self.seed is not None:
-            self.dip = self.dip.replace(seed=int(self.seed))
-
-    @classmethod
-    def preset(cls, name: str, **changes: Any) -> AnonymizeConfig:
-        """A config on the preset ``name`` (``"paper"``, ``"cpu"``, ``"tiny"``; :data:`PRESETS`).
-
-        ``changes`` go to this class when they name one of its fields, to the DIP config otherwise.
-        """
-        DIPConfig.preset(name)  # an unknown name: the DIP preset's error
-        base = PRESETS[name]
-        own = {f.name for f in dataclasses.fields(cls)}
-        mine = {k: v for k, v in base.items() if k != "dip"}
-        mine.update({k: v for k, v in changes.items() if k in own})
-        dip_changes = {**base["dip"], **{k: v for k, v in changes.items() if k not in own}}
-        return cls(dip=DIPConfig.preset(name, **dip_changes), **mine)
-
-    @property
-    def assembly_tau(self) -> float:
-        """The PSNR threshold the assembly uses (``tau``, else the recording's ``dip.tau_psnr``)."""
-        return float(self.dip.tau_psnr if self.tau is None else self.tau)
-
-    @property
-    def assembly(self) -> AssemblyParams:
-        """B, L and the assembly threshold (``tau``, else the recording's ``dip.tau_psnr``).
-
-        Raises
-        ------
-        InputError
-            B or L not a whole number >= 1, or the threshold not finite.
-        """
-        from .assembly import AssemblyParams
-
-        return AssemblyParams(self.B, self.L, self.assembly_tau)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["dip"] = self.dip.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AnonymizeConfig:
-        check_known_fields(cls, data, "AnonymizeConfig field(s)")
-        return cls(**data)
-
 
 @dataclass
 class AnonymizeResult:
@@ -311,7 +197,7 @@ def anonymize(
     check_execution(scheduler, workers)
     # B, L and tau are only used after the inversions: refuse bad ones now, not hours later
     for shape in {(t.h, t.w) for t in plan.tiles}:
-        config.assembly.fitted(shape, config.tile)
+        config.assembly.fitted(shape, config.tile, config.dip.record_psnr)
     if len(plan) == 1:
         result = _anonymize_one(
             raw, fingerprint, config, run_dir=run_dir, cancel=cancel, on_step=on_step, force=force
@@ -406,11 +292,11 @@ def _anonymize_one(
                 "the inversion was stopped before its first iteration"
                 if out.image is None
                 else f"the inversion was stopped before any output reached tau = "
-                f"{config.dip.tau_psnr:g} dB (best {out.stats['best_psnr']:.2f} dB): nothing "
+                f"{config.dip.record_psnr:g} dB (best {out.stats['best_psnr']:.2f} dB): nothing "
                 "was kept"
             )
         asm = out.assembly
-        block = asm.block if asm is not None else int(min(config.B, max(raw.shape[:2])))
+        block = asm.block if asm is not None else int(min(config.assembly.B, max(raw.shape[:2])))
         t0 = time.perf_counter()
         before, map_before = attribution_scores(img255, P, block, config.sigma)
         after, map_after = attribution_scores(out.image, P, block, config.sigma)
@@ -502,7 +388,7 @@ def _block_summary(block: int, map_before: np.ndarray, map_after: np.ndarray) ->
 
 
 def _below_tau(tiles: list[tuple[int, dict]]) -> list[dict[str, Any]]:
-    """The tiles whose inversion never reached tau_psnr, and by how much (dB)."""
+    """The tiles whose inversion never reached the recording threshold, and by how much (dB)."""
     return [
         {"tile": i, "short_db": float(st["below_tau_db"]), "best_psnr": st["best_psnr"]}
         for i, st in tiles

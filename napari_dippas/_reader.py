@@ -127,7 +127,7 @@ def last_assembly_params(session: RunSession) -> AssemblySettings:
     params = session.run.read_assembly()
     sizes = session.valid_block_sizes()
     B = min(sizes, key=lambda b: (abs(b - params.B), b))
-    return AssemblySettings(block_size=B, n_average=params.L, tau_psnr=params.tau)
+    return AssemblySettings(B=B, L=params.L, tau=params.tau)
 
 
 def _number(value: Any, convert: Callable[[Any], Any], default: Any) -> Any:
@@ -148,10 +148,10 @@ def _finite(value: Any) -> float:
 
 def save_assembly_params(session: RunSession, settings: AssemblySettings) -> None:
     """Remember ``(B, L, tau)`` in the run folder: reopening the run shows the same result."""
-    from dippas_core.assembly import AssemblyParams
+    from dippas_core.config import AssemblyParams
 
     session.run.write_assembly(
-        AssemblyParams(settings.block_size, settings.n_average, settings.tau_psnr)
+        AssemblyParams(settings.B, settings.L, settings.tau)
     )
 
 
@@ -248,10 +248,10 @@ def _run_layers(session: RunSession) -> list[LayerDataTuple]:
             residual_layer(run.reference, sigma=run.sigma, name="reference (photo residual)")
         )
     settings = last_assembly_params(session)
-    before = session.before(settings.block_size)
+    before = session.before(settings.B)
     layers.append(
         block_heatmap_layer(
-            before.block_ncc, settings.block_size, image_shape=run.shape, stage="before", **base
+            before.block_ncc, settings.B, image_shape=run.shape, stage="before", **base
         )
     )
     n = run.refresh()

@@ -38,7 +38,7 @@ def anonymize_job(
         The (cropped) photo.
     fingerprint : dippas_core.fingerprint.Fingerprint, optional
         The (cropped) fingerprint; None in blind mode.
-    config : dippas_core.pipeline.AnonymizeConfig
+    config : dippas_core.config.AnonymizeConfig
         The run's settings.
     run_path : path
         The run folder.
@@ -74,7 +74,7 @@ def anonymize_job(
         # flagged before the inversion: is there a trace to remove at all?
         reference = None if fingerprint is None else fingerprint.K
         if reference is not None:  # (blind mode: the photo's own residual always "matches")
-            check = attribute(photo, reference, sigma=config.sigma, block_size=config.B)
+            check = attribute(photo, reference, sigma=config.sigma, block_size=config.assembly.B)
             report(TraceCheck(check.pce, int(photo.shape[0] * photo.shape[1])))
         result = anonymize(
             photo, fingerprint, config, run_dir=run_path, cancel=cancel,
@@ -115,7 +115,7 @@ def record_end(job_model: AnonymizeJob, report: dict[str, Any], run_path: str | 
 
 
 def record_failure(
-    job_model: AnonymizeJob, exc: BaseException, *, cancelled: bool, tau_psnr: float
+    job_model: AnonymizeJob, exc: BaseException, *, cancelled: bool, record_psnr: float
 ) -> None:
     """The run raised: nothing reached tau (stopped early, or not enough iterations), or failed."""
     from dippas_core.assembly import NoSnapshotsError
@@ -125,7 +125,7 @@ def record_failure(
             job_model.stopped_empty()
         else:
             job_model.update({"status": "failed", "message": (
-                f"No output came within tau = {tau_psnr:g} dB of the photo in "
+                f"No output came within tau = {record_psnr:g} dB of the photo in "
                 f"{job_model.iteration} iterations (best {job_model.best_psnr:.1f} dB): "
                 "nothing was kept. Raise max iterations or the learning rate, or lower "
                 "tau, and run again."

@@ -29,7 +29,6 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from dippas_core.assembly import assemble
-    from dippas_core.dip import DIPConfig
     from dippas_core.edges import edge_mask
     from dippas_core.errors import DippasError
     from dippas_core.evaluation import (
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         load_dataset,
         score_output,
     )
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -97,16 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         K = ds.fingerprint_crop(crop.camera, crop)
         if not (run_dir / RunDirectory.CONFIG).is_file():
             seed = config.seed + i
-            changes = {**config.dip_changes, "seed": seed}
-            if args.gamma_mode is not None:
-                changes["gamma_mode"] = args.gamma_mode
-            if args.lr is not None:
-                changes["lr"] = args.lr
-            if args.max_iter is not None:
-                changes["max_iter"] = args.max_iter
-            dip = DIPConfig.preset(config.dip_preset, **changes)
-            conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
-                                   sigma=config.sigma, seed=seed)
+            changes = {"gamma_mode": args.gamma_mode, "lr": args.lr, "max_iter": args.max_iter}
+            conf = config.anonymize_config(seed).replace(
+                **{k: v for k, v in changes.items() if v is not None}
+            )
             t = time.perf_counter()
             try:
                 anonymize(crop.image, K, conf, run_dir=run_dir)
@@ -115,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{crop.crop_id}: DIP run {time.perf_counter() - t:.0f} s", flush=True)
         try:  # a kept run that never reached tau has nothing to assemble
-            assemble(RunDirectory.open(run_dir), B=config.block, L=config.top_l, tau=config.tau)
+            assemble(RunDirectory.open(run_dir), config.dippas.assembly)
         except DippasError as exc:
             print(f"{crop.crop_id}: skipped: {exc}", file=sys.stderr)
             continue
@@ -175,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dirs = {crop.crop_id: run_dir for crop, run_dir in runs}
     photo_ncc = {crop.crop_id: s[crop.camera]["ncc"] for crop, _q, s in untouched}
-    preset_cell = (config.block, config.top_l, float(config.tau))
+    preset_cell = (config.dippas.assembly.B, config.dippas.assembly.L, config.dippas.assembly_tau)
     for name, key in (("preset", preset_cell), ("chosen", (best["B"], best["L"], best["tau"]))):
         if key in cells:
             _per_crop(cells[key], dirs, ds.cameras, args.out / f"crops_{name}.csv", name,

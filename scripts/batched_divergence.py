@@ -208,12 +208,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dippas_core.dip import DIPConfig
+    from dippas_core.config import DIPConfig
 
     torch.set_num_threads(1)
     tiles = crops(args.size, args.tiles)
     cfg = DIPConfig.preset(
-        args.preset, max_iter=args.iters, tau_psnr=-np.inf, stop_psnr=np.inf, torch_threads=1
+        args.preset, max_iter=args.iters, record_psnr=-np.inf, stop_psnr=np.inf, torch_threads=1
     )
     marks = [k for k in MARKS if k <= args.iters]
     if args.first_step:

@@ -65,9 +65,9 @@ def _inverter_class(mode: str, gamma_lr: float):
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from dippas_core.dip import DIPConfig, inversion
+    from dippas_core.dip import inversion
     from dippas_core.evaluation import EvalConfig, _select_photos, load_dataset
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
     from dippas_core.snapshots import block_ncc_from_sums
 
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = config.seed + index
         for mode in args.modes.split(","):
             lib_mode = "lsq" if mode.startswith("lsq") else "adam"
-            dip = DIPConfig.preset(config.dip_preset, **{**config.dip_changes, "seed": seed,
-                                                         "gamma_mode": lib_mode})
-            conf = AnonymizeConfig(dip=dip, B=config.block, L=config.top_l, tau=config.tau,
-                                   sigma=config.sigma, seed=seed)
+            conf = config.anonymize_config(seed).replace(gamma_mode=lib_mode)
             run_dir = args.out / f"{index}_{mode}"
             inversion._Inverter = _inverter_class(mode, args.gamma_lr)
             t = time.perf_counter()
@@ -110,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 inversion._Inverter = original
             run = RunDirectory.open(run_dir)
             hist = run.history()
-            rec = hist["psnr"] >= config.tau
+            rec = hist["psnr"] >= config.dippas.assembly_tau
             sums = run.tile_sums.array()
             snap_ncc = block_ncc_from_sums(sums, max(sums.shape[1:3]))[:, 0, 0]
             row = {

@@ -18,7 +18,8 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
     from dippas_core.io import center_crop, read_image
     from dippas_core.residual import residual
 
@@ -44,10 +45,10 @@ def main(argv: list[str]) -> int:
         for step in inversion:
             n += 1
             best = max(best, step.psnr)
-            if first is None and step.psnr >= cfg.tau_psnr:
+            if first is None and step.psnr >= cfg.record_psnr:
                 first = step.iteration
         reason = inversion.result.stop_reason
-        print(f"{size:>6d} {cfg.tau_psnr:>5.1f} {str(first):>15s} {best:>10.2f} {n:>6d} "
+        print(f"{size:>6d} {cfg.record_psnr:>5.1f} {str(first):>15s} {best:>10.2f} {n:>6d} "
               f"{reason:>9s} {time.perf_counter() - t0:>6.0f}")
     return 0
 

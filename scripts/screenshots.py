@@ -173,7 +173,7 @@ def main() -> None:
     viewer.layers["snapshots"].visible = False
     dock_w, widget = dock("Assemble & export")
     wait(app, lambda: widget.outcome is not None)
-    widget.settings.update({"block_size": 64, "n_average": 2})
+    widget.settings.update({"B": 64, "L": 2})
     wait(app, lambda: widget.outcome is not None and widget.outcome.params["L"] == 2
          and widget.outcome.params["B"] == 64)
     viewer.layers["block NCC"].visible = False

@@ -80,7 +80,7 @@ def synthetic_run(tmp_path):
         stored = photo.astype(np.uint16) * 257 if bits == 16 else photo
         run = RunDirectory.create(
             tmp_path / (name or f"run{next(made)}"), stored, K, mode=mode,
-            dip_config={"seed": seed, "tau_psnr": tau}, **create_kw,
+            dip_config={"seed": seed, "record_psnr": tau}, **create_kw,
         )
         record(run, steps())
         return run
@@ -145,11 +145,11 @@ def d70_four_tiles(natural_photos, camera_fingerprints) -> tuple[np.ndarray, np.
 def four_tile_config():
     """Factory of the tiny network's ``AnonymizeConfig`` for :func:`d70_four_tiles` (64-pixel
     tiles, overlap 32, one torch thread), with the given changes."""
-    from dippas_core.pipeline import AnonymizeConfig
+    from dippas_core.config import AnonymizeConfig
 
     def make(**changes):
-        base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, tau_psnr=12.0, stop_psnr=40.0,
-                    B=32, L=3, seed=0, torch_threads=1)
+        base = dict(tile_size=64, overlap=32, max_iter=25, lr=1e-2, record_psnr=12.0,
+                    stop_psnr=40.0, B=32, L=3, seed=0, torch_threads=1)
         return AnonymizeConfig.preset("tiny", **{**base, **changes})
 
     return make

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from dippas_core.assembly import AssemblyParams, assemble
+from dippas_core.assembly import assemble
+from dippas_core.config import PRESETS, AnonymizeConfig, AssemblyParams
 from dippas_core.errors import InputError
-from dippas_core.pipeline import PRESETS, AnonymizeConfig
 from dippas_core.run import RunDirectory
 
 
@@ -80,12 +80,13 @@ def test_assemble_takes_params_or_b_l_tau_alike(synthetic_run):
 
 
 def test_anonymize_config_gives_its_assembly_params():
-    config = AnonymizeConfig.preset("tiny", tau_psnr=31.0)
-    assert config.assembly == AssemblyParams(32, 5, 31.0)  # tau None: the recording's tau_psnr
-    cpu = PRESETS["cpu"]
+    config = AnonymizeConfig.preset("tiny", record_psnr=31.0)
+    assert config.assembly == AssemblyParams(32, 5, None)  # tau None: the recording threshold
+    assert config.assembly_tau == 31.0
+    cpu = PRESETS["cpu"]["assembly"]
     assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(cpu["B"], cpu["L"], cpu["tau"])
     with pytest.raises(InputError, match="L .*>= 1"):
-        _ = AnonymizeConfig(L=0).assembly
+        AnonymizeConfig.preset("paper", L=0)
 
 
 def test_the_run_owns_its_assembly_file(synthetic_run):

@@ -56,7 +56,7 @@ class Case:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     """Files the cases read: good ones, broken ones, a run folder with no snapshot yet."""
-    from dippas_core.dip.config import DIPConfig
+    from dippas_core.config import DIPConfig
     from dippas_core.fingerprint import Fingerprint
     from dippas_core.run import RunDirectory
 
@@ -88,14 +88,14 @@ def inputs(tmp_path_factory) -> dict:
 
 
 def tiny(**changes):
-    from dippas_core.pipeline import AnonymizeConfig
+    from dippas_core.config import AnonymizeConfig
 
-    return AnonymizeConfig.preset("tiny", max_iter=3, tau_psnr=0.0, **changes)
+    return AnonymizeConfig.preset("tiny", max_iter=3, record_psnr=0.0, **changes)
 
 
 def _invert(image, P, config=None):
     # invert checks its arguments when called (before the first step); take one step anyway
-    from dippas_core.dip.config import DIPConfig
+    from dippas_core.config import DIPConfig
 
     inversion = dc.invert(image, P, DIPConfig.preset("tiny") if config is None else config)
     next(inversion)
@@ -481,7 +481,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 def _cli_cases(d: Path, o: Path) -> list[tuple[str, list[str], str]]:
     photo, k = str(d / "photo.png"), str(d / "k.npz")
-    tiny_args = ["--preset", "tiny", "--max-iter", "3", "--tau-psnr", "0"]
+    tiny_args = ["--preset", "tiny", "--max-iter", "3", "--record-psnr", "0"]
     return [
         (
             "batch-missing-dir",

@@ -468,7 +468,8 @@ def test_a_rerun_of_a_finished_task_returns_the_record_without_recomputing(tmp_p
 
 
 def test_an_image_short_of_tau_says_so_in_its_summary_row(tmp_path):
-    """tau lowered by the assembly or tiles short of tau_psnr: never silent, even on a worker."""
+    """tau lowered by the assembly or tiles short of the recording threshold: never silent, even
+    on a worker."""
     src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "log"
     log.mkdir()
     make_inputs(src, [1, 2])
@@ -490,7 +491,7 @@ def test_an_image_short_of_tau_says_so_in_its_summary_row(tmp_path):
     short, fine = records["img01.png"], records["img02.png"]
     assert short.status == fine.status == "ok"
     assert "no snapshot reached tau 38 dB: assembled from the best, at 36.50 dB" in short.reason
-    assert "tile 3 never reached tau_psnr (best 36.50 dB)" in short.reason
+    assert "tile 3 never reached the recording threshold (best 36.50 dB)" in short.reason
     assert fine.reason == ""
 
 
@@ -607,7 +608,7 @@ def test_cli_batch_with_the_real_tiny_anonymizer(tmp_path, client, capsys, testd
     args = ["batch", str(src), "--fingerprint", str(tmp_path / "k.npz"), "--out", str(out)]
     # a short inversion (quality is not the point here: the real job on real workers is)
     args += ["--crop", "64", "--preset", "tiny", "--seed", "3", "--max-iter", "20"]
-    args += ["--tau-psnr", "5", "--stop-psnr", "99", "-B", "32", "-L", "3"]
+    args += ["--record-psnr", "5", "--stop-psnr", "99", "-B", "32", "-L", "3"]
     code = main([*args, "--scheduler", client.scheduler.address])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -630,7 +631,7 @@ def test_cli_batch_with_the_real_tiny_anonymizer(tmp_path, client, capsys, testd
         assert report["psnr"] == pytest.approx(psnr(original, img), abs=0.01)
         assert float(row["ncc_before"]) == pytest.approx(report["ncc"]["before"])
         assert float(row["ncc_after"]) == pytest.approx(report["ncc"]["after"])
-        assert report["seed"] == 3 and report["config"]["B"] == 32
+        assert report["seed"] == 3 and report["config"]["assembly"]["B"] == 32
         batch_info = json.loads((out / row["output"]).with_suffix(".json").read_text())["batch"]
         assert batch_info == {"crop": [64, 64], "bit_depth": 8}
     assert folder_digest(src) == before

@@ -19,7 +19,7 @@ from dippas_core.sample import sample_data
 from dippas_core.snapshots import SnapshotStore
 
 # fast, low thresholds: these tests check the plumbing, test_pipeline checks the quality
-FAST = ["--preset", "tiny", "--tau-psnr", "8", "--stop-psnr", "99", "--torch-threads", "1"]
+FAST = ["--preset", "tiny", "--record-psnr", "8", "--stop-psnr", "99", "--torch-threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_invert_reports_interrupted_only_when_the_cancel_stopped_it(
 ):
     import dippas_core.run as run_module
     from dippas_core.cli.invert import run_inversion
-    from dippas_core.dip.config import DIPConfig
+    from dippas_core.config import DIPConfig
 
     monkeypatch.setattr(run_module, "record", _fake_record(stop_reason))
     photo = np.full((32, 32, 3), 128, np.uint8)
@@ -231,7 +231,9 @@ def test_anonymize_reports_interrupted_only_when_the_cancel_stopped_it(
         return SimpleNamespace(report={"inversion": {"stop_reason": stop_reason}})
 
     monkeypatch.setattr(pipeline, "anonymize", fake_anonymize)
-    config = pipeline.AnonymizeConfig.preset("tiny")
+    from dippas_core.config import AnonymizeConfig
+
+    config = AnonymizeConfig.preset("tiny")
     _, was_interrupted = run_anonymize(None, None, config, run_dir=None, force=False, quiet=True)
     assert was_interrupted is interrupted
 

@@ -22,7 +22,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Level value of 4 is too high"),
 ]
 
-FREE = {"tau_psnr": -np.inf, "stop_psnr": np.inf}
+FREE = {"record_psnr": -np.inf, "stop_psnr": np.inf}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def crop(natural_photos):
 
 
 def _run(crop, **changes):
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     cfg = DIPConfig.preset("tiny", device="cuda", torch_threads=None, **FREE, **changes)
     inversion = invert(*crop, cfg)
@@ -76,7 +77,8 @@ def test_compile_runs(crop):
 
 
 def test_memory_is_given_back(crop):
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -90,7 +92,8 @@ def test_memory_is_given_back(crop):
 
 
 def test_out_of_memory_is_a_device_error(natural_photos):
-    from dippas_core.dip import DIPConfig, invert, run_to_end
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert, run_to_end
 
     photo = natural_photos[0][2]
     fraction = 0.002  # of the GPU: far too little for the paper network on 512×512
@@ -125,7 +128,8 @@ def test_torch_residual_and_tile_sums_on_the_gpu(natural_photos):
 
 
 def test_recorder_ingests_gpu_snapshots_on_the_gpu(tmp_path, crop):
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
     from dippas_core.run import RunDirectory, record
 
     photo, P = crop
@@ -139,7 +143,8 @@ def test_recorder_ingests_gpu_snapshots_on_the_gpu(tmp_path, crop):
 
 
 def test_tiles_per_step_on_the_gpu_matches_separate_runs(natural_photos):
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
     from dippas_core.dip.batched import TileJob, TileStep, invert_tiles
 
     photo = natural_photos[7][2]
@@ -164,7 +169,7 @@ def test_tiles_per_step_on_the_gpu_matches_separate_runs(natural_photos):
 
 
 def test_auto_tiles_per_step_reads_the_free_memory(crop):
-    from dippas_core.dip import DIPConfig
+    from dippas_core.config import DIPConfig
     from dippas_core.dip.batched import choose_tiles_per_step
     from dippas_core.dip.device import resolve_device, speed_settings
     from dippas_core.dip.inversion import _image_to_unit

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dippas_core.cancel import CancelToken
-from dippas_core.dip import DIPConfig, invert
+from dippas_core.config import DIPConfig
+from dippas_core.dip import invert
 from dippas_core.errors import DeviceError, InputError
 
 torch = pytest.importorskip("torch")
@@ -19,7 +20,7 @@ from dippas_core.dip.batched import (  # noqa: E402
     invert_tiles,
 )
 
-FREE = {"tau_psnr": -np.inf, "stop_psnr": np.inf}
+FREE = {"record_psnr": -np.inf, "stop_psnr": np.inf}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_same_seed_same_images_as_separate_runs(tiles, float64, engine):
         t for t in np.sort(np.concatenate(list(psnrs.values())))[::-1]
         if len({_first_hit(p, t) for p in psnrs.values()}) >= 3
     )
-    cfg = cfg.replace(stop_psnr=float(threshold), tau_psnr=float(threshold) - 3.0)
+    cfg = cfg.replace(stop_psnr=float(threshold), record_psnr=float(threshold) - 3.0)
     separate = _separate(tiles, cfg)
     assert len({r.n_iterations for _, r in separate.values()}) >= 2  # tiles stop at different steps
     steps, done, order, results = _batched(tiles, cfg, n=3)
@@ -354,7 +355,10 @@ def test_bad_jobs_and_settings_are_input_errors(tiles):
 
 def test_cli_tiles_per_step_option(capsys):
     from dippas_core.cli import build_parser
-    from dippas_core.cli.invert import dip_config_from_args
+    from dippas_core.cli.anonymize import build_config
+
+    def dip_config_from_args(args):
+        return build_config(args).dip
 
     parser = build_parser()
     base = ["anonymize", "photo.png", "--out", "out.png", "--preset", "tiny"]

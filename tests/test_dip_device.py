@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dippas_core.dip.config import DIPConfig
+from dippas_core.config import DIPConfig
 from dippas_core.errors import DeviceError
 
 torch = pytest.importorskip("torch")

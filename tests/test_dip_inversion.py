@@ -16,8 +16,8 @@ from dippas_core.errors import DeviceError, InputError, ShapeMismatchError
 
 torch = pytest.importorskip("torch")
 
+from dippas_core.config import DIPConfig  # noqa: E402
 from dippas_core.dip import (  # noqa: E402
-    DIPConfig,
     Inversion,
     InversionResult,
     Step,
@@ -96,16 +96,16 @@ def test_errors_come_before_the_first_iteration(photo, release_spy):
 @pytest.mark.parametrize(
     "changes, match",
     [
-        ({"tau_psnr": 40.0, "stop_psnr": 39.0}, r"tau_psnr \(40.0 dB\) must not exceed"),
-        ({"tau_psnr": float("nan")}, "tau_psnr.*NaN"),
+        ({"record_psnr": 40.0, "stop_psnr": 39.0}, r"record_psnr \(40.0 dB\) must not exceed"),
+        ({"record_psnr": float("nan")}, "record_psnr.*NaN"),
         ({"stop_psnr": float("nan")}, "stop_psnr.*NaN"),
-        ({"tau_psnr": "38"}, "tau_psnr must be a number"),
+        ({"record_psnr": "38"}, "record_psnr must be a number"),
         ({"widths": (16, 3)}, "widths must be.*>= 4"),
         ({"widths": (0,)}, "widths must be.*>= 4"),
     ],
 )
 def test_config_refuses_runs_that_cannot_work(changes, match):
-    from dippas_core.dip.config import MIN_WIDTH
+    from dippas_core.config import MIN_WIDTH
     from dippas_core.dip.network import multires_split
 
     with pytest.raises(InputError, match=match):
@@ -116,9 +116,9 @@ def test_config_refuses_runs_that_cannot_work(changes, match):
 
 def test_config_keeps_the_open_ended_thresholds():
     # -inf keeps every output, inf never stops on PSNR (benchmarks time fixed iteration counts)
-    DIPConfig(tau_psnr=-np.inf)
-    DIPConfig(tau_psnr=np.inf, stop_psnr=np.inf)
-    DIPConfig(tau_psnr=np.float32(38.0), stop_psnr=38, widths=(4,))  # tau == stop keeps one
+    DIPConfig(record_psnr=-np.inf)
+    DIPConfig(record_psnr=np.inf, stop_psnr=np.inf)
+    DIPConfig(record_psnr=np.float32(38.0), stop_psnr=38, widths=(4,))  # tau == stop keeps one
 
 
 def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
@@ -191,7 +191,7 @@ def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng, gamma_
     P = rng.normal(0, 0.3, photo.shape[:2]).astype(np.float32)
     # a photo that really carries P, so gamma has something to grow on
     img = np.clip(photo * (1 + 0.3 * P[..., None]), 0, 255).astype(np.float32)
-    cfg = TINY.replace(tau_psnr=-np.inf, max_iter=25, gamma_mode=gamma_mode)  # keep every output
+    cfg = TINY.replace(record_psnr=-np.inf, max_iter=25, gamma_mode=gamma_mode)  # keep every output
     I = img / 255.0
     gamma_before = 0.0
     steps = []
@@ -221,7 +221,7 @@ def test_loss_is_mse_of_injected_output_and_snapshot_is_i_phi(photo, rng, gamma_
 
 def test_stops_at_stop_psnr_and_counts_snapshots(photo):
     P = np.zeros(photo.shape[:2], np.float32)
-    inversion = invert(photo, P, TINY.replace(max_iter=200, tau_psnr=14.0, stop_psnr=16.0))
+    inversion = invert(photo, P, TINY.replace(max_iter=200, record_psnr=14.0, stop_psnr=16.0))
     assert isinstance(inversion, Inversion) and inversion.result is None  # not run yet
     kept = 0
     psnrs = []
@@ -388,7 +388,7 @@ def test_real_photo_with_its_fingerprint(testdata):
         "tiny",
         widths=(8, 16, 32, 64, 128),
         z_channels=32,
-        tau_psnr=tau,
+        record_psnr=tau,
         stop_psnr=32.0,
         max_iter=600,
         torch_threads=1,
@@ -431,7 +431,7 @@ def test_injection_recovers_a_known_pattern_and_keeps_it_out_of_the_output():
     P = np.random.default_rng(7).normal(0, 1, (64, 64)).astype(np.float32)
     gamma0 = 0.02
     img = (base * (1 + gamma0 * P[..., None])).astype(np.float32)
-    cfg = DIPConfig.preset("tiny", max_iter=200, tau_psnr=-np.inf, stop_psnr=np.inf, lr=1e-2)
+    cfg = DIPConfig.preset("tiny", max_iter=200, record_psnr=-np.inf, stop_psnr=np.inf, lr=1e-2)
     steps = list(invert(img, P, cfg))
     fitted = np.median([s.gamma for s in steps[-50:]])
     assert fitted == pytest.approx(gamma0, rel=0.10)

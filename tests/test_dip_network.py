@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dippas_core.dip.config import DIPConfig
+from dippas_core.config import DIPConfig
 from dippas_core.errors import InputError
 
 torch = pytest.importorskip("torch")
@@ -195,7 +195,7 @@ def test_config_rejects_unknown_keys_and_presets():
 
 def test_import_does_not_pull_in_torch():
     code = (
-        "import sys, dippas_core, dippas_core.dip; from dippas_core.dip import DIPConfig;"
+        "import sys, dippas_core, dippas_core.dip; from dippas_core.config import DIPConfig;"
         "DIPConfig.preset('cpu').to_dict(); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -203,6 +203,7 @@ def test_import_does_not_pull_in_torch():
 
 def test_public_names():
     import dippas_core
+    import dippas_core.config
     import dippas_core.dip as dip
     from dippas_core.dip import inversion, network
 
@@ -210,8 +211,8 @@ def test_public_names():
     assert dip.invert is inversion.invert and dip.run_to_end is inversion.run_to_end
     assert dip.Step is inversion.Step and dip.InversionResult is inversion.InversionResult
     assert dip.MultiResUNet is MultiResUNet is network.MultiResUNet
-    assert dip.DIPConfig is DIPConfig is dippas_core.DIPConfig
+    assert DIPConfig is dippas_core.DIPConfig is dippas_core.config.DIPConfig
     assert dippas_core.invert is inversion.invert
-    assert {"DIPConfig", "invert", "Step", "MultiResUNet"} <= set(dir(dip)) & set(dip.__all__)
+    assert {"invert", "Step", "MultiResUNet"} <= set(dir(dip)) & set(dip.__all__)
     with pytest.raises(AttributeError, match="no_such_name"):
         dip.no_such_name  # noqa: B018

@@ -74,6 +74,23 @@ def test_unknown_method_and_preset_are_named():
     assert EvalConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_the_dippas_methods_run_the_anonymizer_preset_and_old_params_still_open():
+    from dippas_core.config import AnonymizeConfig
+
+    for name, anonymizer in (("cpu", "cpu"), ("cpu-full", "cpu"), ("paper", "paper"),
+                             ("tiny", "tiny")):
+        assert EvalConfig.preset(name).dippas == AnonymizeConfig.preset(anonymizer)
+    cfg = EvalConfig.preset("cpu", sigma=4.0, B=32, max_iter=7)
+    run = cfg.anonymize_config(seed=12)
+    assert run == AnonymizeConfig.preset("cpu", B=32, max_iter=7, sigma=4.0, seed=12)
+    # a params.json of an older version: the DIPPAS settings under their old names
+    old = {**EvalConfig.preset("cpu").to_dict(), "dip_preset": "cpu", "block": 128, "top_l": 2,
+           "tau": 38.0, "dip_changes": {"max_iter": 1500, "lr": 0.01, "tau_psnr": 37.0}}
+    old.pop("dippas")
+    back = EvalConfig.from_dict(old)
+    assert back.dippas == AnonymizeConfig.preset("cpu", B=128, L=2, tau=38.0, record_psnr=37.0)
+
+
 def test_protocol_on_a_tiny_set_writes_consistent_results(tiny_dataset, tmp_path):
     calls = []
 
@@ -321,8 +338,8 @@ def test_a_dippas_run_that_never_reaches_tau_is_a_failure_not_a_scored_output(ti
 
     photo = tiny_dataset.crops[0].image
     cfg = EvalConfig.preset(
-        "tiny", crop_sizes=(48,), block=48, top_l=2, tau=60.0,
-        dip_changes={"max_iter": 3, "tau_psnr": 60.0, "stop_psnr": 61.0, "torch_threads": 1},
+        "tiny", crop_sizes=(48,), B=48, L=2, tau=60.0,
+        max_iter=3, record_psnr=60.0, stop_psnr=61.0, torch_threads=1,
     )
     ctx = MethodContext(config=cfg, seed=0, crop_id="c0")
     with pytest.raises(NoSnapshotsError, match="never reached tau = 60 dB"):

@@ -219,8 +219,9 @@ def test_a_fingerprint_parameter_is_a_fingerprint_its_k_or_none(tmp_path):
     run folder is made."""
     from types import SimpleNamespace
 
+    from dippas_core.config import AnonymizeConfig
     from dippas_core.fingerprint import Fingerprint, fingerprint_parts
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.pipeline import anonymize
 
     K = np.random.default_rng(3).normal(0, 0.01, (32, 32)).astype(np.float64)
     fp = Fingerprint(K=K, camera="Nikon_D70_0", n_images=10, sigma=4.0)

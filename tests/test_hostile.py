@@ -536,7 +536,7 @@ def test_a_late_failure_keeps_the_run_and_says_how_to_assemble(files, tmp_path, 
     Image.fromarray(PHOTO).save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
     code, err = cli(["anonymize", tmp_path / "turned.jpg", "--fingerprint", files["k"],
                      "--crop", "32",
-                     "--out", out, "-B", "32", "-L", "2", "--preset", "tiny", "--tau-psnr", "0",
+                     "--out", out, "-B", "32", "-L", "2", "--preset", "tiny", "--record-psnr", "0",
                      "--max-iter", "4", "--quiet"], capsys)
     assert code == 2 and "No space left" in err and "dippas assemble" in err
     # the command says, in one line, that the output will display turned (class 6)
@@ -743,7 +743,7 @@ def test_anonymize_leaves_no_temporary_run_and_a_clean_sidecar(files, tmp_path, 
     pattern = f"dippas-run-{os.getpid()}-*"
     out = tmp_path / "a.png"
     code, err = cli(["anonymize", files["photo"], "--fingerprint", files["k"], "--crop", "32",
-                     "--out", out, "-B", "32", "-L", "2", "--preset", "tiny", "--tau-psnr", "0",
+                     "--out", out, "-B", "32", "-L", "2", "--preset", "tiny", "--record-psnr", "0",
                      "--max-iter", "4", "--quiet"], capsys)
     assert code == 0, err
     assert list(Path(tempfile.gettempdir()).glob(pattern)) == []
@@ -779,7 +779,7 @@ def test_multi_page_tiff_reads_the_first_page_and_says_the_rest_are_ignored(tmp_
 
 
 def test_absurd_torch_threads_are_refused_by_the_api_too():
-    from dippas_core.dip import DIPConfig
+    from dippas_core.config import DIPConfig
 
     with pytest.raises(InputError, match="torch_threads must be None or 1"):
         DIPConfig(torch_threads=100_000)

@@ -108,7 +108,7 @@ def test_cli_scheduler_runs_the_tiles_there_and_says_so(
     write_image(tmp_path / "p.png", photo, bit_depth=8)
     Fingerprint(K=K, camera="Nikon_D70_0", n_images=10).save(tmp_path / "K.npz")
     options = ["--preset", "tiny", "--tile", "64", "--overlap", "32", "--max-iter", "25",
-               "--lr", "0.01", "--tau-psnr", "12", "--stop-psnr", "40", "-B", "32", "-L", "3",
+               "--lr", "0.01", "--record-psnr", "12", "--stop-psnr", "40", "-B", "32", "-L", "3",
                "--seed", "0", "--torch-threads", "1", "--quiet"]
     code = main(["anonymize", str(tmp_path / "p.png"), "--fingerprint", str(tmp_path / "K.npz"),
                  *options, "--out", str(tmp_path / "o.png"), "--report", str(tmp_path / "f.json"),

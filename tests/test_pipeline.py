@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from dippas_core.assembly import assemble
+from dippas_core.config import PRESETS, AnonymizeConfig
 from dippas_core.errors import InputError, ShapeMismatchError
 from dippas_core.io import center_crop
-from dippas_core.pipeline import PRESETS, AnonymizeConfig, anonymize
+from dippas_core.pipeline import anonymize
 from dippas_core.run import RunDirectory
 from dippas_core.sample import sample_data
 
@@ -29,7 +30,7 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     original = photo.copy()
     # the tiny network reaches ~30 dB on this crop in ~600 iterations on one CPU thread
     config = AnonymizeConfig.preset(
-        "tiny", seed=3, max_iter=900, tau_psnr=29.0, stop_psnr=31.0, B=32, L=5
+        "tiny", seed=3, max_iter=900, record_psnr=29.0, stop_psnr=31.0, B=32, L=5
     )
     steps: list = []
     res = anonymize(photo, fingerprint, config, run_dir=tmp_path / "run", on_step=steps.append)
@@ -48,7 +49,7 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     assert res.maps["block_ncc_before"].shape == res.maps["block_ncc_after"].shape == (2, 2)
     assert rep["block_ncc"]["mean_abs_after"] < rep["block_ncc"]["mean_abs_before"]
     assert {"inversion", "assembly", "total"} <= set(rep["timing_s"])
-    assert "numpy" in rep["versions"] and rep["config"]["dip"]["tau_psnr"] == 29.0
+    assert "numpy" in rep["versions"] and rep["config"]["dip"]["record_psnr"] == 29.0
 
     # the run folder reopens and re-assembles to the very same image without the DIP
     run = RunDirectory.open(res.run_dir)
@@ -68,7 +69,7 @@ def test_anonymize_blind_uses_the_photo_residual(sample64, tmp_path):
 
     photo = sample64[0][:32, :32]
     config = AnonymizeConfig.preset(
-        "tiny", max_iter=120, tau_psnr=10.0, stop_psnr=99.0, B=32, L=3
+        "tiny", max_iter=120, record_psnr=10.0, stop_psnr=99.0, B=32, L=3
     )
     res = anonymize(photo, None, config, run_dir=tmp_path / "run")
     assert res.report["mode"] == "blind" and "photo residual" in res.report["reference"]
@@ -79,7 +80,7 @@ def test_anonymize_blind_uses_the_photo_residual(sample64, tmp_path):
 
 def test_temporary_run_is_removed_and_bad_inputs_are_named(sample64):
     photo, fingerprint = sample64
-    config = AnonymizeConfig.preset("tiny", max_iter=20, tau_psnr=0.0, B=32, L=2)
+    config = AnonymizeConfig.preset("tiny", max_iter=20, record_psnr=0.0, B=32, L=2)
     res = anonymize(center_crop(photo, 32), fingerprint.center_crop(32), config)
     assert res.run_dir is None and res.report["run_dir"] is None
     with pytest.raises(ShapeMismatchError, match="64×64"):
@@ -93,15 +94,16 @@ def test_temporary_run_is_removed_and_bad_inputs_are_named(sample64):
 def test_config_round_trip():
     cfg = AnonymizeConfig.preset("cpu", seed=9, B=128, L=25, max_iter=50)
     back = AnonymizeConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert back == cfg and back.dip.seed == 9 and back.dip.max_iter == 50 and back.B == 128
-    assert back.assembly_tau == cfg.assembly_tau == PRESETS["cpu"]["tau"]
+    assert back == cfg and back.dip.seed == 9 and back.dip.max_iter == 50
+    assert back.assembly.B == 128
+    assert back.assembly_tau == cfg.assembly_tau == PRESETS["cpu"]["assembly"]["tau"]
     with pytest.raises(InputError, match="unknown"):
         AnonymizeConfig.from_dict({"Bee": 3})
 
 
 def test_sixteen_bit_photo_gives_a_float_result(sample64):
     photo = center_crop(sample64[0], 32).astype(np.uint16) * 257  # the same picture, 16 bits
-    config = AnonymizeConfig.preset("tiny", max_iter=30, tau_psnr=0.0, B=32, L=3)
+    config = AnonymizeConfig.preset("tiny", max_iter=30, record_psnr=0.0, B=32, L=3)
     res = anonymize(photo, sample64[1].center_crop(32), config)
     assert res.image.dtype == np.float32 and res.image.shape == (32, 32, 3)
     assert 0.0 <= res.image.min() and res.image.max() <= 255.0
@@ -115,13 +117,14 @@ def test_sixteen_bit_photo_gives_a_float_result(sample64):
         ({"B": 16}, "B=16"),
         ({"L": 0}, "L .*>= 1"),
         ({"tau": float("nan")}, "tau .*finite"),
-        ({"tau": None, "tau_psnr": -np.inf}, "tau .*finite"),  # assembly falls back on tau_psnr
+        ({"tau": None, "record_psnr": -np.inf}, "tau .*finite"),  # the recording threshold
     ],
 )
 def test_bad_assembly_parameters_fail_before_any_run_exists(
     sample64, tmp_path, monkeypatch, changes, match
 ):
-    """B, L, tau are checked against the photo before a folder is made or the DIP starts."""
+    """B, L, tau are checked (by the config, or against the photo) before a folder is made or
+    the DIP starts."""
     import dippas_core.dip as dip
     import dippas_core.run as run_module
 
@@ -129,10 +132,10 @@ def test_bad_assembly_parameters_fail_before_any_run_exists(
     made: list = []
     monkeypatch.setattr(run_module, "temporary_run_folder", lambda: made.append(1) or "/nowhere")
     monkeypatch.setattr(dip, "invert", lambda *a, **k: pytest.fail("the inversion started"))
-    config = AnonymizeConfig.preset("tiny", max_iter=5, **changes)
     with pytest.raises(InputError, match=match):
-        anonymize(photo, fingerprint, config)
+        anonymize(photo, fingerprint, AnonymizeConfig.preset("tiny", max_iter=5, **changes))
     with pytest.raises(InputError, match=match):
+        config = AnonymizeConfig.preset("tiny", max_iter=5, **changes)
         anonymize(photo, fingerprint, config, run_dir=tmp_path / "run")
     assert made == [] and not (tmp_path / "run").exists()
 
@@ -140,7 +143,7 @@ def test_bad_assembly_parameters_fail_before_any_run_exists(
 def test_whole_image_block_is_accepted_up_front(sample64):
     photo, fingerprint = sample64
     small = center_crop(photo, 48)  # 48 is no multiple of the tile, but B >= the image is one block
-    config = AnonymizeConfig.preset("tiny", max_iter=3, tau_psnr=0.0, B=64, L=2)
+    config = AnonymizeConfig.preset("tiny", max_iter=3, record_psnr=0.0, B=64, L=2)
     res = anonymize(small, fingerprint.center_crop(48), config)
     assert res.assembly.params["grid"] == [1, 1]
 
@@ -151,13 +154,13 @@ def test_failed_inversion_checks_leave_a_previous_run_alone(sample64, tmp_path):
 
     photo, fingerprint = sample64
     small, K = center_crop(photo, 32), fingerprint.center_crop(32)
-    previous = AnonymizeConfig.preset("tiny", max_iter=10, tau_psnr=0.0, B=32, L=2)
+    previous = AnonymizeConfig.preset("tiny", max_iter=10, record_psnr=0.0, B=32, L=2)
     anonymize(small, K, previous, run_dir=tmp_path / "run")
     before = RunDirectory.open(tmp_path / "run")
     n_before = len(before.snapshots)
     assert before.status == "finished" and n_before > 0
 
-    bad = AnonymizeConfig.preset("tiny", max_iter=10, tau_psnr=0.0, B=32, device="cuda:99")
+    bad = AnonymizeConfig.preset("tiny", max_iter=10, record_psnr=0.0, B=32, device="cuda:99")
     with pytest.raises(DeviceError, match="cuda:99"):
         anonymize(small, K, bad, run_dir=tmp_path / "run", force=True)
     after = RunDirectory.open(tmp_path / "run")

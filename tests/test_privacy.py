@@ -237,7 +237,7 @@ def test_write_image_writes_pixels_only(sources, tmp_path, suffix, bit_depth):
         np.testing.assert_array_equal(back, expected)  # pixels survive, exactly
 
 
-TINY = ["--preset", "tiny", "--max-iter", "3", "--tau-psnr", "0", "--seed", "1"]
+TINY = ["--preset", "tiny", "--max-iter", "3", "--record-psnr", "0", "--seed", "1"]
 
 
 def test_cli_anonymize_output_and_report_are_clean(sources, tmp_path):

@@ -269,7 +269,7 @@ def test_killed_recording_opens_and_catches_up(tmp_path, rng):
 
 
 def test_config_records_reproducibility_fields(tmp_path, rng):
-    from dippas_core.dip.config import DIPConfig
+    from dippas_core.config import DIPConfig
 
     photo, K = _inputs(rng)
     cfg = DIPConfig.preset("tiny", seed=11)
@@ -395,13 +395,14 @@ def test_ingest_failure_does_not_mask_the_inversion_error(tmp_path, rng, monkeyp
 def test_cancelling_a_real_inversion_keeps_the_resolved_device(tmp_path, rng):
     """An inversion cancelled while recording stops at once: the run still names its device."""
     pytest.importorskip("torch")
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     photo, K = _inputs(rng)
     cfg = DIPConfig.preset("tiny", device="auto", max_iter=50, torch_threads=1)
     run = RunDirectory.create(tmp_path / "r", photo, K, mode="aware", dip_config=cfg)
     assert run.config["device"] == "auto"
-    inversion = invert(photo, K, cfg.replace(tau_psnr=-np.inf))  # every output a snapshot
+    inversion = invert(photo, K, cfg.replace(record_psnr=-np.inf))  # every output a snapshot
     result = record(run, inversion, on_step=lambda s: s.iteration == 3 and inversion.cancel())
     assert result is inversion.result
     assert result.stop_reason == "cancelled" and result.n_iterations == 3  # the next check stops it
@@ -425,7 +426,8 @@ def test_torch_threads_are_capped_while_recording_on_cpu(tmp_path, rng, cap, dip
     """The inversion's steps run with the recorder's cap (the config's own setting wins); the
     caller's setting is back between steps and after."""
     torch = pytest.importorskip("torch")
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     before = torch.get_num_threads()
     torch.set_num_threads(4)
@@ -447,7 +449,8 @@ def test_torch_threads_are_capped_while_recording_on_cpu(tmp_path, rng, cap, dip
 
 def test_record_refuses_a_cancel_token_the_inversion_does_not_watch(tmp_path, rng):
     pytest.importorskip("torch")
-    from dippas_core.dip import DIPConfig, invert
+    from dippas_core.config import DIPConfig
+    from dippas_core.dip import invert
 
     photo, K = _inputs(rng)
     cfg = DIPConfig.preset("tiny", device="cpu", max_iter=2)

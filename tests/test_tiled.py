@@ -14,8 +14,9 @@ import pytest
 from dippas_core.cancel import CancelToken
 from dippas_core.cli import main
 from dippas_core.cli.anonymize import output_name
+from dippas_core.config import AnonymizeConfig
 from dippas_core.io import write_image
-from dippas_core.pipeline import AnonymizeConfig, anonymize, estimate_cost
+from dippas_core.pipeline import anonymize, estimate_cost
 from dippas_core.tiled import PhotoRun
 from dippas_core.tiling import edge_jump_ratio, plan_tiles
 
@@ -35,7 +36,7 @@ def _config(**changes) -> AnonymizeConfig:
         overlap=32,
         max_iter=25,
         lr=1e-2,
-        tau_psnr=12.0,
+        record_psnr=12.0,
         stop_psnr=40.0,
         B=32,
         L=3,
@@ -64,7 +65,7 @@ def test_a_photo_that_fits_one_tile_takes_the_one_network_path(d70, tmp_path):
     # the independent path: the inversion recorded and assembled by hand, same seed
     run = RunDirectory.create(tmp_path / "by-hand", photo, K, mode="aware", dip_config=config.dip)
     record(run, invert(photo, K, config.dip))
-    by_hand = assemble(run, config.B, config.L, config.assembly_tau)
+    by_hand = assemble(run, config.assembly.B, config.assembly.L, config.assembly_tau)
     assert by_hand.params["n_candidates"] > 0
     np.testing.assert_array_equal(result.image, by_hand.image)
 
@@ -145,7 +146,7 @@ def test_region_is_the_anonymization_of_that_crop(d70):
 
 def test_tiles_that_never_reach_tau_are_assembled_from_their_best_outputs(d70, tmp_path):
     photo, K = _crop(d70, 100, 200, 96, 96)
-    config = _config(tau_psnr=60.0, stop_psnr=61.0)
+    config = _config(record_psnr=60.0, stop_psnr=61.0)
     result = anonymize(photo, K, config)
     rep = result.report
     assert [d["tile"] for d in rep["below_tau"]] == [0, 1, 2, 3]
@@ -153,7 +154,7 @@ def test_tiles_that_never_reach_tau_are_assembled_from_their_best_outputs(d70, t
         assert tile["n_snapshots"] == 0
         assert short["short_db"] == pytest.approx(60.0 - tile["best_psnr"])
         psnrs = tile["assembly"]["psnrs"]
-        assert len(psnrs) == config.L and psnrs == sorted(psnrs, reverse=True)
+        assert len(psnrs) == config.assembly.L and psnrs == sorted(psnrs, reverse=True)
         assert psnrs[0] == pytest.approx(tile["best_psnr"])
     assert result.image.shape == photo.shape and result.image.dtype == np.uint8
     assert rep["psnr"] > 10.0
@@ -191,7 +192,7 @@ def test_disk_and_memory_stay_bounded_as_tiles_pass(d70, tmp_path):
     import resource
 
     photo, K = _crop(d70, 100, 200, 96, 160)
-    config = _config(max_iter=20, tau_psnr=0.0)  # every output kept: the worst case on disk
+    config = _config(max_iter=20, record_psnr=0.0)  # every output kept: the worst case on disk
     rss: list[float] = []
 
     def note_rss(tile, plan):
@@ -280,7 +281,7 @@ def test_cli_writes_the_forensic_record_apart_from_the_image(d70, tmp_path, caps
             "15",
             "--lr",
             "0.01",
-            "--tau-psnr",
+            "--record-psnr",
             "10",
             "--stop-psnr",
             "40",

@@ -105,7 +105,7 @@ def run_batch(
     fingerprint : path, Fingerprint or None
         The camera fingerprint (PRNU-aware mode); None for blind mode.
     config : object
-        The job's configuration (default job: a :class:`dippas_core.pipeline.AnonymizeConfig`;
+        The job's configuration (default job: a :class:`dippas_core.config.AnonymizeConfig`;
         None → ``AnonymizeConfig()``).  It is part of every image's params key.
     settings : BatchSettings
         Size limits, cropping and output naming.
@@ -133,7 +133,7 @@ def run_batch(
     settings = settings or BatchSettings()
     job = anonymize_job if job is None else job
     if config is None and job is anonymize_job:
-        from ..pipeline import AnonymizeConfig
+        from ..config import AnonymizeConfig
 
         config = AnonymizeConfig()
     fp, fp_sha = _load_fingerprint(fingerprint)

@@ -169,7 +169,8 @@ def _with_torch_threads(config: Any, threads: int | None) -> Any:
 
 
 def _quality_notes(report: dict[str, Any]) -> str:
-    """What an ``ok`` image did not reach: a lowered assembly tau, tiles short of tau_psnr.
+    """What an ``ok`` image did not reach: a lowered assembly tau, tiles short of the recording
+    threshold.
 
     On a Dask worker a warning would reach nobody: the summary's ``reason`` column says it.
     """
@@ -182,8 +183,8 @@ def _quality_notes(report: dict[str, Any]) -> str:
         )
     for short in report.get("below_tau") or []:
         notes.append(
-            f"tile {short.get('tile')} never reached tau_psnr (best {short.get('best_psnr'):.2f} "
-            "dB): assembled from its best outputs"
+            f"tile {short.get('tile')} never reached the recording threshold (best "
+            f"{short.get('best_psnr'):.2f} dB): assembled from its best outputs"
         )
     return "; ".join(notes)
 

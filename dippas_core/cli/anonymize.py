@@ -7,40 +7,31 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._checks import finite_float, int_between, positive_float
-from .assemble import (
-    AVERAGED,
-    BLOCK,
-    add_output_arguments,
-    check_output,
-    warn_lowered_tau,
-    write_outputs,
+from ._checks import int_between, positive_float
+from ._options import (
+    add_assembly_options,
+    add_dip_arguments,
+    add_tiling_options,
+    config_from_args,
 )
-from .invert import EXIT_INTERRUPTED, add_dip_arguments, add_input_arguments
+from .assemble import add_output_arguments, check_output, warn_lowered_tau, write_outputs
+from .invert import EXIT_INTERRUPTED, add_input_arguments
 
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
 
-__all__ = ["keep_temporary_run", "output_name", "print_summary", "register", "run_anonymize"]
+__all__ = [
+    "build_config",
+    "keep_temporary_run",
+    "output_name",
+    "print_summary",
+    "register",
+    "run_anonymize",
+]
 
 
 def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("assembly")
-    g.add_argument(
-        "-B", type=BLOCK, default=None, help="block size, a multiple of 32 (default: the preset's)"
-    )
-    g.add_argument(
-        "-L",
-        type=AVERAGED,
-        default=None,
-        help="snapshots averaged per block (default: the preset's)",
-    )
-    g.add_argument(
-        "--tau",
-        type=finite_float,
-        default=None,
-        help="PSNR threshold of the snapshots assembled (dB; default: the preset's)",
-    )
+    g = add_assembly_options(p)
     g.add_argument(
         "--run-dir",
         type=Path,
@@ -49,20 +40,7 @@ def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
         "same command goes on from the first unfinished tile)",
     )
     t = p.add_argument_group("whole photos")
-    t.add_argument(
-        "--tile",
-        type=int,
-        default=None,
-        metavar="T",
-        help="tile side in pixels, a multiple of 32 (default: paper 512, cpu 256, tiny 128)",
-    )
-    t.add_argument(
-        "--overlap",
-        type=int,
-        default=None,
-        metavar="O",
-        help="overlap of neighbouring tiles, a multiple of 32 >= 32 (default: the preset's)",
-    )
+    add_tiling_options(t)
     t.add_argument(
         "--region",
         default=None,
@@ -195,8 +173,9 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     )
     for short in report.get("below_tau") or []:
         print(
-            f"tile {short['tile']} never reached tau_psnr: best {short['best_psnr']:.2f} dB, "
-            f"{short['short_db']:.2f} dB short (assembled from its best outputs)",
+            f"tile {short['tile']} never reached the recording threshold: best "
+            f"{short['best_psnr']:.2f} dB, {short['short_db']:.2f} dB short (assembled from its "
+            "best outputs)",
             file=s,
         )
     if report.get("partial"):
@@ -262,6 +241,14 @@ def keep_temporary_run(folder: Path) -> Path:
     return kept
 
 
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`~dippas_core.config.AnonymizeConfig` the options describe (the preset and
+    what the options change)."""
+    return config_from_args(
+        args, tile_size=args.tile, overlap=args.overlap, keep_tile_runs=args.keep_runs or None
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -269,33 +256,19 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..errors import DippasError
     from ..photo_cluster import check_execution, choose_execution
-    from ..pipeline import AnonymizeConfig, estimate_cost
+    from ..pipeline import estimate_cost
     from ..report import write_forensic_record
     from ..run import check_run_target, temporary_run_folder
     from ..tiled import PhotoRun, _duration
-    from ..tiling import check_region, check_tiling, parse_region, plan_tiles
-    from .invert import dip_changes_from_args, load_photo_and_fingerprint, preset_name
+    from ..tiling import check_region, parse_region, plan_tiles
+    from .invert import load_photo_and_fingerprint
 
     # every argument and the output location are checked before the first iteration
     check_output(args.out, args.force, args.photo, args.fingerprint, run_dir=args.run_dir)
     if args.run_dir is not None and not (args.run_dir / PhotoRun.META).is_file():
         check_run_target(args.run_dir, args.force)  # a photo run there is resumed (or forced)
     region = parse_region(args.region) if args.region is not None else None
-    own = {
-        "B": args.B,
-        "L": args.L,
-        "tau": args.tau,
-        "tile_size": args.tile,
-        "overlap": args.overlap,
-    }
-    config = AnonymizeConfig.preset(
-        preset_name(args),
-        **dip_changes_from_args(args),
-        **{k: v for k, v in own.items() if v is not None},
-        sigma=args.sigma,
-        keep_tile_runs=args.keep_runs,
-    )
-    check_tiling(config.tile_size, config.overlap)  # before the photo is even read
+    config = build_config(args)  # checked, before the photo is even read
     check_execution(args.scheduler, args.workers)
     photo, fingerprint = load_photo_and_fingerprint(args)
     shape = photo.shape[:2]
@@ -372,7 +345,7 @@ def _run(args: argparse.Namespace) -> int:
             run_dir = keep_temporary_run(Path(run_dir))
         raise DippasError(
             f"{exc}; the run is kept in {run_dir}: assemble it with "
-            f"dippas assemble {run_dir} -B {config.B} -L {config.L} --out OUT.png"
+            f"dippas assemble {run_dir} -B {config.assembly.B} -L {config.assembly.L} --out OUT.png"
         ) from exc
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)

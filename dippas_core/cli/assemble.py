@@ -13,11 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._checks import finite_float, int_between
-
-#: Parse-time bounds of -B and -L (the photo's size bounds B again once it is known).
-BLOCK = int_between(1, 2**20)
-AVERAGED = int_between(1, 2**20)
+from ._checks import finite_float
+from ._options import AVERAGED, BLOCK
 
 __all__ = [
     "add_output_arguments",
@@ -130,7 +127,8 @@ def warn_lowered_tau(tau: float, params: dict) -> None:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..assembly import AssemblyParams, assemble
+    from ..assembly import assemble
+    from ..config import AssemblyParams
     from ..io import to_float255
     from ..metrics import psnr
     from ..photo_assembly import is_photo_run
@@ -247,8 +245,8 @@ def _run_photo(args: argparse.Namespace) -> int:
     )
     if p["kept_fallback"]:
         print(
-            f"tiles {p['kept_fallback']} never reached the run's tau_psnr (no snapshot kept): "
-            "they keep the run's fallback image (the mean of their best outputs)",
+            f"tiles {p['kept_fallback']} never reached the run's recording threshold (no snapshot "
+            "kept): they keep the run's fallback image (the mean of their best outputs)",
             file=sys.stderr,
         )
     print(
@@ -294,7 +292,7 @@ def register(subparsers: Any) -> None:
         type=finite_float,
         default=None,
         help="PSNR threshold of the snapshots used (dB; default: the run's recording "
-        "threshold tau_psnr, i.e. every snapshot it kept; a photo run: its own assembly tau)",
+        "threshold record_psnr, i.e. every snapshot it kept; a photo run: its own assembly tau)",
     )
     add_output_arguments(p)
     p.set_defaults(func=_run)

@@ -6,8 +6,12 @@ import argparse
 import sys
 
 from ..errors import InputError
-from ._checks import finite_float
-from .invert import add_dip_arguments, dip_config_from_args
+from ._options import (
+    add_assembly_options,
+    add_dip_arguments,
+    add_tiling_options,
+    config_from_args,
+)
 
 __all__ = ["register", "run"]
 
@@ -76,13 +80,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="local cluster workers (default: one per GPU, else one per CPU core)",
     )
-    add_dip_arguments(p)
-    g = p.add_argument_group("assembly")
-    g.add_argument("-B", type=_positive_int, default=64, help="block size (default 64)")
-    g.add_argument("-L", type=_positive_int, default=10, help="snapshots averaged per block")
-    g.add_argument(
-        "--tau", type=finite_float, default=None, help="PSNR threshold of assembled snapshots"
-    )
+    add_dip_arguments(p, tiles_per_step=True)
+    add_assembly_options(p)
+    add_tiling_options(p.add_argument_group("whole photos"))
     p.add_argument("--crop", type=_size, metavar="N|HxW", help="centre-crop photos (and K) first")
     p.add_argument(
         "--max-pixels",
@@ -101,10 +101,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The :class:`~dippas_core.pipeline.AnonymizeConfig` the options describe."""
-    from ..pipeline import AnonymizeConfig
-
-    return AnonymizeConfig(dip=dip_config_from_args(args), B=args.B, L=args.L, tau=args.tau)
+    """The :class:`~dippas_core.config.AnonymizeConfig` the options describe: the preset and
+    what the options change, as ``dippas anonymize`` builds it."""
+    return config_from_args(args, tile_size=args.tile, overlap=args.overlap)
 
 
 def _say(message: str) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ._checks import int_between
-from .assemble import AVERAGED, BLOCK
-from .invert import EXIT_INTERRUPTED, add_dip_arguments, dip_config_from_args
+from ._options import add_assembly_options, add_dip_arguments, config_from_args
+from .invert import EXIT_INTERRUPTED
 
-__all__ = ["register", "DEMO_PRESET", "DEMO_CROP"]
+__all__ = ["register", "build_config", "DEMO_PRESET", "DEMO_CROP"]
 
 #: The demo runs the tiny network on the central crop of the sample so that a 2-core CPU finishes
 #: in about a minute; its snapshot/stop thresholds (31/33.5 dB) sit a few dB under the paper's
@@ -46,10 +46,15 @@ def _check_demo_folder(out: Path, force: bool) -> None:
     check_writable_folder(out)
 
 
+def build_config(args: argparse.Namespace) -> Any:
+    """The demo's :class:`~dippas_core.config.AnonymizeConfig`: its preset (``tiny`` unless
+    ``--preset``) and what the options change, as ``dippas anonymize`` builds it."""
+    return config_from_args(args, DEMO_PRESET)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import center_crop, write_image
-    from ..pipeline import AnonymizeConfig
     from ..sample import sample_data
     from .anonymize import print_summary, run_anonymize
     from .assemble import write_outputs
@@ -62,11 +67,11 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--crop {crop} must lie between 16 and {min(photo.shape[:2])}")
     photo, fingerprint = center_crop(photo, crop).copy(), fingerprint.center_crop(crop)
     preset = args.preset or DEMO_PRESET
-    config = AnonymizeConfig(dip=dip_config_from_args(args, DEMO_PRESET), B=args.B, L=args.L)
+    config = build_config(args)
     print(
         f"dippas demo: anonymizing the sample photo ({crop}×{crop} crop, camera "
         f"{fingerprint.camera}) with its fingerprint: preset {preset!r}, snapshots from "
-        f"{config.dip.tau_psnr} dB, stop at {config.dip.stop_psnr} dB or "
+        f"{config.dip.record_psnr} dB, stop at {config.dip.stop_psnr} dB or "
         f"{config.dip.max_iter} iterations",
         file=sys.stderr,
     )
@@ -104,10 +109,6 @@ def register(subparsers: Any) -> None:
         default=None,
         help=f"central crop of the 256×256 sample (default {DEMO_CROP})",
     )
-    p.add_argument("-B", type=BLOCK, default=32, help="assembly block size (default 32)")
-    p.add_argument(
-        "-L", type=AVERAGED, default=10, help="snapshots averaged per block (default 10)"
-    )
     p.add_argument("--force", action="store_true", help="replace a previous demo in DIR")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     add_dip_arguments(
@@ -115,4 +116,5 @@ def register(subparsers: Any) -> None:
         preset_help="DIP preset (default: 'tiny', snapshots from 31 dB, stop at 33.5 dB or "
         "1500 iterations)",
     )
+    add_assembly_options(p, "the preset's, tiny: B 32, L 5")
     p.set_defaults(func=_run)

@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._checks import int_between, seed
+from ._checks import finite_float, int_between, seed
 
-__all__ = ["register"]
+__all__ = ["build_config", "register"]
 
 
 def _csv_list(text: str) -> list[str]:
@@ -29,7 +29,8 @@ def _sizes(text: str) -> list[int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation import METHODS, PRESETS
+    from ..evaluation import EVAL_PRESETS, METHODS
+    from ._options import AVERAGED, BLOCK
 
     p = subparsers.add_parser(
         "evaluate",
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="folder with ff-jpg/ and nat-jpg/ (not needed with --report-only)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu", help="settings (default cpu)")
+    p.add_argument("--preset", choices=tuple(EVAL_PRESETS), default="cpu",
+                   help="settings (default cpu)")
     p.add_argument(
         "--methods",
         type=_csv_list,
@@ -62,9 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--photos-per-camera", type=int_between(1), default=None)
     p.add_argument("--seed", type=seed, default=None)
     p.add_argument("--max-iter", type=int_between(1), default=None, help="cap on DIP iterations")
-    p.add_argument("--block", type=int_between(1, 1 << 20), default=None,
-                   help="DIPPAS assembly block size B")
-    p.add_argument("--top-l", type=int_between(1, 1 << 20), default=None, help="DIPPAS assembly L")
+    # (--block and --top-l: the names older versions took)
+    p.add_argument("-B", "--block", dest="B", type=BLOCK, default=None,
+                   help="DIPPAS assembly block size (default: the preset's)")
+    p.add_argument("-L", "--top-l", dest="L", type=AVERAGED, default=None,
+                   help="DIPPAS snapshots averaged per block (default: the preset's)")
+    p.add_argument("--tau", type=finite_float, default=None,
+                   help="DIPPAS assembly threshold, dB (default: the preset's)")
     p.add_argument(
         "--reference", choices=("same", "split"), default=None,
         help="same: aware methods get the detector's fingerprint (the paper); split: they get one "
@@ -85,26 +91,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..evaluation import EvalConfig, evaluate, merge_scores, score_saved_outputs
+def build_config(args: argparse.Namespace):
+    """The :class:`~dippas_core.evaluation.EvalConfig` the options describe: the evaluation
+    preset (which names the anonymizer's preset) and what the options change."""
+    from ..evaluation import EvalConfig
 
     changes: dict = {}
     if args.methods is not None:
         changes["methods"] = tuple(args.methods)
     if args.sizes is not None:
         changes["crop_sizes"] = tuple(args.sizes)
-    for key in ("crops_per_photo", "max_photos", "photos_per_camera", "seed", "block", "top_l",
-                "reference"):
+    # (B, L, tau and max_iter change the DIPPAS methods' AnonymizeConfig)
+    for key in ("crops_per_photo", "max_photos", "photos_per_camera", "seed", "B", "L", "tau",
+                "max_iter", "reference"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.no_pce:
         changes["pce"] = False
+    return EvalConfig.preset(args.preset, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..evaluation import evaluate, merge_scores, score_saved_outputs
+
     if args.data is None and not args.report_only:
         raise InputError("--data DIR is required (a folder with ff-jpg/ and nat-jpg/)")
-    config = EvalConfig.preset(args.preset, **changes)
-    if args.max_iter is not None:
-        config = config.replace(dip_changes={**config.dip_changes, "max_iter": args.max_iter})
+    config = build_config(args)
 
     def log(msg: str) -> None:
         if not args.quiet:

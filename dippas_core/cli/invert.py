@@ -1,6 +1,6 @@
 """``dippas invert``: run the DIP inversion of a photo into a run folder (snapshots + tile sums).
 
-Also home of the options shared by the commands that run an inversion (``anonymize``, ``demo``).
+Also home of the photo and fingerprint inputs shared with ``anonymize``.
 """
 
 from __future__ import annotations
@@ -10,119 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..dip.config import GAMMA_MODES
-from ._checks import finite_float, int_between, positive_float, seed, torch_threads
+from ._checks import int_between, positive_float
+from ._options import add_dip_arguments, config_from_args
 
-__all__ = ["register", "add_dip_arguments", "dip_config_from_args", "load_photo_and_fingerprint"]
+__all__ = ["build_config", "register", "add_input_arguments", "load_photo_and_fingerprint"]
 
 EXIT_INTERRUPTED = 130
-
-
-def add_dip_arguments(
-    p: argparse.ArgumentParser,
-    *,
-    preset_help: str = "network/stopping preset (default: 'paper' on a GPU, 'cpu' otherwise)",
-    tiles_per_step: bool = False,
-) -> None:
-    """Options of the DIP inversion (preset and the fields people change most).
-
-    ``tiles_per_step``: also offer ``--tiles-per-step`` (commands that invert several tiles).
-    """
-    g = p.add_argument_group("DIP inversion")
-    g.add_argument(
-        "--preset",
-        choices=("paper", "cpu", "tiny"),
-        default=None,
-        help=preset_help,
-    )
-    g.add_argument("--seed", type=seed, default=None, help="random seed (default 0)")
-    g.add_argument(
-        "--max-iter", type=int_between(1), default=None, help="stop after this many iterations"
-    )
-    g.add_argument(
-        "--tau-psnr",
-        type=finite_float,
-        default=None,
-        help="keep outputs with PSNR >= this as snapshots (dB)",
-    )
-    g.add_argument("--stop-psnr", type=finite_float, default=None, help="stop at this PSNR (dB)")
-    g.add_argument(
-        "--lr", type=positive_float, default=None, help="Adam learning rate (default: preset)"
-    )
-    g.add_argument(
-        "--gamma-mode",
-        choices=GAMMA_MODES,
-        default=None,
-        help="the injection strength gamma: 'lsq', the least-squares value of each output "
-        "(default), or 'adam', learned with the weights (the old way; docs/evaluation.md "
-        "compares them)",
-    )
-    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, mps")
-    g.add_argument(
-        "--torch-threads",
-        type=torch_threads,
-        default=None,
-        help="torch CPU threads (default: 1 while residuals are computed beside it)",
-    )
-    if tiles_per_step:
-        g.add_argument(
-            "--tiles-per-step",
-            type=_tiles_per_step,
-            default=None,
-            metavar="N|auto",
-            help="tiles trained in one optimiser step, each its own network (default: the "
-            "preset's, 'auto' for cpu, else 1; 'auto': from the free GPU memory, or a short "
-            "measurement on the CPU, where a batch runs one tile per core)",
-        )
-
-
-def _tiles_per_step(text: str) -> int | str:
-    """``--tiles-per-step`` value: a positive integer or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
-    return value
-
-
-def dip_config_from_args(args: argparse.Namespace, default_preset: str | None = None) -> Any:
-    """The ``DIPConfig`` the options describe.
-
-    Without ``--preset``: ``default_preset``, or else ``cpu`` on a CPU and ``paper`` elsewhere.
-    """
-    from ..dip.config import DIPConfig
-
-    return DIPConfig.preset(preset_name(args, default_preset), **dip_changes_from_args(args))
-
-
-def preset_name(args: argparse.Namespace, default_preset: str | None = None) -> str:
-    """``--preset``, else ``default_preset``, else ``cpu`` on a CPU and ``paper`` elsewhere."""
-    preset = args.preset or default_preset
-    if preset is None:
-        from ..dip.device import resolve_device
-
-        preset = "cpu" if resolve_device(args.device or "auto").type == "cpu" else "paper"
-    return preset
-
-
-def dip_changes_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The DIP fields the options set (those left at their default are not included)."""
-    changes = {
-        "seed": args.seed,
-        "max_iter": args.max_iter,
-        "tau_psnr": args.tau_psnr,
-        "stop_psnr": args.stop_psnr,
-        "device": args.device,
-        "torch_threads": args.torch_threads,
-        "lr": getattr(args, "lr", None),
-        "gamma_mode": getattr(args, "gamma_mode", None),
-        "tiles_per_step": getattr(args, "tiles_per_step", None),
-    }
-    return {k: v for k, v in changes.items() if v is not None}
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None:
@@ -240,6 +133,12 @@ def run_inversion(
     return result, getattr(result, "stop_reason", None) == "cancelled"
 
 
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`~dippas_core.config.AnonymizeConfig` the options describe (its DIP part,
+    sigma and tile are what ``invert`` runs), as ``dippas anonymize`` builds it."""
+    return config_from_args(args, tile=args.tile)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..cancel import CancelToken
     from ..dip import invert
@@ -253,9 +152,10 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(
             f"--tile {args.tile} is larger than the photo ({photo.shape[0]}×{photo.shape[1]})"
         )
-    dip = dip_config_from_args(args)
+    config = build_config(args)
+    dip = config.dip
     if fingerprint is None:
-        P, mode = residual(photo, args.sigma), "blind"
+        P, mode = residual(photo, config.sigma), "blind"
     else:
         P, mode = fingerprint.K, "aware"
     fp = {"camera": fingerprint.camera, "file": args.fingerprint.name} if fingerprint else None
@@ -269,14 +169,15 @@ def _run(args: argparse.Namespace) -> int:
         P,
         mode=mode,
         dip_config=dip,
-        tile=args.tile,
-        sigma=args.sigma,
+        tile=config.tile,
+        sigma=config.sigma,
         force=args.force,
         extra={"source": args.photo.name, "fingerprint": fp},
     )
     print(
         f"inverting {args.photo} ({photo.shape[1]}×{photo.shape[0]}, {mode}) into {args.out}: "
-        f"tau_psnr {dip.tau_psnr} dB, stop at {dip.stop_psnr} dB or {dip.max_iter} iterations",
+        f"record from {dip.record_psnr} dB, stop at {dip.stop_psnr} dB or {dip.max_iter} "
+        "iterations",
         file=sys.stderr,
     )
     try:
@@ -305,7 +206,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     print(summary, file=sys.stderr)
     print(
-        f"next: dippas assemble {args.out} -B 64 -L 10 --tau {dip.tau_psnr:g} --out OUT.png",
+        f"next: dippas assemble {args.out} -B {config.assembly.B} -L {config.assembly.L} "
+        f"--tau {config.assembly_tau:g} --out OUT.png",
         file=sys.stderr,
     )
     return 0

@@ -1,7 +1,8 @@
 """DIP inversion (method §4): the Multi-Resolution U-Net and the inversion that fits it.
 
-Names are resolved lazily: ``import dippas_core.dip`` and :class:`DIPConfig` do not import torch;
-:func:`invert`, :class:`MultiResUNet` and friends import it on first use.
+Names are resolved lazily: ``import dippas_core.dip`` does not import torch; :func:`invert`,
+:class:`MultiResUNet` and friends import it on first use.  The inversion's settings,
+:class:`~dippas_core.config.DIPConfig`, live in :mod:`dippas_core.config`.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import lazy_loader
 
 _API = {
-    "DIPConfig": "config",
-    "PRESETS": "config",
     "invert": "inversion",
     "Inversion": "inversion",
     "StepSource": "inversion",

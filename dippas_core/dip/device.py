@@ -13,7 +13,7 @@ from ..errors import DeviceError
 if TYPE_CHECKING:  # torch is imported lazily: dippas_core must import without it
     import torch
 
-    from .config import DIPConfig
+    from ..config import DIPConfig
 
 __all__ = [
     "resolve_device",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import DIPConfig
+from ..config import DIPConfig
 from .device import SpeedSettings, device_name
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class _Inverter:
         self.amp_dtype = getattr(torch, speed.amp_dtype) if speed.amp_dtype else None
         self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
         self.layout = layout
-        self.tau = float(config.tau_psnr)
+        self.tau = float(config.record_psnr)
 
     def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
         import torch

@@ -1,7 +1,7 @@
 """DIP inversion through the camera model ``I ≈ I_phi · (1 + gamma · P)`` (method §4, paper eq. 9).
 
 :func:`invert` returns an :class:`Inversion`: iterating over it runs one iteration per
-:class:`Step` (with the snapshot ``I_phi`` when its PSNR reaches ``tau_psnr``, the recording
+:class:`Step` (with the snapshot ``I_phi`` when its PSNR reaches ``record_psnr``, the recording
 threshold); once it ends, :attr:`Inversion.result` is the :class:`InversionResult`::
 
     inversion = invert(photo, K, config)
@@ -27,8 +27,8 @@ import numpy as np
 
 from .._validation import as_image, as_plane, check_same_size
 from ..cancel import CancelToken
+from ..config import DIPConfig
 from ..errors import DeviceError, InputError
-from .config import DIPConfig
 from .device import resolve_device, speed_settings, torch_threads
 from .fitting import (  # noqa: F401 - re-exported: dip.batched and scripts use them from here
     _adam,
@@ -79,7 +79,7 @@ class Step:
         The injection strength (``>= 0``). With ``gamma_mode="lsq"`` (the default) the one this
         iteration's loss used; with ``"adam"`` the value after this iteration's update and clamp.
     snapshot : numpy.ndarray or None
-        ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= tau_psnr``, else None. It is the
+        ``I_phi`` as float32 H×W×3 in 0..255 when ``psnr >= record_psnr``, else None. It is the
         generator's output itself, never the fingerprint-injected product.
     environment : dict or None
         On the first step only: the run's environment (resolved device, speed settings, versions),

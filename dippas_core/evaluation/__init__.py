@@ -26,7 +26,7 @@ Modules: :mod:`.config` (settings, presets), :mod:`.methods` (the registry of me
 
 from __future__ import annotations
 
-from .config import PRESETS, REFERENCES, EvalConfig
+from .config import EVAL_PRESETS, REFERENCES, EvalConfig
 from .dataset import (  # noqa: F401 - the private two serve the attacker's data split
     Crop,
     Dataset,
@@ -46,7 +46,7 @@ from .tables import SCORE_FIELDS, merge_scores
 
 __all__ = [
     "METHODS",
-    "PRESETS",
+    "EVAL_PRESETS",
     "PSNR_CAP",
     "REFERENCES",
     "SCORE_FIELDS",

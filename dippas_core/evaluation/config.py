@@ -1,4 +1,9 @@
-"""The settings of an evaluation run and its named presets."""
+"""The settings of an evaluation run and its named presets.
+
+What the DIPPAS methods run is an :class:`~dippas_core.config.AnonymizeConfig` built from the
+one preset table (:data:`dippas_core.config.PRESETS`): an evaluation preset names the
+anonymizer's preset, it does not redefine it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._validation import check_known_fields
+from ..config import AnonymizeConfig
 from ..errors import InputError
 from .methods import METHODS
 
-__all__ = ["PRESETS", "REFERENCES", "EvalConfig"]
+__all__ = ["EVAL_PRESETS", "REFERENCES", "EvalConfig"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,9 @@ class EvalConfig:
         Residual noise level (method §1).
     seed : int
         Base seed; the DIP run of crop ``i`` uses ``seed + i``.
-    dip_preset : str
-        :meth:`dippas_core.dip.DIPConfig.preset` name for the DIPPAS methods.
-    dip_changes : dict
-        Fields of that preset to change (e.g. ``{"max_iter": 600}``).
-    block, top_l, tau : int, int, float
-        DIPPAS assembly (method §5): block size ``B``, ``L`` and ``tau_psnr``.
+    dippas : AnonymizeConfig
+        What the DIPPAS methods run (:meth:`AnonymizeConfig.preset` and its changes; its
+        ``sigma`` and seed are this evaluation's).
     inpaint_step : int
         Grid step of the inpainting baseline.
     inpaint_lambda : dict
@@ -76,11 +79,7 @@ class EvalConfig:
     photos_per_camera: int | None = None
     sigma: float = 5.0
     seed: int = 0
-    dip_preset: str = "cpu"
-    dip_changes: dict = field(default_factory=dict)
-    block: int = 64
-    top_l: int = 10
-    tau: float = 38.0
+    dippas: AnonymizeConfig = field(default_factory=lambda: AnonymizeConfig.preset("cpu"))
     inpaint_step: int = 3
     inpaint_lambda: dict = field(default_factory=lambda: {"l2": 0.1, "tv": 2.0})
     tv_iterations: int = 200
@@ -93,6 +92,8 @@ class EvalConfig:
         sizes = tuple(int(s) for s in self.crop_sizes)
         object.__setattr__(self, "crop_sizes", sizes)
         object.__setattr__(self, "methods", tuple(str(m) for m in self.methods))
+        if isinstance(self.dippas, dict):
+            object.__setattr__(self, "dippas", AnonymizeConfig.from_dict(self.dippas))
         if not sizes or min(sizes) < 16:
             raise InputError(f"crop sizes must be >= 16 pixels, got {self.crop_sizes!r}")
         if int(self.crops_per_photo) < 1:
@@ -105,75 +106,85 @@ class EvalConfig:
         if unknown:
             raise InputError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
 
+    def anonymize_config(self, seed: int) -> AnonymizeConfig:
+        """What a DIPPAS method runs on a crop: :attr:`dippas` with this ``sigma`` and ``seed``."""
+        return self.dippas.replace(sigma=self.sigma, seed=int(seed))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["dippas"] = self.dippas.to_dict()
+        return json.loads(json.dumps(out))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        """Inverse of :meth:`to_dict` (unknown keys are an error).
+
+        Also reads the settings older versions wrote for the DIPPAS methods: ``dip_preset`` and
+        ``dip_changes``, ``block``, ``top_l``, ``tau``.
+        """
+        data = dict(data)
+        old = {k: data.pop(k) for k in _OLD_DIPPAS if k in data}
+        if old:
+            changes = dict(old.get("dip_changes") or {})
+            if "tau_psnr" in changes:
+                changes["record_psnr"] = changes.pop("tau_psnr")
+            assembly = {"block": "B", "top_l": "L", "tau": "tau"}
+            changes.update({new: old[k] for k, new in assembly.items() if k in old})
+            data["dippas"] = AnonymizeConfig.preset(old.get("dip_preset", "cpu"), **changes)
         check_known_fields(cls, data, "evaluation setting(s)")
         return cls(**data)
 
     def replace(self, **changes: Any) -> EvalConfig:
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed; a name that is no field of this class changes
+        :attr:`dippas` (``max_iter=600``, ``B=32``, ``L=3`` …)."""
+        own = {f.name for f in dataclasses.fields(self)}
+        mine = {k: v for k, v in changes.items() if k in own}
+        dippas = {k: v for k, v in changes.items() if k not in own}
+        if dippas:
+            mine["dippas"] = mine.get("dippas", self.dippas).replace(**dippas)
+        return dataclasses.replace(self, **mine)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> EvalConfig:
         """``"cpu"`` (6 crops, < 30 min on 2 cores), ``"cpu-full"`` (all photos), ``"paper"``
-        (512×512, full network, a GPU) or ``"tiny"`` (tests)."""
-        if name not in PRESETS:
+        (512×512, full network, a GPU) or ``"tiny"`` (tests); ``changes`` as :meth:`replace`."""
+        if name not in EVAL_PRESETS:
             raise InputError(
-                f"unknown evaluation preset {name!r}; choose one of {', '.join(PRESETS)}"
+                f"unknown evaluation preset {name!r}; choose one of {', '.join(EVAL_PRESETS)}"
             )
-        return cls(**{**PRESETS[name], **changes})
+        base = dict(EVAL_PRESETS[name])
+        base["dippas"] = AnonymizeConfig.preset(base.pop("anonymize_preset"))
+        return cls(**base).replace(**changes)
 
 
 #: Which fingerprint the aware methods get (see :class:`EvalConfig`).
 REFERENCES = ("same", "split")
 
-#: Named settings (see docs/evaluation.md for measured times and AUCs).
+#: The DIPPAS settings older versions wrote into an evaluation's ``params.json``.
+_OLD_DIPPAS = ("dip_preset", "dip_changes", "block", "top_l", "tau")
+
+#: Named evaluations (see docs/evaluation.md for measured times and AUCs); each names the
+#: anonymizer's preset (:data:`dippas_core.config.PRESETS`) its DIPPAS methods run.
 #: ``cpu-full``: every photo, 128×128 centre crops (untouched NCC AUC 0.74 there; 0.96 at 512),
-#: the small ``cpu`` DIP network, lr 1e-2, at most 1500 iterations.  ``cpu``: the same on one
-#: photo per camera (6 crops), sized for < 30 min on an idle 2-core machine (about 2 CPU-minutes
-#: per DIPPAS crop measured here).  ``paper``: the journal's setup (512×512, full network; a GPU).
+#: the ``cpu`` preset.  ``cpu``: the same on one photo per camera (6 crops), sized for < 30 min on
+#: an idle 2-core machine (about 2 CPU-minutes per DIPPAS crop measured here).  ``paper``: the
+#: journal's setup (512×512, full network; a GPU).
 _CPU: dict[str, Any] = {
     "crop_sizes": (128,),
     "crops_per_photo": 1,
-    "dip_preset": "cpu",
-    # lr 1e-2: on this CPU it reached 35.5 dB in 400 iterations where 1e-3 needed ~1400; one
-    # torch thread (two threads on a loaded 2-core machine ran ten times slower)
-    "dip_changes": {"max_iter": 1500, "torch_threads": 1, "lr": 1e-2},
+    "anonymize_preset": "cpu",
     "fingerprint_region": 512,
-    # chosen on the 10 photos the cpu preset leaves out, with the least-squares gamma
-    # (scripts/assembly_grid.py --held-out --gamma-mode lsq, 2026-11-30; docs/evaluation.md): the
-    # lowest mean |NCC| with the true camera at mean PSNR >= 38 dB, over B 32/64/128, L 1-25,
-    # tau 38/38.5 (before, with Adam's gamma, the same rule picked B 128, L 2, tau 38)
-    "block": 64,
-    "top_l": 1,
-    "tau": 38.5,
 }
-PRESETS: dict[str, dict[str, Any]] = {
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
     "cpu": {**_CPU, "photos_per_camera": 1},
     "cpu-full": dict(_CPU),
-    "paper": {
-        "crop_sizes": (512,),
-        "crops_per_photo": 1,
-        "dip_preset": "paper",
-        "dip_changes": {},
-        "block": 64,
-        "top_l": 10,
-        "tau": 38.0,
-    },
+    "paper": {"crop_sizes": (512,), "crops_per_photo": 1, "anonymize_preset": "paper"},
     "tiny": {
         "crop_sizes": (64,),
         "crops_per_photo": 2,
         "methods": ("untouched", "denoise", "subtract", "inpaint_l2"),
-        "dip_preset": "tiny",
-        "block": 32,
-        "top_l": 5,
-        "tau": 30.0,
+        "anonymize_preset": "tiny",
         "tv_iterations": 50,
         "pce": True,
     },

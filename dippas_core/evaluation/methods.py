@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .config import EvalConfig
+from typing import Any
 
 __all__ = ["METHODS", "Method", "MethodContext", "method_order", "register_method"]
 
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What a method may use besides the photo: the settings, a per-crop seed, the crop's name."""
+    """What a method may use besides the photo: the settings, a per-crop seed, the crop's name.
 
-    config: EvalConfig
+    ``config`` is the run's :class:`~dippas_core.evaluation.EvalConfig`.
+    """
+
+    config: Any
     seed: int
     crop_id: str
 
@@ -84,14 +84,9 @@ def _inpaint(variant: str, edges: bool):
 
 def _dippas(aware: bool):
     def run(photo, K, ctx):
-        from ..dip import DIPConfig
-        from ..pipeline import AnonymizeConfig, anonymize
+        from ..pipeline import anonymize
 
-        cfg = ctx.config
-        dip = DIPConfig.preset(cfg.dip_preset, **{**cfg.dip_changes, "seed": ctx.seed})
-        conf = AnonymizeConfig(
-            dip=dip, B=cfg.block, L=cfg.top_l, tau=cfg.tau, sigma=cfg.sigma, seed=ctx.seed
-        )
+        conf = ctx.config.anonymize_config(ctx.seed)
         result = anonymize(photo, K if aware else None, conf)
         report = result.report
         if report.get("below_tau"):
@@ -101,7 +96,8 @@ def _dippas(aware: bool):
             # failed on this crop, its best-PSNR fallback image is not scored
             short = report["below_tau"][0]
             raise NoSnapshotsError(
-                f"never reached tau = {conf.dip.tau_psnr:g} dB (best {short['best_psnr']:.2f} dB)"
+                f"never reached tau = {conf.dip.record_psnr:g} dB "
+                f"(best {short['best_psnr']:.2f} dB)"
             )
         inversion = report.get("inversion", {})
         info = {

@@ -204,11 +204,13 @@ class RunDirectory:
 
     @property
     def record_psnr(self) -> float:
-        """The recording threshold (dB): the DIP config's ``tau_psnr``, every snapshot at or above
-        it was kept.  Not the assembly's ``tau`` (:class:`~dippas_core.assembly.AssemblyParams`),
-        which picks among them.  38 dB (the DIP default) when the run does not say."""
+        """The recording threshold (dB): the DIP config's ``record_psnr``, every snapshot at or
+        above it was kept.  Not the assembly's ``tau``
+        (:class:`~dippas_core.config.AssemblyParams`), which picks among them.  38 dB (the DIP
+        default) when the run does not say."""
         dip = self.config.get("dip_config")
-        value = dip.get("tau_psnr") if isinstance(dip, dict) else None
+        dip = dip if isinstance(dip, dict) else {}
+        value = dip.get("record_psnr", dip.get("tau_psnr"))  # (older runs: tau_psnr)
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             return 38.0
         return float(value)
@@ -287,7 +289,7 @@ class RunDirectory:
 
         Allowed on a run open read-only: the file is no part of the recording.
         """
-        from ..assembly import AssemblyParams
+        from ..config import AssemblyParams
 
         if not isinstance(params, AssemblyParams):
             params = AssemblyParams.from_dict(params)
@@ -299,7 +301,7 @@ class RunDirectory:
         A field that is missing or garbled (a hand-edited or half-written file) takes its default
         (B 64, L 10, tau the run's :attr:`record_psnr`): it never stops the run from opening.
         """
-        from ..assembly import AssemblyParams
+        from ..config import AssemblyParams
 
         record = self.record_psnr
         params = AssemblyParams(tau=record if np.isfinite(record) else 38.0)

@@ -41,7 +41,7 @@ def _device_is_cpu(dip_config: dict) -> bool:
 def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
     """How the injection strength gamma behaved while snapshots were recorded.
 
-    Over the recording phase (the iterations whose output was kept, PSNR >= ``tau_psnr``): their
+    Over the recording phase (the iterations whose output was kept, PSNR >= ``record_psnr``): their
     number, the share with gamma at its bound (0: the injection switched off, the network alone
     explains the photo, camera pattern included), the share at the bound *although* gamma* > 0
     (``dead_share``: the injection held off against the data, the failure a learned gamma showed;

@@ -79,7 +79,9 @@ class _TileRecorder:
         self.error: BaseException | None = None
         self._steps = _QueuedSteps(self._QUEUE, cancel)
         self._queue = self._steps.queue
-        filtered = _KeepBestBelow(self._steps, float(config.dip.tau_psnr), int(config.L), self.best)
+        filtered = _KeepBestBelow(
+            self._steps, float(config.dip.record_psnr), int(config.assembly.L), self.best
+        )
         self._thread = threading.Thread(
             target=self._record, args=(filtered, cancel), name=f"record {run.path.name}",
             daemon=True,
@@ -197,7 +199,7 @@ def _invert_tiles_batched(
     by_key = {tile.index: (tile, image, P) for tile, image, P in jobs}
     events = invert_tiles(
         [TileJob(tile.index, image, P) for tile, image, P in jobs],
-        dip.replace(tau_psnr=-math.inf, torch_threads=threads),
+        dip.replace(record_psnr=-math.inf, torch_threads=threads),
         tiles_per_step=tiles_per_step,
         cancel=cancel,
     )

@@ -91,7 +91,7 @@ def estimate_cost(
 
     plan = plan_tiles(photo_shape[:2], config.tile_size, config.overlap)
     first = plan.tiles[0]
-    dip = config.dip.replace(max_iter=int(iterations) + 1, tau_psnr=math.inf, stop_psnr=math.inf)
+    dip = config.dip.replace(max_iter=int(iterations) + 1, record_psnr=math.inf, stop_psnr=math.inf)
     if device is not None:
         dip = dip.replace(device=device)
     rng = np.random.default_rng(0)

@@ -178,7 +178,7 @@ def anonymize_tiled(
         t_stitch = time.perf_counter() - t0
         t0 = time.perf_counter()
         P_full = K if K is not None else residual(img255, config.sigma)
-        block = int(config.B) if int(config.B) % int(config.tile) == 0 else 64
+        block = int(config.assembly.B) if int(config.assembly.B) % int(config.tile) == 0 else 64
         before, map_before = attribution_scores(img255, P_full, block, config.sigma)
         after, map_after = attribution_scores(image, P_full, block, config.sigma)
         t_meas = time.perf_counter() - t0
@@ -211,8 +211,8 @@ def anonymize_tiled(
             "execution": execution.to_dict(),
         },
         "assembly": {
-            "B": int(config.B),
-            "L": int(config.L),
+            "B": int(config.assembly.B),
+            "L": int(config.assembly.L),
             "tau": config.assembly_tau,
             "per_tile": True,
             "stitch": "feathered linear ramps in the overlaps",

@@ -131,8 +131,18 @@ def _same_job(old: dict, new: dict) -> bool:
     keys = ("format", "plan", "mode", "photo_sha256", "region", "fingerprint_sha256")
     if any(old.get(k) != new.get(k) for k in keys):
         return False
-    # keeping or dropping runs does not change the result
-    strip = ("keep_run", "keep_tile_runs")
-    a = {k: v for k, v in (old.get("config") or {}).items() if k not in strip}
-    b = {k: v for k, v in (new.get("config") or {}).items() if k not in strip}
-    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+    settings = _job_settings(old.get("config"))
+    return settings is not None and settings == _job_settings(new.get("config"))
+
+
+def _job_settings(config: dict | None) -> dict | None:
+    """A run's config as today's names write it (a run of an older version resumes), less
+    what does not change the result (keeping or dropping runs); None when it does not parse."""
+    from ..config import AnonymizeConfig
+    from ..errors import DippasError
+
+    try:
+        parsed = AnonymizeConfig.from_dict(json.loads(json.dumps(config or {})))
+    except (DippasError, TypeError, ValueError):
+        return None
+    return parsed.replace(keep_run=False, keep_tile_runs=False).to_dict()

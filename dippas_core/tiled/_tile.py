@@ -116,7 +116,7 @@ def invert_tile(
     """Invert one tile into the run folder ``path``, then assemble it (B, L, tau of ``config``).
 
     The one call per tile (:func:`~dippas_core.tiled._batched._invert_tiles_batched` steps
-    several tiles at once).  When no snapshot reaches ``config.dip.tau_psnr``, the tile is the
+    several tiles at once).  When no snapshot reaches ``config.dip.record_psnr``, the tile is the
     mean of its ``L`` best outputs by PSNR instead of an error (``stats["below_tau_db"]`` says by
     how much it fell short).
     """
@@ -124,10 +124,10 @@ def invert_tile(
     from ..run import record
 
     dip = config.dip
-    # every output comes out of the network; the filter passes on those >= tau_psnr
-    inversion = invert(photo, P, dip.replace(tau_psnr=-math.inf), cancel=cancel)
+    # every output comes out of the network; the filter passes on those >= record_psnr
+    inversion = invert(photo, P, dip.replace(record_psnr=-math.inf), cancel=cancel)
     best: list = []
-    filtered = _KeepBestBelow(inversion, float(dip.tau_psnr), int(config.L), best)
+    filtered = _KeepBestBelow(inversion, float(dip.record_psnr), int(config.assembly.L), best)
     try:
         run = _create_tile_run(path, photo, P, config, mode=mode, force=force, extra=extra)
     except BaseException:
@@ -164,7 +164,7 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
     from ..assembly import assemble
 
     dtype = "uint8" if photo_dtype == np.uint8 else "float32"
-    tau_rec = float(config.dip.tau_psnr)
+    tau_rec = float(config.dip.record_psnr)
     hist = inv.history
     best_psnr = float(np.max(hist["psnr"])) if len(hist["psnr"]) else None
     stats: dict[str, Any] = {

@@ -32,51 +32,65 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _preset_values(name: str) -> dict[str, Any]:
+    """The fields of :class:`AnonymizeSettings` the preset ``name`` sets (the one table)."""
+    from dippas_core.config import AnonymizeConfig
+
+    config = AnonymizeConfig.preset(name)
+    dip = config.dip
+    return {
+        "device": dip.device, "record_psnr": dip.record_psnr, "stop_psnr": dip.stop_psnr,
+        "max_iter": dip.max_iter, "lr": dip.lr, "tile_size": config.tile_size,
+        "overlap": config.overlap,
+    }
+
+
+_DEFAULT_PRESET = "cpu"
+_DEFAULTS = _preset_values(_DEFAULT_PRESET)
+
+
 class AnonymizeSettings(EventedModel):
     """Everything the Anonymize widget lets the user choose.
 
-    ``preset`` picks a :meth:`dippas_core.dip.DIPConfig.preset` (network size and defaults); the
-    other fields override it.
+    A run's configuration is the preset's (:meth:`dippas_core.config.AnonymizeConfig.preset`)
+    with the fields below as changes: those the user did not touch hold the preset's values
+    (:meth:`use_preset` puts them back), so only what the user changed differs from
+    ``dippas anonymize --preset NAME``.
     """
 
     mode: Literal["aware", "blind"] = "aware"
-    device: str = "auto"
+    preset: Literal["tiny", "cpu", "paper"] = _DEFAULT_PRESET
     seed: int = 0
-    tau_psnr: float = 38.0
-    stop_psnr: float = 39.0
-    #: the cpu preset's measured budget (dippas_core.pipeline.PRESETS, docs/evaluation.md)
-    max_iter: int = 1500
-    preset: Literal["tiny", "cpu", "paper"] = "cpu"
-    #: Adam learning rate; None keeps the preset's (cpu: the measured 1e-2; the paper: 1e-3)
-    lr: float | None = None
+    device: str = _DEFAULTS["device"]
+    #: the recording threshold: outputs at least this close to the photo are kept as snapshots
+    record_psnr: float = _DEFAULTS["record_psnr"]
+    stop_psnr: float = _DEFAULTS["stop_psnr"]
+    max_iter: int = _DEFAULTS["max_iter"]
+    #: Adam learning rate
+    lr: float = _DEFAULTS["lr"]
     #: a photo (or region) larger than ``tile_size`` is cut into tiles overlapping by ``overlap``
-    #: pixels, each inverted on its own (the preset's values: dippas_core.pipeline.PRESETS)
-    tile_size: int = 256
-    overlap: int = 64
+    #: pixels, each inverted on its own
+    tile_size: int = _DEFAULTS["tile_size"]
+    overlap: int = _DEFAULTS["overlap"]
 
-    def dip_config(self) -> Any:
-        """The :class:`dippas_core.dip.DIPConfig` these settings describe."""
-        from dippas_core.dip import DIPConfig
-        from dippas_core.pipeline import PRESETS
-
-        lr = self.lr if self.lr is not None else PRESETS[self.preset]["dip"].get("lr")
-        return DIPConfig.preset(
-            self.preset,
-            seed=int(self.seed),
-            tau_psnr=float(self.tau_psnr),
-            stop_psnr=float(self.stop_psnr),
-            max_iter=int(self.max_iter),
-            device=self.device,
-            **({} if lr is None else {"lr": float(lr)}),
-        )
+    def use_preset(self, name: str) -> None:
+        """Choose the preset ``name``: every field it sets goes back to its value."""
+        self.update({"preset": name, **_preset_values(name)})
 
     def anonymize_config(self) -> Any:
-        """The :class:`dippas_core.pipeline.AnonymizeConfig` of a run with these settings."""
-        from dippas_core.pipeline import AnonymizeConfig
+        """The :class:`dippas_core.config.AnonymizeConfig` of a run with these settings."""
+        from dippas_core.config import AnonymizeConfig
 
-        return AnonymizeConfig(
-            dip=self.dip_config(), tile_size=int(self.tile_size), overlap=int(self.overlap)
+        return AnonymizeConfig.preset(
+            self.preset, seed=int(self.seed), device=self.device,
+            record_psnr=float(self.record_psnr), stop_psnr=float(self.stop_psnr),
+            max_iter=int(self.max_iter), lr=float(self.lr), tile_size=int(self.tile_size),
+            overlap=int(self.overlap),
         )
+
+    def dip_config(self) -> Any:
+        """The :class:`dippas_core.config.DIPConfig` of a run with these settings."""
+        return self.anonymize_config().dip
 
 
 class AnonymizeJob(EventedModel):
@@ -99,10 +113,10 @@ class AnonymizeJob(EventedModel):
     #: from there on (the first iterations include loading the network)
     first_iteration: int = 0
     first_elapsed_s: float = 0.0
-    #: the snapshot threshold (tau) of the run, for the "nothing was kept" message
-    tau_psnr: float = float("nan")
+    #: the recording threshold of the run, for the "nothing was kept" message
+    record_psnr: float = float("nan")
 
-    def start(self, max_iter: int, run_dir: str = "", tau_psnr: float = float("nan")) -> None:
+    def start(self, max_iter: int, run_dir: str = "", record_psnr: float = float("nan")) -> None:
         """Reset for a new run."""
         self.update(
             {
@@ -110,7 +124,7 @@ class AnonymizeJob(EventedModel):
                 "psnr": float("nan"), "best_psnr": float("nan"), "gamma": 0.0,
                 "ncc": float("nan"), "n_snapshots": 0, "stop_reason": "", "message": "",
                 "run_dir": str(run_dir), "elapsed_s": 0.0, "first_iteration": 0,
-                "first_elapsed_s": 0.0, "tau_psnr": float(tau_psnr),
+                "first_elapsed_s": 0.0, "record_psnr": float(record_psnr),
             }
         )
 
@@ -141,7 +155,7 @@ class AnonymizeJob(EventedModel):
                 "status": "cancelled", "stop_reason": "cancelled",
                 "message": (
                     f"Stopped at iteration {self.iteration}, before any output came within "
-                    f"tau = {self.tau_psnr:g} dB of the photo (best so far: {best}): nothing "
+                    f"tau = {self.record_psnr:g} dB of the photo (best so far: {best}): nothing "
                     "was kept and there is nothing to assemble. Run again and let it reach tau "
                     "(or lower tau, or raise the learning rate)."
                 ),

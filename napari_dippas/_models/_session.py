@@ -15,11 +15,12 @@ __all__ = ["AssemblyOutcome", "AssemblySettings", "RunSession"]
 
 
 class AssemblySettings(EventedModel):
-    """Assembly parameters (method §5): block size ``B``, snapshots averaged ``L``, PSNR floor."""
+    """Assembly parameters (method §5): block size ``B``, snapshots averaged ``L``, the PSNR
+    threshold ``tau`` (:class:`dippas_core.config.AssemblyParams`' names)."""
 
-    block_size: int = 64
-    n_average: int = 10
-    tau_psnr: float = 38.0
+    B: int = 64
+    L: int = 10
+    tau: float = 38.0
 
 
 
@@ -99,11 +100,11 @@ class RunSession:
             from dippas_core.run import RunDirectory
 
             self.run = RunDirectory.open(self.run.path)
-        B = int(settings.block_size)
+        B = int(settings.B)
         bits = self.bit_depth
         # a 16-bit photo keeps its precision: assembled in float (as the CLI does), saved 16-bit
         result = assemble(
-            self.run, B, int(settings.n_average), float(settings.tau_psnr),
+            self.run, B, int(settings.L), float(settings.tau),
             dtype="float32" if bits == 16 else "uint8",
         )
         before = self.before(B)

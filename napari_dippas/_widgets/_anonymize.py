@@ -28,14 +28,14 @@ from .._models import DECISION_LEVEL_PCE, RunHistory, estimate_run_cost, trace_w
 from .._run_job import anonymize_job, record_end, record_failure
 from .._run_state import RunState, TileFinished, TraceCheck, job_key, resumable_run
 from .._workers import start_job
-from ._anonymize_form import DEFAULT_RUNS_FOLDER, PRESET_LR, AnonymizeForm, device_choices
+from ._anonymize_form import DEFAULT_RUNS_FOLDER, AnonymizeForm, device_choices
 from ._plots import LivePlot
 from ._snapshots import SnapshotsView
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["AnonymizeWidget", "DEFAULT_RUNS_FOLDER", "PRESET_LR", "TraceCheck", "device_choices"]
+__all__ = ["AnonymizeWidget", "DEFAULT_RUNS_FOLDER", "TraceCheck", "device_choices"]
 
 #: seconds between two updates of the live plot (a blit: a few ms)
 PLOT_INTERVAL_S = 0.3
@@ -249,7 +249,6 @@ class AnonymizeWidget(AnonymizeForm):
     # -- run ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start a run in a worker thread (a stopped whole-photo run of the same job resumes)."""
-        from dippas_core.assembly import check_assembly_params
         from dippas_core.cancel import CancelToken
         from dippas_core.errors import DippasError
         from dippas_core.tiled import PhotoRun
@@ -261,9 +260,7 @@ class AnonymizeWidget(AnonymizeForm):
             config = self.settings.anonymize_config()
             dip = config.dip
             plan, _, _ = self._plan()
-            check_assembly_params(
-                photo.shape[:2], config.tile, config.B, config.L, config.assembly_tau
-            )
+            config.assembly.fitted(photo.shape[:2], config.tile, config.dip.record_psnr)
         except DippasError as exc:
             self.job.update({"status": "failed", "message": str(exc)})
             return
@@ -289,13 +286,13 @@ class AnonymizeWidget(AnonymizeForm):
         self.cancel = cancel = CancelToken()
         self.history.clear()
         # the plot's one slow redraw (fonts, ticks, the tau line) happens now, on the click
-        self.plot.show_history(self.history, dip.tau_psnr, final=True)
+        self.plot.show_history(self.history, dip.record_psnr, final=True)
         self.trace_note = ""
         self.run_note = "" if resume is None else (
             f"Resuming the stopped run in {resume.name}: {PhotoRun.count_done(resume)} of "
             f"{len(plan)} tiles are already done and are not computed again."
         )
-        self.job.start(dip.max_iter, str(self.run_path), dip.tau_psnr)
+        self.job.start(dip.max_iter, str(self.run_path), dip.record_psnr)
         self._started_at = time.monotonic()
         self._tiles_run_dir = str(self.run_path)
         self.state.tiles.set_plan(plan, region.translate)
@@ -321,7 +318,8 @@ class AnonymizeWidget(AnonymizeForm):
             self._on_done(result)
 
         def errored(exc: BaseException) -> None:
-            record_failure(job_model, exc, cancelled=cancel.cancelled, tau_psnr=dip.tau_psnr)
+            record_failure(job_model, exc, cancelled=cancel.cancelled,
+                           record_psnr=dip.record_psnr)
             self._on_error(exc)
 
         from dippas_core.assembly import NoSnapshotsError
@@ -368,7 +366,7 @@ class AnonymizeWidget(AnonymizeForm):
         )
         if plot_due and not layer_updated:
             self._last_plot = now
-            self.plot.show_history(self.history, self.settings.tau_psnr)
+            self.plot.show_history(self.history, self.settings.record_psnr)
 
     def _show_job(self, *_: Any) -> None:
         lines = [self.job.describe(), self.run_note, self.trace_note]
@@ -411,7 +409,7 @@ class AnonymizeWidget(AnonymizeForm):
         self.state.tiles.run_ended()
         if view is not None:
             view.refresh(force=True)
-        self.plot.show_history(self.history, self.settings.tau_psnr, final=True)
+        self.plot.show_history(self.history, self.settings.record_psnr, final=True)
         if result.report.get("partial"):  # a stopped photo run: its tiles wait for a resume
             self._select(self.photo.layer())
             self.run_finished.emit(str(self.run_path))

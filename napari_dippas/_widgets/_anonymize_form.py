@@ -24,14 +24,10 @@ from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DEFAULT_RUNS_FOLDER", "PRESET_LR", "AnonymizeForm", "device_choices"]
+__all__ = ["DEFAULT_RUNS_FOLDER", "AnonymizeForm", "device_choices"]
 
 #: outside any evidence folder: run folders hold copies of the photo and its fingerprint
 DEFAULT_RUNS_FOLDER = Path.home() / "dippas-runs"
-#: learning rate the viewer starts each preset with: the evaluation's measured CPU setting.
-#: With the tiny network a 64×64 crop of a Dresden photo reaches tau at iteration 81 with 1e-2,
-#: at 498 with the paper's 1e-3 (scripts/preset_check.py, seed 0); the paper network keeps 1e-3
-PRESET_LR = {"tiny": 1e-2, "cpu": 1e-2}
 
 
 def device_choices() -> tuple[list[str], list[str]]:
@@ -71,12 +67,15 @@ class AnonymizeForm(DockWidget):
         self.devices_found = QLabel("found: " + "; ".join(lines))
         self.devices_found.setWordWrap(True)
         self.preset = QComboBox()
-        self.preset.addItems(["tiny", "cpu", "paper"])
+        self.preset.addItems(["tiny", "cpu", "paper"])  # (AnonymizeSettings.preset's choices)
         self.preset.setToolTip("network size: tiny (tests), cpu (laptop), paper (GPU)")
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         self.tau = QDoubleSpinBox(minimum=0.0, maximum=99.0, decimals=1, singleStep=0.5)
         self.tau.setSuffix(" dB")
-        self.tau.setToolTip("outputs at least this close to the photo are kept as snapshots")
+        self.tau.setToolTip(
+            "the recording threshold: outputs at least this close to the photo are kept as "
+            "snapshots"
+        )
         self.stop_psnr = QDoubleSpinBox(minimum=0.0, maximum=99.0, decimals=1, singleStep=0.5)
         self.stop_psnr.setSuffix(" dB")
         self.max_iter = QSpinBox(minimum=1, maximum=1_000_000, singleStep=100)
@@ -114,8 +113,9 @@ class AnonymizeForm(DockWidget):
     def _bind(self) -> None:
         """Two-way binding between :attr:`settings` and the form fields."""
         combos = {"mode": self.mode, "device": self.device, "preset": self.preset}
-        spins = {"seed": self.seed, "tau_psnr": self.tau, "stop_psnr": self.stop_psnr,
-                 "max_iter": self.max_iter, "tile_size": self.tile_size, "overlap": self.overlap}
+        spins = {"seed": self.seed, "record_psnr": self.tau, "stop_psnr": self.stop_psnr,
+                 "max_iter": self.max_iter, "lr": self.lr, "tile_size": self.tile_size,
+                 "overlap": self.overlap}
         for name, combo in combos.items():
             combo.setCurrentText(getattr(self.settings, name))
             combo.currentTextChanged.connect(
@@ -132,29 +132,15 @@ class AnonymizeForm(DockWidget):
             )
         self.settings.events.mode.connect(self._mode_changed)
         self.settings.events.preset.connect(self._apply_preset)
-        self.lr.valueChanged.connect(lambda value: setattr(self.settings, "lr", value))
-        self.settings.events.lr.connect(self._show_lr)
         self._mode_changed(self.settings.mode)
         self._apply_preset(self.settings.preset)
-
-    def _show_lr(self, value: float | None) -> None:
-        if value is not None and self.lr.value() != value:
-            self.lr.setValue(value)
 
     def _mode_changed(self, mode: str) -> None:
         self.fingerprint.setEnabled(mode == "aware")
 
     def _apply_preset(self, name: str) -> None:
-        """A new network preset brings its own stopping rule, snapshot threshold and tiles."""
-        from dippas_core.dip import DIPConfig
-        from dippas_core.pipeline import PRESETS
-
-        base = DIPConfig.preset(name)
-        self.settings.update(
-            {"tau_psnr": base.tau_psnr, "stop_psnr": base.stop_psnr, "max_iter": base.max_iter,
-             "lr": PRESET_LR.get(name, base.lr), "tile_size": PRESETS[name]["tile_size"],
-             "overlap": PRESETS[name]["overlap"]}
-        )
+        """A new preset brings its own values (device, thresholds, iterations, lr, tiles)."""
+        self.settings.use_preset(name)
 
     def _photo_shape(self) -> tuple[int, ...] | None:
         layer = self.photo.layer()

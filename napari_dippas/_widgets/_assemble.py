@@ -103,20 +103,20 @@ class AssembleWidget(DockWidget):
         self.open_button.clicked.connect(self._open_clicked)
         self.block = QComboBox()
         self.block.setToolTip("B: block size (pixels) of the assembly mosaic")
-        self.n_average = QSpinBox(minimum=1, maximum=1000, value=self.settings.n_average)
+        self.n_average = QSpinBox(minimum=1, maximum=1000, value=self.settings.L)
         self.n_average.setToolTip("L: snapshots averaged per block")
         self.tau = QDoubleSpinBox(minimum=0.0, maximum=99.0, decimals=1, singleStep=0.5)
-        self.tau.setValue(self.settings.tau_psnr)
+        self.tau.setValue(self.settings.tau)
         self.tau.setSuffix(" dB")
         self.tau.setToolTip("only snapshots at least this close to the photo are used")
         self.block.currentTextChanged.connect(
-            lambda t: setattr(self.settings, "block_size", int(t)) if t else None
+            lambda t: setattr(self.settings, "B", int(t)) if t else None
         )
-        self.n_average.valueChanged.connect(lambda v: setattr(self.settings, "n_average", v))
-        self.tau.valueChanged.connect(lambda v: setattr(self.settings, "tau_psnr", v))
-        self.settings.events.block_size.connect(lambda v: self.block.setCurrentText(str(v)))
-        self.settings.events.n_average.connect(self.n_average.setValue)
-        self.settings.events.tau_psnr.connect(self.tau.setValue)
+        self.n_average.valueChanged.connect(lambda v: setattr(self.settings, "L", v))
+        self.tau.valueChanged.connect(lambda v: setattr(self.settings, "tau", v))
+        self.settings.events.B.connect(lambda v: self.block.setCurrentText(str(v)))
+        self.settings.events.L.connect(self.n_average.setValue)
+        self.settings.events.tau.connect(self.tau.setValue)
 
         self.table = {}
         grid = QGridLayout()
@@ -243,7 +243,7 @@ class AssembleWidget(DockWidget):
         self.block.addItems([str(b) for b in self.session.valid_block_sizes()])
         self.block.blockSignals(False)
         self.settings.update(params.model_dump())
-        self.block.setCurrentText(str(self.settings.block_size))
+        self.block.setCurrentText(str(self.settings.B))
         self.status.setText(f"Run {Path(path).name}: {self.session.run.status}.")
         self._debounce.start()
 
@@ -269,8 +269,8 @@ class AssembleWidget(DockWidget):
             return
         generation, session, settings = self.generation, self.session, self.settings.model_copy()
         self.status.setText(
-            f"Assembling B={settings.block_size}, L={settings.n_average}, "
-            f"tau={settings.tau_psnr:g} dB…"
+            f"Assembling B={settings.B}, L={settings.L}, "
+            f"tau={settings.tau:g} dB…"
         )
 
         def job(report: Any) -> tuple[RunSession, AssemblyOutcome]:

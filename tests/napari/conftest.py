@@ -44,7 +44,7 @@ def tiny_settings():
 
     # lr 1e-2 (not the paper's 1e-3) takes the 64×64 crop past 20 dB in about 30 iterations
     return AnonymizeSettings(
-        mode="aware", device="cpu", seed=3, preset="tiny", tau_psnr=20.0, stop_psnr=40.0,
+        mode="aware", device="cpu", seed=3, preset="tiny", record_psnr=20.0, stop_psnr=40.0,
         max_iter=60, lr=1e-2,
     )
 

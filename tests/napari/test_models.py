@@ -105,24 +105,24 @@ def test_history_curves_and_ncc_points():
     assert np.isnan(history.column("gamma_star")).sum() == 3
 
 
-def test_settings_map_onto_the_dip_preset():
-    settings = AnonymizeSettings(preset="tiny", seed=7, tau_psnr=20.0, stop_psnr=25.0,
-                                 max_iter=42, device="cpu")
-    cfg = settings.dip_config()
-    from dippas_core.dip import DIPConfig
+def test_settings_map_onto_the_preset():
+    from dippas_core.config import AnonymizeConfig
 
-    tiny = DIPConfig.preset("tiny")
-    assert (cfg.seed, cfg.tau_psnr, cfg.stop_psnr, cfg.max_iter, cfg.device) == (
-        7, 20.0, 25.0, 42, "cpu")
-    assert cfg.widths == tiny.widths and cfg.z_channels == tiny.z_channels
+    settings = AnonymizeSettings()
+    settings.use_preset("tiny")
+    settings.update({"seed": 7, "record_psnr": 20.0, "stop_psnr": 25.0, "max_iter": 42})
+    # the preset and what the user changed: nothing else
+    assert settings.anonymize_config() == AnonymizeConfig.preset(
+        "tiny", seed=7, record_psnr=20.0, stop_psnr=25.0, max_iter=42
+    )
+    settings.use_preset("paper")  # a preset brings back its own values (the seed is kept)
+    assert settings.anonymize_config() == AnonymizeConfig.preset("paper", seed=7)
 
 
-def test_viewer_defaults_are_the_measured_cpu_settings():
-    from dippas_core.pipeline import AnonymizeConfig
+def test_viewer_defaults_are_the_cli_cpu_preset():
+    from dippas_core.config import AnonymizeConfig
 
-    cfg = AnonymizeSettings().dip_config()
-    measured = AnonymizeConfig.preset("cpu").dip
-    assert (cfg.lr, cfg.max_iter) == (measured.lr, measured.max_iter) == (1e-2, 1500)
+    assert AnonymizeSettings().anonymize_config() == AnonymizeConfig.preset("cpu")
 
 
 def test_symmetric_limits():

@@ -204,9 +204,9 @@ def test_a_garbled_assembly_file_falls_back_to_defaults(viewer, synthetic_run):
     path, photo, _ = synthetic_run("garbled")
     (path / ASSEMBLY_FILE).write_text(json.dumps({"B": "sixty-four", "L": None, "tau": "nan"}))
     params = last_assembly_params(RunSession(path))
-    assert (params.block_size, params.n_average, params.tau_psnr) == (64, 10, 30.0)
+    assert (params.B, params.L, params.tau) == (64, 10, 30.0)
     (path / ASSEMBLY_FILE).write_text("{not json")
-    assert last_assembly_params(RunSession(path)).n_average == 10
+    assert last_assembly_params(RunSession(path)).L == 10
     layers = viewer.open(str(path), plugin="napari-dippas")  # the run still opens, whole
     names = {layer.name for layer in layers}
     # named by the run (a run made outside the viewer: its folder), never numbered
@@ -224,7 +224,7 @@ def test_a_16_bit_run_is_scored_on_the_8_bit_scale_and_saved_16_bit(
 
     path8, photo, _ = synthetic_run("eight", bits=8)
     path16, _, _ = synthetic_run("sixteen", bits=16)
-    settings = AssemblySettings(block_size=32, n_average=3, tau_psnr=30.0)
+    settings = AssemblySettings(block_size=32, n_average=3, record_psnr=30.0)
     out8 = RunSession(path8).assemble(settings)
     out16 = RunSession(path16).assemble(settings)
     assert out8.image.dtype == np.uint8 and out8.bit_depth == 8

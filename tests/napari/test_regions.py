@@ -95,7 +95,7 @@ def test_progress_and_remaining_time_from_measured_speed():
     from napari_dippas._models import AnonymizeJob, StepSummary
 
     job = AnonymizeJob()
-    job.start(1000, tau_psnr=31.0)
+    job.start(1000, record_psnr=31.0)
     job.apply([StepSummary(10, 0.1, 20.0, 0.0, False)])
     job.tick(5.0)  # the first batch: start-up time, not speed
     job.apply([StepSummary(110, 0.1, 25.0, 0.0, False)])
@@ -105,7 +105,7 @@ def test_progress_and_remaining_time_from_measured_speed():
     assert "at most 89 s left" in job.describe()
     job.update({"status": "finished", "stop_reason": "psnr"})
     assert job.progress == 1.0  # done is 100 %, whatever max_iter was
-    job.start(1000, tau_psnr=31.0)
+    job.start(1000, record_psnr=31.0)
     job.apply([StepSummary(40, 0.1, 24.5, 0.0, False)])
     job.stopped_empty()
     assert job.status == "cancelled" and "nothing was kept" in job.describe()
@@ -377,7 +377,7 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     photo, fp = sample
     viewer.add_image(photo, rgb=True, name="photo")
     anon = AnonymizeWidget(viewer)
-    configure(anon, tiny_settings.model_copy(update={"mode": "blind", "tau_psnr": 60.0,
+    configure(anon, tiny_settings.model_copy(update={"mode": "blind", "record_psnr": 60.0,
                                                      "stop_psnr": 61.0, "max_iter": 200_000}))
     anon.runs_folder.set_path(tmp_path)
     asked = []

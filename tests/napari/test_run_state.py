@@ -77,17 +77,17 @@ def test_core_tile_stats_map_to_states():
 def test_fed_by_a_real_tiled_run_then_its_resume(sample, tmp_path):
     """The core's callbacks drive the model: a stopped run, then its resume, on a real crop."""
     from dippas_core.cancel import CancelToken
-    from dippas_core.dip import DIPConfig
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.pipeline import anonymize
     from napari_dippas._models import write_provenance
 
     photo, fp = sample
     crop = np.ascontiguousarray(photo[64:160, 96:192])
     K = np.ascontiguousarray(fp.K[64:160, 96:192])
-    config = AnonymizeConfig(
-        dip=DIPConfig.preset("tiny", seed=1, tau_psnr=20.0, stop_psnr=40.0, max_iter=30,
-                             lr=1e-2, device="cpu"),
-        tile_size=64, overlap=32, B=32, L=3,
+    # (the paper's B, L 10 and tau before: the tiny preset's B 32 is kept, L 3 asked for)
+    config = AnonymizeConfig.preset(
+        "tiny", seed=1, record_psnr=20.0, stop_psnr=40.0, max_iter=30, lr=1e-2, device="cpu",
+        tile_size=64, overlap=32, B=32, L=3, torch_threads=None,
     )
     plan = plan_tiles(crop.shape, 64, 32)
 

@@ -204,7 +204,7 @@ def test_anonymize_assemble_export_reopen_round_trip(
     assert asm.session is not None and asm.session.path == str(anon.run_path)
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
     assert [asm.block.itemText(i) for i in range(asm.block.count())] == ["32", "64"]
-    asm.settings.update({"block_size": 32, "n_average": 2})
+    asm.settings.update({"B": 32, "L": 2})
     qtbot.waitUntil(
         lambda: asm.outcome is not None and asm.outcome.params["L"] == 2
         and asm.outcome.params["B"] == 32, timeout=30_000,
@@ -397,7 +397,7 @@ def test_removing_a_dock_disconnects_the_widget(viewer, qtbot, synthetic_run):
     viewer.add_image(np.zeros((1, 64, 64, 3), np.uint16), rgb=True, name="other snapshots",
                      metadata={"dippas": {"kind": "snapshots", "run_dir": str(path)}})
     assert asm.run.count() == 1  # the run list no longer follows the viewer
-    asm.settings.n_average = 2
+    asm.settings.L = 2
     qtbot.wait(2 * 150)
     assert asm.worker is None or not asm.worker.is_running
     assert asm.outcome.params["L"] != 2  # no re-assembly after the close
@@ -481,7 +481,7 @@ def test_export_saves_the_current_run_when_two_runs_are_open(
     assert {la.name for la in layers_b} >= {"photo — run-b", "snapshots — run-b"}
     qtbot.waitUntil(lambda: asm.outcome is not None and asm.outcome.image.shape == (64, 64, 3)
                     and asm.status.text().startswith("Assembled"), timeout=30_000)
-    asm.settings.n_average = 2  # re-assembling run b updates run b's layer, not run a's
+    asm.settings.L = 2  # re-assembling run b updates run b's layer, not run a's
     qtbot.waitUntil(lambda: asm.outcome.params["L"] == 2, timeout=30_000)
     assert asm.anonymized_layer() is anon_b
     assert anon_a.metadata["dippas"]["run_dir"] == str(path_a)
@@ -593,9 +593,9 @@ def test_quick_settings_changes_show_the_last_settings(viewer, qtbot, synthetic_
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
     _wait_idle(qtbot, asm, slow_assembly)
     # older requests take longest: finishing out of order would let a stale result land last
-    slow_assembly["delay"] = lambda session, settings: 0.0 if settings.n_average == 4 else 0.4
+    slow_assembly["delay"] = lambda session, settings: 0.0 if settings.L == 4 else 0.4
     for n_average in (2, 3, 4):  # no event loop in between: superqt has not started any thread
-        asm.settings.n_average = n_average
+        asm.settings.L = n_average
         asm.assemble()
     _wait_idle(qtbot, asm, slow_assembly)
     assert slow_assembly["overlap"] == 1  # never two jobs on one RunSession
@@ -617,7 +617,7 @@ def test_a_previous_runs_result_is_never_shown_as_the_new_runs(viewer, qtbot, sy
     qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
     _wait_idle(qtbot, asm, slow_assembly)
     slow_assembly["delay"] = lambda session, settings: 0.5 if session.path == str(path_a) else 0.0
-    asm.settings.n_average = 2
+    asm.settings.L = 2
     asm.assemble()  # run a, slow; run b is opened while it works
     layers_b = asm.open_run_folder(path_b)
     (anon_b,) = [la for la in layers_b if la.metadata["dippas"]["kind"] == "anonymized"]
@@ -626,7 +626,7 @@ def test_a_previous_runs_result_is_never_shown_as_the_new_runs(viewer, qtbot, sy
     _wait_idle(qtbot, asm, slow_assembly)
     assert slow_assembly["overlap"] == 1
     stale = RunSession(path_a).assemble(AssemblySettings(**{**asm.settings.model_dump(),
-                                                            "n_average": 2}))
+                                                            "L": 2}))
     assert shown and not any(np.array_equal(image, stale.image) for image in shown)
     assert asm.session.path == str(path_b) and asm.anonymized_layer() is anon_b
     np.testing.assert_array_equal(anon_b.data, asm.outcome.image)

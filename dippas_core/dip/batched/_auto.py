@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DIPConfig
+from ...config import DIPConfig
 from ..device import SpeedSettings
 from ._jobs import _PreparedJob
 from ._stack import _Batch, _Tile, _with_params, batch_engine

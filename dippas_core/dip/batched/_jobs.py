@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..._validation import as_plane, check_same_size
+from ...config import DIPConfig
 from ...errors import InputError
-from ..config import DIPConfig
 from ..inversion import InversionResult, Step, _image_to_unit
 
 __all__ = ["TileDone", "TileJob", "TileStep"]

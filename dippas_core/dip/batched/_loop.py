@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Generator, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ...config import DIPConfig
 from ...errors import DeviceError
-from ..config import DIPConfig
 from ..device import SpeedSettings, resolve_device, speed_settings, torch_threads
 from ..inversion import (
     InversionResult,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...config import DIPConfig
 from ...errors import InputError
-from ..config import DIPConfig
 from ..device import SpeedSettings, usable_cpus
 from ..inversion import InversionResult, _drop_failed_frames, _Inverter
 

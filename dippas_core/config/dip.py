@@ -11,10 +11,11 @@ from typing import Any
 
 from .._validation import check_known_fields
 from ..errors import InputError
+from .presets import PRESETS
 
 _MAX_THREADS = max(1, os.cpu_count() or 1)
 
-__all__ = ["DIPConfig", "PRESETS"]
+__all__ = ["DIPConfig", "GAMMA_MODES", "MIN_WIDTH"]
 
 _AMP_MODES = ("auto", "off", "bf16", "fp16")
 _LAYOUT_MODES = ("auto", "off", "on")
@@ -34,9 +35,10 @@ class DIPConfig:
     ----------
     seed : int
         Fixes the input noise ``z``, the per-iteration perturbations and the initial weights.
-    tau_psnr : float
-        Outputs ``I_phi`` with PSNR (dB, against the photo) ``>= tau_psnr`` are kept as snapshots.
-        At most ``stop_psnr``; ``-inf`` keeps every output.
+    record_psnr : float
+        The recording threshold: outputs ``I_phi`` with PSNR (dB, against the photo)
+        ``>= record_psnr`` are kept as snapshots.  At most ``stop_psnr``; ``-inf`` keeps every
+        output.  (Not the assembly's ``tau``, which picks among the snapshots kept.)
     stop_psnr : float
         The inversion stops once the PSNR reaches this value (dB); ``inf``: only at ``max_iter``.
     max_iter : int
@@ -82,7 +84,7 @@ class DIPConfig:
     """
 
     seed: int = 0
-    tau_psnr: float = 38.0
+    record_psnr: float = 38.0
     stop_psnr: float = 39.0
     max_iter: int = 10000
     lr: float = 1e-3
@@ -125,17 +127,17 @@ class DIPConfig:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not float(self.perturb_std) >= 0:
             raise InputError(f"perturb_std must be >= 0, got {self.perturb_std!r}")
-        for name in ("tau_psnr", "stop_psnr"):
+        for name in ("record_psnr", "stop_psnr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise InputError(f"{name} must be a number of dB, got {value!r}")
             if math.isnan(value):
                 raise InputError(f"{name} must be a number of dB, got NaN")
-        if self.tau_psnr > self.stop_psnr:
+        if self.record_psnr > self.stop_psnr:
             # the inversion would stop before any output is good enough to keep
             raise InputError(
-                f"tau_psnr ({self.tau_psnr} dB) must not exceed stop_psnr ({self.stop_psnr} dB): "
-                "the run would stop before it keeps a snapshot"
+                f"record_psnr ({self.record_psnr} dB) must not exceed stop_psnr "
+                f"({self.stop_psnr} dB): the run would stop before it keeps a snapshot"
             )
         if self.gamma_mode not in GAMMA_MODES:
             raise InputError(f"gamma_mode must be one of {GAMMA_MODES}, got {self.gamma_mode!r}")
@@ -190,9 +192,19 @@ class DIPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DIPConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they are likely typos)."""
-        check_known_fields(cls, data, "DIPConfig field(s)")
+        """Inverse of :meth:`to_dict`; unknown keys are an error (they are likely typos).
+
+        Reads the name older versions wrote for the recording threshold (``tau_psnr``).
+        """
         kwargs = dict(data)
+        if "tau_psnr" in kwargs:
+            old = kwargs.pop("tau_psnr")
+            if kwargs.setdefault("record_psnr", old) != old:
+                raise InputError(
+                    f"record_psnr given twice, as {kwargs['record_psnr']!r} and as tau_psnr "
+                    f"{old!r}"
+                )
+        check_known_fields(cls, kwargs, "DIPConfig field(s)")
         for key in ("widths", "skip_widths"):
             if kwargs.get(key) is not None:
                 kwargs[key] = tuple(kwargs[key])
@@ -216,37 +228,14 @@ class DIPConfig:
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> DIPConfig:
-        """A named configuration, optionally with some fields changed.
+        """The DIP part of the preset ``name`` (:data:`~dippas_core.config.PRESETS`), with some
+        fields changed: ``AnonymizeConfig.preset(name).dip``.
 
         ``"paper"``: the published setup (512-channel z, U = 16…256, stop at 39 dB).
-        ``"cpu"``: a narrower network and 32-channel z that runs a 256×256 crop on a laptop CPU
+        ``"cpu"``: a narrower network and 32-channel z that runs a 256×256 tile on a laptop CPU
         in minutes. ``"tiny"``: for tests and demos, ≈64×64 in seconds.
         """
-        try:
-            base = PRESETS[name]
-        except KeyError:
-            raise InputError(
-                f"unknown DIP preset {name!r}; choose one of {', '.join(PRESETS)}"
-            ) from None
-        return cls(**{**base, **changes})
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "cpu": {
-        "widths": (8, 16, 32, 64, 128),
-        "z_channels": 32,
-        "max_iter": 3000,
-        "device": "cpu",
-    },
-    "tiny": {
-        "widths": (4, 8, 8, 16, 16),
-        "z_channels": 8,
-        # reaches tau within max_iter on a 64×64 crop of a real photo (≈1 min on 2 CPU cores)
-        "max_iter": 1500,
-        "tau_psnr": 31.0,
-        "stop_psnr": 33.5,
-        "device": "cpu",
-        "torch_threads": 1,
-    },
-}
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        check_known_fields(cls, changes, "DIPConfig field(s)")
+        return cls(**{**PRESETS[name]["dip"], **changes})
