@@ -123,17 +123,17 @@ def documented_bounds(n_px: int, plan, iterations: int, network: bool) -> dict[s
 class PhaseMarks:
     """Start and end times of the stitching and of the whole-photo NCC/PCE measurement.
 
-    Taken by wrapping ``dippas_core.tiling.stitch`` and ``dippas_core.pipeline.attribution_scores``
-    (the tiled run looks both up at call time).
+    Taken by wrapping ``dippas_core.tiling.stitch`` and ``dippas_core.report.measure`` (the tiled
+    run looks both up at call time).
     """
 
     def __init__(self) -> None:
-        import dippas_core.pipeline as pipeline
+        import dippas_core.report as report
         import dippas_core.tiling as tiling
 
         self.marks: dict[str, list[float]] = {"stitch": [], "measure": []}
         tiling.stitch = self._wrap(tiling.stitch, "stitch")
-        pipeline.attribution_scores = self._wrap(pipeline.attribution_scores, "measure")
+        report.measure = self._wrap(report.measure, "measure")
 
     def _wrap(self, fn, name):
         def timed(*args, **kwargs):

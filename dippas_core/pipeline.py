@@ -19,11 +19,11 @@ from .config import AnonymizeConfig
 from .errors import InputError
 from .fingerprint import Fingerprint, fingerprint_parts
 from .io import to_float255
+from .report import AnonymizationReport, below_tau, describe_input, measure
 
 __all__ = [
     "AnonymizeResult",
     "anonymize",
-    "attribution_scores",
     "estimate_cost",
 ]
 
@@ -37,8 +37,9 @@ class AnonymizeResult:
         The anonymized photo: uint8 H×W×3 for 8-bit input, float32 0..255 otherwise (write it with
         ``io.write_image(..., bit_depth=16)``).
     report
-        JSON-serialisable summary (PSNR, NCC/PCE before and after, parameters, seed, timing,
-        versions, device).
+        The :class:`~dippas_core.report.AnonymizationReport` (PSNR, NCC/PCE before and after,
+        parameters, seed, timing, versions, device), read like a dict; its published part is
+        what may travel with the image.
     maps
         ``block_ncc_before`` / ``block_ncc_after`` (Bh×Bw float64), kept out of the report.
     run_dir
@@ -48,24 +49,10 @@ class AnonymizeResult:
     """
 
     image: np.ndarray
-    report: dict[str, Any]
+    report: AnonymizationReport
     maps: dict[str, np.ndarray]
     run_dir: Path | None
     assembly: Any = field(repr=False, default=None)
-
-
-def attribution_scores(
-    image: np.ndarray, P: np.ndarray, B: int, sigma: float = 5.0
-) -> tuple[dict[str, float], np.ndarray]:
-    """NCC and PCE of ``image``'s residual against ``gray(image)·P``, and its B×B block-NCC map.
-
-    The report's form of :func:`dippas_core.attribution.attribute` (zero-shift PCE: the output
-    keeps the photo's geometry).
-    """
-    from .attribution import attribute
-
-    result = attribute(image, P, sigma=sigma, block_size=B)
-    return result.scores(), result.block_ncc
 
 
 def estimate_cost(
@@ -219,20 +206,22 @@ def anonymize(
             scheduler=scheduler,
             workers=workers,
         )
-    report = result.report
-    report["tile_plan"] = {k: v for k, v in plan.to_dict().items() if k != "tiles"}
+    extra: dict[str, Any] = {
+        "tile_plan": {k: v for k, v in plan.to_dict().items() if k != "tiles"}
+    }
     if offset is not None:
-        report["region"] = {
+        extra["region"] = {
             **offset,
             "note": "only this region was anonymized; the rest of the photo still carries the "
             "camera's trace",
         }
     if estimate is not None:
-        report["cost"] = {
+        extra["cost"] = {
             "estimate_s": float(estimate.seconds),
             "estimate": estimate.to_dict(),
-            "actual_s": float(report["timing_s"]["total"]),
+            "actual_s": float(result.report["timing_s"]["total"]),
         }
+    result.report = result.report.with_(**extra)
     return result
 
 
@@ -298,18 +287,17 @@ def _anonymize_one(
         asm = out.assembly
         block = asm.block if asm is not None else int(min(config.assembly.B, max(raw.shape[:2])))
         t0 = time.perf_counter()
-        before, map_before = attribution_scores(img255, P, block, config.sigma)
-        after, map_after = attribution_scores(out.image, P, block, config.sigma)
-        if asm is not None:
-            asm._ncc_map = map_after  # the same measurement; spare a second residual
+        measured, maps = measure(img255, out.image, P, block, config.sigma)
+        if asm is not None:  # the same measurement; spare a second residual
+            asm._ncc_map = maps["block_ncc_after"]
         t_meas = time.perf_counter() - t0
         inv = out.inversion
         env = dict(getattr(inv, "environment", {}) or {})
         st = out.stats
-        report = {
-            **_report_head(mode, fp_info, raw, img255, out.image, before, after),
-            "block_ncc": _block_summary(block, map_before, map_after),
-            "inversion": {
+        report = AnonymizationReport.of(
+            **describe_input(mode, fp_info, raw),
+            **measured,
+            inversion={
                 "stop_reason": st["stop_reason"],
                 "n_iterations": st["iterations"],
                 "n_snapshots": st["n_snapshots"],
@@ -319,22 +307,23 @@ def _anonymize_one(
                 "gamma": gamma_summary(out.run.history()),  # history.csv marks kept iterations
                 "elapsed_s": float(inv.elapsed_s),
             },
-            "below_tau": _below_tau([(0, st)]),
-            "tiles": [{"y": 0, "x": 0, "h": int(raw.shape[0]), "w": int(raw.shape[1]), **st}],
-            "assembly": st["assembly"],
-            "config": config.to_dict(),
-            "seed": int(config.dip.seed),
-            "timing_s": {
+            below_tau=below_tau([(0, st)]),
+            tiles=[{"y": 0, "x": 0, "h": int(raw.shape[0]), "w": int(raw.shape[1]), **st}],
+            assembly=st["assembly"],
+            config=config.to_dict(),
+            seed=int(config.dip.seed),
+            sigma=float(config.sigma),
+            timing_s={
                 "inversion": t_inv,
                 "assembly": float(st["assembly"].get("elapsed_s", 0.0)),
                 "measurement": t_meas,
                 "total": time.perf_counter() - t_start,
             },
-            "device": env.get("device", config.dip.device),
-            "environment": env,
-            "versions": environment_info(),
-            "run_dir": None if temporary and not config.keep_run else str(path),
-        }
+            device=env.get("device", config.dip.device),
+            environment=env,
+            versions=environment_info(),
+            run_dir=None if temporary and not config.keep_run else str(path),
+        )
     except BaseException:
         if temporary:
             shutil.rmtree(path, ignore_errors=True)
@@ -344,53 +333,7 @@ def _anonymize_one(
     return AnonymizeResult(
         image=out.image,
         report=report,
-        maps={"block_ncc_before": map_before, "block_ncc_after": map_after},
+        maps=maps,
         run_dir=Path(report["run_dir"]) if report["run_dir"] else None,
         assembly=asm,
     )
-
-
-def _report_head(
-    mode: str,
-    fp_info: dict | None,
-    raw: np.ndarray,
-    img255: np.ndarray,
-    image: np.ndarray,
-    before: dict,
-    after: dict,
-) -> dict[str, Any]:
-    from .metrics import psnr
-
-    return {
-        "mode": mode,
-        "reference": (
-            "fingerprint K"
-            if mode == "aware"
-            else "photo residual (blind: no fingerprint given; NCC/PCE are against the "
-            "photo's own noise residual)"
-        ),
-        "fingerprint": fp_info,
-        "photo": {"height": int(raw.shape[0]), "width": int(raw.shape[1]), "dtype": str(raw.dtype)},
-        "psnr": float(psnr(img255, np.asarray(image, np.float32))),
-        "ncc": {"before": before["ncc"], "after": after["ncc"]},
-        "pce": {"before": before["pce"], "after": after["pce"], "decision_level": 60.0},
-        "pce_detail": {"before": before, "after": after},
-    }
-
-
-def _block_summary(block: int, map_before: np.ndarray, map_after: np.ndarray) -> dict[str, Any]:
-    return {
-        "B": int(block),
-        "mean_abs_before": float(np.abs(map_before).mean()),
-        "mean_abs_after": float(np.abs(map_after).mean()),
-        "max_abs_after": float(np.abs(map_after).max()),
-    }
-
-
-def _below_tau(tiles: list[tuple[int, dict]]) -> list[dict[str, Any]]:
-    """The tiles whose inversion never reached the recording threshold, and by how much (dB)."""
-    return [
-        {"tile": i, "short_db": float(st["below_tau_db"]), "best_psnr": st["best_psnr"]}
-        for i, st in tiles
-        if st.get("below_tau_db", 0.0) > 0
-    ]

@@ -393,7 +393,7 @@ def anonymized_layer(
     """The assembled image at ``offset``; its ``report`` is what the writer saves beside it."""
     meta = {"kind": "anonymized", **info}
     if report is not None:
-        meta["report"] = report
+        meta["report"] = dict(report)  # (an AnonymizationReport is read as the dict it writes)
     rgb = image.ndim == 3 and image.shape[-1] == 3
     kwargs = {"name": name, "rgb": rgb, "metadata": {"dippas": meta}}
     if any(offset):

@@ -3,12 +3,12 @@
 File → Save Selected Layer(s) and the Assemble & export widget's button both end here.  Pixels go
 through :func:`dippas_core.io.write_image` (atomic, rounds floats, writes no metadata); if the layer
 carries a DIPPAS report (``metadata["dippas"]["report"]``), only its published part
-(:func:`dippas_core.report.published_sidecar`: settings, seed, PSNR, versions; nothing about the
-source camera, its scores or the run folder) is written beside the image as JSON, and the full
-report goes into the run folder as its forensic record.  A JSON file already beside the image is
-replaced only when it is a sidecar an earlier export wrote; a run's own files are never written
-over.  Fingerprints, residuals and block-NCC maps are refused: they are small signed values that
-an 8-bit image would turn black.
+(:meth:`dippas_core.report.AnonymizationReport.sidecar`: settings, seed, PSNR, versions; nothing
+about the source camera, its scores or the run folder) is written beside the image as JSON, and
+the full report goes into the run folder as its forensic record.  A JSON file already beside the
+image is replaced only when it is a sidecar an earlier export wrote; a run's own files are never
+written over.  Fingerprints, residuals and block-NCC maps are refused: they are small signed values
+that an 8-bit image would turn black.
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     written = [str(write_image(target, array, bit_depth=bit_depth))]
     if report is not None:
         from dippas_core._atomic import atomic_write_text
-        from dippas_core.report import published_sidecar
+        from dippas_core.report import AnonymizationReport
 
         out = report_path(target)
-        sidecar = published_sidecar({**report, "bit_depth": bit_depth}, image_name=target.name)
-        atomic_write_text(out, json.dumps(sidecar, indent=1))
+        report = AnonymizationReport.from_dict(report).with_(bit_depth=bit_depth)
+        atomic_write_text(out, json.dumps(report.sidecar(target.name), indent=1))
         written.append(str(out))
         _keep_forensic_record(report, info.get("run_dir"), target)
     return written
@@ -133,7 +133,7 @@ def _check_targets(target: Path, *, with_sidecar: bool) -> None:
             )
 
 
-def _keep_forensic_record(report: dict, run_dir: Any, target: Path) -> None:
+def _keep_forensic_record(report: Any, run_dir: Any, target: Path) -> None:
     """The full report (camera, scores, maps) into the run folder, never beside the image."""
     import contextlib
 
@@ -142,5 +142,5 @@ def _keep_forensic_record(report: dict, run_dir: Any, target: Path) -> None:
 
     if run_dir and is_run_folder(run_dir):
         with contextlib.suppress(OSError):  # a read-only run folder: the export still stands
-            write_forensic_record({**report, "output": str(target)}, Path(str(run_dir)))
+            write_forensic_record(report.with_(output=str(target)), Path(str(run_dir)))
 

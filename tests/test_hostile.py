@@ -702,11 +702,11 @@ def test_plugin_sidecar_is_clean_and_the_record_stays_in_the_run(run_dir, tmp_pa
 
 
 def test_published_sidecar_is_an_allow_list():
-    from dippas_core.report import published_sidecar
+    from dippas_core.report import AnonymizationReport
 
     report = {"psnr": 40.0, "seed": 1, "camera": "Nikon", "owner": "alice", "mode": "aware",
               "assembly": {"B": 64, "L": 10, "ncc_map": [[1.0]]}, "inversion": {"source": "x"}}
-    assert published_sidecar(report, image_name="/home/alice/out.png") == {
+    assert AnonymizationReport.from_dict(report).sidecar("/home/alice/out.png") == {
         "format": "dippas-published-sidecar", "output": "out.png", "psnr": 40.0, "seed": 1,
         "mode": "aware", "assembly": {"B": 64, "L": 10}, "inversion": {},
     }

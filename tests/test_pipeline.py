@@ -36,7 +36,7 @@ def test_anonymize_aware_end_to_end(sample64, tmp_path):
     res = anonymize(photo, fingerprint, config, run_dir=tmp_path / "run", on_step=steps.append)
     np.testing.assert_array_equal(photo, original)  # input untouched
     rep = res.report
-    json.dumps(rep)  # JSON-serialisable as is
+    json.dumps(rep.to_dict())  # its JSON form
 
     assert res.image.dtype == np.uint8 and res.image.shape == photo.shape
     assert rep["mode"] == "aware" and rep["seed"] == 3 and rep["device"].startswith("cpu")

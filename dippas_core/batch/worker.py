@@ -236,13 +236,13 @@ def process_image(
         record.status = STATUS_OK
         record.reason = _quality_notes(report)
         write_image(output, image, bit_depth=bit_depth)
-        from ..report import published_sidecar, write_forensic_record
+        from ..report import AnonymizationReport, write_forensic_record
 
         # beside the image only the published part; the full report (camera, scores before)
-        # goes to the batch's state folder, with the done-markers
+        # goes to the batch's state folder, with the done-markers (a custom job's keys too)
+        full = AnonymizationReport.from_dict(report).with_(output=output.name)
         write_forensic_record(
-            {**report, "output": output.name}, Path(task.marker).parent.parent / "records"
-            / f"{output.stem}.json",
+            full, Path(task.marker).parent.parent / "records" / f"{output.stem}.json"
         )
         atomic_write_text(
             output.with_suffix(".json"),
@@ -251,7 +251,7 @@ def process_image(
                     "output": output.name,
                     # what the batch did before the pipeline (no source size: it names the camera)
                     "batch": {"crop": settings.crop, "bit_depth": bit_depth},
-                    "report": published_sidecar(report),
+                    "report": full.sidecar(),
                 },
                 indent=2,
                 allow_nan=False,

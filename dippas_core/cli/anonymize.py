@@ -326,9 +326,9 @@ def _run(args: argparse.Namespace) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
-    report = {**result.report, "crop": args.crop, "source": _source(args.photo)}
+    report = result.report.with_(crop=args.crop, source=_source(args.photo))
     if temporary:
-        report["run_dir"] = None
+        report = report.with_(run_dir=None)
     out = output_name(args.out, report)
     try:
         if out != args.out:
@@ -336,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
             check_output(out, True, args.photo)
         if args.report is not None:
             write_forensic_record(report, args.report, result.maps)
-        # the sidecar beside the image is report.published_sidecar: nothing about the source;
+        # the sidecar beside the image is the report's published part: nothing of the source;
         # the full record goes into a run folder that is kept
         kept_run = None if temporary or result.run_dir is None else result.run_dir
         write_outputs(out, result.image, bits, report, result.maps, forensic=kept_run)

@@ -84,29 +84,29 @@ def write_outputs(
     out: Path,
     image: Any,
     bits: int,
-    report: dict,
+    report: Any,
     maps: dict,
     *,
     forensic: Path | None = None,
 ) -> Path:
     """Write the image (no metadata, atomic) and its published JSON sidecar; return its path.
 
-    The sidecar travels with the image, so it is :func:`~dippas_core.report.published_sidecar`:
-    nothing about the source camera, its scores or where the source and run live.  The full
-    report and the block-NCC maps go to ``forensic`` (a run folder or a file), when given.
+    ``report``: the :class:`~dippas_core.report.AnonymizationReport`.  The sidecar travels with
+    the image, so it is the report's published part: nothing about the source camera, its scores
+    or where the source and run live.  The full report and the block-NCC maps go to ``forensic``
+    (a run folder or a file), when given.
     """
     from .._atomic import atomic_write_text
     from ..io import write_image
-    from ..report import published_sidecar, write_forensic_record
+    from ..report import write_forensic_record
 
     write_image(out, image, bit_depth=bits)
     report_path = out.with_suffix(".json")
-    sidecar = published_sidecar({**report, "bit_depth": bits}, image_name=out.name)
-    atomic_write_text(report_path, json.dumps(sidecar, indent=1))
+    report = report.with_(bit_depth=bits)
+    atomic_write_text(report_path, json.dumps(report.sidecar(out.name), indent=1))
     if forensic is not None:
         try:
-            write_forensic_record({**report, "output": str(out), "bit_depth": bits},
-                                  forensic, maps)
+            write_forensic_record(report.with_(output=str(out)), forensic, maps)
         except OSError as exc:  # the image is written; say where the record could not go
             print(f"warning: could not write the forensic record to {forensic}: {exc}",
                   file=sys.stderr)
@@ -130,9 +130,8 @@ def _run(args: argparse.Namespace) -> int:
     from ..assembly import assemble
     from ..config import AssemblyParams
     from ..io import to_float255
-    from ..metrics import psnr
     from ..photo_assembly import is_photo_run
-    from ..pipeline import attribution_scores
+    from ..report import AnonymizationReport, measure
     from ..run import RunDirectory, environment_info
 
     report_path = check_output(args.out, args.force)
@@ -162,37 +161,28 @@ def _run(args: argparse.Namespace) -> int:
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
     asm = assemble(run, params, dtype="uint8" if bits == 8 else "float32")
     photo255 = to_float255(photo)
-    before, map_before = attribution_scores(photo255, run.reference, asm.block, run.sigma)
-    after, map_after = attribution_scores(asm.image, run.reference, asm.block, run.sigma)
-    report = {
-        "run_dir": str(run.path),
-        "mode": run.mode,
-        "reference": run.config.get("reference"),
-        "psnr": float(psnr(photo255, np.asarray(asm.image, np.float32))),
-        "ncc": {"before": before["ncc"], "after": after["ncc"]},
-        "pce": {"before": before["pce"], "after": after["pce"]},
-        "assembly": asm.params,
-        "seed": run.config.get("seed"),
-        "device": run.config.get("device"),
-        "run_status": run.status,
-        "sigma": run.sigma,
-        "dip_config": run.config.get("dip_config"),
-        "versions": environment_info(),
-    }
-    write_outputs(
-        args.out,
-        asm.image,
-        bits,
-        report,
-        {"block_ncc_before": map_before, "block_ncc_after": map_after},
-        forensic=run.path,
+    measured, maps = measure(photo255, asm.image, run.reference, asm.block, run.sigma)
+    report = AnonymizationReport.of(
+        **measured,
+        run_dir=str(run.path),
+        mode=run.mode,
+        reference=run.config.get("reference"),
+        assembly=asm.params,
+        seed=run.config.get("seed"),
+        device=run.config.get("device"),
+        run_status=run.status,
+        sigma=run.sigma,
+        dip_config=run.config.get("dip_config"),
+        versions=environment_info(),
     )
+    write_outputs(args.out, asm.image, bits, report, maps, forensic=run.path)
     p = asm.params
     warn_lowered_tau(params.tau, p)
     print(
         f"assembled {args.out} from {p['n_candidates']} snapshots (PSNR >= "
         f"{p['psnr_threshold']:.2f} dB), B={p['B']} L={p['L']} in {p['elapsed_s']:.2f} s: "
-        f"PSNR {report['psnr']:.2f} dB, NCC {before['ncc']:.4f} -> {after['ncc']:.4f}; "
+        f"PSNR {report['psnr']:.2f} dB, NCC {report['ncc']['before']:.4f} -> "
+        f"{report['ncc']['after']:.4f}; "
         f"report {report_path}",
         file=sys.stderr,
     )
@@ -204,9 +194,8 @@ def _run_photo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io import to_float255
-    from ..metrics import psnr
     from ..photo_assembly import assemble_photo_run
-    from ..pipeline import attribution_scores
+    from ..report import AnonymizationReport, measure
     from ..residual import residual
     from ..run import environment_info
     from .anonymize import output_name
@@ -219,30 +208,19 @@ def _run_photo(args: argparse.Namespace) -> int:
     P = asm.reference if asm.reference is not None else residual(photo255, asm.sigma)
     p = asm.params
     block = p["B"] if p["B"] % 32 == 0 else 64
-    before, map_before = attribution_scores(photo255, P, block, asm.sigma)
-    after, map_after = attribution_scores(asm.image, P, block, asm.sigma)
-    below = [{"tile": i, "kept_fallback": True} for i in p["kept_fallback"]]
-    report = {
-        "run_dir": str(args.run_dir),
-        "mode": asm.mode,
-        "psnr": float(psnr(photo255, np.asarray(asm.image, np.float32))),
-        "ncc": {"before": before["ncc"], "after": after["ncc"]},
-        "pce": {"before": before["pce"], "after": after["pce"], "decision_level": 60.0},
-        "assembly": p,
-        "below_tau": below,
-        "versions": environment_info(),
-    }
+    measured, maps = measure(photo255, asm.image, P, block, asm.sigma)
+    report = AnonymizationReport.of(
+        **measured,
+        run_dir=str(args.run_dir),
+        mode=asm.mode,
+        assembly=p,
+        below_tau=[{"tile": i, "kept_fallback": True} for i in p["kept_fallback"]],
+        versions=environment_info(),
+    )
     out = output_name(args.out, report)
     if out != args.out:
         check_output(out, True)
-    write_outputs(
-        out,
-        asm.image,
-        bits,
-        report,
-        {"block_ncc_before": map_before, "block_ncc_after": map_after},
-        forensic=Path(args.run_dir),
-    )
+    write_outputs(out, asm.image, bits, report, maps, forensic=Path(args.run_dir))
     if p["kept_fallback"]:
         print(
             f"tiles {p['kept_fallback']} never reached the run's recording threshold (no snapshot "
@@ -251,8 +229,9 @@ def _run_photo(args: argparse.Namespace) -> int:
         )
     print(
         f"assembled {out} from {len(p['tiles'])} tiles' runs, B={p['B']} L={p['L']} "
-        f"tau={p['tau']:g}: PSNR {report['psnr']:.2f} dB, NCC {before['ncc']:.4f} -> "
-        f"{after['ncc']:.4f}, PCE {before['pce']:.1f} -> {after['pce']:.1f}",
+        f"tau={p['tau']:g}: PSNR {report['psnr']:.2f} dB, NCC {report['ncc']['before']:.4f} -> "
+        f"{report['ncc']['after']:.4f}, PCE {report['pce']['before']:.1f} -> "
+        f"{report['pce']['after']:.1f}",
         file=sys.stderr,
     )
     return 0

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     write_image(out / "original.png", photo)
     image_path = out / "anonymized.png"
     write_outputs(
-        image_path, result.image, 8, {**result.report, "crop": crop}, result.maps,
+        image_path, result.image, 8, result.report.with_(crop=crop), result.maps,
         forensic=out / "run",
     )
     print_summary(result.report, image_path)

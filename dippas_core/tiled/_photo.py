@@ -44,14 +44,8 @@ def anonymize_tiled(
     """
     from ..io import to_float255
     from ..photo_cluster import choose_execution, invert_tiles_on_cluster
-    from ..pipeline import (
-        AnonymizeResult,
-        _below_tau,
-        _block_summary,
-        _reference,
-        _report_head,
-        attribution_scores,
-    )
+    from ..pipeline import AnonymizeResult, _reference
+    from ..report import AnonymizationReport, below_tau, describe_input, measure
     from ..residual import residual
     from ..run import environment_info, temporary_run_folder
     from ..tiling import stitch
@@ -179,8 +173,7 @@ def anonymize_tiled(
         t0 = time.perf_counter()
         P_full = K if K is not None else residual(img255, config.sigma)
         block = int(config.assembly.B) if int(config.assembly.B) % int(config.tile) == 0 else 64
-        before, map_before = attribution_scores(img255, P_full, block, config.sigma)
-        after, map_after = attribution_scores(image, P_full, block, config.sigma)
+        measured, maps = measure(img255, image, P_full, block, config.sigma)
         t_meas = time.perf_counter() - t0
     except BaseException:
         if temporary:
@@ -190,17 +183,16 @@ def anonymize_tiled(
     for t in plan.tiles:
         st = done[t.index][1] if t.index in done else {"done": False}
         tiles_report.append({**t.to_dict(), "index": t.index, "done": t.index in done, **st})
-    below = _below_tau([(i, done[i][1]) for i in sorted(done)])
     keep = not temporary or config.keep_run
-    report = {
-        **_report_head(mode, fp_info, raw, img255, image, before, after),
-        "block_ncc": _block_summary(block, map_before, map_after),
-        "partial": bool(missing),
-        "tiles_not_anonymized": missing,
-        "below_tau": below,
-        "tiles": tiles_report,
-        "resumed_tiles": resumed_tiles,
-        "inversion": {
+    report = AnonymizationReport.of(
+        **describe_input(mode, fp_info, raw),
+        **measured,
+        partial=bool(missing),
+        tiles_not_anonymized=missing,
+        below_tau=below_tau([(i, done[i][1]) for i in sorted(done)]),
+        tiles=tiles_report,
+        resumed_tiles=resumed_tiles,
+        inversion={
             "stop_reason": "cancelled" if stopped and missing else "finished",
             "n_iterations": int(sum(v[1]["iterations"] for v in done.values())),
             "n_snapshots": int(sum(v[1]["n_snapshots"] for v in done.values())),
@@ -210,32 +202,33 @@ def anonymize_tiled(
             "tiles_per_step_choice": n_choice if batched or n_per_step == 1 else "one tile to run",
             "execution": execution.to_dict(),
         },
-        "assembly": {
+        assembly={
             "B": int(config.assembly.B),
             "L": int(config.assembly.L),
             "tau": config.assembly_tau,
             "per_tile": True,
             "stitch": "feathered linear ramps in the overlaps",
         },
-        "config": config.to_dict(),
-        "seed": int(config.dip.seed),
-        "timing_s": {
+        config=config.to_dict(),
+        seed=int(config.dip.seed),
+        sigma=float(config.sigma),
+        timing_s={
             "inversion": t_inv,
             "stitch": t_stitch,
             "measurement": t_meas,
             "total": time.perf_counter() - t_start,
         },
-        "disk_peak_bytes": int(disk_peak),
-        "device": env.get("device", config.dip.device),
-        "environment": env,
-        "versions": environment_info(),
-        "run_dir": str(path) if keep else None,
-    }
+        disk_peak_bytes=int(disk_peak),
+        device=env.get("device", config.dip.device),
+        environment=env,
+        versions=environment_info(),
+        run_dir=str(path) if keep else None,
+    )
     if not keep:
         shutil.rmtree(path, ignore_errors=True)
     return AnonymizeResult(
         image=image,
         report=report,
-        maps={"block_ncc_before": map_before, "block_ncc_after": map_after},
+        maps=maps,
         run_dir=path if keep else None,
     )

@@ -93,8 +93,6 @@ class RunSession:
     def assemble(self, settings: AssemblySettings) -> AssemblyOutcome:
         """Assemble with ``settings`` and score the result (one residual of the result)."""
         from dippas_core.assembly import assemble
-        from dippas_core.io import to_float255
-        from dippas_core.metrics import psnr
 
         if self.run.status == "recording":  # re-read config.json: the run may have ended
             from dippas_core.run import RunDirectory
@@ -109,44 +107,40 @@ class RunSession:
         )
         before = self.before(B)
         after = attribute(result.image, self.run.reference, sigma=self.run.sigma, block_size=B)
-        quality = float(
-            psnr(np.asarray(result.image, np.float32), to_float255(self.run.photo))
-        )
         params = dict(result.params)
-        report = self._report(params, before, after, quality)
-        report["bit_depth"] = bits
-        return AssemblyOutcome(result.image, before, after, quality, params, report, bits)
+        report = self._report(result.image, params, before, after).with_(bit_depth=bits)
+        return AssemblyOutcome(result.image, before, after, report["psnr"], params,
+                               report.to_dict(), bits)
 
     def _report(
-        self, params: dict[str, Any], before: AttributionResult, after: AttributionResult,
-        quality: float,
-    ) -> dict[str, Any]:
+        self, image: np.ndarray, params: dict[str, Any], before: AttributionResult,
+        after: AttributionResult,
+    ) -> Any:
         import datetime as dt
+
+        from dippas_core.io import to_float255
+        from dippas_core.report import AnonymizationReport, measure
 
         from .. import __version__
 
         cfg = self.run.config
         result = cfg.get("result") or {}
-        # the same keys as dippas_core.pipeline.anonymize's report, plus the maps themselves
-        return {
-            "tool": f"napari-dippas {__version__}",
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "mode": cfg.get("mode"),
-            "reference": cfg.get("reference"),
-            "fingerprint": cfg.get("fingerprint"),
-            "photo": cfg.get("photo"),
-            "psnr": quality,
-            "ncc": {"before": before.ncc, "after": after.ncc},
-            "pce": {"before": before.pce, "after": after.pce, "shift_search": "zero shift"},
-            "block_ncc": {
-                "B": after.block_size,
-                "mean_abs_before": float(np.abs(before.block_ncc).mean()),
-                "mean_abs_after": float(np.abs(after.block_ncc).mean()),
-                "max_abs_after": float(np.abs(after.block_ncc).max()),
-                "before": before.block_ncc.tolist(),
-                "after": after.block_ncc.tolist(),
-            },
-            "inversion": {
+        measured, maps = measure(to_float255(self.run.photo), image, self.run.reference,
+                                 after.block_size, self.run.sigma, before=before, after=after)
+        # dippas_core.pipeline.anonymize's report, with the maps themselves
+        block_ncc = {**measured.pop("block_ncc"),
+                     "before": maps["block_ncc_before"].tolist(),
+                     "after": maps["block_ncc_after"].tolist()}
+        return AnonymizationReport.of(
+            **measured,
+            block_ncc=block_ncc,
+            tool=f"napari-dippas {__version__}",
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            mode=cfg.get("mode"),
+            reference=cfg.get("reference"),
+            fingerprint=cfg.get("fingerprint"),
+            photo=cfg.get("photo"),
+            inversion={
                 "status": cfg.get("status"),
                 "stop_reason": result.get("stop_reason"),
                 "n_iterations": result.get("n_iterations"),
@@ -154,14 +148,14 @@ class RunSession:
                 "best_psnr": result.get("best_psnr"),
                 "elapsed_s": result.get("elapsed_s"),
             },
-            "assembly": params,
-            "dip_config": cfg.get("dip_config"),
-            "sigma": self.run.sigma,
-            "seed": cfg.get("seed"),
-            "device": cfg.get("device"),
-            "environment": result.get("environment"),
-            "versions": cfg.get("versions"),
+            assembly=params,
+            dip_config=cfg.get("dip_config"),
+            sigma=self.run.sigma,
+            seed=cfg.get("seed"),
+            device=cfg.get("device"),
+            environment=result.get("environment"),
+            versions=cfg.get("versions"),
             # the folder's name only: the report travels with the image, and a full path tells
             # where the run lives (a folder name can identify a person; as the CLI's reports)
-            "run_dir": Path(self.path).name,
-        }
+            run_dir=Path(self.path).name,
+        )
