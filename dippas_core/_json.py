@@ -8,7 +8,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable"]
+__all__ = ["MAX_JSON_BYTES", "jsonable", "read_json"]
+
+#: Largest JSON file read back (a run's settings, a plan, a record): far above any dippas writes,
+#: so a file inflated by hand cannot cost the reader gigabytes.
+MAX_JSON_BYTES = 64 << 20
+
+
+def read_json(path: str | Path, *, limit: int = MAX_JSON_BYTES) -> Any:
+    """The JSON in ``path``, read within ``limit`` bytes.
+
+    Raises
+    ------
+    OSError
+        The file cannot be read.
+    ValueError
+        It is larger than ``limit`` or not JSON (``json.JSONDecodeError`` is a ValueError).
+    """
+    import json
+
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit >> 20} MiB, more than dippas ever writes")
+    return json.loads(data)
 
 
 def jsonable(value: Any, *, strict: bool = False, arrays: bool = True) -> Any:

@@ -7,6 +7,7 @@ __all__ = [
     "DippasError",
     "ImageReadError",
     "InputError",
+    "NoteWarning",
     "ShapeMismatchError",
 ]
 
@@ -29,3 +30,8 @@ class ImageReadError(InputError, OSError):
 
 class DeviceError(DippasError, RuntimeError):
     """A compute device was asked for that does not exist or ran out of memory."""
+
+
+class NoteWarning(UserWarning):
+    """Something the user should know about a result, said in one line (the command line prints
+    it as ``dippas COMMAND: warning: ...``): a damaged record redone, an image tag not applied."""

@@ -10,7 +10,6 @@ No inversion runs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,36 +58,22 @@ class PhotoAssembly:
     sigma: float = 5.0
 
 
-def _read_meta(path: Path) -> dict:
-    from .tiled import PhotoRun
-
-    try:
-        return json.loads((path / PhotoRun.META).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not a readable whole-photo run: {exc}") from None
-
-
-def _plan_of(meta: dict, path: Path) -> Any:
-    from .tiling import plan_tiles
-
-    try:
-        p = meta["plan"]
-        plan = plan_tiles(p["shape"], p["tile"], p["overlap"])
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"{path}: the whole-photo run's plan is incomplete ({exc})") from None
-    if [t.to_dict() for t in plan.tiles] != p.get("tiles"):
-        raise InputError(f"{path}: the photo run's tile plan does not match its shape and tiling")
-    return plan
-
-
-def _check_kept_runs(path: Path, meta: dict, plan: Any) -> dict[int, tuple[np.ndarray, dict]]:
+def _check_kept_runs(
+    path: Path, meta: dict, plan: Any, config: Any
+) -> dict[int, tuple[np.ndarray, dict]]:
     """Every tile finished and its run kept (returns the finished tiles' records), or an error
     that says what to do."""
     from .run import RunDirectory
     from .tiled import PhotoRun
 
     prun = PhotoRun(path, meta)
-    done = prun.read_done()
+    done, damaged = prun.read_done(plan)
+    if damaged:
+        raise InputError(
+            f"{path}: the record of a finished tile is damaged ({damaged[0]}"
+            f"{f', and {len(damaged) - 1} more' if len(damaged) > 1 else ''}); run the same "
+            "dippas anonymize command again: it redoes the damaged tiles, then assemble"
+        )
     missing = [t.index for t in plan.tiles if t.index not in done]
     if missing:
         raise InputError(
@@ -96,7 +81,7 @@ def _check_kept_runs(path: Path, meta: dict, plan: Any) -> dict[int, tuple[np.nd
             f"{missing[:8]}{' ...' if len(missing) > 8 else ''}); resume it first with the same "
             "dippas anonymize command"
         )
-    kept = bool((meta.get("config") or {}).get("keep_tile_runs"))
+    kept = bool(config.keep_tile_runs)
     no_run = [
         t.index for t in plan.tiles
         if not (prun.tile_path(t.index) / RunDirectory.CONFIG).is_file()
@@ -114,6 +99,84 @@ def _check_kept_runs(path: Path, meta: dict, plan: Any) -> dict[int, tuple[np.nd
             "--keep-runs in a new --run-dir (or with --force) to re-assemble the whole photo"
         )
     return done
+
+
+def _run_settings(path: Path, meta: dict) -> tuple[Any, str]:
+    """The run's own ``AnonymizeConfig`` and mode, checked (a hand-edited plan is named)."""
+    from .config import AnonymizeConfig
+    from .errors import DippasError
+
+    where = f"{path}/photo-run.json"
+    settings = meta.get("config")
+    if not isinstance(settings, dict):
+        raise InputError(f"{where}: the run's settings (config) are not a JSON object, got "
+                         f"{type(settings).__name__}")
+    try:
+        config = AnonymizeConfig.from_dict(settings)
+    except (DippasError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: the run's settings are damaged ({exc})") from None
+    mode = meta.get("mode", "aware")
+    if mode not in ("aware", "blind"):
+        raise InputError(f"{where}: mode must be aware or blind, got {mode!r}")
+    return config, mode
+
+
+def _pasted(
+    path: Path, meta: dict, plan: Any, done: dict, mode: str
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The photo (and, aware, the fingerprint) pasted back from the kept tile runs, and their
+    sigma, each checked against what the run recorded: the whole photo's hash in
+    ``photo-run.json``, each tile's photo and reference hashes in its record.  A mismatch names
+    the file at fault."""
+    from .run import RunDirectory
+    from .tiled import PhotoRun, photo_sha256
+
+    prun = PhotoRun(path, meta)
+    photo = reference = None
+    sigma = 5.0
+    hashes: dict[int, str] = {}
+    references: dict[int, str] = {}
+    for t in plan.tiles:
+        run = RunDirectory.open(prun.tile_path(t.index))
+        try:
+            if photo is None:
+                photo = np.zeros((*plan.shape, 3), run.photo.dtype)
+                reference = np.zeros(plan.shape, np.float32) if mode == "aware" else None
+                sigma = run.sigma
+            if run.shape != (t.h, t.w) or run.photo.dtype != photo.dtype:
+                raise InputError(f"{run.path}: the tile run is {run.photo.dtype} {run.shape}, its "
+                                 f"tile {photo.dtype} {(t.h, t.w)}: not this photo run's tile")
+            photo[t.slices] = run.photo
+            hashes[t.index] = photo_sha256(run.photo)
+            references[t.index] = photo_sha256(run.reference)
+            if reference is not None:
+                reference[t.slices] = run.reference
+        finally:
+            run.close()
+    if meta.get("photo_sha256") != photo_sha256(photo):
+        # the tile runs are not the recorded photo: name those that disagree with their record
+        wrong = [prun.tile_path(t.index) / "photo.npy" for t in plan.tiles
+                 if done[t.index][1]["photo_sha256"] != hashes[t.index]]
+        raise InputError(
+            f"{wrong[0]} is not the photo the tile was made from (its hash differs from the "
+            "tile's record): refusing to assemble it" if wrong else
+            f"{path}: the tiles' photos are not the photo the run recorded ({PhotoRun.META}'s "
+            "photo_sha256 differs): refusing to assemble"
+        )
+    for t in plan.tiles:  # the photo is the recorded one: a record that disagrees is at fault
+        if done[t.index][1]["photo_sha256"] != hashes[t.index]:
+            raise InputError(
+                f"{path / 'done' / f'{t.index:04d}.npz'}: made from other pixels than tile "
+                f"{t.index} of the photo (a record copied from elsewhere?); run the same dippas "
+                "anonymize command again: it redoes the damaged tiles, then assemble"
+            )
+        recorded = done[t.index][1].get("reference_sha256")
+        if recorded is not None and recorded != references[t.index]:
+            raise InputError(
+                f"{prun.tile_path(t.index)}/reference.npy is not the reference the tile was made "
+                "from (its hash differs from the tile's record): refusing to assemble it"
+            )
+    return photo, reference, sigma
 
 
 def assemble_photo_run(
@@ -144,7 +207,7 @@ def assemble_photo_run(
         not fit a tile: all before any tile is assembled.
     """
     from .assembly import assemble
-    from .config import AnonymizeConfig, check_assembly_params
+    from .config import check_assembly_params
     from .run import RunDirectory
     from .tiled import PhotoRun
     from .tiling import stitch
@@ -152,33 +215,25 @@ def assemble_photo_run(
     path = Path(path)
     if not is_photo_run(path):
         raise InputError(f"{path} is not a whole-photo run folder (no {PhotoRun.META})")
-    meta = _read_meta(path)
-    plan = _plan_of(meta, path)
-    done = _check_kept_runs(path, meta, plan)
-    config = AnonymizeConfig.from_dict(meta.get("config") or {})
+    meta = PhotoRun.read_meta(path)
+    plan = PhotoRun(path, meta).plan()
+    config, mode = _run_settings(path, meta)
+    done = _check_kept_runs(path, meta, plan, config)
     B = config.assembly.B if B is None else B
     L = config.assembly.L if L is None else L
     tau = config.assembly_tau if tau is None else tau
     grain = config.tile
     for shape in {(t.h, t.w) for t in plan.tiles}:
         check_assembly_params(shape, grain, B, L, tau)  # before any tile is assembled
+    photo, reference, sigma = _pasted(path, meta, plan, done, mode)
+    if dtype is None:
+        dtype = "uint8" if photo.dtype == np.uint8 else "float32"
     images: dict[int, np.ndarray] = {}
     per_tile: list[dict[str, Any]] = []
     fallback: list[int] = []
-    photo = reference = None
-    mode, sigma = meta.get("mode", "aware"), 5.0
     for t in plan.tiles:
         run = RunDirectory.open(PhotoRun(path, meta).tile_path(t.index))
-        if photo is None:
-            photo = np.zeros((*plan.shape, 3), run.photo.dtype)
-            reference = np.zeros(plan.shape, np.float32) if mode == "aware" else None
-            sigma = run.sigma
-            if dtype is None:
-                dtype = "uint8" if run.photo.dtype == np.uint8 else "float32"
-        photo[t.slices] = run.photo
-        if reference is not None:
-            reference[t.slices] = run.reference
-        if not len(run.snapshots):  # never reached the recording threshold: its fallback stays
+        if not len(run.snapshots):  # the tile never reached tau_psnr: its fallback stays
             images[t.index] = done[t.index][0]
             fallback.append(t.index)
             per_tile.append({"tile": t.index, **(done[t.index][1].get("assembly") or {})})

@@ -116,16 +116,27 @@ def _wants_gpu(config: Any) -> bool:
     return device == "auto" or device.startswith("cuda")
 
 
-def check_execution(scheduler: Any, workers: Any) -> None:
-    """Refuse a bad ``scheduler``/``workers`` pair before any work (:class:`InputError`)."""
+def check_execution(scheduler: Any, workers: Any, *, probe: bool = True) -> None:
+    """Refuse a bad ``scheduler``/``workers`` pair before any work (:class:`InputError`).
+
+    ``probe``: also check that a scheduler address answers as a Dask scheduler
+    (:func:`~dippas_core.batch.cluster.check_scheduler`; malformed addresses are refused
+    either way).
+    """
+    from .batch.cluster import check_scheduler, max_local_workers
+
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
             raise InputError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
         if scheduler is not None:
             raise InputError("give either a scheduler address (--scheduler) or a number of "
                              "local workers (--workers), not both")
-    if isinstance(scheduler, str) and not scheduler.strip():
-        raise InputError("--scheduler needs a Dask scheduler address, e.g. tcp://host:8786")
+        most = max_local_workers() if workers > 1 else 1
+        if workers > most:
+            raise InputError(f"workers (--workers) {workers} is more than this machine runs "
+                             f"side by side ({most}: its cores)")
+    if isinstance(scheduler, str):
+        check_scheduler(scheduler, probe=probe)  # before the photo is read or a run folder made
 
 
 def choose_execution(
@@ -159,20 +170,23 @@ def choose_execution(
     Raises
     ------
     InputError
-        ``workers`` below 1, or given together with ``scheduler``.
+        ``workers`` below 1 or above what the machine runs side by side, given together with
+        ``scheduler``, or a scheduler address that is malformed or does not answer.
     """
     from .dip.device import usable_cpus
 
-    check_execution(scheduler, workers)
+    check_execution(scheduler, workers, probe=False)  # the caller's check tried the address
     if n_tiles < 1:
         return Execution(IN_PROCESS, 1, "no tile left to run")
     if scheduler is not None:
         return Execution("scheduler", 0, "a Dask scheduler was given", scheduler=scheduler)
     if workers is not None:
-        n = int(workers)
+        n = min(int(workers), n_tiles)  # a worker more than the tiles would only idle
+        asked = f"{int(workers)} local workers asked for" + (
+            f", {n_tiles} tile(s) to run" if n < int(workers) else "")
         if n == 1:
-            return Execution(IN_PROCESS, 1, "one worker asked for: tiles run in this process")
-        return Execution("local cluster", n, f"{n} local workers asked for")
+            return Execution(IN_PROCESS, 1, f"{asked}: tiles run in this process")
+        return Execution("local cluster", n, asked)
     if _on_dask_worker():
         return Execution(IN_PROCESS, 1, "already a task on a Dask worker: no cluster inside it")
     if watched:

@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "DECISION_LEVEL_PCE",
+    "FORENSIC_FORMAT",
     "FORENSIC_RECORD",
     "PUBLISHED_FORMAT",
     "UNSET",
@@ -41,6 +42,8 @@ __all__ = [
     "Published",
     "below_tau",
     "describe_input",
+    "is_forensic_record",
+    "is_published_image",
     "measure",
     "write_forensic_record",
 ]
@@ -51,6 +54,8 @@ PUBLISHED_FORMAT = "dippas-published-sidecar"
 FORENSIC_RECORD = "forensic-record.json"
 #: PCE above which a photo is attributed to the camera (the report's decision level).
 DECISION_LEVEL_PCE = 60.0
+#: ``format`` of a forensic record.
+FORENSIC_FORMAT = "dippas-forensic-record"
 
 #: Keys of the report's sections that are published: settings and counts of the image's own
 #: making, never a score of the source.  The other keys of a section are forensic.
@@ -368,6 +373,40 @@ def write_forensic_record(
     if path.is_dir():
         path = path / FORENSIC_RECORD
     full = AnonymizationReport.from_dict(report).to_dict()
-    payload = {**full, "maps": {k: jsonable(v) for k, v in (maps or {}).items()}}
+    payload = {"format": FORENSIC_FORMAT, **full,
+               "maps": {k: jsonable(v) for k, v in (maps or {}).items()}}
     atomic_write_text(path, json.dumps(jsonable(payload), indent=1, allow_nan=True))
     return path
+
+
+def _json_object(path: Path) -> dict | None:
+    from ._json import read_json
+
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_published_image(image_path: str | os.PathLike) -> bool:
+    """Whether ``image_path`` is an image a dippas command published: the sidecar beside it is a
+    published sidecar naming it (a resume may replace it without ``--force``)."""
+    image_path = Path(image_path)
+    sidecar = _json_object(image_path.with_suffix(".json"))
+    return (
+        image_path.is_file() and sidecar is not None
+        and sidecar.get("format") == PUBLISHED_FORMAT and sidecar.get("output") == image_path.name
+    )
+
+
+def is_forensic_record(path: str | os.PathLike, source_sha256: str | None = None) -> bool:
+    """Whether ``path`` is a forensic record dippas wrote (of the source with this SHA-256, when
+    given): a resume of the same photo may replace it without ``--force``."""
+    record = _json_object(Path(path))
+    if record is None or record.get("format") != FORENSIC_FORMAT:
+        return False
+    source = record.get("source")
+    return source_sha256 is None or (
+        isinstance(source, dict) and source.get("sha256") == source_sha256
+    )

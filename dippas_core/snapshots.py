@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_write_text
+from ._json import read_json
 from .errors import InputError
 
 __all__ = ["SnapshotStore", "TileSums", "tile_sums", "block_ncc_from_sums", "tile_grid"]
@@ -49,7 +50,7 @@ def tile_grid(shape: tuple[int, int], tile: int) -> tuple[int, int]:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError as exc:
         raise InputError(f"{path.parent} has no {what} ({path.name} missing)") from exc
     except (OSError, ValueError) as exc:

@@ -49,13 +49,16 @@ ASSEMBLY_FILE = "assembly.json"
 
 def is_run_directory(path: str | Path) -> bool:
     """True for a folder holding a DIPPAS run (``config.json`` with ``format: dippas-run``)."""
+    from dippas_core._json import read_json
+
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == "dippas-run"
+        config = read_json(cfg)  # within a size bound: napari asks about every folder opened
     except (OSError, ValueError):
         return False
+    return isinstance(config, dict) and config.get("format") == "dippas-run"
 
 
 def _is_fingerprint_file(path: Path) -> bool:

@@ -107,20 +107,20 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def _check_targets(target: Path, *, with_sidecar: bool) -> None:
-    """Refuse, before anything is written, to write over a run's own files or a JSON file that
-    is not an earlier export's sidecar (napari asked the user about the image only)."""
+    """Refuse, before anything is written, to write over a run's own files (a photo run's too),
+    to write the sidecar over the image, or over a JSON file that is not an earlier export's
+    sidecar (napari asked the user about the image only): :func:`dippas_core.targets.check_targets`.
+    """
+    from dippas_core.errors import InputError
     from dippas_core.report import PUBLISHED_FORMAT
-    from dippas_core.run import is_run_file
+    from dippas_core.targets import check_targets
 
-    for path in (target, report_path(target)) if with_sidecar else (target,):
-        if is_run_file(path):
-            raise CannotSaveLayer(
-                f"cannot save {path.name} there: it is one of the run folder's own files; "
-                "choose another name or folder"
-            )
-        if path.is_dir():
-            raise CannotSaveLayer(f"cannot save {path}: a folder has that name")
     sidecar = report_path(target)
+    outputs = {"the image": target, "its sidecar": sidecar if with_sidecar else None}
+    try:
+        check_targets(outputs, force=True)  # napari asked before replacing the image
+    except InputError as exc:
+        raise CannotSaveLayer(f"cannot save {target.name}: {exc}") from None
     if with_sidecar and sidecar.exists():
         try:
             ours = json.loads(sidecar.read_text()).get("format") == PUBLISHED_FORMAT

@@ -175,7 +175,8 @@ def test_no_seam_on_a_real_region(d70, tmp_path):
     # the measure does fail on a seam: the tiles' own images pasted without feathering, the
     # second one 40 levels brighter (after 40 iterations the network's own 32-pixel grid lines
     # jump by ~13 levels, so a fainter seam hides among them at this fit)
-    done = PhotoRun(tmp_path / "run", {}).read_done()
+    done, damaged = PhotoRun(tmp_path / "run", {}).read_done(plan, photo=photo)
+    assert not damaged and sorted(done) == [0, 1]
     pasted = np.zeros(photo.shape)
     for t in plan.tiles:
         pasted[t.slices] = done[t.index][0] + 40.0 * t.index

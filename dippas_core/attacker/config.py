@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .._validation import check_known_fields
 from ..errors import InputError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "AttackerConfig"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "LIMITS", "AttackerConfig"]
 
 #: The ``format`` entry of every model file (a file without it is refused).
 FORMAT = "dippas-attacker"
 FORMAT_VERSION = 1
+
+#: Bounds of the whole-number settings, ``name -> (low, high)``: what the command line accepts and
+#: what a model file may declare (checked before a network is built: the network's size grows
+#: with the square of ``width``).  ``torch_threads`` is bounded by the cores when used.
+LIMITS: dict[str, tuple[int, int]] = {
+    "patch": (16, 1024),
+    "stride": (1, 1 << 16),
+    "score_stride": (1, 1 << 16),
+    "region": (0, 1 << 16),
+    "width": (1, 128),
+    "batch_size": (2, 4096),
+    "max_epochs": (1, 100_000),
+    "seed": (0, 2**63 - 1),
+    "torch_threads": (1, 4096),
+    "val_flat_fields": (0, 1000),
+}
 
 
 @dataclass(frozen=True)
@@ -65,18 +82,25 @@ class AttackerConfig:
     val_flat_fields: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("patch", "stride", "score_stride", "width", "batch_size", "max_epochs",
-                     "torch_threads"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"attacker {name} must be >= 1, got {getattr(self, name)!r}")
-        if int(self.patch) < 16:
-            raise InputError(f"attacker patch must be >= 16 pixels, got {self.patch}")
-        if int(self.region) and int(self.region) < int(self.patch):
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise InputError(
+                    f"attacker {name} must be a whole number between {low} and {high}, "
+                    f"got {value!r}"
+                )
+        if self.region and self.region < self.patch:
             raise InputError(f"region {self.region} is smaller than the patch {self.patch}")
-        if not (self.max_minutes > 0 and self.sigma > 0 and self.lr > 0):
-            raise InputError("max_minutes, sigma and lr must be > 0")
-        if int(self.val_flat_fields) < 0:
-            raise InputError(f"val_flat_fields must be >= 0, got {self.val_flat_fields}")
+        for name, high in (("max_minutes", 1e6), ("sigma", 255.0), ("lr", 10.0),
+                           ("weight_decay", 10.0)):
+            value = getattr(self, name)
+            low_ok = value >= 0 if name == "weight_decay" else value > 0
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and low_ok and value <= high
+            ):
+                raise InputError(f"attacker {name} must be a finite number in "
+                                 f"{'[0' if name == 'weight_decay' else '(0'}, {high:g}], "
+                                 f"got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict."""
@@ -84,6 +108,8 @@ class AttackerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttackerConfig:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        """Inverse of :meth:`to_dict` (unknown keys are an error, every value is checked)."""
+        if not isinstance(data, dict):
+            raise InputError(f"attacker settings must be a JSON object, got {type(data).__name__}")
         check_known_fields(cls, data, "attacker setting(s)")
         return cls(**data)

@@ -70,9 +70,10 @@ def _threads(n: int):
 
     import torch
 
-    from ..dip.device import torch_threads
+    from ..dip.device import torch_threads, usable_cpus
 
-    return contextlib.nullcontext() if torch.get_num_threads() == int(n) else torch_threads(n)
+    n = max(1, min(int(n), usable_cpus()))  # a model made on a larger machine: its cores here
+    return contextlib.nullcontext() if torch.get_num_threads() == n else torch_threads(n)
 
 
 def _log_softmax_rows(x: np.ndarray) -> np.ndarray:
@@ -163,33 +164,124 @@ class AttackerModel:
 
     @classmethod
     def load(cls, path: str | Path) -> AttackerModel:
-        """Read a model file written by :meth:`save`; a clear :class:`InputError` otherwise."""
+        """Read a model file written by :meth:`save`; a clear :class:`InputError` otherwise.
+
+        Nothing in the file is trusted: the archive's declared sizes are checked before torch
+        reads it (a compressed member, or more than :data:`MAX_MODEL_BYTES`, is refused, so a
+        small file cannot inflate to gigabytes), torch reads tensors and plain values only
+        (never code), and the settings, the cameras and every tensor's shape are checked against
+        the network they declare, built on torch's ``meta`` device (no memory), before the real
+        one is built and filled.
+        """
         import torch
 
         path = Path(path)
         if not path.is_file():
             raise InputError(f"no attacker model file at {path}")
+        _check_archive(path)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated zip, a pickle with code, not a torch file at all
-            raise InputError(
-                f"{path} is not a readable attacker model (corrupt, truncated or another "
-                f"format): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            ) from None
+            raise InputError(f"{path} is not a readable attacker model: {_why(exc)}") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise InputError(f"{path} is a torch file but not a {FORMAT} model")
         if payload.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{path} has model format version {payload.get('format_version')!r}, "
                              f"this version reads {FORMAT_VERSION}")
         try:
-            cameras = [str(c) for c in payload["cameras"]]
+            cameras = payload["cameras"]
+            if not (isinstance(cameras, list) and 2 <= len(cameras) <= MAX_CAMERAS
+                    and all(isinstance(c, str) and len(c) <= 256 for c in cameras)):
+                raise InputError(f"its cameras must be 2 to {MAX_CAMERAS} names")
             config = AttackerConfig.from_dict(json.loads(payload["config"]))
             meta = json.loads(payload["meta"])
+            if not isinstance(meta, dict):
+                raise InputError("its provenance is not a JSON object")
+            state = payload["state_dict"]
+            _check_state(state, len(cameras), config.width)
             net = _network(len(cameras), config.width)
-            net.load_state_dict(payload["state_dict"])
+            net.load_state_dict(state)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"{path}: damaged attacker model ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                             f"{_first_line(exc)})") from None
         return cls(net, cameras, config, meta)
+
+
+#: Largest model file read: every byte torch would load (the default model is ~0.5 MB, the widest
+#: network the settings allow ~60 MB).
+MAX_MODEL_BYTES = 256 << 20
+#: The pickled part of a model file (settings, provenance, names): small.
+MAX_PICKLE_BYTES = 16 << 20
+#: Most cameras a model may tell apart.
+MAX_CAMERAS = 4096
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _why(exc: BaseException) -> str:
+    """What torch's failure to read a file means, in our words: never torch's advice to load it
+    with ``weights_only=False`` (that would run whatever code the file holds)."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only" in text:
+        return ("it holds Python objects other than tensors and plain values, which are never "
+                "loaded (loading them could run code)")
+    return f"corrupt, truncated or another format ({type(exc).__name__}: {_first_line(exc)})"
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, from the zip's directory alone, a model file that would inflate too far."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path} is not a readable attacker model: not a torch model archive "
+                         f"({_first_line(exc)})") from None
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise InputError(
+                f"{path}: {info.filename} is compressed (inflating to {info.file_size} bytes); "
+                "torch stores a model's tensors uncompressed, so this is no model file of ours"
+            )
+        total += info.file_size
+        if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
+            raise InputError(f"{path}: its pickled settings declare {info.file_size} bytes, "
+                             f"more than {MAX_PICKLE_BYTES >> 20} MiB")
+    if total > MAX_MODEL_BYTES:
+        raise InputError(f"{path} declares {total} bytes of data, more than an attacker model "
+                         f"holds ({MAX_MODEL_BYTES >> 20} MiB at most)")
+
+
+def _check_state(state: Any, n_classes: int, width: int) -> None:
+    """The tensors are those of the declared network: names, shapes, dtypes, finite values."""
+    import torch
+
+    damaged = "damaged attacker model: its weights"
+    if not isinstance(state, dict):
+        raise InputError(f"{damaged} are not a dictionary of tensors")
+    with torch.device("meta"):  # shapes only: nothing allocated
+        want = _network(n_classes, width).state_dict()
+    if set(state) != set(want):
+        odd = sorted(set(state) ^ set(want))[:4]
+        raise InputError(f"{damaged} are not those of a width-{width} network ({len(odd)}+ "
+                         f"differing names, e.g. {odd})")
+    for name, tensor in state.items():
+        ref = want[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != ref.shape or (
+            tensor.dtype != ref.dtype
+        ):
+            got = (f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
+                   else type(tensor).__name__)
+            raise InputError(f"{damaged}: {name} is {got}, the network's is "
+                             f"{ref.dtype} {tuple(ref.shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{damaged}: {name} holds NaN or infinite values")

@@ -7,7 +7,23 @@ from typing import Any
 from ..dip.device import usable_cpus
 from ..errors import DippasError, InputError
 
-__all__ = ["SCHEDULER_TIMEOUT_S", "connect", "default_workers", "has_gpus", "local_cluster"]
+__all__ = [
+    "SCHEDULER_PROBE_S",
+    "SCHEDULER_TIMEOUT_S",
+    "check_scheduler",
+    "connect",
+    "default_workers",
+    "has_gpus",
+    "local_cluster",
+    "max_local_workers",
+]
+
+#: How long a ``--scheduler`` address may take to accept a connection when it is checked.
+SCHEDULER_PROBE_S = 5.0
+#: Dask's default scheduler port (an address without one means it).
+_DASK_PORT = 8786
+#: Schemes of Dask's communication layer (an address without one is ``tcp``).
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
 
 
 def _cuda_device_count() -> int:
@@ -17,6 +33,95 @@ def _cuda_device_count() -> int:
     except ImportError:  # pragma: no cover
         return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def max_local_workers() -> int:
+    """The most local workers that run side by side here: one per core (a GPU worker needs a
+    core too).  More would only share the cores, each with its own copy of the photo."""
+    import os
+
+    return max(usable_cpus(), os.cpu_count() or 1)
+
+
+def check_scheduler(address: str, *, probe: bool = True) -> None:
+    """Refuse a ``--scheduler`` address that is malformed or (``probe``) where no Dask scheduler
+    answers, before any work (a photo read, a run folder written): a TCP connection is tried,
+    and its greeting read, for at most :data:`SCHEDULER_PROBE_S` seconds.
+
+    Raises
+    ------
+    InputError
+        Naming the address and what is wrong with it.
+    """
+    import socket
+
+    text = address.strip()
+    if not text:
+        raise InputError("--scheduler needs a Dask scheduler address, e.g. tcp://host:8786")
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text
+    if scheme not in _SCHEMES:
+        raise InputError(f"--scheduler {address!r}: unknown protocol {scheme!r} (Dask speaks "
+                         f"{', '.join(_SCHEMES)}), e.g. tcp://host:8786")
+    if scheme in ("inproc", "ucx"):
+        return  # no TCP address to check
+    host, port_text = rest, ""
+    if rest.startswith("["):  # [IPv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    host = host.rstrip("/")
+    try:
+        port = int(port_text.rstrip("/")) if port_text else _DASK_PORT
+    except ValueError:
+        port = -1
+    if not host or "/" in host or not 0 < port < 65536:
+        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address "
+                         "(protocol://host:port, e.g. tcp://10.0.0.5:8786)")
+    if not probe:
+        return
+    try:
+        with socket.create_connection((host, port), timeout=SCHEDULER_PROBE_S) as sock:
+            greeting = _dask_greeting(sock) if scheme == "tcp" else True
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise InputError(
+            f"no Dask scheduler answers at {address} ({why}); start one there (dask scheduler) "
+            "or leave --scheduler out"
+        ) from None
+    if not greeting:
+        raise InputError(
+            f"{address} answers, but not as a Dask scheduler (no Dask greeting within "
+            f"{SCHEDULER_PROBE_S:g} s); check the address and port (dask scheduler listens on "
+            f"{_DASK_PORT} by default)"
+        )
+
+
+def _dask_greeting(sock: Any) -> bool:
+    """Whether the peer greets as a Dask scheduler does: on a connection it first sends its
+    handshake, one small message (an 8-byte length, then msgpack naming ``pickle-protocol``).
+    At most 64 KiB is read: a peer that is something else costs no memory."""
+    import struct
+
+    def read(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    try:
+        head = read(8)
+        if len(head) < 8:
+            return False
+        (size,) = struct.unpack("<Q", head)
+        return 0 < size <= 1 << 16 and b"pickle-protocol" in read(size)
+    except (OSError, TimeoutError):
+        return False
 
 
 def local_cluster(n_workers: int | None = None, *, gpus: int | None = None, **kwargs: Any):
@@ -45,8 +150,9 @@ def local_cluster(n_workers: int | None = None, *, gpus: int | None = None, **kw
     if n_workers is None:
         n_workers = gpus if gpus else cpus
     n_workers = int(n_workers)
-    if n_workers < 1:
-        raise InputError(f"the number of workers must be >= 1, got {n_workers}")
+    if not 1 <= n_workers <= max_local_workers():
+        raise InputError(f"the number of workers must be between 1 and {max_local_workers()} "
+                         f"on this machine (its cores), got {n_workers}")
     threads = max(1, cpus // n_workers)
     options: dict[str, Any] = {
         "n_workers": n_workers,
@@ -92,6 +198,9 @@ def connect(address: str):
         raise InputError(f"--scheduler {address!r} is not a Dask scheduler address: {exc}") from exc
     except (OSError, TimeoutError) as exc:
         raise DippasError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a peer that is no scheduler garbles the handshake
+        raise DippasError(f"the Dask scheduler at {address} could not be spoken to "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
 def has_gpus(client: Any) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 from .._atomic import atomic_write_text
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, find_images
+from ..targets import same_file
 from .settings import STATE_DIR, STATUS_SKIPPED, BatchSettings, ImageRecord, ImageTask, Job
 
 __all__ = [
@@ -158,17 +159,22 @@ def plan_batch(
         )
     if out_path.exists() and not out_path.is_dir():
         raise InputError(f"output {str(out_path)!r} exists and is not a folder")
-    if out_path.resolve() == in_path.resolve():
+    if same_file(out_path, in_path):
         raise InputError(
             "the output folder is the input folder; choose another one so inputs stay untouched"
         )
-    (out_path / STATE_DIR / "done").mkdir(parents=True, exist_ok=True)
+    salt_path = out_path / STATE_DIR / "salt"
+    salt = _salt(out_path) if salt_path.exists() else secrets.token_bytes(32)
     names = output_names(
         sources,
         keep_names=settings.keep_names,
-        salt=_salt(out_path),
+        salt=salt,
         suffix=settings.output_suffix,
     )
+    _check_outputs(out_path, sources, names)  # before anything is written into the folder
+    (out_path / STATE_DIR / "done").mkdir(parents=True, exist_ok=True)
+    if not salt_path.exists():
+        atomic_write_text(salt_path, salt.hex())
     params = json.dumps(
         {
             "fingerprint": fingerprint_sha or "blind",
@@ -199,6 +205,34 @@ def plan_batch(
             )
         )
     return tasks
+
+
+def _check_outputs(out_path: Path, sources: Sequence[Path], names: Sequence[str]) -> None:
+    """Every file the batch writes into ``out_path`` (each image, its sidecar, the summaries),
+    checked before any work: never an input, never a file it did not write (an image with an
+    earlier batch's done-marker or forensic record is replaced by a resume)."""
+    from ..targets import check_targets
+
+    done = out_path / STATE_DIR / "done"
+    records = out_path / STATE_DIR / "records"
+    outputs: dict[str, Path] = {}
+    ours: set[Path] = set()
+    for src, name in zip(sources, names, strict=True):
+        image = out_path / name
+        outputs[f"the output of {src.name}"] = image
+        outputs[f"the sidecar of the output of {src.name}"] = image.with_suffix(".json")
+        # an earlier batch wrote it: its done-marker, or the record written just before it
+        if (done / f"{name}.json").is_file() or (records / f"{image.stem}.json").is_file():
+            ours.update((image, image.with_suffix(".json")))
+    for name in ("summary.csv", "summary.json"):
+        outputs[name] = out_path / name
+        if done.is_dir():  # a batch's folder: its summaries are rewritten every time
+            ours.add(out_path / name)
+    try:
+        check_targets(outputs, {"IN_DIR": sources}, replaceable=lambda p: p in ours)
+    except InputError as exc:
+        raise InputError(f"{exc} (a batch never replaces a file it did not write: move it, or "
+                         "choose another output folder)") from None
 
 
 def finished_record(task: ImageTask) -> ImageRecord | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,15 @@ class BatchSettings:
                 f"output_format must be one of {sorted(_OUTPUT_SUFFIXES)}, "
                 f"got {self.output_format!r}"
             )
-        if self.torch_threads is not None and int(self.torch_threads) < 1:
-            raise InputError(f"torch_threads must be >= 1, got {self.torch_threads}")
+        if self.torch_threads is not None:
+            from ..dip.device import usable_cpus
+
+            most = max(usable_cpus(), os.cpu_count() or 1)
+            if isinstance(self.torch_threads, bool) or not isinstance(
+                self.torch_threads, int | np.integer
+            ) or not 1 <= self.torch_threads <= most:
+                raise InputError(f"torch_threads must be a whole number between 1 and {most} (the "
+                                 f"cores), got {self.torch_threads!r}")
 
     @property
     def output_suffix(self) -> str:

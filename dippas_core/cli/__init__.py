@@ -37,12 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show_warning(command: str):
     """Our own warnings (an image note, ...) as one plain line; others as Python prints them."""
-    from ..io import ImageNoteWarning
+    from ..errors import NoteWarning
 
     plain = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ImageNoteWarning):
+        if issubclass(category, NoteWarning):
             print(f"dippas {command}: warning: {message}", file=sys.stderr)
         else:
             plain(message, category, filename, lineno, file, line)

@@ -7,14 +7,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._checks import int_between, positive_float
+from ._checks import MAX_THREADS, int_between, positive_float
 from ._options import (
     add_assembly_options,
     add_dip_arguments,
     add_tiling_options,
     config_from_args,
 )
-from .assemble import add_output_arguments, check_output, warn_lowered_tau, write_outputs
+from .assemble import (
+    add_output_arguments,
+    check_output,
+    earlier_images,
+    image_outputs,
+    warn_lowered_tau,
+    write_outputs,
+)
 from .invert import EXIT_INTERRUPTED, add_input_arguments
 
 if TYPE_CHECKING:
@@ -63,10 +70,11 @@ def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--workers",
-        type=int_between(1, 4096),
+        type=int_between(1, MAX_THREADS),
         default=None,
         metavar="N",
-        help="run the tiles on a local cluster of N worker processes (1: in this process)",
+        help="run the tiles on a local cluster of N worker processes (1: in this process; at "
+        "most the cores, and no more than the tiles to run are started)",
     )
     t.add_argument(
         "--report",
@@ -228,6 +236,49 @@ def _source(path: Path) -> dict:
     return {"file": path.name, "sha256": digest.hexdigest()}
 
 
+def _planned_shape(args: argparse.Namespace, region: Any) -> tuple[int, int]:
+    """The size of what will be anonymized, from the photo's header (nothing decoded): the
+    photo, its ``--crop`` and ``--region`` (checked here; the crop again once read)."""
+    from ..io import image_size
+    from ..tiling import check_region
+
+    h, w = image_size(args.photo)
+    if args.crop is not None:
+        h, w = min(args.crop, h), min(args.crop, w)
+    if region is not None:
+        h, w = check_region(region, (h, w))[2:]
+    return h, w
+
+
+def _check_outputs(
+    args: argparse.Namespace, inputs: dict, plan: Any, run_dir: Path | None
+) -> None:
+    """Every file the command will write, checked before any work (``dippas_core.targets``):
+    OUT and its sidecar, the partial image a stopped photo run writes instead, ``--report``, and
+    the run folder (a photo run there is resumed, or started over with ``--force``)."""
+    from ..report import FORENSIC_RECORD, is_forensic_record
+    from ..run import check_run_target, is_photo_run_folder
+
+    others: dict[str, Path | None] = {}
+    if len(plan) > 1:
+        others.update(image_outputs(output_name(args.out, {"partial": True}),
+                                    "the partial image of --out"))
+    report = args.report
+    if report is not None and report.is_dir():
+        report = report / FORENSIC_RECORD  # where the record of a folder goes
+    others["--report"] = report
+    earlier = earlier_images(*(p for p in others.values() if p is not None))
+    source = _source(args.photo)["sha256"] if report is not None and report.is_file() else None
+
+    def replaceable(path: Path) -> bool:  # what a resume of this photo replaces
+        return earlier(path) or (path == report and is_forensic_record(path, source))
+
+    check_output(args.out, args.force, inputs, run_dir=run_dir, others=others,
+                 replaceable=replaceable)
+    if run_dir is not None and not (len(plan) > 1 and is_photo_run_folder(run_dir)):
+        check_run_target(run_dir, args.force)  # a photo run there is resumed (or forced)
+
+
 def keep_temporary_run(folder: Path) -> Path:
     """Rename a temporary run so that :func:`~dippas_core.run.clean_stale_temporary_runs` leaves
     it alone (the user is told where it is); return its new path."""
@@ -254,32 +305,32 @@ def _run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..errors import DippasError
+    from ..errors import DippasError, InputError
     from ..photo_cluster import check_execution, choose_execution
     from ..pipeline import estimate_cost
     from ..report import write_forensic_record
-    from ..run import check_run_target, temporary_run_folder
+    from ..run import remove_run_folder, temporary_run_folder
     from ..tiled import PhotoRun, _duration
     from ..tiling import check_region, parse_region, plan_tiles
     from .invert import load_photo_and_fingerprint
 
-    # every argument and the output location are checked before the first iteration
-    check_output(args.out, args.force, args.photo, args.fingerprint, run_dir=args.run_dir)
-    if args.run_dir is not None and not (args.run_dir / PhotoRun.META).is_file():
-        check_run_target(args.run_dir, args.force)  # a photo run there is resumed (or forced)
     region = parse_region(args.region) if args.region is not None else None
     config = build_config(args)  # checked, before the photo is even read
-    check_execution(args.scheduler, args.workers)
-    photo, fingerprint = load_photo_and_fingerprint(args)
-    shape = photo.shape[:2]
-    if region is not None:
-        shape = check_region(region, photo.shape)[2:]
-    plan = plan_tiles(shape, config.tile_size, config.overlap)
+    check_execution(args.scheduler, args.workers)  # a scheduler that does not answer, too
+    # the plan from the photo's header: every output is checked before anything is read
+    plan = plan_tiles(_planned_shape(args, region), config.tile_size, config.overlap)
     run_dir = args.run_dir
     default_run = run_dir is None and len(plan) > 1
     if default_run:
         # a photo run is resumable: it lives beside OUT until the photo is done
         run_dir = args.out.with_name(args.out.stem + ".dippas-run")
+    inputs = {"PHOTO": args.photo, "--fingerprint": args.fingerprint}
+    _check_outputs(args, inputs, plan, run_dir)
+    photo, fingerprint = load_photo_and_fingerprint(args)
+    shape = photo.shape[:2]
+    if region is not None:
+        shape = check_region(region, photo.shape)[2:]
+    plan = plan_tiles(shape, config.tile_size, config.overlap)
     print(f"tile plan: {plan.describe()}", file=sys.stderr)
     if len(plan) > 1:
         for t in plan.tiles:
@@ -321,6 +372,17 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             follow_steps=not on_cluster,  # a task on a worker streams no steps
         )
+    except (OSError, DippasError) as exc:
+        if temporary:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if temporary or len(plan) == 1 or isinstance(exc, InputError):
+            raise
+        # a photo run failed midway (a device, a full disk): what it finished stays
+        n = PhotoRun.count_done(run_dir)
+        raise DippasError(
+            f"{exc}; the run folder {run_dir} keeps its {n} finished tile(s): run the same "
+            "command again to resume from them"
+        ) from exc
     except BaseException:
         if temporary:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -331,9 +393,8 @@ def _run(args: argparse.Namespace) -> int:
         report = report.with_(run_dir=None)
     out = output_name(args.out, report)
     try:
-        if out != args.out:
-            # a partial or short-of-tau image of an earlier attempt is replaced: never fail now
-            check_output(out, True, args.photo)
+        if out != args.out:  # named after what it is: an earlier image of that name is replaced
+            check_output(out, args.force, inputs, replaceable=earlier_images(out))
         if args.report is not None:
             write_forensic_record(report, args.report, result.maps)
         # the sidecar beside the image is the report's published part: nothing of the source;
@@ -343,10 +404,13 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, DippasError) as exc:
         if temporary:  # out of the stale-temporary pattern: the next start keeps it
             run_dir = keep_temporary_run(Path(run_dir))
-        raise DippasError(
-            f"{exc}; the run is kept in {run_dir}: assemble it with "
-            f"dippas assemble {run_dir} -B {config.assembly.B} -L {config.assembly.L} --out OUT.png"
-        ) from exc
+        how = (  # a photo run is resumed by the same command (its tiles are read back)
+            "run the same command again to write the image (its finished tiles are read back, "
+            "not redone)" if len(plan) > 1 else
+            f"assemble it with dippas assemble {run_dir} -B {config.assembly.B} "
+            f"-L {config.assembly.L} --out OUT.png"
+        )
+        raise DippasError(f"{exc}; the run is kept in {run_dir}: {how}") from exc
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)
     if len(plan) == 1:
@@ -354,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
     print_summary(report, out)
     partial = bool(report.get("partial"))
     if default_run and not partial and not args.keep_runs and result.run_dir is not None:
-        shutil.rmtree(result.run_dir, ignore_errors=True)
+        remove_run_folder(result.run_dir)  # what the run wrote, by name: a user's files stay
     if interrupted:
         what = (
             f"the finished tiles were stitched into {out}; resume with the same command"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from ._options import AVERAGED, BLOCK
 __all__ = [
     "add_output_arguments",
     "check_output",
+    "earlier_images",
+    "image_outputs",
     "register",
     "warn_lowered_tau",
     "write_outputs",
@@ -44,40 +46,46 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite OUT and its report")
 
 
-def check_output(
-    out: Path, force: bool, *inputs: Path | None, run_dir: Path | None = None
-) -> Path:
-    """Check OUT and the report beside it before any work; return the report's path.
+def image_outputs(out: Path, what: str = "--out") -> dict[str, Path]:
+    """The files an image output writes: the image and its published sidecar (``OUT.json``)."""
+    return {what: out, f"the sidecar of {what}": out.with_suffix(".json")}
 
-    Both files are checked alike: not a folder, not an input, not one of a run's own files
-    (``RUN/config.png`` would put its report over ``RUN/config.json``), not existing unless
-    ``force``, and their folder writable.  ``run_dir`` is a run folder the command will create
-    (it may not exist yet).
+
+def earlier_images(*images: Path) -> Callable[[Path], bool]:
+    """Which outputs a resume may replace without ``--force``: the images among ``images`` that a
+    dippas command published (and their sidecars)."""
+    from ..report import is_published_image
+
+    ours = {p for image in images if is_published_image(image)
+            for p in (image, image.with_suffix(".json"))}
+    return lambda path: path in ours
+
+
+def check_output(
+    out: Path,
+    force: bool,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    run_dir: Path | None = None,
+    others: Mapping[str, Path | None] | None = None,
+    replaceable: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Check OUT, the report beside it and the command's ``others`` outputs before any work
+    (:func:`dippas_core.targets.check_targets`); return the report's path.
+
+    Each is refused when it is a folder, an input, another output, one of a run's own files
+    (``RUN/config.png`` would put its report over ``RUN/config.json``; ``run_dir`` is a run
+    folder the command will create, which may not exist yet), existing without ``force``
+    (``replaceable``: earlier results a resume replaces), or in a folder that cannot be written.
     """
     from ..errors import InputError
-    from ..run import RUN_FILES, check_writable_folder, is_run_file
+    from ..targets import check_targets
 
     if out.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise InputError(f"--out {out}: use a .png or .tif file name")
-    report = out.with_suffix(".json")
-    for path in (out, report):
-        if path.is_dir():
-            raise InputError(f"{path} is a folder; --out must name an image file beside it")
-        for src in inputs:
-            if src is not None and Path(src).exists() and path.exists() and path.samefile(src):
-                raise InputError(f"{path} is the input file itself; choose another --out name")
-        in_new_run = run_dir is not None and (
-            Path(os.path.abspath(path.parent)) == Path(os.path.abspath(run_dir))
-        )
-        if is_run_file(path) or (in_new_run and path.name in RUN_FILES):
-            raise InputError(
-                f"{path} is one of the run folder's own files; writing it would break the run: "
-                "choose another --out name or folder"
-            )
-        if path.exists() and not force:
-            raise InputError(f"{path} already exists; choose another name or pass --force")
-    check_writable_folder(out.parent)
-    return report
+    outputs = {**image_outputs(out), **(others or {})}
+    check_targets(outputs, inputs, force=force, new_runs=[run_dir], replaceable=replaceable)
+    return out.with_suffix(".json")
 
 
 def write_outputs(
@@ -134,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..report import AnonymizationReport, measure
     from ..run import RunDirectory, environment_info
 
-    report_path = check_output(args.out, args.force)
+    report_path = check_output(args.out, args.force, {"RUN_DIR": args.run_dir})
     if is_photo_run(args.run_dir):
         return _run_photo(args)
     args.B = 64 if args.B is None else args.B
@@ -218,8 +226,8 @@ def _run_photo(args: argparse.Namespace) -> int:
         versions=environment_info(),
     )
     out = output_name(args.out, report)
-    if out != args.out:
-        check_output(out, True)
+    if out != args.out:  # named after what it is: checked again (an earlier one may be replaced)
+        check_output(out, args.force, {"RUN_DIR": args.run_dir}, replaceable=earlier_images(out))
     write_outputs(out, asm.image, bits, report, maps, forensic=Path(args.run_dir))
     if p["kept_fallback"]:
         print(

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from ..errors import InputError
+from ..io import MAX_PIXELS
+from ._checks import MAX_THREADS, int_between
 from ._options import (
     add_assembly_options,
     add_dip_arguments,
@@ -76,9 +78,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=int_between(1, MAX_THREADS),
         metavar="N",
-        help="local cluster workers (default: one per GPU, else one per CPU core)",
+        help="local cluster workers (default: one per GPU, else one per CPU core; at most the "
+        "cores)",
     )
     add_dip_arguments(p, tiles_per_step=True)
     add_assembly_options(p)
@@ -86,10 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", type=_size, metavar="N|HxW", help="centre-crop photos (and K) first")
     p.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=int_between(1, MAX_PIXELS),
         default=16_000_000,
         metavar="N",
-        help="refuse larger images (default 16000000)",
+        help=f"refuse larger images (default 16000000, at most {MAX_PIXELS}: the readers' "
+        "own limit)",
     )
     p.add_argument(
         "--keep-names",
@@ -113,9 +117,12 @@ def _say(message: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the batch; exit status 0 when every image is done, 1 when some failed."""
     from ..batch import BatchSettings, format_progress, format_table, run_batch
+    from ..batch.cluster import check_scheduler
 
     if args.scheduler and args.workers:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster decides")
+    if args.scheduler is not None:
+        check_scheduler(args.scheduler)  # before the fingerprint or any photo is read
     settings = BatchSettings(
         max_pixels=args.max_pixels,
         crop=args.crop,

@@ -34,17 +34,12 @@ def _inputs(items: list[Path]) -> list[Path]:
 def _run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..fingerprint import estimate_fingerprint
+    from ..targets import check_targets
 
     if args.out.suffix.lower() != ".npz":
         raise InputError(f"--out {args.out}: a fingerprint file must end in .npz")
-    if args.out.is_dir():
-        raise InputError(f"--out {args.out} is a folder; name the fingerprint file (K.npz)")
-    if args.out.exists() and not args.force:
-        raise InputError(f"{args.out} already exists; choose another name or pass --force")
-    from ..run import check_writable_folder
-
-    check_writable_folder(args.out.parent)
     files = _inputs(args.inputs)
+    check_targets({"--out": args.out}, {"FF_DIR|FILE": files}, force=args.force)
     camera = args.camera if args.camera is not None else _common_label(files)
     fp = estimate_fingerprint(files, sigma=args.sigma, crop=args.crop, camera=camera)
     fp.save(args.out)

@@ -145,8 +145,12 @@ def _run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..residual import residual
     from ..run import RunDirectory, check_run_target
+    from ..targets import check_targets
 
     check_run_target(args.out, args.force)  # before any work, as every argument
+    # the run folder's files are replaced: never an input among them
+    check_targets({}, {"PHOTO": args.photo, "--fingerprint": args.fingerprint},
+                  new_runs=[args.out])
     photo, fingerprint = load_photo_and_fingerprint(args)
     if args.tile > max(photo.shape[:2]):
         raise InputError(

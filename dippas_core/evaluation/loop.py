@@ -56,17 +56,20 @@ def _method_names(config: EvalConfig) -> list[str]:
 
 
 def _load_attacker(
-    attacker: Any, cameras: Sequence[str], photos: Sequence[str]
+    attacker: Any, cameras: Sequence[str], photos: Sequence[str], loaded: Any = None
 ) -> tuple[Any, dict[str, Any] | None]:
     """The attacker model (or None) and what params.json records of it; refuses a model that
-    lacks a camera or trained on a photo this evaluation scores."""
+    lacks a camera or trained on a photo this evaluation scores.  ``loaded``: the model file
+    ``attacker`` already read (before any work)."""
     if attacker is None:
         return None, None
     import hashlib
 
     from ..attacker import AttackerModel
 
-    model = attacker if isinstance(attacker, AttackerModel) else AttackerModel.load(attacker)
+    model = attacker if isinstance(attacker, AttackerModel) else (
+        loaded if loaded is not None else AttackerModel.load(attacker)
+    )
     model.check_cameras(cameras)
     split = model.meta.get("split", {})
     trained = {*split.get("train", []), *split.get("validation", [])}
@@ -332,6 +335,11 @@ def evaluate(
     config = config or EvalConfig()
     say = log or _silent
     out = Path(out)
+    loaded = None
+    if compute and isinstance(attacker, str | Path):
+        from ..attacker import AttackerModel
+
+        loaded = AttackerModel.load(attacker)  # a bad model file is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t_start = time.perf_counter()
@@ -341,7 +349,7 @@ def evaluate(
         dataset = load_dataset(data, config, cache_dir=out / "fingerprints", log=say)
     say(f"{len(dataset.crops)} crops, {len(dataset.cameras)} cameras, region {dataset.region} px")
     model, attacker_info = _load_attacker(
-        attacker, dataset.cameras, dataset.files.get("photos", [])
+        attacker, dataset.cameras, dataset.files.get("photos", []), loaded
     )
     rows = read_scores(out / "scores.csv") if resume else []
     notes: dict[str, dict[str, Any]] = {}

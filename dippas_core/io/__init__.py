@@ -36,7 +36,7 @@ MAX_PIXELS = 89_478_485
 from ._formats import IMAGE_SUFFIXES, ImageNoteWarning  # noqa: E402
 from .conversions import as_rgb, drop_alpha, to_float255, to_uint8  # noqa: E402
 from .crops import center_crop, crop_at  # noqa: E402
-from .numpy_files import load_npy, npy_header, npz_header  # noqa: E402
+from .numpy_files import load_npy, npy_header, npz_header, npz_headers  # noqa: E402
 from .reading import find_images, image_size, read_image, warn_if_turned  # noqa: E402
 from .writing import write_image  # noqa: E402
 
@@ -53,6 +53,7 @@ __all__ = [
     "load_npy",
     "npy_header",
     "npz_header",
+    "npz_headers",
     "read_image",
     "to_float255",
     "to_uint8",

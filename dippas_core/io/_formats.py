@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import NoteWarning
+
 __all__ = ["IMAGE_SUFFIXES", "PNG_SIGNATURE", "TIFF_SUFFIXES", "ImageNoteWarning"]
 
 #: File name endings taken for images when a folder is listed (case-insensitive).
@@ -10,5 +12,5 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageNoteWarning(UserWarning):
+class ImageNoteWarning(NoteWarning):
     """Something in an image file is deliberately not applied (e.g. its EXIF orientation)."""

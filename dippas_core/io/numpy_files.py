@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["load_npy", "npy_header", "npz_header"]
+__all__ = ["load_npy", "npy_header", "npz_header", "npz_headers"]
 
 
 def _npy_header(fh, source: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -75,6 +75,46 @@ def npz_header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], np.
         raise InputError(
             f"{path}: not a NumPy .npz archive (a zip of .npy arrays): {exc}"
         ) from None
+
+
+def npz_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """``name -> (shape, dtype, declared bytes)`` of every array in a ``.npz`` archive.
+
+    Only each member's first bytes are inflated; the declared bytes are the size the zip says
+    the member inflates to (what reading it would cost), so a small archive that inflates to
+    gigabytes is refused before its data is read.
+
+    Raises
+    ------
+    InputError
+        Not a zip archive, a member that is not a plain ``.npy`` array (Python objects are never
+        loaded), or a member whose declared size is smaller than its header says.
+    """
+    import math
+    import zipfile
+
+    path = Path(path)
+    out: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in out:
+                    raise InputError(f"{path}: holds the array {name!r} twice")
+                with zf.open(info) as fh:
+                    shape, dtype = _npy_header(fh, f"{path} ({name})")
+                    header = fh.tell()
+                if info.file_size < header + math.prod(shape) * dtype.itemsize:
+                    raise InputError(f"{path} ({name}): shorter than its header declares")
+                out[name] = (shape, dtype, int(info.file_size))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
+            RuntimeError) as exc:
+        raise InputError(
+            f"{path}: not a NumPy .npz archive (a zip of .npy arrays): {exc}"
+        ) from None
+    return out
 
 
 def load_npy(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._json import read_json
 from ..errors import InputError
 from ..snapshots import SnapshotStore, TileSums
 from .format import PHOTO, REFERENCE
@@ -36,7 +36,7 @@ def _positive_int(value: Any) -> bool:
 def _check_store_meta(path: Path, name: str, shape: tuple[int, int], tile: int | None) -> None:
     """The snapshot store's or tile sums' JSON agrees with ``config.json``."""
     try:
-        meta = json.loads((path / name).read_text())
+        meta = read_json(path / name)
     except FileNotFoundError:
         raise DamagedRunError(path, f"{name} is missing") from None
     except (OSError, ValueError) as exc:

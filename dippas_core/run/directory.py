@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_path, atomic_write_text
+from .._json import read_json
 from .._validation import as_image, as_plane, check_same_size
 from ..errors import InputError
 from ..snapshots import SCALE, SnapshotStore, TileSums, tile_sums
@@ -167,7 +168,7 @@ class RunDirectory:
         if not cfg_path.is_file():
             raise InputError(f"{path} is not a dippas run directory (no {cls.CONFIG})")
         try:
-            config = json.loads(cfg_path.read_text())
+            config = read_json(cfg_path)
         except (OSError, ValueError) as exc:
             raise DamagedRunError(path, f"cannot read {cls.CONFIG} ({exc})") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -306,7 +307,7 @@ class RunDirectory:
         record = self.record_psnr
         params = AssemblyParams(tau=record if np.isfinite(record) else 38.0)
         try:
-            saved = json.loads((self.path / self.ASSEMBLY).read_text())
+            saved = read_json(self.path / self.ASSEMBLY)
         except (OSError, ValueError):
             saved = None
         if not isinstance(saved, dict):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import NoteWarning
 from ._batched import _choose_tiles_per_step, _invert_tiles_batched
 from ._photo_run import PHOTO_RUN_FORMAT, PhotoRun, photo_sha256
 from ._tile import TileOutcome, invert_tile
@@ -67,7 +69,12 @@ def anonymize_tiled(
     temporary = run_dir is None
     path = temporary_run_folder() if temporary else Path(run_dir)
     prun, resumed = PhotoRun.open_or_create(path, meta, force=force or temporary)
-    done = {i: v for i, v in prun.read_done().items() if i < len(plan)}
+    done, damaged = prun.read_done(plan, dtype=np.dtype(dtype), photo=raw)
+    if damaged:  # never trusted: each is said, deleted (ours, by name) and its tile redone
+        for record in damaged:
+            warnings.warn(f"{path}: {record}; tile {record.index} is redone", NoteWarning,
+                          stacklevel=2)
+        prun.discard(damaged)
     resumed_tiles = sorted(done)
     if on_tile_done is not None:
         for tile in plan.tiles:

@@ -144,8 +144,12 @@ def _create_tile_run(
     path: Path, photo: np.ndarray, P: np.ndarray, config: Any, *, mode: str, force: bool,
     extra: dict | None,
 ) -> Any:
-    from ..run import RunDirectory
+    from ..run import RunDirectory, is_photo_run_folder, remove_run_folder
 
+    if force and path.parent.name == "tiles" and is_photo_run_folder(path.parent.parent):
+        # a photo run's tile folder is the photo run's: what a killed attempt left in it (a lock,
+        # a half-deleted run) is cleared by name, so that it never blocks the resume
+        remove_run_folder(path)
     return RunDirectory.create(
         path,
         photo,
@@ -162,6 +166,7 @@ def _create_tile_run(
 def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any) -> TileOutcome:
     """A recorded tile's image: its assembly, or the mean of its best outputs below tau."""
     from ..assembly import assemble
+    from ._photo_run import photo_sha256
 
     dtype = "uint8" if photo_dtype == np.uint8 else "float32"
     tau_rec = float(config.dip.record_psnr)
@@ -174,6 +179,9 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
         "stop_reason": inv.stop_reason,
         "below_tau_db": 0.0,
         "elapsed_s": float(inv.elapsed_s),
+        # what the tile was made from: a photo run's record is checked against them when read
+        "photo_sha256": photo_sha256(run.photo),
+        "reference_sha256": photo_sha256(run.reference),
     }
     asm = None
     if len(run.snapshots):
