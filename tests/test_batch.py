@@ -671,14 +671,14 @@ def test_a_batch_killed_with_sigkill_restarts_where_it_stopped(tmp_path, client)
     driver = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 120
-        while len(list(markers.glob("*.json"))) < 2 and driver.poll() is None:
+        while len(list(markers.glob("[!.]*.json"))) < 2 and driver.poll() is None:
             assert time.monotonic() < deadline, "the driver never finished two images"
             time.sleep(0.05)
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(timeout=30)
     assert driver.returncode == -signal.SIGKILL  # killed mid-batch, not finished
-    finished = {p.name.removesuffix(".json") for p in markers.glob("*.json")}
+    finished = {p.name.removesuffix(".json") for p in markers.glob("[!.]*.json")}
     assert 2 <= len(finished) < len(tags)
     done_before = executions(log)
 

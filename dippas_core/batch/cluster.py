@@ -62,8 +62,9 @@ def check_scheduler(address: str, *, probe: bool = True) -> None:
     if not sep:
         scheme, rest = "tcp", text
     if scheme not in _SCHEMES:
-        raise InputError(f"--scheduler {address!r}: unknown protocol {scheme!r} (Dask speaks "
-                         f"{', '.join(_SCHEMES)}), e.g. tcp://host:8786")
+        raise InputError(f"--scheduler {address!r} is not a Dask scheduler address: unknown "
+                         f"protocol {scheme!r} (Dask speaks {', '.join(_SCHEMES)}; e.g. "
+                         "tcp://host:8786)")
     if scheme in ("inproc", "ucx"):
         return  # no TCP address to check
     host, port_text = rest, ""
