@@ -33,7 +33,6 @@ import numpy as np
 
 __all__ = [
     "DECISION_LEVEL_PCE",
-    "FORENSIC_FORMAT",
     "FORENSIC_RECORD",
     "PUBLISHED_FORMAT",
     "UNSET",
@@ -54,8 +53,6 @@ PUBLISHED_FORMAT = "dippas-published-sidecar"
 FORENSIC_RECORD = "forensic-record.json"
 #: PCE above which a photo is attributed to the camera (the report's decision level).
 DECISION_LEVEL_PCE = 60.0
-#: ``format`` of a forensic record.
-FORENSIC_FORMAT = "dippas-forensic-record"
 
 #: Keys of the report's sections that are published: settings and counts of the image's own
 #: making, never a score of the source.  The other keys of a section are forensic.
@@ -373,8 +370,7 @@ def write_forensic_record(
     if path.is_dir():
         path = path / FORENSIC_RECORD
     full = AnonymizationReport.from_dict(report).to_dict()
-    payload = {"format": FORENSIC_FORMAT, **full,
-               "maps": {k: jsonable(v) for k, v in (maps or {}).items()}}
+    payload = {**full, "maps": {k: jsonable(v) for k, v in (maps or {}).items()}}
     atomic_write_text(path, json.dumps(jsonable(payload), indent=1, allow_nan=True))
     return path
 
@@ -400,13 +396,12 @@ def is_published_image(image_path: str | os.PathLike) -> bool:
     )
 
 
-def is_forensic_record(path: str | os.PathLike, source_sha256: str | None = None) -> bool:
-    """Whether ``path`` is a forensic record dippas wrote (of the source with this SHA-256, when
-    given): a resume of the same photo may replace it without ``--force``."""
+def is_forensic_record(path: str | os.PathLike, source_sha256: str) -> bool:
+    """Whether ``path`` is the forensic record of the source with this SHA-256 (what
+    :func:`write_forensic_record` wrote for it: its maps, and the source's hash): a resume of the
+    same photo may replace it without ``--force``."""
     record = _json_object(Path(path))
-    if record is None or record.get("format") != FORENSIC_FORMAT:
+    if record is None or not isinstance(record.get("maps"), dict):
         return False
     source = record.get("source")
-    return source_sha256 is None or (
-        isinstance(source, dict) and source.get("sha256") == source_sha256
-    )
+    return isinstance(source, dict) and source.get("sha256") == source_sha256

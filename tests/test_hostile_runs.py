@@ -239,6 +239,25 @@ def test_existing_outputs_are_refused_before_work_without_force(real, data_dir, 
     assert digest(tmp_path) == before  # not even a run folder
 
 
+def test_a_resume_replaces_only_its_own_earlier_results(real, tmp_path, capsys):
+    """Without --force the same photo's forensic record and its earlier partial image are
+    replaced (what a resume rewrites); another photo's record is not."""
+    record = tmp_path / "record.json"
+    code, err = cli(anonymize_args(real, tmp_path / "a.png", "--report", record), capsys)
+    assert code == 0, err
+    # the partial image of a stopped attempt, as dippas published it
+    shutil.copy(tmp_path / "a.png", tmp_path / "b-partial.png")
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    (tmp_path / "b-partial.json").write_text(json.dumps({**sidecar, "output": "b-partial.png"}))
+    code, err = cli(anonymize_args(real, tmp_path / "b.png", "--report", record), capsys)
+    assert code == 0, err
+    other = ["anonymize", real["other"], "--out", tmp_path / "c.png", *FAST, "--report", record]
+    before = digest(record)
+    code, err = cli(other, capsys)
+    assert code == 2 and "--report" in err and "already exists" in err, err
+    assert digest(record) == before
+
+
 def _user_files(run: Path) -> dict[Path, str]:
     """A user's notes in every corner of a photo run folder, as someone might leave them."""
     files = {run / "notes.txt": "mine", run / "done" / "my-tile-notes.txt": "mine too",
