@@ -185,8 +185,11 @@ def _writers(real, data_dir, run: Path, target: str, tmp_path: Path) -> list[lis
                    *TRAIN_FAST]]
     if path.suffix == ".npz":
         argvs.append(["fingerprint", real["photo"], real["other"], "--out", path, "--force"])
-    if "/" in target:  # inside the run's own folders: a new file there, a new run there
+    if "/" in target:  # inside the run's own folders: a new file, run or folder there
         argvs += [["assemble", run, "--out", path.with_name("new.png")],
+                  ["demo", "--out", path.with_name("demo"), "--max-iter", "2", "--quiet"],
+                  ["evaluate", "--data", data_dir, "--out", path.with_name("eval"),
+                   "--max-photos", "1"],
                   ["invert", real["photo"], "--blind", "--out", path.with_name("new-run"),
                    "--preset", "tiny", "--max-iter", "2", "--quiet"],
                   anonymize_args(real, tmp_path / "b.png", "--run-dir", path.with_name("r"))]
@@ -367,6 +370,13 @@ def _spoil_record(record: Path, how: str, run: Path) -> None:
         record.write_bytes(_npz(image=image, stats=np.array([{"a": 1}], dtype=object)))
     elif how == "another-tiles-record":  # a valid record of tile 0 copied over tile 1's
         shutil.copy(run / "done" / "0000.npz", record)
+    elif how == "record-of-other-settings":  # a valid record of the same tile, another seed
+        from dippas_core.tiled import job_sha256
+
+        meta = json.loads((run / "photo-run.json").read_text())
+        other = {**meta, "config": {**meta["config"], "dip": {**meta["config"]["dip"], "seed": 7}}}
+        record.write_bytes(_npz(image=image, stats=np.array(json.dumps(
+            {**stats, "job_sha256": job_sha256(other)}))))
     elif how == "truncated":
         record.write_bytes(record.read_bytes()[:300])
     elif how == "not-a-zip":
@@ -394,7 +404,8 @@ def _npy_header_bytes(shape: tuple, descr: str) -> bytes:
 
 DAMAGES = ["black-tile", "white-tile-rehashed", "nan", "out-of-range", "wrong-shape",
            "wrong-dtype", "no-stats", "stats-not-json", "stats-without-hashes", "pickled-stats",
-           "another-tiles-record", "truncated", "not-a-zip", "inflates-to-1-GiB"]
+           "another-tiles-record", "record-of-other-settings", "truncated", "not-a-zip",
+           "inflates-to-1-GiB"]
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -458,7 +469,7 @@ PLANS = {
     "config-a-list": (lambda m: {**m, "config": [1, 2]}, "settings (config) are not a JSON"),
     "mode-unknown": (lambda m: {**m, "mode": "sideways"}, "mode"),
     "B-a-string": (lambda m: {**m, "config": {**m["config"], "B": "64"}}, "B must be"),
-    "other-photo-hash": (lambda m: {**m, "photo_sha256": "0" * 64}, "photo_sha256 differs"),
+    "other-photo-hash": (lambda m: {**m, "photo_sha256": "0" * 64}, "another photo or plan"),
 }
 
 
@@ -501,6 +512,29 @@ def photo_run_bomb(folder: Path, kind: str) -> Path:
     if kind == "record":
         _spoil_record(folder / "done" / "0000.npz", "inflates-to-1-GiB", folder)
     return folder
+
+
+@pytest.mark.parametrize("damage", ["done-is-a-file", "tiles-is-a-link", "done-is-a-link"])
+def test_a_run_folder_of_the_wrong_shape_stops_the_resume_cleanly(real, run_copy, tmp_path,
+                                                                  capsys, damage):
+    """A file (or a link to a user's folder) where the run's folders go: refused before any
+    tile, naming it, with or without --force (never a loop of "run the same command again")."""
+    user = tmp_path / "users-folder"
+    user.mkdir()
+    (user / "holiday.jpg").write_text("a user's photo")
+    name = damage.split("-")[0]
+    shutil.rmtree(run_copy / name)
+    if damage.endswith("file"):
+        (run_copy / name).write_text("something else")
+    else:
+        (run_copy / name).symlink_to(user, target_is_directory=True)
+    before = digest(user)
+    for more in ([], ["--force"]):
+        code, err = cli(anonymize_args(real, tmp_path / "a.png", "--run-dir", run_copy, *more),
+                        capsys)
+        assert code == 2 and f"{run_copy / name} is not the photo run's own folder" in err, err
+        assert "run the same command again" not in err
+    assert digest(user) == before and not (tmp_path / "a.png").exists()
 
 
 def test_a_plan_declaring_a_huge_photo_is_refused_within_memory(run_copy, tmp_path):
@@ -773,6 +807,14 @@ def test_the_apis_bound_their_knobs_too(model_file, four_tile_config):
 
 # ------------------------------------------------------------------------------------------------
 # 5. checked before work, and the way on said after a failure
+
+
+def test_evaluate_refuses_an_out_that_is_a_file(data_dir, tmp_path, capsys):
+    (tmp_path / "results").write_text("the user's notes")
+    before = digest(tmp_path)
+    code, err = cli(["evaluate", "--data", data_dir, "--out", tmp_path / "results"], capsys)
+    assert code == 2 and "is a file" in err and "Traceback" not in err, err
+    assert digest(tmp_path) == before
 
 
 def test_train_attacker_checks_its_outputs_before_training(data_dir, tmp_path, capsys):

@@ -28,9 +28,11 @@ def _check_demo_folder(out: Path, force: bool) -> None:
     """A new or empty folder, or (with ``force``) one that holds a previous demo and no more."""
     from ..errors import InputError
     from ..run import MARKER, check_writable_folder
+    from ..targets import check_targets
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; --out names the demo's folder")
+    check_targets({}, new_runs=[out / "run"])  # never inside another run's own folders
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise InputError(

@@ -114,7 +114,11 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..evaluation import evaluate, merge_scores, score_saved_outputs
+    from ..targets import check_targets
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; name the evaluation's folder")
+    check_targets({}, new_runs=[args.out])  # never inside a run's own folders
     if args.data is None and not args.report_only:
         raise InputError("--data DIR is required (a folder with ff-jpg/ and nat-jpg/)")
     config = build_config(args)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from ._cost import CostEstimate, estimate_cost
 from ._cost import _duration as _duration  # the CLI's duration format
 from ._photo import anonymize_tiled
-from ._photo_run import PHOTO_RUN_FORMAT, PhotoRun, photo_sha256
+from ._photo_run import PHOTO_RUN_FORMAT, PhotoRun, job_sha256, photo_sha256
 from ._tile import TileOutcome, invert_tile
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "CostEstimate",
     "estimate_cost",
     "invert_tile",
+    "job_sha256",
     "photo_sha256",
     "PHOTO_RUN_FORMAT",
     "anonymize_tiled",

@@ -23,9 +23,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..run import MARKER, PHOTO_RUN_FORMAT, PHOTO_RUN_META, clear_run_files, remove_run_folder
+from ..run import (
+    MARKER,
+    PHOTO_RUN_DIRS,
+    PHOTO_RUN_FORMAT,
+    PHOTO_RUN_META,
+    clear_run_files,
+    remove_run_folder,
+)
 
-__all__ = ["PHOTO_RUN_FORMAT", "DamagedRecord", "PhotoRun", "photo_sha256"]
+__all__ = ["PHOTO_RUN_FORMAT", "DamagedRecord", "PhotoRun", "job_sha256", "photo_sha256"]
 
 #: Largest ``photo-run.json`` read: a plan of the largest photo allowed is far smaller.
 MAX_META_BYTES = 32 << 20
@@ -41,6 +48,7 @@ _STATS_TYPES: dict[str, tuple[type, ...]] = {
     "best_psnr": (int, float, type(None)),
     "photo_sha256": (str,),
     "image_sha256": (str,),
+    "job_sha256": (str, type(None)),
 }
 
 
@@ -142,6 +150,13 @@ class PhotoRun:
 
         path = Path(path)
         meta_path = path / cls.META
+        for name in PHOTO_RUN_DIRS:  # a file (or a link) there is no run's: never replaced
+            sub = path / name
+            if sub.is_symlink() or (sub.exists() and not sub.is_dir()):
+                raise InputError(
+                    f"{sub} is not the photo run's own folder (a file or a link has its name); "
+                    "move it away, or choose another run folder"
+                )
         if meta_path.is_file():
             try:
                 old = cls.read_meta(path)
@@ -183,7 +198,8 @@ class PhotoRun:
         from .._atomic import atomic_write_bytes
         from ..run import jsonable
 
-        stats = {**stats, "image_sha256": photo_sha256(image)}
+        meta = self.meta or self.read_meta(self.path)  # (a Dask task's PhotoRun has none)
+        stats = {**stats, "image_sha256": photo_sha256(image), "job_sha256": job_sha256(meta)}
         buf = io.BytesIO()
         np.savez(buf, image=image, stats=np.array(json.dumps(jsonable(stats))))
         atomic_write_bytes(self._done_path(index), buf.getvalue())
@@ -225,6 +241,7 @@ class PhotoRun:
         if not done_dir.is_dir():
             return records, damaged
         tiles = {t.index: t for t in plan.tiles}
+        job = job_sha256(self.meta) if self.meta else None
         for p in sorted(done_dir.iterdir()):
             if _RECORD_TEMPORARY.fullmatch(p.name) and p.is_file():
                 p.unlink(missing_ok=True)  # a write killed before its rename: ours, by name
@@ -243,6 +260,11 @@ class PhotoRun:
                 records[index] = _read_record(p, (tile.h, tile.w, 3), dtype, want)
             except _BadRecord as exc:
                 damaged.append(DamagedRecord(p, index, str(exc)))
+                continue
+            if job is not None and records[index][1]["job_sha256"] != job:
+                del records[index]
+                damaged.append(DamagedRecord(p, index, "it was made by a run of other settings "
+                                                       "(or of another photo or plan)"))
         return records, damaged
 
     def discard(self, damaged: list[DamagedRecord]) -> None:
@@ -318,6 +340,19 @@ def _read_record(
     if photo_hash is not None and stats["photo_sha256"] != photo_hash:
         raise _BadRecord("it was made from other pixels than this tile of the photo")
     return image, stats
+
+
+def job_sha256(meta: dict) -> str | None:
+    """SHA-256 of what a tile's result depends on: the plan, mode, photo, region, fingerprint and
+    settings (not whether runs are kept).  Each finished tile's record carries it, so a record of
+    another run (other settings) is never taken for this one's.  None: settings that do not
+    parse."""
+    settings = _job_settings(meta.get("config"))
+    if settings is None:
+        return None
+    keys = ("format", "plan", "mode", "photo_sha256", "region", "fingerprint_sha256")
+    job = {**{k: meta.get(k) for k in keys}, "config": settings}
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _same_job(old: dict, new: dict) -> bool:
