@@ -41,6 +41,17 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test (the networks are built in it), restored after:
+    where equality is the point, float32's kernel-dependent rounding no longer blurs it."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

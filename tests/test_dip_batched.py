@@ -47,15 +47,6 @@ def vmap_engine(monkeypatch):
     monkeypatch.setattr("dippas_core.dip.batched._stack.batch_engine", lambda device: "vmap")
 
 
-@pytest.fixture
-def float64():
-    """Run the networks in float64: rounding no longer drives the trajectories apart."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def _separate(tiles, cfg):
     out = {}
     for i, (img, P) in enumerate(tiles):
@@ -146,16 +137,24 @@ def test_float32_first_outputs_match_separate_runs(tiles, vmap_engine):
 def test_float32_psnr_histories_follow_separate_runs(tiles, vmap_engine):
     # what does hold in float32 over many steps: the pixels part from iteration 2 on (as they
     # do for the plain path under a mere change of memory layout), but each tile fits its photo
-    # as fast as its separate run: over 10 iterations at lr 1e-2 the PSNRs gain 1.5–9 dB and
-    # differ by at most 5 % of that gain (measured 0.6–1.8 %; docs/dip.md)
+    # as fast as its separate run.  How far float32 trajectories wander is the kernels' doing
+    # (AVX-512 or AVX2, oneDNN or not: 0.7-7.9 % of the gain over 10 iterations, docs/dip.md),
+    # so the bound is measured side by side: the plain path against itself with nothing but
+    # its memory layout changed, on the same tiles, on this CPU's kernels
     cfg = DIPConfig.preset("tiny", max_iter=10, lr=1e-2, **FREE)
     separate = _separate(tiles[:4], cfg)
+    relaid = _separate(tiles[:4], cfg.replace(channels_last=not cfg.channels_last))
     _, _, _, results = _batched(tiles[:4], cfg, n=4)
+    batched_gap, layout_gap = [], []
     for i, (_, ref) in separate.items():
-        got, want = results[i].history["psnr"], ref.history["psnr"]
+        want = ref.history["psnr"]
         gain = want[-1] - want[0]
         assert gain > 1.0  # the fit is under way
-        assert np.abs(got - want).max() <= 0.05 * gain
+        batched_gap.append(np.abs(results[i].history["psnr"] - want).max() / gain)
+        layout_gap.append(np.abs(relaid[i][1].history["psnr"] - want).max() / gain)
+    # twice float32's own wander, never less than 5 % of the gain (a tile fitting another
+    # tile's photo, or sharing another's state, is tens of dB off)
+    assert max(batched_gap) <= max(2 * max(layout_gap), 0.05)
 
 
 def test_one_tile_per_step_is_the_plain_path_exactly(tiles):
@@ -229,8 +228,11 @@ def test_an_unknown_engine_is_an_input_error():
         _Batch(device, speed_settings(DIPConfig.preset("tiny"), device), engine="processes")
 
 
-def test_one_step_gradients_are_each_tiles_own(tiles):
-    # N networks in one backward: each tile's weights get exactly its own loss's gradient
+def test_one_step_gradients_are_each_tiles_own(tiles, float64):
+    # N networks in one backward: each tile's weights get exactly its own loss's gradient.
+    # Compared in float64, where equality is the point: in float32 another kernel's rounding of
+    # the forward pass moves the first convolution's gradient by up to 4e-3 of its largest
+    # value on one real tile (AVX2 or oneDNN off), float32's doing, not the batch's
     from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
     from dippas_core.dip.device import resolve_device, speed_settings
     from dippas_core.dip.inversion import _image_to_unit, _Inverter
@@ -247,16 +249,18 @@ def test_one_step_gradients_are_each_tiles_own(tiles):
         batch.add(_with_params(_Tile(_PreparedJob(i, img01, P, c), c, device, speed)))
     for inv in alone:
         inv.perturb()
-        inv.loss_of(inv.forward(inv.noisy_z, (64, 64)).float()).backward()
+        inv.loss_of(inv.forward(inv.noisy_z, (64, 64))).backward()
     for t in batch.tiles:
         t.perturb()
-    out = batch.forward().float()
+    out = batch.forward()
     sum(t.loss_of(out[i : i + 1]) for i, t in enumerate(batch.tiles)).backward()
     for inv, t in zip(alone, batch.tiles, strict=True):
         ref = [p.grad for p in inv.model.parameters()]
         got = [p.grad for p in t.model.parameters()]
         top = max(float(g.abs().max()) for g in ref)
-        assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) <= 1e-4 * top
+        assert ref[0].dtype == torch.float64
+        # measured 2.4e-14 of the largest on every kernel tried; a shared gradient is O(1)
+        assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) <= 1e-10 * top
         inv.release()
     batch.release()
 
