@@ -13,7 +13,60 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Attribution", "attribute"]
+__all__ = [
+    "PCE_ALIGNED",
+    "PCE_DECISION_LEVEL",
+    "PCE_PEAK_OVER_SHIFTS",
+    "Attribution",
+    "attribute",
+    "pce_kind",
+    "trace_warning",
+]
+
+#: The PCE decision level of forensic practice (Goljan, Fridrich & Filler 2009): a photo whose
+#: PCE with a camera's fingerprint reaches 60 is attributed to that camera.  Taken aligned, 60 is
+#: conservative (false alarms ≈ Q(√60) ≈ 5e-15).  Every entry point's default.
+PCE_DECISION_LEVEL = 60.0
+
+#: The two kinds of PCE a number can be, said beside it wherever it is shown: taken at zero shift
+#: (the photo and the fingerprint aligned; under no match about chi-square with one degree of
+#: freedom), or the largest peak over shifts (a search: on a no-match photo it is the largest of
+#: many noise peaks, so it runs higher — a 128×128 crop gave 16.6 searched, −0.0 aligned).
+PCE_ALIGNED = "aligned"
+PCE_PEAK_OVER_SHIFTS = "peak over shifts"
+
+
+def pce_kind(shift_range: int | tuple[int, int] | None) -> str:
+    """:data:`PCE_ALIGNED` for a zero ``shift_range``, else :data:`PCE_PEAK_OVER_SHIFTS`.
+
+    ``shift_range`` as :func:`attribute` takes it (None: every shift).
+    """
+    if shift_range is None:
+        return PCE_PEAK_OVER_SHIFTS
+    pair = (shift_range, shift_range) if np.isscalar(shift_range) else tuple(shift_range)
+    return PCE_ALIGNED if all(int(r) == 0 for r in pair) else PCE_PEAK_OVER_SHIFTS
+
+
+def trace_warning(
+    pce_before: float, level: float = PCE_DECISION_LEVEL, n_pixels: int | None = None,
+    what: str = "This region",
+) -> str | None:
+    """A warning when the photo (or region) carries no detectable trace of the camera at all.
+
+    Anonymizing it, or scoring it "after", then proves nothing: the fingerprint was not
+    detectable to begin with (the viewer and ``dippas anonymize`` say so before the work starts).
+    None when the trace is there (aligned PCE at or above ``level``).  ``what`` names the
+    pixels ("This region", "This photo").
+    """
+    if np.isfinite(pce_before) and pce_before >= level:
+        return None
+    size = f" ({n_pixels:,} pixels)" if n_pixels else ""
+    return (
+        f"{what}{size} carries no detectable trace of the camera even before anonymizing "
+        f"(PCE ({PCE_ALIGNED}) {pce_before:.1f} < decision level {level:g}): a before/after "
+        "comparison on it proves nothing. Choose a larger region (a few hundred pixels on a side, "
+        "with texture but not saturated) or the whole photo."
+    )
 
 
 @dataclass(frozen=True)
@@ -30,6 +83,8 @@ class Attribution:
         The cross-correlation at the PCE peak (NaN when not computed).
     pce_shift : tuple of int
         (dy, dx) of that peak; ``(0, 0)`` when scored aligned.
+    pce_kind : str
+        :data:`PCE_ALIGNED` or :data:`PCE_PEAK_OVER_SHIFTS` (:func:`pce_kind`): shown with the PCE.
     residual : numpy.ndarray
         The photo's noise residual ``W`` (float32 H×W): pass it back as ``residual=`` to score
         the same photo against another fingerprint without computing it again.
@@ -49,13 +104,15 @@ class Attribution:
     pce_shift: tuple[int, int]
     residual: np.ndarray = field(repr=False)
     sigma: float
+    pce_kind: str = PCE_ALIGNED
     block_size: int | None = None
     block_ncc: np.ndarray | None = field(default=None, repr=False)
     ncc_edges: float | None = None
 
-    def scores(self) -> dict[str, float]:
-        """The report's numbers: ``{"ncc", "pce", "pce_peak"}``."""
-        return {"ncc": self.ncc, "pce": self.pce, "pce_peak": self.pce_peak}
+    def scores(self) -> dict[str, float | str]:
+        """The report's numbers: ``{"ncc", "pce", "pce_peak", "pce_kind"}``."""
+        return {"ncc": self.ncc, "pce": self.pce, "pce_peak": self.pce_peak,
+                "pce_kind": self.pce_kind}
 
 
 def attribute(
@@ -126,6 +183,7 @@ def attribute(
         pce_shift=tuple(peak.shift) if peak else (0, 0),
         residual=W,
         sigma=float(sigma),
+        pce_kind=pce_kind(pce_shift_range),
         block_size=None if block_size is None else int(block_size),
         block_ncc=None
         if block_size is None

@@ -7,6 +7,7 @@ memory does not grow with the number of images.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable
@@ -118,6 +119,11 @@ class Fingerprint:
             crop=k.shape,
             method=self.method,
         )
+
+    def region(self, y: int, x: int, h: int, w: int) -> Fingerprint:
+        """A new Fingerprint holding K's ``(y, x, h, w)`` region (the camera and the rest kept):
+        the fingerprint of a photo's region, the same pixels."""
+        return dataclasses.replace(self, K=np.array(self.K[y : y + h, x : x + w], copy=True))
 
     def save(self, path: str | os.PathLike, *, dtype: type = np.float32) -> Path:
         """Save to one ``.npz`` file (K + JSON metadata), atomically.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import time
@@ -230,8 +229,7 @@ def _crop_fingerprint(
 ) -> Fingerprint | np.ndarray:
     """The fingerprint's (y, x, h, w) region (a Fingerprint keeps its metadata)."""
     if isinstance(fingerprint, Fingerprint):
-        cut = np.array(fingerprint.K[y : y + h, x : x + w], copy=True)
-        return dataclasses.replace(fingerprint, K=cut)
+        return fingerprint.region(y, x, h, w)
     return np.asarray(fingerprint)[y : y + h, x : x + w]
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .attribution import PCE_DECISION_LEVEL
+
 __all__ = [
     "DECISION_LEVEL_PCE",
     "FORENSIC_RECORD",
@@ -51,8 +53,9 @@ __all__ = [
 PUBLISHED_FORMAT = "dippas-published-sidecar"
 #: File name of the forensic record inside a run folder.
 FORENSIC_RECORD = "forensic-record.json"
-#: PCE above which a photo is attributed to the camera (the report's decision level).
-DECISION_LEVEL_PCE = 60.0
+#: PCE above which a photo is attributed to the camera (the report's decision level): the one
+#: decision level of every entry point (:data:`dippas_core.attribution.PCE_DECISION_LEVEL`).
+DECISION_LEVEL_PCE = PCE_DECISION_LEVEL
 
 #: Keys of the report's sections that are published: settings and counts of the image's own
 #: making, never a score of the source.  The other keys of a section are forensic.
@@ -343,7 +346,8 @@ def measure(
     values = {
         "psnr": float(psnr(np.asarray(photo255, np.float32), np.asarray(image, np.float32))),
         "ncc": {"before": before.ncc, "after": after.ncc},
-        "pce": {"before": before.pce, "after": after.pce, "decision_level": DECISION_LEVEL_PCE},
+        "pce": {"before": before.pce, "after": after.pce, "decision_level": DECISION_LEVEL_PCE,
+                "kind": after.pce_kind},
         "pce_detail": {"before": before.scores(), "after": after.scores()},
         "block_ncc": {
             "B": int(B),

@@ -109,21 +109,26 @@ def test_every_caller_gives_the_same_numbers(pairs, tmp_path, capsys):
 
     measured, maps = measure(photo, photo, K, 64, 5.0)
     assert measured["pce_detail"]["after"] == {"ncc": ref.ncc, "pce": ref.pce,
-                                               "pce_peak": ref.pce_peak}
+                                               "pce_peak": ref.pce_peak, "pce_kind": "aligned"}
     assert (measured["ncc"]["after"], measured["pce"]["after"]) == (ref.ncc, ref.pce)
+    assert measured["pce"]["kind"] == "aligned"
     assert np.array_equal(maps["block_ncc_after"], ref.block_ncc)
 
     write_image(tmp_path / "photo.png", photo)
     Fingerprint(K=K.astype(np.float32), sigma=5.0).save(tmp_path / "k.npz")
     capsys.readouterr()
     argv = ["score", str(tmp_path / "photo.png"), "--fingerprint", str(tmp_path / "k.npz")]
-    assert main([*argv, "--aligned", "--json"]) == 0
-    cli = json.loads(capsys.readouterr().out)
-    assert (cli["ncc"], cli["pce"], cli["pce_shift"]) == (ref.ncc, ref.pce, [0, 0])
-    # without --aligned, dippas score and the evaluation search every shift: the same peak
-    assert main([*argv, "--json"]) == 0
+    # dippas score's PCE is anonymize's and the viewer's: aligned, by default or asked for
+    for flags in ([], ["--aligned"]):
+        assert main([*argv, *flags, "--json"]) == 0
+        cli = json.loads(capsys.readouterr().out)
+        assert (cli["ncc"], cli["pce"], cli["pce_shift"]) == (ref.ncc, ref.pce, [0, 0])
+        assert cli["pce_kind"] == "aligned"
+    # with --search-shifts, dippas score and the evaluation search every shift: the same peak
+    assert main([*argv, "--search-shifts", "--json"]) == 0
     searched = attribute(photo, K, pce_shift_range=None)
-    assert json.loads(capsys.readouterr().out)["pce"] == searched.pce
+    cli = json.loads(capsys.readouterr().out)
+    assert (cli["pce"], cli["pce_kind"]) == (searched.pce, "peak over shifts")
     quality, per_fp = score_output(photo, photo, {"cam": K}, np.ones(photo.shape[:2], bool))
     assert np.isinf(quality)
     assert per_fp["cam"]["ncc"] == ref.ncc and per_fp["cam"]["pce"] == searched.pce
@@ -133,3 +138,52 @@ def test_every_caller_gives_the_same_numbers(pairs, tmp_path, capsys):
     viewer = models.attribute(photo, K, block_size=64)
     assert (viewer.ncc, viewer.pce) == (ref.ncc, ref.pce)
     assert np.array_equal(viewer.block_ncc, ref.block_ncc)
+
+
+def test_score_region_crops_photo_and_fingerprint_together(pairs, tmp_path, capsys):
+    """``dippas score --region Y,X,H,W``: the photo's region against the same pixels of the
+    fingerprint, equal to scoring the two crops made by hand; the PCE says its kind."""
+    from dippas_core.cli import main
+    from dippas_core.fingerprint import Fingerprint
+    from dippas_core.io import write_image
+
+    photo, K, _ = pairs[0]
+    write_image(tmp_path / "photo.png", photo)
+    Fingerprint(K=K.astype(np.float32), sigma=5.0, camera="cam").save(tmp_path / "k.npz")
+    argv = ["score", str(tmp_path / "photo.png"), "--fingerprint", str(tmp_path / "k.npz")]
+    capsys.readouterr()
+    y, x, h, w = 64, 32, 128, 192
+    assert main([*argv, "--region", f"{y},{x},{h},{w}", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    by_hand = attribute(photo[y : y + h, x : x + w], K[y : y + h, x : x + w])
+    assert (got["ncc"], got["pce"], got["pce_kind"]) == (by_hand.ncc, by_hand.pce, "aligned")
+    assert got["region"] == {"y": y, "x": x, "h": h, "w": w} and got["size"] == [h, w]
+    # the fingerprint was cut at the photo's place: another place of K scores otherwise
+    elsewhere = attribute(photo[y : y + h, x : x + w], K[y + 2 : y + 2 + h, x : x + w])
+    assert got["pce"] != elsewhere.pce
+    assert main([*argv, "--region", f"{y},{x},{h},{w}"]) == 0
+    line = capsys.readouterr().out
+    assert f"PCE {by_hand.pce:.1f} (aligned) on region y={y}, x={x}, {h}×{w}" in line
+    assert main([*argv, "--region", f"{y},{x},{h},{w}", "--search-shifts"]) == 0
+    assert "(peak over shifts, at shift (" in capsys.readouterr().out
+    # refused in one line: outside the photo, odd origin, with --crop
+    for bad, match in ((f"{y},{x},{h},{SIZE}", "does not lie inside"), ("1,0,64,64", "even")):
+        assert main([*argv, "--region", bad]) == 2
+        assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--region", "0,0,64,64", "--crop", "128"])
+    assert stop.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_the_no_trace_warning_is_one_function():
+    """The viewer and ``dippas anonymize``/``invert`` warn with the same words: no warning at
+    or above the decision level, one naming the pixels and the aligned PCE below it."""
+    from dippas_core.attribution import PCE_DECISION_LEVEL, trace_warning
+
+    assert trace_warning(PCE_DECISION_LEVEL) is None and trace_warning(900.0) is None
+    text = trace_warning(1.9, n_pixels=128 * 128, what="This photo")
+    assert text.startswith("This photo (16,384 pixels) carries no detectable trace")
+    assert "PCE (aligned) 1.9 < decision level 60" in text
+    assert "no detectable trace" in trace_warning(float("nan"))
+    models = pytest.importorskip("napari_dippas._models")
+    assert models.trace_warning is trace_warning

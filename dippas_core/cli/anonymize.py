@@ -155,7 +155,8 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
         file=s,
     )
     print(
-        f"PCE: {report['pce']['before']:.1f} -> {report['pce']['after']:.1f} (decision level 60)",
+        f"PCE ({report['pce']['kind']}): {report['pce']['before']:.1f} -> "
+        f"{report['pce']['after']:.1f} (decision level 60)",
         file=s,
     )
     g = inv.get("gamma", {})
@@ -312,7 +313,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..run import remove_run_folder, temporary_run_folder
     from ..tiled import PhotoRun, _duration
     from ..tiling import check_region, parse_region, plan_tiles
-    from .invert import load_photo_and_fingerprint
+    from .invert import load_photo_and_fingerprint, warn_without_trace
 
     region = parse_region(args.region) if args.region is not None else None
     config = build_config(args)  # checked, before the photo is even read
@@ -329,7 +330,9 @@ def _run(args: argparse.Namespace) -> int:
     photo, fingerprint = load_photo_and_fingerprint(args)
     shape = photo.shape[:2]
     if region is not None:
-        shape = check_region(region, photo.shape)[2:]
+        region = check_region(region, photo.shape)
+        shape = region[2:]
+    warn_without_trace("anonymize", photo, fingerprint, config.sigma, region)
     plan = plan_tiles(shape, config.tile_size, config.overlap)
     print(f"tile plan: {plan.describe()}", file=sys.stderr)
     if len(plan) > 1:

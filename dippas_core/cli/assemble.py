@@ -190,7 +190,8 @@ def _run(args: argparse.Namespace) -> int:
         f"assembled {args.out} from {p['n_candidates']} snapshots (PSNR >= "
         f"{p['psnr_threshold']:.2f} dB), B={p['B']} L={p['L']} in {p['elapsed_s']:.2f} s: "
         f"PSNR {report['psnr']:.2f} dB, NCC {report['ncc']['before']:.4f} -> "
-        f"{report['ncc']['after']:.4f}; "
+        f"{report['ncc']['after']:.4f}, PCE ({report['pce']['kind']}) "
+        f"{report['pce']['before']:.1f} -> {report['pce']['after']:.1f}; "
         f"report {report_path}",
         file=sys.stderr,
     )
@@ -238,8 +239,8 @@ def _run_photo(args: argparse.Namespace) -> int:
     print(
         f"assembled {out} from {len(p['tiles'])} tiles' runs, B={p['B']} L={p['L']} "
         f"tau={p['tau']:g}: PSNR {report['psnr']:.2f} dB, NCC {report['ncc']['before']:.4f} -> "
-        f"{report['ncc']['after']:.4f}, PCE {report['pce']['before']:.1f} -> "
-        f"{report['pce']['after']:.1f}",
+        f"{report['ncc']['after']:.4f}, PCE ({report['pce']['kind']}) "
+        f"{report['pce']['before']:.1f} -> {report['pce']['after']:.1f}",
         file=sys.stderr,
     )
     return 0

@@ -83,6 +83,30 @@ def load_photo_and_fingerprint(args: argparse.Namespace) -> tuple[Any, Any]:
     return photo, fingerprint
 
 
+def warn_without_trace(
+    command: str, photo: Any, fingerprint: Any, sigma: float, region: Any = None
+) -> float | None:
+    """Say on stderr, before any work, when PHOTO (or its region) carries no detectable trace
+    of the fingerprint's camera (the viewer's warning, :func:`~dippas_core.attribution.
+    trace_warning`): removing it then proves nothing.  Returns the aligned PCE (None blind)."""
+    from ..attribution import attribute, trace_warning
+
+    if fingerprint is None:  # blind: the photo's own residual always "matches"
+        return None
+    K = fingerprint.K
+    if region is not None:
+        y, x, h, w = region
+        photo, K = photo[y : y + h, x : x + w], K[y : y + h, x : x + w]
+    pce = attribute(photo, K, sigma=sigma).pce
+    warning = trace_warning(
+        pce, n_pixels=int(photo.shape[0] * photo.shape[1]),
+        what="This photo" if region is None else "This region",
+    )
+    if warning is not None:
+        print(f"dippas {command}: warning: {warning}", file=sys.stderr)
+    return pce
+
+
 def run_inversion(
     photo: Any,
     P: Any,
@@ -158,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     config = build_config(args)
     dip = config.dip
+    warn_without_trace("invert", photo, fingerprint, config.sigma)
     if fingerprint is None:
         P, mode = residual(photo, config.sigma), "blind"
     else:

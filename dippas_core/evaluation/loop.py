@@ -16,12 +16,13 @@ from typing import Any
 
 from .._atomic import atomic_write_text
 from .._json import jsonable
+from ..attribution import pce_kind
 from ..errors import DippasError, InputError
 from .config import EvalConfig
 from .dataset import Crop, Dataset, load_dataset
 from .methods import METHODS, MethodContext
 from .plots import write_plots
-from .scoring import score_output
+from .scoring import PCE_SHIFT_RANGE, score_output
 from .tables import SCORE_FIELDS, check_resumable, read_scores, rows_to_csv, write_summaries
 
 __all__ = ["EvaluationRun", "evaluate", "score_saved_outputs"]
@@ -207,6 +208,7 @@ class EvaluationRun:
                 "started_utc": self.started,
                 "elapsed_s": round(time.perf_counter() - self.t_start, 1),
                 "partial": partial,
+                "pce_kind": pce_kind(PCE_SHIFT_RANGE),
                 "versions": self.versions,
                 "method_notes": self.notes,
                 "attacker": self.attacker_info,

@@ -6,7 +6,11 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["score_output"]
+__all__ = ["PCE_SHIFT_RANGE", "score_output"]
+
+#: The evaluation's PCE is the peak over every shift (the paper's detector, prnu-python's):
+#: ``params.json`` says so (``pce_kind``); ``dippas score`` and ``anonymize`` give the aligned one.
+PCE_SHIFT_RANGE = None
 
 
 def score_output(
@@ -38,7 +42,7 @@ def score_output(
     scores: dict[str, dict[str, float]] = {}
     for cam, K in fingerprints.items():
         found = attribute(
-            out8, K, sigma=sigma, residual=W, edges=edges, pce=pce, pce_shift_range=None
+            out8, K, sigma=sigma, residual=W, edges=edges, pce=pce, pce_shift_range=PCE_SHIFT_RANGE
         )
         scores[cam] = {"ncc": found.ncc, "ncc_edges": found.ncc_edges, "pce": found.pce}
     return quality, scores

@@ -8,17 +8,15 @@ from typing import Any, Literal
 import numpy as np
 from psygnal import Signal
 
-from dippas_core.attribution import Attribution
+from dippas_core.attribution import PCE_ALIGNED, PCE_DECISION_LEVEL, Attribution, trace_warning
 
 __all__ = [
     "DECISION_LEVEL_PCE", "AttributionResult", "ResultsTable", "attribute",
     "attribution_verdict", "pce_verdict", "trace_warning",
 ]
 
-#: The PCE decision level of forensic practice (Goljan, Fridrich & Filler 2009): a photo whose
-#: PCE with a camera's fingerprint reaches 60 is attributed to that camera.  Editable in the
-#: widgets; our PCE is taken at zero shift, so 60 is conservative (false alarms ≈ Q(√60) ≈ 5e-15).
-DECISION_LEVEL_PCE = 60.0
+#: The PCE decision level (60, Goljan et al. 2009): the core's, one for every entry point.
+DECISION_LEVEL_PCE = PCE_DECISION_LEVEL
 
 #: Residual and scores of one photo against one fingerprint (the core's one result type).
 AttributionResult = Attribution
@@ -94,24 +92,6 @@ def pce_verdict(pce: float, level: float = DECISION_LEVEL_PCE) -> str:
     return attribution_verdict("PCE", pce, level)
 
 
-def trace_warning(pce_before: float, level: float = DECISION_LEVEL_PCE,
-                  n_pixels: int | None = None) -> str | None:
-    """A warning when the photo (or region) carries no detectable trace of the camera at all.
-
-    Anonymizing it, or scoring it "after", then proves nothing: the fingerprint was not
-    detectable to begin with.  None when the trace is there (PCE at or above ``level``).
-    """
-    if np.isfinite(pce_before) and pce_before >= level:
-        return None
-    size = f" ({n_pixels:,} pixels)" if n_pixels else ""
-    return (
-        f"This region{size} carries no detectable trace of the camera even before anonymizing "
-        f"(PCE {pce_before:.1f} < decision level {level:g}): a before/after comparison on it "
-        "proves nothing. Choose a larger region (a few hundred pixels on a side, with texture "
-        "but not saturated) or the whole photo."
-    )
-
-
 class ResultsTable:
     """Scores of photos against fingerprints, one row per (photo, camera, region).
 
@@ -120,20 +100,24 @@ class ResultsTable:
     """
 
     changed = Signal()
-    COLUMNS = ("photo", "camera", "region", "pixels", "NCC", "PCE", "decision level", "verdict")
+    COLUMNS = ("photo", "camera", "region", "pixels", "NCC", "PCE", "PCE kind", "decision level",
+               "verdict")
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
     def add(
         self, photo: str, camera: str, ncc: float, pce: float, level: float,
-        region: str = "whole photo", pixels: int = 0,
+        region: str = "whole photo", pixels: int = 0, pce_kind: str = PCE_ALIGNED,
     ) -> dict[str, Any]:
-        """Add (or update) the row of ``photo`` × ``camera`` on ``region``; returns it."""
+        """Add (or update) the row of ``photo`` × ``camera`` on ``region``; returns it.
+
+        ``pce_kind``: which PCE it is (:func:`dippas_core.attribution.pce_kind`)."""
         verdict = "match" if np.isfinite(pce) and pce >= level else "no match"
         row = {
             "photo": photo, "camera": camera, "region": region, "pixels": int(pixels),
-            "NCC": float(ncc), "PCE": float(pce), "decision level": float(level),
+            "NCC": float(ncc), "PCE": float(pce), "PCE kind": pce_kind,
+            "decision level": float(level),
             "verdict": verdict,
         }
         key = (photo, camera, region)

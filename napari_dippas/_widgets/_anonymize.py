@@ -16,6 +16,8 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout
 
+from dippas_core.attribution import PCE_ALIGNED
+
 from .._layer_updates import show_rectangles, upsert_run_layer
 from .._layers import (
     Region,
@@ -342,7 +344,7 @@ class AnonymizeWidget(AnonymizeForm):
     def _show_trace(self, check: TraceCheck) -> None:
         warning = trace_warning(check.pce, DECISION_LEVEL_PCE, check.n_pixels)
         self.trace_note = warning or (
-            f"The input carries the camera's trace (PCE {check.pce:.1f} ≥ "
+            f"The input carries the camera's trace (PCE ({PCE_ALIGNED}) {check.pce:.1f} ≥ "
             f"{DECISION_LEVEL_PCE:g}): a before/after comparison is meaningful."
         )
         self._show_job()

@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from dippas_core.assembly import NoSnapshotsError
+from dippas_core.attribution import PCE_ALIGNED
 
 from .._layer_updates import same_path, upsert_run_layer
 from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
@@ -123,7 +124,7 @@ class AssembleWidget(DockWidget):
         for col, title in enumerate(("", "before", "after")):
             grid.addWidget(QLabel(f"<b>{title}</b>"), 0, col)
         for row, name in enumerate(("NCC", "PCE"), start=1):
-            grid.addWidget(QLabel(name), row, 0)
+            grid.addWidget(QLabel(name if name == "NCC" else f"PCE ({PCE_ALIGNED})"), row, 0)
             for col, stage in enumerate(("before", "after"), start=1):
                 self.table[name, stage] = QLabel("–")
                 grid.addWidget(self.table[name, stage], row, col)

@@ -19,6 +19,8 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from dippas_core.attribution import PCE_ALIGNED
+
 from .._layer_updates import upsert_layer
 from .._layers import (
     BLOCK_NCC_LIMIT,
@@ -143,7 +145,7 @@ class AttributionWidget(DockWidget):
         self.threshold.valueChanged.connect(self._level_changed)
         self.run_button = QPushButton("Compute residual && scores")
         self.run_button.clicked.connect(self.start)
-        self.scores = QLabel("PCE –    NCC –")
+        self.scores = QLabel(f"PCE ({PCE_ALIGNED}) –    NCC –")
         self.verdict = QLabel("Choose a photo and a fingerprint, then Compute.")
         self.verdict.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC")
@@ -155,7 +157,9 @@ class AttributionWidget(DockWidget):
         self.learned = QLabel("")
         self.learned.setWordWrap(True)
         self.table = QTableWidget(0, 5)
-        self.table.setHorizontalHeaderLabels(["photo", "camera", "PCE", "NCC", "verdict"])
+        self.table.setHorizontalHeaderLabels(
+            ["photo", "camera", f"PCE ({PCE_ALIGNED})", "NCC", "verdict"]
+        )
         self.table.setMinimumHeight(110)
         self.table.setMinimumWidth(0)
         self.table.verticalHeader().setVisible(False)
@@ -224,7 +228,7 @@ class AttributionWidget(DockWidget):
     def _clear_scores(self, message: str) -> None:
         """Forget the previous scores (they belong to another photo) and say why."""
         self.result = None
-        self.scores.setText("PCE –    NCC –")
+        self.scores.setText(f"PCE ({PCE_ALIGNED}) –    NCC –")
         self.verdict.setText(message)
 
     def start(self) -> None:
@@ -296,12 +300,15 @@ class AttributionWidget(DockWidget):
         )
         self.colorbar.set_limit(BLOCK_NCC_LIMIT, f"block NCC, B = {result.block_size}")
         level = self.threshold.value()
-        self.scores.setText(f"PCE {result.pce:.1f} (level {level:g})    NCC {result.ncc:.5f}")
+        self.scores.setText(
+            f"PCE ({result.pce_kind}) {result.pce:.1f} (level {level:g})    NCC {result.ncc:.5f}"
+        )
         self._show_verdict()
         h, w = result.residual.shape
         self.results.add(
             photo_name, camera, result.ncc, result.pce, level,
             region="whole photo" if region is None else region.label(), pixels=h * w,
+            pce_kind=result.pce_kind,
         )
 
     # -- results table --------------------------------------------------------------------------

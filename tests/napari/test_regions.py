@@ -134,7 +134,7 @@ def test_results_table_csv_round_trip(tmp_path):
     assert [(r["camera"], r["verdict"]) for r in rows] == [
         ("Nikon_D200_0", "no match"), ("Nikon_D70_0", "match")
     ]
-    assert float(rows[1]["PCE"]) == 450.0
+    assert float(rows[1]["PCE"]) == 450.0 and rows[1]["PCE kind"] == "aligned"
     table.relevel(500.0)
     assert [r["verdict"] for r in table.rows] == ["no match", "no match"]
 
@@ -226,7 +226,7 @@ def test_scoring_more_photos_and_cameras_adds_layers_and_rows(viewer, qtbot, sam
     viewer.add_image(fp.K[:32, :32], name="small K", metadata={"dippas": {"kind": "fingerprint"}})
     widget.fingerprint.select("small K")
     widget.start()
-    assert widget.result is None and widget.scores.text() == "PCE –    NCC –"
+    assert widget.result is None and widget.scores.text() == "PCE (aligned) –    NCC –"
     assert "256×256" in widget.verdict.text() and "dippas_core" not in widget.verdict.text()
 
 
