@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import _display
 import _testdata
 import numpy as np
 import pytest
@@ -12,6 +13,27 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: $DIPPAS_TESTDATA, else ../shared/data/prnu-python-testdata (see tests/_testdata.py)
 TESTDATA = _testdata.data_folder()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xvfb_disable(config: pytest.Config) -> bool:
+    """The suite starts its display itself (tests/_display.py: out of pytest's process group)."""
+    return True
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _display.stop_on_signals()
+    wants_display = config.pluginmanager.has_plugin("xvfb") and not config.getoption(
+        "--no-xvfb", default=False
+    )
+    if wants_display and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _display.start_display()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    """A Ctrl-C that a Qt callback swallowed (pytest-qt records it and goes on): stop here."""
+    if _display.interrupted():
+        raise KeyboardInterrupt("stopped after the test a Ctrl-C interrupted")
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def tiny_settings():
 
 @pytest.fixture
 def viewer(make_napari_viewer):
-    """A real napari viewer (pytest-xvfb provides the display)."""
+    """A real napari viewer (tests/_display.py provides the display)."""
     return make_napari_viewer()
 
 
