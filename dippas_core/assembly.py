@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import AssemblyParams
+from .config import MAX_DEVIATION, AssemblyParams
 from .errors import InputError
 from .run import RunDirectory
-from .snapshots import SCALE, block_ncc_from_sums
+from .snapshots import SCALE, block_ncc_from_sums, block_projection_from_sums
 
 __all__ = [
     "AssemblyResult",
@@ -105,11 +105,10 @@ def measure_block_ncc(
     return block_ncc(w, img, P, int(B))
 
 
-def _check_params(run: RunDirectory, B: Any, L: Any, tau: Any) -> tuple[int, int, float]:
-    """B, L, tau (or an :class:`AssemblyParams` as ``B``) checked against the run."""
-    params = AssemblyParams.coerce(B, L, tau)
-    fitted = params.fitted(run.shape, run.tile, run.record_psnr)
-    return fitted.B, fitted.L, float(fitted.tau)
+def _check_params(run: RunDirectory, B: Any, L: Any, tau: Any, rule: str = "paper"
+                  ) -> AssemblyParams:
+    """B, L, tau, rule (or an :class:`AssemblyParams` as ``B``) checked against the run."""
+    return AssemblyParams.coerce(B, L, tau, rule).fitted(run.shape, run.tile, run.record_psnr)
 
 
 def _candidates(run: RunDirectory, tau: float) -> tuple[np.ndarray, float]:
@@ -163,6 +162,75 @@ def rank_snapshots(
         (np.take_along_axis(it, sel, -1), np.take_along_axis(key, sel, -1)), axis=-1
     )
     return np.take_along_axis(sel, sub[..., :first], -1)
+
+
+def _used(order: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Bh×Bw×L' mask of the ranked slots each block averages (its first ``counts`` ones)."""
+    return np.arange(order.shape[-1]) < counts[..., None]
+
+
+def _block_fidelity(run: RunDirectory, cand: np.ndarray, step_b: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's PSNR and largest ``|Δ|`` (levels) on each block: two Bh×Bw×n arrays.
+
+    One pass over the candidates' stored frames, a bounded number at a time.
+    """
+    from .io import to_float255
+
+    h, w = run.shape
+    photo = to_float255(run.photo).astype(np.float32)
+    rows, cols = _block_edges(h, step_b), _block_edges(w, step_b)
+    sse = np.empty((len(rows), len(cols), cand.size))
+    dev = np.empty_like(sse)
+    per = max(1, _GATHER_BYTES // (h * w * 12))
+    with run.snapshots.mapped() as (frames, release):
+        for s in range(0, cand.size, per):
+            part = cand[s : s + per]
+            d = frames[np.sort(part)].astype(np.float32) / np.float32(SCALE) - photo
+            back = np.argsort(np.argsort(part))  # the sorted read back in candidate order
+            d = d[back]
+            for by, (y0, y1) in enumerate(rows):
+                for bx, (x0, x1) in enumerate(cols):
+                    blk = d[:, y0:y1, x0:x1]
+                    sse[by, bx, s : s + part.size] = np.square(blk, dtype=np.float64).mean(
+                        axis=(1, 2, 3)
+                    )
+                    dev[by, bx, s : s + part.size] = np.abs(blk).max(axis=(1, 2, 3))
+            release()
+    with np.errstate(divide="ignore"):
+        psnr = 10.0 * np.log10(255.0**2 / sse)
+    return psnr, dev
+
+
+def _rank_bounded(
+    score: np.ndarray,
+    iterations: np.ndarray,
+    block_psnr: np.ndarray,
+    block_dev: np.ndarray,
+    tau: float,
+    L: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bounded rule's order (Bh×Bw×L'), how many of it each block averages, and the blocks
+    where no candidate kept the bound.
+
+    Within the bound (block PSNR >= ``tau``, no pixel beyond :data:`MAX_DEVIATION`), the order of
+    method §5 on ``score``; a block where none is within it takes its one best candidate by
+    block PSNR among those without a far pixel (else among all).
+    """
+    inside = (block_psnr >= tau) & (block_dev <= MAX_DEVIATION)
+    n = score.shape[-1]
+    it = np.broadcast_to(iterations, score.shape)
+    order = np.lexsort((it, np.abs(score), score >= 0, ~inside), axis=-1)
+    n_use = min(L, n)
+    order = order[..., :n_use]
+    counts = np.minimum(inside.sum(axis=-1), n_use)
+    fallback = counts == 0
+    if fallback.any():
+        near = block_dev <= MAX_DEVIATION
+        best = np.argmax(np.where(near.any(-1, keepdims=True) & ~near, -np.inf, block_psnr), -1)
+        order[fallback, 0] = best[fallback]
+        counts[fallback] = 1
+    return order, counts, fallback
 
 
 def _finish(mean: np.ndarray, dtype: str) -> np.ndarray:
@@ -219,28 +287,38 @@ def assemble(
     t0 = time.perf_counter()
     if not isinstance(run, RunDirectory):
         run = RunDirectory.open(run)
-    B, L, tau = _check_params(run, B, L, tau)
+    fitted = _check_params(run, B, L, tau)
+    B, L, tau = fitted.B, fitted.L, float(fitted.tau)
     if dtype not in ("uint8", "float32"):
         raise InputError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     h, w = run.shape
     cand, threshold = _candidates(run, tau)
     iterations = run.snapshots.iterations[cand]
-    tiles_per_block = B // run.tile if B % run.tile == 0 else max(run.tile_sums.grid)
-    ncc = block_ncc_from_sums(run.tile_sums.array()[cand], tiles_per_block)  # n×Bh×Bw
-    ncc = np.moveaxis(ncc, 0, -1)  # Bh×Bw×n
-    n_use = min(L, cand.size)
-    order = rank_snapshots(ncc, iterations, n_use)
-    choice = cand[order]
-    choice_ncc = np.take_along_axis(ncc, order, axis=-1)
+    step_b = B if B % run.tile == 0 else max(h, w)
+    tiles_per_block = step_b // run.tile if B % run.tile == 0 else max(run.tile_sums.grid)
+    sums = run.tile_sums.array()[cand]
+    ncc = np.moveaxis(block_ncc_from_sums(sums, tiles_per_block), 0, -1)  # Bh×Bw×n
+    bounded = fitted.rule == "bounded"
+    if bounded:
+        score = np.moveaxis(block_projection_from_sums(sums, tiles_per_block), 0, -1)
+        block_psnr, block_dev = _block_fidelity(run, cand, step_b)
+        order, counts, fallback = _rank_bounded(
+            score, iterations, block_psnr, block_dev, threshold, L
+        )
+    else:
+        n_use = min(L, cand.size)
+        order = rank_snapshots(ncc, iterations, n_use)
+        counts = np.full(order.shape[:2], n_use)
+    choice = np.where(_used(order, counts), cand[order], -1)
+    choice_ncc = np.where(choice >= 0, np.take_along_axis(ncc, order, axis=-1), np.nan)
     t_rank = time.perf_counter()
 
     out = np.empty((h, w, 3), np.float64)  # rounded from float64: exact at .5 ties
-    step_b = B if B % run.tile == 0 else max(h, w)
     with run.snapshots.mapped() as (frames, release):
         touched = 0
         for by, (y0, y1) in enumerate(_block_edges(h, step_b)):
             for bx, (x0, x1) in enumerate(_block_edges(w, step_b)):
-                idx = np.sort(choice[by, bx])  # increasing offsets: sequential reads
+                idx = np.sort(choice[by, bx][choice[by, bx] >= 0])  # sequential reads
                 # frames per gather: bounded in bytes, and < 65537 so a uint32 sum cannot overflow
                 per = min(65536, max(1, _GATHER_BYTES // ((y1 - y0) * (x1 - x0) * 6)))
                 acc = np.zeros((y1 - y0, x1 - x0, 3), np.uint64)  # exact sum of uint16
@@ -254,20 +332,23 @@ def assemble(
                     if touched > _RELEASE_BYTES:
                         release()
                         touched = 0
-                out[y0:y1, x0:x1] = acc / (SCALE * n_use)
+                out[y0:y1, x0:x1] = acc / (SCALE * idx.size)
     image = _finish(out, dtype)
     t_end = time.perf_counter()
     params = {
         "B": B,
         "L": L,
         "tau": tau,
+        "rule": fitted.rule,
         "psnr_threshold": threshold,
         "tile": run.tile,
         "n_snapshots": int(run.n_ready),
         "n_candidates": int(cand.size),
-        "n_averaged": int(n_use),
+        "n_averaged": int(counts.max()),
         "grid": list(choice.shape[:2]),
         "dtype": dtype,
+        # blocks where no candidate kept the bound: their best block by PSNR stands in
+        **({"blocks_outside_bound": int(fallback.sum())} if bounded else {}),
         "rank_s": t_rank - t0,
         "average_s": t_end - t_rank,
         "elapsed_s": t_end - t0,
@@ -300,7 +381,8 @@ def assemble_direct(
 
     if not isinstance(run, RunDirectory):
         run = RunDirectory.open(run)
-    B, L, tau = _check_params(run, B, L, tau)
+    fitted = _check_params(run, B, L, tau)
+    B, L, tau = fitted.B, fitted.L, float(fitted.tau)
     t0 = time.perf_counter()
     h, w = run.shape
     cand, threshold = _candidates(run, tau)

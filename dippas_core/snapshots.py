@@ -35,7 +35,14 @@ from ._atomic import atomic_write_text
 from ._json import read_json
 from .errors import InputError
 
-__all__ = ["SnapshotStore", "TileSums", "tile_sums", "block_ncc_from_sums", "tile_grid"]
+__all__ = [
+    "SnapshotStore",
+    "TileSums",
+    "block_ncc_from_sums",
+    "block_projection_from_sums",
+    "tile_grid",
+    "tile_sums",
+]
 
 #: uint16 = round(value × SCALE) maps 0..255 onto 0..65535 with 8-bit values exact.
 SCALE = 257.0
@@ -270,11 +277,10 @@ def tile_sums(w: np.ndarray, ip: np.ndarray, tile: int) -> np.ndarray:
     return out
 
 
-def block_ncc_from_sums(sums: np.ndarray, tiles_per_block: int) -> np.ndarray:
-    """NCC per block of ``tiles_per_block``² tiles from tile sums (…×Th×Tw×3) → …×Bh×Bw.
+def _block_sums(sums: np.ndarray, tiles_per_block: int) -> np.ndarray:
+    """Tile sums (…×Th×Tw×3) added up over blocks of ``tiles_per_block``² tiles: …×Bh×Bw×3.
 
-    Blocks at the bottom and right edges hold fewer tiles when the grid is not a multiple.  A block
-    whose residual or reference is identically zero has NCC 0.
+    Blocks at the bottom and right edges hold fewer tiles when the grid is not a multiple.
     """
     k = int(tiles_per_block)
     *lead, th, tw, _ = sums.shape
@@ -282,11 +288,33 @@ def block_ncc_from_sums(sums: np.ndarray, tiles_per_block: int) -> np.ndarray:
     if (bh * k, bw * k) != (th, tw):
         pad = [(0, 0)] * len(lead) + [(0, bh * k - th), (0, bw * k - tw), (0, 0)]
         sums = np.pad(sums, pad)
-    blocks = sums.reshape(*lead, bh, k, bw, k, 3).sum(axis=(-4, -2))
+    return sums.reshape(*lead, bh, k, bw, k, 3).sum(axis=(-4, -2))
+
+
+def block_ncc_from_sums(sums: np.ndarray, tiles_per_block: int) -> np.ndarray:
+    """NCC per block of ``tiles_per_block``² tiles from tile sums (…×Th×Tw×3) → …×Bh×Bw.
+
+    Blocks at the bottom and right edges hold fewer tiles when the grid is not a multiple.  A block
+    whose residual or reference is identically zero has NCC 0.
+    """
+    blocks = _block_sums(sums, tiles_per_block)
     num = blocks[..., 0]
     den = np.sqrt(blocks[..., 1] * blocks[..., 2])
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+def block_projection_from_sums(sums: np.ndarray, tiles_per_block: int) -> np.ndarray:
+    """Projection of the residual on the unit reference per block: ``Σ W·IP / ‖IP‖`` (…×Bh×Bw).
+
+    Unlike the NCC it is not divided by the residual's norm, so energy a snapshot adds that has
+    nothing to do with the camera (a blob, a checkerboard) does not shrink it (method §5).  0 where
+    the reference is identically zero.
+    """
+    blocks = _block_sums(sums, tiles_per_block)
+    den = np.sqrt(blocks[..., 2])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, blocks[..., 0] / np.where(den > 0, den, 1.0), 0.0)
 
 
 class TileSums:

@@ -163,3 +163,74 @@ def test_ncc_map_is_measured_on_the_result(synthetic_run):
     np.testing.assert_allclose(res.ncc_map, expect, rtol=1e-4, atol=1e-7)
     assert res.params["ncc_map_s"] >= 0
     assert measure_block_ncc(res.image, run.reference, 32).shape == (3, 3)
+
+
+def _run_with_an_artefact_block(tmp_path, rng, psnr=31.0):
+    """A run whose snapshot 3 carries a checkerboard on block (0, 0) and almost no camera there.
+
+    The checkerboard's residual energy makes that block's NCC tiny (the NCC divides by the
+    residual's norm), so the paper's rule ranks it first on that block; everywhere else every
+    snapshot carries the camera (positive NCC).
+    """
+    h = w = 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = np.clip(120 + 30 * np.sin(xx / 7.0)[..., None] + rng.normal(0, 2, (h, w, 3)), 0, 255)
+    photo = np.rint(photo).astype(np.uint8)
+    K = rng.normal(0, 0.05, (h, w)).astype(np.float32)
+    board = np.zeros((h, w, 3))
+    board[:32, :32] = (60.0 * (-1.0) ** (xx + yy))[:32, :32, None]
+
+    def steps():
+        for i in range(1, 7):
+            a = -0.02 if i == 3 else 0.6
+            snap = photo * (1 + a * K[..., None]) + rng.normal(0, 0.8, (h, w, 3))
+            if i == 3:
+                snap = snap + board
+            yield Step(i, 0.01, psnr + 0.1 * i, 0.01, np.clip(snap, 0, 255).astype(np.float32))
+
+    run = RunDirectory.create(tmp_path / "run", photo, K, mode="aware",
+                              dip_config={"seed": 0, "tau_psnr": 20.0})
+    record(run, steps())
+    return run, photo
+
+
+def test_bounded_rule_refuses_the_artefact_block_the_paper_rule_picks(tmp_path, rng):
+    from dippas_core.assembly import MAX_DEVIATION, AssemblyParams
+
+    run, photo = _run_with_an_artefact_block(tmp_path, rng)
+    paper = assemble(run, AssemblyParams(32, 1, 20.0, "paper"))
+    assert paper.choice[0, 0, 0] == 2  # store index of iteration 3: the checkerboard
+    dev_paper = np.abs(paper.image[:32, :32].astype(float) - photo[:32, :32]).max()
+    assert dev_paper > MAX_DEVIATION
+
+    bounded = assemble(run, AssemblyParams(32, 1, 20.0, "bounded"))
+    assert bounded.choice[0, 0, 0] != 2
+    dev = np.abs(bounded.image.astype(float) - photo).max()
+    assert dev <= MAX_DEVIATION
+    assert bounded.params["rule"] == "bounded" and bounded.params["blocks_outside_bound"] == 0
+
+
+def test_bounded_rule_ranks_by_projection_within_the_bound(synthetic_run):
+    from dippas_core.assembly import AssemblyParams
+    from dippas_core.snapshots import block_projection_from_sums
+
+    run = synthetic_run(n=12, shape=(64, 64), tau=30.0)  # all within the bound
+    res = assemble(run, AssemblyParams(32, 3, 30.0, "bounded"))
+    proj = block_projection_from_sums(run.tile_sums.array(), 1)  # n×Bh×Bw, 32-px tiles
+    for by in range(2):
+        for bx in range(2):
+            v = proj[:, by, bx]
+            expected = sorted(range(len(v)), key=lambda j: (v[j] >= 0, abs(v[j]), j))[:3]
+            assert res.choice[by, bx].tolist() == expected
+
+
+def test_bounded_rule_falls_back_to_the_best_block_when_none_keeps_the_bound(tmp_path, rng):
+    from dippas_core.assembly import AssemblyParams
+
+    # recorded PSNRs above what any block really has: no block keeps the bound, every block
+    # takes its best snapshot by block PSNR
+    run, photo = _run_with_an_artefact_block(tmp_path, rng, psnr=70.0)
+    res = assemble(run, AssemblyParams(32, 2, 70.0, "bounded"))
+    assert res.params["blocks_outside_bound"] == 4
+    assert (res.choice[..., 1] == -1).all() and (res.choice[..., 0] >= 0).all()
+    assert res.choice[0, 0, 0] != 2  # the far pixels rule the checkerboard out first

@@ -37,7 +37,8 @@ def test_bad_values_are_refused_with_the_parameter_named(fields, match):
 def test_values_are_normalised_and_frozen():
     p = AssemblyParams(np.int64(64), np.int32(3), np.float32(31.5))
     assert (type(p.B), type(p.L), type(p.tau)) == (int, int, float)
-    assert p == AssemblyParams(64, 3, 31.5) and p.to_dict() == {"B": 64, "L": 3, "tau": 31.5}
+    assert p == AssemblyParams(64, 3, 31.5)
+    assert p.to_dict() == {"B": 64, "L": 3, "tau": 31.5, "rule": "paper"}
     assert AssemblyParams.from_dict(p.to_dict()) == p
     assert AssemblyParams(tau=None).tau is None  # the run's recording threshold
     with pytest.raises(AttributeError):
@@ -95,7 +96,7 @@ def test_the_run_owns_its_assembly_file(synthetic_run):
     run.write_assembly(AssemblyParams(32, 3, 30.2))
     assert RunDirectory.open(run.path).read_assembly() == AssemblyParams(32, 3, 30.2)
     assert json.loads((run.path / RunDirectory.ASSEMBLY).read_text()) == {
-        "B": 32, "L": 3, "tau": 30.2}
+        "B": 32, "L": 3, "tau": 30.2, "rule": "paper"}
     # a garbled field falls back to its own default, the others are kept
     (run.path / RunDirectory.ASSEMBLY).write_text(json.dumps({"B": "wide", "L": 2, "tau": "nan"}))
     assert run.read_assembly() == AssemblyParams(64, 2, 30.0)

@@ -18,7 +18,16 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["AssemblyParams", "check_assembly_params"]
+__all__ = ["AssemblyParams", "MAX_DEVIATION", "RULES", "check_assembly_params"]
+
+#: How a block's snapshots are chosen (method §5).  ``"paper"``: every candidate ranked by its
+#: block NCC.  ``"bounded"``: only the candidates that keep the block within the fidelity bound
+#: (block PSNR >= tau, no pixel more than :data:`MAX_DEVIATION` levels off), ranked by the
+#: projection of their residual on the reference, which added artefact energy cannot shrink.
+RULES = ("paper", "bounded")
+#: The bounded rule's deviation bound: no pixel of a chosen block further than this from the
+#: photo, in levels (0..255) of any channel (also the fidelity bar ``max_abs``).
+MAX_DEVIATION = 40.0
 
 
 #: Names older versions wrote for B and L (evaluation presets, the viewer), read by
@@ -41,18 +50,24 @@ class AssemblyParams:
         The *assembly* threshold (dB): the snapshots with PSNR ``>= min(tau, best PSNR)`` are the
         candidates.  ``None``: the run's *recording* threshold (``DIPConfig.record_psnr``, every
         snapshot it kept; :attr:`~dippas_core.run.RunDirectory.record_psnr`).
+    rule : {"paper", "bounded"}
+        How each block's snapshots are chosen among the candidates (:data:`RULES`).
 
     Raises
     ------
     InputError
-        B or L not a whole number ``>= 1``, tau not a finite number (nor ``None``).
+        B or L not a whole number ``>= 1``, tau not a finite number (nor ``None``), an unknown
+        rule.
     """
 
     B: int = 64
     L: int = 10
     tau: float | None = 38.0
+    rule: str = "paper"
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise InputError(f"assembly rule must be one of {RULES}, got {self.rule!r}")
         object.__setattr__(self, "B", _whole(self.B, "B", "block size B"))
         object.__setattr__(self, "L", _whole(self.L, "L", "L (snapshots averaged per block)"))
         if self.tau is not None:
@@ -73,26 +88,27 @@ class AssemblyParams:
         """
         tau = self.tau if self.tau is not None else record_psnr
         B, L, tau = check_assembly_params(shape, tile, self.B, self.L, tau)
-        return AssemblyParams(B, L, tau)
+        return AssemblyParams(B, L, tau, self.rule)
 
     def replace(self, **changes: Any) -> AssemblyParams:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"B": self.B, "L": self.L, "tau": self.tau}
+        return {"B": self.B, "L": self.L, "tau": self.tau, "rule": self.rule}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AssemblyParams:
-        """From ``{"B", "L", "tau"}`` (also the older names ``block``/``block_size`` and
-        ``top_l``/``n_average``); missing keys take the defaults."""
+        """From ``{"B", "L", "tau", "rule"}`` (also the older names ``block``/``block_size`` and
+        ``top_l``/``n_average``); missing keys take the defaults (a file written before rules
+        existed was assembled by the paper's)."""
         if not isinstance(data, dict):
             raise InputError(f"assembly parameters must be a mapping, got {type(data).__name__}")
-        known = {"B", "L", "tau", *_ALIASES}
+        known = {"B", "L", "tau", "rule", *_ALIASES}
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(
                 f"unknown assembly parameter(s) {', '.join(map(repr, unknown))}; "
-                "expected B, L, tau"
+                "expected B, L, tau, rule"
             )
         values: dict[str, Any] = {}
         for key, value in data.items():
@@ -104,11 +120,12 @@ class AssemblyParams:
         return cls(**values)
 
     @classmethod
-    def coerce(cls, B: Any = 64, L: Any = 10, tau: Any = 38.0) -> AssemblyParams:
-        """``AssemblyParams`` from ``B, L, tau``, or ``B`` itself when it already is one."""
+    def coerce(cls, B: Any = 64, L: Any = 10, tau: Any = 38.0, rule: str = "paper"
+               ) -> AssemblyParams:
+        """``AssemblyParams`` from ``B, L, tau, rule``, or ``B`` itself when it already is one."""
         if isinstance(B, AssemblyParams):
             return B
-        return cls(B, L, tau)
+        return cls(B, L, tau, rule)
 
 
 def _whole(value: Any, name: str, what: str) -> int:

@@ -22,6 +22,10 @@ _LAYOUT_MODES = ("auto", "off", "on")
 #: How gamma is fitted: ``"lsq"`` its least-squares value for each iteration's output,
 #: ``"adam"`` learned by Adam with the network weights (the authors' code; dies at lr 1e-2).
 GAMMA_MODES = ("lsq", "adam")
+#: The generator's output layer (``network.OUTPUTS``): ``"linear"`` has no dead zone.
+OUTPUTS = ("linear", "sigmoid")
+#: How the generator goes up a scale (``network.UPSAMPLING``).
+UPSAMPLING = ("bilinear", "nearest")
 #: Narrowest MultiRes block: W = 1.67·U is split into floor(0.167 W), floor(0.333 W), floor(0.5 W)
 #: channels (``network.multires_split``), and U = 3 already leaves the first branch empty.
 MIN_WIDTH = 4
@@ -81,6 +85,23 @@ class DIPConfig:
         When a photo is inverted tile by tile (:func:`dippas_core.dip.batched.invert_tiles`):
         how many tiles are trained in one optimiser step, each its own network.  ``"auto"``
         picks N from the free GPU memory, or from a short measurement on the CPU.
+    output : {"sigmoid", "linear"}
+        The generator's output layer: the paper's sigmoid, or its tangent at 0 (``0.5 + h/4``)
+        whose image is clipped to [0, 1] (no unit can saturate and stop learning: no stuck
+        pixels).
+    upsample : {"nearest", "bilinear"}
+        How the generator goes up a scale: the paper's nearest-neighbour ×2, or bilinear
+        (no 2×2 blocks for the decoder to smooth away: no grids on flat skies).
+    zero_head : bool
+        Start the generator's last convolution at zero, so its first output is flat (with
+        ``low_pass_sigma``: exactly the photo's low band) and the fit adds detail from there,
+        instead of first undoing the random texture of an untrained network.
+    low_pass_sigma : float or None
+        When set, every output is recorded and judged (PSNR, snapshots, stopping) with its low
+        frequencies taken from the photo: ``I_phi − G_sigma * (I_phi − I)``, a Gaussian of this
+        many pixels (method §4).  The camera pattern lives at the noise's frequencies; the
+        network's slow low-frequency error (colour blobs on flat skies) never reaches the image.
+        ``None``: the output as it is (the paper).
     """
 
     seed: int = 0
@@ -100,6 +121,10 @@ class DIPConfig:
     compile: bool = False
     torch_threads: int | None = None
     tiles_per_step: int | str = 1
+    output: str = "sigmoid"
+    upsample: str = "nearest"
+    zero_head: bool = False
+    low_pass_sigma: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -139,6 +164,16 @@ class DIPConfig:
                 f"record_psnr ({self.record_psnr} dB) must not exceed stop_psnr "
                 f"({self.stop_psnr} dB): the run would stop before it keeps a snapshot"
             )
+        if self.output not in OUTPUTS:
+            raise InputError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.upsample not in UPSAMPLING:
+            raise InputError(f"upsample must be one of {UPSAMPLING}, got {self.upsample!r}")
+        lps = self.low_pass_sigma
+        if lps is not None and (
+            isinstance(lps, bool) or not isinstance(lps, numbers.Real) or not 0 < lps <= 64
+        ):
+            raise InputError(f"low_pass_sigma must be None or a number of pixels in (0, 64], "
+                             f"got {lps!r}")
         if self.gamma_mode not in GAMMA_MODES:
             raise InputError(f"gamma_mode must be one of {GAMMA_MODES}, got {self.gamma_mode!r}")
         if int(self.max_iter) < 1:

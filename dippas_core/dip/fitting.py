@@ -8,6 +8,7 @@ several at once.  Everything here imports torch inside its functions.
 from __future__ import annotations
 
 import gc
+import math
 import platform
 import sys
 import traceback
@@ -90,6 +91,9 @@ class _Inverter:
                 out_channels=3,
                 widths=config.widths,
                 skip_widths=config.residual_widths,
+                output=config.output,
+                upsample=config.upsample,
+                zero_head=bool(config.zero_head),
             )
         self.model = model.to(device)
         layout = torch.channels_last if speed.channels_last else torch.contiguous_format
@@ -115,6 +119,12 @@ class _Inverter:
         self.scaler = torch.amp.GradScaler("cuda") if speed.grad_scaler else None
         self.layout = layout
         self.tau = float(config.record_psnr)
+        self.low_pass = (
+            _gaussian_taps(float(config.low_pass_sigma), device)
+            if config.low_pass_sigma
+            else None
+        )
+        self._shown: torch.Tensor | None = None
 
     def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
         import torch
@@ -192,24 +202,38 @@ class _Inverter:
                 self.gamma.clamp_(min=0.0)
             self._step_gamma = self.gamma  # the value after the update
 
+    def shown(self, i_phi: torch.Tensor) -> torch.Tensor:
+        """The image an output stands for: clipped to [0, 1], its low band the photo's when
+        ``low_pass_sigma`` is set (``I_phi − G * (I_phi − I)``, method §4)."""
+        import torch
+
+        with torch.no_grad():
+            out = i_phi.detach()
+            if self.low_pass is not None:
+                out = out - _blur(out - self.target, self.low_pass)
+            return out.clamp(0.0, 1.0)
+
     def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss, PSNR (dB) of ``i_phi``, gamma and gamma*: one tensor on the device."""
+        """The step's loss, PSNR (dB) of the image shown (:meth:`shown`), gamma and gamma*: one
+        tensor on the device.  The image is kept for :meth:`snapshot`."""
         import torch
         import torch.nn.functional as F
 
         with torch.no_grad():
-            psnr = -10.0 * torch.log10(F.mse_loss(i_phi.detach(), self.target))
+            self._shown = self.shown(i_phi)
+            psnr = -10.0 * torch.log10(F.mse_loss(self._shown, self.target))
             return torch.stack(
                 [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
             )
 
-    @staticmethod
-    def snapshot(i_phi: torch.Tensor) -> torch.Tensor:
-        """``i_phi`` as a fresh H×W×3 tensor on the 0..255 scale (shares memory with nothing)."""
+    def snapshot(self, i_phi: torch.Tensor) -> torch.Tensor:
+        """This step's image (:meth:`shown`, from :meth:`report`) as a fresh H×W×3 tensor on the
+        0..255 scale (shares memory with nothing)."""
         import torch
 
+        shown = self._shown if self._shown is not None else self.shown(i_phi)
         with torch.no_grad():
-            return (i_phi.detach()[0] * 255.0).permute(1, 2, 0).contiguous()
+            return (shown[0] * 255.0).permute(1, 2, 0).contiguous()
 
     def release(self) -> None:
         """Drop every tensor, the model and the optimiser; give cached device memory back."""
@@ -233,6 +257,29 @@ class _Inverter:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+
+
+def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps of ``sigma`` pixels (radius 3 sigma) on ``device``."""
+    import torch
+
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (taps / taps.sum()).to(device)
+
+
+def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of N×C×H×W ``x`` with mirrored borders (each channel alone)."""
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    r = taps.numel() // 2
+    mode = "reflect" if r < min(h, w) else "replicate"
+    y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode=mode)
+    y = F.conv2d(y, taps.view(1, 1, 1, -1))
+    y = F.conv2d(y, taps.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
 
 
 def camera_model_loss(

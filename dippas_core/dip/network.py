@@ -29,6 +29,15 @@ __all__ = [
 NEGATIVE_SLOPE = 0.2
 #: MultiRes block width factor: W = ALPHA * U (Ibtehaz & Rahman; method §4).
 ALPHA = 1.67
+#: How the last 1×1 convolution ``h`` becomes the image: ``"sigmoid"`` (the paper) squashes it
+#: into (0, 1); ``"linear"`` is the sigmoid's tangent at 0, ``0.5 + h / 4``, and the caller
+#: clips.  A sigmoid unit driven far past 0 or 1 gets no gradient and stays there (stuck pixels,
+#: issue 22); a linear one always does, and near mid-grey both learn at the same pace.
+OUTPUTS = ("linear", "sigmoid")
+#: How a scale's output is brought up to the scale above: ``"nearest"`` (the paper) repeats each
+#: value 2×2, which the decoder must then smooth (blocky grids on flat skies, issue 22);
+#: ``"bilinear"`` interpolates.
+UPSAMPLING = ("bilinear", "nearest")
 
 
 def multires_split(units: int, alpha: float = ALPHA) -> tuple[int, int, int]:
@@ -110,13 +119,15 @@ class _Scale(nn.Module):
         skip_widths: tuple[int, ...],
         up_units: int,
         alpha: float,
+        upsample: str = "nearest",
     ) -> None:
         super().__init__()
+        self.upsample = upsample
         self.down = _conv_bn_act(c_in, c_in, 3, stride=2)
         self.encode = MultiResBlock(widths[0], c_in, alpha)
         depth = self.encode.out_channels
         self.inner = (
-            _Scale(depth, widths[1:], skip_widths[1:], widths[0], alpha)
+            _Scale(depth, widths[1:], skip_widths[1:], widths[0], alpha, upsample)
             if len(widths) > 1
             else None
         )
@@ -131,14 +142,17 @@ class _Scale(nn.Module):
         y = self.encode(self.down(x))
         if self.inner is not None:
             y = self.inner(y)
-        y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+        if self.upsample == "nearest":
+            y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+        else:
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
         if self.skip is not None:
             y = torch.cat([self.skip(x), y], dim=1)
         return self.decode(y)
 
 
 class MultiResUNet(nn.Module):
-    """Multi-Resolution U-Net: ``z`` (N×in_channels×H×W) → image (N×out_channels×H×W) in [0, 1].
+    """Multi-Resolution U-Net: ``z`` (N×in_channels×H×W) → image (N×out_channels×H×W).
 
     Parameters
     ----------
@@ -154,6 +168,15 @@ class MultiResUNet(nn.Module):
         default ``widths[:-1]``.
     alpha : float
         MultiRes width factor ``W = alpha * U``.
+    output : {"linear", "sigmoid"}
+        ``"sigmoid"``: the paper's output in (0, 1); ``"linear"``: the sigmoid's tangent at 0,
+        ``0.5 + h / 4`` of the last convolution ``h``, unbounded (clip it to [0, 1] for an
+        image; the loss sees it unclipped, so no output unit ever stops learning).
+    upsample : {"nearest", "bilinear"}
+        How each scale is brought up to the one above (:data:`UPSAMPLING`).
+    zero_head : bool
+        Start the last 1×1 convolution at zero: the first output is flat mid-grey instead of
+        the random texture of an untrained network (which the fit must first undo).
 
     Notes
     -----
@@ -170,8 +193,16 @@ class MultiResUNet(nn.Module):
         widths: tuple[int, ...] | list[int] = (16, 32, 64, 128, 256),
         skip_widths: tuple[int, ...] | list[int] | None = None,
         alpha: float = ALPHA,
+        output: str = "sigmoid",
+        upsample: str = "nearest",
+        zero_head: bool = False,
     ) -> None:
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+        self.output = output
         widths = tuple(int(w) for w in widths)
         skip_widths = tuple(int(s) for s in (widths[:-1] if skip_widths is None else skip_widths))
         if not widths:
@@ -185,12 +216,15 @@ class MultiResUNet(nn.Module):
         self.skip_widths = skip_widths
         self.stem = MultiResBlock(widths[0], self.in_channels, alpha)
         self.inner = (
-            _Scale(self.stem.out_channels, widths[1:], skip_widths, widths[0], alpha)
+            _Scale(self.stem.out_channels, widths[1:], skip_widths, widths[0], alpha, upsample)
             if len(widths) > 1
             else None
         )
         top = self.inner.out_channels if self.inner is not None else self.stem.out_channels
         self.head = nn.Conv2d(top, out_channels, 1)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def multiple(self) -> int:
@@ -218,7 +252,8 @@ class MultiResUNet(nn.Module):
         x = self.stem(z)
         if self.inner is not None:
             x = self.inner(x)
-        out = torch.sigmoid(self.head(x))
+        out = self.head(x)
+        out = torch.sigmoid(out) if self.output == "sigmoid" else 0.5 + 0.25 * out
         oh, ow = out_size if out_size is not None else (h, w)
         if out.shape[-2:] != (oh, ow):
             out = out[..., :oh, :ow]

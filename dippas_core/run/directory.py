@@ -312,7 +312,7 @@ class RunDirectory:
             saved = None
         if not isinstance(saved, dict):
             return params
-        for name in ("B", "L", "tau"):
+        for name in ("B", "L", "tau", "rule"):
             if saved.get(name) is not None:
                 try:
                     params = params.replace(**{name: saved[name]})

@@ -1,0 +1,298 @@
+"""Does the anonymized image still look the same? Fidelity measures beside PSNR (method §3).
+
+PSNR averages the error over the whole image, so it cannot see a few stuck pixels, a tint that
+changes from block to block, or a checkerboard.  :func:`fidelity` measures each of those on the
+difference ``Δ = output − photo`` (0..255 scale):
+
+- ``ssim``: scikit-image's structural similarity (7×7 windows, data range 255, colour channels
+  averaged);
+- ``max_abs``: the largest ``|Δ|`` of any pixel and channel;
+- ``share_off``: the share of pixels with some channel off by more than 20 levels;
+- ``colour_shift``: the largest ``|mean Δ|`` of one channel over any 16×16 window (a local tint);
+- ``seam_ratio``: the mean jump of ``Δ`` between neighbouring pixels across the assembly's block
+  and tile edges, over the same jump everywhere else (1 when the edges are invisible);
+- ``checkerboard``: how concentrated ``Δ``'s energy is near the Nyquist frequencies, against a
+  flat spectrum, in the worst 64×64 window (about 1 for noise; well above: a pixel-period
+  pattern such as a checkerboard).
+
+:data:`BARS` are the limits an output of the default preset must stay within
+(docs/method.md#fidelity); :meth:`Fidelity.failures` names the ones it breaks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_image
+from .errors import InputError, ShapeMismatchError
+
+__all__ = [
+    "BARS",
+    "Fidelity",
+    "checkerboard_energy",
+    "colour_shift",
+    "fidelity",
+    "grid_lines",
+    "seam_ratio",
+    "share_off",
+    "ssim",
+]
+
+#: Levels (0..255) beyond which a pixel counts as visibly off (``share_off``).
+OFF_LEVELS = 20.0
+#: Side of the windows whose mean colour must not move (``colour_shift``).
+SHIFT_WINDOW = 16
+#: Side of the windows ``checkerboard`` compares spectra in.
+CHECKER_WINDOW = 64
+#: Rows of a strip in which SSIM is computed (bounded memory on whole photos).
+_SSIM_STRIP = 512
+#: Half of skimage's default 7×7 SSIM window: the border its mean leaves out.
+_SSIM_PAD = 3
+
+#: The limits every output of the default preset must meet (issue 22): each key is a field of
+#: :class:`Fidelity` and its bound (``psnr``: at least; every other: at most).
+BARS: dict[str, float] = {
+    "psnr": 38.0,
+    "max_abs": 40.0,
+    "share_off": 0.0005,
+    "colour_shift": 2.0,
+    "seam_ratio": 1.25,
+}
+_AT_LEAST = ("psnr", "ssim")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """The fidelity measures of one output against its photo (module docstring).
+
+    ``seam_ratio`` is ``None`` when the image has no block or tile edge inside it.
+    """
+
+    psnr: float
+    ssim: float
+    max_abs: float
+    share_off: float
+    colour_shift: float
+    seam_ratio: float | None
+    checkerboard: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain floats (``inf`` PSNR of an unchanged image kept as ``None``: JSON has no inf)."""
+        out = dataclasses.asdict(self)
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in out.items()}
+
+    def failures(self, bars: dict[str, float] | None = None) -> list[str]:
+        """The bars this output breaks, each as ``"name value (bar)"``; empty when it meets all."""
+        out = []
+        for name, bound in (BARS if bars is None else bars).items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            ok = value >= bound if name in _AT_LEAST else value <= bound
+            if not ok:
+                sign = "<" if name in _AT_LEAST else ">"
+                out.append(f"{name} {value:.4g} {sign} {bound:g}")
+        return out
+
+
+def _pair(photo: Any, output: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = as_image(photo, "photo")
+    b = as_image(output, "output")
+    if a.shape != b.shape:
+        raise ShapeMismatchError(
+            f"output has shape {b.shape} but the photo has {a.shape}: fidelity compares an "
+            "output with the photo it was made from"
+        )
+    return a, b
+
+
+def _delta(photo: np.ndarray, output: np.ndarray) -> np.ndarray:
+    d = output.astype(np.float32) - photo.astype(np.float32)
+    return d if d.ndim == 3 else d[..., None]
+
+
+def share_off(delta: np.ndarray, levels: float = OFF_LEVELS) -> float:
+    """Share of pixels with some channel of ``delta`` (H×W×C) beyond ``levels`` in magnitude."""
+    off = (np.abs(delta) > levels).any(axis=-1)
+    return float(off.mean())
+
+
+def colour_shift(delta: np.ndarray, window: int = SHIFT_WINDOW) -> float:
+    """Largest ``|mean of one channel of delta|`` over every ``window``×``window`` window.
+
+    Every window position fully inside the image counts (a sliding window); an image smaller
+    than the window is one window.  Sums in float64 from an integral image: exact to rounding.
+    """
+    h, w = delta.shape[:2]
+    wy, wx = min(window, h), min(window, w)
+    s = np.zeros((h + 1, w + 1, delta.shape[2]), np.float64)
+    np.cumsum(np.cumsum(delta, axis=0, dtype=np.float64), axis=1, out=s[1:, 1:])
+    box = s[wy:, wx:] - s[:-wy, wx:] - s[wy:, :-wx] + s[:-wy, :-wx]
+    return float(np.abs(box).max() / (wy * wx))
+
+
+def grid_lines(
+    shape: Sequence[int],
+    block: int | None,
+    tiles: Iterable[tuple[int, int, int, int]] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Rows and columns of the edges an assembly may show: block edges and tile edges.
+
+    ``tiles``: each tile's ``(y, x, h, w)`` (default: the whole image as one tile); the block
+    grid of side ``block`` starts at each tile's corner.  A line at ``r`` lies between rows
+    ``r − 1`` and ``r``; the image's own border is no line.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    boxes = [(0, 0, h, w)] if tiles is None else [tuple(int(v) for v in t) for t in tiles]
+    rows: set[int] = set()
+    cols: set[int] = set()
+    for y, x, th, tw in boxes:
+        rows.update((y, y + th))
+        cols.update((x, x + tw))
+        if block:
+            rows.update(range(y + block, y + th, block))
+            cols.update(range(x + block, x + tw, block))
+    return sorted(r for r in rows if 0 < r < h), sorted(c for c in cols if 0 < c < w)
+
+
+def seam_ratio(delta: np.ndarray, rows: Sequence[int], cols: Sequence[int]) -> float | None:
+    """Mean ``|Δ|`` jump across the given lines over the mean jump across all other lines.
+
+    The jump across the line at column ``c`` is ``mean |Δ[:, c] − Δ[:, c − 1]|`` over rows and
+    channels (likewise for rows); both directions are pooled, each line weighted by its length.
+    ``None`` when no line lies inside the image (one block, one tile).
+    """
+    h, w = delta.shape[:2]
+    jump_x = np.abs(np.diff(delta, axis=1)).mean(axis=(0, 2), dtype=np.float64)  # w − 1
+    jump_y = np.abs(np.diff(delta, axis=0)).mean(axis=(1, 2), dtype=np.float64)  # h − 1
+    on_x = np.zeros(w - 1, bool)
+    on_y = np.zeros(h - 1, bool)
+    on_x[[c - 1 for c in cols if 0 < c < w]] = True
+    on_y[[r - 1 for r in rows if 0 < r < h]] = True
+    if not (on_x.any() or on_y.any()) or (on_x.all() and on_y.all()):
+        return None
+    seam = (jump_x[on_x].sum() * h + jump_y[on_y].sum() * w) / (on_x.sum() * h + on_y.sum() * w)
+    off = (jump_x[~on_x].sum() * h + jump_y[~on_y].sum() * w) / (
+        (~on_x).sum() * h + (~on_y).sum() * w
+    )
+    if off == 0:
+        return math.inf if seam > 0 else 1.0
+    return float(seam / off)
+
+
+def _nyquist_share(x: np.ndarray, radius: int) -> float:
+    """How much more of ``x``'s energy (n×m×C, Hann-tapered, mean removed) lies within
+    ``radius`` bins of the three Nyquist points than a flat (white) spectrum would put there."""
+    n, m = x.shape[:2]
+    taper = np.outer(np.hanning(n), np.hanning(m))[..., None]
+    spec = np.abs(np.fft.fft2((x - x.mean(axis=(0, 1))) * taper, axes=(0, 1))) ** 2
+    total = spec.sum()
+    if total == 0:
+        return 0.0
+    fy = np.abs(np.fft.fftfreq(n) * n)  # distance in bins from 0 along each axis
+    fx = np.abs(np.fft.fftfreq(m) * m)
+    ny_y, ny_x = np.abs(fy - n / 2) <= radius, np.abs(fx - m / 2) <= radius
+    zero_y, zero_x = fy <= radius, fx <= radius
+    band = (
+        (ny_y[:, None] & ny_x[None, :])
+        | (ny_y[:, None] & zero_x[None, :])
+        | (zero_y[:, None] & ny_x[None, :])
+    )
+    return float(spec[band].sum() / total / band.mean())
+
+
+def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW) -> float:
+    """The worst window's share of ``delta``'s energy near the Nyquist frequencies, over what a
+    white (flat) spectrum would put there: about 1 for noise-like changes, well above 1 for a
+    pixel-period pattern (a checkerboard, a grid of lines), below 1 for smooth changes.
+
+    Non-overlapping ``window``×``window`` windows (the last ones shifted to end at the border;
+    an image smaller than a window is one window), each mean-free and tapered by a Hann window;
+    the band is the bins within ``window / 32`` (at least 1) of (½, ½), (½, 0) and (0, ½)
+    cycles/pixel.  A window where ``delta`` is constant counts 0.
+    """
+    h, w = delta.shape[:2]
+    wy, wx = min(window, h), min(window, w)
+    radius = max(1, min(wy, wx) // 32)
+    starts_y = sorted({min(y, h - wy) for y in range(0, h, wy)})
+    starts_x = sorted({min(x, w - wx) for x in range(0, w, wx)})
+    return max(
+        _nyquist_share(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
+        for y in starts_y
+        for x in starts_x
+    )
+
+
+def ssim(photo: np.ndarray, output: np.ndarray) -> float:
+    """scikit-image's mean SSIM (7×7 uniform windows, data range 255; channels averaged).
+
+    Computed in strips of rows, so a whole photo costs a few strips' worth of memory; the
+    mean is over the same pixels as scikit-image's (its 3-pixel border left out).
+    """
+    from skimage.metrics import structural_similarity
+
+    a = photo if photo.ndim == 3 else photo[..., None]
+    b = output if output.ndim == 3 else output[..., None]
+    h, w, c = a.shape
+    if min(h, w) < 7:
+        raise InputError(f"SSIM needs an image of at least 7×7 pixels, got {h}×{w}")
+    total, count = 0.0, 0
+    for y0 in range(_SSIM_PAD, h - _SSIM_PAD, _SSIM_STRIP):
+        y1 = min(y0 + _SSIM_STRIP, h - _SSIM_PAD)
+        lo, hi = y0 - _SSIM_PAD, y1 + _SSIM_PAD
+        for ch in range(c):
+            _, smap = structural_similarity(
+                a[lo:hi, :, ch].astype(np.float64),
+                b[lo:hi, :, ch].astype(np.float64),
+                data_range=255.0,
+                full=True,
+            )
+            inner = smap[_SSIM_PAD : _SSIM_PAD + (y1 - y0), _SSIM_PAD : w - _SSIM_PAD]
+            total += float(inner.sum(dtype=np.float64))
+            count += inner.size
+    return total / count
+
+
+def fidelity(
+    photo: Any,
+    output: Any,
+    *,
+    block: int | None = None,
+    tiles: Iterable[tuple[int, int, int, int]] | None = None,
+) -> Fidelity:
+    """Every fidelity measure of ``output`` against ``photo`` (both H×W×3 or H×W, 0..255).
+
+    Parameters
+    ----------
+    photo, output : array_like
+        The original and the anonymized image, same shape, on the 0..255 scale (uint8 or float).
+    block : int, optional
+        The assembly's block side B: its edges inside each tile are seam lines.
+    tiles : iterable of (y, x, h, w), optional
+        The tiles a whole photo was cut into: their edges are seam lines too.
+
+    Returns
+    -------
+    Fidelity
+    """
+    from .metrics import psnr
+
+    a, b = _pair(photo, output)
+    d = _delta(a, b)
+    rows, cols = grid_lines(a.shape, block, tiles)
+    return Fidelity(
+        psnr=float(psnr(a, b)),
+        ssim=ssim(a, b),
+        max_abs=float(np.abs(d).max()),
+        share_off=share_off(d),
+        colour_shift=colour_shift(d),
+        seam_ratio=seam_ratio(d, rows, cols),
+        checkerboard=checkerboard_energy(d),
+    )

@@ -1,0 +1,164 @@
+"""Fidelity measures (dippas_core.fidelity) against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dippas_core.errors import InputError, ShapeMismatchError
+from dippas_core.fidelity import (
+    BARS,
+    Fidelity,
+    checkerboard_energy,
+    colour_shift,
+    fidelity,
+    grid_lines,
+    seam_ratio,
+    share_off,
+    ssim,
+)
+
+
+@pytest.fixture
+def photo(rng) -> np.ndarray:
+    """A smooth 64×64 colour ramp with some noise, 0..255 floats (a realistic flat region)."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    base = np.stack([60 + xx, 80 + yy, 100 + 0.5 * (xx + yy)], axis=-1).astype(np.float64)
+    return np.clip(base + rng.normal(0, 2, base.shape), 0, 255)
+
+
+def test_an_unchanged_image_is_perfect(photo):
+    f = fidelity(photo, photo.copy(), block=32)
+    assert f.psnr == math.inf and f.ssim == pytest.approx(1.0)
+    assert f.max_abs == 0 and f.share_off == 0 and f.colour_shift == 0
+    assert f.seam_ratio is None or f.seam_ratio == 1.0
+    assert f.checkerboard == 0
+    assert f.failures() == []
+    assert f.to_dict()["psnr"] is None  # JSON has no inf
+
+
+def test_stuck_pixels_are_seen_by_max_abs_and_share_off_not_by_psnr(photo):
+    out = photo.copy()
+    out[10:12, 20:22, 2] = 254.0  # four saturated blue pixels, as in the demo of issue 22
+    f = fidelity(photo, out)
+    expected_max = float(np.max(254.0 - photo[10:12, 20:22, 2]))
+    assert f.max_abs == pytest.approx(expected_max)
+    assert f.share_off == pytest.approx(4 / 64**2)
+    assert f.psnr > 30  # PSNR hardly notices: the point of the other measures
+    fails = f.failures()
+    assert any(x.startswith("max_abs") for x in fails)
+    assert any(x.startswith("share_off") for x in fails)
+
+
+def test_share_off_counts_pixels_not_channels():
+    d = np.zeros((10, 10, 3))
+    d[0, 0] = [25, -25, 30]  # one pixel, three channels off
+    d[1, 1, 0] = 20.0  # exactly 20 is not "more than 20"
+    assert share_off(d) == pytest.approx(1 / 100)
+
+
+def test_colour_shift_is_the_largest_window_mean_of_one_channel():
+    d = np.zeros((40, 40, 3))
+    d[5:21, 7:23, 1] = 3.0  # a 16×16 green tint of 3 levels
+    d[30:40, 30:40, 0] = -6.0  # a 10×10 red one: 100 of a window's 256 pixels
+    assert colour_shift(d) == pytest.approx(3.0)
+    d[5:21, 7:23, 1] = 0
+    assert colour_shift(d) == pytest.approx(6.0 * 100 / 256)
+    # an image smaller than the window is one window: its mean
+    small = np.full((8, 12, 3), 1.5)
+    assert colour_shift(small) == pytest.approx(1.5)
+
+
+def test_colour_shift_of_noise_is_small_of_a_tint_is_not(rng):
+    noise = rng.normal(0, 5, (128, 128, 3))
+    assert colour_shift(noise) < 2.0  # 5 / 16 per window, a few sigma at most
+    tinted = noise.copy()
+    tinted[64:, 64:] += [0, 3, -3]
+    assert colour_shift(tinted) > 2.5
+
+
+def test_grid_lines_of_blocks_and_tiles():
+    assert grid_lines((128, 128), 64) == ([64], [64])
+    assert grid_lines((100, 130), 32) == ([32, 64, 96], [32, 64, 96, 128])
+    assert grid_lines((128, 128), None) == ([], [])
+    # two tiles side by side overlapping by 16, B = 32 inside each
+    rows, cols = grid_lines((48, 80), 32, [(0, 0, 48, 48), (0, 32, 48, 48)])
+    assert rows == [32]
+    assert cols == [32, 48, 64]
+
+
+def test_seam_ratio_by_hand():
+    d = np.zeros((4, 6, 1))
+    d[:, 3:, 0] = 2.0  # a step of 2 at column 3
+    d[:, 1, 0] = 1.0  # and a bump at column 1: jumps of 1 at columns 1 and 2
+    # vertical lines 1..5 have jumps [1, 1, 2, 0, 0], horizontal lines none
+    rows, cols = [], [3]
+    expected = 2.0 / ((1 + 1 + 0 + 0) * 4 / (4 * 4 + 3 * 6))
+    assert seam_ratio(d, rows, cols) == pytest.approx(expected)
+    assert seam_ratio(d, [], []) is None
+
+
+def test_seam_ratio_sees_tinted_blocks(rng):
+    d = rng.normal(0, 3, (128, 128, 3))
+    plain = seam_ratio(d, *grid_lines(d.shape, 64))
+    assert plain == pytest.approx(1.0, abs=0.1)
+    tinted = d.copy()
+    tinted[:64, :64] += 4.0
+    tinted[64:, 64:] -= 4.0
+    assert seam_ratio(tinted, *grid_lines(d.shape, 64)) > BARS["seam_ratio"]
+
+
+def test_checkerboard_energy_sees_a_pixel_period_pattern(rng):
+    yy, xx = np.mgrid[0:128, 0:128]
+    smooth_change = np.repeat((3 * np.cos(yy / 15.0))[..., None], 3, axis=2)
+    assert checkerboard_energy(smooth_change) < 0.01
+    white = rng.normal(0, 3, (128, 128, 3))
+    assert checkerboard_energy(white) == pytest.approx(1.0, abs=0.5)
+    disc = ((yy - 40) ** 2 + (xx - 90) ** 2 < 15**2).astype(float)
+    board = (6.0 * (-1.0) ** (xx + yy) * disc)[..., None].repeat(3, axis=2)
+    assert checkerboard_energy(white + board) > 5
+    lines = (4.0 * (-1.0) ** xx)[..., None].repeat(3, axis=2)  # a column-period grid
+    assert checkerboard_energy(white + lines) > 5
+    assert checkerboard_energy(np.full((64, 64, 3), 7.0)) == 0.0
+
+
+def test_checkerboard_energy_by_hand_on_one_window():
+    # a pure (½, ½) checkerboard: every bit of energy in the band
+    yy, xx = np.mgrid[0:64, 0:64]
+    board = ((-1.0) ** (xx + yy))[..., None]
+    spec_band_share = 1.0  # all of the energy
+    radius = 2  # 64 / 32
+    fy = np.abs(np.fft.fftfreq(64) * 64)
+    ny, zero = np.abs(fy - 32) <= radius, fy <= radius
+    band = (
+        (ny[:, None] & ny[None, :]) | (ny[:, None] & zero[None, :]) | (zero[:, None] & ny[None, :])
+    )
+    # the Hann taper leaks a few parts in 1e5 just outside the band
+    assert checkerboard_energy(board) == pytest.approx(spec_band_share / band.mean(), rel=1e-4)
+
+
+def test_ssim_in_strips_is_scikit_images(rng):
+    from skimage.metrics import structural_similarity
+
+    a = rng.uniform(0, 255, (1100, 40, 3))  # taller than a strip: several strips
+    b = np.clip(a + rng.normal(0, 10, a.shape), 0, 255)
+    ref = structural_similarity(a, b, data_range=255.0, channel_axis=-1)
+    assert ssim(a, b) == pytest.approx(ref, rel=1e-9)
+
+
+def test_bad_input_is_named(photo):
+    with pytest.raises(ShapeMismatchError, match="fidelity compares"):
+        fidelity(photo, photo[:32])
+    bad = photo.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        fidelity(photo, bad)
+
+
+def test_bars_are_fields_and_failures_name_them():
+    assert set(BARS) <= {f for f in Fidelity.__dataclass_fields__}
+    f = Fidelity(psnr=37.0, ssim=0.9, max_abs=10, share_off=0, colour_shift=2.5,
+                 seam_ratio=None, checkerboard=1.0)
+    assert f.failures() == ["psnr 37 < 38", "colour_shift 2.5 > 2"]
