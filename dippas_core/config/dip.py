@@ -96,6 +96,11 @@ class DIPConfig:
         Start the generator's last convolution at zero, so its first output is flat (with
         ``low_pass_sigma``: exactly the photo's low band) and the fit adds detail from there,
         instead of first undoing the random texture of an untrained network.
+    guide : bool
+        Give the generator the photo's low band (a Gaussian of ``low_pass_sigma``, else 2 px)
+        as three more input channels beside ``z``: it sees where the edges are and fits the
+        image's detail in fewer iterations.  The low band carries next to none of the camera
+        pattern, which stays for the network to learn last, as in the paper.
     low_pass_sigma : float or None
         When set, every output is recorded and judged (PSNR, snapshots, stopping) with its low
         frequencies taken from the photo: ``I_phi − G_sigma * (I_phi − I)``, a Gaussian of this
@@ -124,6 +129,7 @@ class DIPConfig:
     output: str = "sigmoid"
     upsample: str = "nearest"
     zero_head: bool = False
+    guide: bool = False
     low_pass_sigma: float | None = None
 
     def __post_init__(self) -> None:

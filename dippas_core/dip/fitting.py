@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["camera_model_loss", "least_squares_gamma"]
 
+#: Gaussian sigma (pixels) of the guide's low band when the config sets no ``low_pass_sigma``.
+GUIDE_SIGMA = 2.0
+
 
 def _snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
     """The host array of a kept H×W×3 snapshot tensor, and the tensor itself when on a GPU."""
@@ -87,7 +90,7 @@ class _Inverter:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(config.seed)
             model = MultiResUNet(
-                in_channels=config.z_channels,
+                in_channels=config.z_channels + (3 if config.guide else 0),
                 out_channels=3,
                 widths=config.widths,
                 skip_widths=config.residual_widths,
@@ -105,10 +108,23 @@ class _Inverter:
         ph, pw = self.model.padded_size(self.height, self.width)
         # z and the perturbation buffer are drawn in memory order, so channels-last costs no copy
         self.z = self._randn((1, config.z_channels, ph, pw), layout).mul_(config.z_std)
-        self.noisy_z = torch.empty_like(self.z)
         self.target = torch.from_numpy(np.ascontiguousarray(img01.transpose(2, 0, 1))[None]).to(
             device
         )
+        if config.guide:
+            # the photo's low band as three more input channels, fixed (not perturbed)
+            taps = _gaussian_taps(float(config.low_pass_sigma or GUIDE_SIGMA), device)
+            guide = _blur(self.target, taps) - 0.5
+            mode = "reflect" if ph - self.height < self.height and pw - self.width < self.width \
+                else "replicate"
+            guide = torch.nn.functional.pad(
+                guide, (0, pw - self.width, 0, ph - self.height), mode=mode
+            )
+            self.noisy_z = torch.cat([torch.empty_like(self.z), guide], dim=1).contiguous(
+                memory_format=layout
+            )
+        else:
+            self.noisy_z = torch.empty_like(self.z)
         self.P = torch.from_numpy(np.ascontiguousarray(P)[None, None]).to(device)
         self.gamma = torch.nn.Parameter(torch.zeros((), device=device))
         params = list(self.model.parameters())
@@ -171,7 +187,11 @@ class _Inverter:
         import torch
 
         noise = self._randn(tuple(self.z.shape), self.layout)
-        torch.add(self.z, noise, alpha=self.config.perturb_std, out=self.noisy_z)
+        if self.config.guide:
+            zc = self.z.shape[1]
+            self.noisy_z[:, :zc] = torch.add(self.z, noise, alpha=self.config.perturb_std)
+        else:
+            torch.add(self.z, noise, alpha=self.config.perturb_std, out=self.noisy_z)
 
     def loss_of(self, i_phi: torch.Tensor) -> torch.Tensor:
         """The loss of eq. 9 for the generator's output ``i_phi`` (1×3×H×W float32).
