@@ -10,7 +10,8 @@ difference ``Δ = output − photo`` (0..255 scale):
 - ``share_off``: the share of pixels with some channel off by more than 20 levels;
 - ``colour_shift``: the largest ``|mean Δ|`` of one channel over any 16×16 window (a local tint);
 - ``seam_ratio``: the mean jump of ``Δ`` between neighbouring pixels across the assembly's block
-  and tile edges, over the same jump everywhere else (1 when the edges are invisible);
+  and tile edges, over the same jump across the other lines of the same phase of the 8-pixel
+  JPEG grid (1 when the edges are invisible);
 - ``checkerboard``: how concentrated ``Δ``'s energy is near the Nyquist frequencies, against a
   flat spectrum, in the worst 64×64 window (about 1 for noise; well above: a pixel-period
   pattern such as a checkerboard).
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import as_image
+from .config import MAX_DEVIATION
 from .errors import InputError, ShapeMismatchError
 
 __all__ = [
@@ -50,6 +52,8 @@ OFF_LEVELS = 20.0
 SHIFT_WINDOW = 16
 #: Side of the windows ``checkerboard`` compares spectra in.
 CHECKER_WINDOW = 64
+#: Side of a JPEG block: a JPEG photo's own jumps lie on this grid (``seam_ratio``).
+JPEG_BLOCK = 8
 #: Rows of a strip in which SSIM is computed (bounded memory on whole photos).
 _SSIM_STRIP = 512
 #: Half of skimage's default 7×7 SSIM window: the border its mean leaves out.
@@ -59,7 +63,7 @@ _SSIM_PAD = 3
 #: :class:`Fidelity` and its bound (``psnr``: at least; every other: at most).
 BARS: dict[str, float] = {
     "psnr": 38.0,
-    "max_abs": 40.0,
+    "max_abs": MAX_DEVIATION,
     "share_off": 0.0005,
     "colour_shift": 2.0,
     "seam_ratio": 1.25,
@@ -162,26 +166,37 @@ def grid_lines(
     return sorted(r for r in rows if 0 < r < h), sorted(c for c in cols if 0 < c < w)
 
 
-def seam_ratio(delta: np.ndarray, rows: Sequence[int], cols: Sequence[int]) -> float | None:
-    """Mean ``|Δ|`` jump across the given lines over the mean jump across all other lines.
+def seam_ratio(
+    delta: np.ndarray, rows: Sequence[int], cols: Sequence[int], period: int = JPEG_BLOCK
+) -> float | None:
+    """Mean ``|Δ|`` jump across the given lines over the mean jump across the other lines of the
+    same phase.
 
     The jump across the line at column ``c`` is ``mean |Δ[:, c] − Δ[:, c − 1]|`` over rows and
     channels (likewise for rows); both directions are pooled, each line weighted by its length.
-    ``None`` when no line lies inside the image (one block, one tile).
+    A JPEG photo has jumps of its own every ``period`` (8) pixels, on its block grid, and the
+    assembly's block and tile edges fall on that grid: so each seam line is compared with the
+    other lines at the same position modulo ``period`` (``period=1``: with every other line).
+    ``None`` when no line lies inside the image (one block, one tile) or none to compare with.
     """
     h, w = delta.shape[:2]
-    jump_x = np.abs(np.diff(delta, axis=1)).mean(axis=(0, 2), dtype=np.float64)  # w − 1
-    jump_y = np.abs(np.diff(delta, axis=0)).mean(axis=(1, 2), dtype=np.float64)  # h − 1
-    on_x = np.zeros(w - 1, bool)
-    on_y = np.zeros(h - 1, bool)
-    on_x[[c - 1 for c in cols if 0 < c < w]] = True
-    on_y[[r - 1 for r in rows if 0 < r < h]] = True
-    if not (on_x.any() or on_y.any()) or (on_x.all() and on_y.all()):
-        return None
-    seam = (jump_x[on_x].sum() * h + jump_y[on_y].sum() * w) / (on_x.sum() * h + on_y.sum() * w)
-    off = (jump_x[~on_x].sum() * h + jump_y[~on_y].sum() * w) / (
-        (~on_x).sum() * h + (~on_y).sum() * w
+    jumps = (
+        np.abs(np.diff(delta, axis=1)).mean(axis=(0, 2), dtype=np.float64),  # lines 1..w-1
+        np.abs(np.diff(delta, axis=0)).mean(axis=(1, 2), dtype=np.float64),  # lines 1..h-1
     )
+    seam_sum = seam_len = off_sum = off_len = 0.0
+    for jump, lines, length in ((jumps[0], cols, h), (jumps[1], rows, w)):
+        pos = np.arange(1, jump.size + 1)
+        on = np.isin(pos, [v for v in lines if 0 < v < jump.size + 1])
+        phases = np.unique(pos[on] % period)
+        same = np.isin(pos % period, phases) & ~on
+        seam_sum += jump[on].sum() * length
+        seam_len += on.sum() * length
+        off_sum += jump[same].sum() * length
+        off_len += same.sum() * length
+    if seam_len == 0 or off_len == 0:
+        return None
+    seam, off = seam_sum / seam_len, off_sum / off_len
     if off == 0:
         return math.inf if seam > 0 else 1.0
     return float(seam / off)

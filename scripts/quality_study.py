@@ -148,8 +148,9 @@ def trace(image: np.ndarray, crop: dict[str, Any]) -> dict[str, float]:
 
 def run_one(crop: dict[str, Any], preset: str, changes: dict[str, Any], seed: int,
             run_dir: Path | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    from dippas_core.config import AnonymizeConfig
     from dippas_core.fidelity import fidelity
-    from dippas_core.pipeline import AnonymizeConfig, anonymize
+    from dippas_core.pipeline import anonymize
 
     config = AnonymizeConfig.preset(preset, seed=seed, **changes)
     t0 = time.perf_counter()
@@ -159,9 +160,9 @@ def run_one(crop: dict[str, Any], preset: str, changes: dict[str, Any], seed: in
     inv = rep["inversion"]
     tiles = rep.get("tiles", [])
     boxes = [(t["y"], t["x"], t["h"], t["w"]) for t in tiles] if len(tiles) > 1 else None
-    fid = fidelity(crop["photo"], result.image, block=int(config.B), tiles=boxes)
+    fid = fidelity(crop["photo"], result.image, block=int(config.assembly.B), tiles=boxes)
     return result.image, {
-        "block": int(config.B),
+        "block": int(config.assembly.B),
         "tiles": boxes,
         "wall_s": wall,
         "iterations": inv["n_iterations"],

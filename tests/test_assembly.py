@@ -195,7 +195,7 @@ def _run_with_an_artefact_block(tmp_path, rng, psnr=31.0):
 
 
 def test_bounded_rule_refuses_the_artefact_block_the_paper_rule_picks(tmp_path, rng):
-    from dippas_core.assembly import MAX_DEVIATION, AssemblyParams
+    from dippas_core.config import MAX_DEVIATION, AssemblyParams
 
     run, photo = _run_with_an_artefact_block(tmp_path, rng)
     paper = assemble(run, AssemblyParams(32, 1, 20.0, "paper"))
@@ -211,7 +211,7 @@ def test_bounded_rule_refuses_the_artefact_block_the_paper_rule_picks(tmp_path, 
 
 
 def test_bounded_rule_ranks_by_projection_within_the_bound(synthetic_run):
-    from dippas_core.assembly import AssemblyParams
+    from dippas_core.config import AssemblyParams
     from dippas_core.snapshots import block_projection_from_sums
 
     run = synthetic_run(n=12, shape=(64, 64), tau=30.0)  # all within the bound
@@ -225,7 +225,7 @@ def test_bounded_rule_ranks_by_projection_within_the_bound(synthetic_run):
 
 
 def test_bounded_rule_falls_back_to_the_best_block_when_none_keeps_the_bound(tmp_path, rng):
-    from dippas_core.assembly import AssemblyParams
+    from dippas_core.config import AssemblyParams
 
     # recorded PSNRs above what any block really has: no block keeps the bound, every block
     # takes its best snapshot by block PSNR

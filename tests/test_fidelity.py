@@ -92,12 +92,23 @@ def test_grid_lines_of_blocks_and_tiles():
 def test_seam_ratio_by_hand():
     d = np.zeros((4, 6, 1))
     d[:, 3:, 0] = 2.0  # a step of 2 at column 3
+    d[:, 5:, 0] = 2.5  # a step of 0.5 at column 5
     d[:, 1, 0] = 1.0  # and a bump at column 1: jumps of 1 at columns 1 and 2
-    # vertical lines 1..5 have jumps [1, 1, 2, 0, 0], horizontal lines none
-    rows, cols = [], [3]
-    expected = 2.0 / ((1 + 1 + 0 + 0) * 4 / (4 * 4 + 3 * 6))
-    assert seam_ratio(d, rows, cols) == pytest.approx(expected)
+    # vertical lines 1..5 jump [1, 1, 2, 0, 0.5]; no horizontal seam, so no row is compared
+    assert seam_ratio(d, [], [3], period=1) == pytest.approx(2.0 / ((1 + 1 + 0 + 0.5) / 4))
+    # period 2: column 3 is compared with columns 1 and 5 only
+    assert seam_ratio(d, [], [3], period=2) == pytest.approx(2.0 / ((1 + 0.5) / 2))
     assert seam_ratio(d, [], []) is None
+
+
+def test_seam_ratio_compares_with_the_jpeg_grid_not_all_lines(rng):
+    # a JPEG-like photo change: jumps every 8 pixels; block edges at 64 sit on that grid
+    d = rng.normal(0, 1, (128, 128, 3))
+    d[:, 8::8] += 5.0 * rng.choice([-1, 1], size=(1, 15, 1))
+    d[8::8, :] += 5.0 * rng.choice([-1, 1], size=(15, 1, 1))
+    lines = grid_lines(d.shape, 64)
+    assert seam_ratio(d, *lines) == pytest.approx(1.0, abs=0.25)
+    assert seam_ratio(d, *lines, period=1) > 2  # against every line the JPEG grid looks a seam
 
 
 def test_seam_ratio_sees_tinted_blocks(rng):

@@ -118,7 +118,7 @@ def test_configs_written_by_older_versions_still_open():
     assert config == AnonymizeConfig.preset("tiny", seed=4)
     # written back under the new names, read back the same
     new = config.to_dict()
-    assert new["assembly"] == {"B": 32, "L": 5, "tau": None} and "B" not in new
+    assert new["assembly"] == {"B": 32, "L": 5, "tau": None, "rule": "paper"} and "B" not in new
     assert new["dip"]["record_psnr"] == 31.0 and "tau_psnr" not in new["dip"]
     assert AnonymizeConfig.from_dict(json.loads(json.dumps(new))) == config
     # the evaluation's and the viewer's old names for B and L

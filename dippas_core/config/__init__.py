@@ -11,15 +11,17 @@ No torch here: the command line, the viewer and reports read these without loadi
 from __future__ import annotations
 
 from .anonymize import AnonymizeConfig
-from .assembly import AssemblyParams, check_assembly_params
+from .assembly import MAX_DEVIATION, RULES, AssemblyParams, check_assembly_params
 from .dip import GAMMA_MODES, MIN_WIDTH, DIPConfig
 from .presets import DEFAULT_PRESET, PRESETS
 
 __all__ = [
     "DEFAULT_PRESET",
     "GAMMA_MODES",
+    "MAX_DEVIATION",
     "MIN_WIDTH",
     "PRESETS",
+    "RULES",
     "AnonymizeConfig",
     "AssemblyParams",
     "DIPConfig",
