@@ -136,10 +136,13 @@ def colour_shift(delta: np.ndarray, window: int = SHIFT_WINDOW) -> float:
     """
     h, w = delta.shape[:2]
     wy, wx = min(window, h), min(window, w)
-    s = np.zeros((h + 1, w + 1, delta.shape[2]), np.float64)
-    np.cumsum(np.cumsum(delta, axis=0, dtype=np.float64), axis=1, out=s[1:, 1:])
-    box = s[wy:, wx:] - s[:-wy, wx:] - s[wy:, :-wx] + s[:-wy, :-wx]
-    return float(np.abs(box).max() / (wy * wx))
+    worst = 0.0
+    s = np.zeros((h + 1, w + 1), np.float64)
+    for c in range(delta.shape[2]):  # one channel at a time: a whole photo stays cheap
+        np.cumsum(np.cumsum(delta[..., c], axis=0, dtype=np.float64), axis=1, out=s[1:, 1:])
+        box = s[wy:, wx:] - s[:-wy, wx:] - s[wy:, :-wx] + s[:-wy, :-wx]
+        worst = max(worst, float(np.abs(box).max()))
+    return worst / (wy * wx)
 
 
 def grid_lines(
@@ -179,11 +182,13 @@ def seam_ratio(
     other lines at the same position modulo ``period`` (``period=1``: with every other line).
     ``None`` when no line lies inside the image (one block, one tile) or none to compare with.
     """
-    h, w = delta.shape[:2]
-    jumps = (
-        np.abs(np.diff(delta, axis=1)).mean(axis=(0, 2), dtype=np.float64),  # lines 1..w-1
-        np.abs(np.diff(delta, axis=0)).mean(axis=(1, 2), dtype=np.float64),  # lines 1..h-1
-    )
+    h, w, channels = delta.shape
+    jumps = (np.zeros(w - 1), np.zeros(h - 1))  # mean jump across lines 1..w-1 and 1..h-1
+    for c in range(channels):
+        jumps[0][:] += np.abs(np.diff(delta[..., c], axis=1)).mean(axis=0, dtype=np.float64)
+        jumps[1][:] += np.abs(np.diff(delta[..., c], axis=0)).mean(axis=1, dtype=np.float64)
+    jumps[0][:] /= channels
+    jumps[1][:] /= channels
     seam_sum = seam_len = off_sum = off_len = 0.0
     for jump, lines, length in ((jumps[0], cols, h), (jumps[1], rows, w)):
         pos = np.arange(1, jump.size + 1)

@@ -65,8 +65,8 @@ _PUBLISHED_KEYS = {
         "elapsed_s",
     ),
     "assembly": (
-        "B", "L", "tau", "psnr_threshold", "tile", "n_snapshots", "n_candidates", "n_averaged",
-        "grid", "dtype", "elapsed_s",
+        "B", "L", "tau", "rule", "psnr_threshold", "tile", "n_snapshots", "n_candidates",
+        "n_averaged", "blocks_outside_bound", "grid", "dtype", "elapsed_s",
     ),
     "versions": ("python", "napari-dippas", "numpy", "scipy", "PyWavelets", "numba", "torch"),
 }
@@ -93,6 +93,9 @@ class Published:
     mode: str | None = UNSET
     #: PSNR of the image against the original, dB
     psnr: float | None = UNSET
+    #: how close it looks beyond PSNR (``dippas_core.fidelity``: SSIM, max |Δ|, share of pixels
+    #: off by > 20 levels, local colour shift, seam ratio, checkerboard) and the bars it breaks
+    fidelity: dict[str, Any] | None = UNSET
     seed: int | None = UNSET
     sigma: float | None = UNSET
     #: the centre crop the command made of the photo
@@ -327,15 +330,19 @@ def measure(
     *,
     before: Any = None,
     after: Any = None,
+    tiles: list[tuple[int, int, int, int]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The report's measurements of ``image`` against the photo: PSNR, NCC and PCE before and
-    after (against ``reference``, aligned), the block-NCC summary on B×B blocks.
+    """The report's measurements of ``image`` against the photo: PSNR and the fidelity measures
+    (:func:`dippas_core.fidelity.fidelity`, seams on the B×B blocks of each tile), NCC and PCE
+    before and after (against ``reference``, aligned), the block-NCC summary on B×B blocks.
 
     Returns the report fields (for :meth:`AnonymizationReport.of`) and the block-NCC maps
     ``{"block_ncc_before", "block_ncc_after"}``.  ``before``/``after``: the photo's and the
     image's :class:`~dippas_core.attribution.Attribution` on B×B blocks when already made.
+    ``tiles``: the ``(y, x, h, w)`` of a whole photo's tiles, whose edges are seams too.
     """
     from .attribution import attribute
+    from .fidelity import fidelity
     from .metrics import psnr
 
     if before is None:
@@ -343,8 +350,10 @@ def measure(
     if after is None:
         after = attribute(image, reference, sigma=sigma, block_size=B)
     map_before, map_after = before.block_ncc, after.block_ncc
+    fid = fidelity(photo255, image, block=int(B), tiles=tiles)
     values = {
         "psnr": float(psnr(np.asarray(photo255, np.float32), np.asarray(image, np.float32))),
+        "fidelity": {**fid.to_dict(), "bars_failed": fid.failures()},
         "ncc": {"before": before.ncc, "after": after.ncc},
         "pce": {"before": before.pce, "after": after.pce, "decision_level": DECISION_LEVEL_PCE,
                 "kind": after.pce_kind},

@@ -115,3 +115,24 @@ def test_what_every_producer_writes_is_a_known_field(synthetic_run, tmp_path):
         parsed = AnonymizationReport.from_dict(dict(report))
         assert parsed.forensic.extra is UNSET, (who, parsed.forensic.extra)
         assert not SOURCE_KEYS & set(parsed.sidecar()), who
+
+
+def test_every_report_measures_fidelity_beside_psnr_and_publishes_it(natural_photos,
+                                                                     camera_fingerprints):
+    from dippas_core.fidelity import fidelity
+    from dippas_core.report import measure
+
+    cam, _, photo = natural_photos[0]
+    crop = photo[:128, :128].astype(np.float32)
+    K = camera_fingerprints[cam].K[:128, :128]
+    out = crop + np.random.default_rng(0).normal(0, 2, crop.shape).astype(np.float32)
+    out[10:12, 20:22, 2] = 255.0  # stuck pixels
+    out[64:, :64] += 3.0  # a tinted block
+    values, _ = measure(crop, np.clip(out, 0, 255), K, 64)
+    direct = fidelity(crop, np.clip(out, 0, 255), block=64)
+    assert values["fidelity"] == {**direct.to_dict(), "bars_failed": direct.failures()}
+    assert any(b.startswith("colour_shift") for b in values["fidelity"]["bars_failed"])
+    sidecar = AnonymizationReport.of(**values).sidecar("out.png")
+    assert sidecar["fidelity"]["max_abs"] == pytest.approx(direct.max_abs)
+    assert sidecar["fidelity"]["seam_ratio"] == pytest.approx(direct.seam_ratio)
+    assert "ncc" not in sidecar  # the scores stay forensic

@@ -180,7 +180,10 @@ def anonymize_tiled(
         t0 = time.perf_counter()
         P_full = K if K is not None else residual(img255, config.sigma)
         block = int(config.assembly.B) if int(config.assembly.B) % int(config.tile) == 0 else 64
-        measured, maps = measure(img255, image, P_full, block, config.sigma)
+        measured, maps = measure(
+            img255, image, P_full, block, config.sigma,
+            tiles=[(t.y, t.x, t.h, t.w) for t in plan.tiles],
+        )
         t_meas = time.perf_counter() - t0
     except BaseException:
         if temporary:
