@@ -10,13 +10,14 @@ snapshots, the ``anonymized`` image re-assembled with the run's last assembly pa
 from __future__ import annotations
 
 import contextlib
-import json
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dippas_core._json import read_json
 
 from ._layers import (
     LayerDataTuple,
@@ -49,8 +50,6 @@ ASSEMBLY_FILE = "assembly.json"
 
 def is_run_directory(path: str | Path) -> bool:
     """True for a folder holding a DIPPAS run (``config.json`` with ``format: dippas-run``)."""
-    from dippas_core._json import read_json
-
     cfg = Path(path) / "config.json"
     if not cfg.is_file():
         return False
@@ -184,7 +183,8 @@ def run_label(session: RunSession) -> str:
     path = Path(session.path)
     photo = None
     with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
-        photo = json.loads((path / PROVENANCE_FILE).read_text())["source"]["name"]
+        photo = read_json(path / PROVENANCE_FILE)["source"]["name"]
+        photo = photo if isinstance(photo, str) and len(photo) <= 256 else None
     info = session.run.config.get("fingerprint")
     camera = info.get("camera") if isinstance(info, dict) else None
     who = " × ".join(str(part) for part in (photo, camera) if part)
@@ -204,10 +204,13 @@ def run_offset(run_dir: str | Path) -> tuple[float, float]:
     """
     path = Path(run_dir) / PROVENANCE_FILE
     try:
-        region = json.loads(path.read_text()).get("region") or {}
-        return float(region.get("y", 0)), float(region.get("x", 0))
-    except (OSError, ValueError, AttributeError):
+        region = read_json(path).get("region") or {}
+        y, x = float(region.get("y", 0)), float(region.get("x", 0))
+    except (OSError, ValueError, AttributeError, TypeError, OverflowError):
         return 0.0, 0.0
+    # a hand-edited record must not fling the layers away (or to NaN): whole, inside a photo
+    ok = all(np.isfinite(v) and 0 <= v <= 1 << 20 and v == int(v) for v in (y, x))
+    return (y, x) if ok else (0.0, 0.0)
 
 
 def shifted(data_tuple: Any, offset: tuple[float, float]) -> Any:

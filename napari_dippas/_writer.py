@@ -90,17 +90,27 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
             "select one 2-D gray or RGB image layer"
         )
     # 16-bit sources stay 16-bit (their float assembly included); everything else is 8-bit
-    bit_depth = int(info.get("bit_depth", 16 if array.dtype == np.uint16 else 8))
+    bit_depth = info.get("bit_depth")
+    if bit_depth not in (8, 16):  # none, or garbled metadata: the layer's own dtype decides
+        bit_depth = 16 if array.dtype == np.uint16 else 8
     report = info.get("report")
     _check_targets(target, with_sidecar=report is not None)
-    written = [str(write_image(target, array, bit_depth=bit_depth))]
-    if report is not None:
+    try:
+        # the sidecar is made before anything is written: a report it cannot carry writes nothing
+        sidecar = None
+        if report is not None:
+            from dippas_core.report import AnonymizationReport
+
+            report = AnonymizationReport.from_dict(report).with_(bit_depth=bit_depth)
+            sidecar = json.dumps(report.sidecar(target.name), indent=1)
+        written = [str(write_image(target, array, bit_depth=bit_depth))]
+    except (DippasError, AttributeError, KeyError, TypeError, ValueError) as exc:  # NaN, ...
+        raise CannotSaveLayer(f"cannot save {target.name}: {exc}") from None
+    if sidecar is not None:
         from dippas_core._atomic import atomic_write_text
-        from dippas_core.report import AnonymizationReport
 
         out = report_path(target)
-        report = AnonymizationReport.from_dict(report).with_(bit_depth=bit_depth)
-        atomic_write_text(out, json.dumps(report.sidecar(target.name), indent=1))
+        atomic_write_text(out, sidecar)
         written.append(str(out))
         _keep_forensic_record(report, info.get("run_dir"), target)
     return written

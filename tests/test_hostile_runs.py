@@ -224,6 +224,55 @@ def test_the_writer_never_writes_over_a_photo_runs_files(run_copy):
     assert digest(run_copy) == before
 
 
+@pytest.mark.parametrize("layer", ["nan-pixels", "report-a-list", "bit-depth-garbled"])
+def test_the_writer_refuses_a_bad_layer_before_writing(real, tmp_path, layer):
+    pytest.importorskip("napari")
+    from napari_dippas._writer import CannotSaveLayer, write_image_layer
+
+    image = read_image(real["photo"]).astype(np.float32)
+    info = {"kind": "anonymized", "report": {"psnr": 40.0, "seed": 0}}
+    if layer == "nan-pixels":
+        image[5, 5] = np.nan
+    elif layer == "report-a-list":
+        info["report"] = ["not", "a", "report"]
+    else:
+        info["bit_depth"] = "sixteen"
+    target = tmp_path / "export.png"
+    if layer == "bit-depth-garbled":  # the layer's own dtype decides: it is saved, 8-bit
+        write_image_layer(str(target), image, {"metadata": {"dippas": info}})
+        assert read_image(target).dtype == np.uint8
+        return
+    with pytest.raises(CannotSaveLayer, match="cannot save export.png"):
+        write_image_layer(str(target), image, {"metadata": {"dippas": info}})
+    assert list(tmp_path.iterdir()) == []  # neither the image nor a sidecar
+
+
+@pytest.mark.parametrize("record", ["region-nan", "region-huge", "not-json", "64-MiB"])
+def test_the_reader_never_trusts_a_runs_viewer_record(real, tmp_path, capsys, record):
+    pytest.importorskip("napari")
+    from napari_dippas._reader import read_run
+
+    run = tmp_path / "run"
+    code, err = cli(["invert", real["photo"], "--fingerprint", real["K"], "--out", run,
+                     "--preset", "tiny", "--max-iter", "3", "--tau-psnr", "0", "--quiet"], capsys)
+    assert code == 0, err
+    path = run / "viewer-record.json"
+    if record == "region-nan":
+        path.write_text(json.dumps({"source": {"name": "x"}, "region": {"y": "nan", "x": 2}}))
+    elif record == "region-huge":
+        path.write_text(json.dumps({"source": {"name": "x" * 10**6}, "region": {"y": 1e308}}))
+    elif record == "not-json":
+        path.write_text("{half")
+    else:  # sparse: 64 MiB of zeros costs no disk
+        with open(path, "wb") as fh:
+            fh.truncate(65 << 20)
+    layers = read_run(str(run))
+    assert layers and all(np.all(np.isfinite(kw.get("translate") or (0.0, 0.0)))
+                          and np.all(np.abs(kw.get("translate") or (0.0, 0.0)) < 1e6)
+                          for _, kw, _ in layers)
+    assert all(len(kw["name"]) < 300 for _, kw, _ in layers)
+
+
 def test_existing_outputs_are_refused_before_work_without_force(real, data_dir, tmp_path, capsys):
     """A user's file where an output goes is never replaced without --force: OUT's partial
     image, --report, train-attacker's model and its sidecar; refused before any inversion."""
