@@ -46,6 +46,7 @@ __all__ = [
     "is_forensic_record",
     "is_published_image",
     "measure",
+    "short_of_tau",
     "write_forensic_record",
 ]
 
@@ -70,6 +71,8 @@ _PUBLISHED_KEYS = {
     ),
     "versions": ("python", "napari-dippas", "numpy", "scipy", "PyWavelets", "numba", "torch"),
 }
+#: Settings about this machine's disk, not about the image: never published.
+_LOCAL_SETTINGS = ("keep_run", "keep_tile_runs")
 #: Sections split between the two parts (the rest of a section is forensic).
 _SECTIONS = tuple(_PUBLISHED_KEYS)
 
@@ -238,6 +241,14 @@ class AnonymizationReport(Mapping):
                 out[key] = kept
         if out.get("mode") not in (None, "aware", "blind"):
             out.pop("mode")
+        if isinstance(out.get("config"), dict):
+            # whether run folders were kept is about this machine's disk, not about the image
+            # (a demo's kept run said "keep_run": false): the forensic record has the folder
+            out["config"] = {k: v for k, v in out["config"].items() if k not in _LOCAL_SETTINGS}
+        # what the image is, said where it travels (nothing about the source): not every tile
+        # anonymized, or not every tile at tau (the file name and the exit status say it too)
+        out["partial"] = bool(self.get("partial"))
+        out["below_tau"] = short_of_tau(self)
         return out
 
     # -- reading as a mapping of to_dict ------------------------------------------------------
@@ -290,6 +301,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items() if _plain(v) is not None}
     return None
+
+
+def short_of_tau(report: Mapping[str, Any]) -> bool:
+    """Whether the image is short of tau: a tile whose inversion never reached the recording
+    threshold (``below_tau``), or an assembly that had to use a lower threshold than asked
+    (its ``psnr_threshold`` under its ``tau``)."""
+    if report.get("below_tau"):
+        return True
+    asm = report.get("assembly") or {}
+    used, asked = asm.get("psnr_threshold"), asm.get("tau")
+    return used is not None and asked is not None and float(used) < float(asked) - 1e-9
 
 
 def describe_input(mode: str, fingerprint: dict[str, Any] | None, photo: np.ndarray

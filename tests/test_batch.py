@@ -25,6 +25,7 @@ from PIL import Image
 
 from dippas_core.batch import (
     BatchSettings,
+    ImageRecord,
     ImageTask,
     output_names,
     plan_batch,
@@ -489,7 +490,18 @@ def test_an_image_short_of_tau_says_so_in_its_summary_row(tmp_path):
     records = {r.source: r for r in (process_image(t, None, config, settings, short_job)
                                      for t in tasks)}
     short, fine = records["img01.png"], records["img02.png"]
-    assert short.status == fine.status == "ok"
+    # written, but never called "ok": its own status, its sidecar's flag, the batch's exit status
+    assert (short.status, fine.status) == ("below-tau", "ok")
+    sidecars = {r.source: json.loads((out / r.output).with_suffix(".json").read_text())["report"]
+                for r in (short, fine)}
+    assert sidecars["img01.png"]["below_tau"] is True
+    assert sidecars["img02.png"]["below_tau"] is False
+    assert sidecars["img02.png"]["partial"] is False
+    from dippas_core.cli.batch import batch_exit_status
+
+    assert batch_exit_status([fine]) == 0 and batch_exit_status([short, fine]) == 3
+    failed = ImageRecord("x.png", "x.png", "failed", reason="broken")
+    assert batch_exit_status([short, fine, failed]) == 1
     assert "no snapshot reached tau 38 dB: assembled from the best, at 36.50 dB" in short.reason
     assert "tile 3 never reached the recording threshold (best 36.50 dB)" in short.reason
     assert fine.reason == ""

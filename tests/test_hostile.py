@@ -709,6 +709,7 @@ def test_published_sidecar_is_an_allow_list():
     assert AnonymizationReport.from_dict(report).sidecar("/home/alice/out.png") == {
         "format": "dippas-published-sidecar", "output": "out.png", "psnr": 40.0, "seed": 1,
         "mode": "aware", "assembly": {"B": 64, "L": 10}, "inversion": {},
+        "partial": False, "below_tau": False,  # what the image is: always said
     }
 
 
@@ -806,7 +807,9 @@ def test_exif_orientation_is_said_or_applied_as_pillow_does(tmp_path):
 def test_tau_above_every_snapshot_is_said(run_dir, tmp_path, capsys):
     code, err = cli(["assemble", run_dir, "-B", "32", "--tau", "1e308",
                      "--out", tmp_path / "o.png"], capsys)
-    assert code == 0 and "no snapshot reaches tau 1e+308 dB" in err and "36.00 dB" in err
+    # said in a line, in the name and in the status (issue 25): below tau is not 0
+    assert code == 3 and "no snapshot reaches tau 1e+308 dB" in err and "36.00 dB" in err
+    assert (tmp_path / "o-below-tau.png").is_file() and not (tmp_path / "o.png").exists()
 
 
 # ------------------------------------------------------------------------------------------------

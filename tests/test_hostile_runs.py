@@ -331,7 +331,7 @@ def test_force_deletes_only_what_the_run_wrote(real, run_copy, tmp_path, capsys,
         assert json.loads((run_copy / "photo-run.json").read_text())["mode"] == "blind"
     elif command == "invert-force":  # a single run replaces the photo run
         code, err = cli(["invert", real["photo"], "--blind", "--out", run_copy, "--max-iter", "3",
-                         "--preset", "tiny", "--quiet", "--force"], capsys)
+                         "--preset", "tiny", "--record-psnr", "8", "--quiet", "--force"], capsys)
         assert code == 0, err
         assert not (run_copy / "photo-run.json").exists() and (run_copy / "config.json").is_file()
         assert not list((run_copy / "done").glob("*.npz"))
@@ -884,7 +884,7 @@ def test_the_report_is_checked_before_the_inversion(real, tmp_path, capsys, wher
     (tmp_path / "a-file").write_text("x")
     run = tmp_path / "single-run"
     code, err = cli(["invert", real["photo"], "--blind", "--out", run, "--preset", "tiny",
-                     "--max-iter", "2", "--quiet"], capsys)
+                     "--max-iter", "2", "--record-psnr", "8", "--quiet"], capsys)
     assert code == 0, err
     report = {"under-a-file": tmp_path / "a-file" / "r.json",
               "a-single-run": run,  # a folder: its forensic-record.json, the run's own file

@@ -81,8 +81,31 @@ def test_to_dict_is_the_whole_record_and_reads_back():
 
 def test_keys_a_report_does_not_know_are_never_published():
     report = AnonymizationReport.from_dict({"psnr": 40.0, "camera": "Nikon", "owner": "alice"})
-    assert report.sidecar() == {"format": PUBLISHED_FORMAT, "psnr": 40.0}
+    # (and every sidecar says whether the image is partial or short of tau)
+    assert report.sidecar() == {"format": PUBLISHED_FORMAT, "psnr": 40.0, "partial": False,
+                                "below_tau": False}
     assert report.to_dict() == {"psnr": 40.0, "camera": "Nikon", "owner": "alice"}
+
+
+def test_the_sidecar_flags_what_the_image_is_and_nothing_of_the_source():
+    """``partial`` and ``below_tau`` are published (flags about the image itself); which tiles,
+    and their PSNRs, stay in the forensic record.  Below tau: a tile short of the recording
+    threshold, or an assembly that had to use a lower threshold than its tau."""
+    partial = AnonymizationReport.of(psnr=30.0, partial=True, tiles_not_anonymized=[2, 3])
+    side = partial.sidecar()
+    assert (side["partial"], side["below_tau"]) == (True, False)
+    assert "tiles_not_anonymized" not in side and "2" not in json.dumps(side)
+    short = AnonymizationReport.of(below_tau=[{"tile": 0, "short_db": 2.5, "best_psnr": 35.5}])
+    assert short.sidecar()["below_tau"] is True and "35.5" not in json.dumps(short.sidecar())
+    lowered = AnonymizationReport.of(assembly={"B": 32, "L": 1, "tau": 38.0,
+                                               "psnr_threshold": 36.2})
+    assert lowered.sidecar()["below_tau"] is True
+    at_tau = AnonymizationReport.of(assembly={"B": 32, "L": 1, "tau": 38.0,
+                                              "psnr_threshold": 38.0})
+    assert at_tau.sidecar()["below_tau"] is False
+    # the settings of this machine's disk are not the image's
+    kept = AnonymizationReport.of(config={"keep_run": True, "keep_tile_runs": False, "B": 32})
+    assert kept.sidecar()["config"] == {"B": 32}
 
 
 @pytest.mark.usefixtures("one_torch_thread")

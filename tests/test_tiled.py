@@ -13,7 +13,7 @@ import pytest
 
 from dippas_core.cancel import CancelToken
 from dippas_core.cli import main
-from dippas_core.cli.anonymize import output_name
+from dippas_core.cli._outcome import output_name
 from dippas_core.config import AnonymizeConfig
 from dippas_core.io import write_image
 from dippas_core.pipeline import anonymize, estimate_cost

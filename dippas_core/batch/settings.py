@@ -14,6 +14,7 @@ from ..errors import InputError
 
 __all__ = [
     "STATE_DIR",
+    "STATUS_BELOW_TAU",
     "STATUS_CANCELLED",
     "STATUS_FAILED",
     "STATUS_OK",
@@ -31,6 +32,9 @@ STATE_DIR = ".dippas-batch"
 _OUTPUT_SUFFIXES = {"png": ".png", "tiff": ".tif", "tif": ".tif"}
 STATUS_OK, STATUS_SKIPPED = "ok", "skipped"
 STATUS_FAILED, STATUS_CANCELLED = "failed", "cancelled"
+#: written, but short of tau (a tile never reached it, or the assembly used a lower threshold):
+#: not "ok", and the image's sidecar says below_tau
+STATUS_BELOW_TAU = "below-tau"
 #: The columns of ``summary.csv`` (a row per image).
 SUMMARY_FIELDS = (
     "output",
@@ -162,5 +166,10 @@ class BatchResult:
 
     @property
     def ok(self) -> bool:
-        """True when every image is anonymized (now or by an earlier run)."""
+        """True when every image is anonymized at tau (now or by an earlier run)."""
         return all(r.status in (STATUS_OK, STATUS_SKIPPED) for r in self.records)
+
+    @property
+    def below_tau(self) -> list[ImageRecord]:
+        """Records of the images written short of tau."""
+        return [r for r in self.records if r.status == STATUS_BELOW_TAU]

@@ -13,8 +13,17 @@ import numpy as np
 from .._atomic import atomic_write_text
 from .._json import jsonable
 from ..errors import DippasError, InputError, ShapeMismatchError
+from ..report import short_of_tau
 from .plan import finished_record, sha256_file
-from .settings import STATUS_FAILED, STATUS_OK, BatchSettings, ImageRecord, ImageTask, Job
+from .settings import (
+    STATUS_BELOW_TAU,
+    STATUS_FAILED,
+    STATUS_OK,
+    BatchSettings,
+    ImageRecord,
+    ImageTask,
+    Job,
+)
 
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
@@ -233,7 +242,8 @@ def process_image(
         record.ncc_before = _metric(report, "ncc_before", "ncc.before", "before.ncc")
         record.ncc_after = _metric(report, "ncc_after", "ncc.after", "after.ncc")
         record.seconds = round(time.perf_counter() - start, 3)
-        record.status = STATUS_OK
+        # an image short of tau is written, but never called "ok" (its sidecar says below_tau)
+        record.status = STATUS_BELOW_TAU if short_of_tau(report) else STATUS_OK
         record.reason = _quality_notes(report)
         write_image(output, image, bit_depth=bit_depth)
         from ..report import AnonymizationReport, write_forensic_record

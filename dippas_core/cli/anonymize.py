@@ -14,6 +14,16 @@ from ._options import (
     add_tiling_options,
     config_from_args,
 )
+from ._outcome import (
+    EXIT_BELOW_TAU,
+    EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
+    EXIT_STATUSES,
+    exit_status,
+    is_below_tau,
+    output_name,
+    remove_stale_partials,
+)
 from .assemble import (
     add_output_arguments,
     check_output,
@@ -22,7 +32,7 @@ from .assemble import (
     warn_lowered_tau,
     write_outputs,
 )
-from .invert import EXIT_INTERRUPTED, add_input_arguments
+from .invert import add_input_arguments
 
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
@@ -30,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     "build_config",
     "keep_temporary_run",
-    "output_name",
     "print_summary",
     "register",
     "run_anonymize",
@@ -111,8 +120,22 @@ def run_anonymize(
 
     cancel = CancelToken()
     bars: list = [ProgressLine(config.dip.max_iter)]
+    resumed: list[int] = []
+    said: list[bool] = []
+
+    def on_tile_done(tile: Any, stats: dict) -> None:
+        if stats.get("resumed"):  # read back: they all come before the first tile runs
+            resumed.append(tile.index)
+
+    def say_resumed() -> None:
+        # said once the run folder took the resume (a refused one never says "resuming")
+        if resumed and not said:
+            said.append(True)
+            print(f"resuming: {len(resumed)} tile(s) already finished in {run_dir}",
+                  file=sys.stderr)
 
     def on_tile(tile: Any, plan: Any) -> None:
+        say_resumed()
         if not quiet:
             bars[0].close()
             print(
@@ -131,6 +154,7 @@ def run_anonymize(
                 cancel=cancel,
                 on_step=(lambda step: bars[0].update(step)) if follow_steps and not quiet else None,
                 on_tile=on_tile,
+                on_tile_done=on_tile_done,
                 force=force,
                 region=region,
                 estimate=estimate,
@@ -140,6 +164,7 @@ def run_anonymize(
         finally:
             if not quiet:
                 bars[0].close()
+    say_resumed()  # (every tile was already finished)
     return result, result.report["inversion"]["stop_reason"] == "cancelled"
 
 
@@ -147,7 +172,12 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     """A few lines a person reads: PSNR, NCC and PCE before/after, snapshots, time."""
     s = stream if stream is not None else sys.stdout
     inv, asm = report["inversion"], report["assembly"]
-    print(f"anonymized image: {out}  (published settings: {out.with_suffix('.json')})", file=s)
+    what = (
+        "PARTIAL image (some tiles not anonymized)" if report.get("partial")
+        else "image BELOW TAU (not every tile reached it)" if is_below_tau(report)
+        else "anonymized image"
+    )
+    print(f"{what}: {out}  (published settings: {out.with_suffix('.json')})", file=s)
     print(f"mode: {report['mode']} (reference: {report['reference']})", file=s)
     print(f"PSNR vs original: {report['psnr']:.2f} dB", file=s)
     print(
@@ -210,20 +240,6 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
         f"{report['device']}, seed {report['seed']}",
         file=s,
     )
-
-
-def output_name(out: Path, report: dict) -> Path:
-    """OUT, or OUT with ``-partial`` / ``-below-tau-t…`` when the image is not what was asked."""
-    stem = out.stem
-    if report.get("partial"):
-        stem += "-partial"
-    short = [d["tile"] for d in report.get("below_tau") or []]
-    if short:
-        listed = ",".join(f"t{i}" for i in short[:6]) + (
-            f"+{len(short) - 6}" if len(short) > 6 else ""
-        )
-        stem += "-below-tau-" + listed
-    return out.with_name(stem + out.suffix)
 
 
 def _source(path: Path) -> dict:
@@ -339,9 +355,8 @@ def _run(args: argparse.Namespace) -> int:
         for t in plan.tiles:
             print(f"  tile {t.index}: y={t.y} x={t.x} {t.h}×{t.w}", file=sys.stderr)
         print(f"run folder (resumable): {run_dir}", file=sys.stderr)
-    n_done = PhotoRun.count_done(run_dir) if run_dir is not None else 0
-    if n_done and not args.force:
-        print(f"resuming: {n_done} tile(s) already finished in {run_dir}", file=sys.stderr)
+    # (a run there is resumed: "resuming" is said once the run folder took it)
+    n_done = PhotoRun.count_done(run_dir) if run_dir is not None and not args.force else 0
     estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
     print(f"estimate: {estimate.text}", file=sys.stderr)
     on_cluster = False
@@ -394,7 +409,16 @@ def _run(args: argparse.Namespace) -> int:
     report = result.report.with_(crop=args.crop, source=_source(args.photo))
     if temporary:
         report = report.with_(run_dir=None)
-    out = output_name(args.out, report)
+    partial = bool(report.get("partial"))
+    if partial and len(report["tiles_not_anonymized"]) == len(plan):
+        # nothing was anonymized: no "-partial" image that is the original photo bit for bit
+        print(
+            f"dippas anonymize: interrupted before any tile was finished: nothing was written; "
+            f"the same command starts the run in {run_dir} again",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    out = output_name(args.out, report, accept_below_tau=args.accept_below_tau)
     try:
         if out != args.out:  # named after what it is: an earlier image of that name is replaced
             check_output(out, args.force, inputs, replaceable=earlier_images(out))
@@ -419,34 +443,59 @@ def _run(args: argparse.Namespace) -> int:
     if len(plan) == 1:
         warn_lowered_tau(config.assembly_tau, report["assembly"])
     print_summary(report, out)
-    partial = bool(report.get("partial"))
+    if not partial:  # the run is complete: an earlier attempt's "-partial" files are stale
+        for stale in remove_stale_partials(args.out):
+            print(f"removed {stale.name} (a stopped attempt's partial result)", file=sys.stderr)
     if default_run and not partial and not args.keep_runs and result.run_dir is not None:
         remove_run_folder(result.run_dir)  # what the run wrote, by name: a user's files stay
-    if interrupted:
-        what = (
-            f"the finished tiles were stitched into {out}; resume with the same command"
-            if partial
-            else "the image was assembled from the snapshots kept so far"
-        )
-        print(f"dippas anonymize: interrupted; {what}", file=sys.stderr)
+    status = exit_status(report, accept_below_tau=args.accept_below_tau)
+    if interrupted and not partial:
+        print("dippas anonymize: interrupted; the image was assembled from the snapshots kept "
+              "so far", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return 0
+    if status == EXIT_PARTIAL:
+        print(f"dippas anonymize: partial (exit status {status}): the finished tiles were "
+              f"stitched into {out}, the others keep the photo's pixels; resume with the same "
+              "command", file=sys.stderr)
+    elif status == EXIT_BELOW_TAU:
+        print(f"dippas anonymize: below tau (exit status {status}): {out} is not anonymized to "
+              "tau everywhere; raise --max-iter or --lr, or lower --record-psnr / --tau, and run "
+              "again (--accept-below-tau takes such a result as OUT, exit status 0)",
+              file=sys.stderr)
+    elif args.accept_below_tau and is_below_tau(report):
+        print(f"dippas anonymize: below tau, accepted (--accept-below-tau): {out}; its sidecar "
+              "says below_tau", file=sys.stderr)
+    return status
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "anonymize",
         help="remove the camera fingerprint from a photo (DIP inversion + assembly)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
-            "Anonymize PHOTO with DIPPAS: PRNU-aware with --fingerprint, PRNU-blind without. "
-            "Writes OUT (no metadata from PHOTO) and OUT.json (PSNR, NCC/PCE before and after, "
-            "parameters, seed, timing, versions, device).  Ctrl-C stops the inversion and "
-            "assembles what was kept."
+            "Anonymize PHOTO with DIPPAS: PRNU-aware with --fingerprint, PRNU-blind without.\n"
+            "Writes OUT (no metadata from PHOTO) and the published sidecar OUT.json (PSNR, the\n"
+            "parameters, seed, counts, versions, device, the flags partial and below_tau:\n"
+            "nothing about the source camera).  NCC/PCE before and after, the block-NCC maps,\n"
+            "the tiles and the source file's name and SHA-256 go to the private forensic record\n"
+            "(--report, or forensic-record.json in a kept run folder), never beside OUT.\n"
+            "Before the work starts, a PHOTO (or --region) with no detectable trace of the\n"
+            "camera (aligned PCE < 60) is said so.  Ctrl-C stops the inversion: a whole photo\n"
+            "keeps its finished tiles (OUT-partial.png; the same command resumes), one tile is\n"
+            "assembled from the snapshots kept so far."
         ),
+        epilog=EXIT_STATUSES,
     )
     add_input_arguments(p, blind_flag=False)
     add_output_arguments(p)
     add_assembly_arguments(p)
+    p.add_argument(
+        "--accept-below-tau",
+        action="store_true",
+        help="take a result short of tau as OUT and exit 0 (its sidecar still says below_tau); "
+        "without it such a result is OUT-below-tau-....png and the exit status is 3",
+    )
     p.add_argument(
         "--sigma", type=positive_float, default=5.0, help="residual noise level (default 5)"
     )

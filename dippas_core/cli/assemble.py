@@ -15,6 +15,7 @@ from typing import Any
 
 from ._checks import finite_float
 from ._options import AVERAGED, BLOCK
+from ._outcome import EXIT_BELOW_TAU, EXIT_STATUSES, exit_status, output_name
 
 __all__ = [
     "add_output_arguments",
@@ -142,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..report import AnonymizationReport, measure
     from ..run import RunDirectory, environment_info
 
-    report_path = check_output(args.out, args.force, {"RUN_DIR": args.run_dir})
+    check_output(args.out, args.force, {"RUN_DIR": args.run_dir})
     if is_photo_run(args.run_dir):
         return _run_photo(args)
     args.B = 64 if args.B is None else args.B
@@ -183,19 +184,32 @@ def _run(args: argparse.Namespace) -> int:
         dip_config=run.config.get("dip_config"),
         versions=environment_info(),
     )
-    write_outputs(args.out, asm.image, bits, report, maps, forensic=run.path)
+    out = output_name(args.out, report, accept_below_tau=args.accept_below_tau)
+    if out != args.out:  # short of tau: the name says so (an earlier such image is replaced)
+        check_output(out, args.force, {"RUN_DIR": args.run_dir}, replaceable=earlier_images(out))
+    write_outputs(out, asm.image, bits, report, maps, forensic=run.path)
     p = asm.params
     warn_lowered_tau(params.tau, p)
     print(
-        f"assembled {args.out} from {p['n_candidates']} snapshots (PSNR >= "
+        f"assembled {out} from {p['n_candidates']} snapshots (PSNR >= "
         f"{p['psnr_threshold']:.2f} dB), B={p['B']} L={p['L']} in {p['elapsed_s']:.2f} s: "
         f"PSNR {report['psnr']:.2f} dB, NCC {report['ncc']['before']:.4f} -> "
         f"{report['ncc']['after']:.4f}, PCE ({report['pce']['kind']}) "
         f"{report['pce']['before']:.1f} -> {report['pce']['after']:.1f}; "
-        f"report {report_path}",
+        f"report {out.with_suffix('.json')}",
         file=sys.stderr,
     )
-    return 0
+    return _said(report, out, args.accept_below_tau)
+
+
+def _said(report: Any, out: Path, accept_below_tau: bool) -> int:
+    """The exit status of a written image (:mod:`._outcome`), said in a line when not 0."""
+    status = exit_status(report, accept_below_tau=accept_below_tau)
+    if status == EXIT_BELOW_TAU:
+        print(f"dippas assemble: below tau (exit status {status}): {out} is not assembled at "
+              "tau everywhere (--accept-below-tau takes it as OUT, exit status 0)",
+              file=sys.stderr)
+    return status
 
 
 def _run_photo(args: argparse.Namespace) -> int:
@@ -207,8 +221,6 @@ def _run_photo(args: argparse.Namespace) -> int:
     from ..report import AnonymizationReport, measure
     from ..residual import residual
     from ..run import environment_info
-    from .anonymize import output_name
-
     bits = args.bits
     dtype = None if bits is None else ("uint8" if bits == 8 else "float32")
     asm = assemble_photo_run(args.run_dir, args.B, args.L, args.tau, dtype=dtype)
@@ -226,7 +238,7 @@ def _run_photo(args: argparse.Namespace) -> int:
         below_tau=[{"tile": i, "kept_fallback": True} for i in p["kept_fallback"]],
         versions=environment_info(),
     )
-    out = output_name(args.out, report)
+    out = output_name(args.out, report, accept_below_tau=args.accept_below_tau)
     if out != args.out:  # named after what it is: checked again (an earlier one may be replaced)
         check_output(out, args.force, {"RUN_DIR": args.run_dir}, replaceable=earlier_images(out))
     write_outputs(out, asm.image, bits, report, maps, forensic=Path(args.run_dir))
@@ -243,7 +255,7 @@ def _run_photo(args: argparse.Namespace) -> int:
         f"{report['pce']['before']:.1f} -> {report['pce']['after']:.1f}",
         file=sys.stderr,
     )
-    return 0
+    return _said(report, out, args.accept_below_tau)
 
 
 def register(subparsers: Any) -> None:
@@ -251,10 +263,13 @@ def register(subparsers: Any) -> None:
         "assemble",
         help="assemble the anonymized image from a run folder",
         description=(
-            "Rank every snapshot of RUN_DIR on each BxB block by its NCC with the reference and "
-            "average the best L (method §5).  Fast: it reuses the tile sums recorded during the "
-            "inversion.  A run that was stopped midway works too."
+            "Rank every snapshot of RUN_DIR on each BxB block by its NCC with the reference and\n"
+            "average the best L (method §5).  Fast: it reuses the tile sums recorded during the\n"
+            "inversion.  A run that was stopped midway works too.  Writes OUT and its published\n"
+            "sidecar OUT.json; a result short of the asked tau is OUT-below-tau.png (status 3)."
         ),
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "run_dir",
@@ -283,4 +298,9 @@ def register(subparsers: Any) -> None:
         "threshold record_psnr, i.e. every snapshot it kept; a photo run: its own assembly tau)",
     )
     add_output_arguments(p)
+    p.add_argument(
+        "--accept-below-tau",
+        action="store_true",
+        help="take a result short of tau as OUT and exit 0 (its sidecar still says below_tau)",
+    )
     p.set_defaults(func=_run)

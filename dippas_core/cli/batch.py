@@ -14,6 +14,7 @@ from ._options import (
     add_tiling_options,
     config_from_args,
 )
+from ._outcome import EXIT_BELOW_TAU
 
 __all__ = ["register", "run"]
 
@@ -24,7 +25,10 @@ examples:
   dippas batch photos/ --fingerprint nikon.npz --out anonymized/ --scheduler tcp://10.0.0.5:8786
 
 Re-running the same command resumes: images already done with the same input and parameters are
-skipped.  Exit status: 0 every image done, 1 some images failed (see summary.csv), 2 bad arguments.
+skipped.  Exit status: 0 every image anonymized at tau; 1 some images failed or were cancelled
+(see summary.csv); 2 bad arguments; 3 none failed but some are short of tau (status "below-tau"
+in summary.csv, "below_tau": true in their sidecar: a tile never reached tau or the assembly used
+a lower threshold).
 """
 
 
@@ -115,9 +119,11 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the batch; exit status 0 when every image is done, 1 when some failed."""
+    """Run the batch; exit status 0 when every image is anonymized at tau, 1 when some failed,
+    3 (the anonymize command's "below tau") when none failed but some are short of tau."""
     from ..batch import BatchSettings, format_progress, format_table, run_batch
     from ..batch.cluster import check_scheduler
+    from ..batch.settings import STATUS_BELOW_TAU
 
     if args.scheduler and args.workers:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster decides")
@@ -147,4 +153,20 @@ def run(args: argparse.Namespace) -> int:
         f"summary: {result.summary_paths[0]}",
         file=sys.stderr,
     )
-    return 0 if result.ok else 1
+    status = batch_exit_status(result.records)
+    if status == EXIT_BELOW_TAU:
+        short = [r.output for r in result.records if r.status == STATUS_BELOW_TAU]
+        print(f"dippas batch: below tau (exit status {status}): {len(short)} image(s) are short "
+              f"of tau ({', '.join(short[:5])}{', ...' if len(short) > 5 else ''}): see the "
+              "reason column", file=sys.stderr)
+    return status
+
+
+def batch_exit_status(records: list) -> int:
+    """0 every image anonymized at tau (now or earlier); 1 some failed or were cancelled; else 3
+    when some are short of tau (written, status "below-tau")."""
+    from ..batch.settings import STATUS_BELOW_TAU, STATUS_OK, STATUS_SKIPPED
+
+    if any(r.status not in (STATUS_OK, STATUS_SKIPPED, STATUS_BELOW_TAU) for r in records):
+        return 1
+    return EXIT_BELOW_TAU if any(r.status == STATUS_BELOW_TAU for r in records) else 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._checks import int_between
 from ._options import add_assembly_options, add_dip_arguments, config_from_args
-from .invert import EXIT_INTERRUPTED
+from ._outcome import EXIT_INTERRUPTED, exit_status, output_name
 
 __all__ = ["register", "build_config", "DEMO_PRESET", "DEMO_CROP"]
 
@@ -38,7 +38,10 @@ def _check_demo_folder(out: Path, force: bool) -> None:
             raise InputError(
                 f"{out} already exists and is not empty; choose another folder or --force"
             )
-        others = sorted(p.name for p in out.iterdir() if p.name not in (*DEMO_FILES, "run"))
+        others = sorted(
+            p.name for p in out.iterdir()
+            if p.name not in (*DEMO_FILES, "run") and not p.name.startswith("anonymized-below-tau")
+        )
         if others or not (out / "run" / MARKER).is_file():
             raise InputError(
                 f"{out} does not hold a previous demo (or holds other files too: "
@@ -60,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..sample import sample_data
     from .anonymize import print_summary, run_anonymize
     from .assemble import write_outputs
+    from .invert import warn_without_trace
 
     out: Path = args.out
     _check_demo_folder(out, args.force)
@@ -77,21 +81,26 @@ def _run(args: argparse.Namespace) -> int:
         f"{config.dip.max_iter} iterations",
         file=sys.stderr,
     )
+    warn_without_trace("demo", photo, fingerprint, config.sigma)
     result, interrupted = run_anonymize(
         photo, fingerprint, config, run_dir=out / "run", force=args.force, quiet=args.quiet
     )
     write_image(out / "original.png", photo)
-    image_path = out / "anonymized.png"
-    write_outputs(
-        image_path, result.image, 8, result.report.with_(crop=crop), result.maps,
-        forensic=out / "run",
-    )
-    print_summary(result.report, image_path)
+    report = result.report.with_(crop=crop)
+    image_path = output_name(out / "anonymized.png", report)  # short of tau: named so
+    write_outputs(image_path, result.image, 8, report, result.maps, forensic=out / "run")
+    print_summary(report, image_path)
     print(
         f"re-assemble with other settings: dippas assemble {out / 'run'} -B 32 -L 25 "
         f"--out {out / 'B32-L25.png'}"
     )
-    return EXIT_INTERRUPTED if interrupted else 0
+    if interrupted:
+        return EXIT_INTERRUPTED
+    status = exit_status(report)
+    if status:
+        print(f"dippas demo: below tau (exit status {status}): not every block reached tau; "
+              "raise --max-iter or lower --record-psnr", file=sys.stderr)
+    return status
 
 
 def register(subparsers: Any) -> None:

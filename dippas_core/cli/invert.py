@@ -12,10 +12,9 @@ from typing import Any
 
 from ._checks import int_between, positive_float
 from ._options import add_dip_arguments, config_from_args
+from ._outcome import EXIT_BELOW_TAU, EXIT_INTERRUPTED
 
 __all__ = ["build_config", "register", "add_input_arguments", "load_photo_and_fingerprint"]
-
-EXIT_INTERRUPTED = 130
 
 
 def add_input_arguments(p: argparse.ArgumentParser, *, blind_flag: bool) -> None:
@@ -234,6 +233,17 @@ def _run(args: argparse.Namespace) -> int:
         )
         return EXIT_INTERRUPTED
     print(summary, file=sys.stderr)
+    if n == 0:  # nothing reached the recording threshold: there is nothing to assemble
+        import numpy as np
+
+        print(
+            f"dippas invert: below tau (exit status {EXIT_BELOW_TAU}): no output came within "
+            f"{dip.record_psnr:g} dB of the photo (best "
+            f"{float(np.max(result.history['psnr'], initial=-np.inf)):.2f} dB); raise "
+            "--max-iter or --lr, or lower --record-psnr, and run again",
+            file=sys.stderr,
+        )
+        return EXIT_BELOW_TAU
     print(
         f"next: dippas assemble {args.out} -B {config.assembly.B} -L {config.assembly.L} "
         f"--tau {config.assembly_tau:g} --out OUT.png",
