@@ -341,9 +341,9 @@ def _region(size: int, count: int):
 
 
 def _batch_of(n: int, tiles, config, device):
-    from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
+    from dippas_core.dip.batched import PreparedJob, _Batch, _Tile, _with_params
     from dippas_core.dip.device import speed_settings
-    from dippas_core.dip.inversion import _image_to_unit
+    from dippas_core.dip.inversion import image_to_unit
 
     speed = speed_settings(config, device)
     batch = _Batch(device, speed)
@@ -351,7 +351,7 @@ def _batch_of(n: int, tiles, config, device):
     for i in range(n):
         img, P = tiles[i % len(tiles)]
         c = config.replace(seed=i)
-        job = _PreparedJob(i, _image_to_unit(img, multiple), P, c)
+        job = PreparedJob(i, image_to_unit(img, multiple), P, c)
         batch.add(_with_params(_Tile(job, c, device, speed)))
     return batch
 
@@ -427,7 +427,7 @@ def _tiles_main(args) -> int:
     from dippas_core.config import DIPConfig
     from dippas_core.dip.batched import choose_tiles_per_step
     from dippas_core.dip.device import device_name, resolve_device, speed_settings, usable_cpus
-    from dippas_core.dip.inversion import _image_to_unit
+    from dippas_core.dip.inversion import image_to_unit
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _forensic_timing import machine_note
@@ -473,7 +473,7 @@ def _tiles_main(args) -> int:
             region = tiles[:8]
             t0 = time.perf_counter()
             n_auto, why = choose_tiles_per_step(
-                _image_to_unit(region[0][0], multiple), region[0][1], config, device, speed,
+                image_to_unit(region[0][0], multiple), region[0][1], config, device, speed,
                 len(region),
             )
             t_choose = time.perf_counter() - t0

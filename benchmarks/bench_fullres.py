@@ -79,9 +79,10 @@ def main() -> int:
     torch.set_num_threads(1)
     from dippas_core.config import AnonymizeConfig
     from dippas_core.correlation import ncc, pce
+    from dippas_core.cost import estimate_cost
     from dippas_core.fingerprint import estimate_fingerprint
     from dippas_core.io import read_image
-    from dippas_core.pipeline import anonymize, estimate_cost
+    from dippas_core.pipeline import anonymize
     from dippas_core.residual import residual, rgb2gray
     from dippas_core.tiling import edge_jump_ratio, parse_region, plan_tiles
 

@@ -23,7 +23,7 @@ __all__ = ["PhotoAssembly", "assemble_photo_run", "is_photo_run"]
 
 def is_photo_run(path: str | Path) -> bool:
     """Whether ``path`` is a whole-photo run folder (it holds ``photo-run.json``)."""
-    from .tiled import PhotoRun
+    from .run import PhotoRun
 
     return (Path(path) / PhotoRun.META).is_file()
 
@@ -63,8 +63,7 @@ def _check_kept_runs(
 ) -> dict[int, tuple[np.ndarray, dict]]:
     """Every tile finished and its run kept (returns the finished tiles' records), or an error
     that says what to do."""
-    from .run import RunDirectory
-    from .tiled import PhotoRun
+    from .run import PhotoRun, RunDirectory
 
     prun = PhotoRun(path, meta)
     done, damaged = prun.read_done(plan)
@@ -128,8 +127,7 @@ def _pasted(
     sigma, each checked against what the run recorded: the whole photo's hash in
     ``photo-run.json``, each tile's photo and reference hashes in its record.  A mismatch names
     the file at fault."""
-    from .run import RunDirectory
-    from .tiled import PhotoRun, photo_sha256
+    from .run import PhotoRun, RunDirectory, photo_sha256
 
     prun = PhotoRun(path, meta)
     photo = reference = None
@@ -208,8 +206,7 @@ def assemble_photo_run(
     """
     from .assembly import assemble
     from .config import check_assembly_params
-    from .run import RunDirectory
-    from .tiled import PhotoRun
+    from .run import PhotoRun, RunDirectory
     from .tiling import stitch
 
     path = Path(path)
@@ -233,7 +230,7 @@ def assemble_photo_run(
     fallback: list[int] = []
     for t in plan.tiles:
         run = RunDirectory.open(PhotoRun(path, meta).tile_path(t.index))
-        if not len(run.snapshots):  # the tile never reached tau_psnr: its fallback stays
+        if not len(run.snapshots):  # never reached the recording threshold: its fallback stays
             images[t.index] = done[t.index][0]
             fallback.append(t.index)
             per_tile.append({"tile": t.index, **(done[t.index][1].get("assembly") or {})})

@@ -1,7 +1,7 @@
 """The worker-thread body of an Anonymize run, and how its end updates the job (no Qt).
 
 :func:`anonymize_job` is what the Anonymize dock hands to its worker: it checks the trace,
-runs :func:`dippas_core.pipeline.anonymize` reporting plain events (see
+runs :func:`dippas_core.pipeline.run_job` reporting plain events (see
 :mod:`napari_dippas._run_state`) and keeps the run folder's provenance record up to date.
 :func:`record_end` and :func:`record_failure` turn the run's result or error into the
 :class:`~napari_dippas._models.AnonymizeJob` status and message the analyst reads.
@@ -27,19 +27,14 @@ __all__ = ["anonymize_job", "record_end", "record_failure"]
 
 
 def anonymize_job(
-    photo: Any, fingerprint: Any, config: Any, run_path: str | Path, cancel: Any,
-    record: dict[str, Any],
+    photo_job: Any, run_path: str | Path, cancel: Any, record: dict[str, Any],
 ) -> Callable[[Callable[[Any], None]], Any]:
     """The job of one run: ``job(report)`` runs it in the worker thread and returns its result.
 
     Parameters
     ----------
-    photo : np.ndarray
-        The (cropped) photo.
-    fingerprint : dippas_core.fingerprint.Fingerprint, optional
-        The (cropped) fingerprint; None in blind mode.
-    config : dippas_core.config.AnonymizeConfig
-        The run's settings.
+    photo_job : dippas_core.job.PhotoJob
+        The prepared run (the cropped photo and fingerprint, the settings, the tile plan).
     run_path : path
         The run folder.
     cancel : dippas_core.cancel.CancelToken
@@ -57,7 +52,7 @@ def anonymize_job(
             write_provenance(run_path, record)
 
     def job(report: Callable[[Any], None]) -> Any:
-        from dippas_core.pipeline import anonymize
+        from dippas_core.pipeline import run_job
 
         def tile_started(tile: Any, _plan: Any) -> None:
             record_once()
@@ -72,13 +67,13 @@ def anonymize_job(
             report(StepSummary.from_step(step))
 
         # flagged before the inversion: is there a trace to remove at all?
-        reference = None if fingerprint is None else fingerprint.K
-        if reference is not None:  # (blind mode: the photo's own residual always "matches")
-            check = attribute(photo, reference, sigma=config.sigma, block_size=config.assembly.B)
+        photo, config = photo_job.photo, photo_job.config
+        if photo_job.K is not None:  # (blind mode: the photo's own residual always "matches")
+            check = attribute(photo, photo_job.K, sigma=config.sigma,
+                              block_size=config.assembly.B)
             report(TraceCheck(check.pce, int(photo.shape[0] * photo.shape[1])))
-        result = anonymize(
-            photo, fingerprint, config, run_dir=run_path, cancel=cancel,
-            on_step=step_taken,
+        result = run_job(
+            photo_job, run_dir=run_path, cancel=cancel, on_step=step_taken,
             on_tile=tile_started, on_tile_done=tile_done,
         )
         if result.report.get("partial"):

@@ -219,7 +219,7 @@ def resumable_run(root: Path, key: str, n_tiles: int) -> Path | None:
     Only a run that finished some but not all of its ``n_tiles`` tiles: one stopped before its
     first tile saved nothing, and a new run (with its cost question) is the same.
     """
-    from dippas_core.tiled import PhotoRun
+    from dippas_core.run import PhotoRun
 
     found = []
     for record in root.glob(f"*/{PROVENANCE_FILE}") if root.is_dir() else ():

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     from dippas_core.evaluation import (
         EvalConfig,
         _auc,
-        _select_photos,
         load_dataset,
         score_output,
+        select_photos,
     )
     from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     crops = ds.crops
     if args.held_out:
         # the preset's own choice among the same files: what remains is the validation set
-        used = {p.name for p in _select_photos([Path(n) for n in ds.files["photos"]], config)}
+        used = {p.name for p in select_photos([Path(n) for n in ds.files["photos"]], config)}
         crops = [c for c in ds.crops if c.photo not in used]
         print(f"held-out photos: {len(crops)} crops from photos the preset does not use")
     runs: list[tuple[object, Path]] = []

@@ -101,16 +101,16 @@ def _same_noise_order() -> Callable[[], None]:
 
     from dippas_core.dip import inversion
 
-    original = inversion._Inverter._randn
+    original = inversion.Inverter._randn
 
     def nchw(self, shape, layout):
         x = torch.randn(shape, generator=self.generator, device=self.device)
         return x.contiguous(memory_format=layout)
 
-    inversion._Inverter._randn = nchw
+    inversion.Inverter._randn = nchw
 
     def undo() -> None:
-        inversion._Inverter._randn = original
+        inversion.Inverter._randn = original
 
     return undo
 
@@ -146,9 +146,9 @@ def first_step(tiles, cfg) -> str:
     Adam's first update is ``lr · g / (|g| + eps)``: counted per parameter, over all tiles.
     """
 
-    from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
+    from dippas_core.dip.batched import PreparedJob, _Batch, _Tile, _with_params
     from dippas_core.dip.device import resolve_device, speed_settings
-    from dippas_core.dip.inversion import _image_to_unit, _Inverter
+    from dippas_core.dip.inversion import Inverter, image_to_unit
 
     cfg = cfg.replace(channels_last=False)
     device = resolve_device("cpu")
@@ -156,9 +156,9 @@ def first_step(tiles, cfg) -> str:
     batch, alone = _Batch(device, speed), []
     for i, (img, P) in enumerate(tiles):
         c = cfg.replace(seed=100 + i)
-        img01 = _image_to_unit(img, 2 ** (len(cfg.widths) - 1))
-        alone.append(_Inverter(img01, P, c, device, speed))
-        batch.add(_with_params(_Tile(_PreparedJob(i, img01, P, c), c, device, speed)))
+        img01 = image_to_unit(img, 2 ** (len(cfg.widths) - 1))
+        alone.append(Inverter(img01, P, c, device, speed))
+        batch.add(_with_params(_Tile(PreparedJob(i, img01, P, c), c, device, speed)))
     size = tiles[0][0].shape[:2]
     for inv in alone:
         inv.perturb()

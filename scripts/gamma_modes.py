@@ -33,10 +33,10 @@ MODES = ("adam", "scaled", "group", "lsq", "lsq_attached")
 
 
 def _inverter_class(mode: str, gamma_lr: float):
-    """An ``_Inverter`` that fits gamma the ``mode`` way (the library has ``lsq`` and ``adam``)."""
+    """An ``Inverter`` that fits gamma the ``mode`` way (the library has ``lsq`` and ``adam``)."""
     from dippas_core.dip import inversion
 
-    class Inverter(inversion._Inverter):
+    class Inverter(inversion.Inverter):
         def _allocate(self, img01, P, speed):
             super()._allocate(img01, P, speed)
             config, device = self.config, self.device
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dippas_core.dip import inversion
-    from dippas_core.evaluation import EvalConfig, _select_photos, load_dataset
+    from dippas_core.evaluation import EvalConfig, load_dataset, select_photos
     from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
     from dippas_core.snapshots import block_ncc_from_sums
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     config = EvalConfig.preset(args.preset)
     ds = load_dataset(args.data, config.replace(photos_per_camera=None, max_photos=None),
                       cache_dir=args.out / "fingerprints")
-    used = {q.name for q in _select_photos([Path(n) for n in ds.files["photos"]], config)}
+    used = {q.name for q in select_photos([Path(n) for n in ds.files["photos"]], config)}
     held_out = [c for c in ds.crops if c.photo not in used]
-    original = inversion._Inverter
+    original = inversion.Inverter
     rows = []
     for index in [int(v) for v in args.crops.split(",")]:
         crop = held_out[index]
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             lib_mode = "lsq" if mode.startswith("lsq") else "adam"
             conf = config.anonymize_config(seed).replace(gamma_mode=lib_mode)
             run_dir = args.out / f"{index}_{mode}"
-            inversion._Inverter = _inverter_class(mode, args.gamma_lr)
+            inversion.Inverter = _inverter_class(mode, args.gamma_lr)
             t = time.perf_counter()
             try:
                 report = anonymize(crop.image, K, conf, run_dir=run_dir, force=True).report
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{crop.crop_id} {mode}: {exc}", flush=True)
                 continue
             finally:
-                inversion._Inverter = original
+                inversion.Inverter = original
             run = RunDirectory.open(run_dir)
             hist = run.history()
             rec = hist["psnr"] >= config.dippas.assembly_tau

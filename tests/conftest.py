@@ -210,8 +210,9 @@ def injected_probe_timings(monkeypatch):
             def release(self):
                 pass
 
-        # patched where the measurement looks it up
-        monkeypatch.setattr("dippas_core.dip.batched._auto._make_probe", FakeProbe)
+        # patched where the measurement and the cost estimate look it up
+        monkeypatch.setattr("dippas_core.dip.batched._auto.make_probe", FakeProbe)
+        monkeypatch.setattr("dippas_core.dip.batched.make_probe", FakeProbe)
         return calls
 
     return install

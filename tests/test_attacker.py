@@ -85,18 +85,18 @@ def trained(cameras_dir) -> AttackerModel:
 
 
 def test_split_is_by_photo_and_holds_out_the_cpu_preset_photos(testdata):
-    from dippas_core.evaluation import EvalConfig, _list_images, _select_photos
+    from dippas_core.evaluation import EvalConfig, list_images, select_photos
 
     split = split_photos(testdata)
     names = split.names()
     sides = [set(names[s]) for s in ("train", "validation", "test")]
     # no shot on two sides (so no photo's patches on both), and nothing lost
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
-    every = {p.name for p in _list_images(testdata / "ff-jpg")}
-    every |= {p.name for p in _list_images(testdata / "nat-jpg")}
+    every = {p.name for p in list_images(testdata / "ff-jpg")}
+    every |= {p.name for p in list_images(testdata / "nat-jpg")}
     assert set().union(*sides) == every
     # the test photos are exactly those the cpu evaluation preset scores, one per camera
-    scored = _select_photos(_list_images(testdata / "nat-jpg"), EvalConfig.preset("cpu"))
+    scored = select_photos(list_images(testdata / "nat-jpg"), EvalConfig.preset("cpu"))
     assert sides[2] == {p.name for p in scored}
     assert sorted(camera_label(n) for n in sides[2]) == list(split.cameras)
     # every camera trains and validates on flat fields

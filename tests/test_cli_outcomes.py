@@ -114,9 +114,9 @@ def _stop_when_tile_starts(monkeypatch, index):
 
     import dippas_core.pipeline as pipeline
 
-    real = pipeline.anonymize
+    real = pipeline.run_job  # what the command runs its prepared job with
 
-    def anonymize(*args, on_tile=None, **kwargs):
+    def run_job(*args, on_tile=None, **kwargs):
         def hook(tile, plan):
             if tile.index == index:
                 os.kill(os.getpid(), signal.SIGINT)  # the command's handler cancels the run
@@ -125,7 +125,7 @@ def _stop_when_tile_starts(monkeypatch, index):
 
         return real(*args, on_tile=hook, **kwargs)
 
-    monkeypatch.setattr(pipeline, "anonymize", anonymize)
+    monkeypatch.setattr(pipeline, "run_job", run_job)
 
 
 PHOTO_RUN = ["--crop", "96", "--tile", "64", "--overlap", "32", "--workers", "1",

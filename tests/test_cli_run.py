@@ -225,16 +225,17 @@ def test_anonymize_reports_interrupted_only_when_the_cancel_stopped_it(
 
     import dippas_core.pipeline as pipeline
     from dippas_core.cli.anonymize import run_anonymize
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.execution import IN_PROCESS, Execution
 
-    def fake_anonymize(photo, fingerprint, config, *, cancel, **kw):
+    def fake_run_job(job, *, cancel, **kw):
         cancel.cancel()  # Ctrl-C while the image is being assembled, after the inversion
         return SimpleNamespace(report={"inversion": {"stop_reason": stop_reason}})
 
-    monkeypatch.setattr(pipeline, "anonymize", fake_anonymize)
-    from dippas_core.config import AnonymizeConfig
-
-    config = AnonymizeConfig.preset("tiny")
-    _, was_interrupted = run_anonymize(None, None, config, run_dir=None, force=False, quiet=True)
+    monkeypatch.setattr(pipeline, "run_job", fake_run_job)
+    job = SimpleNamespace(config=AnonymizeConfig.preset("tiny"),
+                          execution=Execution(IN_PROCESS, 1, "test"))
+    _, was_interrupted = run_anonymize(job, run_dir=None, force=False, quiet=True)
     assert was_interrupted is interrupted
 
 

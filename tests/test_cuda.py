@@ -172,11 +172,11 @@ def test_auto_tiles_per_step_reads_the_free_memory(crop):
     from dippas_core.config import DIPConfig
     from dippas_core.dip.batched import choose_tiles_per_step
     from dippas_core.dip.device import resolve_device, speed_settings
-    from dippas_core.dip.inversion import _image_to_unit
+    from dippas_core.dip.inversion import image_to_unit
 
     cfg = DIPConfig.preset("paper", device="cuda")
     dev = resolve_device("cuda")
     n, why = choose_tiles_per_step(
-        _image_to_unit(crop[0], 16), crop[1], cfg, dev, speed_settings(cfg, dev), 64
+        image_to_unit(crop[0], 16), crop[1], cfg, dev, speed_settings(cfg, dev), 64
     )
     assert 1 <= n <= 64 and "MiB per tile" in why

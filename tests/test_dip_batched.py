@@ -175,19 +175,19 @@ def test_threads_engine_is_bit_for_bit_the_separate_runs_in_float32(tiles, monke
     # snapshot and loss is bit for bit theirs, tiles leaving the batch and joining it included
     import threading
 
-    from dippas_core.dip.fitting import _Inverter
+    from dippas_core.dip.fitting import Inverter
 
     cfg = DIPConfig.preset("tiny", max_iter=5, **FREE)
     assert cfg.torch_threads == 1
     separate = _separate(tiles[:5], cfg)
     ran_in: set[str] = set()
-    step = _Inverter.step
+    step = Inverter.step
 
     def spy(self):
         ran_in.add(threading.current_thread().name)
         return step(self)
 
-    monkeypatch.setattr(_Inverter, "step", spy)
+    monkeypatch.setattr(Inverter, "step", spy)
     steps, _, _, results = _batched(tiles[:5], cfg, n=3)
     assert all(name.startswith("dippas-tile") for name in ran_in) and len(ran_in) >= 2
     for i, (ref_steps, ref) in separate.items():
@@ -233,9 +233,9 @@ def test_one_step_gradients_are_each_tiles_own(tiles, float64):
     # Compared in float64, where equality is the point: in float32 another kernel's rounding of
     # the forward pass moves the first convolution's gradient by up to 4e-3 of its largest
     # value on one real tile (AVX2 or oneDNN off), float32's doing, not the batch's
-    from dippas_core.dip.batched import _Batch, _PreparedJob, _Tile, _with_params
+    from dippas_core.dip.batched import PreparedJob, _Batch, _Tile, _with_params
     from dippas_core.dip.device import resolve_device, speed_settings
-    from dippas_core.dip.inversion import _image_to_unit, _Inverter
+    from dippas_core.dip.inversion import Inverter, image_to_unit
 
     cfg = DIPConfig.preset("tiny", channels_last=False)
     device = resolve_device("cpu")
@@ -244,9 +244,9 @@ def test_one_step_gradients_are_each_tiles_own(tiles, float64):
     alone = []
     for i, (img, P) in enumerate(tiles[:3]):
         c = cfg.replace(seed=i)
-        img01 = _image_to_unit(img, 16)
-        alone.append(_Inverter(img01, P, c, device, speed))
-        batch.add(_with_params(_Tile(_PreparedJob(i, img01, P, c), c, device, speed)))
+        img01 = image_to_unit(img, 16)
+        alone.append(Inverter(img01, P, c, device, speed))
+        batch.add(_with_params(_Tile(PreparedJob(i, img01, P, c), c, device, speed)))
     for inv in alone:
         inv.perturb()
         inv.loss_of(inv.forward(inv.noisy_z, (64, 64))).backward()
@@ -281,11 +281,11 @@ def test_cancel_ends_running_tiles_and_never_starts_waiting_ones(tiles, engine):
 
 def test_auto_measures_on_the_cpu_and_records_its_choice(tiles):
     from dippas_core.dip.device import resolve_device, speed_settings
-    from dippas_core.dip.inversion import _image_to_unit
+    from dippas_core.dip.inversion import image_to_unit
 
     cfg = DIPConfig.preset("tiny")
     device = resolve_device("cpu")
-    img01 = _image_to_unit(tiles[0][0], 16)
+    img01 = image_to_unit(tiles[0][0], 16)
     n, why = choose_tiles_per_step(img01, tiles[0][1], cfg, device, speed_settings(cfg, device), 3)
     # the plain path against a batch of two; never N = 4 for three tiles
     assert n in (1, 2) and "N=1 (one network)" in why and "N=2" in why and "N=4" not in why
@@ -316,12 +316,12 @@ def test_auto_picks_the_fastest_of_the_plain_path_and_the_batches(
     tiles, injected_probe_timings, seconds, cap, measured, chosen
 ):
     from dippas_core.dip.device import resolve_device, speed_settings
-    from dippas_core.dip.inversion import _image_to_unit
+    from dippas_core.dip.inversion import image_to_unit
 
     calls = injected_probe_timings(seconds)  # no clock
     cfg = DIPConfig.preset("tiny")
     device = resolve_device("cpu")
-    img01 = _image_to_unit(tiles[0][0], 16)
+    img01 = image_to_unit(tiles[0][0], 16)
     n, why = choose_tiles_per_step(img01, tiles[0][1], cfg, device, speed_settings(cfg, device),
                                    cap)
     assert calls == measured

@@ -48,7 +48,7 @@ def photo(rng) -> np.ndarray:
 def release_spy(monkeypatch):
     """Records, for each inversion that ends, whether its network was really freed."""
     freed: list[bool] = []
-    original = inversion_module._Inverter.release
+    original = inversion_module.Inverter.release
 
     def spy(self):
         model = weakref.ref(self.model)
@@ -56,7 +56,7 @@ def release_spy(monkeypatch):
         gc.collect()
         freed.append(model() is None and not hasattr(self, "optimizer"))
 
-    monkeypatch.setattr(inversion_module._Inverter, "release", spy)
+    monkeypatch.setattr(inversion_module.Inverter, "release", spy)
     return freed
 
 
@@ -122,7 +122,7 @@ def test_config_keeps_the_open_ended_thresholds():
 
 
 def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
-    """An allocation failing in _Inverter.__init__ after the cuDNN/TF32 globals were set."""
+    """An allocation failing in Inverter.__init__ after the cuDNN/TF32 globals were set."""
     import contextlib
 
     from dippas_core.dip import network
@@ -130,8 +130,8 @@ def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
 
     saved = {"token": object()}
     restored, emptied = [], []
-    monkeypatch.setattr(fitting_module, "_set_cuda_globals", lambda speed: saved)
-    monkeypatch.setattr(fitting_module, "_restore_cuda_globals", restored.append)
+    monkeypatch.setattr(fitting_module, "set_cuda_globals", lambda speed: saved)
+    monkeypatch.setattr(fitting_module, "restore_cuda_globals", restored.append)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     monkeypatch.setattr(torch.random, "fork_rng", lambda **kw: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
@@ -146,7 +146,7 @@ def test_failed_set_up_restores_cuda_globals_and_frees(photo, monkeypatch):
     cuda = torch.device("cuda", 0)
     img01 = photo.astype(np.float32) / 255
     with pytest.raises(torch.OutOfMemoryError) as info:
-        inversion_module._Inverter(
+        inversion_module.Inverter(
             img01, np.zeros(photo.shape[:2], np.float32), TINY, cuda, speed_settings(TINY, cuda)
         )
     assert restored == [saved] and emptied == [True]
@@ -162,7 +162,7 @@ def test_out_of_memory_in_a_step_does_not_pin_its_tensors(photo, monkeypatch, re
         pinned.append(weakref.ref(graph))
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(inversion_module._Inverter, "step", boom)
+    monkeypatch.setattr(inversion_module.Inverter, "step", boom)
     inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY)
     with pytest.raises(DeviceError) as info:
         next(inversion)
@@ -269,8 +269,8 @@ def test_max_iter_and_run_to_end(photo):
 def test_uint8_uint16_and_float255_inputs_agree(photo, float64):
     # the same picture in three encodings is the same target, to float32's last bit at most
     as16 = photo.astype(np.uint16) * 257
-    unit = inversion_module._image_to_unit(photo, 16)
-    np.testing.assert_array_max_ulp(inversion_module._image_to_unit(as16, 16), unit, maxulp=1)
+    unit = inversion_module.image_to_unit(photo, 16)
+    np.testing.assert_array_max_ulp(inversion_module.image_to_unit(as16, 16), unit, maxulp=1)
     # and the same fit; in float64, where equality is the point (in float32 a one-bit change
     # of the target moves 5 iterations' PSNR by up to 1.2e-3 dB on AVX2's kernels, 7e-5 here)
     P = np.zeros(photo.shape[:2], np.float32)
@@ -347,7 +347,7 @@ def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, rele
     def boom(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(inversion_module._Inverter, "step", boom)
+    monkeypatch.setattr(inversion_module.Inverter, "step", boom)
     inversion = invert(photo, np.zeros(photo.shape[:2], np.float32), TINY.replace(amp=False))
     with pytest.raises(DeviceError, match=r"out of memory.*widths.*z_channels.*amp=True"):
         next(inversion)
@@ -356,13 +356,13 @@ def test_out_of_memory_becomes_device_error_with_advice(photo, monkeypatch, rele
 
 def test_threads_apply_to_the_steps_only(photo, monkeypatch):
     seen = []
-    original = inversion_module._Inverter.step
+    original = inversion_module.Inverter.step
 
     def spy(self):
         seen.append(torch.get_num_threads())
         return original(self)
 
-    monkeypatch.setattr(inversion_module._Inverter, "step", spy)
+    monkeypatch.setattr(inversion_module.Inverter, "step", spy)
     torch.set_num_threads(2)
     try:
         zeros = np.zeros(photo.shape[:2], np.float32)

@@ -395,7 +395,7 @@ def _spoil_record(record: Path, how: str, run: Path) -> None:
     if how == "black-tile":  # the right shape and dtype, every pixel 0: its hash says otherwise
         record.write_bytes(_npz(image=np.zeros_like(image), stats=text))
     elif how == "white-tile-rehashed":  # made from other pixels, its own hash made to match
-        from dippas_core.tiled import photo_sha256
+        from dippas_core.run import photo_sha256
 
         white = np.full_like(image, 255)
         record.write_bytes(_npz(image=white, stats=np.array(json.dumps(
@@ -420,7 +420,7 @@ def _spoil_record(record: Path, how: str, run: Path) -> None:
     elif how == "another-tiles-record":  # a valid record of tile 0 copied over tile 1's
         shutil.copy(run / "done" / "0000.npz", record)
     elif how == "record-of-other-settings":  # a valid record of the same tile, another seed
-        from dippas_core.tiled import job_sha256
+        from dippas_core.run import job_sha256
 
         meta = json.loads((run / "photo-run.json").read_text())
         other = {**meta, "config": {**meta["config"], "dip": {**meta["config"]["dip"], "seed": 7}}}
@@ -833,8 +833,8 @@ def test_absurd_thread_counts_never_crash_natively(data_dir, tmp_path):
 def test_the_apis_bound_their_knobs_too(model_file, four_tile_config):
     from dippas_core.attacker import AttackerConfig, AttackerModel
     from dippas_core.batch import BatchSettings
-    from dippas_core.batch.cluster import local_cluster
-    from dippas_core.photo_cluster import choose_execution
+    from dippas_core.cluster import local_cluster
+    from dippas_core.execution import choose_execution
 
     for bad in ({"torch_threads": 10**6}, {"width": 0}, {"stride": 0}, {"batch_size": 1},
                 {"lr": float("nan")}, {"patch": 2.5}):
@@ -932,7 +932,7 @@ def _closed_port() -> str:
 @pytest.mark.parametrize("command", ["anonymize", "batch"])
 def test_the_scheduler_is_checked_before_the_photo_is_read(real, tmp_path, capsys, monkeypatch,
                                                            peer, command):
-    import dippas_core.batch.cluster as cluster
+    import dippas_core.cluster as cluster
 
     monkeypatch.setattr(cluster, "SCHEDULER_PROBE_S", 0.5)
     server = None
@@ -984,7 +984,7 @@ def test_a_failure_when_writing_says_the_same_command_finishes(real, clean_run, 
 
 def test_a_failure_midway_says_the_same_command_resumes(real, clean_run, tmp_path, capsys,
                                                         monkeypatch):
-    import dippas_core.tiled._photo as photo_module
+    import dippas_core.tiled.executors as photo_module  # where the in-process tiles run
     from dippas_core.errors import DeviceError
 
     real_invert = photo_module.invert_tile

@@ -12,7 +12,7 @@ import pytest
 
 from dippas_core.cancel import CancelToken
 from dippas_core.errors import InputError
-from dippas_core.photo_cluster import IN_PROCESS, choose_execution
+from dippas_core.execution import IN_PROCESS, choose_execution
 from dippas_core.pipeline import anonymize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

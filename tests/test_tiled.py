@@ -15,9 +15,10 @@ from dippas_core.cancel import CancelToken
 from dippas_core.cli import main
 from dippas_core.cli._outcome import output_name
 from dippas_core.config import AnonymizeConfig
+from dippas_core.cost import estimate_cost
 from dippas_core.io import write_image
-from dippas_core.pipeline import anonymize, estimate_cost
-from dippas_core.tiled import PhotoRun
+from dippas_core.pipeline import anonymize
+from dippas_core.run import PhotoRun
 from dippas_core.tiling import edge_jump_ratio, plan_tiles
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

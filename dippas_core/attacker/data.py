@@ -55,14 +55,14 @@ def split_photos(
     The test photos are exactly those the evaluation's ``cpu`` preset scores, so the attacker can
     be scored on them before and after anonymization without having seen them.
     """
-    from ..evaluation import EvalConfig, _list_images, _select_photos, camera_label
+    from ..evaluation import EvalConfig, camera_label, list_images, select_photos
 
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"no data folder at {data}")
-    flats = _list_images(data / flat_dir)
-    photos = _list_images(data / photo_dir)
-    test = _select_photos(photos, EvalConfig(photos_per_camera=1))
+    flats = list_images(data / flat_dir)
+    photos = list_images(data / photo_dir)
+    test = select_photos(photos, EvalConfig(photos_per_camera=1))
     test_names = {p.name for p in test}
     by_cam: dict[str, list[Path]] = {}
     for p in flats:

@@ -26,15 +26,15 @@ hex is an HMAC of the source file name with a random key kept in ``OUT_DIR/.dipp
 ``OUT_DIR`` are the operator's ledger: they map outputs to source *file names* (never folders).
 
 Modules: :mod:`.settings` (what a batch is told and reports), :mod:`.plan` (names, keys, what is
-done), :mod:`.worker` (one image), :mod:`.cluster` (the Dask cluster), :mod:`.table` (the ledger
-and its text), :mod:`.driver` (:func:`run_batch`).  The library prints nothing: the command line
-passes callbacks that do.
+done), :mod:`.worker` (one image), :mod:`.table` (the ledger and its text), :mod:`.driver`
+(:func:`run_batch`); the Dask cluster is :mod:`dippas_core.cluster`'s.  The library prints
+nothing: the command line passes callbacks that do.
 """
 
 from __future__ import annotations
 
+from ..cluster import SCHEDULER_TIMEOUT_S, local_cluster, worker_gpu_device
 from ..io import IMAGE_SUFFIXES, find_images
-from .cluster import SCHEDULER_TIMEOUT_S, local_cluster
 from .driver import Progress, run_batch
 from .plan import output_names, plan_batch, sanitise_stem
 from .settings import STATE_DIR, BatchResult, BatchSettings, ImageRecord, ImageTask, Job
@@ -44,7 +44,6 @@ from .worker import (  # noqa: F401 - the private one: tests check it on its own
     anonymize_job,
     prepare_photo,
     process_image,
-    worker_gpu_device,
 )
 
 __all__ = [

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..cluster import connect, default_workers, has_gpus, local_cluster
 from ..errors import InputError
-from .cluster import connect, default_workers, has_gpus, local_cluster
 from .plan import finished_record, plan_batch, remove_stale_temporaries
 from .settings import (
     STATUS_CANCELLED,

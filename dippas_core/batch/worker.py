@@ -28,7 +28,7 @@ from .settings import (
 if TYPE_CHECKING:
     from ..fingerprint import Fingerprint
 
-__all__ = ["anonymize_job", "prepare_photo", "process_image", "worker_gpu_device"]
+__all__ = ["anonymize_job", "prepare_photo", "process_image"]
 
 
 def _refuse_oversized_file(path: str, settings: BatchSettings, name: str) -> None:
@@ -130,29 +130,6 @@ def _metric(report: dict, *paths: str) -> float | None:
     return None
 
 
-def worker_gpu_device() -> str | None:
-    """``cuda:<i>`` for a Dask worker that advertises a GPU resource, else None.
-
-    Workers of :func:`local_cluster` are named 0..n-1 (one per GPU); a worker elsewhere that owns
-    one GPU (``CUDA_VISIBLE_DEVICES`` set per worker, as dask-cuda does) gets ``cuda:0``.
-    """
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return None
-    if not worker.state.total_resources.get("GPU"):
-        return None
-    import torch
-
-    count = torch.cuda.device_count()
-    if count == 0:
-        return None
-    index = worker.name if isinstance(worker.name, int) else 0
-    return f"cuda:{index % count}"
-
-
 def anonymize_job(
     photo: np.ndarray, fingerprint: Fingerprint | None, config: Any, *, cancel=None
 ) -> Any:
@@ -161,6 +138,7 @@ def anonymize_job(
     On a GPU worker the inversion is pinned to that worker's GPU; ``config.dip.torch_threads``
     (when unset) is filled in from the worker's share of the CPU by :func:`process_image`.
     """
+    from ..cluster import worker_gpu_device
     from ..pipeline import anonymize
 
     device = worker_gpu_device()

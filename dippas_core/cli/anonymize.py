@@ -35,7 +35,7 @@ from .assemble import (
 from .invert import add_input_arguments
 
 if TYPE_CHECKING:
-    from ..fingerprint import Fingerprint
+    from ..job import PhotoJob
 
 __all__ = [
     "build_config",
@@ -96,30 +96,27 @@ def add_assembly_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_anonymize(
-    photo: Any,
-    fingerprint: Fingerprint | None,
-    config: Any,
+    job: PhotoJob,
     *,
     run_dir: Path | None,
     force: bool,
     quiet: bool = False,
-    region: tuple[int, int, int, int] | None = None,
     estimate: Any = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    follow_steps: bool = True,
 ) -> tuple[Any, bool]:
-    """:func:`~dippas_core.pipeline.anonymize` with a progress line; first Ctrl-C stops early.
+    """:func:`~dippas_core.pipeline.run_job` with a progress line; first Ctrl-C stops early.
 
     Returns the ``AnonymizeResult`` and whether the inversion really stopped because of the
-    Ctrl-C (not merely whether one was pressed, perhaps after the last iteration).
+    Ctrl-C (not merely whether one was pressed, perhaps after the last iteration).  Tiles on a
+    Dask cluster stream no steps: there is a line per tile only.
     """
     from ..cancel import CancelToken
-    from ..pipeline import anonymize
+    from ..pipeline import run_job
     from ._progress import ProgressLine, sigint_cancels
 
     cancel = CancelToken()
-    bars: list = [ProgressLine(config.dip.max_iter)]
+    max_iter = job.config.dip.max_iter
+    bars: list = [ProgressLine(max_iter)]
+    follow_steps = not quiet and not job.execution.on_cluster
     resumed: list[int] = []
     said: list[bool] = []
 
@@ -142,24 +139,19 @@ def run_anonymize(
                 f"tile {tile.index + 1}/{len(plan)} at y={tile.y}, x={tile.x} ({tile.h}×{tile.w})",
                 file=sys.stderr,
             )
-        bars[0] = ProgressLine(config.dip.max_iter)
+        bars[0] = ProgressLine(max_iter)
 
     with sigint_cancels(cancel):
         try:
-            result = anonymize(
-                photo,
-                fingerprint,
-                config,
+            result = run_job(
+                job,
                 run_dir=run_dir,
                 cancel=cancel,
-                on_step=(lambda step: bars[0].update(step)) if follow_steps and not quiet else None,
+                on_step=(lambda step: bars[0].update(step)) if follow_steps else None,
                 on_tile=on_tile,
                 on_tile_done=on_tile_done,
                 force=force,
-                region=region,
                 estimate=estimate,
-                scheduler=scheduler,
-                workers=workers,
             )
         finally:
             if not quiet:
@@ -317,17 +309,15 @@ def build_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _run(args: argparse.Namespace) -> int:
-    import shutil
+def _prepare(args: argparse.Namespace) -> tuple[Any, Path | None]:
+    """Every argument and every output checked, the photo read and the job prepared (before
+    the first iteration); the plan and a resume said.
 
-    import numpy as np
-
-    from ..errors import DippasError, InputError
-    from ..photo_cluster import check_execution, choose_execution
-    from ..pipeline import estimate_cost
-    from ..report import write_forensic_record
-    from ..run import remove_run_folder, temporary_run_folder
-    from ..tiled import PhotoRun, _duration
+    Returns the job and its run folder (a photo run's: beside OUT unless ``--run-dir``; None for
+    one tile without ``--run-dir``).
+    """
+    from ..execution import check_execution
+    from ..job import prepare
     from ..tiling import check_region, parse_region, plan_tiles
     from .invert import load_photo_and_fingerprint, warn_without_trace
 
@@ -335,65 +325,79 @@ def _run(args: argparse.Namespace) -> int:
     config = build_config(args)  # checked, before the photo is even read
     check_execution(args.scheduler, args.workers)  # a scheduler that does not answer, too
     # the plan from the photo's header: every output is checked before anything is read
-    plan = plan_tiles(_planned_shape(args, region), config.tile_size, config.overlap)
+    planned = plan_tiles(_planned_shape(args, region), config.tile_size, config.overlap)
     run_dir = args.run_dir
-    default_run = run_dir is None and len(plan) > 1
-    if default_run:
+    if run_dir is None and len(planned) > 1:
         # a photo run is resumable: it lives beside OUT until the photo is done
         run_dir = args.out.with_name(args.out.stem + ".dippas-run")
-    inputs = {"PHOTO": args.photo, "--fingerprint": args.fingerprint}
-    _check_outputs(args, inputs, plan, run_dir)
+    _check_outputs(args, _inputs(args), planned, run_dir)
     photo, fingerprint = load_photo_and_fingerprint(args)
-    shape = photo.shape[:2]
     if region is not None:
         region = check_region(region, photo.shape)
-        shape = region[2:]
     warn_without_trace("anonymize", photo, fingerprint, config.sigma, region)
-    plan = plan_tiles(shape, config.tile_size, config.overlap)
+    job = prepare(
+        photo, fingerprint, config, region=region, scheduler=args.scheduler,
+        workers=args.workers, run_dir=None if args.force else run_dir,
+    )
+    if not job.tiled:
+        run_dir = args.run_dir
+    _say_plan(job, run_dir)
+    return job, run_dir
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Path | None]:
+    """The files the command reads (never written over)."""
+    return {"PHOTO": args.photo, "--fingerprint": args.fingerprint}
+
+
+def _say_plan(job: Any, run_dir: Path | None) -> None:
+    plan = job.plan
     print(f"tile plan: {plan.describe()}", file=sys.stderr)
-    if len(plan) > 1:
+    if job.tiled:
         for t in plan.tiles:
             print(f"  tile {t.index}: y={t.y} x={t.x} {t.h}×{t.w}", file=sys.stderr)
         print(f"run folder (resumable): {run_dir}", file=sys.stderr)
-    # (a run there is resumed: "resuming" is said once the run folder took it)
-    n_done = PhotoRun.count_done(run_dir) if run_dir is not None and not args.force else 0
-    estimate = estimate_cost(shape, config, n_tiles=max(1, len(plan) - n_done))
+
+
+
+def _say_cost(job: Any) -> Any:
+    """The estimate, timed now, and where the tiles run; returns the estimate."""
+    from ..cost import duration_text
+
+    estimate = job.estimate()
     print(f"estimate: {estimate.text}", file=sys.stderr)
-    on_cluster = False
-    if len(plan) > 1:
-        execution = choose_execution(
-            config, len(plan) - n_done, scheduler=args.scheduler, workers=args.workers
-        )
-        on_cluster = execution.on_cluster
+    execution = job.execution
+    if job.tiled:
         share = (
-            f"; ≈ {_duration(estimate.seconds / execution.workers)} with {execution.workers} "
-            "workers side by side"
+            f"; ≈ {duration_text(estimate.seconds / execution.workers)} with "
+            f"{execution.workers} workers side by side"
             if execution.workers > 1
             else ""
         )
         print(f"tiles run: {execution.kind} ({execution.reason}){share}", file=sys.stderr)
+    return estimate
+
+
+def _run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from ..errors import DippasError, InputError
+    from ..run import PhotoRun, remove_run_folder, temporary_run_folder
+
+    job, run_dir = _prepare(args)
+    estimate = _say_cost(job)
     # a temporary run is kept until the outputs are written: a late failure loses no work
     temporary = run_dir is None
     if temporary:
         run_dir = temporary_run_folder()
     try:
         result, interrupted = run_anonymize(
-            photo,
-            fingerprint,
-            config,
-            run_dir=run_dir,
-            force=args.force,
-            quiet=args.quiet,
-            region=region,
-            estimate=estimate,
-            scheduler=args.scheduler,
-            workers=args.workers,
-            follow_steps=not on_cluster,  # a task on a worker streams no steps
+            job, run_dir=run_dir, force=args.force, quiet=args.quiet, estimate=estimate
         )
     except (OSError, DippasError) as exc:
         if temporary:
             shutil.rmtree(run_dir, ignore_errors=True)
-        if temporary or len(plan) == 1 or isinstance(exc, InputError):
+        if temporary or not job.tiled or isinstance(exc, InputError):
             raise
         # a photo run failed midway (a device, a full disk): what it finished stays
         n = PhotoRun.count_done(run_dir)
@@ -405,12 +409,11 @@ def _run(args: argparse.Namespace) -> int:
         if temporary:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
     report = result.report.with_(crop=args.crop, source=_source(args.photo))
     if temporary:
         report = report.with_(run_dir=None)
     partial = bool(report.get("partial"))
-    if partial and len(report["tiles_not_anonymized"]) == len(plan):
+    if partial and len(report["tiles_not_anonymized"]) == len(job.plan):
         # nothing was anonymized: no "-partial" image that is the original photo bit for bit
         print(
             f"dippas anonymize: interrupted before any tile was finished: nothing was written; "
@@ -418,10 +421,38 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    out = _write(args, job, result, report, run_dir, temporary)
+    if not partial:  # the run is complete: an earlier attempt's "-partial" files are stale
+        for stale in remove_stale_partials(args.out):
+            print(f"removed {stale.name} (a stopped attempt's partial result)", file=sys.stderr)
+        if args.run_dir is None and job.tiled and not args.keep_runs and result.run_dir:
+            remove_run_folder(result.run_dir)  # what the run wrote, by name: a user's files stay
+    if interrupted and not partial:
+        print("dippas anonymize: interrupted; the image was assembled from the snapshots kept "
+              "so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return _say_outcome(args, report, out)
+
+
+def _write(
+    args: argparse.Namespace, job: Any, result: Any, report: Any, run_dir: Path,
+    temporary: bool,
+) -> Path:
+    """The image and its sidecar (and the forensic record), under the name that says what the
+    image is; a summary.  Returns that name."""
+    import shutil
+
+    import numpy as np
+
+    from ..errors import DippasError
+    from ..report import write_forensic_record
+
+    config = job.config
+    bits = args.bits or (16 if job.photo.dtype == np.uint16 else 8)
     out = output_name(args.out, report, accept_below_tau=args.accept_below_tau)
     try:
         if out != args.out:  # named after what it is: an earlier image of that name is replaced
-            check_output(out, args.force, inputs, replaceable=earlier_images(out))
+            check_output(out, args.force, _inputs(args), replaceable=earlier_images(out))
         if args.report is not None:
             write_forensic_record(report, args.report, result.maps)
         # the sidecar beside the image is the report's published part: nothing of the source;
@@ -433,26 +464,22 @@ def _run(args: argparse.Namespace) -> int:
             run_dir = keep_temporary_run(Path(run_dir))
         how = (  # a photo run is resumed by the same command (its tiles are read back)
             "run the same command again to write the image (its finished tiles are read back, "
-            "not redone)" if len(plan) > 1 else
+            "not redone)" if job.tiled else
             f"assemble it with dippas assemble {run_dir} -B {config.assembly.B} "
             f"-L {config.assembly.L} --out OUT.png"
         )
         raise DippasError(f"{exc}; the run is kept in {run_dir}: {how}") from exc
     if temporary:
         shutil.rmtree(run_dir, ignore_errors=True)
-    if len(plan) == 1:
+    if not job.tiled:
         warn_lowered_tau(config.assembly_tau, report["assembly"])
     print_summary(report, out)
-    if not partial:  # the run is complete: an earlier attempt's "-partial" files are stale
-        for stale in remove_stale_partials(args.out):
-            print(f"removed {stale.name} (a stopped attempt's partial result)", file=sys.stderr)
-    if default_run and not partial and not args.keep_runs and result.run_dir is not None:
-        remove_run_folder(result.run_dir)  # what the run wrote, by name: a user's files stay
+    return out
+
+
+def _say_outcome(args: argparse.Namespace, report: Any, out: Path) -> int:
+    """The exit status (:func:`~dippas_core.cli._outcome.exit_status`) and what it means."""
     status = exit_status(report, accept_below_tau=args.accept_below_tau)
-    if interrupted and not partial:
-        print("dippas anonymize: interrupted; the image was assembled from the snapshots kept "
-              "so far", file=sys.stderr)
-        return EXIT_INTERRUPTED
     if status == EXIT_PARTIAL:
         print(f"dippas anonymize: partial (exit status {status}): the finished tiles were "
               f"stitched into {out}, the others keep the photo's pixels; resume with the same "

@@ -122,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the batch; exit status 0 when every image is anonymized at tau, 1 when some failed,
     3 (the anonymize command's "below tau") when none failed but some are short of tau."""
     from ..batch import BatchSettings, format_progress, format_table, run_batch
-    from ..batch.cluster import check_scheduler
     from ..batch.settings import STATUS_BELOW_TAU
+    from ..cluster import check_scheduler
 
     if args.scheduler and args.workers:
         raise InputError("--workers sizes the local cluster; with --scheduler the cluster decides")

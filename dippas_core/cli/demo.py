@@ -60,6 +60,7 @@ def build_config(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..io import center_crop, write_image
+    from ..job import prepare
     from ..sample import sample_data
     from .anonymize import print_summary, run_anonymize
     from .assemble import write_outputs
@@ -82,8 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     warn_without_trace("demo", photo, fingerprint, config.sigma)
+    job = prepare(photo, fingerprint, config)
     result, interrupted = run_anonymize(
-        photo, fingerprint, config, run_dir=out / "run", force=args.force, quiet=args.quiet
+        job, run_dir=out / "run", force=args.force, quiet=args.quiet
     )
     write_image(out / "original.png", photo)
     report = result.report.with_(crop=crop)

@@ -18,7 +18,10 @@ if TYPE_CHECKING:  # torch is imported lazily: dippas_core must import without i
 __all__ = [
     "resolve_device",
     "describe_devices",
+    "device_is_cpu",
     "device_name",
+    "recording_share",
+    "recording_threads",
     "SpeedSettings",
     "speed_settings",
     "torch_threads",
@@ -32,6 +35,44 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def recording_share(cores: int | None = None) -> int:
+    """Torch threads of one inversion on the CPU while its snapshots are recorded: half the
+    ``cores`` (default: :func:`usable_cpus`), at least one.
+
+    The recording's ingest thread computes each kept snapshot's residual (Numba) on the other
+    half: torch and Numba on the same cores slow each other several-fold.  The one rule for
+    :func:`~dippas_core.run.record`, the tiles of a photo run and a Dask worker's share.
+    """
+    return max(1, (usable_cpus() if cores is None else int(cores)) // 2)
+
+
+def device_is_cpu(spec: str) -> bool:
+    """Whether the device ``spec`` (``"cpu"``, ``"cuda:1"``, ``"auto"`` …) runs on the CPU.
+
+    ``"auto"`` is the CPU unless torch is already imported and sees a GPU (no import here).
+    """
+    spec = str(spec)
+    if spec.startswith("cpu"):
+        return True
+    if spec != "auto":
+        return False
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
+def recording_threads(config: DIPConfig) -> int | None:
+    """Torch threads of a recorded inversion with ``config``: its ``torch_threads``, else on
+    the CPU :func:`recording_share` (None elsewhere: torch's own setting)."""
+    if not config.torch_threads and device_is_cpu(config.device):
+        return recording_share()
+    return config.torch_threads
 
 
 def _available() -> list[str]:

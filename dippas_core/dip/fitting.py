@@ -1,6 +1,6 @@
 """The fit of one inversion on its device: network, optimiser, loss of eq. 9, gamma (method §4).
 
-:class:`_Inverter` holds the device state of one inversion and makes one optimiser step at a time;
+:class:`Inverter` holds the device state of one inversion and makes one optimiser step at a time;
 :class:`~dippas_core.dip.inversion.Inversion` drives it, :mod:`dippas_core.dip.batched` steps
 several at once.  Everything here imports torch inside its functions.
 """
@@ -28,7 +28,7 @@ __all__ = ["camera_model_loss", "least_squares_gamma"]
 GUIDE_SIGMA = 2.0
 
 
-def _snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
+def snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
     """The host array of a kept H×W×3 snapshot tensor, and the tensor itself when on a GPU."""
     if kept is None:
         return None, None
@@ -37,7 +37,7 @@ def _snapshot_pair(kept: torch.Tensor | None) -> tuple[np.ndarray | None, Any]:
     return kept.cpu().numpy(), kept
 
 
-def _drop_failed_frames(exc: BaseException) -> None:
+def drop_failed_frames(exc: BaseException) -> None:
     """Clear the finished frames of ``exc``'s traceback.
 
     The exception (kept as the ``DeviceError``'s cause, and by whoever catches that) would
@@ -47,7 +47,7 @@ def _drop_failed_frames(exc: BaseException) -> None:
     traceback.clear_frames(exc.__traceback__)  # frames still running are skipped
 
 
-class _Inverter:
+class Inverter:
     """Device state of one inversion: network, optimiser, z, target, P and gamma.
 
     Everything that holds device memory is an attribute so that :meth:`release` can drop it.
@@ -64,13 +64,13 @@ class _Inverter:
         self.device = device
         self.config = config
         self.height, self.width = img01.shape[:2]
-        self._saved_globals = _set_cuda_globals(speed) if device.type == "cuda" else None
+        self._saved_globals = set_cuda_globals(speed) if device.type == "cuda" else None
         try:
             self._allocate(img01, P, speed)
         except BaseException as exc:
             # nobody will call release() on a half-built object: restore the cuDNN/TF32 globals
             # and give back what was allocated so far
-            _drop_failed_frames(exc)
+            drop_failed_frames(exc)
             try:
                 self.release()
             except Exception as cleanup:  # noqa: BLE001 - the allocation error explains more
@@ -273,7 +273,7 @@ class _Inverter:
             try:
                 torch.cuda.empty_cache()
             finally:
-                _restore_cuda_globals(saved)
+                restore_cuda_globals(saved)
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
@@ -339,7 +339,7 @@ def _adam(params: list, lr: float, device: torch.device) -> torch.optim.Optimize
     return torch.optim.Adam(params, lr=lr, amsgrad=True)
 
 
-def _set_cuda_globals(speed: SpeedSettings) -> dict[str, Any]:
+def set_cuda_globals(speed: SpeedSettings) -> dict[str, Any]:
     import torch
 
     saved = {
@@ -353,7 +353,7 @@ def _set_cuda_globals(speed: SpeedSettings) -> dict[str, Any]:
     return saved
 
 
-def _restore_cuda_globals(saved: dict[str, Any] | None) -> None:
+def restore_cuda_globals(saved: dict[str, Any] | None) -> None:
     import torch
 
     if not saved:
@@ -363,7 +363,7 @@ def _restore_cuda_globals(saved: dict[str, Any] | None) -> None:
     torch.backends.cudnn.benchmark = saved["cudnn_benchmark"]
 
 
-def _oom_message(shape: tuple[int, ...], config: DIPConfig, device: torch.device) -> str:
+def oom_message(shape: tuple[int, ...], config: DIPConfig, device: torch.device) -> str:
     h, w = shape[:2]
     hints = [
         f"crop the image (it is {h}×{w}; the paper uses 512×512)",
@@ -375,7 +375,7 @@ def _oom_message(shape: tuple[int, ...], config: DIPConfig, device: torch.device
     return f"out of memory on {device}: " + "; ".join(hints)
 
 
-def _environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
+def run_environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
     import torch
 
     from .. import __version__
@@ -389,7 +389,7 @@ def _environment(device: torch.device, speed: SpeedSettings) -> dict[str, Any]:
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
         **speed.to_dict(),
-        # read after _Inverter set them: what the steps really ran with
+        # read after Inverter set them: what the steps really ran with
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "deterministic": bool(torch.are_deterministic_algorithms_enabled()),

@@ -31,16 +31,16 @@ from ..config import DIPConfig
 from ..errors import DeviceError, InputError
 from .device import resolve_device, speed_settings, torch_threads
 from .fitting import (  # noqa: F401 - re-exported: dip.batched and scripts use them from here
+    Inverter,
     _adam,
-    _drop_failed_frames,
-    _environment,
-    _Inverter,
-    _oom_message,
-    _restore_cuda_globals,
-    _set_cuda_globals,
-    _snapshot_pair,
     camera_model_loss,
+    drop_failed_frames,
     least_squares_gamma,
+    oom_message,
+    restore_cuda_globals,
+    run_environment,
+    set_cuda_globals,
+    snapshot_pair,
 )
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class InversionResult:
 
 
 
-def _image_to_unit(image: Any, min_size: int, stacklevel: int = 3) -> np.ndarray:
+def image_to_unit(image: Any, min_size: int, stacklevel: int = 3) -> np.ndarray:
     """The photo as float32 H×W×3 in [0, 1] (uint8 /255, uint16 /65535, float 0..255 /255)."""
     raw = np.asarray(image) if not isinstance(image, np.ndarray) else image
     arr = as_image(raw, "image", min_size=min_size)
@@ -234,7 +234,7 @@ class Inversion:
     ) -> None:
         config = DIPConfig.coerce(config)
         multiple = 2 ** (len(config.widths) - 1)
-        self._img01 = _image_to_unit(image, min_size=multiple, stacklevel=4)
+        self._img01 = image_to_unit(image, min_size=multiple, stacklevel=4)
         self._P = as_plane(P, "P")
         check_same_size(self._img01, self._P, "image", "P")
         #: The inversion's settings.
@@ -246,7 +246,7 @@ class Inversion:
         self.cancel_token: CancelToken = cancel if cancel is not None else CancelToken()
         #: Torch intra-op threads of each step (``None``: the caller's setting).
         self.threads: int | None = config.torch_threads
-        self._inverter: _Inverter | None = None
+        self._inverter: Inverter | None = None
         self._history: dict[str, list] = {k: [] for k in _HISTORY_KEYS}
         self._n_snapshots = 0
         self._environment: dict[str, Any] = {}
@@ -296,7 +296,7 @@ class Inversion:
         if psnr >= self.config.stop_psnr:
             self._stop_reason = "psnr"
         env = dict(self._environment) if iteration == 1 else None
-        snapshot, on_device = _snapshot_pair(kept)
+        snapshot, on_device = snapshot_pair(kept)
         # the consumer owns the snapshot now: nothing here keeps a reference to it
         return Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star)
 
@@ -304,12 +304,12 @@ class Inversion:
         self._started = time.perf_counter()
         with torch_threads(self.threads):
             # looked up here (not bound at import) so that a script may swap the inverter class
-            self._inverter = _Inverter(self._img01, self._P, self.config, self.device, self._speed)
-            self._environment = _environment(self.device, self._speed)
+            self._inverter = Inverter(self._img01, self._P, self.config, self.device, self._speed)
+            self._environment = run_environment(self.device, self._speed)
 
     def _device_error(self, exc: BaseException) -> DeviceError:
-        _drop_failed_frames(exc)
-        return DeviceError(_oom_message(self._img01.shape, self.config, self.device))
+        drop_failed_frames(exc)
+        return DeviceError(oom_message(self._img01.shape, self.config, self.device))
 
     def _finish(self, stop_reason: str) -> None:
         self._release()

@@ -30,12 +30,12 @@ from .config import EVAL_PRESETS, REFERENCES, EvalConfig
 from .dataset import (  # noqa: F401 - the private two serve the attacker's data split
     Crop,
     Dataset,
-    _list_images,
-    _select_photos,
     camera_label,
     crop_layout,
+    list_images,
     load_dataset,
     make_crops,
+    select_photos,
 )
 from .loop import EvaluationRun, evaluate, score_saved_outputs
 from .methods import METHODS, Method, MethodContext, register_method

@@ -81,7 +81,7 @@ def crop_layout(size: int, n: int, region: int) -> list[tuple[int, int]]:
     return [(origin + r * size, origin + c * size) for r, c in cells[:n]]
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     from ..io import find_images
 
     files = find_images(folder)
@@ -90,7 +90,7 @@ def _list_images(folder: Path) -> list[Path]:
     return files
 
 
-def _select_photos(files: list[Path], config: EvalConfig) -> list[Path]:
+def select_photos(files: list[Path], config: EvalConfig) -> list[Path]:
     by_cam: dict[str, list[Path]] = {}
     for p in files:
         by_cam.setdefault(camera_label(p), []).append(p)
@@ -178,8 +178,8 @@ def load_dataset(
 
     say = log or (lambda _msg: None)
     data = Path(data)
-    flats = _list_images(data / flat_dir)
-    photos = _select_photos(_list_images(data / photo_dir), config)
+    flats = list_images(data / flat_dir)
+    photos = select_photos(list_images(data / photo_dir), config)
     region = max(
         max(_grid(config.crops_per_photo) * s for s in config.crop_sizes),
         int(config.fingerprint_region or 0),

@@ -28,11 +28,12 @@ residual), only their tile sums come back.  The inversion only waits when the th
 ``queue_size`` snapshots behind (back-pressure).  On CPU, torch and Numba fighting over the same
 cores slow each other several-fold, so while recording the inversion's steps use half the cores
 (one on a 2-core machine; unless the DIP config sets ``torch_threads`` explicitly), the other half
-left to the ingest.
+left to the ingest (:func:`dippas_core.dip.device.recording_share`).
 
 The package's modules: :mod:`.format` (file names, version, JSON helpers), :mod:`.folders` (run
 folders, targets, temporary folders), :mod:`.checks` (a damaged run's errors),
-:mod:`.directory` (:class:`RunDirectory`), :mod:`.ingest` and :mod:`.recorder` (:func:`record`).
+:mod:`.directory` (:class:`RunDirectory`), :mod:`.ingest` and :mod:`.recorder` (:func:`record`),
+:mod:`.photo` (:class:`PhotoRun`, a whole photo's folder of tile runs).
 """
 
 from __future__ import annotations
@@ -68,10 +69,14 @@ from .format import (
     jsonable,
 )
 from .ingest import _same_kind_runs as _same_kind_runs  # tests look at the batching
+from .photo import DamagedRecord, PhotoRun, job_sha256, photo_sha256
 from .recorder import StepStream, gamma_summary, record
-from .recorder import _device_is_cpu as _device_is_cpu  # the tiled batch's thread rule
 
 __all__ = [
+    "DamagedRecord",
+    "PhotoRun",
+    "job_sha256",
+    "photo_sha256",
     "ASSEMBLY",
     "FORMAT",
     "FORMAT_VERSION",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..cancel import CancelToken
-from ..dip.device import usable_cpus
+from ..dip.device import recording_share
 from ..errors import InputError
 from ..snapshots import SnapshotStore, TileSums
 from .directory import RunDirectory
@@ -23,19 +22,6 @@ if TYPE_CHECKING:
     from ..dip.inversion import InversionResult, Step, StepSource
 
 __all__ = ["StepStream", "gamma_summary", "record"]
-
-
-def _device_is_cpu(dip_config: dict) -> bool:
-    spec = str(dip_config.get("device", "auto"))
-    if spec.startswith("cpu"):
-        return True
-    if spec != "auto":
-        return False
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
 def gamma_summary(history: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +201,7 @@ def record(
     if not run.writable:
         raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
     source = _as_source(steps, cancel)
-    source.share_cpu(max(1, usable_cpus() // 2) if torch_threads == "auto" else torch_threads)
+    source.share_cpu(recording_share() if torch_threads == "auto" else torch_threads)
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
     n_before = len(run.snapshots)  # a run reopened to record more already holds some
     status, result = "failed", None

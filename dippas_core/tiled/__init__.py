@@ -1,37 +1,26 @@
-"""Whole photographs: one DIP inversion per tile, a resumable photo run folder, the cost estimate.
+"""Whole photographs: one DIP inversion per tile, wherever the tiles run, stitched and reported.
 
-A photo run folder holds::
-
-    photo-run.json    the tile plan, the anonymize config, the mode and the photo's SHA-256
-    tiles/NNNN/       the tile's run folder (a RunDirectory), removed once the tile is assembled
-                      unless ``keep_tile_runs`` (then ``dippas assemble`` can redo any tile)
-    done/NNNN.npz     the tile's assembled image and its statistics, written atomically: a tile
-                      with this record is finished and is read back, never recomputed
-    forensic-record.json  the forensic record of the last run (written by the CLI)
-
-A run killed after k tiles restarts at tile k + 1 when :func:`anonymize` is called again with the
-same photo, config and folder; a tile whose record is missing (half-written) is redone.
-
-The modules: ``_photo_run`` (the folder), ``_tile`` (one tile), ``_batched`` (several tiles per
-optimiser step), ``_cost`` (the estimate) and ``_photo`` (the whole photo, stitched and reported).
+The tiles' folder is a :class:`dippas_core.run.PhotoRun`: a run killed after k tiles restarts at
+tile k + 1 when the same job runs again on the same folder.  The modules: ``_tile`` (one tile's
+task and inversion), ``executors`` (where the tiles run, behind one interface), ``_batched`` (the
+step batch's recorders), ``_cluster`` (the Dask tasks) and ``_photo`` (the whole photo: resume,
+the loop over the executor, stitching and the report).
 """
 
 from __future__ import annotations
 
-from ._cost import CostEstimate, estimate_cost
-from ._cost import _duration as _duration  # the CLI's duration format
 from ._photo import anonymize_tiled
-from ._photo_run import PHOTO_RUN_FORMAT, PhotoRun, job_sha256, photo_sha256
-from ._tile import TileOutcome, invert_tile
+from ._tile import TileOutcome, TileTask, invert_tile
+from .executors import InProcess, OnCluster, StepBatch, TileExecutor, executor_for
 
 __all__ = [
+    "InProcess",
+    "OnCluster",
+    "StepBatch",
+    "TileExecutor",
     "TileOutcome",
-    "PhotoRun",
-    "CostEstimate",
-    "estimate_cost",
-    "invert_tile",
-    "job_sha256",
-    "photo_sha256",
-    "PHOTO_RUN_FORMAT",
+    "TileTask",
     "anonymize_tiled",
+    "executor_for",
+    "invert_tile",
 ]

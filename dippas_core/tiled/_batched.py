@@ -2,25 +2,24 @@
 
 Each tile's steps go through the same filter and ``record`` as
 :func:`~dippas_core.tiled.invert_tile`, in a recorder thread of its own fed from the interleaved
-steps of the batch.
+steps of the batch.  The step batch executor (:mod:`dippas_core.tiled.executors`) runs it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._tile import TileOutcome, _create_tile_run, _KeepBestBelow, _tile_outcome
+from ._tile import TileOutcome, TileTask, _create_tile_run, _KeepBestBelow, _tile_outcome
 
 if TYPE_CHECKING:
-    from ._photo_run import PhotoRun
+    from ..run import PhotoRun
 
-__all__: list[str] = []
+__all__ = ["invert_tiles_batched", "measured_tiles_per_step"]
 
 
 class _QueuedSteps:
@@ -129,101 +128,70 @@ class _TileRecorder:
         self._thread.join()
 
 
-def _choose_tiles_per_step(
-    image: np.ndarray, P: np.ndarray, config: Any, n_tiles: int
-) -> tuple[int, str]:
+def measured_tiles_per_step(task: TileTask, config: Any, n_tiles: int) -> tuple[int, str]:
     """``tiles_per_step="auto"`` resolved on the first tile to run: ``(N, reason)``.
 
-    Resolved here rather than in the batch so that N = 1 takes :func:`invert_tile`, the plain
+    Resolved before the tiles run, so that N = 1 takes :func:`invert_tile`, the plain
     one-network path, tile after tile.  On the CPU the choice is measured: that plain path
     against batches of N = 2, 4, 8 (:func:`~dippas_core.dip.batched.choose_tiles_per_step`);
     the reason, with every measured rate, goes into the photo's run record.
     """
-    from ..dip.batched import choose_tiles_per_step
-    from ..dip.device import torch_threads
+    from ..dip.batched import choose_tiles_per_step, probe_inputs
+    from ..dip.device import recording_threads, torch_threads
 
     dip = config.dip
-    img01, device, speed = _probe_inputs(image, dip)
+    img01, device, speed = probe_inputs(task.image, dip)
+    P = np.asarray(task.reference, np.float32)
     # measured with the threads the tiles will run with (record's cap, as in the batched path)
-    with torch_threads(_tile_threads(dip)):
-        return choose_tiles_per_step(img01, np.asarray(P, np.float32), dip, device, speed, n_tiles)
+    with torch_threads(recording_threads(dip)):
+        return choose_tiles_per_step(img01, P, dip, device, speed, n_tiles)
 
 
-def _probe_inputs(image: np.ndarray, dip: Any) -> tuple[np.ndarray, Any, Any]:
-    """What a throw-away batch of tiles like ``image`` needs: ``(img01, device, speed)``.
-
-    The batch compiles nothing (its tiles' own networks are not compiled either).
-    """
-    from ..dip.device import resolve_device, speed_settings
-    from ..dip.inversion import _image_to_unit
-
-    device = resolve_device(dip.device)
-    speed = dataclasses.replace(speed_settings(dip, device), compile=False)
-    return _image_to_unit(image, min_size=2 ** (len(dip.widths) - 1)), device, speed
-
-
-def _tile_threads(dip: Any) -> int | None:
-    """Torch threads of a tile's inversion: the config's, else half the CPUs on the CPU.
-
-    The rule of :func:`_invert_tiles_batched` and of ``record`` (one tile at a time).
-    """
-    from ..run import _device_is_cpu, usable_cpus
-
-    if not dip.torch_threads and _device_is_cpu({"device": dip.device}):
-        return max(1, usable_cpus() // 2)  # what record caps one tile's inversion at
-    return dip.torch_threads
-
-
-def _invert_tiles_batched(
-    jobs: list[tuple[Any, np.ndarray, np.ndarray]],
+def invert_tiles_batched(
+    tasks: list[TileTask],
     config: Any,
     tiles_per_step: int,
     prun: PhotoRun,
     *,
     mode: str,
-    extra: Callable[[Any], dict],
     cancel: Any = None,
     on_step: Callable[[Any], None] | None = None,
     on_tile: Callable[[Any], None] | None = None,
 ) -> Generator[tuple[Any, TileOutcome], None, None]:
     """:func:`invert_tile` for several tiles, ``tiles_per_step`` of them per optimiser step.
 
-    ``jobs`` are ``(tile, image, P)``.  Yields ``(tile, outcome)`` as each tile leaves the
-    batch, in the order they finish; the tiles' run folders, filter, fallback and assembly are
-    those of :func:`invert_tile`.
+    Yields ``(tile, outcome)`` as each tile leaves the batch, in the order they finish; the
+    tiles' run folders, filter, fallback and assembly are those of :func:`invert_tile`.
     """
     from ..dip.batched import TileDone, TileJob, invert_tiles
+    from ..dip.device import recording_threads
 
     dip = config.dip
-    threads = _tile_threads(dip)
-    by_key = {tile.index: (tile, image, P) for tile, image, P in jobs}
+    by_key = {task.index: task for task in tasks}
     events = invert_tiles(
-        [TileJob(tile.index, image, P) for tile, image, P in jobs],
-        dip.replace(record_psnr=-math.inf, torch_threads=threads),
+        [TileJob(task.index, task.image, task.reference) for task in tasks],
+        dip.replace(record_psnr=-math.inf, torch_threads=recording_threads(dip)),
         tiles_per_step=tiles_per_step,
         cancel=cancel,
     )
     recorders: dict[Any, _TileRecorder] = {}
     try:
         for event in events:
-            key = event.key
-            tile, image, P = by_key[key]
+            task = by_key[event.key]
             if isinstance(event, TileDone):
-                rec = recorders.pop(key, None)
+                rec = recorders.pop(event.key, None)
                 if rec is None:  # cancelled before its first step
                     continue
                 inv = rec.finish(event.result)
-                yield tile, _tile_outcome(rec.run, inv, rec.best, config, image.dtype)
+                yield task.tile, _tile_outcome(rec.run, inv, rec.best, config, task.image.dtype)
                 continue
-            rec = recorders.get(key)
+            rec = recorders.get(event.key)
             if rec is None:
                 if on_tile is not None:
-                    on_tile(tile)
-                run = _create_tile_run(
-                    prun.tile_path(key), image, P, config, mode=mode, force=True,
-                    extra=extra(tile),
-                )
-                rec = recorders[key] = _TileRecorder(run, config, cancel)
+                    on_tile(task.tile)
+                run = _create_tile_run(prun.tile_path(task.index), task, config, mode=mode,
+                                       force=True)
+                rec = recorders[event.key] = _TileRecorder(run, config, cancel)
             rec.put(event.step)
             if on_step is not None:
                 on_step(event.step)

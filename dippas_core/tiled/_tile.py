@@ -1,4 +1,4 @@
-"""One tile of a photo: its inversion, recorded into its own run folder, then assembled.
+"""One tile of a photo: its task, its inversion recorded into its own run folder, its assembly.
 
 The tile's steps pass through :class:`_KeepBestBelow`, which keeps the few best outputs below the
 recording threshold as the tile's fallback when none reaches it.
@@ -16,7 +16,38 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TileOutcome", "invert_tile"]
+__all__ = ["TileOutcome", "TileTask", "invert_tile"]
+
+
+@dataclass
+class TileTask:
+    """One tile to invert and everything its inversion takes.
+
+    Every executor (:mod:`dippas_core.tiled.executors`) hands the task whole to the tile's
+    inversion (:func:`invert_tile` in this process or on a Dask worker, the step batch's tiles):
+    an input added here (the initial weights of a warm start, say) reaches every tile without
+    changing an executor.
+
+    Attributes
+    ----------
+    tile
+        Where the tile is in the photo (:class:`~dippas_core.tiling.Tile`).
+    image
+        The tile's pixels (uint8, uint16 or float 0..255, h×w×3).
+    reference
+        Its reference P: the fingerprint's tile (aware) or the tile's own residual (blind).
+    extra
+        Written into the tile's run folder (``config.json``): where the tile is, the fingerprint.
+    """
+
+    tile: Any
+    image: np.ndarray = field(repr=False)
+    reference: np.ndarray = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def index(self) -> int:
+        return int(self.tile.index)
 
 
 @dataclass
@@ -102,8 +133,7 @@ class _KeepBestBelow:
 
 
 def invert_tile(
-    photo: np.ndarray,
-    P: np.ndarray,
+    task: TileTask,
     config: Any,
     path: Path,
     *,
@@ -111,25 +141,25 @@ def invert_tile(
     cancel: Any = None,
     on_step: Callable[[Any], None] | None = None,
     force: bool = False,
-    extra: dict | None = None,
 ) -> TileOutcome:
     """Invert one tile into the run folder ``path``, then assemble it (B, L, tau of ``config``).
 
-    The one call per tile (:func:`~dippas_core.tiled._batched._invert_tiles_batched` steps
-    several tiles at once).  When no snapshot reaches ``config.dip.record_psnr``, the tile is the
-    mean of its ``L`` best outputs by PSNR instead of an error (``stats["below_tau_db"]`` says by
-    how much it fell short).
+    When no snapshot reaches ``config.dip.record_psnr``, the tile is the mean of its ``L`` best
+    outputs by PSNR instead of an error (``stats["below_tau_db"]`` says by how much it fell
+    short).  (:func:`~dippas_core.tiled.executors.StepBatch` runs several tiles per optimiser
+    step through the same filter, record and assembly.)
     """
     from ..dip import invert
     from ..run import record
 
     dip = config.dip
     # every output comes out of the network; the filter passes on those >= record_psnr
-    inversion = invert(photo, P, dip.replace(record_psnr=-math.inf), cancel=cancel)
+    inversion = invert(task.image, task.reference, dip.replace(record_psnr=-math.inf),
+                       cancel=cancel)
     best: list = []
     filtered = _KeepBestBelow(inversion, float(dip.record_psnr), int(config.assembly.L), best)
     try:
-        run = _create_tile_run(path, photo, P, config, mode=mode, force=force, extra=extra)
+        run = _create_tile_run(path, task, config, mode=mode, force=force)
     except BaseException:
         inversion.close()
         raise
@@ -137,13 +167,10 @@ def invert_tile(
         inv = record(run, filtered, cancel, on_step)
     finally:
         run.close()
-    return _tile_outcome(run, inv, best, config, photo.dtype)
+    return _tile_outcome(run, inv, best, config, task.image.dtype)
 
 
-def _create_tile_run(
-    path: Path, photo: np.ndarray, P: np.ndarray, config: Any, *, mode: str, force: bool,
-    extra: dict | None,
-) -> Any:
+def _create_tile_run(path: Path, task: TileTask, config: Any, *, mode: str, force: bool) -> Any:
     from ..run import RunDirectory, is_photo_run_folder, remove_run_folder
 
     if force and path.parent.name == "tiles" and is_photo_run_folder(path.parent.parent):
@@ -152,21 +179,21 @@ def _create_tile_run(
         remove_run_folder(path)
     return RunDirectory.create(
         path,
-        photo,
-        P,
+        task.image,
+        task.reference,
         mode=mode,
         dip_config=config.dip,
         tile=config.tile,
         sigma=config.sigma,
         force=force,
-        extra=extra,
+        extra=task.extra,
     )
 
 
 def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any) -> TileOutcome:
     """A recorded tile's image: its assembly, or the mean of its best outputs below tau."""
     from ..assembly import assemble
-    from ._photo_run import photo_sha256
+    from ..run import photo_sha256
 
     dtype = "uint8" if photo_dtype == np.uint8 else "float32"
     tau_rec = float(config.dip.record_psnr)

@@ -8,7 +8,7 @@ field has a signal, ``model.events.<field>``.
 One module per concept; every public name is re-exported here:
 
 - :mod:`._steps`: the worker-to-GUI step throttle, step summaries, the run's curves;
-- :mod:`._job`: the Anonymize settings, the live state of a run, the cost of a run;
+- :mod:`._job`: the Anonymize settings, the live state of a run;
 - :mod:`._scores`: attribution scores, verdicts, the results table;
 - :mod:`._provenance`: the forensic record written into a run folder;
 - :mod:`._session`: a recorded run opened for assembly.
@@ -16,14 +16,7 @@ One module per concept; every public name is re-exported here:
 
 from __future__ import annotations
 
-from ._job import (
-    COST_BUDGET,
-    AnonymizeJob,
-    AnonymizeSettings,
-    JobStatus,
-    RunCost,
-    estimate_run_cost,
-)
+from ._job import AnonymizeJob, AnonymizeSettings, JobStatus
 from ._provenance import (
     PROVENANCE_FILE,
     add_output_to_provenance,
@@ -45,7 +38,6 @@ from ._session import AssemblyOutcome, AssemblySettings, RunSession
 from ._steps import RunHistory, StepSummary, StepThrottle
 
 __all__ = [
-    "COST_BUDGET",
     "DECISION_LEVEL_PCE",
     "PROVENANCE_FILE",
     "AnonymizeJob",
@@ -55,7 +47,6 @@ __all__ = [
     "AttributionResult",
     "JobStatus",
     "ResultsTable",
-    "RunCost",
     "RunHistory",
     "RunSession",
     "StepSummary",
@@ -63,7 +54,6 @@ __all__ = [
     "add_output_to_provenance",
     "attribute",
     "attribution_verdict",
-    "estimate_run_cost",
     "pce_verdict",
     "run_provenance",
     "sha256_array",

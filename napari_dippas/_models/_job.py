@@ -1,9 +1,11 @@
-"""The Anonymize widget's models: its settings, the live state of a run, the cost of a run."""
+"""The Anonymize widget's models: its settings and the live state of a run.
+
+(A run's cost is the core's one cost model: :meth:`dippas_core.job.PhotoJob.cost`.)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -11,25 +13,9 @@ from psygnal import EventedModel
 
 from ._steps import StepSummary
 
-__all__ = [
-    "COST_BUDGET", "AnonymizeJob", "AnonymizeSettings", "JobStatus", "RunCost",
-    "estimate_run_cost",
-]
-
-#: Work (pixels × iterations) above which Run asks first: the ``cpu`` network on a 256×256
-#: crop for its 3000 iterations, minutes on a laptop CPU.
-COST_BUDGET = 256 * 256 * 3000
+__all__ = ["AnonymizeJob", "AnonymizeSettings", "JobStatus"]
 
 JobStatus = Literal["idle", "running", "stopping", "finished", "cancelled", "failed"]
-
-
-def _duration(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"3.5 h"``: a remaining time in the analyst's words."""
-    if seconds < 90:
-        return f"{max(seconds, 1):.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _preset_values(name: str) -> dict[str, Any]:
@@ -202,7 +188,9 @@ class AnonymizeJob(EventedModel):
         )
         left = self.remaining_s
         if self.status == "running" and np.isfinite(left):
-            text += f" · at most {_duration(left)} left"
+            from dippas_core.cost import duration_text
+
+            text += f" · at most {duration_text(left)} left"
         if self.status in ("finished", "cancelled"):
             reason = {"psnr": "reached the stop PSNR", "max_iter": "reached max iterations",
                       "cancelled": "stopped by the user"}.get(self.stop_reason, self.stop_reason)
@@ -210,48 +198,3 @@ class AnonymizeJob(EventedModel):
         elif self.status == "stopping":
             text = f"Stopping… {text}"
         return text
-
-
-
-@dataclass(frozen=True)
-class RunCost:
-    """How much work a run is, before it starts (pixels × iterations against a budget)."""
-
-    pixels: int
-    max_iter: int
-    device: str
-
-    @property
-    def work(self) -> int:
-        """Pixels × iterations."""
-        return self.pixels * self.max_iter
-
-    @property
-    def ratio(self) -> float:
-        """Work as a multiple of :data:`COST_BUDGET`."""
-        return self.work / COST_BUDGET
-
-    @property
-    def needs_confirmation(self) -> bool:
-        """Above the budget (on any device: no GPU speed was measured for this budget)."""
-        return self.ratio > 1.0
-
-    def warning(self) -> str:
-        """The confirmation question, in the analyst's words."""
-        on_gpu = self.device.startswith(("cuda", "mps"))
-        advice = (
-            "Try a region first (Draw, then a rectangle a few hundred pixels on a side)"
-            + ("." if on_gpu else " or run on a GPU.")
-        )
-        return (
-            f"This run is large: {self.pixels / 1e6:.2f} megapixels for up to {self.max_iter} "
-            f"iterations, about {self.ratio:.0f}× the work of a 256×256 preview (which takes "
-            f"minutes on a laptop CPU). On {self.device} it may take hours and many GB of "
-            "memory, and Stop keeps only the snapshots reached by then.\n\n"
-            f"{advice} Start the whole run anyway?"
-        )
-
-
-def estimate_run_cost(shape: tuple[int, ...], max_iter: int, device: str = "cpu") -> RunCost:
-    """The :class:`RunCost` of inverting an image of ``shape`` for ``max_iter`` iterations."""
-    return RunCost(int(shape[0]) * int(shape[1]), int(max_iter), str(device))

@@ -26,7 +26,7 @@ from .._layers import (
     difference_layer,
     rectangles_layer,
 )
-from .._models import DECISION_LEVEL_PCE, RunHistory, estimate_run_cost, trace_warning
+from .._models import DECISION_LEVEL_PCE, RunHistory, trace_warning
 from .._run_job import anonymize_job, record_end, record_failure
 from .._run_state import RunState, TileFinished, TraceCheck, job_key, resumable_run
 from .._workers import start_job
@@ -204,7 +204,7 @@ class AnonymizeWidget(AnonymizeForm):
 
     def plan_and_estimate(self) -> None:
         """The "Plan & estimate time" button: draw the plan, then time this device (worker)."""
-        from dippas_core.tiled import estimate_cost
+        from dippas_core.cost import estimate_cost
 
         plan = self.show_plan()
         if plan is None or self.running:
@@ -253,27 +253,28 @@ class AnonymizeWidget(AnonymizeForm):
         """Start a run in a worker thread (a stopped whole-photo run of the same job resumes)."""
         from dippas_core.cancel import CancelToken
         from dippas_core.errors import DippasError
-        from dippas_core.tiled import PhotoRun
+        from dippas_core.job import prepare
+        from dippas_core.run import PhotoRun
 
         if self.running:
             return
         try:
             photo, fingerprint, region = self._inputs()
             config = self.settings.anonymize_config()
-            dip = config.dip
-            plan, _, _ = self._plan()
-            config.assembly.fitted(photo.shape[:2], config.tile, config.dip.record_psnr)
+            # the live plot follows every step: the tiles run in this process
+            photo_job = prepare(photo, fingerprint, config, watched=True)
         except DippasError as exc:
             self.job.update({"status": "failed", "message": str(exc)})
             return
-        self._tiled = tiled = len(plan) > 1
+        dip, plan = config.dip, photo_job.plan
+        self._tiled = tiled = photo_job.tiled
         key = job_key(photo, None if fingerprint is None else fingerprint.K, region.as_dict(),
                       self.settings.mode, config.to_dict())
         root = self.runs_folder.path() or DEFAULT_RUNS_FOLDER
         resume = resumable_run(root, key, len(plan)) if tiled else None
         if resume is None:
-            cost = estimate_run_cost(photo.shape, dip.max_iter, self.settings.device)
-            if cost.needs_confirmation and not self.confirm(cost.warning()):
+            cost = photo_job.cost()
+            if cost.needs_confirmation and not self.confirm(cost.question()):
                 self.job.update({"status": "idle"})
                 self.status.setText(
                     "Not started. Draw a region (Draw) to preview on part of the photo, or "
@@ -312,7 +313,7 @@ class AnonymizeWidget(AnonymizeForm):
             self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
         self.progress.setValue(0)
         run_path, job_model = self.run_path, self.job
-        job = anonymize_job(photo, fingerprint, config, run_path, cancel, record)
+        job = anonymize_job(photo_job, run_path, cancel, record)
 
         def returned(result: Any) -> None:
             # the status first, from a plain function: it must arrive even if the widget closed
@@ -391,10 +392,10 @@ class AnonymizeWidget(AnonymizeForm):
         per_it = job.seconds_per_iteration
         if job.status != "running" or not np.isfinite(per_it):
             return ""
-        from .._models._job import _duration
+        from dippas_core.cost import duration_text
 
         left = (max(job.max_iter - job.iteration, 0) + tiles.count("waiting") * job.max_iter)
-        return f" · at most {_duration(left * per_it)} left for every tile"
+        return f" · at most {duration_text(left * per_it)} left for every tile"
 
     def _on_done(self, result: Any) -> None:
         """The run ended (``job.status`` is already set): show its layers."""

@@ -81,14 +81,16 @@ def test_rectangles_layer_states():
 
 
 def test_cost_asks_only_for_big_inputs():
-    from napari_dippas._models import estimate_run_cost
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.cost import plan_cost
 
-    assert not estimate_run_cost((256, 256), 3000, "cpu").needs_confirmation
-    whole = estimate_run_cost((2000, 3008), 3000, "cpu")
+    config = AnonymizeConfig.preset("cpu", max_iter=3000)
+    assert not plan_cost((256, 256), config, "cpu").needs_confirmation
+    whole = plan_cost((2000, 3008), config, "cpu")
     assert whole.needs_confirmation and whole.ratio == pytest.approx(2000 * 3008 / 256**2)
-    assert "region" in whole.warning() and "GPU" in whole.warning()
-    on_gpu = estimate_run_cost((2000, 3008), 3000, "cuda")
-    assert on_gpu.needs_confirmation and "GPU" not in on_gpu.warning()
+    assert "region" in whole.question() and "GPU" in whole.question()
+    on_gpu = plan_cost((2000, 3008), config, "cuda")
+    assert on_gpu.needs_confirmation and "GPU" not in on_gpu.question()
 
 
 def test_progress_and_remaining_time_from_measured_speed():

@@ -5,7 +5,7 @@ leaves a GPU mostly idle (and, on a CPU, pays the per-operation overhead once pe
 module steps ``N = tiles_per_step`` of them at once:
 
 * every tile keeps everything one :func:`~dippas_core.dip.invert` run has (it *is* the same
-  per-tile state, :class:`~dippas_core.dip.inversion._Inverter`): its own network weights built
+  per-tile state, :class:`~dippas_core.dip.inversion.Inverter`): its own network weights built
   from its seed, input noise ``z`` and perturbation generator, gamma, Adam state, stopping rule
   and snapshots;
 * the N networks run together by one of two engines, chosen by measurement (docs/dip.md):
@@ -20,7 +20,7 @@ module steps ``N = tiles_per_step`` of them at once:
   thread batches of the ``cpu`` network step 1.2–1.7× as fast as one network on both cores,
   where vmap's grouped convolutions ran at 0.3–0.75×;
 * vmap: one backward of the sum of the N losses gives each tile its own gradient, then each
-  tile's own optimiser steps and its gamma is updated by the same :meth:`_Inverter.after_update`.
+  tile's own optimiser steps and its gamma is updated by the same :meth:`Inverter.after_update`.
 
 With the same seed a tile's images equal those of a separate ``invert`` run
 (``tests/test_dip_batched.py``): with the threads engine bit for bit when that run also uses one
@@ -52,16 +52,18 @@ from ._auto import (
     AUTO_TIMED_STEPS,
     choose_tiles_per_step,
     fastest_tiles_per_step,
+    make_probe,
     measure_tiles_per_step,
+    probe_inputs,
 )
-from ._jobs import TileDone, TileJob, TileStep
-from ._jobs import _PreparedJob as _PreparedJob  # the benchmarks and tests build batches by hand
+from ._jobs import PreparedJob, TileDone, TileJob, TileStep
 from ._loop import invert_tiles
 from ._stack import _Batch as _Batch
 from ._stack import _Tile as _Tile
 from ._stack import _with_params as _with_params
 
 __all__ = [
+    "PreparedJob",
     "TileJob",
     "TileStep",
     "TileDone",
@@ -69,6 +71,8 @@ __all__ = [
     "choose_tiles_per_step",
     "measure_tiles_per_step",
     "fastest_tiles_per_step",
+    "make_probe",
+    "probe_inputs",
     "AUTO_MAX",
     "AUTO_MEMORY_SHARE",
     "AUTO_MARGIN",

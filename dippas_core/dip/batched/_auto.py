@@ -9,7 +9,7 @@ import numpy as np
 
 from ...config import DIPConfig
 from ..device import SpeedSettings
-from ._jobs import _PreparedJob
+from ._jobs import PreparedJob
 from ._stack import _Batch, _Tile, _with_params, batch_engine
 
 __all__ = [
@@ -19,7 +19,9 @@ __all__ = [
     "AUTO_TIMED_STEPS",
     "choose_tiles_per_step",
     "fastest_tiles_per_step",
+    "make_probe",
     "measure_tiles_per_step",
+    "probe_inputs",
 ]
 
 #: Largest N that ``"auto"`` picks (beyond it a GPU gains little and a slow tile delays more).
@@ -50,7 +52,7 @@ def choose_tiles_per_step(
     thread); the fastest wins (:func:`fastest_tiles_per_step`).  The reason
     names every measured rate.  Never more than ``n_tiles`` nor :data:`AUTO_MAX`.
     """
-    job = _PreparedJob("auto", img01, P, config)
+    job = PreparedJob("auto", img01, P, config)
     cap = max(1, min(int(n_tiles), AUTO_MAX))
     if cap == 1:
         return 1, "one tile"
@@ -71,7 +73,7 @@ def choose_tiles_per_step(
 
 
 def _choose_by_memory(
-    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+    job: PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
 ) -> tuple[int, str]:
     import torch
 
@@ -96,13 +98,13 @@ def _choose_by_memory(
 
 
 def measure_tiles_per_step(
-    job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
+    job: PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings, cap: int
 ) -> dict[int, float]:
     """Pixel-iterations per second of N = 1, 2, 4, 8 (at most ``cap``) tiles per step.
 
     N = 1 is the plain one-network path (what :func:`~dippas_core.dip.invert` runs); N > 1 a
     batch in the device's engine (:func:`~dippas_core.dip.batched._stack.batch_engine`), each on
-    throw-away tiles (:func:`_make_probe`).  The plain probe lives
+    throw-away tiles (:func:`make_probe`).  The plain probe lives
     through the whole measurement and steps in turn with each batch, so that other jobs' load
     hits both alike.  A batch's rate comes from the fastest of its :data:`AUTO_TIMED_STEPS`
     steps; the plain path's from the median over the batches of its fastest step beside each
@@ -110,12 +112,12 @@ def measure_tiles_per_step(
     a batch is slower than the batch of half its size, larger ones are not tried.
     """
     h, w = job.size
-    plain = _make_probe(1, job, config, device, speed)
+    plain = make_probe(1, job, config, device, speed)
     plain_best: list[float] = []  # the plain path's fastest step beside each batch
     rates: dict[int, float] = {}
     try:
         for n in [c for c in _CPU_CANDIDATES if 1 < c <= cap]:
-            probe = _make_probe(n, job, config, device, speed)
+            probe = make_probe(n, job, config, device, speed)
             plain_times, times = [], []
             try:
                 for _ in range(AUTO_TIMED_STEPS):
@@ -152,7 +154,7 @@ class _Probe:
     """A throw-away batch of ``n`` copies of one tile, warmed up by one step."""
 
     def __init__(
-        self, n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+        self, n: int, job: PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
     ) -> None:
         self.n = n
         self.batch = _Batch(device, speed)
@@ -174,8 +176,23 @@ class _Probe:
         self.batch.release()
 
 
-def _make_probe(
-    n: int, job: _PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
+def make_probe(
+    n: int, job: PreparedJob, config: DIPConfig, device: Any, speed: SpeedSettings
 ) -> _Probe:
     """A :class:`_Probe` (the one seam where tests inject timings)."""
     return _Probe(n, job, config, device, speed)
+
+
+def probe_inputs(image: np.ndarray, config: DIPConfig) -> tuple[np.ndarray, Any, SpeedSettings]:
+    """What a throw-away batch of tiles like ``image`` needs: ``(img01, device, speed)``.
+
+    The batch compiles nothing (its tiles' own networks are not compiled either).
+    """
+    import dataclasses
+
+    from ..device import resolve_device, speed_settings
+    from ..inversion import image_to_unit
+
+    device = resolve_device(config.device)
+    speed = dataclasses.replace(speed_settings(config, device), compile=False)
+    return image_to_unit(image, min_size=2 ** (len(config.widths) - 1)), device, speed

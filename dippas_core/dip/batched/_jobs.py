@@ -11,7 +11,7 @@ import numpy as np
 from ..._validation import as_plane, check_same_size
 from ...config import DIPConfig
 from ...errors import InputError
-from ..inversion import InversionResult, Step, _image_to_unit
+from ..inversion import InversionResult, Step, image_to_unit
 
 __all__ = ["TileDone", "TileJob", "TileStep"]
 
@@ -55,7 +55,10 @@ class TileDone:
 
 
 @dataclass
-class _PreparedJob:
+class PreparedJob:
+    """A tile as the batch works on it: its key, its image on the 0..1 scale (padded to the
+    network's multiple), its reference and the DIP config it runs with."""
+
     key: Hashable
     img01: np.ndarray
     P: np.ndarray
@@ -66,7 +69,7 @@ class _PreparedJob:
         return self.img01.shape[0], self.img01.shape[1]
 
 
-def _prepare(jobs: Iterable[TileJob], config: DIPConfig) -> list[_PreparedJob]:
+def _prepare(jobs: Iterable[TileJob], config: DIPConfig) -> list[PreparedJob]:
     multiple = 2 ** (len(config.widths) - 1)
     out = []
     keys = set()
@@ -76,11 +79,11 @@ def _prepare(jobs: Iterable[TileJob], config: DIPConfig) -> list[_PreparedJob]:
         if job.key in keys:
             raise InputError(f"two tiles have the key {job.key!r}; keys must be unique")
         keys.add(job.key)
-        img01 = _image_to_unit(job.image, min_size=multiple)
+        img01 = image_to_unit(job.image, min_size=multiple)
         plane = as_plane(job.P, "P")
         check_same_size(img01, plane, f"tile {job.key!r}", "P")
         cfg = config if job.seed is None else config.replace(seed=int(job.seed))
-        out.append(_PreparedJob(job.key, img01, plane, cfg))
+        out.append(PreparedJob(job.key, img01, plane, cfg))
     if not out:
         raise InputError("no tiles to invert")
     return out

@@ -14,15 +14,15 @@ from ..device import SpeedSettings, resolve_device, speed_settings, torch_thread
 from ..inversion import (
     InversionResult,
     Step,
-    _drop_failed_frames,
-    _environment,
-    _oom_message,
-    _restore_cuda_globals,
-    _set_cuda_globals,
-    _snapshot_pair,
+    drop_failed_frames,
+    oom_message,
+    restore_cuda_globals,
+    run_environment,
+    set_cuda_globals,
+    snapshot_pair,
 )
 from ._auto import choose_tiles_per_step
-from ._jobs import TileDone, TileJob, TileStep, _prepare, _PreparedJob
+from ._jobs import PreparedJob, TileDone, TileJob, TileStep, _prepare
 from ._stack import _Batch, _Tile, _with_params
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def invert_tiles(
 
 
 def _run(
-    jobs: list[_PreparedJob],
+    jobs: list[PreparedJob],
     config: DIPConfig,
     device: Any,
     speed: SpeedSettings,
@@ -85,7 +85,7 @@ def _run(
     import torch
 
     tile_speed = dataclasses.replace(speed, compile=False)  # the batch compiles its own forward
-    saved = _set_cuda_globals(speed) if device.type == "cuda" else None
+    saved = set_cuda_globals(speed) if device.type == "cuda" else None
     results: dict[Hashable, InversionResult] = {}
     batch = _Batch(device, speed)
     threads = config.torch_threads
@@ -93,7 +93,7 @@ def _run(
         with torch_threads(threads):
             n, why = _resolve_tiles_per_step(tiles_per_step, jobs, config, device, tile_speed)
             environment = {
-                **_environment(device, speed),
+                **run_environment(device, speed),
                 "tiles_per_step": n,
                 "tiles_per_step_choice": why,
             }
@@ -112,7 +112,7 @@ def _run(
                 for k, v in zip(tile.history, row, strict=True):
                     tile.history[k].append(v)
                 tile.n_snapshots += kept is not None
-                snapshot, on_device = _snapshot_pair(kept)
+                snapshot, on_device = snapshot_pair(kept)
                 env = dict(environment) if tile.iteration == 1 else None
                 yield TileStep(
                     tile.key,
@@ -135,24 +135,24 @@ def _run(
             batch.remove(tile)
             yield TileDone(key, results[key])
     except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError) as exc:
-        _drop_failed_frames(exc)
+        drop_failed_frames(exc)
         raise DeviceError(_batch_oom_message(jobs, config, device)) from exc
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower():
             raise
-        _drop_failed_frames(exc)
+        drop_failed_frames(exc)
         raise DeviceError(_batch_oom_message(jobs, config, device)) from exc
     finally:
         batch.release()
         if device.type == "cuda":
             with contextlib.suppress(Exception):
                 torch.cuda.empty_cache()
-            _restore_cuda_globals(saved)
+            restore_cuda_globals(saved)
     return results
 
 
-def _batch_oom_message(jobs: list[_PreparedJob], config: DIPConfig, device: Any) -> str:
-    base = _oom_message(jobs[0].img01.shape, config, device)
+def _batch_oom_message(jobs: list[PreparedJob], config: DIPConfig, device: Any) -> str:
+    base = oom_message(jobs[0].img01.shape, config, device)
     return base + "; or step fewer tiles at once (tiles_per_step)"
 
 
@@ -168,7 +168,7 @@ def _fill(batch: _Batch, waiting: deque, n: int, device: Any, speed: SpeedSettin
 
 def _resolve_tiles_per_step(
     value: int | str,
-    jobs: list[_PreparedJob],
+    jobs: list[PreparedJob],
     config: DIPConfig,
     device: Any,
     speed: SpeedSettings,

@@ -12,12 +12,12 @@ import numpy as np
 from ...config import DIPConfig
 from ...errors import InputError
 from ..device import SpeedSettings, usable_cpus
-from ..inversion import InversionResult, _drop_failed_frames, _Inverter
+from ..inversion import InversionResult, Inverter, drop_failed_frames
 
 if TYPE_CHECKING:
     import torch
 
-    from ._jobs import _PreparedJob
+    from ._jobs import PreparedJob
 
 __all__: list[str] = []
 
@@ -53,10 +53,10 @@ def _restore_default_threads() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
 
-class _Tile(_Inverter):
-    """The state of one tile: an ``_Inverter`` whose CUDA globals the batch sets once."""
+class _Tile(Inverter):
+    """The state of one tile: an ``Inverter`` whose CUDA globals the batch sets once."""
 
-    def __init__(self, job: _PreparedJob, config: DIPConfig, device: Any, speed: Any) -> None:
+    def __init__(self, job: PreparedJob, config: DIPConfig, device: Any, speed: Any) -> None:
         self.device = device
         self.config = config
         self.key = job.key
@@ -71,7 +71,7 @@ class _Tile(_Inverter):
         try:
             self._allocate(job.img01, job.P, speed)
         except BaseException as exc:
-            _drop_failed_frames(exc)
+            drop_failed_frames(exc)
             self.release()
             raise
 
@@ -95,7 +95,7 @@ class _Batch:
     """The tiles stepping together (all of one size) and how their networks run together.
 
     ``engine="vmap"``: one vmapped forward of the stacked weights and one backward of the summed
-    losses.  ``engine="threads"`` (CPU): every tile runs :meth:`_Inverter.step`, the very step of
+    losses.  ``engine="threads"`` (CPU): every tile runs :meth:`Inverter.step`, the very step of
     :func:`~dippas_core.dip.invert`, in a pool of at most :func:`usable_cpus` threads with one
     torch thread each; torch releases the GIL inside its kernels, so the tiles' steps overlap.
     Default: :func:`batch_engine` of the device.

@@ -1,11 +1,23 @@
-"""The photo run folder: its tile plan and settings, finished tiles' records, resume checks.
+"""The photo run folder: a whole photo's tile runs, its plan and settings, the finished tiles.
 
-See :mod:`dippas_core.tiled` for the folder's layout.  Nothing read back from the folder is
-trusted: ``photo-run.json`` is read within a size bound and its plan checked against the pixel
-limit before anything is allocated (:meth:`PhotoRun.read_meta`, :meth:`PhotoRun.plan`), and each
-``done/NNNN.npz`` record is checked (:meth:`PhotoRun.read_done`: its members' declared sizes
-before they are inflated, keys, shape, dtype, finite values in 0..255, its index within the plan,
-the hashes of its image and of the tile's photo) before its tile counts as finished.
+A photo run folder holds::
+
+    photo-run.json    the tile plan, the anonymize config, the mode and the photo's SHA-256
+    tiles/NNNN/       the tile's run folder (a RunDirectory), removed once the tile is assembled
+                      unless ``keep_tile_runs`` (then ``dippas assemble`` can redo any tile)
+    done/NNNN.npz     the tile's assembled image and its statistics, written atomically: a tile
+                      with this record is finished and is read back, never recomputed
+    forensic-record.json  the forensic record of the last run (written by the CLI)
+
+A run killed after k tiles restarts at tile k + 1 when the same photo, config and folder are run
+again; a tile whose record is missing (half-written) is redone (:mod:`dippas_core.tiled`).
+
+Nothing read back from the folder is trusted: ``photo-run.json`` is read within a size bound and
+its plan checked against the pixel limit before anything is allocated (:meth:`PhotoRun.read_meta`,
+:meth:`PhotoRun.plan`), and each ``done/NNNN.npz`` record is checked (:meth:`PhotoRun.read_done`:
+its members' declared sizes before they are inflated, keys, shape, dtype, finite values in
+0..255, its index within the plan, the hashes of its image and of the tile's photo) before its
+tile counts as finished.
 """
 
 from __future__ import annotations
@@ -23,16 +35,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..run import (
-    MARKER,
-    PHOTO_RUN_DIRS,
-    PHOTO_RUN_FORMAT,
-    PHOTO_RUN_META,
-    clear_run_files,
-    remove_run_folder,
-)
+from .folders import clear_run_files, remove_run_folder
+from .format import MARKER, PHOTO_RUN_DIRS, PHOTO_RUN_FORMAT, PHOTO_RUN_META
 
-__all__ = ["PHOTO_RUN_FORMAT", "DamagedRecord", "PhotoRun", "job_sha256", "photo_sha256"]
+__all__ = ["DamagedRecord", "PhotoRun", "job_sha256", "photo_sha256"]
 
 #: Largest ``photo-run.json`` read: a plan of the largest photo allowed is far smaller.
 MAX_META_BYTES = 32 << 20
@@ -196,7 +202,7 @@ class PhotoRun:
         photo, from :func:`~dippas_core.tiled.invert_tile`); the image's own is added here.
         """
         from .._atomic import atomic_write_bytes
-        from ..run import jsonable
+        from .format import jsonable
 
         meta = self.meta or self.read_meta(self.path)  # (a Dask task's PhotoRun has none)
         stats = {**stats, "image_sha256": photo_sha256(image), "job_sha256": job_sha256(meta)}

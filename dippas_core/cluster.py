@@ -1,21 +1,25 @@
-"""The Dask cluster a batch runs on: a local one sized to this machine, or a scheduler's."""
+"""The Dask cluster that batches and the tiles of a photo run on: a local one sized to this
+machine, or a scheduler's; and what a task learns about the worker it runs on."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..dip.device import usable_cpus
-from ..errors import DippasError, InputError
+from .dip.device import usable_cpus
+from .errors import DippasError, InputError
 
 __all__ = [
     "SCHEDULER_PROBE_S",
     "SCHEDULER_TIMEOUT_S",
     "check_scheduler",
     "connect",
+    "cuda_device_count",
     "default_workers",
     "has_gpus",
     "local_cluster",
     "max_local_workers",
+    "on_dask_worker",
+    "worker_gpu_device",
 ]
 
 #: How long a ``--scheduler`` address may take to accept a connection when it is checked.
@@ -26,7 +30,7 @@ _DASK_PORT = 8786
 _SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
 
 
-def _cuda_device_count() -> int:
+def cuda_device_count() -> int:
     """CUDA devices seen by this process (0 when torch is missing or CPU-only)."""
     try:
         import torch
@@ -146,7 +150,7 @@ def local_cluster(n_workers: int | None = None, *, gpus: int | None = None, **kw
     import dask
     from distributed import LocalCluster
 
-    gpus = _cuda_device_count() if gpus is None else int(gpus)
+    gpus = cuda_device_count() if gpus is None else int(gpus)
     cpus = usable_cpus()
     if n_workers is None:
         n_workers = gpus if gpus else cpus
@@ -210,8 +214,41 @@ def has_gpus(client: Any) -> bool:
     return any(w.get("resources", {}).get("GPU") for w in workers.values())
 
 
-
 def default_workers() -> int:
     """One worker per CUDA device, else one per usable CPU core."""
-    gpus = _cuda_device_count()
+    gpus = cuda_device_count()
     return gpus if gpus else usable_cpus()
+
+
+def on_dask_worker() -> bool:
+    """Whether this code runs as a task on a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
+def worker_gpu_device() -> str | None:
+    """``cuda:<i>`` for a Dask worker that advertises a GPU resource, else None.
+
+    Workers of :func:`local_cluster` are named 0..n-1 (one per GPU); a worker elsewhere that owns
+    one GPU (``CUDA_VISIBLE_DEVICES`` set per worker, as dask-cuda does) gets ``cuda:0``.
+    """
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    if not worker.state.total_resources.get("GPU"):
+        return None
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        return None
+    index = worker.name if isinstance(worker.name, int) else 0
+    return f"cuda:{index % count}"
