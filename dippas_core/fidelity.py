@@ -17,14 +17,15 @@ difference ``Δ = output − photo`` (0..255 scale):
   pattern such as a checkerboard).
 
 :data:`BARS` are the limits an output of the default preset must stay within
-(docs/method.md#fidelity); :meth:`Fidelity.failures` names the ones it breaks.
+(docs/method.md#fidelity); :meth:`Fidelity.failures` names the ones it breaks.  :func:`describe`
+says a report's fidelity section in one line (the CLI, the batch, the viewer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +37,13 @@ from .errors import InputError, ShapeMismatchError
 
 __all__ = [
     "BARS",
+    "COLUMNS",
+    "MEASURES",
     "Fidelity",
+    "bar_names",
     "checkerboard_energy",
     "colour_shift",
+    "describe",
     "fidelity",
     "grid_lines",
     "seam_ratio",
@@ -104,6 +109,18 @@ class Fidelity:
                 sign = "<" if name in _AT_LEAST else ">"
                 out.append(f"{name} {value:.4g} {sign} {bound:g}")
         return out
+
+
+#: The measures beside PSNR, in the order reports and tables show them.
+MEASURES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Fidelity) if f.name != "psnr")
+#: The columns a table gives an output's fidelity beside its PSNR: the measures and the bars it
+#: breaks (:meth:`Fidelity.failures`).
+COLUMNS: tuple[str, ...] = (*MEASURES, "bars_failed")
+
+
+def bar_names(failures: Iterable[str]) -> str:
+    """The names of the bars in :meth:`Fidelity.failures`' list, comma-separated (a short cell)."""
+    return ",".join(str(f).split()[0] for f in failures)
 
 
 def _pair(photo: Any, output: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -316,3 +333,36 @@ def fidelity(
         seam_ratio=seam_ratio(d, rows, cols),
         checkerboard=checkerboard_energy(d),
     )
+
+
+def describe(section: Mapping[str, Any] | None, sep: str = ", ", verdict_sep: str = "; ") -> str:
+    """A report's ``fidelity`` section (:meth:`Fidelity.to_dict` and ``bars_failed``) in one
+    line a person reads: the measures beside PSNR (joined by ``sep``), then (after
+    ``verdict_sep``) "all fidelity bars met" or the bars broken.  Empty when there is no section
+    (a report made before fidelity was measured).
+    """
+    if not isinstance(section, Mapping) or section.get("ssim") is None:
+        return ""
+
+    def num(key: str, fmt: str, none: str = "n/a") -> str:
+        value = section.get(key)
+        return none if value is None else format(value, fmt)
+
+    share = section.get("share_off")
+    parts = [
+        f"SSIM {num('ssim', '.4f')}",
+        f"max |Δ| {num('max_abs', '.0f')} levels",
+        f"{'n/a' if share is None else format(100 * share, '.3g')} % of pixels off by > "
+        f"{OFF_LEVELS:g} levels",
+        f"colour shift {num('colour_shift', '.2f')} levels",
+        f"seam ratio {num('seam_ratio', '.2f', 'n/a (no block edge)')}",
+        f"checkerboard {num('checkerboard', '.2f')}",
+    ]
+    broken = section.get("bars_failed")
+    if broken is None:
+        verdict = ""
+    elif broken:
+        verdict = verdict_sep + "bars broken: " + ", ".join(map(str, broken))
+    else:
+        verdict = verdict_sep + "all fidelity bars met"
+    return sep.join(parts) + verdict

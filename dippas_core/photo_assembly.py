@@ -56,6 +56,7 @@ class PhotoAssembly:
     mode: str
     params: dict[str, Any] = field(default_factory=dict)
     sigma: float = 5.0
+    tile_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 def _check_kept_runs(
@@ -250,4 +251,5 @@ def assemble_photo_run(
         "kept_fallback": fallback,
         "tiles": per_tile,
     }
-    return PhotoAssembly(image, photo, reference, mode, params, sigma)
+    boxes = [(t.y, t.x, t.h, t.w) for t in plan.tiles]
+    return PhotoAssembly(image, photo, reference, mode, params, sigma, boxes)

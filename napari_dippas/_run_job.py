@@ -23,7 +23,7 @@ from ._models import (
 )
 from ._run_state import TileFinished, TileStarted, TraceCheck
 
-__all__ = ["anonymize_job", "record_end", "record_failure"]
+__all__ = ["anonymize_job", "record_end", "record_failure", "result_note"]
 
 
 def anonymize_job(
@@ -90,11 +90,22 @@ def anonymize_job(
     return job
 
 
+def result_note(report: dict[str, Any]) -> str:
+    """The image's PSNR and fidelity against the photo (and the bars it breaks), as the status
+    shows them; empty for a stopped photo run (no image is shown) or a report without them."""
+    from dippas_core.fidelity import describe
+
+    fidelity = describe(report.get("fidelity"), " · ", " · ")
+    if report.get("partial") or not fidelity:
+        return ""
+    return f"Result: PSNR {report['psnr']:.2f} dB · {fidelity}"
+
+
 def record_end(job_model: AnonymizeJob, report: dict[str, Any], run_path: str | Path) -> None:
     """The run returned: finished, or stopped (a stopped photo run says what it kept)."""
     stop_reason = report.get("inversion", {}).get("stop_reason", "")
     update = {"status": "cancelled" if stop_reason == "cancelled" else "finished",
-              "stop_reason": stop_reason}
+              "stop_reason": stop_reason, "result": result_note(report)}
     if report.get("partial"):
         n, missing = len(report["tiles"]), len(report["tiles_not_anonymized"])
         update["message"] = (

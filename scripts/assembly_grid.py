@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     def scores(image, crop):
         fps = {cam: ds.fingerprint_crop(cam, crop) for cam in ds.cameras}
         edges = edge_mask(crop.image)
-        quality, per_cam = score_output(image, crop.image, fps, edges, pce=False)
-        return quality, per_cam
+        fid, per_cam = score_output(image, crop.image, fps, edges, pce=False)
+        return fid.psnr, per_cam
 
     def summary(results):
         ncc = np.array([s[cam]["ncc"] for crop, _q, s in results for cam in ds.cameras])

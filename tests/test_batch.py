@@ -34,6 +34,8 @@ from dippas_core.batch import (
     sanitise_stem,
 )
 from dippas_core.errors import InputError
+from dippas_core.fidelity import COLUMNS as FIDELITY_COLUMNS
+from dippas_core.fidelity import fidelity
 from dippas_core.io import read_image
 from dippas_core.metrics import psnr
 
@@ -628,6 +630,8 @@ def test_cli_batch_with_the_real_tiny_anonymizer(tmp_path, client, capsys, testd
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["source"] for r in rows] == ["other.png", "sample.png"]
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert "SSIM" in captured.out and "bars broken" in captured.out
+    summary = {r["output"]: r for r in json.loads((out / "summary.json").read_text())}
     for row in rows:
         img = read_image(out / row["output"])
         original = center_crop(read_image(src / row["source"]), 64)
@@ -643,13 +647,26 @@ def test_cli_batch_with_the_real_tiny_anonymizer(tmp_path, client, capsys, testd
         assert report["psnr"] == pytest.approx(psnr(original, img), abs=0.01)
         assert float(row["ncc_before"]) == pytest.approx(report["ncc"]["before"])
         assert float(row["ncc_after"]) == pytest.approx(report["ncc"]["after"])
+        # beside the PSNR, the fidelity of this very output against its input
+        direct = fidelity(original, img, block=32)
+        for name in ("ssim", "max_abs", "share_off", "colour_shift", "checkerboard"):
+            assert float(row[name]) == pytest.approx(getattr(direct, name)), name
+        assert float(row["seam_ratio"] or "nan") == pytest.approx(direct.seam_ratio or np.nan,
+                                                                 nan_ok=True)
+        assert row["bars_failed"] == "; ".join(direct.failures())
+        assert summary[row["output"]]["bars_failed"] == direct.failures()
         assert report["seed"] == 3 and report["config"]["assembly"]["B"] == 32
         batch_info = json.loads((out / row["output"]).with_suffix(".json").read_text())["batch"]
         assert batch_info == {"crop": [64, 64], "bit_depth": 8}
     assert folder_digest(src) == before
-    # the same command again redoes nothing
+    # the same command again redoes nothing, and its summary keeps every figure
     assert main([*args, "--scheduler", client.scheduler.address]) == 0
     assert "2 of 2 images already done" in capsys.readouterr().err
+    again = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    assert [{k: r[k] for k in FIDELITY_COLUMNS} for r in again] == [
+        {k: r[k] for k in FIDELITY_COLUMNS} for r in rows
+    ]
 
 
 _DRIVER = """

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dippas_core.cli import main
-from dippas_core.io import read_image, write_image
+from dippas_core.io import center_crop, read_image, write_image
 from dippas_core.run import RunDirectory
 from dippas_core.sample import sample_data
 from dippas_core.snapshots import SnapshotStore
@@ -29,6 +29,21 @@ def sample_files(tmp_path_factory):
     write_image(d / "photo.png", photo)
     fingerprint.save(d / "K.npz")
     return d / "photo.png", d / "K.npz"
+
+
+def _says_its_fidelity(text: str, report: dict, photo, image, block: int) -> None:
+    """The published report's fidelity is fidelity() of the written image against the photo,
+    and the command said it in its fidelity line, with the bars it breaks."""
+    from dippas_core.fidelity import describe, fidelity
+
+    direct = fidelity(photo, image, block=block)
+    measured, expected = dict(report["fidelity"]), direct.to_dict()
+    assert measured.pop("bars_failed") == direct.failures()
+    for key, value in expected.items():  # (the published sidecar leaves a None out)
+        assert measured.get(key) == (value if value is None else pytest.approx(value)), key
+    line = next(x for x in text.splitlines() if x.startswith("fidelity: "))
+    assert line == f"fidelity: {describe(report['fidelity'])}"
+    assert line.endswith("all fidelity bars met") != bool(direct.failures())
 
 
 def test_invert_ctrl_c_keeps_the_run_then_assemble(sample_files, tmp_path, capsys):
@@ -81,6 +96,7 @@ def test_invert_ctrl_c_keeps_the_run_then_assemble(sample_files, tmp_path, capsy
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["assembly"]["B"] == 32 and report["assembly"]["n_averaged"] == 3
+    _says_its_fidelity(capsys.readouterr().err, report, run.photo, image, 32)
     assert report["run_status"] == "cancelled" and "psnr" in report
     # the scores against the camera stay in the run's forensic record, not beside the image
     assert "ncc" not in report and "fingerprint" not in report
@@ -142,6 +158,8 @@ def test_anonymize_writes_image_and_report(sample_files, tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "PSNR vs original" in text and "NCC with the fingerprint" in text
+    _says_its_fidelity(text, json.loads(out.with_suffix(".json").read_text()),
+                       center_crop(read_image(photo), 32), read_image(out), 32)
     # gamma's bound told apart: at 0 with gamma* > 0 is a dead injection, with gamma* <= 0 the
     # clamp's optimum
     gamma_line = next(line for line in text.splitlines() if "gamma while recording" in line)
@@ -185,6 +203,9 @@ def test_demo_runs_small(tmp_path, capsys):
     assert "PSNR vs original" in text and "NCC with the fingerprint" in text
     for name in ("original.png", "anonymized.png", "anonymized.json"):
         assert (out / name).is_file()
+    report = json.loads((out / "anonymized.json").read_text())
+    _says_its_fidelity(text, report, read_image(out / "original.png"),
+                       read_image(out / "anonymized.png"), report["assembly"]["B"])
     assert RunDirectory.open(out / "run").status == "finished"
     assert main(["demo", "--out", str(out), "--crop", "32", *FAST]) == 2  # not empty
 

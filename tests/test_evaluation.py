@@ -363,3 +363,79 @@ def test_the_library_prints_nothing_its_log_gets_the_news(tiny_dataset, tmp_path
     again: list[str] = []
     evaluate("in-memory", tmp_path, cfg, dataset=tiny_dataset, plots=False, log=again.append)
     assert again == messages[:1] and capsys.readouterr().err == ""
+
+
+def test_every_output_has_its_fidelity_beside_psnr_and_old_scores_still_summarise(
+    tiny_dataset, tmp_path
+):
+    """Per output the fidelity measures of the 8-bit output against the crop (fidelity() itself),
+    per method their summary; a scores.csv written before they were measured still resumes and
+    summarises, its rows without them."""
+    from dippas_core.fidelity import COLUMNS, fidelity
+    from dippas_core.io import to_uint8
+
+    def blemish(photo, K, ctx):  # stuck pixels and a tinted corner: bars broken
+        out = photo.astype(np.float32)
+        out[4:6, 4:6, 2] = 255.0
+        out[24:, 24:] += 3.0
+        return np.clip(out, 0, 255)
+
+    register_method(Method("blemish", blemish, "stuck pixels + tint"))
+    try:
+        cfg = EvalConfig.preset("tiny", crop_sizes=(48,), methods=("untouched", "blemish"))
+        out = tmp_path / "eval"
+        evaluate("in-memory", out, cfg, dataset=tiny_dataset, plots=False)
+        with (out / "scores.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        block = min(cfg.dippas.assembly.B, 48)  # the DIPPAS methods' block: one grid for all
+        expected = {}
+        for crop in tiny_dataset.crops:
+            direct = fidelity(crop.image, to_uint8(blemish(crop.image, None, None)), block=block)
+            expected[crop.crop_id] = direct
+            mine = [r for r in rows if r["method"] == "blemish" and r["crop"] == crop.crop_id]
+            assert len(mine) == 2  # one per fingerprint, the same output
+            for r in mine:
+                assert float(r["psnr"]) == direct.psnr
+                for name in ("ssim", "max_abs", "share_off", "colour_shift", "seam_ratio",
+                             "checkerboard"):
+                    assert float(r[name]) == getattr(direct, name), name
+                assert r["bars_failed"] == "; ".join(direct.failures())
+                assert "max_abs" in r["bars_failed"] and "colour_shift" in r["bars_failed"]
+        doc = json.loads((out / "summary.json").read_text())
+        by_method = {s["method"]: s for s in doc["all_crops"]}
+        s, n = by_method["blemish"], len(tiny_dataset.crops)
+        assert s["n_fidelity"] == s["n_bars_failed"] == n
+        assert s["mean_ssim"] == pytest.approx(np.mean([f.ssim for f in expected.values()]))
+        assert s["worst_max_abs"] == max(f.max_abs for f in expected.values())
+        assert s["mean_share_off"] == pytest.approx(
+            np.mean([f.share_off for f in expected.values()]))
+        assert s["worst_colour_shift"] == max(f.colour_shift for f in expected.values())
+        assert s["worst_seam_ratio"] == max(f.seam_ratio for f in expected.values())
+        untouched = by_method["untouched"]
+        assert untouched["n_bars_failed"] == 0 and untouched["mean_ssim"] == pytest.approx(1.0)
+        assert untouched["worst_max_abs"] == 0
+
+        # the same run made before fidelity was measured: no such columns in its scores.csv
+        old_fields = [f for f in rows[0] if f not in COLUMNS]
+        with (out / "scores.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=old_fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        evaluate("in-memory", out, cfg, compute=False, plots=False)  # report only
+        old = {s["method"]: s for s in json.loads((out / "summary.json").read_text())["all_crops"]}
+        assert old["blemish"]["n_fidelity"] == old["blemish"]["n_bars_failed"] == 0
+        assert old["blemish"]["mean_ssim"] is None  # not measured: empty, not a number
+        assert old["blemish"]["mean_psnr"] == pytest.approx(s["mean_psnr"])
+        # resumed with one more method: only that one is scored, and only it has fidelity
+        evaluate("in-memory", out, cfg.replace(methods=(*cfg.methods, "denoise")),
+                 dataset=tiny_dataset, plots=False)
+        with (out / "scores.csv").open() as fh:
+            resumed = list(csv.DictReader(fh))
+        assert all(r["ssim"] == "" for r in resumed if r["method"] != "denoise")
+        assert all(r["ssim"] != "" for r in resumed if r["method"] == "denoise")
+        doc = json.loads((out / "summary.json").read_text())
+        now = {s["method"]: s for s in doc["all_crops"]}
+        assert now["blemish"]["n_fidelity"] == 0 and now["denoise"]["n_fidelity"] == n
+        assert 0 < now["denoise"]["mean_ssim"] < 1
+    finally:
+        METHODS.pop("blemish", None)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ..errors import InputError
+from ..fidelity import COLUMNS as FIDELITY_COLUMNS
 from ..io import IMAGE_SUFFIXES, find_images
 from ..targets import same_file
 from .settings import STATE_DIR, STATUS_SKIPPED, BatchSettings, ImageRecord, ImageTask, Job
@@ -248,7 +249,8 @@ def finished_record(task: ImageTask) -> ImageRecord | None:
             return None  # the output was replaced or damaged since: redo it
     except (OSError, ValueError):
         return None
-    fields = {k: done.get("record", {}).get(k) for k in ("psnr", "ncc_before", "ncc_after")}
+    fields = {k: done.get("record", {}).get(k)
+              for k in ("psnr", *FIDELITY_COLUMNS, "ncc_before", "ncc_after")}
     return ImageRecord(
         output=output.name,
         source=task.source_name,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..fidelity import COLUMNS as FIDELITY_COLUMNS
 
 __all__ = [
     "STATE_DIR",
@@ -35,12 +36,14 @@ STATUS_FAILED, STATUS_CANCELLED = "failed", "cancelled"
 #: written, but short of tau (a tile never reached it, or the assembly used a lower threshold):
 #: not "ok", and the image's sidecar says below_tau
 STATUS_BELOW_TAU = "below-tau"
-#: The columns of ``summary.csv`` (a row per image).
+#: The columns of ``summary.csv`` (a row per image): beside the PSNR, the fidelity measures of the
+#: image's report and the bars it breaks (``dippas_core.fidelity``).
 SUMMARY_FIELDS = (
     "output",
     "source",
     "status",
     "psnr",
+    *FIDELITY_COLUMNS,
     "ncc_before",
     "ncc_after",
     "seconds",
@@ -139,6 +142,14 @@ class ImageRecord:
     status: str
     reason: str = ""
     psnr: float | None = None
+    ssim: float | None = None
+    max_abs: float | None = None
+    share_off: float | None = None
+    colour_shift: float | None = None
+    seam_ratio: float | None = None
+    checkerboard: float | None = None
+    #: the fidelity bars the image breaks (empty: all met; None: not measured)
+    bars_failed: list[str] | None = None
     ncc_before: float | None = None
     ncc_after: float | None = None
     seconds: float | None = None

@@ -13,6 +13,7 @@ import numpy as np
 from .._atomic import atomic_write_text
 from .._json import jsonable
 from ..errors import DippasError, InputError, ShapeMismatchError
+from ..fidelity import MEASURES
 from ..report import short_of_tau
 from .plan import finished_record, sha256_file
 from .settings import (
@@ -130,6 +131,18 @@ def _metric(report: dict, *paths: str) -> float | None:
     return None
 
 
+def _fidelity(report: dict) -> dict[str, Any]:
+    """The summary's fidelity columns from the report's ``fidelity`` section (none: a custom job
+    that measured none)."""
+    section = report.get("fidelity")
+    if not isinstance(section, dict):
+        return {}
+    values: dict[str, Any] = {name: _metric(section, name) for name in MEASURES}
+    broken = section.get("bars_failed")
+    values["bars_failed"] = [str(b) for b in broken] if isinstance(broken, list) else None
+    return values
+
+
 def anonymize_job(
     photo: np.ndarray, fingerprint: Fingerprint | None, config: Any, *, cancel=None
 ) -> Any:
@@ -217,6 +230,8 @@ def process_image(
             )
         report = jsonable(dict(getattr(result, "report", None) or {}), strict=True, arrays=False)
         record.psnr = _metric(report, "psnr", "psnr_db", "metrics.psnr")
+        for name, value in _fidelity(report).items():
+            setattr(record, name, value)
         record.ncc_before = _metric(report, "ncc_before", "ncc.before", "before.ncc")
         record.ncc_after = _metric(report, "ncc_after", "ncc.after", "after.ncc")
         record.seconds = round(time.perf_counter() - start, 3)

@@ -29,6 +29,7 @@ from .assemble import (
     check_output,
     earlier_images,
     image_outputs,
+    say_fidelity,
     warn_lowered_tau,
     write_outputs,
 )
@@ -161,7 +162,8 @@ def run_anonymize(
 
 
 def print_summary(report: dict, out: Path, stream: Any = None) -> None:
-    """A few lines a person reads: PSNR, NCC and PCE before/after, snapshots, time."""
+    """A few lines a person reads: PSNR and the fidelity measures (and the bars they break), NCC
+    and PCE before/after, snapshots, time."""
     s = stream if stream is not None else sys.stdout
     inv, asm = report["inversion"], report["assembly"]
     what = (
@@ -172,6 +174,7 @@ def print_summary(report: dict, out: Path, stream: Any = None) -> None:
     print(f"{what}: {out}  (published settings: {out.with_suffix('.json')})", file=s)
     print(f"mode: {report['mode']} (reference: {report['reference']})", file=s)
     print(f"PSNR vs original: {report['psnr']:.2f} dB", file=s)
+    say_fidelity(report, s)
     print(
         f"NCC with the fingerprint: {report['ncc']['before']:.4f} -> {report['ncc']['after']:.4f}",
         file=s,

@@ -23,6 +23,7 @@ __all__ = [
     "earlier_images",
     "image_outputs",
     "register",
+    "say_fidelity",
     "warn_lowered_tau",
     "write_outputs",
 ]
@@ -133,6 +134,16 @@ def warn_lowered_tau(tau: float, params: dict) -> None:
         )
 
 
+def say_fidelity(report: Any, stream: Any = None) -> None:
+    """The fidelity line of an image's report (beside its PSNR line; stderr by default): the
+    measures and the bars they break (:func:`dippas_core.fidelity.describe`)."""
+    from ..fidelity import describe
+
+    line = describe(report.get("fidelity"))
+    if line:
+        print(f"fidelity: {line}", file=stream if stream is not None else sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -199,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
         f"report {out.with_suffix('.json')}",
         file=sys.stderr,
     )
+    say_fidelity(report)
     return _said(report, out, args.accept_below_tau)
 
 
@@ -229,7 +241,7 @@ def _run_photo(args: argparse.Namespace) -> int:
     P = asm.reference if asm.reference is not None else residual(photo255, asm.sigma)
     p = asm.params
     block = p["B"] if p["B"] % 32 == 0 else 64
-    measured, maps = measure(photo255, asm.image, P, block, asm.sigma)
+    measured, maps = measure(photo255, asm.image, P, block, asm.sigma, tiles=asm.tile_boxes)
     report = AnonymizationReport.of(
         **measured,
         run_dir=str(args.run_dir),
@@ -255,6 +267,7 @@ def _run_photo(args: argparse.Namespace) -> int:
         f"{report['pce']['before']:.1f} -> {report['pce']['after']:.1f}",
         file=sys.stderr,
     )
+    say_fidelity(report)
     return _said(report, out, args.accept_below_tau)
 
 

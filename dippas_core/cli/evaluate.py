@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ._checks import finite_float, int_between, seed
 
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "evaluate",
-        help="compare anonymization methods on real cameras (AUC, PSNR, trade-off C)",
+        help="compare anonymization methods on real cameras (AUC, PSNR, fidelity, trade-off C)",
         description=(
             "Estimate each camera's fingerprint from DATA/ff-jpg, crop the photos of DATA/nat-jpg, "
             "run every method and score every output against every fingerprint. Writes "
@@ -152,12 +153,22 @@ def run(args: argparse.Namespace) -> int:
         "acc_ncc",
         *(("auc_attacker", "acc_attacker") if args.attacker else ()),
     )
-    print("  ".join(f"{c:>12s}" for c in cols))
-    for s in summary:
-        print(
-            "  ".join(
-                f"{s[c]:12.4f}" if isinstance(s[c], float) else f"{s[c]!s:>12s}" for c in cols
-            )
-        )
+    _print_table(summary, cols)
+    # beside the PSNR, how close the outputs look (dippas_core.fidelity; docs/method.md#fidelity)
+    print()
+    _print_table(summary, ("size", "method", "n_fidelity", "mean_psnr", "mean_ssim",
+                           "worst_max_abs", "mean_share_off", "worst_colour_shift",
+                           "worst_seam_ratio", "n_bars_failed"))
     print(f"results in {args.out}", file=sys.stderr)
     return 0
+
+
+def _print_table(summary: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
+    """The summary's ``cols`` as right-aligned columns (at least 12 characters wide)."""
+    widths = [max(12, len(c)) for c in cols]
+    print("  ".join(f"{c:>{w}s}" for c, w in zip(cols, widths, strict=True)))
+    for s in summary:
+        print("  ".join(
+            f"{s[c]:{w}.4f}" if isinstance(s[c], float) else f"{s[c]!s:>{w}s}"
+            for c, w in zip(cols, widths, strict=True)
+        ))

@@ -10,20 +10,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._atomic import atomic_write_text
 from .._json import jsonable
 from ..attribution import pce_kind
 from ..errors import DippasError, InputError
+from ..fidelity import bar_names
 from .config import EvalConfig
 from .dataset import Crop, Dataset, load_dataset
 from .methods import METHODS, MethodContext
 from .plots import write_plots
 from .scoring import PCE_SHIFT_RANGE, score_output
 from .tables import SCORE_FIELDS, check_resumable, read_scores, rows_to_csv, write_summaries
+
+if TYPE_CHECKING:
+    from ..fidelity import Fidelity
 
 __all__ = ["EvaluationRun", "evaluate", "score_saved_outputs"]
 
@@ -251,14 +255,18 @@ class EvaluationRun:
         _summary, common, keep = self.save(partial=True)
         if seconds > _REPLOT_AFTER_S:  # slow methods: keep the plots current too
             self.plot(common, keep)
+        broken = quality.failures()
         self.log(
-            f"{name:18s} {crop.crop_id:32s} PSNR {quality:6.2f} dB  "
-            f"NCC(true) {ncc_true:+.5f}  {seconds:6.1f} s"
+            f"{name:18s} {crop.crop_id:32s} PSNR {quality.psnr:6.2f} dB  "
+            f"SSIM {quality.ssim:.4f}  max |Δ| {quality.max_abs:3.0f}  "
+            f"shift {quality.colour_shift:5.2f}  "
+            f"{'bars broken: ' + bar_names(broken) if broken else 'bars met'}"
+            f"  NCC(true) {ncc_true:+.5f}  {seconds:6.1f} s"
         )
 
-    def _score(self, name: str, crop: Crop, image: Any, seconds: float) -> tuple[float, float]:
+    def _score(self, name: str, crop: Crop, image: Any, seconds: float) -> tuple[Fidelity, float]:
         """Add the rows of ``image`` (method ``name``'s output for ``crop``) against every camera;
-        return its PSNR and its NCC with the true camera."""
+        return its fidelity (PSNR and the rest) and its NCC with the true camera."""
         from ..io import to_uint8, write_image
 
         if self.save_outputs:
@@ -266,8 +274,10 @@ class EvaluationRun:
         fps = {c: self.dataset.fingerprint_crop(c, crop) for c in self.dataset.cameras}
         quality, per_fp = score_output(
             image, crop.image, fps, self._edges[crop.crop_id],
-            sigma=self.config.sigma, pce=self.config.pce,
+            sigma=self.config.sigma, pce=self.config.pce, block=self.seam_block(crop),
         )
+        fidelity = {k: v for k, v in asdict(quality).items() if k != "psnr"}
+        fidelity["bars_failed"] = "; ".join(quality.failures())
         learned = (
             self.attacker.predict_proba(to_uint8(image)) if self.attacker is not None else {}
         )
@@ -284,12 +294,18 @@ class EvaluationRun:
                     "fingerprint": cam,
                     "label": int(cam == crop.camera),
                     **sc,
-                    "psnr": quality,
+                    "psnr": quality.psnr,
+                    **fidelity,
                     "seconds": seconds,
                     "attacker": learned.get(cam, ""),
                 }
             )
         return quality, per_fp[crop.camera]["ncc"]
+
+    def seam_block(self, crop: Crop) -> int:
+        """The block side whose edges are seams in every method's output (the DIPPAS methods'
+        assembly block, as their reports measure it): one grid for every method."""
+        return int(min(self.config.dippas.assembly.B, max(crop.image.shape[:2])))
 
     def run(self) -> list[dict[str, Any]]:
         """Every method in turn, then the final files and plots; return the summary rows."""

@@ -1,10 +1,15 @@
-"""One method output scored against every camera: PSNR, NCC, NCC on the edges, PCE."""
+"""One method output scored against every camera: PSNR and fidelity, NCC, NCC on the edges, PCE."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..fidelity import Fidelity
 
 __all__ = ["PCE_SHIFT_RANGE", "score_output"]
 
@@ -21,23 +26,26 @@ def score_output(
     *,
     sigma: float = 5.0,
     pce: bool = True,
-) -> tuple[float, dict[str, dict[str, float]]]:
-    """Score one method output: PSNR against ``original`` and, per fingerprint (already cropped at
-    the place of the crop), NCC, NCC on ``edges`` only, and PCE.
+    block: int | None = None,
+) -> tuple[Fidelity, dict[str, dict[str, float]]]:
+    """Score one method output: PSNR and the fidelity measures against ``original`` and, per
+    fingerprint (already cropped at the place of the crop), NCC, NCC on ``edges`` only, and PCE.
 
-    ``output`` is rounded to 8 bits first (the image as saved).  The scores are
+    ``output`` is rounded to 8 bits first (the image as saved).  The fidelity is
+    :func:`dippas_core.fidelity.fidelity`'s (its ``psnr`` is the PSNR; ``block``: the assembly's
+    block side, whose edges are the seams).  The scores are
     :func:`dippas_core.attribution.attribute`'s, the PCE peak searched over every shift (the
     paper's detector).
     """
     from ..attribution import attribute
+    from ..fidelity import fidelity
     from ..io import to_uint8
-    from ..metrics import psnr
     from ..residual import residual
 
     out8 = to_uint8(output)
     if out8.shape != np.asarray(original).shape:
         raise InputError(f"method output is {out8.shape}, the crop is {np.asarray(original).shape}")
-    quality = float(psnr(out8, original))
+    quality = fidelity(original, out8, block=block)
     W = residual(out8, sigma)
     scores: dict[str, dict[str, float]] = {}
     for cam, K in fingerprints.items():

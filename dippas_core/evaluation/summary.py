@@ -1,4 +1,5 @@
-"""Per method and crop size: ROC AUCs, mean PSNR, the trade-off C, NCC with the true camera."""
+"""Per method and crop size: ROC AUCs, mean PSNR and fidelity, the trade-off C, NCC with the true
+camera."""
 
 from __future__ import annotations
 
@@ -38,6 +39,35 @@ def _top1_accuracy(rows: Sequence[dict[str, Any]], key: str) -> float:
     return float(np.mean([hit for _, hit in best.values()])) if best else float("nan")
 
 
+def _fidelity_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: the fidelity of its outputs (one per crop) beside the mean PSNR: mean SSIM,
+    worst max |Δ|, mean share off, worst colour shift and seam ratio, how many outputs break a
+    bar, over the ``n_fidelity`` outputs whose fidelity was measured (a ``scores.csv`` written
+    before it was lacks it: NaN when none)."""
+    measured: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("ssim") not in ("", None):
+            measured.setdefault(str(r["crop"]), r)
+
+    def values(key: str) -> np.ndarray:
+        v = np.array([float(r[key]) for r in measured.values() if r.get(key) not in ("", None)])
+        return v[~np.isnan(v)]
+
+    def stat(key: str, how) -> float:
+        v = values(key)
+        return float(how(v)) if v.size else float("nan")
+
+    return {
+        "n_fidelity": len(measured),
+        "mean_ssim": stat("ssim", np.mean),
+        "worst_max_abs": stat("max_abs", np.max),
+        "mean_share_off": stat("share_off", np.mean),
+        "worst_colour_shift": stat("colour_shift", np.max),
+        "worst_seam_ratio": stat("seam_ratio", np.max),
+        "n_bars_failed": sum(bool(r.get("bars_failed")) for r in measured.values()),
+    }
+
+
 def summarize(
     rows: Sequence[dict[str, Any]], *, crops: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -56,6 +86,10 @@ def summarize(
     method's (higher: more removed).  ``mean_psnr`` averages the per-crop PSNR, a crop the method
     left unchanged counting as :data:`PSNR_CAP` dB; it is infinite only when no crop changed
     (untouched), and then ``C`` is left empty.  ``n_unchanged`` counts the unchanged crops.
+    Beside the PSNR, the outputs' fidelity (``dippas_core.fidelity``): ``mean_ssim``,
+    ``worst_max_abs``, ``mean_share_off``, ``worst_colour_shift``, ``worst_seam_ratio`` and
+    ``n_bars_failed`` (outputs that break a bar), over the ``n_fidelity`` outputs whose fidelity
+    was measured (rows of an older ``scores.csv`` have none).
     ``acc_ncc``, ``acc_pce`` and ``acc_attacker`` are top-1 accuracies: the share of crops whose
     highest score (over the fingerprints, or the learned attacker's camera probabilities) is the
     true camera's; ``auc_attacker`` pools the attacker's probabilities as ``auc_ncc`` pools NCCs.
@@ -75,6 +109,7 @@ def summarize(
         labels = np.array([str(r["label"]) in ("1", "True", "true") for r in rs])
         ncc = np.array([num(r["ncc"]) for r in rs])
         per_crop = {str(r["crop"]): (num(r["psnr"]), num(r["seconds"])) for r in rs}
+        fidelity = _fidelity_summary(rs)
         psnrs = np.array([v[0] for v in per_crop.values()])
         psnrs = psnrs[~np.isnan(psnrs)]
         if psnrs.size == 0:
@@ -95,6 +130,7 @@ def summarize(
                 "n_pairs": len(rs),
                 "n_unchanged": int(np.isinf(psnrs).sum()),
                 "mean_psnr": mean_psnr,
+                **fidelity,
                 "auc_ncc": auc,
                 "auc_ncc_edges": auc_e,
                 "auc_edges_rel_change": (auc_e - auc) / auc if auc > 0 else nan,

@@ -12,6 +12,8 @@ from typing import Any
 from .._atomic import atomic_write_text
 from .._json import jsonable
 from ..errors import InputError
+from ..fidelity import COLUMNS as FIDELITY_COLUMNS
+from ..fidelity import MEASURES
 from .config import EvalConfig
 from .summary import common_crops, summarize
 
@@ -24,7 +26,10 @@ __all__ = [
     "write_summaries",
 ]
 
-#: The columns of ``scores.csv``: a row per (method, crop, fingerprint).
+#: The columns of ``scores.csv``: a row per (method, crop, fingerprint).  Beside the PSNR, the
+#: output's fidelity measures (``dippas_core.fidelity``; the same for every fingerprint) and the
+#: bars it breaks (``"; "``-joined): a ``scores.csv`` written before they were measured lacks
+#: those columns, and its rows read back with them empty.
 SCORE_FIELDS = (
     "size",
     "crop",
@@ -39,6 +44,7 @@ SCORE_FIELDS = (
     "ncc_edges",
     "pce",
     "psnr",
+    *FIDELITY_COLUMNS,
     "seconds",
     "attacker",
 )
@@ -63,7 +69,8 @@ def read_scores(path: Path) -> list[dict[str, Any]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = [f for f in SCORE_FIELDS if f not in (reader.fieldnames or ())]
+            have = reader.fieldnames or ()
+            missing = [f for f in SCORE_FIELDS if f not in have and f not in FIDELITY_COLUMNS]
             if missing:
                 raise InputError(
                     f"{path} is not a scores file of dippas evaluate: no column "
@@ -73,15 +80,17 @@ def read_scores(path: Path) -> list[dict[str, Any]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{path} is not a readable CSV file ({exc})") from None
     for line, row in enumerate(rows, start=2):
-        _check_score_row(path, line, row)
+        _check_score_row(path, line, row, have)
+        for f in FIDELITY_COLUMNS:  # scored before fidelity was measured: not measured
+            row.setdefault(f, "")
     return rows
 
 
-def _check_score_row(path: Path, line: int, row: dict[str, Any]) -> None:
+def _check_score_row(path: Path, line: int, row: dict[str, Any], have: Sequence[str]) -> None:
     def bad(column: str, why: str) -> InputError:
         return InputError(f"{path}, line {line}: {column} {row.get(column)!r} {why}")
 
-    if None in row or any(row.get(f) is None for f in SCORE_FIELDS):
+    if None in row or any(row.get(f) is None for f in SCORE_FIELDS if f in have):
         raise InputError(f"{path}, line {line}: wrong number of columns")
     try:
         size = int(row["size"])
@@ -93,7 +102,8 @@ def _check_score_row(path: Path, line: int, row: dict[str, Any]) -> None:
         raise InputError(f"{path}, line {line}: method and crop must not be empty")
     if row["label"] not in ("0", "1", "True", "False", "true", "false"):
         raise bad("label", "is not 0/1")
-    for column in ("ncc", "ncc_edges", "pce", "psnr", "seconds"):
+    numbers = ("ncc", "ncc_edges", "pce", "psnr", "seconds", *MEASURES)
+    for column in (c for c in numbers if c in have):
         if row[column] == "":
             continue  # a score that was not computed (e.g. --no-pce)
         try:

@@ -92,6 +92,8 @@ class AnonymizeJob(EventedModel):
     n_snapshots: int = 0
     stop_reason: str = ""
     message: str = ""
+    #: the finished image's PSNR and fidelity against the photo, and the bars it breaks
+    result: str = ""
     run_dir: str = ""
     #: seconds since the run started (set with each batch of steps)
     elapsed_s: float = 0.0
@@ -109,6 +111,7 @@ class AnonymizeJob(EventedModel):
                 "status": "running", "iteration": 0, "max_iter": int(max_iter),
                 "psnr": float("nan"), "best_psnr": float("nan"), "gamma": 0.0,
                 "ncc": float("nan"), "n_snapshots": 0, "stop_reason": "", "message": "",
+                "result": "",
                 "run_dir": str(run_dir), "elapsed_s": 0.0, "first_iteration": 0,
                 "first_elapsed_s": 0.0, "record_psnr": float(record_psnr),
             }

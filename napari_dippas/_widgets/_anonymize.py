@@ -372,7 +372,7 @@ class AnonymizeWidget(AnonymizeForm):
             self.plot.show_history(self.history, self.settings.record_psnr)
 
     def _show_job(self, *_: Any) -> None:
-        lines = [self.job.describe(), self.run_note, self.trace_note]
+        lines = [self.job.describe(), self.job.result, self.run_note, self.trace_note]
         if self._tiled:
             lines.insert(1, self.state.tiles.describe() + self._tiles_left())
         self.status.setText("\n".join(line for line in lines if line))

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 
 from dippas_core.assembly import NoSnapshotsError
 from dippas_core.attribution import PCE_ALIGNED
+from dippas_core.fidelity import describe
 
 from .._layer_updates import same_path, upsert_run_layer
 from .._layers import BLOCK_NCC_LIMIT, block_heatmap_layer, dippas_kind
@@ -131,6 +132,10 @@ class AssembleWidget(DockWidget):
         grid.addWidget(QLabel("PSNR"), 3, 0)
         self.psnr = QLabel("–")
         grid.addWidget(self.psnr, 3, 1, 1, 2)
+        grid.addWidget(QLabel("fidelity"), 4, 0)
+        self.fidelity = QLabel("–")  # beside PSNR: what it cannot see (dippas_core.fidelity)
+        self.fidelity.setWordWrap(True)
+        grid.addWidget(self.fidelity, 4, 1, 1, 2)
         self.status = QLabel("Choose a run (the snapshots layer of a run, or a run folder).")
         self.status.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC (before and after)")
@@ -323,6 +328,7 @@ class AssembleWidget(DockWidget):
             self.table["NCC", stage].setText(f"{scores.ncc:.5f}")
             self.table["PCE", stage].setText(f"{scores.pce:.1f}")
         self.psnr.setText(f"{outcome.psnr:.2f} dB")
+        self.fidelity.setText(describe(outcome.report.get("fidelity"), " · ", " · ") or "–")
         p = outcome.params
         text = (
             f"Assembled B={p['B']}, L={p['L']} from {p['n_candidates']} of {p['n_snapshots']} "

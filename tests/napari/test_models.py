@@ -197,3 +197,31 @@ def test_attribution_names_a_size_mismatch(sample):
     photo, fp = sample
     with pytest.raises(ShapeMismatchError, match="256"):
         attribute(photo[:128], fp.K)
+
+
+def test_a_finished_run_shows_its_fidelity_beside_psnr(sample):
+    """The Anonymize dock's status: the image's PSNR and fidelity from its report (the bars it
+    breaks named); nothing for a stopped photo run, whose image is not shown."""
+    from dippas_core.fidelity import describe, fidelity
+    from dippas_core.report import AnonymizationReport, measure
+    from napari_dippas._run_job import record_end
+
+    photo, fp = sample
+    out = photo.astype(np.float32)
+    out[10:12, 20:22, 2] = 255.0  # stuck pixels
+    out = np.clip(out + np.random.default_rng(0).normal(0, 1.0, out.shape), 0, 255)
+    measured, _ = measure(photo, out, fp.K, 64)
+    report = AnonymizationReport.of(**measured, inversion={"stop_reason": "psnr"}).to_dict()
+    job = AnonymizeJob()
+    job.start(max_iter=10)
+    record_end(job, report, "/tmp/run")
+    direct = fidelity(photo, out, block=64)
+    assert job.status == "finished"
+    assert job.result == (f"Result: PSNR {direct.psnr:.2f} dB · "
+                          f"{describe(report['fidelity'], ' · ', ' · ')}")
+    assert f"SSIM {direct.ssim:.4f}" in job.result and "bars broken: max_abs" in job.result
+    job.start(max_iter=10)
+    assert job.result == ""  # a new run forgets the last result
+    partial = {**report, "partial": True, "tiles": [{}, {}], "tiles_not_anonymized": [1]}
+    record_end(job, partial, "/tmp/run")
+    assert job.result == "" and "Stopped" in job.message

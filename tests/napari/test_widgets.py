@@ -166,6 +166,9 @@ def test_anonymize_assemble_export_reopen_round_trip(
     timer.stop()
     load_after = os.getloadavg()[0]
     assert anon.job.status == "finished", anon.job.message
+    # beside the PSNR, the fidelity of the image shown (its report's, the bars it breaks)
+    assert anon.job.result.startswith("Result: PSNR ") and anon.job.result in anon.status.text()
+    assert " · SSIM " in anon.job.result and "bars" in anon.job.result
     wall_gaps, busy_gaps = np.diff(np.array(ticks), axis=0).T
     print(
         f"\nevent loop during the run: {len(ticks)} ticks, max gap {wall_gaps.max() * 1e3:.0f} ms "
@@ -217,6 +220,7 @@ def test_anonymize_assemble_export_reopen_round_trip(
     assert abs(out.after.ncc) < abs(out.before.ncc)  # the fingerprint got weaker
     assert out.psnr > 15
     assert asm.table["NCC", "after"].text() == f"{out.after.ncc:.5f}"
+    assert asm.fidelity.text().startswith("SSIM ")
 
     written = asm.export(tmp_path / "anon.png")
     assert [Path(p).name for p in written] == ["anon.png", "anon.json"]
@@ -581,6 +585,31 @@ def _wait_idle(qtbot, asm, state):
         and (asm.worker is None or not asm.worker.is_running), timeout=30_000,
     )
     qtbot.wait(300)  # the last worker's queued "returned" signal
+
+
+def test_the_assemble_dock_shows_the_fidelity_beside_psnr(viewer, qtbot, synthetic_run):
+    """What PSNR cannot see, in the dock: fidelity() of the assembled image against the photo,
+    on the assembly's blocks, and the bars it breaks."""
+    from dippas_core.fidelity import fidelity
+
+    path, photo, _ = synthetic_run("run-a")
+    asm = AssembleWidget(viewer)
+    asm.open_run_folder(path)
+    qtbot.waitUntil(lambda: asm.outcome is not None, timeout=30_000)
+    asm.settings.update({"B": 32, "L": 2})
+    qtbot.waitUntil(lambda: asm.outcome.params["B"] == 32 and asm.outcome.params["L"] == 2,
+                    timeout=30_000)
+    direct = fidelity(photo, asm.outcome.image, block=32)
+    text = asm.fidelity.text()
+    assert asm.psnr.text() == f"{direct.psnr:.2f} dB"
+    assert f"SSIM {direct.ssim:.4f}" in text
+    assert f"max |Δ| {direct.max_abs:.0f} levels" in text
+    assert f"colour shift {direct.colour_shift:.2f} levels" in text
+    assert f"seam ratio {direct.seam_ratio:.2f}" in text
+    broken = direct.failures()
+    assert text.endswith(" · bars broken: " + ", ".join(broken) if broken
+                         else " · all fidelity bars met")
+    asm.close_down()
 
 
 def test_quick_settings_changes_show_the_last_settings(viewer, qtbot, synthetic_run,
