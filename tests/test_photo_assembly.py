@@ -12,6 +12,7 @@ import pytest
 
 from dippas_core.cancel import CancelToken
 from dippas_core.cli import main
+from dippas_core.fidelity import describe, fidelity
 from dippas_core.io import read_image
 from dippas_core.metrics import psnr
 from dippas_core.pipeline import anonymize
@@ -45,6 +46,10 @@ def test_the_runs_own_settings_give_back_the_runs_image(kept, tmp_path, capsys):
     # the JSON beside the image is the published sidecar: no run folder, no scores of the camera
     sidecar = (tmp_path / "same.json").read_text()
     assert str(run) not in sidecar and "pce" not in json.loads(sidecar)
+    # the same image, the same fidelity as the run's own report: seams on the tiles' edges too
+    fid = json.loads(sidecar)["fidelity"]
+    assert fid == result.report["fidelity"] and fid["seam_ratio"] is not None
+    assert f"fidelity: {describe(fid)}" in err.splitlines()
 
 
 def test_other_settings_give_another_valid_image(kept, d70_four_tiles, tmp_path):
@@ -57,6 +62,12 @@ def test_other_settings_give_another_valid_image(kept, d70_four_tiles, tmp_path)
     assert other.shape == photo.shape and other.dtype == np.uint8
     assert not np.array_equal(other, result.image)
     assert psnr(photo.astype(np.float32), other.astype(np.float32)) > 12.0
+    # its fidelity is the image's, seams on the tiles' edges as well as on the 64-px blocks
+    boxes = [(t["y"], t["x"], t["h"], t["w"]) for t in result.report["tiles"]]
+    direct = fidelity(photo, other, block=64, tiles=boxes)
+    published = json.loads((tmp_path / "other.json").read_text())["fidelity"]
+    assert published == {**direct.to_dict(), "bars_failed": direct.failures()}
+    assert direct.seam_ratio != fidelity(photo, other, block=64).seam_ratio  # 32: a tile edge
     # where one tile alone covers the photo (weight 1) the pixels are that tile's own assembly
     # with the new settings, made here from its kept run
     tile0 = assemble(run / "tiles" / "0000", 64, 1, 14.0)
