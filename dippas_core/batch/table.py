@@ -68,23 +68,21 @@ def write_summary(out_dir: str | os.PathLike, records: Sequence[ImageRecord]) ->
 
 def format_table(records: Sequence[ImageRecord]) -> str:
     """The summary as an aligned text table."""
-
-    num = _number
     header = ("output", "status", "PSNR dB", "SSIM", "max |Δ|", "shift", "seam", "bars broken",
               "NCC before", "NCC after", "time s", "reason")
     rows = [
         (
             r.output,
             r.status,
-            num(r.psnr, ".2f"),
-            num(r.ssim, ".4f"),
-            num(r.max_abs, ".0f"),
-            num(r.colour_shift, ".2f"),
-            num(r.seam_ratio, ".2f"),
+            _number(r.psnr, ".2f"),
+            _number(r.ssim, ".4f"),
+            _number(r.max_abs, ".0f"),
+            _number(r.colour_shift, ".2f"),
+            _number(r.seam_ratio, ".2f"),
             _bars(r.bars_failed, "none"),
-            num(r.ncc_before, ".4f"),
-            num(r.ncc_after, ".4f"),
-            num(r.seconds, ".1f"),
+            _number(r.ncc_before, ".4f"),
+            _number(r.ncc_after, ".4f"),
+            _number(r.seconds, ".1f"),
             r.reason,
         )
         for r in records

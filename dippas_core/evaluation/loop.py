@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from .._atomic import atomic_write_text
 from .._json import jsonable
 from ..attribution import pce_kind
 from ..errors import DippasError, InputError
-from ..fidelity import bar_names
+from ..fidelity import MEASURES, bar_names
 from .config import EvalConfig
 from .dataset import Crop, Dataset, load_dataset
 from .methods import METHODS, MethodContext
@@ -276,7 +276,7 @@ class EvaluationRun:
             image, crop.image, fps, self._edges[crop.crop_id],
             sigma=self.config.sigma, pce=self.config.pce, block=self.seam_block(crop),
         )
-        fidelity = {k: v for k, v in asdict(quality).items() if k != "psnr"}
+        fidelity = {k: getattr(quality, k) for k in MEASURES}
         fidelity["bars_failed"] = "; ".join(quality.failures())
         learned = (
             self.attacker.predict_proba(to_uint8(image)) if self.attacker is not None else {}
