@@ -41,9 +41,10 @@ def _as_int(value, name: str, minimum: int) -> int:
 
 def gray255(image) -> np.ndarray:
     """Gray image (float32, 0..255 scale) from H×W×3 or H×W, uint8/uint16/float input."""
-    from .residual import _as_float255, rgb2gray
+    from .residual import rgb2gray
+    from .residual_spec import as_float255
 
-    return rgb2gray(_as_float255(image, "I"))
+    return rgb2gray(as_float255(image, "I"))
 
 
 def _ncc_inputs(W, I, K) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,7 @@ def edge_mask(
     if int(dilate) < 0:
         raise InputError(f"dilate must be >= 0, got {dilate!r}")
     if denoise:
-        from .baselines.denoising import wavelet_denoise
+        from .residual import wavelet_denoise
 
         img = wavelet_denoise(img, check_positive(sigma, "sigma"))
     gray = rgb2gray(img).astype(np.float64)

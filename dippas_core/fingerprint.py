@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path
 from ._validation import check_positive
+from .atomic import atomic_path
 from .errors import InputError, ShapeMismatchError
 
 __all__ = [
@@ -248,8 +248,9 @@ def check_fingerprint_file(
     Raises
     ------
     InputError
-        Not a fingerprint archive, K not 2-D, more pixels than :data:`dippas_core.io.MAX_PIXELS`,
-        metadata larger than a JSON text can sensibly be, or K of another ``shape``.
+        Not a fingerprint archive, K not 2-D, more pixels than
+        :data:`dippas_core.io.limits.MAX_PIXELS`, metadata larger than a JSON text can sensibly
+        be, or K of another ``shape``.
     """
     import zipfile
 
@@ -269,10 +270,10 @@ def check_fingerprint_file(
     if len(k_shape) != 2:
         raise InputError(f"{path}: K must be a 2-D float array, got shape {k_shape}")
     h, w = k_shape
-    if h * w > io.MAX_PIXELS:
+    if h * w > io.limits.MAX_PIXELS:
         raise InputError(
             f"{path}: K declares {h}×{w} = {h * w / 1e6:.1f} megapixels, over the limit of "
-            f"{io.MAX_PIXELS / 1e6:.1f} MP; refusing to read it"
+            f"{io.limits.MAX_PIXELS / 1e6:.1f} MP; refusing to read it"
         )
     m_shape, m_dtype = io.npz_header(path, "metadata")
     if m_dtype.itemsize * int(np.prod(m_shape)) > _MAX_METADATA_BYTES:
@@ -393,13 +394,13 @@ def estimate_fingerprint(
     """
     from .io import center_crop, read_image
     from .residual import (
-        _as_float255,
         _check_method,
         _gray_zero_mean_wiener_dft,
         rgb2gray,
         wiener_dft,
         zero_mean,
     )
+    from .residual_spec import as_float255
 
     sigma = check_positive(sigma, "sigma")
     _check_method(method)
@@ -427,7 +428,7 @@ def estimate_fingerprint(
                 img = center_crop(img, crop)
             except InputError as exc:
                 raise InputError(f"{name}: {exc}") from None
-        img = _as_float255(img, name)
+        img = as_float255(img, name)
         if first_shape is None:
             first_name, first_shape = name, img.shape
         elif img.shape != first_shape:

@@ -211,7 +211,7 @@ class AnonymizationReport(Mapping):
     # -- writing ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The full report as JSON-ready data: both parts (the forensic record's content)."""
-        from ._json import jsonable
+        from .jsonio import jsonable
 
         out = _fields(self.published)
         forensic = _fields(self.forensic)
@@ -230,7 +230,7 @@ class AnonymizationReport(Mapping):
 
         ``image_name``: the published image's file name (the user chose it), as ``output``.
         """
-        from ._json import jsonable
+        from .jsonio import jsonable
 
         out: dict[str, Any] = {"format": PUBLISHED_FORMAT}
         if image_name is not None:
@@ -398,8 +398,8 @@ def write_forensic_record(
     ``path`` is a file, or a run folder (then ``RUN/forensic-record.json``).  This record names
     the source camera and its scores: keep it private, never beside the published image.
     """
-    from ._atomic import atomic_write_text
-    from ._json import jsonable
+    from .atomic import atomic_write_text
+    from .jsonio import jsonable
 
     path = Path(path)
     if path.is_dir():
@@ -411,7 +411,7 @@ def write_forensic_record(
 
 
 def _json_object(path: Path) -> dict | None:
-    from ._json import read_json
+    from .jsonio import read_json
 
     try:
         data = read_json(path)

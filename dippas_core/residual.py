@@ -27,6 +27,7 @@ import numpy as np
 
 from ._validation import as_image, check_positive
 from .errors import InputError, ShapeMismatchError
+from .residual_spec import GRAY_WEIGHTS, LEVELS, MODE, WAVELET, WINDOWS, as_float255, validated
 
 __all__ = [
     "GRAY_WEIGHTS",
@@ -34,17 +35,12 @@ __all__ = [
     "residual_batch",
     "residual_reference",
     "rgb2gray",
+    "wavelet_denoise",
     "wavelet_noise",
     "wiener_dft",
     "zero_mean",
 ]
 
-#: MATLAB ``rgb2gray`` weights.
-GRAY_WEIGHTS = np.array([0.29893602, 0.58704307, 0.11402090], dtype=np.float32)
-WAVELET = "db4"
-LEVELS = 4
-MODE = "symmetric"
-WINDOWS = (3, 5, 7, 9)
 METHODS = ("fast", "reference", "torch")
 
 # method §1 fixes four levels; on crops under ~112 px PyWavelets warns that this exceeds its
@@ -55,16 +51,6 @@ warnings.filterwarnings("ignore", message=r"Level value of \d+ is too high", cat
 # --------------------------------------------------------------------------------------------
 # Input handling shared by both paths
 # --------------------------------------------------------------------------------------------
-
-
-def _as_float255(image, name: str = "image") -> np.ndarray:
-    """``image`` as finite float32 H×W or H×W×3 in the 0..255 scale (uint16 is rescaled)."""
-    from .io import to_float255
-
-    arr = np.asarray(image) if not isinstance(image, np.ndarray) else image
-    if arr.dtype == np.uint16:
-        arr = to_float255(arr)
-    return as_image(arr, name)
 
 
 def _check_method(method: str) -> None:
@@ -145,7 +131,7 @@ def wiener_dft(w: np.ndarray) -> np.ndarray:
 
 def residual_reference(image: np.ndarray, sigma: float = 5.0) -> np.ndarray:
     """Reference (oracle) noise residual: float32 H×W.  See :func:`residual`."""
-    image = _as_float255(image)
+    image = as_float255(image)
     sigma = check_positive(sigma, "sigma")
     noise = wavelet_noise(image, sigma, method="reference")
     return wiener_dft(zero_mean(rgb2gray(noise)))
@@ -207,18 +193,6 @@ def _wavelet_noise_plane_pywt(plane: np.ndarray, noise_var: float) -> np.ndarray
     return pywt.waverec2(coeffs, WAVELET, mode=MODE)
 
 
-def _validated(image, name: str = "image") -> np.ndarray:
-    """uint8/uint16 H×W(×3) arrays as they are (always finite), anything else as float 0..255."""
-    arr = np.asarray(image)
-    if (
-        arr.dtype in (np.uint8, np.uint16)
-        and arr.size
-        and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3))
-    ):
-        return arr
-    return _as_float255(arr, name)
-
-
 def _planes(image: np.ndarray) -> list[np.ndarray]:
     """float32 C-contiguous planes (0..255 scale) of a validated image, one pass per channel."""
     channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
@@ -273,7 +247,7 @@ def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast"
     _check_method(method)
     if method == "torch":
         raise InputError("wavelet_noise has the 'fast' and 'reference' methods, not 'torch'")
-    image = _as_float255(image)
+    image = as_float255(image)
     sigma = check_positive(sigma, "sigma")
     h, w = image.shape[:2]
     if method == "reference":
@@ -287,6 +261,35 @@ def wavelet_noise(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast"
     out = np.ascontiguousarray(np.moveaxis(noise, 0, -1))
     return out[..., 0] if image.ndim == 2 else out
 
+
+def wavelet_denoise(photo, sigma: float = 5.0, *, passes: int = 1) -> np.ndarray:
+    """Photo minus its wavelet-Wiener noise (method §1 step 1), per channel.
+
+    This is the denoiser inside the fingerprint residual, so it removes exactly the noise the
+    detector looks at, and nothing else.
+
+    Parameters
+    ----------
+    photo : array_like
+        H×W or H×W×3 image, 0..255 scale (uint8/uint16 as read, or float).
+    sigma : float
+        Noise standard deviation of the Wiener shrink (method §1, default 5).
+    passes : int
+        How many times to apply it (the inpainting baseline denoises its edges twice).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape, clipped to 0..255.
+    """
+    image = as_image(photo, "photo", min_size=2)
+    sigma = check_positive(sigma, "sigma")
+    if int(passes) < 1:
+        raise InputError(f"passes must be >= 1, got {passes!r}")
+    out = image
+    for _ in range(int(passes)):
+        out = np.clip(out - wavelet_noise(out, sigma), 0.0, 255.0).astype(np.float32)
+    return out
 
 def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> np.ndarray:
     """Noise residual W of ``image`` (method §1): float32 H×W.
@@ -315,7 +318,7 @@ def residual(image: np.ndarray, sigma: float = 5.0, *, method: str = "fast") -> 
         from .residual_torch import residual_torch
 
         return residual_torch(image, sigma)
-    image = _validated(image)
+    image = validated(image)
     sigma = check_positive(sigma, "sigma")
     return _residual_fast(image, sigma, threaded=True)
 
@@ -373,7 +376,7 @@ def residual_batch(
     out = np.empty((n, h, w), dtype=np.float32)
 
     def one(i: int) -> None:
-        img = _validated(seq[i], f"images[{i}]")
+        img = validated(seq[i], f"images[{i}]")
         out[i] = _residual_fast(img, sigma, threaded=False)
 
     if workers == 1:

@@ -36,7 +36,7 @@ def _bank(device_str: str, dtype_name: str) -> tuple[Any, Any]:
     import pywt
     import torch
 
-    from .residual import WAVELET
+    from .residual_spec import WAVELET
 
     w = pywt.Wavelet(WAVELET)
     dtype = getattr(torch, dtype_name)
@@ -99,7 +99,7 @@ def _wiener_gain(x: torch.Tensor, noise_var: torch.Tensor | float) -> torch.Tens
     import torch
     import torch.nn.functional as F
 
-    from .residual import WINDOWS
+    from .residual_spec import WINDOWS
 
     sq = x * x
     s2 = None
@@ -114,7 +114,7 @@ def _wavelet_noise(planes: torch.Tensor, noise_var: float) -> torch.Tensor:
     """Steps 1–2 on B×1×H×W planes: B×1×H×W wavelet-Wiener noise (cropped back)."""
     import torch
 
-    from .residual import LEVELS
+    from .residual_spec import LEVELS
 
     h, w = planes.shape[-2:]
     dec, rec = _bank(str(planes.device), str(planes.dtype).removeprefix("torch."))
@@ -134,7 +134,7 @@ def _wavelet_noise(planes: torch.Tensor, noise_var: float) -> torch.Tensor:
 
 def gray_torch(images: torch.Tensor) -> torch.Tensor:
     """N×H×W gray of N×3×H×W images (MATLAB weights); N×1×H×W comes back as N×H×W."""
-    from .residual import GRAY_WEIGHTS
+    from .residual_spec import GRAY_WEIGHTS
 
     if images.shape[1] == 1:
         return images[:, 0]
@@ -188,9 +188,9 @@ def _as_batch(images: Any, dtype: Any) -> torch.Tensor:
         elif not x.is_floating_point():
             raise InputError(f"images must be uint8 or float (0..255), got {x.dtype}")
         return x.to(dtype).permute(0, 3, 1, 2)
-    from .residual import _validated
+    from .residual_spec import validated
 
-    arr = _validated(images)
+    arr = validated(images)
     if arr.dtype == np.uint16:
         arr = arr.astype(np.float32) * np.float32(255.0 / 65535.0)
     x = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_write_text
-from ._json import read_json
+from .atomic import atomic_write_text
 from .errors import InputError
+from .jsonio import read_json
 
 __all__ = [
     "SnapshotStore",

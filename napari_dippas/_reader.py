@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dippas_core._json import read_json
+from dippas_core.jsonio import read_json
 
 from ._layers import (
     LayerDataTuple,

@@ -107,7 +107,7 @@ def write_image_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     except (DippasError, AttributeError, KeyError, TypeError, ValueError) as exc:  # NaN, ...
         raise CannotSaveLayer(f"cannot save {target.name}: {exc}") from None
     if sidecar is not None:
-        from dippas_core._atomic import atomic_write_text
+        from dippas_core.atomic import atomic_write_text
 
         out = report_path(target)
         atomic_write_text(out, sidecar)

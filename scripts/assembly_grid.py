@@ -31,13 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from dippas_core.assembly import assemble
     from dippas_core.edges import edge_mask
     from dippas_core.errors import DippasError
-    from dippas_core.evaluation import (
-        EvalConfig,
-        _auc,
-        load_dataset,
-        score_output,
-        select_photos,
-    )
+    from dippas_core.evaluation import EvalConfig, _auc, load_dataset, score_output
+    from dippas_core.photo_sets import select_photos
     from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
 
@@ -85,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     crops = ds.crops
     if args.held_out:
         # the preset's own choice among the same files: what remains is the validation set
-        used = {p.name for p in select_photos([Path(n) for n in ds.files["photos"]], config)}
+        used = {p.name for p in select_photos([Path(n) for n in ds.files["photos"]],
+                                          config.photos_per_camera, config.max_photos)}
         crops = [c for c in ds.crops if c.photo not in used]
         print(f"held-out photos: {len(crops)} crops from photos the preset does not use")
     runs: list[tuple[object, Path]] = []

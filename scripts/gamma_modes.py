@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dippas_core.dip import inversion
-    from dippas_core.evaluation import EvalConfig, load_dataset, select_photos
+    from dippas_core.evaluation import EvalConfig, load_dataset
+    from dippas_core.photo_sets import select_photos
     from dippas_core.pipeline import anonymize
     from dippas_core.run import RunDirectory
     from dippas_core.snapshots import block_ncc_from_sums
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     config = EvalConfig.preset(args.preset)
     ds = load_dataset(args.data, config.replace(photos_per_camera=None, max_photos=None),
                       cache_dir=args.out / "fingerprints")
-    used = {q.name for q in select_photos([Path(n) for n in ds.files["photos"]], config)}
+    used = {q.name for q in select_photos([Path(n) for n in ds.files["photos"]],
+                                        config.photos_per_camera, config.max_photos)}
     held_out = [c for c in ds.crops if c.photo not in used]
     original = inversion.Inverter
     rows = []

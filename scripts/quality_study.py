@@ -77,10 +77,10 @@ def _at_centre_offset(K: np.ndarray, photo_shape: tuple[int, int], top: int, lef
 def crops_of(data: Path, names: str) -> list[tuple[str, str, int, int, int]]:
     """(crop id, photo file, top, left, size) of the named sets."""
     from dippas_core.evaluation import EvalConfig
-    from dippas_core.evaluation.dataset import list_images, select_photos
+    from dippas_core.photo_sets import list_images, select_photos
 
     photos = list_images(data / "nat-jpg")
-    test = select_photos(photos, EvalConfig.preset("cpu"))
+    test = select_photos(photos, EvalConfig.preset("cpu").photos_per_camera)
     held = [p for p in photos if p not in test]
     out = []
     for name in names.split(","):

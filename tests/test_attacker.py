@@ -85,7 +85,8 @@ def trained(cameras_dir) -> AttackerModel:
 
 
 def test_split_is_by_photo_and_holds_out_the_cpu_preset_photos(testdata):
-    from dippas_core.evaluation import EvalConfig, list_images, select_photos
+    from dippas_core.evaluation import EvalConfig
+    from dippas_core.photo_sets import list_images, select_photos
 
     split = split_photos(testdata)
     names = split.names()
@@ -96,7 +97,8 @@ def test_split_is_by_photo_and_holds_out_the_cpu_preset_photos(testdata):
     every |= {p.name for p in list_images(testdata / "nat-jpg")}
     assert set().union(*sides) == every
     # the test photos are exactly those the cpu evaluation preset scores, one per camera
-    scored = select_photos(list_images(testdata / "nat-jpg"), EvalConfig.preset("cpu"))
+    scored = select_photos(list_images(testdata / "nat-jpg"),
+                           EvalConfig.preset("cpu").photos_per_camera)
     assert sides[2] == {p.name for p in scored}
     assert sorted(camera_label(n) for n in sides[2]) == list(split.cameras)
     # every camera trains and validates on flat fields

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dippas_core._json import jsonable
 from dippas_core.errors import InputError
 from dippas_core.io import as_rgb, drop_alpha, to_float255, to_uint8
+from dippas_core.jsonio import jsonable
 
 
 @dataclass

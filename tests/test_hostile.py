@@ -459,7 +459,7 @@ def test_pixel_limit_is_one_setting(tmp_path, monkeypatch):
     import tifffile
 
     tifffile.imwrite(tmp_path / "p.tif", PHOTO)
-    monkeypatch.setattr(io, "MAX_PIXELS", N * N - 1)
+    monkeypatch.setattr(io.limits, "MAX_PIXELS", N * N - 1)
     for name in ("p.jpg", "p.png", "p.tif"):
         with pytest.raises(ImageReadError, match="over the limit"):
             read_image(tmp_path / name)

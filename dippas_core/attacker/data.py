@@ -55,14 +55,14 @@ def split_photos(
     The test photos are exactly those the evaluation's ``cpu`` preset scores, so the attacker can
     be scored on them before and after anonymization without having seen them.
     """
-    from ..evaluation import EvalConfig, camera_label, list_images, select_photos
+    from ..photo_sets import camera_label, list_images, select_photos
 
     data = Path(data)
     if not data.is_dir():
         raise InputError(f"no data folder at {data}")
     flats = list_images(data / flat_dir)
     photos = list_images(data / photo_dir)
-    test = select_photos(photos, EvalConfig(photos_per_camera=1))
+    test = select_photos(photos, photos_per_camera=1)  # what the evaluation's cpu preset scores
     test_names = {p.name for p in test}
     by_cam: dict[str, list[Path]] = {}
     for p in flats:
@@ -138,7 +138,7 @@ def _patch_set(
     say: Callable[[str], None], what: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Patches, camera indices and shot indices of ``paths``."""
-    from ..evaluation import camera_label
+    from ..photo_sets import camera_label
 
     index = {c: i for i, c in enumerate(cameras)}
     xs, ys, gs = [], [], []

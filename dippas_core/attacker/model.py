@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..atomic import atomic_path
 from ..errors import InputError
 from .config import FORMAT, FORMAT_VERSION, AttackerConfig
 from .data import residual_patches

@@ -42,7 +42,7 @@ def held_out_report(
 ) -> dict[str, Any]:
     """Patch- and photo-level accuracy and AUC of ``model`` on untouched shots ``paths``
     (their centred ``region`` square), with the chance levels and each photo's verdict."""
-    from ..evaluation import camera_label
+    from ..photo_sets import camera_label
 
     say = log or (lambda _m: None)
     model.check_cameras([camera_label(p) for p in paths])

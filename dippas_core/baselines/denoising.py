@@ -12,40 +12,9 @@ import numpy as np
 
 from .._validation import as_image, check_positive
 from ..errors import InputError
+from ..residual import wavelet_denoise
 
 __all__ = ["bm3d_available", "bm3d_denoise", "denoise", "wavelet_denoise"]
-
-
-def wavelet_denoise(photo, sigma: float = 5.0, *, passes: int = 1) -> np.ndarray:
-    """Photo minus its wavelet-Wiener noise (method §1 step 1), per channel.
-
-    This is the denoiser inside the fingerprint residual, so it removes exactly the noise the
-    detector looks at, and nothing else.
-
-    Parameters
-    ----------
-    photo : array_like
-        H×W or H×W×3 image, 0..255 scale (uint8/uint16 as read, or float).
-    sigma : float
-        Noise standard deviation of the Wiener shrink (method §1, default 5).
-    passes : int
-        How many times to apply it (the inpainting baseline denoises its edges twice).
-
-    Returns
-    -------
-    numpy.ndarray
-        float32, same shape, clipped to 0..255.
-    """
-    from ..residual import wavelet_noise
-
-    image = as_image(photo, "photo", min_size=2)
-    sigma = check_positive(sigma, "sigma")
-    if int(passes) < 1:
-        raise InputError(f"passes must be >= 1, got {passes!r}")
-    out = image
-    for _ in range(int(passes)):
-        out = np.clip(out - wavelet_noise(out, sigma), 0.0, 255.0).astype(np.float32)
-    return out
 
 
 def bm3d_available() -> bool:

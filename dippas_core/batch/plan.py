@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from ..fidelity import COLUMNS as FIDELITY_COLUMNS
 from ..io import IMAGE_SUFFIXES, find_images

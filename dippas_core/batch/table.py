@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._atomic import atomic_write_text
+from ..atomic import atomic_write_text
 from ..fidelity import bar_names
 from .settings import STATUS_FAILED, SUMMARY_FIELDS, ImageRecord
 

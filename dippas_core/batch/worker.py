@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._atomic import atomic_write_text
-from .._json import jsonable
+from ..atomic import atomic_write_text
 from ..errors import DippasError, InputError, ShapeMismatchError
 from ..fidelity import MEASURES
+from ..jsonio import jsonable
 from ..report import short_of_tau
 from .plan import finished_record, sha256_file
 from .settings import (

@@ -106,7 +106,7 @@ def write_outputs(
     or where the source and run live.  The full report and the block-NCC maps go to ``forensic``
     (a run folder or a file), when given.
     """
-    from .._atomic import atomic_write_text
+    from ..atomic import atomic_write_text
     from ..io import write_image
     from ..report import write_forensic_record
 

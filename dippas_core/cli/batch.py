@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InputError
-from ..io import MAX_PIXELS
+from ..io.limits import MAX_PIXELS
 from ._checks import MAX_THREADS, int_between
 from ._options import (
     add_assembly_options,

@@ -63,7 +63,7 @@ def _bounded(name: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._atomic import atomic_write_text
+    from ..atomic import atomic_write_text
     from ..attacker import AttackerConfig, held_out_report, split_photos, train_attacker
     from ..targets import check_targets
 

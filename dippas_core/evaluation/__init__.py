@@ -26,17 +26,9 @@ Modules: :mod:`.config` (settings, presets), :mod:`.methods` (the registry of me
 
 from __future__ import annotations
 
+from ..photo_sets import camera_label
 from .config import EVAL_PRESETS, REFERENCES, EvalConfig
-from .dataset import (  # noqa: F401 - the private two serve the attacker's data split
-    Crop,
-    Dataset,
-    camera_label,
-    crop_layout,
-    list_images,
-    load_dataset,
-    make_crops,
-    select_photos,
-)
+from .dataset import Crop, Dataset, crop_layout, load_dataset, make_crops
 from .loop import EvaluationRun, evaluate, score_saved_outputs
 from .methods import METHODS, Method, MethodContext, register_method
 from .plots import auc_axis_limits, write_plots

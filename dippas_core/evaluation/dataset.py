@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..photo_sets import camera_label, list_images, select_photos
 from .config import EvalConfig
 
-__all__ = ["Crop", "Dataset", "camera_label", "crop_layout", "load_dataset", "make_crops"]
+__all__ = ["Crop", "Dataset", "crop_layout", "load_dataset", "make_crops"]
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,6 @@ class Dataset:
         return K[crop.top : crop.top + crop.size, crop.left : crop.left + crop.size]
 
 
-def camera_label(path: str | Path) -> str:
-    """Device label of a Dresden-style file name: the part of the stem before the last ``_``."""
-    stem = Path(path).stem
-    if "_" not in stem:
-        raise InputError(f"cannot tell the camera of {Path(path).name!r}: no '_' in its name")
-    return stem.rsplit("_", 1)[0]
-
-
 def _grid(n: int) -> int:
     return math.ceil(math.sqrt(n))
 
@@ -79,33 +72,6 @@ def crop_layout(size: int, n: int, region: int) -> list[tuple[int, int]]:
     mid = (g - 1) / 2
     cells.sort(key=lambda rc: ((rc[0] - mid) ** 2 + (rc[1] - mid) ** 2, rc))
     return [(origin + r * size, origin + c * size) for r, c in cells[:n]]
-
-
-def list_images(folder: Path) -> list[Path]:
-    from ..io import find_images
-
-    files = find_images(folder)
-    if not files:
-        raise InputError(f"no images in {folder}")
-    return files
-
-
-def select_photos(files: list[Path], config: EvalConfig) -> list[Path]:
-    by_cam: dict[str, list[Path]] = {}
-    for p in files:
-        by_cam.setdefault(camera_label(p), []).append(p)
-    if config.photos_per_camera is not None:
-        by_cam = {c: v[: int(config.photos_per_camera)] for c, v in by_cam.items()}
-    # interleave cameras so a max_photos cut keeps every camera represented
-    order: list[Path] = []
-    queues = [list(v) for _, v in sorted(by_cam.items())]
-    while any(queues):
-        for q in queues:
-            if q:
-                order.append(q.pop(0))
-    if config.max_photos is not None:
-        order = order[: int(config.max_photos)]
-    return order
 
 
 def make_crops(
@@ -179,7 +145,9 @@ def load_dataset(
     say = log or (lambda _msg: None)
     data = Path(data)
     flats = list_images(data / flat_dir)
-    photos = select_photos(list_images(data / photo_dir), config)
+    photos = select_photos(
+        list_images(data / photo_dir), config.photos_per_camera, config.max_photos
+    )
     region = max(
         max(_grid(config.crops_per_photo) * s for s in config.crop_sizes),
         int(config.fingerprint_region or 0),

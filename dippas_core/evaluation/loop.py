@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._atomic import atomic_write_text
-from .._json import jsonable
+from ..atomic import atomic_write_text
 from ..attribution import pce_kind
 from ..errors import DippasError, InputError
 from ..fidelity import MEASURES, bar_names
+from ..jsonio import jsonable
 from .config import EvalConfig
 from .dataset import Crop, Dataset, load_dataset
 from .methods import METHODS, MethodContext

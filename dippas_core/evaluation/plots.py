@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..atomic import atomic_path
 
 __all__ = ["auc_axis_limits", "write_plots"]
 

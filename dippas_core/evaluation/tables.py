@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write_text
-from .._json import jsonable
+from ..atomic import atomic_write_text
 from ..errors import InputError
 from ..fidelity import COLUMNS as FIDELITY_COLUMNS
 from ..fidelity import MEASURES
+from ..jsonio import jsonable
 from .config import EvalConfig
 from .summary import common_crops, summarize
 

@@ -12,8 +12,8 @@ Reading
 
 Size limit
     Every reader compares the size a file *declares* (PNG IHDR, TIFF tags, Pillow's header)
-    with one limit, :data:`MAX_PIXELS` (Pillow's default) or ``max_pixels=``, before decoding a
-    pixel: a small file claiming a huge image (a decompression bomb) is refused at once.
+    with one limit, :data:`limits.MAX_PIXELS` (Pillow's default) or ``max_pixels=``, before
+    decoding a pixel: a small file claiming a huge image (a decompression bomb) is refused at once.
     :func:`npz_header` and :func:`load_npy` do the same for NumPy files: shape and dtype come from
     the header, objects (pickles) are never loaded.
 
@@ -28,21 +28,17 @@ planes) and :mod:`.crops`.
 
 from __future__ import annotations
 
-#: Largest height×width any reader decodes (Pillow's default limit): checked from the header.
-#: Defined here, before the submodules, and read from here at call time, so that changing
-#: ``dippas_core.io.MAX_PIXELS`` changes the one limit every reader applies.
-MAX_PIXELS = 89_478_485
-
-from ._formats import IMAGE_SUFFIXES, ImageNoteWarning  # noqa: E402
-from .conversions import as_rgb, drop_alpha, to_float255, to_uint8  # noqa: E402
-from .crops import center_crop, crop_at  # noqa: E402
-from .numpy_files import load_npy, npy_header, npz_header, npz_headers  # noqa: E402
-from .reading import find_images, image_size, read_image, warn_if_turned  # noqa: E402
-from .writing import write_image  # noqa: E402
+from . import limits
+from ._formats import IMAGE_SUFFIXES, ImageNoteWarning
+from .conversions import as_rgb, drop_alpha, to_float255, to_uint8
+from .crops import center_crop, crop_at
+from .numpy_files import load_npy, npy_header, npz_header, npz_headers
+from .reading import find_images, image_size, read_image, warn_if_turned
+from .writing import write_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "MAX_PIXELS",
+    "limits",
     "ImageNoteWarning",
     "as_rgb",
     "center_crop",

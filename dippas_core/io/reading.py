@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError, InputError
+from . import limits
 from ._formats import IMAGE_SUFFIXES, PNG_SIGNATURE, TIFF_SUFFIXES, ImageNoteWarning
 from .conversions import drop_alpha
 
@@ -96,16 +97,14 @@ def _finish(arr: np.ndarray, path: Path) -> np.ndarray:
 def _too_large(path: Path, h: int, w: int, max_pixels: int) -> ImageReadError:
     return ImageReadError(
         f"{path}: the image declares {w}×{h} = {h * w / 1e6:.1f} megapixels, over the limit of "
-        f"{max_pixels / 1e6:.1f} MP; refusing to decode it (raise dippas_core.io.MAX_PIXELS or "
-        "pass max_pixels= if the file is trusted)"
+        f"{max_pixels / 1e6:.1f} MP; refusing to decode it (raise "
+        "dippas_core.io.limits.MAX_PIXELS or pass max_pixels= if the file is trusted)"
     )
 
 
 def _limit(max_pixels: int | None) -> int:
-    # read at call time from the package: dippas_core.io.MAX_PIXELS is the one setting
-    from . import MAX_PIXELS
-
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    # read at call time: dippas_core.io.limits.MAX_PIXELS is the one setting
+    limit = limits.MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
         raise InputError(f"max_pixels must be a positive integer, got {limit!r}")
     return int(limit)
@@ -154,8 +153,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _pillow_unlimited():
-    """Pillow's own bomb check off while a header is read: :data:`MAX_PIXELS` is the one limit,
-    and it is checked right after, before any pixel is decoded."""
+    """Pillow's own bomb check off while a header is read: :data:`limits.MAX_PIXELS` is the one
+    limit, and it is checked right after, before any pixel is decoded."""
     from PIL import Image
 
     with _PILLOW_LOCK:
@@ -253,8 +252,8 @@ def read_image(
         Rotate/flip by the EXIF orientation tag, as a viewer would.  Off by default: forensic
         work needs pixels in sensor order (:func:`warn_if_turned` says so where it matters).
     max_pixels : int, optional
-        Largest height×width decoded (default :data:`MAX_PIXELS`), checked against the size the
-        file declares before any pixel is decoded.
+        Largest height×width decoded (default :data:`limits.MAX_PIXELS`), checked against the
+        size the file declares before any pixel is decoded.
 
     Returns
     -------

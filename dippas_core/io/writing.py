@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..atomic import atomic_path
 from ..errors import InputError
 from ._formats import TIFF_SUFFIXES
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .._json import read_json
 from ..errors import InputError
+from ..jsonio import read_json
 from ..snapshots import SnapshotStore, TileSums
 from .format import PHOTO, REFERENCE
-
-if TYPE_CHECKING:
-    from .directory import RunDirectory
 
 __all__ = ["DamagedRunError"]
 
@@ -84,11 +81,11 @@ def _check_run(path: Path, config: dict) -> None:
         raise DamagedRunError(path, f"config.json: photo height and width missing or not "
                               f"positive ({photo!r})")
     shape = (photo["height"], photo["width"])
-    from ..io import MAX_PIXELS
+    from ..io import limits
 
-    if shape[0] * shape[1] > MAX_PIXELS:
+    if shape[0] * shape[1] > limits.MAX_PIXELS:
         raise DamagedRunError(path, f"config.json declares a {shape[0]}×{shape[1]} photo, over "
-                              f"the pixel limit of {MAX_PIXELS}")
+                              f"the pixel limit of {limits.MAX_PIXELS}")
     _check_store_meta(path, SnapshotStore.META, shape, None)
     _check_store_meta(path, TileSums.META, shape, tile)
     for name, want in ((PHOTO, (*shape, 3)), (REFERENCE, shape)):
@@ -104,13 +101,14 @@ def _check_run(path: Path, config: dict) -> None:
             )
 
 
-def _load_part(run: RunDirectory, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _load_part(path: Path, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """The run folder ``path``'s array ``name`` (photo, reference), checked as it is read."""
     from ..io import load_npy
 
     try:
-        return load_npy(run.path / name, shape=shape, what=what)
+        return load_npy(path / name, shape=shape, what=what)
     except InputError as exc:
-        raise DamagedRunError(run.path, str(exc)) from None
+        raise DamagedRunError(path, str(exc)) from None
 
 
 #: Name prefix of temporary run folders: ``dippas-run-<owner pid>-<random>`` in the temp folder.

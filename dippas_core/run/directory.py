@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path, atomic_write_text
-from .._json import read_json
 from .._validation import as_image, as_plane, check_same_size
+from ..atomic import atomic_path, atomic_write_text
 from ..errors import InputError
+from ..jsonio import read_json
 from ..snapshots import SCALE, SnapshotStore, TileSums, tile_sums
 from ._lock import _busy_message, _RunLock
 from .checks import DamagedRunError, _check_run, _load_part
@@ -220,14 +220,14 @@ class RunDirectory:
     def photo(self) -> np.ndarray:
         """The photo exactly as given to :meth:`create`."""
         if self._photo is None:
-            self._photo = _load_part(self, self.PHOTO, (*self.shape, 3), "photo")
+            self._photo = _load_part(self.path, self.PHOTO, (*self.shape, 3), "photo")
         return self._photo
 
     @property
     def reference(self) -> np.ndarray:
         """P (float32 H×W)."""
         if self._reference is None:
-            self._reference = _load_part(self, self.REFERENCE, self.shape, "reference")
+            self._reference = _load_part(self.path, self.REFERENCE, self.shape, "reference")
         return self._reference
 
     def refresh(self) -> int:

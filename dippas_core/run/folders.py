@@ -7,8 +7,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .._json import read_json
 from ..errors import InputError
+from ..jsonio import read_json
 from ._lock import _busy_message, _RunLock
 from .format import (
     CONFIG,

@@ -6,7 +6,7 @@ import contextlib
 import platform
 from importlib import metadata
 
-from .._json import jsonable
+from ..jsonio import jsonable
 
 __all__ = [
     "ASSEMBLY",

@@ -96,7 +96,7 @@ class PhotoRun:
         InputError
             Missing, unreadable, too large or not a JSON object; the message names the file.
         """
-        from .._json import read_json
+        from ..jsonio import read_json
 
         meta_path = Path(path) / cls.META
         try:
@@ -116,7 +116,7 @@ class PhotoRun:
         InputError
             Naming ``photo-run.json`` and what is wrong with its plan.
         """
-        from ..io import MAX_PIXELS
+        from ..io import limits
         from ..tiling import check_tiling, plan_tiles
 
         where = f"{self.path / self.META}: the whole-photo run's plan"
@@ -130,9 +130,9 @@ class PhotoRun:
         ):
             raise InputError(f"{where}: its shape must be two positive whole numbers, got "
                              f"{shape!r}")
-        if shape[0] * shape[1] > MAX_PIXELS:
+        if shape[0] * shape[1] > limits.MAX_PIXELS:
             raise InputError(f"{where} declares a {shape[0]}×{shape[1]} photo, over the pixel "
-                             f"limit of {MAX_PIXELS}")
+                             f"limit of {limits.MAX_PIXELS}")
         try:
             check_tiling(p.get("tile"), p.get("overlap"))
             plan = plan_tiles(shape, p["tile"], p["overlap"])
@@ -152,7 +152,7 @@ class PhotoRun:
         ``force``, and then only the files a run wrote are deleted (by name); a folder that is no
         dippas run is never touched.
         """
-        from .._atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         path = Path(path)
         meta_path = path / cls.META
@@ -201,7 +201,7 @@ class PhotoRun:
         ``stats`` carries the hashes :meth:`read_done` checks (``photo_sha256`` of the tile's
         photo, from :func:`~dippas_core.tiled.invert_tile`); the image's own is added here.
         """
-        from .._atomic import atomic_write_bytes
+        from ..atomic import atomic_write_bytes
         from .format import jsonable
 
         meta = self.meta or self.read_meta(self.path)  # (a Dask task's PhotoRun has none)

@@ -92,7 +92,7 @@ def write_provenance(run_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write (or replace) the run folder's :data:`PROVENANCE_FILE` atomically."""
     import json
 
-    from dippas_core._atomic import atomic_write_text
+    from dippas_core.atomic import atomic_write_text
     from dippas_core.run import jsonable
 
     path = Path(run_dir) / PROVENANCE_FILE

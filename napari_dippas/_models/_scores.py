@@ -138,7 +138,7 @@ class ResultsTable:
         import csv
         import io
 
-        from dippas_core._atomic import atomic_write_text
+        from dippas_core.atomic import atomic_write_text
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(self.COLUMNS), lineterminator="\n")

@@ -1,4 +1,5 @@
-"""One converter from NumPy-laden reports and settings to what :mod:`json` writes."""
+"""JSON in and out: one converter from NumPy-laden reports and settings to what :mod:`json`
+writes, and JSON files read within a size bound."""
 
 from __future__ import annotations
 
