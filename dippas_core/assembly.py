@@ -244,6 +244,55 @@ def _block_edges(size: int, B: int) -> list[tuple[int, int]]:
     return [(s, min(s + B, size)) for s in range(0, size, B)]
 
 
+def _rank(
+    run: RunDirectory, fitted: AssemblyParams, cand: np.ndarray, threshold: float, step_b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Each block's candidates in the order of the assembly's rule (method §5, or the bounded
+    rule): the order, how many of them each block averages, the blocks outside the bound (None
+    under method §5) and the candidates' block NCC (Bh×Bw×n)."""
+    iterations = run.snapshots.iterations[cand]
+    tiles_per_block = step_b // run.tile if fitted.B % run.tile == 0 else max(run.tile_sums.grid)
+    sums = run.tile_sums.array()[cand]
+    ncc = np.moveaxis(block_ncc_from_sums(sums, tiles_per_block), 0, -1)  # Bh×Bw×n
+    if fitted.rule == "bounded":
+        score = np.moveaxis(block_projection_from_sums(sums, tiles_per_block), 0, -1)
+        block_psnr, block_dev = _block_fidelity(run, cand, step_b)
+        order, counts, fallback = _rank_bounded(
+            score, iterations, block_psnr, block_dev, threshold, fitted.L
+        )
+        return order, counts, fallback, ncc
+    n_use = min(fitted.L, cand.size)
+    order = rank_snapshots(ncc, iterations, n_use)
+    return order, np.full(order.shape[:2], n_use), None, ncc
+
+
+def _average(run: RunDirectory, choice: np.ndarray, step_b: int) -> np.ndarray:
+    """The mean of each block's chosen snapshots (``choice``, -1: none), float64 0..255: an
+    exact integer sum of the stored values, read a bounded number of bytes at a time."""
+    h, w = run.shape
+    out = np.empty((h, w, 3), np.float64)  # rounded from float64: exact at .5 ties
+    with run.snapshots.mapped() as (frames, release):
+        touched = 0
+        for by, (y0, y1) in enumerate(_block_edges(h, step_b)):
+            for bx, (x0, x1) in enumerate(_block_edges(w, step_b)):
+                idx = np.sort(choice[by, bx][choice[by, bx] >= 0])  # sequential reads
+                # frames per gather: bounded in bytes, and < 65537 so a uint32 sum cannot overflow
+                per = min(65536, max(1, _GATHER_BYTES // ((y1 - y0) * (x1 - x0) * 6)))
+                acc = np.zeros((y1 - y0, x1 - x0, 3), np.uint64)  # exact sum of uint16
+                for s in range(0, idx.size, per):
+                    part = idx[s : s + per]
+                    acc += frames[part, y0:y1, x0:x1].sum(axis=0, dtype=np.uint32)
+                    # the pages a read maps (whole rows, or more: the kernel may map a large
+                    # page-cache folio at once) count as this process's memory: unmap them
+                    # often so the peak stays near one block's worth
+                    touched += part.size * (y1 - y0) * w * 6
+                    if touched > _RELEASE_BYTES:
+                        release()
+                        touched = 0
+                out[y0:y1, x0:x1] = acc / (SCALE * idx.size)
+    return out
+
+
 def assemble(
     run: RunDirectory | str | os.PathLike,
     B: int | AssemblyParams = 64,
@@ -293,47 +342,13 @@ def assemble(
         raise InputError(f"dtype must be 'uint8' or 'float32', got {dtype!r}")
     h, w = run.shape
     cand, threshold = _candidates(run, tau)
-    iterations = run.snapshots.iterations[cand]
     step_b = B if B % run.tile == 0 else max(h, w)
-    tiles_per_block = step_b // run.tile if B % run.tile == 0 else max(run.tile_sums.grid)
-    sums = run.tile_sums.array()[cand]
-    ncc = np.moveaxis(block_ncc_from_sums(sums, tiles_per_block), 0, -1)  # Bh×Bw×n
+    order, counts, fallback, ncc = _rank(run, fitted, cand, threshold, step_b)
     bounded = fitted.rule == "bounded"
-    if bounded:
-        score = np.moveaxis(block_projection_from_sums(sums, tiles_per_block), 0, -1)
-        block_psnr, block_dev = _block_fidelity(run, cand, step_b)
-        order, counts, fallback = _rank_bounded(
-            score, iterations, block_psnr, block_dev, threshold, L
-        )
-    else:
-        n_use = min(L, cand.size)
-        order = rank_snapshots(ncc, iterations, n_use)
-        counts = np.full(order.shape[:2], n_use)
     choice = np.where(_used(order, counts), cand[order], -1)
     choice_ncc = np.where(choice >= 0, np.take_along_axis(ncc, order, axis=-1), np.nan)
     t_rank = time.perf_counter()
-
-    out = np.empty((h, w, 3), np.float64)  # rounded from float64: exact at .5 ties
-    with run.snapshots.mapped() as (frames, release):
-        touched = 0
-        for by, (y0, y1) in enumerate(_block_edges(h, step_b)):
-            for bx, (x0, x1) in enumerate(_block_edges(w, step_b)):
-                idx = np.sort(choice[by, bx][choice[by, bx] >= 0])  # sequential reads
-                # frames per gather: bounded in bytes, and < 65537 so a uint32 sum cannot overflow
-                per = min(65536, max(1, _GATHER_BYTES // ((y1 - y0) * (x1 - x0) * 6)))
-                acc = np.zeros((y1 - y0, x1 - x0, 3), np.uint64)  # exact sum of uint16
-                for s in range(0, idx.size, per):
-                    part = idx[s : s + per]
-                    acc += frames[part, y0:y1, x0:x1].sum(axis=0, dtype=np.uint32)
-                    # the pages a read maps (whole rows, or more: the kernel may map a large
-                    # page-cache folio at once) count as this process's memory: unmap them
-                    # often so the peak stays near one block's worth
-                    touched += part.size * (y1 - y0) * w * 6
-                    if touched > _RELEASE_BYTES:
-                        release()
-                        touched = 0
-                out[y0:y1, x0:x1] = acc / (SCALE * idx.size)
-    image = _finish(out, dtype)
+    image = _finish(_average(run, choice, step_b), dtype)
     t_end = time.perf_counter()
     params = {
         "B": B,
@@ -353,15 +368,8 @@ def assemble(
         "average_s": t_end - t_rank,
         "elapsed_s": t_end - t0,
     }
-    return AssemblyResult(
-        image=image,
-        choice=choice,
-        choice_ncc=choice_ncc,
-        candidates=cand,
-        params=params,
-        reference=run.reference,
-        sigma=run.sigma,
-    )
+    return AssemblyResult(image=image, choice=choice, choice_ncc=choice_ncc, candidates=cand,
+                          params=params, reference=run.reference, sigma=run.sigma)
 
 
 def assemble_direct(

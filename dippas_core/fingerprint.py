@@ -355,6 +355,61 @@ def _accumulate_fast(img, sigma, rp_sum, nn_sum) -> None:
     )
 
 
+def _fingerprint_of_sums(rp_sum: np.ndarray, nn_sum: np.ndarray, method: str) -> np.ndarray:
+    """K from the two sums (method §2): their ratio, gray, zero-mean, Wiener-filtered."""
+    from .residual import _gray_zero_mean_wiener_dft, rgb2gray, wiener_dft, zero_mean
+
+    k = rp_sum / (nn_sum + np.float32(1.0))
+    if method == "reference":
+        return wiener_dft(zero_mean(rgb2gray(k)))
+    h, w = k.shape[-2:]
+    return _gray_zero_mean_wiener_dft(k, h, w)
+
+
+def _as_image_list(images: Any) -> Any:
+    """What :func:`estimate_fingerprint` iterates over: one path becomes a list of one."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, np.ndarray) and (
+        images.ndim not in (3, 4) or (images.ndim == 3 and images.shape[2] == 3)
+    ):
+        raise InputError(
+            f"images as one array must be N×H×W×3 (or N×H×W gray), got shape {images.shape}; "
+            "pass a list to give a single image"
+        )
+    return images
+
+
+def _read_one(idx: int, item: Any, crop: Any) -> tuple[str, np.ndarray]:
+    """An image of the list (a path is read), cropped, as float 0..255; its name in errors."""
+    from .io import center_crop, read_image
+    from .residual_spec import as_float255
+
+    if isinstance(item, (str, os.PathLike)):
+        name = str(item)
+        img = read_image(item)
+    else:
+        name = f"images[{idx}]"
+        img = np.asarray(item)
+    if crop is not None:
+        try:
+            img = center_crop(img, crop)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+    return name, as_float255(img, name)
+
+
+def _zero_sums(img: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """The two running sums: H×W(×C) like the image (reference), C×H×W (fast: the kernels')."""
+    if method == "reference":
+        shape = img.shape
+    elif img.ndim == 2:
+        shape = (1, *img.shape)
+    else:
+        shape = (img.shape[2], *img.shape[:2])
+    return np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+
+
 def estimate_fingerprint(
     images: Iterable,
     *,
@@ -392,43 +447,15 @@ def estimate_fingerprint(
     ImageReadError
         A file cannot be read.
     """
-    from .io import center_crop, read_image
-    from .residual import (
-        _check_method,
-        _gray_zero_mean_wiener_dft,
-        rgb2gray,
-        wiener_dft,
-        zero_mean,
-    )
-    from .residual_spec import as_float255
+    from .residual import _check_method
 
     sigma = check_positive(sigma, "sigma")
     _check_method(method)
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    if isinstance(images, np.ndarray) and (
-        images.ndim not in (3, 4) or (images.ndim == 3 and images.shape[2] == 3)
-    ):
-        raise InputError(
-            f"images as one array must be N×H×W×3 (or N×H×W gray), got shape {images.shape}; "
-            "pass a list to give a single image"
-        )
     rp_sum = nn_sum = None
     first_name, first_shape = "", None
     n = 0
-    for idx, item in enumerate(images):
-        if isinstance(item, (str, os.PathLike)):
-            name = str(item)
-            img = read_image(item)
-        else:
-            name = f"images[{idx}]"
-            img = np.asarray(item)
-        if crop is not None:
-            try:
-                img = center_crop(img, crop)
-            except InputError as exc:
-                raise InputError(f"{name}: {exc}") from None
-        img = as_float255(img, name)
+    for idx, item in enumerate(_as_image_list(images)):
+        name, img = _read_one(idx, item, crop)
         if first_shape is None:
             first_name, first_shape = name, img.shape
         elif img.shape != first_shape:
@@ -439,15 +466,7 @@ def estimate_fingerprint(
                 f"{_describe(first_shape)}{hint}; not averaging images of different sizes"
             )
         if rp_sum is None:
-            # reference: H×W(×C) like the image; fast: C×H×W, the kernels' layout
-            if method == "reference":
-                shape = img.shape
-            elif img.ndim == 2:
-                shape = (1, *img.shape)
-            else:
-                shape = (img.shape[2], *img.shape[:2])
-            rp_sum = np.zeros(shape, dtype=np.float32)
-            nn_sum = np.zeros(shape, dtype=np.float32)
+            rp_sum, nn_sum = _zero_sums(img, method)
         if method == "reference":
             _accumulate_reference(img, sigma, rp_sum, nn_sum)
         else:
@@ -455,14 +474,8 @@ def estimate_fingerprint(
         n += 1
     if n == 0:
         raise InputError("no images given to estimate a fingerprint from")
-    k = rp_sum / (nn_sum + np.float32(1.0))
-    if method == "reference":
-        h, w = k.shape[:2]
-        k_final = wiener_dft(zero_mean(rgb2gray(k)))
-    else:
-        h, w = k.shape[-2:]
-        k_final = _gray_zero_mean_wiener_dft(k, h, w)
-    crop_hw = None if crop is None else (h, w)
+    k_final = _fingerprint_of_sums(rp_sum, nn_sum, method)
+    crop_hw = None if crop is None else k_final.shape[:2]
     return Fingerprint(
         K=k_final, camera=camera, n_images=n, sigma=sigma, crop=crop_hw, method=method
     )

@@ -169,23 +169,12 @@ def prepare(
         Bad photo or fingerprint, fingerprint of another size, bad region, assembly parameters
         (B, L, tau) that do not fit the tiles, a bad ``scheduler``/``workers`` pair.
     """
-    from ._validation import as_image, check_same_size
     from .execution import IN_PROCESS, Execution, check_execution, choose_execution
-    from .fingerprint import fingerprint_parts
 
     config = AnonymizeConfig() if config is None else config
     if not isinstance(config, AnonymizeConfig):
         raise InputError(f"config must be an AnonymizeConfig, got {type(config).__name__}")
-    raw = np.asarray(photo)
-    img = as_image(raw, "photo")
-    if img.ndim != 3:
-        raise InputError(
-            f"photo must be a colour H×W×3 image, got shape {raw.shape}; stack a gray photo into "
-            "three channels first"
-        )
-    K, info = fingerprint_parts(fingerprint)
-    if K is not None:
-        check_same_size(img, K, "photo", "fingerprint")
+    raw, K, info = _checked_inputs(photo, fingerprint)
     plan, cut = plan_region(raw.shape, config, region)
     if cut is not None:
         y, x, h, w = cut
@@ -212,6 +201,27 @@ def prepare(
         execution=execution,
         n_done=n_done,
     )
+
+
+def _checked_inputs(
+    photo: np.ndarray, fingerprint: Fingerprint | np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any] | None]:
+    """The photo as given (checked: a colour image), the fingerprint's K (checked: the photo's
+    size; None blind) and its metadata."""
+    from ._validation import as_image, check_same_size
+    from .fingerprint import fingerprint_parts
+
+    raw = np.asarray(photo)
+    img = as_image(raw, "photo")
+    if img.ndim != 3:
+        raise InputError(
+            f"photo must be a colour H×W×3 image, got shape {raw.shape}; stack a gray photo into "
+            "three channels first"
+        )
+    K, info = fingerprint_parts(fingerprint)
+    if K is not None:
+        check_same_size(img, K, "photo", "fingerprint")
+    return raw, K, info
 
 
 def _tiles_done(run_dir: str | Path | None) -> int:

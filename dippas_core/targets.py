@@ -79,6 +79,43 @@ class _Seen:
             self._by_key.setdefault(key, (what, path))
 
 
+def _check_output(
+    what: str, path: Path, sources: _Seen, written: _Seen, new_runs: list[Path], force: bool,
+    replaceable: Callable[[Path], bool] | None,
+) -> None:
+    """One output against the inputs, the outputs before it, the run folders and what exists."""
+    from .run import run_owning
+
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder; name a file")
+    source = sources.find(path)
+    if source is not None:
+        source_what, source_path = source
+        same = "" if path == source_path else f" {source_path}"
+        raise InputError(
+            f"{what} {path} is the input file itself ({source_what}{same}): writing it "
+            "would destroy an input; choose another name"
+        )
+    other = written.find(path)
+    if other is not None:
+        raise InputError(
+            f"{what} {path} and {other[0]} {other[1]} are the same file; one would "
+            "overwrite the other: choose another name"
+        )
+    written.add(what, path)
+    owner = run_owning(path, new_runs)
+    if owner is not None:
+        raise InputError(
+            f"{what} {path} is one of the run folder's own files (the run in {owner} owns "
+            "it, or the folder it is in); writing it would break the run: choose another "
+            "name or folder"
+        )
+    if (path.exists() or path.is_symlink()) and not force and not (
+        replaceable is not None and replaceable(path)
+    ):
+        raise InputError(f"{what} {path} already exists; choose another name or pass --force")
+
+
 def check_targets(
     outputs: Mapping[str, PathLike | None],
     inputs: Mapping[str, PathLike | Iterable[PathLike] | None] | None = None,
@@ -131,34 +168,7 @@ def check_targets(
     written = _Seen()
     folders_checked: set[Path] = set()
     for what, path in ((w, Path(p)) for w, p in outputs.items() if p is not None):
-        if path.is_dir():
-            raise InputError(f"{what} {path} is a folder; name a file")
-        source = sources.find(path)
-        if source is not None:
-            source_what, source_path = source
-            same = "" if path == source_path else f" {source_path}"
-            raise InputError(
-                f"{what} {path} is the input file itself ({source_what}{same}): writing it "
-                "would destroy an input; choose another name"
-            )
-        other = written.find(path)
-        if other is not None:
-            raise InputError(
-                f"{what} {path} and {other[0]} {other[1]} are the same file; one would "
-                "overwrite the other: choose another name"
-            )
-        written.add(what, path)
-        owner = run_owning(path, new_runs)
-        if owner is not None:
-            raise InputError(
-                f"{what} {path} is one of the run folder's own files (the run in {owner} owns "
-                "it, or the folder it is in); writing it would break the run: choose another "
-                "name or folder"
-            )
-        if (path.exists() or path.is_symlink()) and not force and not (
-            replaceable is not None and replaceable(path)
-        ):
-            raise InputError(f"{what} {path} already exists; choose another name or pass --force")
+        _check_output(what, path, sources, written, new_runs, force, replaceable)
         if path.parent not in folders_checked:
             check_writable_folder(path.parent)
             folders_checked.add(path.parent)

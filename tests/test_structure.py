@@ -213,6 +213,14 @@ def test_no_private_names_borrowed_across_packages():
     )
 
 
+def test_no_function_longer_than_a_screen():
+    longest = functions("dippas_core")[0]
+    assert longest.lines <= MAX_FUNCTION_LINES, (
+        f"{longest.module}.{longest.name} (line {longest.line}) is {longest.lines} lines; "
+        f"the bar is {MAX_FUNCTION_LINES}"
+    )
+
+
 def test_the_checker_sees_imports_inside_functions_and_cycles():
     found = imports(("dippas_core",))
     # pipeline imports the tiled package only inside its functions: still an arrow

@@ -25,6 +25,37 @@ def _epoch_metrics(model: AttackerModel, x: np.ndarray, y: np.ndarray) -> dict[s
     return {"val_accuracy": m["accuracy"], "val_auc": m["auc"]}
 
 
+def _train_epoch(
+    net: Any, opt: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
+    deadline: float,
+) -> tuple[float, int, int, bool]:
+    """One pass over the patches in ``order``: summed loss, hits, patches seen, and whether the
+    deadline passed (the pass then ends early)."""
+    import torch
+
+    net.train()
+    losses, hits, seen = 0.0, 0, 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        if len(idx) < 2:  # batch norm needs two samples
+            continue
+        # unsqueeze, not x[idx, None]: numpy gives the unit axis a stride that made
+        # oneDNN's convolution backward crash (segfault) here
+        xb = torch.from_numpy(x[idx]).unsqueeze(1)
+        yb = torch.from_numpy(y[idx])
+        logits = net(xb)
+        loss = torch.nn.functional.cross_entropy(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses += loss.item() * len(idx)
+        hits += int((logits.argmax(1) == yb).sum())
+        seen += len(idx)
+        if time.perf_counter() > deadline:
+            return losses, hits, seen, True
+    return losses, hits, seen, False
+
+
 def train_attacker(
     data: str | Path,
     config: AttackerConfig | None = None,
@@ -68,28 +99,10 @@ def train_attacker(
     stopped = "epochs"
     with _threads(config.torch_threads):
         for epoch in range(1, config.max_epochs + 1):
-            net.train()
-            order = rng.permutation(len(y_tr))
-            losses, hits, seen = 0.0, 0, 0
-            for i in range(0, len(order), config.batch_size):
-                idx = order[i : i + config.batch_size]
-                if len(idx) < 2:  # batch norm needs two samples
-                    continue
-                # unsqueeze, not x[idx, None]: numpy gives the unit axis a stride that made
-                # oneDNN's convolution backward crash (segfault) here
-                xb = torch.from_numpy(x_tr[idx]).unsqueeze(1)
-                yb = torch.from_numpy(y_tr[idx])
-                logits = net(xb)
-                loss = torch.nn.functional.cross_entropy(logits, yb)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses += loss.item() * len(idx)
-                hits += int((logits.argmax(1) == yb).sum())
-                seen += len(idx)
-                if time.perf_counter() > deadline:
-                    stopped = "time"
-                    break
+            losses, hits, seen, late = _train_epoch(
+                net, opt, x_tr, y_tr, rng.permutation(len(y_tr)), config.batch_size, deadline
+            )
+            stopped = "time" if late else stopped
             net.eval()
             row = {"epoch": epoch, "train_loss": losses / max(seen, 1),
                    "train_accuracy": hits / max(seen, 1), "patches": seen,
@@ -109,11 +122,7 @@ def train_attacker(
         net.load_state_dict(best[1])
     net.eval()
     model.meta = {
-        "trained_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "data": str(data),
-        "data_sha256": data_sha256([*split.train, *split.validation]),
-        "split": split.names(),
-        "seed": config.seed,
+        **_provenance(data, split, config),
         "n_train_patches": int(len(y_tr)),
         "n_val_patches": int(len(y_va)),
         "stopped_by": stopped,
@@ -124,3 +133,14 @@ def train_attacker(
         "versions": environment_info(),
     }
     return model
+
+
+def _provenance(data: str | Path, split: PhotoSplit, config: AttackerConfig) -> dict[str, Any]:
+    """What a trained model was made from: the data, its split, the seed."""
+    return {
+        "trained_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": str(data),
+        "data_sha256": data_sha256([*split.train, *split.validation]),
+        "split": split.names(),
+        "seed": config.seed,
+    }

@@ -133,9 +133,7 @@ def run_batch(
     settings = settings or BatchSettings()
     job = anonymize_job if job is None else job
     if config is None and job is anonymize_job:
-        from ..config import AnonymizeConfig
-
-        config = AnonymizeConfig()
+        config = _default_config()
     fp, fp_sha = _load_fingerprint(fingerprint)
     # a scheduler address is checked before anything is written
     connected = connect(client) if isinstance(client, str) else None
@@ -143,15 +141,7 @@ def run_batch(
         tasks = plan_batch(
             in_dir, out_dir, fingerprint_sha=fp_sha, config=config, settings=settings, job=job
         )
-        remove_stale_temporaries(tasks)
-        records: dict[str, ImageRecord] = {}
-        todo = []
-        for task in tasks:
-            done = finished_record(task)
-            if done is None:
-                todo.append(task)
-            else:
-                records[task.output] = done
+        records, todo = _done_and_todo(tasks)
         counts = {STATUS_OK: 0, STATUS_SKIPPED: len(records), STATUS_FAILED: 0}
         if log is not None and records:
             log(f"{len(records)} of {len(tasks)} images already done; {len(todo)} to go")
@@ -159,18 +149,9 @@ def run_batch(
         try:
             if todo:
                 workers_used = _run_tasks(
-                    connected or client,
-                    todo,
-                    records,
-                    counts,
-                    total=len(tasks),
-                    fingerprint=fp,
-                    config=config,
-                    settings=settings,
-                    job=job,
-                    n_workers=n_workers,
-                    progress=progress,
-                    cancel=cancel,
+                    connected or client, todo, records, counts, total=len(tasks),
+                    fingerprint=fp, config=config, settings=settings, job=job,
+                    n_workers=n_workers, progress=progress, cancel=cancel,
                 )
         finally:  # interrupted or not: the summary tells what is done
             ordered = [records[t.output] for t in tasks if t.output in records]
@@ -178,14 +159,30 @@ def run_batch(
     finally:
         if connected is not None:
             connected.close()
-    return BatchResult(
-        records=ordered,
-        out_dir=Path(out_dir),
-        wall_s=time.perf_counter() - start,
-        n_workers=workers_used,
-        summary_paths=tuple(summary_paths),
-        counts=counts,
-    )
+    return BatchResult(records=ordered, out_dir=Path(out_dir), wall_s=time.perf_counter() - start,
+                       n_workers=workers_used, summary_paths=tuple(summary_paths), counts=counts)
+
+
+def _default_config() -> Any:
+    """The anonymizer's configuration when none is given: :class:`AnonymizeConfig`'s default."""
+    from ..config import AnonymizeConfig
+
+    return AnonymizeConfig()
+
+
+def _done_and_todo(tasks: list[ImageTask]) -> tuple[dict[str, ImageRecord], list[ImageTask]]:
+    """The records of the images an earlier run finished, and the tasks still to run (what a
+    killed run left half-written is removed first)."""
+    remove_stale_temporaries(tasks)
+    records: dict[str, ImageRecord] = {}
+    todo = []
+    for task in tasks:
+        done = finished_record(task)
+        if done is None:
+            todo.append(task)
+        else:
+            records[task.output] = done
+    return records, todo
 
 
 def _run_tasks(

@@ -189,6 +189,49 @@ def _quality_notes(report: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def _write(
+    task: ImageTask, output: Path, image: np.ndarray, bit_depth: int, report: dict,
+    record: ImageRecord, settings: BatchSettings,
+) -> None:
+    """The image, its published sidecar, its forensic record, and last the done-marker."""
+    from ..io import write_image
+    from ..report import AnonymizationReport, write_forensic_record
+
+    write_image(output, image, bit_depth=bit_depth)
+    # beside the image only the published part; the full report (camera, scores before)
+    # goes to the batch's state folder, with the done-markers (a custom job's keys too)
+    full = AnonymizationReport.from_dict(report).with_(output=output.name)
+    write_forensic_record(
+        full, Path(task.marker).parent.parent / "records" / f"{output.stem}.json"
+    )
+    atomic_write_text(
+        output.with_suffix(".json"),
+        json.dumps(
+            {
+                "output": output.name,
+                # what the batch did before the pipeline (no source size: it names the camera)
+                "batch": {"crop": settings.crop, "bit_depth": bit_depth},
+                "report": full.sidecar(),
+            },
+            indent=2,
+            allow_nan=False,
+        ),
+    )
+    # the marker goes last: its presence means output and report are complete
+    atomic_write_text(
+        Path(task.marker),
+        json.dumps(
+            {
+                "key": task.key,
+                "output": output.name,
+                "output_sha256": sha256_file(output),
+                "record": record.to_dict(),
+            },
+            indent=2,
+        ),
+    )
+
+
 def process_image(
     task: ImageTask,
     fingerprint: Fingerprint | None,
@@ -202,7 +245,7 @@ def process_image(
     finished on a worker that then died), the recorded result is returned and nothing is computed
     or written.  Every error is caught and becomes a ``failed`` record naming the reason.
     """
-    from ..io import read_image, write_image
+    from ..io import read_image
 
     job = anonymize_job if job is None else job
     done = finished_record(task)
@@ -238,41 +281,7 @@ def process_image(
         # an image short of tau is written, but never called "ok" (its sidecar says below_tau)
         record.status = STATUS_BELOW_TAU if short_of_tau(report) else STATUS_OK
         record.reason = _quality_notes(report)
-        write_image(output, image, bit_depth=bit_depth)
-        from ..report import AnonymizationReport, write_forensic_record
-
-        # beside the image only the published part; the full report (camera, scores before)
-        # goes to the batch's state folder, with the done-markers (a custom job's keys too)
-        full = AnonymizationReport.from_dict(report).with_(output=output.name)
-        write_forensic_record(
-            full, Path(task.marker).parent.parent / "records" / f"{output.stem}.json"
-        )
-        atomic_write_text(
-            output.with_suffix(".json"),
-            json.dumps(
-                {
-                    "output": output.name,
-                    # what the batch did before the pipeline (no source size: it names the camera)
-                    "batch": {"crop": settings.crop, "bit_depth": bit_depth},
-                    "report": full.sidecar(),
-                },
-                indent=2,
-                allow_nan=False,
-            ),
-        )
-        # the marker goes last: its presence means output and report are complete
-        atomic_write_text(
-            Path(task.marker),
-            json.dumps(
-                {
-                    "key": task.key,
-                    "output": output.name,
-                    "output_sha256": sha256_file(output),
-                    "record": record.to_dict(),
-                },
-                indent=2,
-            ),
-        )
+        _write(task, output, image, bit_depth, report, record, settings)
     except DippasError as exc:
         record.status, record.reason = STATUS_FAILED, str(exc)
     except MemoryError:

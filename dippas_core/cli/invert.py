@@ -220,7 +220,14 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    n = len(run.snapshots)
+    return _say_outcome(args, config, result, len(run.snapshots), interrupted)
+
+
+def _say_outcome(
+    args: argparse.Namespace, config: Any, result: Any, n: int, interrupted: bool
+) -> int:
+    """What the inversion kept and what to do next; the exit status."""
+    dip = config.dip
     summary = (
         f"{result.stop_reason}: {len(result.history['iteration'])} iterations, "
         f"{n} snapshots kept in {args.out}"

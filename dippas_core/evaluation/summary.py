@@ -68,6 +68,16 @@ def _fidelity_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _mean_psnr(psnrs: np.ndarray) -> float:
+    """The crops' mean PSNR, a crop left unchanged counting as :data:`PSNR_CAP` (not infinity);
+    infinite when nothing changed at all (untouched), NaN without a crop."""
+    if psnrs.size == 0:
+        return float("nan")
+    if np.isinf(psnrs).all():
+        return float("inf")
+    return float(np.minimum(psnrs, PSNR_CAP).mean())
+
+
 def summarize(
     rows: Sequence[dict[str, Any]], *, crops: set[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -112,12 +122,7 @@ def summarize(
         fidelity = _fidelity_summary(rs)
         psnrs = np.array([v[0] for v in per_crop.values()])
         psnrs = psnrs[~np.isnan(psnrs)]
-        if psnrs.size == 0:
-            mean_psnr = float("nan")
-        elif np.isinf(psnrs).all():  # nothing changed at all (untouched)
-            mean_psnr = float("inf")
-        else:  # a crop left unchanged counts as PSNR_CAP, not as infinity
-            mean_psnr = float(np.minimum(psnrs, PSNR_CAP).mean())
+        mean_psnr = _mean_psnr(psnrs)
         auc = _auc(ncc, labels)
         auc_e = _auc(np.array([num(r["ncc_edges"]) for r in rs]), labels)
         nan = float("nan")
@@ -135,9 +140,7 @@ def summarize(
                 "auc_ncc_edges": auc_e,
                 "auc_edges_rel_change": (auc_e - auc) / auc if auc > 0 else nan,
                 "auc_pce": _auc(np.array([num(r["pce"]) for r in rs]), labels),
-                "auc_attacker": _auc(
-                    np.array([num(r.get("attacker")) for r in rs]), labels
-                ),
+                "auc_attacker": _auc(np.array([num(r.get("attacker")) for r in rs]), labels),
                 "acc_ncc": _top1_accuracy(rs, "ncc"),
                 "acc_pce": _top1_accuracy(rs, "pce"),
                 "acc_attacker": _top1_accuracy(rs, "attacker"),

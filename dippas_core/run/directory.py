@@ -135,24 +135,7 @@ class RunDirectory:
         h, w = P.shape
         SnapshotStore.create(path, (h, w)).close()
         TileSums.create(path, (h, w), tile).close()
-        dip = jsonable(dip_config) if dip_config is not None else {}
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "status": "recording",
-            "mode": mode,
-            "reference": "fingerprint K" if mode == "aware" else "photo residual (blind)",
-            "photo": {"height": h, "width": w, "channels": 3, "dtype": str(photo.dtype)},
-            "tile": tile,
-            "sigma": float(sigma),
-            "snapshot_storage": {"dtype": "uint16", "scale": SCALE},
-            "dip_config": dip,
-            "seed": dip.get("seed") if isinstance(dip, dict) else None,
-            "device": dip.get("device") if isinstance(dip, dict) else None,
-            "versions": environment_info(),
-            **jsonable(extra or {}),
-        }
+        config = _new_config(mode, photo, tile, sigma, dip_config, extra)
         atomic_write_text(path / cls.CONFIG, json.dumps(config, indent=1))
         atomic_write_text(path / cls.HISTORY, ",".join(HISTORY_FIELDS) + "\n")
         return cls(path, config, writable=True, lock=lock)
@@ -426,3 +409,26 @@ def _residuals(images: np.ndarray, sigma: float, workers: int | None) -> np.ndar
     return np.asarray(residual_batch(images, sigma, workers=workers), dtype=np.float32)
 
 
+def _new_config(
+    mode: str, photo: np.ndarray, tile: int, sigma: float, dip_config: Any, extra: dict | None
+) -> dict[str, Any]:
+    """A new run's ``config.json``: what it records, the photo, the settings, the versions."""
+    dip = jsonable(dip_config) if dip_config is not None else {}
+    h, w = photo.shape[:2]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "status": "recording",
+        "mode": mode,
+        "reference": "fingerprint K" if mode == "aware" else "photo residual (blind)",
+        "photo": {"height": h, "width": w, "channels": 3, "dtype": str(photo.dtype)},
+        "tile": tile,
+        "sigma": float(sigma),
+        "snapshot_storage": {"dtype": "uint16", "scale": SCALE},
+        "dip_config": dip,
+        "seed": dip.get("seed") if isinstance(dip, dict) else None,
+        "device": dip.get("device") if isinstance(dip, dict) else None,
+        "versions": environment_info(),
+        **jsonable(extra or {}),
+    }

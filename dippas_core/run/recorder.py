@@ -145,6 +145,9 @@ def record(
 ) -> InversionResult:
     """Run an inversion, streaming its kept snapshots into ``run_dir``.
 
+    The run's lock (``.lock``) is held until ``config.json`` says how the recording ended, so
+    ``dippas assemble`` run meanwhile uses the ready snapshots and never back-fills tile sums.
+
     Parameters
     ----------
     run_dir
@@ -159,27 +162,23 @@ def record(
         before each step is taken.  ``None``: the source's own (``inversion.cancel()``).
     on_step
         Called with each ``Step`` after it is recorded (progress bars, live plots).
-    queue_size
-        Snapshots the ingest thread may lag behind before the inversion waits for it.
-    batch_size
-        Largest number of snapshots whose residuals are computed in one ``residual_batch`` call.
-    workers
-        Threads for ``residual_batch`` (default: its own).
+    queue_size, batch_size, workers
+        Snapshots the ingest thread may lag behind before the inversion waits for it; most
+        snapshots per ``residual_batch`` call; its threads (default: its own).
     torch_threads
         Torch threads of the inversion's steps on the CPU (:meth:`Inversion.share_cpu`):
-        ``"auto"`` is half the usable cores (at least 1; the ingest's residuals use the rest),
-        ``None`` leaves torch alone.  An explicit ``torch_threads`` in the DIP config wins.
+        ``"auto"`` is :func:`~dippas_core.dip.device.recording_share`, ``None`` leaves torch
+        alone.  An explicit ``torch_threads`` in the DIP config wins.
     device_ingest
-        Compute the residuals and tile sums of snapshots that the inversion ran on a GPU there
-        (``Step.snapshot_device``; torch residual) rather than on the host (Numba).  Snapshots
-        made on the CPU are always ingested on the host.
+        Residuals and tile sums of the snapshots made on a GPU computed there (torch) rather
+        than on the host (Numba); snapshots made on the CPU are always ingested on the host.
 
     Returns
     -------
     InversionResult
-        The inversion's result (for a plain iterable, one built from the history).
-        ``config.json`` records the status and the result.  A ``KeyboardInterrupt`` is re-raised
-        after the run has been written (status ``"interrupted"``).
+        The inversion's (for a plain iterable, one built from the history), recorded with the
+        status in ``config.json``.  A ``KeyboardInterrupt`` is re-raised after the run has been
+        written (status ``"interrupted"``).
 
     Raises
     ------
@@ -189,52 +188,63 @@ def record(
     DippasError
         Computing the residuals of the snapshots failed (status ``"failed"``); when the
         inversion itself failed too, its exception is raised instead, with a note.
-
-    Notes
-    -----
-    The run's lock (``.lock``) is held until ``config.json`` says how the recording ended, so
-    ``dippas assemble`` run meanwhile uses the ready snapshots and never back-fills tile sums.
     """
-    run = (
-        run_dir if isinstance(run_dir, RunDirectory) else RunDirectory.open(run_dir, writable=True)
-    )
-    if not run.writable:
-        raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
-    source = _as_source(steps, cancel)
+    run, source = _writable(run_dir), _as_source(steps, cancel)
     source.share_cpu(recording_share() if torch_threads == "auto" else torch_threads)
     history: dict[str, list] = {k: [] for k in HISTORY_FIELDS}
-    n_before = len(run.snapshots)  # a run reopened to record more already holds some
-    status, result = "failed", None
-    env_seen: dict | None = None  # the inversion's environment, reported on its first step
-    body_error: BaseException | None = None
-    t0 = time.perf_counter()
+    n_before, env_seen = len(run.snapshots), {}  # (a reopened run holds some already)
+    status, result, body_error, t0 = "failed", None, None, time.perf_counter()
     ingest = _Ingest(run, queue_size=queue_size, batch_size=batch_size, workers=workers)
     hist_fh = open(run.path / run.HISTORY, "a", encoding="utf-8")  # noqa: SIM115
     try:
-        for step in source:
-            if env_seen is None and step.environment:
-                env_seen = step.environment
-            _record_step(run, step, ingest, history, hist_fh, device_ingest)
-            if on_step is not None:
-                on_step(step)
+        _stream(source, run, ingest, history, hist_fh, device_ingest, on_step, env_seen)
         result = source.result
         if result is None:  # a plain iterable of steps: the result is what was recorded
-            reason = "cancelled" if source.cancel_token.cancelled else "ended"
-            n_kept = n_before + int(np.sum(history["kept"]))
-            elapsed = time.perf_counter() - t0
-            result = _make_result(history, n_kept, reason, run, elapsed, env_seen)
+            result = _result_of(source, history, n_before, run, t0, env_seen or None)
         status = "cancelled" if result.stop_reason == "cancelled" else "finished"
     except BaseException as exc:
-        body_error = exc
-        if isinstance(exc, KeyboardInterrupt):
-            status = "interrupted"
+        body_error, status = exc, "interrupted" if isinstance(exc, KeyboardInterrupt) else status
         with contextlib.suppress(Exception):
             source.close()  # its clean-up (device memory) runs now, not at some GC
         raise
     finally:
         hist_fh.close()
-        _finish_recording(run, ingest, history, status, result, env_seen, body_error, t0)
+        _finish_recording(run, ingest, history, status, result, env_seen or None, body_error, t0)
     return result
+
+
+def _writable(run_dir: RunDirectory | str | os.PathLike) -> RunDirectory:
+    """The run to record into, opened for writing when given as a path (a read-only one is an
+    error: its lock belongs to no recording)."""
+    run = (
+        run_dir if isinstance(run_dir, RunDirectory) else RunDirectory.open(run_dir, writable=True)
+    )
+    if not run.writable:
+        raise InputError(f"run {run.path} is open read-only; record into a new RunDirectory.create")
+    return run
+
+
+def _stream(
+    source: Any, run: RunDirectory, ingest: Any, history: dict, hist_fh: Any,
+    device_ingest: bool, on_step: Callable[[Step], None] | None, env_seen: dict,
+) -> None:
+    """Record every step of ``source``; ``env_seen`` takes the inversion's environment (reported
+    on its first step) as soon as it comes, so a failure later still records it."""
+    for step in source:
+        if not env_seen and step.environment:
+            env_seen.update(step.environment)
+        _record_step(run, step, ingest, history, hist_fh, device_ingest)
+        if on_step is not None:
+            on_step(step)
+
+
+def _result_of(
+    source: Any, history: dict, n_before: int, run: RunDirectory, t0: float, env: dict | None
+) -> InversionResult:
+    """A plain iterable of steps has no result: the result is what was recorded."""
+    reason = "cancelled" if source.cancel_token.cancelled else "ended"
+    n_kept = n_before + int(np.sum(history["kept"]))
+    return _make_result(history, n_kept, reason, run, time.perf_counter() - t0, env)
 
 
 def _record_step(

@@ -160,21 +160,11 @@ def invert_tiles_on_cluster(
     """
     from distributed import Event, wait
 
-    from ..cluster import has_gpus
-    from ..dip.device import recording_share
-
     client, cluster, share = _open_client(execution)
     futures: dict[Any, Any] = {}
     stop = None
     try:
-        workers_info = client.scheduler_info().get("workers", {})
-        if not workers_info:
-            raise DippasError("the Dask cluster has no workers to run the tiles")
-        execution.workers = len(workers_info)
-        execution.torch_threads = config.dip.torch_threads or (
-            recording_share(share) if share is not None else None
-        )
-        options = {"resources": {"GPU": 1}} if has_gpus(client) else {}
+        options = _take_workers(client, execution, config, share)
         token = secrets.token_hex(6)  # fresh keys and event: never those of a stopped run
         stop = Event(f"dippas-photo-stop-{token}", client=client)
         queue = iter(tasks)
@@ -213,13 +203,34 @@ def invert_tiles_on_cluster(
                 inv = SimpleNamespace(environment=res.get("environment") or {})
                 yield tile, TileOutcome(res["image"], res["stats"], inversion=inv)
     finally:
-        if futures:  # stopped early (an error, a second Ctrl-C): running tasks stop too
-            if stop is not None:
-                with contextlib.suppress(Exception):
-                    stop.set()
-            client.cancel(list(futures))
-        if cluster is not None:
-            client.close()
-            cluster.close()
-        elif isinstance(execution.scheduler, str):
-            client.close()
+        _close(client, cluster, execution, futures, stop)
+
+
+def _take_workers(client: Any, execution: Any, config: Any, share: int | None) -> dict:
+    """Fill in ``execution``'s workers and torch threads from the cluster; the submit options
+    (a task asks for a GPU where the workers advertise them)."""
+    from ..cluster import has_gpus
+    from ..dip.device import recording_share
+
+    workers_info = client.scheduler_info().get("workers", {})
+    if not workers_info:
+        raise DippasError("the Dask cluster has no workers to run the tiles")
+    execution.workers = len(workers_info)
+    execution.torch_threads = config.dip.torch_threads or (
+        recording_share(share) if share is not None else None
+    )
+    return {"resources": {"GPU": 1}} if has_gpus(client) else {}
+
+
+def _close(client: Any, cluster: Any, execution: Any, futures: dict, stop: Any) -> None:
+    """Stop what still runs (an error, a second Ctrl-C) and close what this run opened."""
+    if futures:
+        if stop is not None:
+            with contextlib.suppress(Exception):
+                stop.set()
+        client.cancel(list(futures))
+    if cluster is not None:
+        client.close()
+        cluster.close()
+    elif isinstance(execution.scheduler, str):
+        client.close()
