@@ -104,18 +104,30 @@ class CostEstimate:
         return self.ratio > 1.0
 
     def question(self) -> str:
-        """The confirmation question of a large run, in the analyst's words."""
+        """The confirmation question of a large run, in the analyst's words: worded from the
+        timed estimate when there is one (its time in the unit it is read in: minutes, hours,
+        days, weeks), never a guessed "hours"."""
         on_gpu = self.device.startswith(("cuda", "mps"))
         advice = (
             "Try a region first (Draw, then a rectangle a few hundred pixels on a side)"
             + ("." if on_gpu else " or run on a GPU.")
         )
+        size = f"{self.pixels / 1e6:.2f} megapixels" + (
+            f" in {self.n_tiles} tiles" if self.n_tiles > 1 else "")
+        if self.seconds is not None:
+            when = f"Measured on {self.device}: about {duration_text(self.seconds)} ({self.text})."
+        else:
+            when = (
+                f"That is about {self.ratio:.0f}× the work of a 256×256 preview (minutes on a "
+                "laptop CPU); no time was measured on this device."
+            )
+        keeps = (
+            "Stop keeps the tiles finished by then, and Run resumes from them."
+            if self.n_tiles > 1 else "Stop keeps only the snapshots reached by then."
+        )
         return (
-            f"This run is large: {self.pixels / 1e6:.2f} megapixels for up to {self.iterations} "
-            f"iterations, about {self.ratio:.0f}× the work of a 256×256 preview (which takes "
-            f"minutes on a laptop CPU). On {self.device} it may take hours and many GB of "
-            "memory, and Stop keeps only the snapshots reached by then.\n\n"
-            f"{advice} Start the whole run anyway?"
+            f"This run is large: {size} for up to {self.iterations} iterations. {when} {keeps}"
+            f"\n\n{advice} Start the whole run anyway?"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,12 +136,17 @@ class CostEstimate:
 
 
 def duration_text(seconds: float) -> str:
-    """``"40 s"``, ``"12 min"``, ``"3.5 h"``: a time in a person's words."""
+    """``"40 s"``, ``"12 min"``, ``"3.5 h"``, ``"2.3 days"``, ``"3.1 weeks"``: a time in a
+    person's words, in the unit it is read in (weeks are never "hours")."""
     if seconds < 120:
         return f"{max(seconds, 1):.0f} s"
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds < 14 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (7 * 86400):.1f} weeks"
 
 
 def plan_cost(

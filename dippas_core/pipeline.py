@@ -85,7 +85,8 @@ def run_job(
         far.  Several: the finished tiles are stitched, the others keep the original pixels and
         the report says ``partial`` (and which tiles are not anonymized).
     on_step
-        Called with each DIP ``Step`` (progress; not for tiles on a Dask cluster).
+        Called with each DIP ``Step`` (progress; not for tiles on a Dask cluster); in a photo
+        run ``step.tile`` is its tile's index (several tiles per step interleave their steps).
     on_tile
         Called with ``(tile, plan)`` before each tile's inversion (several tiles only; on a
         cluster as each tile comes back).

@@ -110,6 +110,9 @@ class Published:
     #: the program that wrote the report and when (the viewer's exports)
     tool: str | None = UNSET
     created: str | None = UNSET
+    #: what the image covers when a region was anonymized: ``"region only"`` (the region's
+    #: pixels alone), or ``"whole photo, region replaced"`` (the rest keeps the camera's trace)
+    scope: str | None = UNSET
     #: the settings: an ``AnonymizeConfig`` (``config``) or a run's DIP settings (``dip_config``)
     config: dict[str, Any] | None = UNSET
     dip_config: dict[str, Any] | None = UNSET

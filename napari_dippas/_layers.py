@@ -28,9 +28,11 @@ __all__ = [
     "dippas_kind",
     "fingerprint_layer",
     "layer_title",
+    "named_by_run",
     "photo_layer",
     "rectangles_layer",
     "residual_layer",
+    "run_title",
     "snapshots_layer",
     "symmetric_limits",
 ]
@@ -151,6 +153,23 @@ def layer_title(what: str, photo: str = "", camera: str = "", region: Region | N
     subject = " × ".join(part for part in (photo, camera) if part)
     name = f"{what} — {subject}" if subject else what
     return f"{name} [{region.label()}]" if region is not None else name
+
+
+def run_title(folder: str, photo: str = "", camera: str = "") -> str:
+    """What names a run's layers: ``"IMG_0012 × Nikon_D70_0 (run-…-seed0)"``.
+
+    The photo and the camera say what was anonymized, the run folder's name keeps two runs of
+    one photo apart; the folder alone when neither is known (a run made at the command line).
+    """
+    who = " × ".join(str(part) for part in (photo, camera) if part)
+    return f"{who} ({folder})" if who else str(folder)
+
+
+def named_by_run(data_tuple: LayerDataTuple, label: str) -> LayerDataTuple:
+    """The layer named ``"<its name> — <label>"`` (:func:`run_title`): each run's layers keep
+    their own names, and a second run never replaces nor numbers the first's (``… [1]``)."""
+    data, kwargs, kind = data_tuple
+    return data, {**kwargs, "name": f"{kwargs['name']} — {label}"}, kind
 
 
 def symmetric_limits(values: np.ndarray, percentile: float = 100.0) -> tuple[float, float]:

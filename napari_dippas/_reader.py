@@ -24,8 +24,11 @@ from ._layers import (
     anonymized_layer,
     block_heatmap_layer,
     fingerprint_layer,
+    named_by_run,
     photo_layer,
+    rectangles_layer,
     residual_layer,
+    run_title,
     snapshots_layer,
 )
 from ._models import PROVENANCE_FILE, AssemblyOutcome, AssemblySettings, RunSession
@@ -33,9 +36,11 @@ from ._models import PROVENANCE_FILE, AssemblyOutcome, AssemblySettings, RunSess
 __all__ = [
     "assembly_layers",
     "get_reader",
+    "is_photo_run_directory",
     "is_run_directory",
     "last_assembly_params",
     "read_fingerprint",
+    "read_photo_run",
     "read_run",
     "run_label",
     "run_layers",
@@ -60,6 +65,14 @@ def is_run_directory(path: str | Path) -> bool:
     return isinstance(config, dict) and config.get("format") == "dippas-run"
 
 
+def is_photo_run_directory(path: str | Path) -> bool:
+    """True for a whole-photo run folder (``photo-run.json``, ``dippas anonymize`` or the
+    Anonymize dock on a photo larger than a tile)."""
+    from dippas_core.tiled._photo_run import PhotoRun
+
+    return (Path(path) / PhotoRun.META).is_file()
+
+
 def _is_fingerprint_file(path: Path) -> bool:
     """A ``.npz`` holding ``K`` and ``metadata``, as ``Fingerprint.load`` needs (peeks at the
     archive's names; loads nothing): any other ``.npz`` is left to other readers."""
@@ -81,6 +94,8 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerDataTuple]] |
     p = Path(path)
     if p.is_dir() and is_run_directory(p):
         return read_run
+    if p.is_dir() and is_photo_run_directory(p):
+        return read_photo_run
     if _is_fingerprint_file(p):
         return read_fingerprint
     return None
@@ -117,6 +132,73 @@ def read_run(path: str | list[str]) -> list[LayerDataTuple]:
         raise
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise DamagedRunError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def read_photo_run(path: str | list[str]) -> list[LayerDataTuple]:
+    """A whole-photo run folder as layers: the finished tiles stitched (``anonymized`` when every
+    tile is done; ``anonymized (partial: k of n tiles)`` otherwise, the tiles not done left
+    transparent, never the photo's pixels passed off as anonymized) and the tile plan coloured
+    by state (done, fell short of tau, waiting), at the run's place over its photo.
+
+    The image carries the run's report with ``partial`` and ``below_tau``: exported, its
+    published sidecar says what it is.
+    """
+    from dippas_core.tiled._photo_run import PhotoRun
+
+    from dippas_core.errors import InputError
+    from dippas_core.tiling import stitch
+
+    path = Path(path[0] if isinstance(path, list) else path)
+    run = PhotoRun(path, PhotoRun.read_meta(path))  # read within its bounds (InputError)
+    meta, plan = run.meta, run.plan()  # checked against the pixel limit before anything is made
+    done, _damaged = run.read_done(plan)  # a damaged record's tile is not finished
+    if not done:
+        raise InputError(
+            f"{path}: no tile of this photo run is finished yet, there is nothing to show; "
+            "resume the run (the same command, or Run in the Anonymize dock)"
+        )
+    h, w = plan.shape
+    zeros = np.zeros((h, w, 3), np.float32)
+    image = stitch(plan, {i: v[0] for i, v in done.items()}, fill=zeros, dtype="float32")
+    states, below = [], []
+    for t in plan.tiles:
+        stats = done[t.index][1] if t.index in done else None
+        short = float((stats or {}).get("below_tau_db") or 0.0)
+        states.append("waiting" if stats is None else ("fell short" if short > 0 else "done"))
+        if short > 0:
+            below.append({"tile": t.index, "short_db": short,
+                          "best_psnr": (stats or {}).get("best_psnr")})
+    missing = [t.index for t in plan.tiles if t.index not in done]
+    photo8 = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if missing:  # the tiles not done are transparent: where they reach, nothing is shown
+        ones = {i: np.full((t.h, t.w, 3), 255.0, np.float32)
+                for i, t in enumerate(plan.tiles) if i in done}
+        cover = stitch(plan, ones, fill=zeros, dtype="float32")[..., 0]
+        alpha = np.where(cover >= 254.5, 255, 0).astype(np.uint8)
+        photo8 = np.concatenate([photo8, alpha[..., None]], axis=-1)
+    report = {
+        "mode": meta.get("mode"), "config": meta.get("config"), "partial": bool(missing),
+        "tiles_not_anonymized": missing, "below_tau": below,
+        "tile_plan": {k: v for k, v in plan.to_dict().items() if k != "tiles"},
+    }
+    info = {"run_dir": str(path)}
+    name = ("anonymized" if not missing
+            else f"anonymized (partial: {len(done)} of {len(plan)} tiles)")
+    if below and not missing:
+        name = "anonymized (below tau)"
+    layers = [
+        anonymized_layer(photo8, report=report, name=name, **info),
+        rectangles_layer([(t.y, t.x, t.h, t.w) for t in plan.tiles], states, **info),
+    ]
+    photo = None
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+        photo = read_json(path / PROVENANCE_FILE)["source"]["name"]
+    camera = (meta.get("fingerprint") or {}).get("camera") if isinstance(
+        meta.get("fingerprint"), dict) else None
+    label = run_title(path.name, photo or "", camera or ("blind" if meta.get("mode") == "blind"
+                                                         else ""))
+    offset = run_offset(path)
+    return [named_by_run(shifted(layer, offset), label) for layer in layers]
 
 
 def last_assembly_params(session: RunSession) -> AssemblySettings:
@@ -174,11 +256,11 @@ def assembly_layers(outcome: AssemblyOutcome, **info: Any) -> list[LayerDataTupl
 
 
 def run_label(session: RunSession) -> str:
-    """What names a run's layers: ``"IMG_0012 × Nikon_D70_0 (run-…-seed0)"``.
+    """What names a run's layers (:func:`~napari_dippas._layers.run_title`):
+    ``"IMG_0012 × Nikon_D70_0 (run-…-seed0)"``, as the Anonymize dock names a run's layers.
 
     The photo's name comes from the record the viewer wrote into the run folder, the camera from
-    the run's fingerprint; the folder's name keeps two runs of one photo apart.  A run made
-    elsewhere (the command line) is named by its folder alone.
+    the run's fingerprint.  A run made elsewhere (the command line) is named by its folder alone.
     """
     path = Path(session.path)
     photo = None
@@ -187,13 +269,7 @@ def run_label(session: RunSession) -> str:
         photo = photo if isinstance(photo, str) and len(photo) <= 256 else None
     info = session.run.config.get("fingerprint")
     camera = info.get("camera") if isinstance(info, dict) else None
-    who = " × ".join(str(part) for part in (photo, camera) if part)
-    return f"{who} ({path.name})" if who else path.name
-
-
-def _named(data_tuple: LayerDataTuple, label: str) -> LayerDataTuple:
-    data, kwargs, kind = data_tuple
-    return data, {**kwargs, "name": f"{kwargs['name']} — {label}"}, kind
+    return run_title(path.name, photo or "", camera or "")
 
 
 def run_offset(run_dir: str | Path) -> tuple[float, float]:
@@ -229,7 +305,7 @@ def run_layers(session: RunSession) -> list[LayerDataTuple]:
     runs open at once never clash (napari would number them, ``photo [1]``); a region's run
     sits at the region's place over its photo (:func:`run_offset`)."""
     label, offset = run_label(session), run_offset(session.path)
-    return [_named(shifted(layer, offset), label) for layer in _run_layers(session)]
+    return [named_by_run(shifted(layer, offset), label) for layer in _run_layers(session)]
 
 
 def _run_layers(session: RunSession) -> list[LayerDataTuple]:

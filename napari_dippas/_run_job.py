@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._models import (
     AnonymizeJob,
     StepSummary,
@@ -106,6 +108,22 @@ def record_end(job_model: AnonymizeJob, report: dict[str, Any], run_path: str | 
     stop_reason = report.get("inversion", {}).get("stop_reason", "")
     update = {"status": "cancelled" if stop_reason == "cancelled" else "finished",
               "stop_reason": stop_reason, "result": result_note(report)}
+    short = report.get("below_tau") or []
+    if short and not report.get("partial"):
+        tau = (report.get("assembly") or {}).get("tau")
+        if tau is None and np.isfinite(job_model.record_psnr):
+            tau = job_model.record_psnr  # (a one-tile run assembles at its recording threshold)
+        worst = max(short, key=lambda d: d["short_db"])
+        tiles = "" if len(report.get("tiles") or ()) < 2 else (
+            f"{len(short)} of {len(report['tiles'])} tiles: ")
+        update["message"] = (
+            f"NOT anonymized to tau: {tiles}no output came within tau"
+            + (f" = {tau:g} dB" if tau is not None else "")
+            + f" of the photo (best {worst['best_psnr']:.1f} dB, {worst['short_db']:.1f} dB "
+            "short). The image is the mean of the best outputs: its detail may be damaged, and "
+            "its sidecar says below_tau. Raise max iterations or the learning rate, or lower "
+            "tau, and run again."
+        )
     if report.get("partial"):
         n, missing = len(report["tiles"]), len(report["tiles_not_anonymized"])
         update["message"] = (

@@ -470,3 +470,19 @@ def test_a_stopped_batched_run_keeps_finished_tiles_and_resumes(d70, tmp_path, f
     assert resumed.report["resumed_tiles"] == [0, 1]
     assert not resumed.report["partial"] and resumed.report["inversion"]["tiles_per_step"] == 2
     assert _max_diff(resumed.image, whole.image) <= 1e-4 * 255
+
+
+@pytest.mark.parametrize("per_step", [1, 2])
+def test_each_step_says_its_tile(d70, per_step):
+    """``on_step`` of a photo run gets each step with its tile's index (``Step.tile``): tiles
+    stepped side by side interleave their steps, and a live curve draws one line per tile."""
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    steps: list = []
+    anonymize(photo, K, _config(max_iter=3, tiles_per_step=per_step), on_step=steps.append,
+              workers=1)
+    by_tile: dict[int, list[int]] = {}
+    for step in steps:
+        by_tile.setdefault(step.tile, []).append(step.iteration)
+    assert by_tile == {t: [1, 2, 3] for t in range(4)}
+    if per_step == 2:  # two tiles in one step: their steps interleave
+        assert [s.tile for s in steps[:2]] == [0, 1]

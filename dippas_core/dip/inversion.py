@@ -92,6 +92,9 @@ class Step:
     gamma_star : float
         The least-squares gamma of this iteration's ``I_phi`` (:func:`least_squares_gamma`,
         before any clamp): where the injection strength should be for this output.
+    tile : int or None
+        In a photo run (:func:`dippas_core.pipeline.anonymize`'s ``on_step``), the index of the
+        tile the step belongs to: several tiles per step interleave their steps.  None otherwise.
     """
 
     iteration: int
@@ -101,7 +104,8 @@ class Step:
     snapshot: np.ndarray | None = field(default=None, repr=False)
     environment: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     snapshot_device: Any = field(default=None, repr=False, compare=False)
-    gamma_star: float = float("nan")  # last: older positional callers stay valid
+    gamma_star: float = float("nan")  # after the older fields: positional callers stay valid
+    tile: int | None = None
 
 
 @dataclass

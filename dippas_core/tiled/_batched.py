@@ -8,6 +8,7 @@ steps of the batch.  The step batch executor (:mod:`dippas_core.tiled.executors`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -194,7 +195,7 @@ def invert_tiles_batched(
                 rec = recorders[event.key] = _TileRecorder(run, config, cancel)
             rec.put(event.step)
             if on_step is not None:
-                on_step(event.step)
+                on_step(dataclasses.replace(event.step, tile=task.index))
     finally:
         events.close()
         for rec in recorders.values():

@@ -13,6 +13,7 @@ back in the order they finish, with ``outcome.image`` None for a tile stopped be
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,7 +67,7 @@ class InProcess(_Where):
                 self.on_tile(task.tile)
             yield task.tile, invert_tile(
                 task, self.job.config, self.prun.tile_path(task.index), mode=self.job.mode,
-                cancel=self.cancel, on_step=self.on_step,
+                cancel=self.cancel, on_step=_tagged(self.on_step, task.index),
                 force=True,  # a half-written tile of an earlier attempt is redone
             )
 
@@ -141,3 +142,11 @@ def executor_for(
     if int(n) == 1:
         return InProcess(**where, why=why)
     return StepBatch(**where, why=why, n=int(n))
+
+
+def _tagged(on_step: Callable[[Any], None] | None, index: int) -> Callable[[Any], None] | None:
+    """``on_step`` given each step with its tile's index (``Step.tile``; StepBatch tags its
+    interleaved steps the same way)."""
+    if on_step is None:
+        return None
+    return lambda step: on_step(dataclasses.replace(step, tile=index))

@@ -198,6 +198,8 @@ class AnonymizeJob(EventedModel):
             reason = {"psnr": "reached the stop PSNR", "max_iter": "reached max iterations",
                       "cancelled": "stopped by the user"}.get(self.stop_reason, self.stop_reason)
             text = f"Done ({reason}): {text}"
+            if self.message:  # e.g. a result short of tau: said first, not hinted at
+                text = f"{self.message}\n{text}"
         elif self.status == "stopping":
             text = f"Stopping… {text}"
         return text

@@ -78,13 +78,16 @@ class StepSummary:
     gamma: float
     kept: bool
     gamma_star: float = float("nan")  # least-squares gamma of the step's output
+    tile: int = 0  # the tile of a photo run the step belongs to
 
     @classmethod
     def from_step(cls, step: Any) -> StepSummary:
         """Summarise a :class:`dippas_core.dip.Step` (drops the snapshot array)."""
+        tile = getattr(step, "tile", None)
         return cls(
             int(step.iteration), float(step.loss), float(step.psnr), float(step.gamma),
             step.snapshot is not None, float(getattr(step, "gamma_star", float("nan"))),
+            int(tile) if tile is not None else 0,
         )
 
 
@@ -101,7 +104,7 @@ class RunHistory:
 
     def clear(self) -> None:
         """Forget everything (a new run starts)."""
-        keys = ("iteration", "loss", "psnr", "gamma", "gamma_star")
+        keys = ("iteration", "loss", "psnr", "gamma", "gamma_star", "tile")
         self._columns: dict[str, list[float]] = {k: [] for k in keys}
         self._ncc: list[tuple[int, float]] = []
 
@@ -119,8 +122,23 @@ class RunHistory:
             self.changed.emit()
 
     def column(self, key: str) -> np.ndarray:
-        """One curve as a float array: iteration, loss, psnr, gamma or gamma_star."""
+        """One curve as a float array: iteration, loss, psnr, gamma, gamma_star or tile."""
         return np.asarray(self._columns[key], dtype=np.float64)
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(iterations, values)`` of one curve to draw, one line per tile of a photo run.
+
+        Each tile's points are together and in their order, with a NaN (a break in the line)
+        before the next tile's: tiles each start again at iteration 1, and those stepped side by
+        side interleave their steps.  A one-tile run's curve is its columns as they are.
+        """
+        it, values, tile = self.column("iteration"), self.column(key), self.column("tile")
+        if it.size < 2 or (np.all(tile == tile[0]) and np.all(np.diff(it) > 0)):
+            return it, values
+        order = np.argsort(tile, kind="stable")
+        it, values, tile = it[order], values[order], tile[order]
+        breaks = np.nonzero((np.diff(tile) != 0) | (np.diff(it) <= 0))[0] + 1
+        return np.insert(it, breaks, np.nan), np.insert(values, breaks, np.nan)
 
     @property
     def ncc(self) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +157,7 @@ class RunHistory:
         for key in self._columns:
             if key in history:
                 self._columns[key] = [float(v) for v in np.asarray(history[key]).ravel()]
-            else:  # e.g. gamma_star of a run recorded before it existed
-                self._columns[key] = [float("nan")] * len(self._columns["iteration"])
+            else:  # e.g. gamma_star of a run recorded before it existed; one run is one tile
+                fill = 0.0 if key == "tile" else float("nan")
+                self._columns[key] = [fill] * len(self._columns["iteration"])
         self.changed.emit()

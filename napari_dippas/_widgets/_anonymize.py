@@ -6,7 +6,7 @@ the worker's job and how its end is reported are in :mod:`napari_dippas._run_job
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +24,14 @@ from .._layers import (
     anonymized_layer,
     block_heatmap_layer,
     difference_layer,
+    named_by_run,
     rectangles_layer,
+    run_title,
 )
 from .._models import DECISION_LEVEL_PCE, RunHistory, trace_warning
 from .._run_job import anonymize_job, record_end, record_failure
 from .._run_state import RunState, TileFinished, TraceCheck, job_key, resumable_run
+from .._warmup import WarmUp
 from .._workers import start_job
 from ._anonymize_form import DEFAULT_RUNS_FOLDER, AnonymizeForm, device_choices
 from ._plots import LivePlot
@@ -61,6 +64,8 @@ class AnonymizeWidget(AnonymizeForm):
 
     #: emitted on the main thread with the run folder when a run ends (finished or stopped)
     run_finished = Signal(str)
+    #: the warm-up process's devices, handed to the main thread
+    devices_reported = Signal(list)
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(napari_viewer)
@@ -77,6 +82,8 @@ class AnonymizeWidget(AnonymizeForm):
         self._bit_depth = 8
         #: the region of the photo the current run works on
         self._region: Region | None = None
+        #: what names the current run's layers (:func:`~napari_dippas._layers.run_title`)
+        self._run_label = ""
         self._record: dict[str, Any] | None = None
         self._started_at = 0.0
         #: asks the analyst to confirm a large run (replaceable in scripts and tests)
@@ -87,8 +94,9 @@ class AnonymizeWidget(AnonymizeForm):
         self.run_note = ""
         #: whether the current run goes tile by tile (a photo larger than the tile size)
         self._tiled = False
-        #: the last cost estimate's worker
+        #: the last cost estimate's worker, and (what it depends on, the estimate or None)
         self.estimate_worker = None
+        self._estimate: tuple[str, Any] | None = None
         #: the run folder the ``tiles`` layer shows ("" for a plan not yet run)
         self._tiles_run_dir = ""
 
@@ -96,7 +104,7 @@ class AnonymizeWidget(AnonymizeForm):
         self.plan_button.setToolTip(
             "draw the tiles over the photo and time a few iterations on the chosen device"
         )
-        self.plan_button.clicked.connect(self.plan_and_estimate)
+        self.plan_button.clicked.connect(lambda: self.plan_and_estimate())
         self.estimate = QLabel("")
         self.estimate.setWordWrap(True)
         self.estimate.setVisible(False)  # shown with an estimate (no gap in the form without)
@@ -130,23 +138,17 @@ class AnonymizeWidget(AnonymizeForm):
         self.settings.events.tile_size.connect(self._plan_changed)
         self.settings.events.overlap.connect(self._plan_changed)
         self.photo.currentTextChanged.connect(self._plan_changed)
-        #: set once torch and the kernels are loaded (see :meth:`_warm_up`)
-        self.warm = threading.Event()
-        threading.Thread(target=self._warm_up, name="dippas-warm-up", daemon=True).start()
+        # torch and the kernels are compiled and cached by a process of their own (the GUI
+        # never holds the GIL for them; napari_dippas._warmup); it also finds the devices
+        self.devices_reported.connect(self.show_devices)
+        self.warm_up = WarmUp(on_devices=self._report_devices)
+        #: set once the warm-up process ended (the kernels are in their on-disk caches)
+        self.warm = self.warm_up.done
 
-    def _warm_up(self) -> None:
-        """Load torch's lazy parts and the Numba kernels now, off the GUI thread.
-
-        A first run would otherwise load them while it runs, holding the GIL for stretches of a
-        few hundred ms and stalling the viewer; a run started before this ends just waits for
-        the same imports.
-        """
-        from dippas_core.dip.inversion import warm_up
-
-        try:
-            warm_up()
-        finally:
-            self.warm.set()
+    def _report_devices(self, lines: list[str]) -> None:
+        """(The warm-up's thread) hand the devices to the main thread, if the dock is there."""
+        with contextlib.suppress(RuntimeError):  # the Qt object may already be gone
+            self.devices_reported.emit(lines)
 
     # -- run / stop -----------------------------------------------------------------------------
     @property
@@ -202,39 +204,55 @@ class AnonymizeWidget(AnonymizeForm):
             self._tiles_run_dir = ""
             self.state.tiles.set_plan(plan, region.translate)
 
-    def plan_and_estimate(self) -> None:
-        """The "Plan & estimate time" button: draw the plan, then time this device (worker)."""
+    def plan_and_estimate(self, then: Callable[[], None] | None = None) -> None:
+        """The "Plan & estimate time" button: draw the plan, then time this device (worker).
+
+        ``then`` is called once the estimate is in (or failed): Run measures first when it must
+        ask before a large run, so that the question says how long.
+        """
         from dippas_core.cost import estimate_cost
+
 
         plan = self.show_plan()
         if plan is None or self.running:
             return
         config = self.settings.anonymize_config()
         shape = plan.shape
+        key = self._estimate_key(plan, config)
         self._show_estimate(f"{plan.describe()}; timing a few iterations on "
                               f"{self.settings.device}…")
         self.plan_button.setEnabled(False)
 
         def job(report: Callable[[Any], None]) -> Any:
-            self.warm.wait(120)  # torch and the kernels load once, in the warm-up thread
             return estimate_cost(shape, config)
 
         def returned(cost: Any) -> None:
+            self._estimate = (key, cost)
             if not self.closed:
                 self._show_estimate(f"{plan.describe()}.\nTime: {cost.text}.")
 
         def errored(exc: BaseException) -> None:
+            self._estimate = (key, None)  # tried: Run asks without a time
             if not self.closed:
                 self._show_estimate(f"No estimate: {exc}")
 
         def finished() -> None:
             if not self.closed:
                 self.plan_button.setEnabled(True)
+                if then is not None:
+                    then()
 
         self.estimate_worker = start_job(
             job, on_returned=returned, on_errored=errored, on_finished=finished,
             what="Time estimate",
         )
+
+    @staticmethod
+    def _estimate_key(plan: Any, config: Any) -> str:
+        """What an estimate depends on: the plan's shape and the run's settings."""
+        import json
+
+        return json.dumps([list(plan.shape), config.to_dict()], sort_keys=True, default=str)
 
     def _show_tiles(self, *_: Any) -> None:
         """Draw :attr:`state`'s tiles over the photo (the ``tiles`` layer follows their states)."""
@@ -274,6 +292,14 @@ class AnonymizeWidget(AnonymizeForm):
         resume = resumable_run(root, key, len(plan)) if tiled else None
         if resume is None:
             cost = photo_job.cost()
+            if cost.needs_confirmation:
+                known = self._estimate
+                if known is None or known[0] != self._estimate_key(plan, config):
+                    # measure first: the question says how long (minutes, hours, weeks)
+                    self.status.setText("A large run: timing a few iterations before asking…")
+                    self.plan_and_estimate(then=self.start)
+                    return
+                cost = known[1] or cost  # the timed estimate (the plan's work if timing failed)
             if cost.needs_confirmation and not self.confirm(cost.question()):
                 self.job.update({"status": "idle"})
                 self.status.setText(
@@ -283,7 +309,14 @@ class AnonymizeWidget(AnonymizeForm):
                 return
         self._region = region
         self._bit_depth = 16 if photo.dtype == np.uint16 else 8
+        if self.estimate.text().startswith("No estimate"):
+            self._show_estimate("")  # an earlier error never stays under a new run
         self.run_path = resume if resume is not None else self.new_run_path()
+        #: names this run's layers: "photo × camera (run folder)"; each run keeps its own
+        self._run_label = run_title(
+            self.run_path.name, self._photo_name,
+            fingerprint.camera if fingerprint is not None else "blind",
+        )
         self._record = record = self._provenance(photo, fingerprint, region)
         record["job_key"] = key
         self.cancel = cancel = CancelToken()
@@ -307,7 +340,8 @@ class AnonymizeWidget(AnonymizeForm):
             self.progress.setRange(0, dip.max_iter)
             self.progress.setFormat("%v / %m iterations")
             self.snapshots = SnapshotsView(
-                self.viewer, self.run_path, region.translate, self.job, self.history
+                self.viewer, self.run_path, region.translate, self.job, self.history,
+                label=self._run_label,
             )
             self.snapshots.prepare(photo.shape[:2])
             self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
@@ -335,11 +369,13 @@ class AnonymizeWidget(AnonymizeForm):
     def _close_down(self) -> None:
         """The widget left napari: cancel the run (it ends after its current iteration)."""
         self.stop()
+        self.warm_up.stop()
+        self._stop_matching()
         self.job.events.disconnect(self._show_job)
         for event in (self.state.tiles.events.rects, self.state.tiles.events.states,
                       self.state.tiles.events.offset):
             event.disconnect(self._show_tiles)
-        self.plot._offscreen = None  # no more off-screen redraw steps
+        self.plot.stop_redrawing()
 
     # -- live updates (main thread) -------------------------------------------------------------
     def _show_trace(self, check: TraceCheck) -> None:
@@ -420,24 +456,30 @@ class AnonymizeWidget(AnonymizeForm):
         B = int(result.report["block_ncc"]["B"])
         shape = result.image.shape[:2]
         info = {"run_dir": str(self.run_path)}
+        label = self._run_label
+        # a result short of tau says so in its name too (and in its published sidecar)
+        what = "anonymized (below tau)" if result.report.get("below_tau") else "anonymized"
         region = self._region
         offset = region.translate if region is not None else (0.0, 0.0)
         if region is not None:
             info["region"] = region.as_dict()
         upsert_run_layer(
             self.viewer,
-            block_heatmap_layer(result.maps["block_ncc_before"], B, image_shape=shape,
-                                offset=offset, stage="before", **info),
+            named_by_run(block_heatmap_layer(result.maps["block_ncc_before"], B,
+                                             image_shape=shape, offset=offset, stage="before",
+                                             **info), label),
         )
         output = upsert_run_layer(
             self.viewer,
-            anonymized_layer(result.image, report=result.report, bit_depth=self._bit_depth,
-                             offset=offset, **info),
+            named_by_run(anonymized_layer(result.image, report=result.report, name=what,
+                                          bit_depth=self._bit_depth, offset=offset, **info),
+                         label),
         )
         upsert_run_layer(
             self.viewer,
-            block_heatmap_layer(result.maps["block_ncc_after"], B, name="NCC after",
-                                image_shape=shape, offset=offset, stage="after", **info),
+            named_by_run(block_heatmap_layer(result.maps["block_ncc_after"], B, name="NCC after",
+                                             image_shape=shape, offset=offset, stage="after",
+                                             **info), label),
         )
         photo = self.photo.layer()
         if photo is not None and region is not None:
@@ -446,8 +488,9 @@ class AnonymizeWidget(AnonymizeForm):
             if source.shape == result.image.shape:
                 upsert_run_layer(
                     self.viewer,
-                    difference_layer(result.image, source, name="difference (after − before)",
-                                     offset=offset, **info),
+                    named_by_run(difference_layer(result.image, source,
+                                                  name="difference (after − before)",
+                                                  offset=offset, **info), label),
                 )
         if view is not None:
             view.finished(self.job.status)

@@ -8,6 +8,7 @@ the region, the tile plan, the provenance record).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,8 +19,14 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLabel, QMess
 from .._layer_updates import layer_source_path
 from .._layers import Region, dippas_kind
 from .._models import AnonymizeSettings, run_provenance
-from ._attribution import camera_of, is_fingerprint, is_photo, size_problem
-from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker
+from ._attribution import (
+    camera_of,
+    is_fingerprint,
+    is_photo,
+    matching_fingerprint,
+    size_problem,
+)
+from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker, without_kind
 
 if TYPE_CHECKING:
     import napari
@@ -30,13 +37,17 @@ __all__ = ["DEFAULT_RUNS_FOLDER", "AnonymizeForm", "device_choices"]
 DEFAULT_RUNS_FOLDER = Path.home() / "dippas-runs"
 
 
-def device_choices() -> tuple[list[str], list[str]]:
-    """``(choices, descriptions)``: ``auto`` plus each device torch finds, and one line each."""
-    from dippas_core.dip.device import describe_devices
+def device_choices(lines: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """``(choices, descriptions)``: ``auto`` plus each device in ``lines`` (as
+    ``dippas_core.dip.device.describe_devices`` words them), and the lines.
 
-    lines = describe_devices()
+    Without ``lines`` (the dock just opened: torch is not loaded in the viewer's process, the
+    warm-up process reports the devices later) ``auto`` and ``cpu``, the device every machine has.
+    """
+    if lines is None:
+        return ["auto", "cpu"], []
     names = [line.split()[0] for line in lines]
-    return ["auto", *dict.fromkeys(names)], lines
+    return ["auto", *dict.fromkeys(["cpu", *names])], lines
 
 
 class AnonymizeForm(DockWidget):
@@ -56,15 +67,16 @@ class AnonymizeForm(DockWidget):
         #: the name of the photo layer of the last inputs read (see :meth:`_inputs`)
         self._photo_name = ""
         self.photo = LayerChoice(napari_viewer, is_photo, prefer="photo")
-        self.fingerprint = LayerChoice(napari_viewer, is_fingerprint, prefer="fingerprint")
+        self.fingerprint = LayerChoice(napari_viewer, is_fingerprint, prefer="fingerprint",
+                                       shown=without_kind("fingerprint"))
         self.region = RegionPicker(napari_viewer, self._photo_shape)
         self.mode = QComboBox()
         self.mode.addItems(["aware", "blind"])
         self.mode.setToolTip("aware: remove the fingerprint K; blind: use the photo's own residual")
-        choices, lines = device_choices()
+        choices, _ = device_choices()
         self.device = QComboBox()
         self.device.addItems(choices)
-        self.devices_found = QLabel("found: " + "; ".join(lines))
+        self.devices_found = QLabel("found: looking for devices…")
         self.devices_found.setWordWrap(True)
         self.preset = QComboBox()
         self.preset.addItems(["tiny", "cpu", "paper"])  # (AnonymizeSettings.preset's choices)
@@ -108,6 +120,48 @@ class AnonymizeForm(DockWidget):
         form.addRow("runs folder", self.runs_folder)
         self.form_layout = form
         self._bind()
+        # the fingerprint follows the photo: its size and camera (until the analyst picks one)
+        self._fingerprint_picked = False
+        self.fingerprint.activated.connect(self._fingerprint_picked_by_hand)
+        self.photo.currentTextChanged.connect(self._photo_changed)
+        napari_viewer.layers.events.inserted.connect(self.match_fingerprint)
+        self.match_fingerprint()
+
+    def _fingerprint_picked_by_hand(self, *_: Any) -> None:
+        self._fingerprint_picked = True
+
+    def _photo_changed(self, *_: Any) -> None:
+        self._fingerprint_picked = False  # another photo: its own camera's fingerprint
+        self.match_fingerprint()
+
+    def match_fingerprint(self, *_: Any) -> None:
+        """Choose the fingerprint of the photo's size and camera
+        (:func:`~._attribution.matching_fingerprint`), unless the analyst picked one."""
+        photo = self.photo.layer()
+        if self._fingerprint_picked or photo is None or self.closed:
+            return
+        found = matching_fingerprint(photo, [la for la in self.viewer.layers if is_fingerprint(la)])
+        if found is not None and found is not self.fingerprint.layer():
+            self.fingerprint.select(found)
+
+    def _stop_matching(self) -> None:
+        """The dock is closing: no more matching on the viewer's layer events."""
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            self.viewer.layers.events.inserted.disconnect(self.match_fingerprint)
+
+    def show_devices(self, lines: list[str]) -> None:
+        """The devices torch found (the warm-up process reports them): the list to choose from;
+        the chosen device stays chosen."""
+        choices, lines = device_choices(lines)
+        chosen = self.device.currentText()
+        self.device.blockSignals(True)
+        self.device.clear()
+        self.device.addItems(choices)
+        self.device.setCurrentText(chosen if chosen in choices else "auto")
+        self.device.blockSignals(False)
+        if self.device.currentText() != self.settings.device:
+            self.settings.device = self.device.currentText()
+        self.devices_found.setText("found: " + "; ".join(lines))
 
     # -- settings <-> form ----------------------------------------------------------------------
     def _bind(self) -> None:

@@ -44,7 +44,7 @@ from .._reader import (
     shifted,
 )
 from .._workers import start_job
-from ._forms import DockWidget, LayerChoice, PathEdit
+from ._forms import DockWidget, LayerChoice, PathEdit, without_kind
 from ._plots import ColorbarCanvas
 
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ __all__ = ["AssembleWidget"]
 
 #: wait this long after the last B/L/tau change before re-assembling (sliders send many values)
 DEBOUNCE_MS = 150
+#: what Export writes for a region's run (the choice's words)
+REGION_ONLY = "the region only"
+WHOLE_PHOTO = "the whole photo, this region replaced"
 
 
 def _is_run_layer(layer: Layer) -> bool:
@@ -98,7 +101,8 @@ class AssembleWidget(DockWidget):
         self._job_active = False
         self._watched: Layer | None = None
 
-        self.run = LayerChoice(napari_viewer, _is_run_layer, prefer="snapshots")
+        self.run = LayerChoice(napari_viewer, _is_run_layer, prefer="snapshots",
+                               shown=without_kind("snapshots"))
         self.run.currentTextChanged.connect(self._run_layer_changed)
         self.open_run = PathEdit("folder", placeholder="or open a run folder…")
         self.open_button = QPushButton("Open run")
@@ -117,8 +121,9 @@ class AssembleWidget(DockWidget):
         self.n_average.valueChanged.connect(lambda v: setattr(self.settings, "L", v))
         self.tau.valueChanged.connect(lambda v: setattr(self.settings, "tau", v))
         self.settings.events.B.connect(lambda v: self.block.setCurrentText(str(v)))
-        self.settings.events.L.connect(self.n_average.setValue)
-        self.settings.events.tau.connect(self.tau.setValue)
+        # (lambdas: psygnal cannot read a Qt method's signature and warns "no signature found")
+        self.settings.events.L.connect(lambda v: self.n_average.setValue(v))
+        self.settings.events.tau.connect(lambda v: self.tau.setValue(v))
 
         self.table = {}
         grid = QGridLayout()
@@ -140,8 +145,14 @@ class AssembleWidget(DockWidget):
         self.status.setWordWrap(True)
         self.colorbar = ColorbarCanvas(napari_viewer, "block NCC (before and after)")
         self.export_path = PathEdit("save_file", "Images (*.png *.tif *.tiff)", "anonymized.png")
+        #: a region's run: export the region alone, or the whole photo with the region replaced
+        self.export_what = QComboBox()
+        self.export_what.addItems([REGION_ONLY, WHOLE_PHOTO])
+        self.export_what.currentTextChanged.connect(lambda *_: self._say_what_is_exported())
+        self.export_note = QLabel("")
+        self.export_note.setWordWrap(True)
         self.export_button = QPushButton("Export image + JSON report")
-        self.export_button.clicked.connect(self.export)
+        self.export_button.clicked.connect(lambda: self.export())
 
         form = QFormLayout()
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: wrap
@@ -157,6 +168,8 @@ class AssembleWidget(DockWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.colorbar)
         layout.addWidget(self.export_path)
+        layout.addWidget(self.export_what)
+        layout.addWidget(self.export_note)
         layout.addWidget(self.export_button)
         layout.addStretch(1)
 
@@ -251,6 +264,7 @@ class AssembleWidget(DockWidget):
         self.settings.update(params.model_dump())
         self.block.setCurrentText(str(self.settings.B))
         self.status.setText(f"Run {Path(path).name}: {self.session.run.status}.")
+        self._say_what_is_exported()
         self._debounce.start()
 
     # -- assembling -----------------------------------------------------------------------------
@@ -354,12 +368,64 @@ class AssembleWidget(DockWidget):
                 return layer
         return None
 
-    def export(self, path: str | Path | None = None) -> list[str]:
+    def _region_of_run(self) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+        """The current run's region on its photo and the photo's record (None, None for a run of
+        a whole photo, or one made elsewhere: the command line records no region)."""
+        from dippas_core.jsonio import read_json
+
+        from .._models import PROVENANCE_FILE
+
+        if self.session is None:
+            return None, None
+        try:  # (within a size bound: nothing read back is trusted)
+            record = read_json(Path(self.session.path) / PROVENANCE_FILE)
+            region, source = record.get("region"), record.get("source") or {}
+        except (OSError, ValueError, AttributeError):
+            return None, None
+        if not isinstance(region, dict) or not isinstance(source, dict):
+            return None, None
+        whole = (region.get("h"), region.get("w")) == (source.get("height"), source.get("width"))
+        return (None, None) if whole else (region, source)
+
+    def _say_what_is_exported(self) -> None:
+        """Offer both exports for a region's run, and say which one Export writes."""
+        region, source = self._region_of_run()
+        self.export_what.setVisible(region is not None)
+        if region is None:
+            self.export_note.setText("")
+            self.export_note.setVisible(False)
+            return
+        size = f"{region['h']}×{region['w']} region (y {region['y']}, x {region['x']})"
+        if self.export_what.currentText() == WHOLE_PHOTO:
+            text = (f"Writes the whole {source.get('height')}×{source.get('width')} photo with "
+                    f"the {size} anonymized: the rest of the photo still carries the camera's "
+                    "trace.")
+        else:
+            text = f"Writes the {size} only, not the rest of the photo."
+        self.export_note.setText(text)
+        self.export_note.setVisible(True)
+
+    def _whole_photo(self, source: dict[str, Any]) -> np.ndarray | None:
+        """The run's photo, whole, from the viewer's layers (found by its pixels' SHA-256)."""
+        from .._models import sha256_array
+
+        shape = (source.get("height"), source.get("width"))
+        for layer in self.viewer.layers:
+            data = getattr(layer, "data", None)
+            if (getattr(layer, "rgb", False) and np.ndim(data) == 3
+                    and tuple(np.shape(data)[:2]) == shape
+                    and sha256_array(np.asarray(data)) == source.get("pixels_sha256")):
+                return np.asarray(data)
+        return None
+
+    def export(self, path: str | Path | None = None, what: str | None = None) -> list[str]:
         """Save the current run's anonymized layer through the plugin's writer (+ JSON report).
 
-        The layer is found by its kind and run folder, not by its name: with two runs open the
-        one called ``anonymized`` may be the other run's.  Returns the files written (empty when
-        there is nothing to save or no path).
+        A region's run writes ``what`` (default: the choice in the dock): :data:`REGION_ONLY`,
+        the region's pixels alone, or :data:`WHOLE_PHOTO`, the photo it was cut from with the
+        region replaced (the rest of it still carries the camera's trace: the status says so,
+        and the sidecar's ``scope``).  The layer is found by its kind and run folder, not by its
+        name.  Returns the files written (empty when there is nothing to save or no path).
         """
         path = Path(path) if path else self.export_path.path()
         layer = self.anonymized_layer()
@@ -369,19 +435,55 @@ class AssembleWidget(DockWidget):
         if path is None:
             self.status.setText("Choose where to save the image (.png, .tif).")
             return []
+        region, source = self._region_of_run()
+        what = what or self.export_what.currentText()
+        info = dict((layer.metadata or {}).get("dippas") or {})
+        data = np.asarray(layer.data)
+        said = ""
+        if region is not None:
+            report = dict(info.get("report") or {})
+            size = f"{region['h']}×{region['w']} region"
+            if what == WHOLE_PHOTO:
+                photo = self._whole_photo(source)
+                if photo is None:
+                    self.status.setText(
+                        f"The whole photo is not open in the viewer (a layer with the "
+                        f"{source.get('height')}×{source.get('width')} pixels this run was cut "
+                        "from): open it, or export the region only."
+                    )
+                    return []
+                y, x, h, w = (int(region[k]) for k in ("y", "x", "h", "w"))
+                if data.dtype == photo.dtype:
+                    whole = photo.copy()
+                else:  # a 16-bit photo's assembly is float on the 0..255 scale
+                    from dippas_core.io import to_float255
+
+                    whole = to_float255(photo).astype(data.dtype)
+                whole[y : y + h, x : x + w] = data
+                data = whole
+                report["scope"] = "whole photo, region replaced"
+                said = (f": the whole photo with the {size} replaced; the rest of the photo "
+                        "still carries the camera's trace")
+            else:
+                report["scope"] = "region only"
+                said = f": the {size} only"
+            info["report"] = report
         try:
-            written = layer.save(str(path), plugin="napari-dippas")
+            from .._writer import write_image_layer
+
+            written = write_image_layer(str(path), data, {"metadata": {"dippas": info},
+                                                          "name": layer.name})
         except Exception as exc:  # noqa: BLE001 - shown to the user, nothing was written
             from napari.utils.notifications import show_error
 
             show_error(f"Export failed: {exc}")
             return []
-        written = [str(p) for p in np.atleast_1d(written)] if written else []
         # the forensic record stays in the run folder: which file came out, and its hash
         for out in written:
             add_output_to_provenance(
                 self.session.path if self.session is not None else "",
-                {"file": Path(out).name, "sha256": sha256_file(out)},
+                {"file": Path(out).name, "sha256": sha256_file(out),
+                 **({"scope": info["report"]["scope"]} if region is not None else {})},
             )
-        self.status.setText("Saved " + ", ".join(Path(p).name for p in written) + ".")
+        self.status.setText("Saved " + ", ".join(Path(p).name for p in written) + said + ".")
         return written

@@ -38,7 +38,7 @@ from .._models import (
     pce_verdict,
 )
 from .._workers import start_job
-from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker
+from ._forms import DockWidget, LayerChoice, PathEdit, RegionPicker, without_kind
 from ._plots import ColorbarCanvas
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttributionWidget", "camera_of", "is_fingerprint", "is_photo", "is_plane", "learned_scores",
-    "size_problem",
+    "matching_fingerprint", "size_problem",
 ]
 
 #: our layers that are never a photo nor a fingerprint
@@ -85,6 +85,32 @@ def camera_of(layer: Layer) -> str:
     """The camera a fingerprint layer belongs to (its layer name when it does not say)."""
     info = (layer.metadata or {}).get("dippas", {})
     return str(info.get("camera") or layer.name) if isinstance(info, dict) else layer.name
+
+
+def matching_fingerprint(photo: Layer, fingerprints: list[Layer]) -> Layer | None:
+    """The fingerprint that goes with ``photo``: of its size, and of its camera when the photo's
+    name or file names one (``Nikon_D70_1_20543.JPG`` → ``Nikon_D70_1``, the longest camera name
+    that fits; ``Nikon_D70_0`` is another unit of the same model); else the newest of its size.
+    None when none has the photo's size."""
+    shape = tuple(photo.data.shape[:2])
+    fits = [fp for fp in fingerprints if tuple(fp.data.shape[:2]) == shape]
+    if not fits:
+        return None
+    source = getattr(getattr(photo, "source", None), "path", None) or ""
+    words = f"{photo.name} {Path(str(source)).name}".lower()
+
+    def named(fp: Layer) -> int:
+        camera = camera_of(fp).lower()
+        return len(camera) if camera and _names(words, camera) else 0
+
+    return max(reversed(fits), key=named)  # the newest first among equals
+
+
+def _names(words: str, camera: str) -> bool:
+    """Whether ``words`` name ``camera`` as a whole ("nikon_d70_1" is not "nikon_d70_10")."""
+    import re
+
+    return re.search(rf"(?<![a-z0-9]){re.escape(camera)}(?![a-z0-9])", words) is not None
 
 
 def size_problem(photo: Layer, fingerprint: Layer) -> str | None:
@@ -132,7 +158,8 @@ class AttributionWidget(DockWidget):
         self.results = ResultsTable()
 
         self.photo = LayerChoice(napari_viewer, is_photo, prefer="photo")
-        self.fingerprint = LayerChoice(napari_viewer, is_fingerprint, prefer="fingerprint")
+        self.fingerprint = LayerChoice(napari_viewer, is_fingerprint, prefer="fingerprint",
+                                       shown=without_kind("fingerprint"))
         self.region = RegionPicker(napari_viewer, self._photo_shape)
         self.sigma = QDoubleSpinBox(minimum=0.5, maximum=20.0, value=5.0, singleStep=0.5)
         self.block = QSpinBox(minimum=8, maximum=4096, value=64, singleStep=16)

@@ -166,6 +166,8 @@ class FingerprintWidget(DockWidget):
         self.folder.edit.textChanged.connect(self._suggest_output)
         self.pattern.textChanged.connect(self._suggest_output)
         self.camera.textChanged.connect(self._suggest_output)
+        self.stack.currentTextChanged.connect(self._suggest_output)
+        self.from_folder.toggled.connect(self._suggest_output)
         self._suggested = ""
 
     def _suggest_output(self, *_: Any) -> None:
@@ -176,15 +178,23 @@ class FingerprintWidget(DockWidget):
         current = self.output.edit.text()
         if current and current != self._suggested:
             return
-        folder = self.folder.path()
-        pattern = self.pattern.text().strip() or "*"
-        camera = self.camera.text().strip() or (
-            pattern.rstrip("*_") if pattern != "*" else (folder.name if folder else "")
-        )
-        if not camera:
+        camera = self.camera.text().strip() or self._source_camera()
+        if not camera:  # no name to go by: no suggestion (never another camera's file)
+            self._suggested = ""
+            self.output.edit.clear()
             return
         self._suggested = str(DEFAULT_FINGERPRINTS_FOLDER / f"{_file_stem(camera)}.npz")
         self.output.set_path(self._suggested)
+
+    def _source_camera(self) -> str:
+        """The camera the chosen shots name: the pattern (``Nikon_D70_1_*``), else the folder's
+        name, or the image-stack layer's name."""
+        if not self.from_folder.isChecked():
+            layer = self.stack.layer()
+            return layer.name if layer is not None else ""
+        folder = self.folder.path()
+        pattern = self.pattern.text().strip() or "*"
+        return pattern.rstrip("*_") if pattern != "*" else (folder.name if folder else "")
 
     def stop(self) -> None:
         """Cancel the estimate (button "Cancel"): it stops before the next shot."""
@@ -295,6 +305,12 @@ class FingerprintWidget(DockWidget):
             self.status.setText(message)
             return
         saved = f", saved to {out}" if out is not None else " (not saved: no file chosen)"
+        # done with this camera: the next shots get their own name and file, never this one's
+        self.camera.blockSignals(True)
+        self.camera.clear()
+        self.camera.blockSignals(False)
+        self._suggested = self.output.edit.text()  # (a path typed for this camera goes too)
+        self._suggest_output()
         self.status.setText(
             f"Fingerprint of {fp.camera or 'the camera'} from {fp.n_images} shots, "
             f"{fp.shape[0]}×{fp.shape[1]}{saved}."

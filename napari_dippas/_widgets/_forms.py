@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMainWindow,
     QPushButton,
     QScrollArea,
     QSizePolicy,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REGION_LAYER", "WIDGET_MIN_WIDTH", "DockWidget", "LayerChoice", "PathEdit", "RegionPicker",
+    "without_kind",
 ]
 
 #: name of the Shapes layer where the analyst draws the region to work on
@@ -83,10 +86,36 @@ class DockWidget(QWidget):
         """Watch parent changes: docked, then undocked by napari, means closed."""
         if event.type() == QEvent.Type.ParentChange:
             if self.parent() is not None:
+                if not self._docked:
+                    QTimer.singleShot(0, self._join_other_docks)  # once napari has placed it
                 self._docked = True
             elif self._docked:
                 self.close_down()
         return super().event(event)
+
+    def _join_other_docks(self) -> None:
+        """Go in as a tab beside the plugin's other docks in the same area, and show.
+
+        Stacked, four docks split a 1280×800 window into slivers (two got 50 px each): as tabs
+        each has the whole height, and its contents scroll inside it.
+        """
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        area = window.dockWidgetArea(dock)
+        ours = [
+            other for other in window.findChildren(QDockWidget)
+            if other is not dock and not other.isFloating() and other.isVisible()
+            and window.dockWidgetArea(other) == area
+            and any(isinstance(w, DockWidget) for w in other.findChildren(QWidget))
+        ]
+        if ours:
+            window.tabifyDockWidget(ours[-1], dock)
+            dock.show()
+            dock.raise_()
 
     def close_down(self) -> None:
         """Stop whatever runs and stop listening to the viewer (idempotent).
@@ -106,6 +135,13 @@ class DockWidget(QWidget):
 
     def _close_down(self) -> None:
         """Subclass hook: cancel jobs, stop timers, drop layer-event handlers."""
+
+
+def without_kind(kind: str) -> Callable[[Layer], str]:
+    """A layer's name without its kind in front, for a list that already says the kind:
+    ``"fingerprint — Nikon_D70_1"`` shows as ``"Nikon_D70_1"`` in the fingerprint list (whole in
+    a narrow dock, where the name was cut to "fingerprint — Nikon_D7")."""
+    return lambda layer: layer.name.removeprefix(f"{kind} — ") or layer.name
 
 
 class LayerChoice(QComboBox):
@@ -130,17 +166,24 @@ class LayerChoice(QComboBox):
 
     def __init__(
         self, viewer: napari.Viewer, accept: Callable[[Layer], bool], prefer: str | None = None,
-        parent: QWidget | None = None,
+        parent: QWidget | None = None, shown: Callable[[Layer], str] | None = None,
     ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._accept = accept
         self._prefer = prefer
+        #: the text shown for a layer (its name; a shorter one where the dock is narrow)
+        self._shown = shown or (lambda layer: layer.name)
         #: the listed layers, one per item (weak: the box must not keep a removed layer alive)
         self._items: list[weakref.ref[Layer]] = []
         self._chosen: weakref.ref[Layer] | None = None
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
+        # as wide as the dock lets it be; a name longer still is whole in the tooltip
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.currentTextChanged.connect(
+            lambda *_: self.setToolTip(layer.name if (layer := self.layer()) else "")
+        )
         # a pick by the user (or by setCurrentIndex/Text) becomes the chosen layer
         self.currentIndexChanged.connect(self._remember)
         for event in ("inserted", "removed", "moved", "changed"):
@@ -188,7 +231,7 @@ class LayerChoice(QComboBox):
         self.blockSignals(True)
         self.clear()
         self._items = [weakref.ref(layer) for layer in layers]
-        self.addItems([layer.name for layer in layers])
+        self.addItems([self._shown(layer) for layer in layers])
         self.setCurrentIndex(index)
         self.blockSignals(False)
         self._remember(index)
@@ -205,8 +248,13 @@ class LayerChoice(QComboBox):
     def select(self, layer: str | Layer) -> None:
         """Choose ``layer``: a layer of the list, or the name of one."""
         self.refresh()
-        if isinstance(layer, str):
-            self.setCurrentText(layer)
+        if isinstance(layer, str):  # a layer's name (the text shown may be shorter)
+            index = next((i for i, ref in enumerate(self._items)
+                          if (la := ref()) is not None and la.name == layer), -1)
+            if index >= 0:
+                self.setCurrentIndex(index)
+            else:
+                self.setCurrentText(layer)
         else:
             index = next((i for i, ref in enumerate(self._items) if ref() is layer), -1)
             if index >= 0:
@@ -236,6 +284,7 @@ class RegionPicker(QWidget):
         self._viewer = viewer
         self._photo_shape = photo_shape
         self._layer: Any = None
+        self._filling = False  # the fields and the rectangle are being set from each other
         self.fields = {}
         grid = QGridLayout(self)  # two rows: fits the dock's width
         grid.setContentsMargins(0, 0, 0, 0)
@@ -245,6 +294,7 @@ class RegionPicker(QWidget):
                              "W": "width (0: whole photo)"}[key])
             spin.setButtonSymbols(QSpinBox.ButtonSymbols.NoButtons)
             self.fields[key] = spin
+            spin.valueChanged.connect(self._typed)
             grid.addWidget(QLabel(key), i // 2, 2 * (i % 2))
             grid.addWidget(spin, i // 2, 2 * (i % 2) + 1)
         self.draw_button = QPushButton("Draw")
@@ -292,7 +342,7 @@ class RegionPicker(QWidget):
 
     def _drawn(self, *_: Any) -> None:
         layer = self._layer
-        if layer is None or not len(layer.data):
+        if layer is None or not len(layer.data) or self._filling:
             return
         corners = np.asarray(layer.data[-1]) + np.asarray(layer.translate)[-2:]
         shape = self._photo_shape()
@@ -305,8 +355,40 @@ class RegionPicker(QWidget):
     def set_region(self, region: Region | None) -> None:
         """Fill the fields (None: the whole photo)."""
         values = (0, 0, 0, 0) if region is None else (region.y, region.x, region.h, region.w)
-        for key, value in zip(("Y", "X", "H", "W"), values, strict=True):
-            self.fields[key].setValue(int(value))
+        self._filling = True  # one move of the rectangle for the four fields, at the end
+        try:
+            for key, value in zip(("Y", "X", "H", "W"), values, strict=True):
+                self.fields[key].setValue(int(value))
+        finally:
+            self._filling = False
+        self._typed()
+
+    def _typed(self, *_: Any) -> None:
+        """The fields changed (typed, or filled): the drawn rectangle follows them (the whole
+        photo: no rectangle).  A drawing that filled them is already where they say."""
+        layer = self._layer
+        if self._filling or layer is None or layer not in self._viewer.layers:
+            return
+        y, x, h, w = (self.fields[k].value() for k in ("Y", "X", "H", "W"))
+        if h == 0 or w == 0:
+            rects = []
+        else:
+            # pixel i is centred at i: the rectangle around pixels y..y+h-1 (Region.from_corners)
+            y0, x0 = np.array([y, x], float) - 0.5 - np.asarray(layer.translate)[-2:]
+            rects = [np.array([[y0, x0], [y0, x0 + w], [y0 + h, x0 + w], [y0 + h, x0]])]
+        now = [np.asarray(d)[:, -2:] for d in layer.data[-1:]]
+        same = len(now) == len(rects) and all(
+            np.allclose(a, b) for a, b in zip(now, rects, strict=True)
+        )
+        if same:
+            return  # (the rectangle that filled the fields)
+        self._filling = True  # the layer's data event must not refill the fields
+        try:
+            layer.data = rects
+            if rects:
+                layer.shape_type = ["rectangle"]
+        finally:
+            self._filling = False
 
     def clear(self) -> None:
         """Back to the whole photo."""

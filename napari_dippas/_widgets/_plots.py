@@ -1,231 +1,156 @@
-"""Matplotlib canvases of the dock widgets, in the viewer's theme: a colorbar, the live plot."""
+"""The docks' plots, ready at once: matplotlib is imported off the GUI thread.
+
+Importing matplotlib (:mod:`._canvases`) holds the importing thread for over a second; done on the
+GUI thread when a dock first opened, it froze the viewer.  :class:`LivePlot` and
+:class:`ColorbarCanvas` are stand-ins of the canvases' size, shown at once: the first one asks a
+background thread to import matplotlib (plain Python mostly: the GUI thread keeps getting the GIL
+every few milliseconds), and each stand-in puts its canvas in place on the GUI thread when the
+import is done, replaying the last update it was given meanwhile.  Once matplotlib is loaded, a
+stand-in builds its canvas at once.
+"""
 
 from __future__ import annotations
 
-import time
+import contextlib
+import importlib
+import sys
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QSizePolicy
-
-from .._layers import DIVERGING_COLORMAP
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     import napari
 
     from .._models import RunHistory
 
-__all__ = ["ColorbarCanvas", "LivePlot"]
+__all__ = ["ColorbarCanvas", "LivePlot", "canvases_loaded"]
+
+_MODULE = "napari_dippas._widgets._canvases"
 
 
-def _theme_colors(viewer: napari.Viewer | None) -> tuple[str, str]:
-    """(background, text) colours of the viewer's theme, so plots sit well in the dock."""
-    try:
-        from napari.utils.theme import get_theme
+class _Loader(QObject):
+    """Imports :mod:`._canvases` once, in a background thread; ``loaded`` on the GUI thread."""
 
-        theme = get_theme(viewer.theme if viewer is not None else "dark")
-        return theme.background.as_hex(), theme.text.as_hex()
-    except (AttributeError, KeyError, ValueError):
-        return "#262930", "#f0f1f2"
+    loaded = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._started = False
+        self._waiting: list[Callable[[Any], None]] = []
+        self.loaded.connect(self._call_waiting)
+
+    def when_loaded(self, build: Callable[[Any], None]) -> None:
+        """Call ``build(module)`` on the GUI thread once the module is imported (now if it is)."""
+        if _MODULE in sys.modules and not self._waiting:
+            build(sys.modules[_MODULE])
+            return
+        self._waiting.append(build)
+        if not self._started:
+            self._started = True
+            threading.Thread(target=self._load, name="dippas-matplotlib", daemon=True).start()
+
+    def _load(self) -> None:
+        importlib.import_module(_MODULE)
+        self.loaded.emit()  # queued to the GUI thread (this object lives there)
+
+    def _call_waiting(self) -> None:
+        module = sys.modules[_MODULE]
+        waiting, self._waiting = self._waiting, []
+        for build in waiting:
+            build(module)
 
 
-class _ThemedCanvas(FigureCanvasQTAgg):
-    def __init__(self, viewer: napari.Viewer | None, width: float, height: float) -> None:
-        self.background, self.text = _theme_colors(viewer)
-        fig = Figure(figsize=(width, height), dpi=100, facecolor=self.background)
-        super().__init__(fig)
+_loader: _Loader | None = None
+
+
+def _the_loader() -> _Loader:
+    global _loader
+    if _loader is None:
+        _loader = _Loader()
+    return _loader
+
+
+def canvases_loaded() -> bool:
+    """Whether matplotlib and the canvases are imported (every stand-in then has its canvas)."""
+    return _MODULE in sys.modules and (_loader is None or not _loader._waiting)
+
+
+class _StandIn(QWidget):
+    """A placeholder of the canvas's height; the canvas goes in when matplotlib is loaded."""
+
+    _figure = ""
+    _height = 100
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.canvas: Any = None
+        self._pending: tuple[str, tuple, dict] | None = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self._placeholder = QLabel("")
+        layout.addWidget(self._placeholder)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(int(height * 100))
+        self.setFixedHeight(self._height)
+        self._args, self._kwargs = args, kwargs
+        _the_loader().when_loaded(self._build)
 
-    def _style(self, ax: Any) -> None:
-        ax.set_facecolor(self.background)
-        ax.tick_params(colors=self.text, labelsize=8)
-        for spine in ax.spines.values():
-            spine.set_color(self.text)
-        ax.xaxis.label.set_color(self.text)
-        ax.yaxis.label.set_color(self.text)
+    def _build(self, module: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the dock may have gone meanwhile
+            self.canvas = getattr(module, self._figure)(*self._args, **self._kwargs)
+            self._placeholder.deleteLater()
+            self.layout().addWidget(self.canvas)
+            if self._pending is not None:
+                name, args, kwargs = self._pending
+                self._pending = None
+                getattr(self.canvas, name)(*args, **kwargs)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """The canvas's method now, or (only the last such call) once it is there."""
+        if self.canvas is None:
+            self._pending = (name, args, kwargs)
+        else:
+            getattr(self.canvas, name)(*args, **kwargs)
 
 
-class ColorbarCanvas(_ThemedCanvas):
-    """A horizontal colorbar for a heatmap layer (diverging, limits symmetric around 0)."""
+class ColorbarCanvas(_StandIn):
+    """A horizontal colorbar for a heatmap layer (:class:`._canvases.ColorbarFigure`)."""
+
+    _figure = "ColorbarFigure"
+    _height = 75
 
     def __init__(self, viewer: napari.Viewer | None = None, label: str = "block NCC") -> None:
-        super().__init__(viewer, 3.2, 0.75)
-        self.label = label
-        self.ax = self.figure.add_axes((0.06, 0.55, 0.88, 0.25))
         self.limit = 1.0
-        self.set_limit(1.0)
+        self.label = label
+        super().__init__(viewer, label)
 
     def set_limit(self, limit: float, label: str | None = None) -> None:
         """Show the colormap on ``[-limit, limit]``."""
-        from matplotlib.colorbar import ColorbarBase
-
         self.limit = float(limit)
         if label is not None:
             self.label = label
-        self.ax.clear()
-        ColorbarBase(
-            self.ax, cmap=DIVERGING_COLORMAP, norm=Normalize(-self.limit, self.limit),
-            orientation="horizontal",
-        )
-        self._style(self.ax)
-        # five ticks at most, symmetric: labels of "−0.05 … 0.05" never run into each other
-        self.ax.set_xticks(np.linspace(-self.limit, self.limit, 5))
-        self.ax.xaxis.set_major_formatter(lambda v, _: f"{v:+.3g}" if v else "0")
-        self.ax.set_xlabel(self.label, fontsize=8, labelpad=1)
-        self.draw_idle()
+        self._call("set_limit", self.limit, self.label)
 
 
-class LivePlot(_ThemedCanvas):
-    """PSNR, NCC and gamma against iteration, three stacked panels sharing the x axis.
+class LivePlot(_StandIn):
+    """PSNR, NCC and gamma against iteration (:class:`._canvases.LiveFigure`)."""
 
-    The gamma panel also shows the least-squares gamma* of each output (dashed; negative values
-    leave the panel at its bottom): gamma stuck at 0 below a positive gamma* is a dead injection.
-
-    Live updates are blitted: only the lines are redrawn (a few ms) while the data stay inside
-    the axes' limits; the limits grow geometrically, so the full redraw (ticks and labels) happens
-    a handful of times per run, and at most every ``full_redraw_s`` seconds.  During a run that
-    redraw is done off screen one panel per turn of the event loop (a whole figure takes up to
-    ~100 ms of the GUI thread here, a panel a third of it) and swapped in when complete.
-    """
+    _figure = "LiveFigure"
+    _height = 280
 
     def __init__(self, viewer: napari.Viewer | None = None, full_redraw_s: float = 2.0) -> None:
-        super().__init__(viewer, 3.2, 2.8)
-        axes = self.figure.subplots(3, 1, sharex=True)
-        self.figure.subplots_adjust(left=0.24, right=0.97, top=0.97, bottom=0.15, hspace=0.14)
-        self.axes = dict(zip(("psnr", "ncc", "gamma"), axes, strict=True))
-        colors = {"psnr": "#4fc3f7", "ncc": "#ff8a65", "gamma": "#aed581"}
-        labels = {"psnr": "PSNR (dB)", "ncc": "NCC", "gamma": "gamma"}
-        self.lines = {}
-        for key, ax in self.axes.items():
-            self._style(ax)
-            ax.set_ylabel(labels[key], fontsize=8)
-            ax.yaxis.set_label_coords(-0.2, 0.5)  # aligned labels, clear of the tick labels
-            ax.locator_params(axis="y", nbins=4)
-            style = "o" if key == "ncc" else "-"
-            (self.lines[key],) = ax.plot(
-                [], [], style, color=colors[key], lw=1.2, ms=2.5, animated=True
-            )
-        # gamma* shares gamma's panel
-        (self.lines["gamma_star"],) = self.axes["gamma"].plot(
-            [], [], "--", color=colors["gamma"], lw=0.8, alpha=0.7, animated=True
-        )
-        self.tau_line = self.axes["psnr"].axhline(np.nan, color=self.text, lw=0.6, ls="--")
-        self.axes["ncc"].axhline(0.0, color=self.text, lw=0.5, alpha=0.5)
-        axes[-1].set_xlabel("iteration", fontsize=8)
-        self.full_redraw_s = float(full_redraw_s)
-        self.n_full_draws = 0
-        self._last_full = -np.inf
-        self._background = None
-        self._offscreen: list[Any] | None = None  # [renderer, panels left] while redrawing
-        self.mpl_connect("draw_event", self._on_draw)
-        self._set_limits({"x": (0, 100), "psnr": (0, 40), "ncc": (-0.01, 0.01), "gamma": (0, 0.1)})
-
-    def _on_draw(self, event: Any) -> None:
-        """After a full draw: keep the empty axes as background, then paint the lines on it."""
-        self._background = self.copy_from_bbox(self.figure.bbox)
-        self.n_full_draws += 1
-        self._draw_lines()
-
-    def _draw_lines(self) -> None:
-        for line in self.lines.values():
-            line.axes.draw_artist(line)
-
-    def _set_limits(self, limits: dict[str, tuple[float, float]]) -> None:
-        self.axes["gamma"].set_xlim(*limits["x"])
-        for key in ("psnr", "ncc", "gamma"):
-            self.axes[key].set_ylim(*limits[key])
-
-    def _needed_limits(self, history: RunHistory) -> dict[str, tuple[float, float]] | None:
-        """New limits when the data left the current ones (with room to grow), else None."""
-        it = history.column("iteration")
-        if not it.size:
-            return None
-        current = {"x": self.axes["gamma"].get_xlim()}
-        current.update({k: self.axes[k].get_ylim() for k in ("psnr", "ncc", "gamma")})
-        data = {
-            "x": it, "psnr": history.column("psnr"), "ncc": history.ncc[1],
-            "gamma": np.concatenate(
-                [history.column("gamma"), np.clip(history.column("gamma_star"), 0.0, None)]
-            ),
-        }
-        new, changed = dict(current), False
-        for key, values in data.items():
-            values = values[np.isfinite(values)]
-            if not values.size:
-                continue
-            lo, hi = current[key]
-            vmin, vmax = float(values.min()), float(values.max())
-            if key == "x" and vmax > hi:
-                new[key], changed = (0, vmax * 1.6), True
-            elif key == "ncc" and max(abs(vmin), abs(vmax)) > hi:
-                m = max(abs(vmin), abs(vmax)) * 1.5
-                new[key], changed = (-m, m), True
-            elif key in ("psnr", "gamma") and (vmin < lo or vmax > hi):
-                span = max(vmax - min(vmin, lo), 1e-6)
-                bottom = min(lo, vmin - 0.1 * span) if key == "psnr" else 0.0
-                new[key], changed = (bottom, vmax + 0.5 * span), True
-        return new if changed else None
+        super().__init__(viewer, full_redraw_s)
 
     def show_history(
         self, history: RunHistory, tau: float | None = None, *, final: bool = False
     ) -> None:
-        """Update from ``history``: a blit, or a full redraw when the limits must grow.
+        """Update from ``history`` (see :meth:`._canvases.LiveFigure.show_history`)."""
+        self._call("show_history", history, tau, final=final)
 
-        ``final=True`` (the run ended) fits the limits and redraws whatever the time.
-        """
-        it = history.column("iteration")
-        self.lines["psnr"].set_data(it, history.column("psnr"))
-        self.lines["gamma"].set_data(it, history.column("gamma"))
-        self.lines["gamma_star"].set_data(it, history.column("gamma_star"))
-        self.lines["ncc"].set_data(*history.ncc)
-        full = self._background is None
-        if tau is not None and self.tau_line.get_ydata()[0] != tau:
-            self.tau_line.set_ydata([tau, tau])
-            full = True
-        limits = self._needed_limits(history)
-        now = time.monotonic()
-        if limits is not None and (final or now - self._last_full >= self.full_redraw_s):
-            self._set_limits(limits)
-            full = True
-        if full and (final or self._background is None):
-            self._offscreen = None
-            self._last_full = now
-            self.draw()  # _on_draw paints the lines
-        elif full:
-            self._last_full = now
-            self._start_offscreen_redraw()
-        elif self._offscreen is None:  # mid-redraw, the old background has the old limits
-            self._blit_lines()
-
-    def _blit_lines(self) -> None:
-        self.restore_region(self._background)
-        self._draw_lines()
-        self.blit(self.figure.bbox)
-
-    def _start_offscreen_redraw(self) -> None:
-        from matplotlib.backends.backend_agg import RendererAgg
-
-        w, h = self.figure.bbox.size
-        renderer = RendererAgg(w, h, self.figure.dpi)
-        self.figure.patch.draw(renderer)
-        self._offscreen = [renderer, list(self.axes.values())]
-        QTimer.singleShot(0, self._offscreen_step)
-
-    def _offscreen_step(self) -> None:
-        """Draw one more panel off screen; after the last, swap it in as the background."""
-        if self._offscreen is None:  # a full draw overtook this one
-            return
-        renderer, panels = self._offscreen
-        panels.pop(0).draw(renderer)  # animated lines are left out, as in a full draw
-        if panels:
-            QTimer.singleShot(0, self._offscreen_step)
-            return
-        self._offscreen = None
-        self._background = renderer.copy_from_bbox(self.figure.bbox)
-        self.n_full_draws += 1
-        self._blit_lines()
+    def stop_redrawing(self) -> None:
+        """No more off-screen redraw steps (the dock is closing)."""
+        self._pending = None
+        if self.canvas is not None:
+            self.canvas._offscreen = None

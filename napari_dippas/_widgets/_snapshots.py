@@ -47,9 +47,11 @@ class SnapshotsView:
 
     def __init__(
         self, viewer: napari.Viewer, run_dir: Path, offset: tuple[float, float],
-        job: AnonymizeJob, history: RunHistory,
+        job: AnonymizeJob, history: RunHistory, label: str = "",
     ) -> None:
         self.viewer = viewer
+        #: the layer's name: ``snapshots — <the run's title>`` (each run keeps its own layer)
+        self.name = f"snapshots — {label}" if label else "snapshots"
         self.run_dir = Path(run_dir)
         self.offset = offset
         self.job = job
@@ -64,7 +66,9 @@ class SnapshotsView:
         self._previous: tuple[Any, dict[str, Any], float] | None = None
 
     def _tuple(self, stack: np.ndarray) -> Any:
-        data, kwargs, kind = snapshots_layer(stack, run_dir=str(self.run_dir), status="recording")
+        data, kwargs, kind = snapshots_layer(
+            stack, name=self.name, run_dir=str(self.run_dir), status="recording"
+        )
         kwargs["translate"] = (0.0, *self.offset)
         return data, kwargs, kind
 
@@ -76,8 +80,8 @@ class SnapshotsView:
         """
         blank = np.zeros((1, *shape, 3), np.uint16)
         active = self.viewer.layers.selection.active  # the new layer must not take the focus
-        if "snapshots" in self.viewer.layers:  # a previous run's: restored if this one fails
-            old = self.viewer.layers["snapshots"]
+        if self.name in self.viewer.layers:  # this run's, resumed: restored if this one fails
+            old = self.viewer.layers[self.name]
             self._previous = (old.data, dict(old.metadata), float(old.opacity))
         layer = upsert_layer(self.viewer, self._tuple(blank))
         # transparent, not hidden: a hidden layer leaves the dims, and the slider would come and go
@@ -134,9 +138,9 @@ class SnapshotsView:
 
     def _ours(self) -> Any:
         layers = self.viewer.layers
-        if "snapshots" not in layers:
+        if self.name not in layers:
             return None
-        layer = layers["snapshots"]
+        layer = layers[self.name]
         meta = layer.metadata.get("dippas", {})
         return layer if meta.get("run_dir") == str(self.run_dir) else None  # else not ours
 

@@ -85,3 +85,25 @@ def synthetic_run(synthetic_run):
         return run.path, photo, run.reference
 
     return make
+
+
+@pytest.fixture
+def layer_of():
+    """``layer_of(viewer, kind, stage=None)``: the newest layer of a DIPPAS kind (and stage),
+    None if none; found by its role, as the widgets find it: each run's layers are named by
+    the run (``anonymized — photo × camera (run-…)``)."""
+    from napari_dippas._layers import dippas_kind
+
+    def find(viewer, kind, stage=None):
+        found = [
+            layer for layer in viewer.layers
+            if dippas_kind(layer.metadata) == kind
+            and (stage is None or layer.metadata["dippas"].get("stage") == stage)
+        ]
+        return found[-1] if found else None
+
+    find.named = lambda viewer, what: next(  # "anonymized" -> "anonymized — <the run>"
+        layer for layer in reversed(viewer.layers)
+        if layer.name == what or layer.name.startswith(f"{what} — ")
+    )
+    return find

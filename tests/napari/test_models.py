@@ -225,3 +225,114 @@ def test_a_finished_run_shows_its_fidelity_beside_psnr(sample):
     partial = {**report, "partial": True, "tiles": [{}, {}], "tiles_not_anonymized": [1]}
     record_end(job, partial, "/tmp/run")
     assert job.result == "" and "Stopped" in job.message
+
+
+# --- issue 25: what the viewer says happened ---------------------------------------------------
+def test_the_psnr_curve_is_one_line_per_tile():
+    """A photo run's tiles each start at iteration 1 (and tiles stepped side by side interleave
+    their steps): the curve never draws a line from one tile's end to the next one's start."""
+    history = RunHistory()
+    one = [StepSummary(i, 1.0, 10.0 + i, 0.0, False) for i in (1, 2, 3)]
+    history.extend(one)
+    it, psnr = history.curve("psnr")
+    np.testing.assert_array_equal(it, [1, 2, 3])  # one tile: the columns as they are
+    history.extend([StepSummary(i, 1.0, 20.0 + i, 0.0, False, tile=1) for i in (1, 2)])
+    it, psnr = history.curve("psnr")
+    np.testing.assert_array_equal(it, [1, 2, 3, np.nan, 1, 2])
+    np.testing.assert_array_equal(psnr, [11, 12, 13, np.nan, 21, 22])
+    # two tiles per step: their points interleave; each tile is its own line
+    both = RunHistory()
+    both.extend([StepSummary(i, 1.0, 10.0 * (t + 1) + i, 0.0, False, tile=t)
+                 for i in (1, 2, 3) for t in (2, 3)])
+    it, psnr = both.curve("psnr")
+    np.testing.assert_array_equal(it, [1, 2, 3, np.nan, 1, 2, 3])
+    np.testing.assert_array_equal(psnr, [31, 32, 33, np.nan, 41, 42, 43])
+    # a recorded run read back has no tile column: one line
+    loaded = RunHistory()
+    loaded.load({"iteration": np.arange(1, 5), "psnr": np.arange(4.0)})
+    assert not np.isnan(loaded.curve("psnr")[0]).any()
+
+
+def test_a_step_says_its_tile():
+    from dippas_core.dip.inversion import Step
+
+    assert StepSummary.from_step(Step(3, 0.1, 30.0, 0.01, tile=5)).tile == 5
+    assert StepSummary.from_step(Step(3, 0.1, 30.0, 0.01)).tile == 0
+
+
+def test_the_fingerprint_that_goes_with_the_photo():
+    """Of the photo's size; of its camera when its name says one (the longest camera name that
+    fits, never another unit of the same model); else the newest of its size."""
+    from types import SimpleNamespace as NS
+
+    from napari_dippas._widgets._attribution import matching_fingerprint
+
+    def fp(camera, shape=(200, 300)):
+        return NS(name=f"fingerprint — {camera}", data=np.zeros(shape, np.float32),
+                  metadata={"dippas": {"kind": "fingerprint", "camera": camera}})
+
+    def photo(name, shape=(200, 300, 3), path=None):
+        return NS(name=name, data=np.zeros(shape, np.uint8), source=NS(path=path))
+
+    d70_0, d70_1, d70, small = fp("Nikon_D70_0"), fp("Nikon_D70_1"), fp("Nikon_D70"), fp(
+        "Nikon_D70_1", (100, 100))
+    layers = [d70_1, d70_0, d70, small]  # the newest (D70_0's) would be the old choice
+    assert matching_fingerprint(photo("Nikon_D70_1_20543"), layers) is d70_1
+    assert matching_fingerprint(photo("IMG", path="/x/Nikon_D70_0_19445.JPG"), layers) is d70_0
+    assert matching_fingerprint(photo("Nikon_D70_10_1"), layers) is d70  # not Nikon_D70_1
+    assert matching_fingerprint(photo("IMG_0001"), [d70_1, d70_0]) is d70_0  # the newest
+    assert matching_fingerprint(photo("IMG", (64, 64, 3)), layers) is None  # none of its size
+
+
+def test_the_large_run_question_says_how_long_in_its_unit():
+    """Worded from the measured estimate: weeks are weeks, never "may take hours"."""
+    import dataclasses
+
+    from dippas_core.cost import CostEstimate, duration_text
+
+    assert [duration_text(s) for s in (40, 720, 3.5 * 3600, 3 * 86400, 3 * 7 * 86400)] == [
+        "40 s", "12 min", "3.5 h", "3.0 days", "3.0 weeks"]
+    plan = CostEstimate(n_tiles=130, iterations=1500, tile_shape=(256, 256),
+                        pixels=2000 * 3008, device="cpu")
+    assert plan.needs_confirmation
+    unmeasured = plan.question()
+    assert "no time was measured on this device" in unmeasured and "hours" not in unmeasured
+    per_it = 3.2 * 7 * 86400 / (130 * 1500)
+    timed = dataclasses.replace(plan, seconds_per_iteration=per_it)
+    question = timed.question()
+    assert "Measured on cpu: about 3.2 weeks (≈ 130 tiles × ~1500 iterations" in question
+    assert "hours" not in question and "in 130 tiles" in question
+    assert "Stop keeps the tiles finished by then" in question
+
+
+def test_a_run_short_of_tau_is_never_just_done():
+    from napari_dippas._run_job import record_end
+
+    job = AnonymizeJob()
+    job.start(1500, "run", 38.0)
+    report = {"inversion": {"stop_reason": "max_iter"}, "assembly": {"tau": None},
+              "below_tau": [{"tile": 0, "short_db": 7.8, "best_psnr": 30.2}]}
+    record_end(job, report, "run")
+    text = job.describe()
+    assert job.status == "finished" and text.startswith("NOT anonymized to tau")
+    assert "best 30.2 dB, 7.8 dB short" in text and "below_tau" in text
+    assert "within tau = 38 dB" in text  # (a one-tile run: its recording threshold)
+    fine = AnonymizeJob()
+    fine.start(1500, "run", 38.0)
+    record_end(fine, {"inversion": {"stop_reason": "psnr"}, "below_tau": []}, "run")
+    assert fine.describe().startswith("Done (reached the stop PSNR)")
+
+
+def test_the_warm_up_runs_in_a_process_of_its_own():
+    """The dock's warm-up: a child process compiles the kernels and reports the devices; this
+    process only waits on a pipe."""
+    import os
+
+    from napari_dippas._warmup import WarmUp
+
+    seen = []
+    warm = WarmUp(on_devices=seen.append)
+    assert warm._proc is not None and warm._proc.pid != os.getpid()
+    assert warm.wait(300), "the warm-up process did not end"
+    assert warm.error == "" and warm._proc.returncode == 0
+    assert seen and seen[0] == warm.devices and any(d.startswith("cpu") for d in warm.devices)

@@ -195,6 +195,25 @@ def test_region_drawn_as_a_rectangle_fills_the_fields(viewer, sample):
     assert widget.worker is None and "does not fit" in widget.verdict.text()
 
 
+def test_a_typed_region_moves_the_drawn_rectangle(viewer, sample):
+    """The fields and the rectangle say the same region, whichever was changed."""
+    photo, _ = sample
+    viewer.add_image(photo, rgb=True, name="photo")
+    widget = AttributionWidget(viewer)
+    widget.region.draw()
+    layer = viewer.layers["region"]
+    layer.add_rectangles(Region(10, 20, 30, 40).corners())
+    widget.region.fields["Y"].setValue(100)  # typed
+    widget.region.fields["W"].setValue(64)
+    assert len(layer.data) == 1
+    drawn = Region.from_corners(layer.data[0], photo.shape)
+    assert drawn == Region(100, 20, 30, 64) == widget.region.region(photo.shape)
+    widget.region.set_region(Region(64, 96, 128, 128))  # four fields at once: one move
+    assert Region.from_corners(layer.data[0], photo.shape) == Region(64, 96, 128, 128)
+    widget.region.clear()  # the whole photo: no rectangle
+    assert len(layer.data) == 0 and widget.region.region(photo.shape) == Region.whole(photo.shape)
+
+
 def test_scoring_more_photos_and_cameras_adds_layers_and_rows(viewer, qtbot, sample, tmp_path):
     """No silent replacement: each photo × camera keeps its layers; the table has every pair."""
     photo, fp = sample
@@ -206,7 +225,8 @@ def test_scoring_more_photos_and_cameras_adds_layers_and_rows(viewer, qtbot, sam
     viewer.add_image(np.zeros((256, 256), np.uint8), name="gray photo")
     widget = AttributionWidget(viewer)
     items = [widget.fingerprint.itemText(i) for i in range(widget.fingerprint.count())]
-    assert items == ["fingerprint — cam1"]
+    # (the list of fingerprints shows the camera: "fingerprint — " is the list's own label)
+    assert items == ["cam1"] and widget.fingerprint.toolTip() == "fingerprint — cam1"
     # the bundled sample is a 256×256 crop: its PCE with its camera (≈35) is below the
     # whole-photo level of 60, so this test decides at 25
     widget.threshold.setValue(25.0)
@@ -218,7 +238,7 @@ def test_scoring_more_photos_and_cameras_adds_layers_and_rows(viewer, qtbot, sam
     assert {"residual — IMG_A", "residual — IMG_B", "block NCC — IMG_A × cam1",
             "block NCC — IMG_B × cam1"} <= names
     items = [widget.fingerprint.itemText(i) for i in range(widget.fingerprint.count())]
-    assert items == ["fingerprint — cam1"]  # the new residuals and maps are not offered
+    assert items == ["cam1"]  # the new residuals and maps are not offered
     rows = {r["photo"]: r for r in widget.results.rows}
     assert rows["IMG_A"]["verdict"] == "match"
     assert rows["IMG_B"]["verdict"] == "no match"  # flipped: not aligned with the fingerprint
@@ -285,12 +305,28 @@ def test_docks_scroll_and_fit_a_small_window(viewer, qtbot):
         # the dock asks for almost no height: its scroll area takes what is left
         assert widget.minimumSizeHint().height() < 150
     assert viewer.window._qt_window.height() <= 800
-    widgets[2].close_down()  # no run, but its warm-up thread
+    # all four open at once are tabs of one dock area: each has the window's height (stacked,
+    # two of them got 50 px), the last opened in front
+    from qtpy.QtWidgets import QDockWidget
+
+    def dock_of(widget):
+        parent = widget.parentWidget()
+        while not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        return parent
+
+    docks = [dock_of(widget) for widget in widgets]
+    window = viewer.window._qt_window
+    assert set(window.tabifiedDockWidgets(docks[-1])) == set(docks[:-1])
+    assert not widgets[-1].visibleRegion().isEmpty() and docks[-1].height() > 600
+    docks[1].raise_()  # the Attribution tab: its whole height, too
+    qtbot.wait(50)
+    assert docks[1].height() > 600 and widgets[1].scroll.viewport().height() > 500
+    widgets[2].close_down()  # no run, but its warm-up process
 
 
 def test_a_region_run_sits_over_the_photo_and_records_provenance(
-    viewer, qtbot, sample, tiny_settings, configure, tmp_path
-):
+    viewer, qtbot, sample, tiny_settings, configure, tmp_path, layer_of):
     """Anonymize a 64×64 region: layers at its place, the record in the run folder, export hash."""
     from dippas_core.io import write_image
     from napari_dippas._models import PROVENANCE_FILE, sha256_array, sha256_file
@@ -320,7 +356,7 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     assert dims_seen and all(ndim == 3 and labels[0] == "snapshot" and not any(
         label.startswith("-") for label in labels) for ndim, labels in dims_seen), dims_seen
     # the result is selected (its controls show), not the snapshots layer
-    assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    assert viewer.layers.selection.active is layer_of(viewer, "anonymized")
     # a region that fits one tile is one tile, done, drawn over the region
     tiles = viewer.layers["tiles"]
     assert list(tiles.features["state"]) in (["done"], ["fell short"])
@@ -329,11 +365,11 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     assert anon.progress.value() == anon.progress.maximum()  # 100 % when done
     assert "PCE" in anon.trace_note
     for name in ("anonymized", "block NCC", "NCC after", "difference (after − before)"):
-        assert tuple(viewer.layers[name].data_to_world((0, 0)))[-2:] == pytest.approx(
-            (96 + (viewer.layers[name].scale[-1] - 1) / 2,) * 1 + (128 + (
-                viewer.layers[name].scale[-1] - 1) / 2,)
+        shown = layer_of.named(viewer, name)  # each run's layers are named by the run
+        assert tuple(shown.data_to_world((0, 0)))[-2:] == pytest.approx(
+            (96 + (shown.scale[-1] - 1) / 2,) * 1 + (128 + (shown.scale[-1] - 1) / 2,)
         ), name
-    assert tuple(viewer.layers["snapshots"].translate)[-2:] == (96, 128)
+    assert tuple(layer_of(viewer, "snapshots").translate)[-2:] == (96, 128)
     assert viewer.dims.axis_labels[-3] == "snapshot"  # the slider says what it walks through
     record = json.loads((anon.run_path / PROVENANCE_FILE).read_text())
     assert record["source"]["name"] == "IMG_0012" and record["source"]["file"] == "IMG_0012.png"
@@ -342,7 +378,7 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     assert record["region"] == {"y": 96, "x": 128, "h": 64, "w": 64}
     assert record["fingerprint"]["camera"] == "cam" and record["fingerprint"]["n_images"] == 7
     assert record["settings"]["seed"] == tiny_settings.seed and record["versions"]
-    anonymized = viewer.layers["anonymized"].data
+    anonymized = layer_of(viewer, "anonymized").data
     assert record["outputs"][0]["pixels_sha256"] == sha256_array(anonymized)
 
     asm = AssembleWidget(viewer)
@@ -355,7 +391,29 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     hashes = {o.get("file"): o.get("sha256") for o in record["outputs"]}
     assert hashes["anon.png"] == sha256_file(Path(written[0]))
     assert str(tmp_path) not in (tmp_path / "out" / "anon.json").read_text()
-    assert tuple(viewer.layers["anonymized"].translate)[-2:] == (96, 128)
+    assert tuple(layer_of(viewer, "anonymized").translate)[-2:] == (96, 128)
+    # a region's run: Export says which of the two it writes; the region alone by default
+    from dippas_core.io import read_image
+    from napari_dippas._widgets._assemble import WHOLE_PHOTO
+
+    assert not asm.export_what.isHidden()
+    assert "Writes the 64×64 region (y 96, x 128) only" in asm.export_note.text()
+    assert "the 64×64 region only" in asm.status.text()
+    assert json.loads((tmp_path / "out" / "anon.json").read_text())["scope"] == "region only"
+    np.testing.assert_array_equal(read_image(written[0]), layer_of(viewer, "anonymized").data)
+    # ... or the whole photo with the region replaced, saying the rest still carries the camera
+    asm.export_what.setCurrentText(WHOLE_PHOTO)
+    assert "still carries the camera's trace" in asm.export_note.text()
+    whole = asm.export(tmp_path / "out" / "whole.png")
+    assert "still carries the camera's trace" in asm.status.text()
+    image = read_image(whole[0])
+    assert image.shape == photo.shape
+    np.testing.assert_array_equal(image[96:160, 128:192], layer_of(viewer, "anonymized").data)
+    outside = np.ones(photo.shape[:2], bool)
+    outside[96:160, 128:192] = False
+    np.testing.assert_array_equal(image[outside], photo[outside])
+    side = json.loads((tmp_path / "out" / "whole.json").read_text())
+    assert side["scope"] == "whole photo, region replaced" and side["partial"] is False
 
     # reopened from the folder (File → Open), the run's layers sit over the region again
     from napari_dippas._reader import read_run
@@ -368,12 +426,11 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
         data, kwargs = reopened[name]
         assert np.all(np.asarray(kwargs["translate"])[-2:] >= (96, 128)), name
         assert np.asarray(kwargs["translate"])[-2:] == pytest.approx(
-            viewer.layers[name].translate[-2:]), name
+            layer_of.named(viewer, name).translate[-2:]), name
 
 
 def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
-    viewer, qtbot, sample, tiny_settings, configure, tmp_path
-):
+    viewer, qtbot, sample, tiny_settings, configure, tmp_path, layer_of):
     from napari.utils.notifications import notification_manager
 
     photo, fp = sample
@@ -384,9 +441,15 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     anon.runs_folder.set_path(tmp_path)
     asked = []
     anon.confirm = lambda text: asked.append(text) or False
-    anon.start()
-    assert asked and "region" in asked[0] and anon.worker is None
+    anon.start()  # a large run: a few iterations are timed first, then the question says how long
+    qtbot.waitUntil(lambda: bool(asked), timeout=120_000)
+    assert "region" in asked[0] and anon.job.status == "idle"
     assert "Not started" in anon.status.text()
+    from dippas_core.cost import duration_text
+
+    measured = anon._estimate[1]
+    assert f"Measured on {measured.device}: about {duration_text(measured.seconds)}" in asked[0]
+    assert "may take hours" not in asked[0]
     anon.confirm = lambda text: True
     asm = AssembleWidget(viewer)  # follows the run's placeholder layer
     n_before = len(notification_manager.records)
@@ -397,7 +460,7 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     assert anon.job.status == "cancelled"
     assert "nothing was kept" in anon.status.text() and "Failed" not in anon.status.text()
     assert len(notification_manager.records) == n_before  # no red error
-    assert "snapshots" not in viewer.layers
+    assert layer_of(viewer, "snapshots") is None
     # Assemble does not wait for a run that never kept anything
     assert asm.session is None and "Waiting" not in asm.status.text(), asm.status.text()
 

@@ -66,8 +66,7 @@ def test_plan_drawn_over_the_region_with_a_time_estimate(viewer, qtbot, tiled):
 
 
 def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
-    viewer, qtbot, tiled
-):
+    viewer, qtbot, tiled, layer_of):
     anon = tiled("runs")
     seen: list[list[str]] = []
     # what the user sees, sampled at each change: the layer's states and its edge colours
@@ -103,9 +102,9 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
     # the finished tiles were read back, not inverted again
     assert anon.state.tiles.n_resumed == kept and anon.state.tiles.n_started == 4 - kept
     assert anon.progress.value() == anon.progress.maximum() == 4
-    resumed = np.array(viewer.layers["anonymized"].data)
-    assert tuple(viewer.layers["anonymized"].translate)[-2:] == (64, 96)
-    assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    resumed = np.array(layer_of(viewer, "anonymized").data)
+    assert tuple(layer_of(viewer, "anonymized").translate)[-2:] == (64, 96)
+    assert viewer.layers.selection.active is layer_of(viewer, "anonymized")
     anon.close_down()
 
     # the same job, uninterrupted, in another runs folder
@@ -123,7 +122,7 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
 
 
 def test_in_a_plugin_dock_layers_are_updated_in_place(viewer, qtbot, small, tiny_settings,
-                                                      configure, tmp_path):
+                                                      configure, tmp_path, layer_of):
     """A dock opened from the Plugins menu gets napari's proxy of the viewer: the run's layers
     must still be updated in place (one ``tiles``, one ``snapshots`` layer), never re-added."""
     photo, fp = small
@@ -136,12 +135,54 @@ def test_in_a_plugin_dock_layers_are_updated_in_place(viewer, qtbot, small, tiny
     inserted = []
     viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     anon.start()
-    snapshots = viewer.layers["snapshots"]
+    snapshots = layer_of(viewer, "snapshots")
     qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
     assert anon.job.status == "finished", anon.status.text()
-    assert viewer.layers["snapshots"] is snapshots and snapshots.data.shape[0] > 1
-    assert inserted.count("tiles") == 1 and inserted.count("snapshots") == 1, inserted
+    assert layer_of(viewer, "snapshots") is snapshots and snapshots.data.shape[0] > 1
+    assert inserted.count("tiles") == 1, inserted
+    assert [name.split(" — ")[0] for name in inserted].count("snapshots") == 1, inserted
     assert not any(name.endswith("]") for name in inserted), inserted
     assert list(viewer.layers["tiles"].features["state"]) in (["done"], ["fell short"])
-    assert viewer.layers.selection.active is viewer.layers["anonymized"]
+    assert viewer.layers.selection.active is layer_of(viewer, "anonymized")
     anon.close_down()
+
+
+def test_the_reader_opens_a_whole_photo_run(d70_four_tiles, four_tile_config, tmp_path):
+    """File → Open of a photo run folder: the stitched tiles, named what they are, and the
+    plan coloured by state; a stopped run's missing tiles are transparent, never the photo's
+    pixels passed off as anonymized, and its sidecar, exported, says partial."""
+    from dippas_core.cancel import CancelToken
+    from dippas_core.pipeline import anonymize
+    from napari_dippas._reader import get_reader
+
+    photo, K = d70_four_tiles
+    config = four_tile_config(max_iter=6)
+    whole = anonymize(photo, K, config, run_dir=tmp_path / "whole")
+    reader = get_reader(str(tmp_path / "whole"))
+    assert reader is not None
+    (image, kwargs, kind), (rects, tiles, _) = reader(str(tmp_path / "whole"))
+    short = bool(whole.report["below_tau"])
+    assert kind == "image" and kwargs["name"].startswith(
+        "anonymized (below tau) — " if short else "anonymized — ")
+    np.testing.assert_array_equal(image, whole.image)
+    assert kwargs["metadata"]["dippas"]["report"]["partial"] is False
+    assert len(rects) == 4 and tiles["name"].startswith("tiles — ")
+    assert set(tiles["features"]["state"]) <= {"done", "fell short"}
+
+    cancel = CancelToken()
+    stopped = anonymize(photo, K, config, run_dir=tmp_path / "stopped", cancel=cancel,
+                        on_tile=lambda t, p: t.index == 2 and cancel.cancel())
+    assert stopped.report["tiles_not_anonymized"] == [2, 3]
+    (image, kwargs, _), (_, tiles, _) = get_reader(str(tmp_path / "stopped"))(
+        str(tmp_path / "stopped"))
+    assert kwargs["name"].startswith("anonymized (partial: 2 of 4 tiles) — ")
+    assert image.shape == (*photo.shape[:2], 4)  # RGBA: the tiles not done are transparent
+    alpha = image[..., 3]
+    assert alpha[:32, :32].min() == 255 and alpha[64:, :].max() == 0  # rows of tiles 2, 3
+    np.testing.assert_array_equal(image[:32, :32, :3], stopped.image[:32, :32])
+    assert list(tiles["features"]["state"])[2:] == ["waiting", "waiting"]
+    assert kwargs["metadata"]["dippas"]["report"]["partial"] is True
+    from dippas_core.report import AnonymizationReport
+
+    report = AnonymizationReport.from_dict(kwargs["metadata"]["dippas"]["report"])
+    assert report.sidecar()["partial"] is True

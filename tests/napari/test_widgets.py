@@ -70,10 +70,15 @@ def test_fingerprint_from_a_folder_and_from_a_stack(viewer, qtbot, small, tmp_pa
 
     assert ncc(residual(shot), shot, layer.data) > 0.1
 
+    # done with that camera: the next shots never inherit its name nor its file
+    assert widget.camera.text() == ""
+    assert widget.output.path() == DEFAULT_FINGERPRINTS_FOLDER / f"{tmp_path.name}.npz"
     # the same shots as an image-stack layer give the same fingerprint
     viewer.add_image(np.stack([read_image(p) for p in paths]), rgb=True, name="shots")
     widget.from_layer.setChecked(True)
     widget.stack.select("shots")
+    assert widget.output.path() == DEFAULT_FINGERPRINTS_FOLDER / "shots.npz"  # follows the source
+    widget.camera.setText("test camera")
     widget.output.set_path(tmp_path / "from_stack.npz")
     widget.start()
     qtbot.waitUntil(lambda: (tmp_path / "from_stack.npz").exists(), timeout=60_000)
@@ -128,8 +133,7 @@ def _wait_done(qtbot, widget, timeout=120_000):
 
 
 def test_anonymize_assemble_export_reopen_round_trip(
-    viewer, qtbot, small, tiny_settings, configure, tmp_path
-):
+    viewer, qtbot, small, tiny_settings, configure, tmp_path, layer_of):
     """One tiny CPU run: live updates, a responsive GUI, assembly, export, reopening the run."""
     from dippas_core.io import read_image
     from dippas_core.run import RunDirectory
@@ -193,14 +197,17 @@ def test_anonymize_assemble_export_reopen_round_trip(
     assert run.status == "finished"
     n = len(run.snapshots)
     assert n > 3 and anon.job.n_snapshots == n
-    snaps = viewer.layers["snapshots"]
+    snaps = layer_of(viewer, "snapshots")
     assert snaps.data.shape == (n, 64, 64, 3) and isinstance(snaps.data, np.memmap)
     assert snaps.opacity == 1 and viewer.dims.current_step[0] == n - 1  # slider follows the run
     assert viewer.dims.ndim == 3
     it, ncc_values = anon.history.ncc
     np.testing.assert_array_equal(it, run.snapshots.iterations)  # one NCC per kept snapshot
     assert np.isfinite(ncc_values).all()
-    assert {"anonymized", "NCC after", "block NCC"} <= {layer.name for layer in viewer.layers}
+    # each run's layers are named by the run: photo × camera (run folder)
+    label = f"photo × {fp.camera} ({anon.run_path.name})"
+    assert {f"{name} — {label}" for name in ("anonymized", "NCC after", "block NCC")} <= {
+        layer.name for layer in viewer.layers}
 
     # Assemble & export picks the run up from the snapshots layer
     asm = AssembleWidget(viewer)
@@ -212,10 +219,11 @@ def test_anonymize_assemble_export_reopen_round_trip(
         lambda: asm.outcome is not None and asm.outcome.params["L"] == 2
         and asm.outcome.params["B"] == 32, timeout=30_000,
     )
-    after = viewer.layers["NCC after"]
+    after = layer_of(viewer, "block_ncc", "after")
     assert after.data.shape == (2, 2) and tuple(after.scale) == (32, 32)
     # the "after" map is drawn on the "before" map's colour scale
-    assert after.contrast_limits[1] == pytest.approx(viewer.layers["block NCC"].contrast_limits[1])
+    before = layer_of(viewer, "block_ncc", "before")
+    assert after.contrast_limits[1] == pytest.approx(before.contrast_limits[1])
     out = outcome = asm.outcome
     assert abs(out.after.ncc) < abs(out.before.ncc)  # the fingerprint got weaker
     assert out.psnr > 15
@@ -247,7 +255,48 @@ def test_anonymize_assemble_export_reopen_round_trip(
     assert viewer.layers[f"snapshots — {label}"].data.shape[0] == n
 
 
-def test_stop_mid_run_frees_the_network(viewer, qtbot, small, tiny_settings, configure, tmp_path):
+def test_each_run_keeps_its_layers_and_one_short_of_tau_says_so(
+    viewer, qtbot, small, tiny_settings, configure, tmp_path, layer_of
+):
+    """A second run never removes nor numbers the first one's layers (each run's are named by
+    the run); a run that never reached tau is not "Done": its status and its layer say so, and
+    its sidecar, exported, says below_tau."""
+    from napari_dippas._writer import write_image_layer
+
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    viewer.add_image(fp.K, name="fingerprint",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
+    anon = AnonymizeWidget(viewer)
+    configure(anon, tiny_settings)
+    anon.runs_folder.set_path(tmp_path)
+    anon.start()
+    _wait_done(qtbot, anon)
+    assert anon.job.status == "finished", anon.job.message
+    first = {layer.name: layer for layer in viewer.layers if anon.run_path.name in layer.name}
+    assert {name.split(" — ")[0] for name in first} >= {"snapshots", "anonymized", "NCC after"}
+    first_run = anon.run_path
+    anon.settings.update({"record_psnr": 60.0, "stop_psnr": 61.0, "max_iter": 12})
+    anon.start()
+    _wait_done(qtbot, anon)
+    assert anon.run_path != first_run and anon.job.status == "finished"
+    # the first run's layers are all still there, unchanged names, nothing numbered "[1]"
+    assert all(first[name] in viewer.layers and first[name].name == name for name in first)
+    assert not any(layer.name.endswith("]") for layer in viewer.layers)
+    text = anon.status.text()
+    assert text.startswith("NOT anonymized to tau") and "60 dB" in text, text
+    short = layer_of(viewer, "anonymized")
+    assert short.name.startswith("anonymized (below tau) — ") and anon.run_path.name in short.name
+    assert list(viewer.layers["tiles"].features["state"]) == ["fell short"]
+    written = write_image_layer(str(tmp_path / "short.png"), short.data,
+                                {"metadata": short.metadata, "name": short.name})
+    side = json.loads(Path(written[1]).read_text())
+    assert side["below_tau"] is True and side["partial"] is False
+    anon.close_down()
+
+
+def test_stop_mid_run_frees_the_network(viewer, qtbot, small, tiny_settings, configure, tmp_path,
+                                        layer_of):
     from dippas_core.dip.network import MultiResUNet
     from dippas_core.run import RunDirectory
 
@@ -264,13 +313,13 @@ def test_stop_mid_run_frees_the_network(viewer, qtbot, small, tiny_settings, con
     assert anon.job.status == "cancelled" and anon.job.stop_reason == "cancelled"
     assert anon.job.iteration < 5000 and anon.run_button.text() == "Run"
     assert RunDirectory.open(anon.run_path).status == "cancelled"
-    assert "anonymized" in viewer.layers  # assembled from what was kept
+    assert layer_of(viewer, "anonymized") is not None  # assembled from what was kept
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, MultiResUNet)]
 
 
 def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_settings,
-                                                    configure, tmp_path):
+                                                    configure, tmp_path, layer_of):
     from napari.utils.notifications import notification_manager
 
     photo, fp = small
@@ -284,7 +333,7 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     assert anon.job.status == "failed" and anon.worker is None
     assert "64×64" in anon.job.message and "32×32" in anon.job.message
     assert "dippas_core" not in anon.job.message and "full-frame" in anon.job.message
-    assert "snapshots" not in viewer.layers
+    assert layer_of(viewer, "snapshots") is None
     # a failure inside the run (a device that is not there) becomes a notification
     viewer.layers.remove("fingerprint")
     viewer.add_image(fp.K, name="fingerprint")
@@ -298,7 +347,7 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     assert any(m.startswith("Anonymize failed") and "cuda:7" in m for m in new), new
     assert anon.run_button.text() == "Run" and anon.run_button.isEnabled()
     # the failed start's blank "snapshots" placeholder is gone ...
-    assert "snapshots" not in viewer.layers
+    assert layer_of(viewer, "snapshots") is None
 
     # ... and a previous run's snapshots come back as they were
     previous = np.full((2, 64, 64, 3), 1000, np.uint16)
@@ -315,9 +364,9 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
 def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
     """The panel-by-panel redraw used during a run paints what a plain full draw paints."""
     from napari_dippas._models import RunHistory, StepSummary
-    from napari_dippas._widgets._common import LivePlot
+    from napari_dippas._widgets._canvases import LiveFigure
 
-    plot = LivePlot(full_redraw_s=0.0)
+    plot = LiveFigure(full_redraw_s=0.0)
     qtbot.addWidget(plot)
     plot.resize(320, 280)
     history = RunHistory()
