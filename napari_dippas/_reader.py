@@ -68,7 +68,7 @@ def is_run_directory(path: str | Path) -> bool:
 def is_photo_run_directory(path: str | Path) -> bool:
     """True for a whole-photo run folder (``photo-run.json``, ``dippas anonymize`` or the
     Anonymize dock on a photo larger than a tile)."""
-    from dippas_core.tiled._photo_run import PhotoRun
+    from dippas_core.run import PhotoRun
 
     return (Path(path) / PhotoRun.META).is_file()
 
@@ -143,9 +143,8 @@ def read_photo_run(path: str | list[str]) -> list[LayerDataTuple]:
     The image carries the run's report with ``partial`` and ``below_tau``: exported, its
     published sidecar says what it is.
     """
-    from dippas_core.tiled._photo_run import PhotoRun
-
     from dippas_core.errors import InputError
+    from dippas_core.run import PhotoRun
     from dippas_core.tiling import stitch
 
     path = Path(path[0] if isinstance(path, list) else path)

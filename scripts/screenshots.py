@@ -5,15 +5,17 @@ Run under a virtual display (CI has no screen)::
     NUMBA_CACHE_DIR=/tmp/numba_cache xvfb-run -a -s "-screen 0 1280x800x24" \
         .venv/bin/python scripts/screenshots.py
 
-Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble,tiles,docks}.png`` from a
-1280×800 window (``--size``).  Needs the Dresden files (``DIPPAS_TESTDATA`` or
-``../shared/data/...``): the fingerprint of Nikon_D70_0 from its full-frame flat fields, the
-whole 3008×2000 photo ``Nikon_D70_0_19445.JPG`` scored against it and against another camera's
-fingerprint, then a region of that photo anonymized with the ``tiny`` network on the CPU (a short
-run that stops at the preset's stop PSNR: enough to show the live plot, the layers placed over the
-photo and the assembly), then a larger region in 2×2 tiles: its plan and time estimate, and the
-tiles coloured by state mid-run.  The last screenshot has all four docks open at once (they
-scroll).
+Writes ``docs/screenshots/{fingerprint,attribution,anonymize,assemble,export,tiles,partial,
+below_tau,docks}.png`` from a 1280×800 window (``--size``). Needs the Dresden files
+(``DIPPAS_TESTDATA`` or ``../shared/data/...``): the fingerprint of Nikon_D70_0 from its full-frame
+flat fields, the whole 3008×2000 photo ``Nikon_D70_0_19445.JPG`` scored against it and against
+another camera's fingerprint, then a region of that photo anonymized with the ``tiny`` network on
+the CPU (a short run that stops at the preset's stop PSNR: enough to show the live plot, the layers
+placed over the photo and the assembly), then a larger region in 2×2 tiles: its plan and time
+estimate, and the tiles coloured by state mid-run and the partial run Stop leaves; a region's run
+that never reaches tau (what the dock says, how the layer is named); the export of the whole photo
+with the region replaced. The last screenshot has all four docks open at once (tabs of one dock
+area, each the window's height; their contents scroll).
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ def main() -> None:
     import napari
     import numpy as np
     import torch
-    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from dippas_core.fingerprint import estimate_fingerprint
@@ -97,6 +98,11 @@ def main() -> None:
 
     def dock(title: str):
         return viewer.window.add_plugin_dock_widget("napari-dippas", title)
+
+    def named(what: str):
+        """The newest layer called ``what`` (each run's layers are named by the run)."""
+        return next(layer for layer in reversed(viewer.layers)
+                    if layer.name == what or layer.name.startswith(f"{what} — "))
 
     # 1. Fingerprint from the camera's full-frame flat-field shots
     dock_w, widget = dock("Fingerprint")
@@ -170,16 +176,26 @@ def main() -> None:
     viewer.window.remove_dock_widget(dock_w)
 
     # 4. Assemble & export the region: before/after scores, the maps over the photo
-    viewer.layers["snapshots"].visible = False
+    named("snapshots").visible = False
     dock_w, widget = dock("Assemble & export")
     wait(app, lambda: widget.outcome is not None)
     widget.settings.update({"B": 64, "L": 2})
     wait(app, lambda: widget.outcome is not None and widget.outcome.params["L"] == 2
          and widget.outcome.params["B"] == 64)
-    viewer.layers["block NCC"].visible = False
-    viewer.layers.selection.active = viewer.layers["NCC after"]
+    named("block NCC").visible = False
+    viewer.layers.selection.active = named("NCC after")
     widget.export_path.set_path(work / "anonymized.png")
     shoot("assemble", zoom_on_region)
+    # the export: the whole photo with the region replaced, and what that means, said
+    from napari_dippas._widgets._assemble import WHOLE_PHOTO
+
+    widget.export_what.setCurrentText(WHOLE_PHOTO)
+    written = widget.export(work / "whole-photo.png")
+    print("exported:", [Path(p).name for p in written], "|", widget.status.text())
+    named("NCC after").visible = False
+    viewer.layers.selection.active = named("anonymized")
+    widget.scroll.verticalScrollBar().setValue(widget.scroll.verticalScrollBar().maximum())
+    shoot("export", zoom_on(region, 0.8))
     viewer.window.remove_dock_widget(dock_w)
 
     # 5. A larger region in tiles: the plan and the time estimate, then the tiles by state
@@ -198,18 +214,37 @@ def main() -> None:
     shoot("tiles", zoom_on(tiled, 1.2))
     widget.stop()
     wait(app, lambda: widget.job.status in DONE)
+    print("partial:", widget.status.text().replace("\n", " | "))
+    shoot("partial", zoom_on(tiled, 1.2))  # Stop kept the finished tiles; nothing shown as done
+    viewer.window.remove_dock_widget(dock_w)
+
+    # 5b. A region's run that never reaches tau: said as such, named as such
+    short = Region(region.y + 160, region.x, 96, 96)
+    dock_w, widget = dock("Anonymize")
+    widget.settings.preset = "tiny"
+    widget.settings.update({"device": "cpu", "seed": 1, "record_psnr": 45.0,
+                            "stop_psnr": 46.0, "max_iter": 150})
+    widget.runs_folder.set_path(work / "runs")
+    widget.region.set_region(short)
+    widget.start()
+    wait(app, lambda: widget.job.status in DONE)
+    print("below tau:", widget.status.text().replace("\n", " | "))
+    for what in ("NCC after", "block NCC"):  # the image itself, as the status describes it
+        named(what).visible = False
+    viewer.layers.selection.active = named("anonymized (below tau)")
+    shoot("below_tau", zoom_on(short, 1.6))
     viewer.window.remove_dock_widget(dock_w)
 
     # 6. All four docks at once: each scrolls inside the window
     docks = [dock(title)[0] for title in ("Fingerprint", "Residual & attribution", "Anonymize",
                                           "Assemble & export")]
-    # equal shares of the height; each dock scrolls within its share
-    share = window.height() // (len(docks) + 1)
-    window.resizeDocks(docks, [share] * len(docks), Qt.Orientation.Vertical)
+    # tabs of one dock area: each has the window's height, the last opened in front
+    print("dock heights:", [d.height() for d in docks],
+          "tabified:", len(window.tabifiedDockWidgets(docks[-1])))
     viewer.reset_view()
     shoot("docks")
     print("anonymized region mean |change|:",
-          float(np.abs(viewer.layers["difference (after − before)"].data).mean()))
+          float(np.abs(named("difference (after − before)").data).mean()))
     viewer.close()
 
 

@@ -13,9 +13,10 @@ from ._outcome import EXIT_INTERRUPTED, exit_status, output_name
 
 __all__ = ["register", "build_config", "DEMO_PRESET", "DEMO_CROP"]
 
-#: The demo runs the tiny network on the central crop of the sample so that a 2-core CPU finishes
-#: in about a minute; its snapshot/stop thresholds (31/33.5 dB) sit a few dB under the paper's
-#: 38/39 dB, which need thousands of iterations on a CPU.
+#: The demo runs the tiny network on the central crop of the sample: about 20 s of CPU on one
+#: thread (a minute or two of wall time on a busy 2-core machine); its snapshot/stop thresholds
+#: (31/33.5 dB) sit a few dB under the paper's 38/39 dB, which need thousands of iterations on a
+#: CPU.
 DEMO_PRESET = "tiny"
 DEMO_CROP = 64
 
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="anonymize the embedded sample photo (a few minutes on a CPU)",
+        help="anonymize the embedded sample photo (a minute or two on a CPU)",
         description=(
             "Anonymize a crop of the sample Dresden photo shipped with the package with its "
             "camera's fingerprint and write DIR/original.png, DIR/anonymized.png, "
