@@ -10,7 +10,7 @@ difference ``Δ = output − photo`` (0..255 scale):
 - ``share_off``: the share of pixels with some channel off by more than 20 levels;
 - ``colour_shift``: the largest ``|mean Δ|`` of one channel over any 16×16 window (a local tint);
 - ``seam_ratio``: the mean jump of ``Δ`` between neighbouring pixels across the assembly's block
-  and tile edges, over the same jump across the other lines of the same phase of the 8-pixel
+  and tile edges, over the same jump across the other lines of the same phase of the 16-pixel
   JPEG grid (1 when the edges are invisible);
 - ``checkerboard``: how concentrated ``Δ``'s energy is near the Nyquist frequencies, against a
   flat spectrum, in the worst 64×64 window (about 1 for noise; well above: a pixel-period
@@ -57,8 +57,9 @@ OFF_LEVELS = 20.0
 SHIFT_WINDOW = 16
 #: Side of the windows ``checkerboard`` compares spectra in.
 CHECKER_WINDOW = 64
-#: Side of a JPEG block: a JPEG photo's own jumps lie on this grid (``seam_ratio``).
-JPEG_BLOCK = 8
+#: Period of a JPEG photo's own jumps (``seam_ratio``): its 8×8 blocks, and with 4:2:0 chroma (as
+#: most cameras write) the 16×16 macroblocks, whose edges jump more than the other block edges.
+JPEG_BLOCK = 16
 #: Rows of a strip in which SSIM is computed (bounded memory on whole photos).
 _SSIM_STRIP = 512
 #: Half of skimage's default 7×7 SSIM window: the border its mean leaves out.
@@ -194,9 +195,10 @@ def seam_ratio(
 
     The jump across the line at column ``c`` is ``mean |Δ[:, c] − Δ[:, c − 1]|`` over rows and
     channels (likewise for rows); both directions are pooled, each line weighted by its length.
-    A JPEG photo has jumps of its own every ``period`` (8) pixels, on its block grid, and the
-    assembly's block and tile edges fall on that grid: so each seam line is compared with the
-    other lines at the same position modulo ``period`` (``period=1``: with every other line).
+    A JPEG photo has jumps of its own on its block grid (8×8 blocks, 16×16 macroblocks with
+    4:2:0 chroma), on which the assembly's block and tile edges fall: so each seam line is
+    compared with the other lines at the same position modulo ``period`` (16; ``period=1``: with
+    every other line).
     ``None`` when no line lies inside the image (one block, one tile) or none to compare with.
     """
     h, w, channels = delta.shape

@@ -102,13 +102,15 @@ def test_seam_ratio_by_hand():
 
 
 def test_seam_ratio_compares_with_the_jpeg_grid_not_all_lines(rng):
-    # a JPEG-like photo change: jumps every 8 pixels; block edges at 64 sit on that grid
-    d = rng.normal(0, 1, (128, 128, 3))
-    d[:, 8::8] += 5.0 * rng.choice([-1, 1], size=(1, 15, 1))
-    d[8::8, :] += 5.0 * rng.choice([-1, 1], size=(15, 1, 1))
+    # a JPEG-like photo change: jumps every 8 pixels, larger ones every 16 (the macroblocks);
+    # block edges at 64 sit on that grid
+    yy, xx = np.mgrid[0:128, 0:128]
+    stairs = 3.0 * (xx // 8 + yy // 8) + 2.0 * (xx // 16 + yy // 16)  # jumps of 3, 5 on 16s
+    d = rng.normal(0, 1, (128, 128, 3)) + stairs[..., None]
     lines = grid_lines(d.shape, 64)
     assert seam_ratio(d, *lines) == pytest.approx(1.0, abs=0.25)
     assert seam_ratio(d, *lines, period=1) > 2  # against every line the JPEG grid looks a seam
+    assert seam_ratio(d, *lines, period=8) > 1.25  # the macroblock edges jump more
 
 
 def test_seam_ratio_sees_tinted_blocks(rng):
