@@ -445,3 +445,61 @@ def test_injection_recovers_a_known_pattern_and_keeps_it_out_of_the_output():
     assert _psnr255(out, img) > 35.0  # the content is there ...
     before, after = ncc(residual(img), img, P), ncc(residual(out), out, P)
     assert before > 0.5 and after < 0.2 * before  # ... the pattern is not
+
+
+def test_low_band_restored_a_flat_first_output_is_the_photos_low_band(photo):
+    from scipy.ndimage import gaussian_filter
+
+    cfg = TINY.replace(output="linear", zero_head=True, low_pass_sigma=3.0, record_psnr=-np.inf,
+                       max_iter=1)
+    first = next(iter(invert(photo, np.zeros(photo.shape[:2], np.float32), cfg)))
+    low = np.stack([gaussian_filter(photo[..., c].astype(np.float64), 3.0, mode="mirror",
+                                    truncate=3.0) for c in range(3)], axis=-1)
+    np.testing.assert_allclose(first.snapshot, low, atol=2e-3)
+    assert first.psnr == pytest.approx(_psnr255(first.snapshot, photo), abs=1e-3)
+
+
+def test_every_output_keeps_the_photos_low_band(photo):
+    from scipy.ndimage import gaussian_filter
+
+    cfg = TINY.replace(output="linear", zero_head=True, low_pass_sigma=2.0, record_psnr=-np.inf,
+                       max_iter=15)
+    steps = list(invert(photo, np.zeros(photo.shape[:2], np.float32), cfg))
+    snap = steps[-1].snapshot.astype(np.float64)
+    inside = snap[1:-1, 1:-1]
+    assert 0 < inside.min() and inside.max() < 255  # unclipped, so the identity below holds
+    blur = lambda x: np.stack(  # noqa: E731
+        [gaussian_filter(x[..., c], 2.0, mode="mirror", truncate=3.0) for c in range(3)], -1)
+    # what is left of the network's low band after the restore is its low band's low band:
+    # the difference of the two low bands is far below the output's own change
+    diff = blur(snap) - blur(photo.astype(np.float64))
+    assert np.abs(diff).max() < 0.35 * np.abs(snap - photo).max()
+    # and without the restore the output's low band is the network's own, not the photo's
+    plain = list(invert(photo, np.zeros(photo.shape[:2], np.float32),
+                        cfg.replace(low_pass_sigma=None)))[-1].snapshot.astype(np.float64)
+    assert np.abs(blur(plain) - blur(photo.astype(np.float64))).max() > 3 * np.abs(diff).max()
+
+
+def test_the_guide_is_the_photos_low_band_as_three_fixed_input_channels(photo, monkeypatch):
+    from scipy.ndimage import gaussian_filter
+
+    from dippas_core.dip.network import MultiResUNet
+
+    seen = []
+    forward = MultiResUNet.forward
+
+    def spy(self, z, out_size=None):
+        seen.append(z.detach().clone())
+        return forward(self, z, out_size)
+
+    monkeypatch.setattr(MultiResUNet, "forward", spy)
+    cfg = TINY.replace(guide=True, low_pass_sigma=2.0, max_iter=2, channels_last=False)
+    invert(photo, np.zeros(photo.shape[:2], np.float32), cfg).run()
+    zc = cfg.z_channels
+    assert seen[0].shape[1] == zc + 3
+    h, w = photo.shape[:2]
+    low = np.stack([gaussian_filter(photo[..., c] / 255.0, 2.0, mode="mirror", truncate=3.0)
+                    for c in range(3)])
+    np.testing.assert_allclose(seen[0][0, zc:, :h, :w].numpy(), low - 0.5, atol=1e-5)
+    assert torch.equal(seen[0][:, zc:], seen[1][:, zc:])  # fixed
+    assert not torch.equal(seen[0][:, :zc], seen[1][:, :zc])  # z is perturbed every iteration

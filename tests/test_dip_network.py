@@ -216,3 +216,42 @@ def test_public_names():
     assert {"invert", "Step", "MultiResUNet"} <= set(dir(dip)) & set(dip.__all__)
     with pytest.raises(AttributeError, match="no_such_name"):
         dip.no_such_name  # noqa: B018
+
+
+def _fit_saturated_head(output: str, steps: int = 60) -> torch.Tensor:
+    """Fit a small generator whose blue output unit starts far past the sigmoid's knee (the
+    stuck blue pixels of issue 22's demo) to a mid-grey target; return its final output."""
+    torch.manual_seed(0)
+    net = MultiResUNet(in_channels=4, widths=(4, 8), output=output)
+    with torch.no_grad():
+        net.head.bias[2] = 12.0 if output == "sigmoid" else 2.0  # both: blue at the top
+    z = torch.randn(1, 4, 16, 16)
+    target = torch.full((1, 3, 16, 16), 0.4)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2, amsgrad=True)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(net(z), target).backward()
+        opt.step()
+    with torch.no_grad():
+        return net(z).clamp(0, 1)
+
+
+def test_a_saturated_output_unit_stays_stuck_with_the_sigmoid_not_with_the_linear_output():
+    stuck = _fit_saturated_head("sigmoid")
+    assert stuck[0, 2].min() > 0.99  # no gradient through a saturated sigmoid: still white
+    assert (stuck[0, :2] - 0.4).abs().max() < 0.1  # the other channels did learn
+    free = _fit_saturated_head("linear")
+    assert (free - 0.4).abs().max() < 0.1  # the blue channel came back to the target
+
+
+def test_zero_head_starts_flat_and_the_upsampling_options_build():
+    z = torch.randn(1, 3, 32, 32)
+    flat = MultiResUNet(in_channels=3, widths=(4, 8, 8), output="linear", zero_head=True)
+    assert torch.equal(flat(z), torch.full((1, 3, 32, 32), 0.5))
+    for up in ("nearest", "bilinear"):
+        net = MultiResUNet(in_channels=3, widths=(4, 8, 8), upsample=up)
+        assert net(z).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="upsample"):
+        MultiResUNet(widths=(4, 8), upsample="cubic")
+    with pytest.raises(ValueError, match="output"):
+        MultiResUNet(widths=(4, 8), output="tanh")
