@@ -39,6 +39,8 @@ __all__ = [
     "BARS",
     "COLUMNS",
     "MEASURES",
+    "OFF_LEVELS",
+    "SHIFT_WINDOW",
     "Fidelity",
     "bar_names",
     "checkerboard_energy",

@@ -337,12 +337,14 @@ def describe_input(mode: str, fingerprint: dict[str, Any] | None, photo: np.ndar
 
 
 def below_tau(tiles: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The report's ``below_tau``: the tiles (``(index, stats)``) whose inversion never reached
-    the recording threshold, and by how much (dB)."""
+    """The report's ``below_tau``: the tiles (``(index, stats)``) whose inversion never kept a
+    snapshot — never reached the recording threshold (by how much, dB), or (``fidelity``) never
+    with an output that met the local fidelity bars its config required."""
     return [
-        {"tile": i, "short_db": float(st["below_tau_db"]), "best_psnr": st["best_psnr"]}
+        {"tile": i, "short_db": float(st["below_tau_db"]), "best_psnr": st["best_psnr"],
+         **({"fidelity": "bars never met"} if st.get("fidelity_unmet") else {})}
         for i, st in tiles
-        if st.get("below_tau_db", 0.0) > 0
+        if st.get("below_tau_db", 0.0) > 0 or st.get("fidelity_unmet")
     ]
 
 

@@ -503,3 +503,40 @@ def test_the_guide_is_the_photos_low_band_as_three_fixed_input_channels(photo, m
     np.testing.assert_allclose(seen[0][0, zc:, :h, :w].numpy(), low - 0.5, atol=1e-5)
     assert torch.equal(seen[0][:, zc:], seen[1][:, zc:])  # fixed
     assert not torch.equal(seen[0][:, :zc], seen[1][:, :zc])  # z is perturbed every iteration
+
+
+def test_device_bars_agree_with_the_fidelity_measures(rng):
+    from dippas_core.dip.fitting import meets_local_bars
+    from dippas_core.fidelity import fidelity
+
+    local = ("max_abs", "share_off", "colour_shift")
+    photo = rng.uniform(20, 230, (48, 40, 3))
+    cases = [rng.normal(0, 3, photo.shape)]  # noise: within every bar
+    spot = cases[0].copy()
+    spot[5:7, 9:11, 2] += 60  # stuck pixels: max_abs and share_off
+    tint = cases[0].copy()
+    tint[20:40, 10:30] += 3.5  # a tint: colour_shift
+    cases += [spot, tint]
+    for delta in cases:
+        out = np.clip(photo + delta, 0, 255)
+        broken = [f for f in fidelity(photo, out).failures() if f.split()[0] in local]
+        got = meets_local_bars(torch.tensor(out.transpose(2, 0, 1)[None] / 255.0),
+                               torch.tensor(photo.transpose(2, 0, 1)[None] / 255.0))
+        assert bool(got) == (not broken), broken
+
+
+def test_required_fidelity_keeps_no_blurred_edge_and_does_not_stop_on_it():
+    # a sharp edge: the photo's low band alone (the zero-head first output) has a high PSNR
+    # but moves the 16×16 means beside the edge by several levels
+    photo = np.full((64, 64, 3), 60, np.uint8)
+    photo[:, 32:] = 180
+    cfg = TINY.replace(output="linear", zero_head=True, low_pass_sigma=3.0, record_psnr=20.0,
+                       stop_psnr=20.0, max_iter=3)
+    K = np.zeros((64, 64), np.float32)
+    plain = invert(photo, K, cfg)
+    steps = list(plain)
+    assert len(steps) == 1 and steps[0].snapshot is not None  # stopped on the blurred edge
+    strict = invert(photo, K, cfg.replace(require_fidelity=True))
+    steps = list(strict)
+    assert steps[0].psnr > 20.0 and steps[0].snapshot is None  # refused despite its PSNR
+    assert strict.result.stop_reason != "psnr" or steps[-1].snapshot is not None

@@ -486,3 +486,20 @@ def test_each_step_says_its_tile(d70, per_step):
     assert by_tile == {t: [1, 2, 3] for t in range(4)}
     if per_step == 2:  # two tiles in one step: their steps interleave
         assert [s.tile for s in steps[:2]] == [0, 1]
+
+
+def test_a_tile_that_never_meets_the_required_bars_is_a_flagged_fallback():
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.pipeline import anonymize
+
+    photo = np.full((64, 64, 3), 60, np.uint8)
+    photo[:, 32:] = 180  # a sharp edge: the blurred first outputs move its 16×16 means
+    cfg = AnonymizeConfig.preset(
+        "tiny", output="linear", zero_head=True, low_pass_sigma=3.0, require_fidelity=True,
+        record_psnr=20.0, stop_psnr=20.0, max_iter=2, tau=20.0, B=64, L=1,
+    )
+    result = anonymize(photo, np.zeros((64, 64), np.float32), cfg)
+    (short,) = result.report["below_tau"]
+    assert short["fidelity"] == "bars never met" and short["short_db"] == 0.0
+    assert short["best_psnr"] >= 20.0
+    assert "within the fidelity bars" in result.report["tiles"][0]["assembly"]["fallback"]

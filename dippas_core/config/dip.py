@@ -101,6 +101,11 @@ class DIPConfig:
         as three more input channels beside ``z``: it sees where the edges are and fits the
         image's detail in fewer iterations.  The low band carries next to none of the camera
         pattern, which stays for the network to learn last, as in the paper.
+    require_fidelity : bool
+        An output is kept as a snapshot, and may end the fit, only when it also meets the local
+        fidelity bars (``dippas_core.fidelity.BARS``: no pixel more than 40 levels off, at most
+        0.05 % more than 20 off, no 16×16 window's mean colour moved by more than 2 levels):
+        PSNR alone lets a blurred edge or a tinted patch through.
     low_pass_sigma : float or None
         When set, every output is recorded and judged (PSNR, snapshots, stopping) with its low
         frequencies taken from the photo: ``I_phi − G_sigma * (I_phi − I)``, a Gaussian of this
@@ -130,6 +135,7 @@ class DIPConfig:
     upsample: str = "nearest"
     zero_head: bool = False
     guide: bool = False
+    require_fidelity: bool = False
     low_pass_sigma: float | None = None
 
     def __post_init__(self) -> None:

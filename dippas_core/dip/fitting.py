@@ -141,6 +141,9 @@ class Inverter:
             else None
         )
         self._shown: torch.Tensor | None = None
+        #: Whether the last step's output meets the local fidelity bars (always True when the
+        #: config does not require them): only such outputs are kept and may end the fit.
+        self.looks_same = True
 
     def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
         import torch
@@ -178,9 +181,21 @@ class Inverter:
             self.optimizer.step()
         self.after_update()
         # the only host synchronisation of the iteration: the scalars in one transfer
-        loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
-        snapshot = self.snapshot(i_phi) if psnr_v >= self.tau else None
+        loss_v, psnr_v, gamma_v, star_v, looks = self.report(i_phi, loss).tolist()
+        self.looks_same = bool(looks)
+        snapshot = self.snapshot(i_phi) if self.keeps(psnr_v) else None
         return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
+
+    def keeps(self, psnr: float) -> bool:
+        """Whether this step's output is a snapshot: its PSNR at the recording threshold and,
+        when required, the local fidelity bars met (:attr:`looks_same`).  A threshold of
+        ``-inf`` keeps every output (a consumer that filters them itself)."""
+        return self.tau == -math.inf or (psnr >= self.tau and self.looks_same)
+
+    def ends(self, psnr: float) -> bool:
+        """Whether the fit may stop after this step: ``stop_psnr`` reached by an output that
+        meets the fidelity bars when they are required."""
+        return psnr >= self.config.stop_psnr and self.looks_same
 
     def perturb(self) -> None:
         """Draw this iteration's input ``z + perturb_std · noise`` into :attr:`noisy_z`."""
@@ -234,16 +249,22 @@ class Inverter:
             return out.clamp(0.0, 1.0)
 
     def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss, PSNR (dB) of the image shown (:meth:`shown`), gamma and gamma*: one
-        tensor on the device.  The image is kept for :meth:`snapshot`."""
+        """The step's loss, PSNR (dB) of the image shown (:meth:`shown`), gamma, gamma* and
+        whether it meets the local fidelity bars (1/0): one tensor on the device.  The image
+        is kept for :meth:`snapshot`."""
         import torch
         import torch.nn.functional as F
 
         with torch.no_grad():
             self._shown = self.shown(i_phi)
             psnr = -10.0 * torch.log10(F.mse_loss(self._shown, self.target))
+            looks = (
+                meets_local_bars(self._shown, self.target)
+                if self.config.require_fidelity
+                else torch.ones((), device=psnr.device)
+            )
             return torch.stack(
-                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
+                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach(), looks]
             )
 
     def snapshot(self, i_phi: torch.Tensor) -> torch.Tensor:
@@ -277,6 +298,30 @@ class Inverter:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+
+
+def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1.0 when the image ``shown`` (N×3×H×W, 0..1) keeps every local fidelity bar against
+    ``target`` — no pixel more than ``max_abs`` levels off, at most ``share_off`` of them more
+    than 20 off, no 16×16 window's mean colour moved by more than ``colour_shift`` — else 0.0.
+
+    The same measures as :func:`dippas_core.fidelity.fidelity`, on the device: window means from
+    an integral image (two cumulative sums), so it costs a small part of an iteration.
+    """
+    import torch
+
+    from ..fidelity import BARS, OFF_LEVELS, SHIFT_WINDOW
+
+    d = (shown - target) * 255.0
+    ad = d.abs()
+    ok = ad.amax() <= BARS["max_abs"]
+    ok = ok & ((ad > OFF_LEVELS).any(dim=1).float().mean() <= BARS["share_off"])
+    h, w = d.shape[-2:]
+    wy, wx = min(SHIFT_WINDOW, h), min(SHIFT_WINDOW, w)
+    c = torch.nn.functional.pad(d.double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
+    box = c[..., wy:, wx:] - c[..., :-wy, wx:] - c[..., wy:, :-wx] + c[..., :-wy, :-wx]
+    ok = ok & (box.abs().amax() / (wy * wx) <= BARS["colour_shift"])
+    return ok.float()
 
 
 def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:

@@ -95,6 +95,9 @@ class Step:
     tile : int or None
         In a photo run (:func:`dippas_core.pipeline.anonymize`'s ``on_step``), the index of the
         tile the step belongs to: several tiles per step interleave their steps.  None otherwise.
+    looks_same : bool
+        With ``DIPConfig.require_fidelity``: whether the output meets the local fidelity bars
+        (only such an output is kept or ends the fit); always True otherwise.
     """
 
     iteration: int
@@ -106,6 +109,8 @@ class Step:
     snapshot_device: Any = field(default=None, repr=False, compare=False)
     gamma_star: float = float("nan")  # after the older fields: positional callers stay valid
     tile: int | None = None
+    #: whether the output meets the local fidelity bars (True when the config requires none)
+    looks_same: bool = True
 
 
 @dataclass
@@ -297,12 +302,13 @@ class Inversion:
         ):
             self._history[key].append(value)
         self._n_snapshots += kept is not None
-        if psnr >= self.config.stop_psnr:
+        if self._inverter.ends(psnr):
             self._stop_reason = "psnr"
         env = dict(self._environment) if iteration == 1 else None
         snapshot, on_device = snapshot_pair(kept)
         # the consumer owns the snapshot now: nothing here keeps a reference to it
-        return Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star)
+        return Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star,
+                    self._inverter.looks_same)
 
     def _set_up(self) -> None:
         self._started = time.perf_counter()

@@ -77,7 +77,8 @@ class TileOutcome:
 class _KeepBestBelow:
     """A step source: an inversion's steps, snapshots below ``tau`` dropped after the ``keep`` best.
 
-    The inversion runs with every output as a snapshot; only those at or above ``tau`` reach the
+    The inversion runs with every output as a snapshot; only those at or above ``tau`` (and, where
+    the config requires them, within the local fidelity bars: ``Step.looks_same``) reach the
     recorder.  Until one does, the ``keep`` best by PSNR stay in ``best`` (a heap of
     ``(psnr, iteration, image)``): the tile's fallback when it never reaches ``tau``.  Its result
     counts only the snapshots passed on.
@@ -108,7 +109,8 @@ class _KeepBestBelow:
     def __next__(self) -> Any:
         step = next(self.source)
         snap = step.snapshot
-        if snap is not None and step.psnr < self.tau:
+        # below tau, or (where the config requires it) off the local fidelity bars: no snapshot
+        if snap is not None and (step.psnr < self.tau or not step.looks_same):
             if not self._reached:
                 item = (float(step.psnr), -int(step.iteration), snap)
                 if len(self.best) < self.keep:
@@ -221,9 +223,12 @@ def _tile_outcome(run: Any, inv: Any, best: list, config: Any, photo_dtype: Any)
         from ..io import to_uint8
 
         image = to_uint8(mean) if dtype == "uint8" else mean.astype(np.float32)
-        stats["below_tau_db"] = float(tau_rec - best_psnr)
+        stats["below_tau_db"] = max(float(tau_rec - best_psnr), 0.0)
+        if best_psnr >= tau_rec:  # tau reached, but never by an output within the bars
+            stats["fidelity_unmet"] = True
         stats["assembly"] = {
-            "fallback": f"mean of the {len(ranked)} best outputs by PSNR (none reached tau)",
+            "fallback": f"mean of the {len(ranked)} best outputs by PSNR (none reached tau"
+            + (" within the fidelity bars)" if best_psnr >= tau_rec else ")"),
             "L": len(ranked),
             "psnrs": [float(b[0]) for b in ranked],
             "iterations": [-int(b[1]) for b in ranked],

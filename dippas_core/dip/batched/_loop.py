@@ -116,11 +116,12 @@ def _run(
                 env = dict(environment) if tile.iteration == 1 else None
                 yield TileStep(
                     tile.key,
-                    Step(tile.iteration, loss, psnr, gamma, snapshot, env, on_device, star),
+                    Step(tile.iteration, loss, psnr, gamma, snapshot, env, on_device, star,
+                         tile.looks_same),
                 )
                 del snapshot, on_device, kept
                 reason = (
-                    "psnr" if psnr >= tile.config.stop_psnr
+                    "psnr" if tile.ends(psnr)
                     else "max_iter" if tile.iteration >= tile.config.max_iter
                     else None
                 )

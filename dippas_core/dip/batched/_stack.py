@@ -68,6 +68,7 @@ class _Tile(Inverter):
         }
         self.n_snapshots = 0
         self.started = time.perf_counter()
+        self.looks_same = True
         try:
             self._allocate(job.img01, job.P, speed)
         except BaseException as exc:
@@ -230,12 +231,14 @@ class _Batch:
             [t.report(i_phi, loss) for t, i_phi, loss in zip(self.tiles, i_phis, losses,
                                                              strict=True)]
         ).tolist()
-        return [
-            (loss_v, psnr_v, gamma_v, star_v, t.snapshot(i_phi) if psnr_v >= t.tau else None)
-            for t, i_phi, (loss_v, psnr_v, gamma_v, star_v) in zip(
-                self.tiles, i_phis, scalars, strict=True
-            )
-        ]
+        out = []
+        for t, i_phi, (loss_v, psnr_v, gamma_v, star_v, looks) in zip(
+            self.tiles, i_phis, scalars, strict=True
+        ):
+            t.looks_same = bool(looks)
+            out.append((loss_v, psnr_v, gamma_v, star_v, t.snapshot(i_phi) if t.keeps(psnr_v)
+                        else None))
+        return out
 
     def remove(self, tile: _Tile) -> None:
         self.tiles.remove(tile)
