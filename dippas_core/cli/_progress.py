@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ..cancel import CancelToken
 
-__all__ = ["ProgressLine", "sigint_cancels"]
+__all__ = ["ProgressLine", "TileLines", "sigint_cancels"]
 
 
 class ProgressLine:
@@ -98,3 +98,53 @@ def sigint_cancels(cancel: CancelToken, *, stream: TextIO | None = None) -> Iter
         yield cancel
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class TileLines:
+    """A photo run on a terminal: a line per finished tile, one status line for those running.
+
+    Fed with the run's steps (:meth:`step`) and finished tiles (:meth:`done`); the numbers and
+    words are :class:`~dippas_core.progress.PhotoProgress`'s, so the viewer says the same.  The
+    status line is redrawn in place (``\\r``) at most every ``min_interval`` seconds; a finished
+    tile's line is printed above it, whole, so lines never run into each other.
+    """
+
+    def __init__(self, progress: Any, *, stream: TextIO | None = None,
+                 min_interval: float = 0.5) -> None:
+        self.progress = progress
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_interval = float(min_interval)
+        self._width = 0
+        self._last_draw = float("-inf")
+
+    def step(self, step: Any) -> None:
+        self.progress.step(step)
+        now = time.perf_counter()
+        if now - self._last_draw >= self.min_interval:
+            self._draw(now)
+
+    def done(self, tile: Any, stats: dict) -> None:
+        self.progress.finish(tile.index, stats)
+        self._clear()
+        self.stream.write(self.progress.tile_line(tile.index) + "\n")
+        self._draw(time.perf_counter())
+
+    def _clear(self) -> None:
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+
+    def _draw(self, now: float) -> None:
+        text = self.progress.status_line()
+        pad = max(0, self._width - len(text))
+        self.stream.write("\r" + text + " " * pad)
+        self.stream.flush()
+        self._width = len(text)
+        self._last_draw = now
+
+    def close(self) -> None:
+        """End the status line (the last state stays on screen)."""
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0

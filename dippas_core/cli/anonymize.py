@@ -112,18 +112,26 @@ def run_anonymize(
     """
     from ..cancel import CancelToken
     from ..pipeline import run_job
-    from ._progress import ProgressLine, sigint_cancels
+    from ..progress import PhotoProgress
+    from ._progress import ProgressLine, TileLines, sigint_cancels
 
     cancel = CancelToken()
-    max_iter = job.config.dip.max_iter
-    bars: list = [ProgressLine(max_iter)]
-    follow_steps = not quiet and not job.execution.on_cluster
     resumed: list[int] = []
     said: list[bool] = []
+    if job.tiled:
+        predicted = dict(estimate.tile_seconds) if getattr(estimate, "tile_seconds", None) else {}
+        lines: Any = TileLines(PhotoProgress(len(job.plan), predicted))
+    else:
+        lines = ProgressLine(job.config.dip.max_iter)
+    follow_steps = not quiet and not job.execution.on_cluster
 
     def on_tile_done(tile: Any, stats: dict) -> None:
         if stats.get("resumed"):  # read back: they all come before the first tile runs
             resumed.append(tile.index)
+            if job.tiled:
+                lines.progress.resume(tile.index)
+        elif job.tiled and not quiet:
+            lines.done(tile, stats)
 
     def say_resumed() -> None:
         # said once the run folder took the resume (a refused one never says "resuming")
@@ -134,13 +142,6 @@ def run_anonymize(
 
     def on_tile(tile: Any, plan: Any) -> None:
         say_resumed()
-        if not quiet:
-            bars[0].close()
-            print(
-                f"tile {tile.index + 1}/{len(plan)} at y={tile.y}, x={tile.x} ({tile.h}×{tile.w})",
-                file=sys.stderr,
-            )
-        bars[0] = ProgressLine(max_iter)
 
     with sigint_cancels(cancel):
         try:
@@ -148,7 +149,8 @@ def run_anonymize(
                 job,
                 run_dir=run_dir,
                 cancel=cancel,
-                on_step=(lambda step: bars[0].update(step)) if follow_steps else None,
+                on_step=lines.step if job.tiled and follow_steps else
+                (lines.update if follow_steps else None),
                 on_tile=on_tile,
                 on_tile_done=on_tile_done,
                 force=force,
@@ -156,7 +158,7 @@ def run_anonymize(
             )
         finally:
             if not quiet:
-                bars[0].close()
+                lines.close()
     say_resumed()  # (every tile was already finished)
     return result, result.report["inversion"]["stop_reason"] == "cancelled"
 
