@@ -3,8 +3,11 @@
 :class:`CostEstimate` says it at two levels of knowledge.  The *work* (pixels × iterations, at
 most) needs only the plan (:func:`plan_cost`): the viewer asks before a large run from it.  The
 *time* needs a few DIP iterations timed at the tile size on the device the run will use
-(:func:`estimate_cost`): ``n_tiles × iterations × seconds per iteration``, an upper bound (a tile
-stops at its PSNR well before ``max_iter``), with the range it is sure of in ``low_s``/``high_s``.
+(:func:`estimate_cost`).  Given the photo's pixels, and with a configuration whose fit starts from
+the photo's low band (``zero_head`` and ``low_pass_sigma``, the ``cpu`` preset), the iterations
+each tile needs are predicted from its content (:func:`expected_iterations`: how far the low band
+alone is below the stopping PSNR), so the time is an expectation with a range
+(``low_s``..``high_s``); otherwise it is the upper bound ``n_tiles × max_iter × seconds``.
 """
 
 from __future__ import annotations
@@ -17,11 +20,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WORK_BUDGET", "CostEstimate", "duration_text", "estimate_cost", "plan_cost"]
+__all__ = [
+    "ITERATION_MODEL",
+    "WORK_BUDGET",
+    "CostEstimate",
+    "duration_text",
+    "estimate_cost",
+    "expected_iterations",
+    "plan_cost",
+    "start_psnr",
+]
 
 #: Work (pixels × iterations) above which the viewer asks before a run: the ``cpu`` network on a
 #: 256×256 crop for 3000 iterations, minutes on a laptop CPU.
 WORK_BUDGET = 256 * 256 * 3000
+
+#: Iterations a tile needs against its *gap*, how far below the stopping PSNR its own low band
+#: lies (:func:`start_psnr`): ``scale · gap ** power`` (at least 1), between ``low`` and ``high``
+#: times that for 8 tiles in 10.  Fitted on held-out tiles with the ``cpu`` preset
+#: (``scripts/calibrate_estimate.py``; docs/eval/2026-12-05-whole-photos.md).
+ITERATION_MODEL = {"scale": 0.38, "power": 2.7, "low": 0.5, "high": 2.0}
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,14 @@ class CostEstimate:
         Torch threads of a tile and tiles per optimiser step, as timed.
     low_s
         The shortest the run can take, where something says so (None: not known).
+    tile_seconds
+        Expected seconds of each tile still to run, by its index in the plan, as it runs (in a
+        batch of ``tiles_per_step``: its wall time there); empty when the iterations are not
+        predicted (then every tile is counted at ``iterations``).
+    tile_iterations
+        Expected iterations of each tile still to run (empty: not predicted).
+    high_factor
+        With predicted iterations: the longest the run takes, as a multiple of the expectation.
     """
 
     n_tiles: int
@@ -56,18 +82,34 @@ class CostEstimate:
     threads: int = 1
     tiles_per_step: int = 1
     low_s: float | None = None
+    tile_seconds: dict[int, float] = dataclasses.field(default_factory=dict)
+    tile_iterations: dict[int, int] = dataclasses.field(default_factory=dict)
+    high_factor: float = 1.0
 
     # -- the time (once timed) ---------------------------------------------------------------
     @property
+    def predicted(self) -> bool:
+        """Whether the iterations of each tile were predicted from the photo's content."""
+        return bool(self.tile_seconds)
+
+    @property
     def seconds(self) -> float | None:
-        """The expected time (s): every tile to ``iterations``; None until timed."""
+        """The expected time (s): the predicted tiles, else every tile to ``iterations``; None
+        until timed."""
+        if self.seconds_per_iteration is None:
+            return None
+        if self.predicted:
+            return sum(self.tile_seconds.values()) / max(1, self.tiles_per_step)
         return self.high_s
 
     @property
     def high_s(self) -> float | None:
-        """The longest the run takes: every tile to ``iterations`` (None until timed)."""
+        """The longest the run takes (None until timed): every tile to ``iterations``, or with
+        predicted iterations the expectation times :attr:`high_factor`."""
         if self.seconds_per_iteration is None:
             return None
+        if self.predicted:
+            return self.seconds * self.high_factor
         return self.n_tiles * self.iterations * self.seconds_per_iteration
 
     @property
@@ -81,6 +123,15 @@ class CostEstimate:
             where += f" ({self.threads} thread{'s' if self.threads != 1 else ''})"
         if self.tiles_per_step > 1:
             where += f", {self.tiles_per_step} tiles per step"
+        if self.predicted:
+            its = sum(self.tile_iterations.values())
+            return (
+                f"≈ {duration_text(self.seconds)} on {where} (between "
+                f"{duration_text(self.low_s or 0.0)} and {duration_text(self.high_s)}): "
+                f"{self.n_tiles} tiles, {its} iterations expected from their content "
+                f"(at most {self.n_tiles * self.iterations}) × "
+                f"{self.seconds_per_iteration * 1e3:.0f} ms"
+            )
         return (
             f"≈ {self.n_tiles} tiles × ~{self.iterations} iterations (at most) × "
             f"{self.seconds_per_iteration * 1e3:.0f} ms ≈ {duration_text(self.seconds)} on "
@@ -132,7 +183,9 @@ class CostEstimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "seconds": self.seconds, "high_s": self.high_s,
-                "text": self.text}
+                "text": self.text,
+                "tile_seconds": {str(k): v for k, v in self.tile_seconds.items()},
+                "tile_iterations": {str(k): v for k, v in self.tile_iterations.items()}}
 
 
 def duration_text(seconds: float) -> str:
@@ -179,6 +232,40 @@ def plan_cost(
     )
 
 
+def start_psnr(tile: np.ndarray, sigma: float) -> float:
+    """PSNR (dB) of a tile's own low band (a Gaussian of ``sigma`` pixels, mirrored borders, as
+    the fit restores it) against the tile: where a fit that starts from the low band starts."""
+    from scipy.ndimage import gaussian_filter
+
+    from .io import to_float255
+
+    t = to_float255(np.asarray(tile)).astype(np.float64)
+    t = t if t.ndim == 3 else t[..., None]
+    mse = 0.0
+    for c in range(t.shape[2]):
+        low = gaussian_filter(t[..., c], sigma, mode="mirror", truncate=3.0)
+        mse += float(np.mean((low - t[..., c]) ** 2))
+    mse /= t.shape[2]
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def expected_iterations(start: float, config: Any) -> int:
+    """Iterations a tile whose low band alone reaches ``start`` dB is expected to need
+    (:data:`ITERATION_MODEL`), at least 1 and at most the DIP's ``max_iter``."""
+    gap = float(config.dip.stop_psnr) - float(start)
+    if not gap > 0:
+        return 1
+    its = ITERATION_MODEL["scale"] * gap ** ITERATION_MODEL["power"]
+    return int(min(max(1, round(its)), int(config.dip.max_iter)))
+
+
+def predicts_iterations(config: Any) -> bool:
+    """Whether :func:`expected_iterations` describes this configuration's fits: they start from
+    the photo's low band (``zero_head`` with ``low_pass_sigma``), as the model was fitted."""
+    dip = config.dip
+    return bool(dip.zero_head and dip.low_pass_sigma)
+
+
 def estimate_cost(
     photo_shape: tuple[int, ...],
     config: Any,
@@ -186,6 +273,7 @@ def estimate_cost(
     *,
     iterations: int = 3,
     n_tiles: int | None = None,
+    photo: np.ndarray | None = None,
 ) -> CostEstimate:
     """Time a few DIP iterations at the tile size on the chosen device; scale to the whole run.
 
@@ -206,7 +294,11 @@ def estimate_cost(
     iterations
         Iterations timed after one warm-up iteration.
     n_tiles
-        Tiles still to run (a resumed run); default every tile of the plan.
+        Tiles still to run (a resumed run: the last ``n_tiles`` of the plan); default every tile.
+    photo
+        The photo (or region) itself: with a configuration that starts from its low band
+        (:func:`predicts_iterations`), each tile's iterations are predicted from its content
+        (:func:`expected_iterations`) and the estimate is an expectation with a range.
     """
     from .dip import invert
 
@@ -219,7 +311,9 @@ def estimate_cost(
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     gen = invert(img, np.zeros((h, w), np.float32), dip)
     try:
+        t0 = time.perf_counter()
         step = next(gen)  # set-up and the first iteration (kernels loaded, caches warm)
+        setup = time.perf_counter() - t0
         env = step.environment or {}
         t0 = time.perf_counter()
         for _ in range(int(iterations)):
@@ -234,12 +328,36 @@ def estimate_cost(
             n_step = 1  # auto will keep the one-network path
         else:
             per_it = per_tile
-    return dataclasses.replace(
+    timed = dataclasses.replace(
         planned,
         seconds_per_iteration=per_it,
         device=str(env.get("device", dip.device)),
         threads=int(env.get("torch_threads", 1)),
         tiles_per_step=n_step,
+    )
+    if photo is None or not predicts_iterations(config):
+        return timed
+    return _predicted(timed, photo, config, setup)
+
+
+def _predicted(timed: CostEstimate, photo: np.ndarray, config: Any, setup: float
+               ) -> CostEstimate:
+    """``timed`` with each tile's iterations and seconds predicted from its content."""
+    from .tiling import plan_tiles
+
+    plan = plan_tiles(photo.shape[:2], config.tile_size, config.overlap)
+    todo = plan.tiles[len(plan) - timed.n_tiles:]  # a resume goes on from the first unfinished
+    sigma = float(config.dip.low_pass_sigma)
+    its = {t.index: expected_iterations(start_psnr(photo[t.slices], sigma), config)
+           for t in todo}
+    n = max(1, timed.tiles_per_step)
+    # a tile in a batch of n advances one iteration per batch step: n × the per-tile time
+    seconds = {i: setup + k * timed.seconds_per_iteration * n for i, k in its.items()}
+    expected = sum(seconds.values()) / n
+    return dataclasses.replace(
+        timed, tile_iterations=its, tile_seconds=seconds,
+        low_s=expected * ITERATION_MODEL["low"],
+        high_factor=ITERATION_MODEL["high"],
     )
 
 

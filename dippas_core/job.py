@@ -84,10 +84,13 @@ class PhotoJob:
         return plan_cost(self.photo.shape, self.config, n_tiles=max(1, self.n_todo))
 
     def estimate(self) -> CostEstimate:
-        """The time of the run: a few iterations timed at the tile size (seconds of work)."""
+        """The time of the run: a few iterations timed at the tile size, each tile's iterations
+        predicted from its content where the configuration allows (an expectation with a
+        range), else counted at ``max_iter`` (an upper bound)."""
         from .cost import estimate_cost
 
-        return estimate_cost(self.photo.shape, self.config, n_tiles=max(1, self.n_todo))
+        return estimate_cost(self.photo.shape, self.config, n_tiles=max(1, self.n_todo),
+                             photo=self.photo)
 
 
 @dataclass

@@ -212,19 +212,24 @@ class AnonymizeWidget(AnonymizeForm):
         """
         from dippas_core.cost import estimate_cost
 
-
         plan = self.show_plan()
         if plan is None or self.running:
             return
         config = self.settings.anonymize_config()
         shape = plan.shape
         key = self._estimate_key(plan, config)
+        layer = self.photo.layer()
+        pixels = None
+        if layer is not None and np.ndim(layer.data) == 3:
+            _, region, _ = self._plan()  # the tiles' content predicts their iterations
+            whole = np.asarray(layer.data)
+            pixels = whole if region.is_whole(whole.shape) else region.crop(whole)
         self._show_estimate(f"{plan.describe()}; timing a few iterations on "
                               f"{self.settings.device}…")
         self.plan_button.setEnabled(False)
 
         def job(report: Callable[[Any], None]) -> Any:
-            return estimate_cost(shape, config)
+            return estimate_cost(shape, config, photo=pixels)
 
         def returned(cost: Any) -> None:
             self._estimate = (key, cost)
