@@ -31,10 +31,10 @@ def side_by_side(original: np.ndarray, anonymized: np.ndarray, zoom: int = 4,
 
 def _label(row: np.ndarray, text: str) -> np.ndarray:
     """``row`` with ``text`` written above it (Pillow's default font)."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    band = Image.new("RGB", (row.shape[1], 16), "white")
-    ImageDraw.Draw(band).text((2, 2), text, fill="black")
+    band = Image.new("RGB", (row.shape[1], 20), "white")
+    ImageDraw.Draw(band).text((3, 2), text, fill="black", font=ImageFont.load_default(size=14))
     return np.concatenate([np.asarray(band), row], axis=0)
 
 

@@ -85,7 +85,7 @@ def test_anonymize_config_gives_its_assembly_params():
     assert config.assembly == AssemblyParams(32, 5, None)  # tau None: the recording threshold
     assert config.assembly_tau == 31.0
     cpu = PRESETS["cpu"]["assembly"]
-    assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(cpu["B"], cpu["L"], cpu["tau"])
+    assert AnonymizeConfig.preset("cpu").assembly == AssemblyParams(**cpu)
     with pytest.raises(InputError, match="L .*>= 1"):
         AnonymizeConfig.preset("paper", L=0)
 

@@ -254,7 +254,7 @@ def test_anonymize_reports_interrupted_only_when_the_cancel_stopped_it(
         return SimpleNamespace(report={"inversion": {"stop_reason": stop_reason}})
 
     monkeypatch.setattr(pipeline, "run_job", fake_run_job)
-    job = SimpleNamespace(config=AnonymizeConfig.preset("tiny"),
+    job = SimpleNamespace(config=AnonymizeConfig.preset("tiny"), tiled=False,
                           execution=Execution(IN_PROCESS, 1, "test"))
     _, was_interrupted = run_anonymize(job, run_dir=None, force=False, quiet=True)
     assert was_interrupted is interrupted

@@ -33,8 +33,11 @@ def _cli_configs(name: str, *changes: str) -> dict[str, AnonymizeConfig]:
     if not {"-B", "-L", "--tau"} & set(changes):  # (invert does not assemble)
         args = _parse("invert", "p", "--blind", "--out", "r", *preset)
         built["invert"] = invert.build_config(args)
-    evaluation = evaluate.build_config(_parse("evaluate", "--out", "e", "--preset", name))
-    built["evaluate"] = evaluation.dippas
+    from dippas_core.evaluation.config import EVAL_PRESETS
+
+    if name in EVAL_PRESETS:  # (the evaluation's own table names the anonymizer's presets)
+        evaluation = evaluate.build_config(_parse("evaluate", "--out", "e", "--preset", name))
+        built["evaluate"] = evaluation.dippas
     return built
 
 

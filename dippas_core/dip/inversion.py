@@ -308,7 +308,7 @@ class Inversion:
         snapshot, on_device = snapshot_pair(kept)
         # the consumer owns the snapshot now: nothing here keeps a reference to it
         return Step(iteration, loss, psnr, gamma, snapshot, env, on_device, gamma_star,
-                    self._inverter.looks_same)
+                    looks_same=self._inverter.looks_same)
 
     def _set_up(self) -> None:
         self._started = time.perf_counter()

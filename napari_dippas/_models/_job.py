@@ -45,7 +45,7 @@ class AnonymizeSettings(EventedModel):
     """
 
     mode: Literal["aware", "blind"] = "aware"
-    preset: Literal["tiny", "cpu", "paper"] = _DEFAULT_PRESET
+    preset: Literal["tiny", "demo", "cpu", "paper"] = _DEFAULT_PRESET
     seed: int = 0
     device: str = _DEFAULTS["device"]
     #: the recording threshold: outputs at least this close to the photo are kept as snapshots

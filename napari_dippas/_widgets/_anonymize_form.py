@@ -79,8 +79,10 @@ class AnonymizeForm(DockWidget):
         self.devices_found = QLabel("found: looking for devices…")
         self.devices_found.setWordWrap(True)
         self.preset = QComboBox()
-        self.preset.addItems(["tiny", "cpu", "paper"])  # (AnonymizeSettings.preset's choices)
-        self.preset.setToolTip("network size: tiny (tests), cpu (laptop), paper (GPU)")
+        self.preset.addItems(["tiny", "demo", "cpu", "paper"])  # AnonymizeSettings.preset's
+        self.preset.setToolTip(
+            "network size: tiny (tests), demo (tiny, at 38/39 dB), cpu (laptop), paper (GPU)"
+        )
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         self.tau = QDoubleSpinBox(minimum=0.0, maximum=99.0, decimals=1, singleStep=0.5)
         self.tau.setSuffix(" dB")

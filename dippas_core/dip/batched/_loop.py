@@ -117,7 +117,7 @@ def _run(
                 yield TileStep(
                     tile.key,
                     Step(tile.iteration, loss, psnr, gamma, snapshot, env, on_device, star,
-                         tile.looks_same),
+                         looks_same=tile.looks_same),
                 )
                 del snapshot, on_device, kept
                 reason = (
