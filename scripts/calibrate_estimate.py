@@ -1,8 +1,9 @@
 """Fit the estimate's iteration model (``dippas_core.cost.ITERATION_MODEL``) on finished tiles.
 
 Each finished tile gives one point: its *gap* (stopping PSNR minus the PSNR of its own low band,
-``cost.start_psnr``) and the iterations it needed.  The model ``its = scale · gap ** power`` is
-fitted by least squares in log space on the tiles with a gap (the others need one iteration);
+``cost.start_psnr``) and the iterations it needed.  The model
+``its = scale · (gap + offset) ** power`` is fitted by least squares in log space, the offset
+on a grid (tiles whose low band lies a little above the stop still need some iterations);
 ``low``/``high`` are the 10 % and 90 % quantiles of actual over predicted.  Sources::
 
     python scripts/calibrate_estimate.py --crops Q/NAME [Q/NAME2 ...]       # quality_study outputs
@@ -64,20 +65,35 @@ def run_points(runs: list[str], stop: float, sigma: float) -> list[tuple[float, 
 
 
 def fit(points: list[tuple[float, int, str]]) -> dict[str, float]:
-    """``scale``, ``power`` on the tiles with a gap; ``low``/``high`` quantiles of the ratio."""
-    gaps = np.array([p[0] for p in points if p[0] > 0.5])
-    its = np.array([p[1] for p in points if p[0] > 0.5], float)
-    power, log_scale = np.polyfit(np.log(gaps), np.log(its), 1)
-    model = {"scale": float(np.exp(log_scale)), "power": float(power)}
-    ratio = its / (model["scale"] * gaps**model["power"])
+    """``scale``, ``power`` and ``offset`` (least squares in log space, the offset by a grid of
+    quarter dB); ``low``/``high``: the 10 % and 90 % quantiles of actual over predicted."""
+    gaps = np.array([p[0] for p in points])
+    its = np.array([p[1] for p in points], float)
+    best = None
+    for offset in np.arange(0.0, 8.01, 0.25):
+        x = gaps + offset
+        use = (x > 0.25) & (its > 1)  # a tile done at its first output carries no slope
+        if use.sum() < 3:
+            continue
+        power, log_scale = np.polyfit(np.log(x[use]), np.log(its[use]), 1)
+        model = {"scale": float(np.exp(log_scale)), "power": float(power),
+                 "offset": float(offset)}
+        pred = np.array([predict(model, g, 10**9) for g in gaps], float)
+        err = float(np.mean(np.log(its / pred) ** 2))
+        if best is None or err < best[0]:
+            best = (err, model, pred)
+    if best is None:
+        raise SystemExit("too few tiles with more than one iteration to fit")
+    _, model, pred = best
+    ratio = its / pred
     model["low"], model["high"] = (float(q) for q in np.quantile(ratio, [0.1, 0.9]))
     return model
 
 
 def predict(model: dict[str, float], gap: float, max_iter: int) -> int:
-    if not gap > 0:
-        return 1
-    return int(min(max(1, round(model["scale"] * gap ** model["power"])), max_iter))
+    from dippas_core.cost import iterations_for_gap
+
+    return iterations_for_gap(gap, max_iter, model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         args.photo_runs, args.stop, args.sigma)
     model = dict(ITERATION_MODEL) if args.current or not points else fit(points)
     if points:
-        print(f"fitted on {len(points)} tiles ({sum(g > 0.5 for g, _, _ in points)} with a gap):")
+        n_more = sum(i > 1 for _, i, _ in points)
+        print(f"fitted on {len(points)} tiles ({n_more} needing more than one iteration):")
     print(json.dumps({k: round(v, 4) for k, v in model.items()}))
     checks = [c for c in args.check if "=" in c]
     crops = [Path(c) for c in args.check if "=" not in c]
