@@ -23,7 +23,7 @@ from ._models import (
     sha256_array,
     write_provenance,
 )
-from ._run_state import TileFinished, TileStarted, TraceCheck
+from ._run_state import TileFinished, TilePrediction, TileStarted, TraceCheck
 
 __all__ = ["anonymize_job", "record_end", "record_failure", "result_note"]
 
@@ -74,6 +74,11 @@ def anonymize_job(
             check = attribute(photo, photo_job.K, sigma=config.sigma,
                               block_size=config.assembly.B)
             report(TraceCheck(check.pce, int(photo.shape[0] * photo.shape[1])))
+        if photo_job.tiled:  # the ETA's base: each tile's iterations from its content
+            from dippas_core.cost import predicts_iterations, tile_iterations
+
+            its = tile_iterations(photo, config) if predicts_iterations(config) else {}
+            report(TilePrediction(len(photo_job.plan), its))
         result = run_job(
             photo_job, run_dir=run_path, cancel=cancel, on_step=step_taken,
             on_tile=tile_started, on_tile_done=tile_done,

@@ -1,11 +1,11 @@
 """The evented state of one anonymize run, fed by the run's callbacks (no Qt, no napari).
 
 The run (in a worker thread) reports plain events: :class:`TraceCheck` once, a
-:class:`~napari_dippas._models.StepSummary` per iteration, :class:`TileStarted` and
-:class:`TileFinished` per tile of a whole-photo run.  The GUI thread folds each batch into one
-:class:`RunState` with :meth:`RunState.apply`; the dock widget only listens to its events (the
-status line, the progress bar, the tile overlay).  A script drives the same model without a
-viewer, as napari-animation's model is driven without Qt.
+:class:`~napari_dippas._models.StepSummary` per iteration, :class:`TilePrediction` once and
+:class:`TileStarted` and :class:`TileFinished` per tile of a whole-photo run.  The GUI thread
+folds each batch into one :class:`RunState` with :meth:`RunState.apply`; the dock widget only
+listens to its events (the status line, the progress bar, the tile overlay).  A script drives
+the same model without a viewer, as napari-animation's model is driven without Qt.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ __all__ = [
     "RunState",
     "TilePlanState",
     "TileFinished",
+    "TilePrediction",
     "TileStarted",
     "TraceCheck",
     "job_key",
@@ -47,6 +48,16 @@ class TraceCheck:
 
 
 @dataclass(frozen=True)
+class TilePrediction:
+    """Reported by a whole-photo run before its tiles: what each tile is expected to cost (its
+    iterations from its content, ``dippas_core.cost.tile_iterations``; empty when the settings
+    predict none), the base of the run's ETA (``dippas_core.progress.PhotoProgress``)."""
+
+    n_tiles: int
+    iterations: dict[int, int]
+
+
+@dataclass(frozen=True)
 class TileStarted:
     """A tile's inversion starts (``index`` in the plan)."""
 
@@ -64,12 +75,15 @@ class TileFinished:
     index: int
     below_tau_db: float = 0.0
     resumed: bool = False
+    #: the core's statistics of the tile (``elapsed_s``, ``iterations``, ``best_psnr``)
+    stats: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def from_stats(cls, index: int, stats: dict[str, Any]) -> TileFinished:
         """From the core's per-tile statistics (``on_tile_done``'s second argument)."""
         below = float(stats.get("below_tau_db") or 0.0)
-        return cls(int(index), below, bool(stats.get("resumed", False)))
+        kept = {k: stats.get(k) for k in ("elapsed_s", "iterations", "best_psnr")}
+        return cls(int(index), below, bool(stats.get("resumed", False)), kept)
 
 
 class TilePlanState(EventedModel):
@@ -152,6 +166,9 @@ class RunState:
         The tile plan and each tile's state (evented).
     trace : TraceCheck or None
         The input's PCE with its reference, once the run measured it.
+    progress : dippas_core.progress.PhotoProgress or None
+        A whole-photo run's tiles finished and running and its ETA (the command line's figures),
+        from the run's :class:`TilePrediction` on.
     """
 
     #: emitted with the :class:`TraceCheck` when the run reports it
@@ -161,6 +178,15 @@ class RunState:
         self.job = AnonymizeJob()
         self.tiles = TilePlanState()
         self.trace: TraceCheck | None = None
+        self.progress: Any = None
+
+    def eta_text(self) -> str:
+        """``" · about 12 min left"`` while a whole-photo run has an ETA (after its first
+        finished tile: the estimate's work left at the pace of the tiles finished so far)."""
+        from dippas_core.cost import duration_text
+
+        eta = None if self.progress is None else self.progress.eta_s()
+        return "" if eta is None or eta <= 0 else f" · about {duration_text(eta)} left"
 
     def apply(self, batch: Iterable[Any]) -> list[StepSummary]:
         """Fold a batch of reported events in; returns its steps (for the live plot)."""
@@ -170,6 +196,8 @@ class RunState:
             if isinstance(item, StepSummary):
                 steps.append(item)
                 pending.append(item)
+                if self.progress is not None:
+                    self.progress.step(item)
                 continue
             if pending:
                 self.job.apply(pending)
@@ -179,12 +207,27 @@ class RunState:
                 self._new_tile()
             elif isinstance(item, TileFinished):
                 self.tiles.finish_tile(item)
+                self._finish_progress(item)
+            elif isinstance(item, TilePrediction):
+                from dippas_core.progress import PhotoProgress
+
+                # relative costs: the ETA rescales them by the finished tiles' real seconds
+                self.progress = PhotoProgress(item.n_tiles, {
+                    i: float(n) for i, n in item.iterations.items()})
             elif isinstance(item, TraceCheck):
                 self.trace = item
                 self.trace_checked.emit(item)
         if pending:
             self.job.apply(pending)
         return steps
+
+    def _finish_progress(self, item: TileFinished) -> None:
+        if self.progress is None:
+            return
+        if item.resumed:
+            self.progress.resume(item.index)
+        else:
+            self.progress.finish(item.index, dict(item.stats or {}))
 
     def _new_tile(self) -> None:
         """A tile's inversion starts at iteration 0: its own PSNR curve, its own speed."""

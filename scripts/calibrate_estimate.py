@@ -60,7 +60,8 @@ def run_points(runs: list[str], stop: float, sigma: float) -> list[tuple[float, 
             with np.load(rec, allow_pickle=False) as z:
                 stats = json.loads(str(z["stats"]))
             gap = stop - start_psnr(photo[tile.slices], sigma)
-            points.append((gap, int(stats["iterations"]), f"{run.name}#{tile.index}"))
+            name = f"{run.resolve().parent.name}#{tile.index}"
+            points.append((gap, int(stats["iterations"]), name))
     return points
 
 

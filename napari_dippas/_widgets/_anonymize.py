@@ -337,6 +337,7 @@ class AnonymizeWidget(AnonymizeForm):
         self._started_at = time.monotonic()
         self._tiles_run_dir = str(self.run_path)
         self.state.tiles.set_plan(plan, region.translate)
+        self.state.progress = None  # the run reports its own (TilePrediction)
         self.snapshots = None
         if tiled:
             self.progress.setRange(0, len(plan))
@@ -415,7 +416,9 @@ class AnonymizeWidget(AnonymizeForm):
     def _show_job(self, *_: Any) -> None:
         lines = [self.job.describe(), self.job.result, self.run_note, self.trace_note]
         if self._tiled:
-            lines.insert(1, self.state.tiles.describe() + self._tiles_left())
+            # the ETA from the tiles' content once one has finished; until then the upper bound
+            eta = self.state.eta_text() if self.job.status == "running" else ""
+            lines.insert(1, self.state.tiles.describe() + (eta or self._tiles_left()))
         self.status.setText("\n".join(line for line in lines if line))
         if self._tiled:
             self.progress.setValue(self.state.tiles.n_finished)

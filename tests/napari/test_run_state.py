@@ -10,6 +10,7 @@ from napari_dippas._models import StepSummary
 from napari_dippas._run_state import (
     RunState,
     TileFinished,
+    TilePrediction,
     TileStarted,
     TraceCheck,
     job_key,
@@ -72,6 +73,23 @@ def test_core_tile_stats_map_to_states():
     assert TileFinished.from_stats(2, {"below_tau_db": 2.5, "resumed": True}) == TileFinished(
         2, 2.5, True
     )
+
+
+def test_the_eta_follows_the_tiles_content_at_the_pace_of_the_finished_ones():
+    """The viewer's ETA is the command line's (PhotoProgress): the predicted work left, scaled by
+    the finished tiles' real seconds over their predicted ones; nothing before a tile finished."""
+    state = RunState()
+    state.tiles.set_plan(plan_tiles((96, 96), 64, 32))
+    assert state.eta_text() == ""  # no prediction reported yet
+    state.apply([TilePrediction(4, {0: 10, 1: 10, 2: 30, 3: 50}), TileStarted(0),
+                 StepSummary(1, 0.1, 30.0, 0.0, False, tile=0)])
+    assert state.eta_text() == ""  # nothing finished: no pace yet
+    state.apply([TileFinished.from_stats(0, {"elapsed_s": 20.0, "iterations": 10})])
+    # 2 s per predicted unit × (10 + 30 + 50) units left, one tile at a time
+    assert state.progress.eta_s() == pytest.approx(180.0)
+    assert state.eta_text() == " · about 3 min left"
+    state.apply([TileFinished(1, resumed=True)])  # read back: no time of this run, not left
+    assert state.progress.eta_s() == pytest.approx(160.0)
 
 
 def test_fed_by_a_real_tiled_run_then_its_resume(sample, tmp_path):
