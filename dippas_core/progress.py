@@ -127,14 +127,16 @@ class PhotoProgress:
             return None
         pace = self.pace()
         if pace is not None and all(i in self.predicted for i in left):
-            work = pace * sum(self.predicted[i] for i in left)
+            cost = {i: pace * self.predicted[i] for i in left}
         else:
             mean = sum(s for s, _, _ in self.finished.values()) / len(self.finished)
-            work = mean * len(left)
-        # the running tiles have done part of theirs already
+            cost = dict.fromkeys(left, mean)
+        # a running tile has done part of its own work already (never of the others')
         now = self.clock()
-        work -= sum(now - t.started for t in self.running.values() if t.index >= 0)
-        return max(0.0, work / self.parallel)
+        for t in self.running.values():
+            if t.index in cost:
+                cost[t.index] = max(0.0, cost[t.index] - (now - t.started))
+        return sum(cost.values()) / self.parallel
 
     def tile_line(self, index: int) -> str:
         """One line for a finished tile: its number, iterations, best PSNR, time, and the ETA."""

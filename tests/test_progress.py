@@ -38,6 +38,9 @@ def test_eta_is_the_predicted_work_left_at_the_pace_of_the_finished_tiles():
     assert p.eta_s() == pytest.approx(1.5 * 150.0 - 10.0)
     p.resume(3)  # read back from an earlier attempt: nothing left to do there
     assert p.eta_s() == pytest.approx(1.5 * 100.0 - 10.0)
+    # a tile running past its own share takes nothing off the tiles still waiting
+    clock.t = 400.0
+    assert p.eta_s() == pytest.approx(1.5 * 50.0)
 
 
 def test_without_an_estimate_the_eta_is_the_mean_tile_times_the_tiles_left():
