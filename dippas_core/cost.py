@@ -30,6 +30,7 @@ __all__ = [
     "iterations_for_gap",
     "plan_cost",
     "start_psnr",
+    "tile_iterations",
 ]
 
 #: Work (pixels × iterations) above which the viewer asks before a run: the ``cpu`` network on a
@@ -351,16 +352,25 @@ def estimate_cost(
     return _predicted(timed, photo, config, setup)
 
 
+def tile_iterations(photo: np.ndarray, config: Any, first: int = 0) -> dict[int, int]:
+    """Each tile's expected iterations (:func:`expected_iterations` of its content), by index,
+    for the tiles of ``config``'s plan of ``photo`` from ``first`` on."""
+    from .tiling import plan_tiles
+
+    plan = plan_tiles(photo.shape[:2], config.tile_size, config.overlap)
+    sigma = float(config.dip.low_pass_sigma)
+    return {t.index: expected_iterations(start_psnr(photo[t.slices], sigma), config)
+            for t in plan.tiles[first:]}
+
+
 def _predicted(timed: CostEstimate, photo: np.ndarray, config: Any, setup: float
                ) -> CostEstimate:
     """``timed`` with each tile's iterations and seconds predicted from its content."""
     from .tiling import plan_tiles
 
-    plan = plan_tiles(photo.shape[:2], config.tile_size, config.overlap)
-    todo = plan.tiles[len(plan) - timed.n_tiles:]  # a resume goes on from the first unfinished
-    sigma = float(config.dip.low_pass_sigma)
-    its = {t.index: expected_iterations(start_psnr(photo[t.slices], sigma), config)
-           for t in todo}
+    n_plan = len(plan_tiles(photo.shape[:2], config.tile_size, config.overlap))
+    # a resume goes on from the first unfinished tile
+    its = tile_iterations(photo, config, first=n_plan - timed.n_tiles)
     n = max(1, timed.tiles_per_step)
     # a tile in a batch of n advances one iteration per batch step: n × the per-tile time
     seconds = {i: setup + k * timed.seconds_per_iteration * n for i, k in its.items()}

@@ -75,6 +75,9 @@ BARS: dict[str, float] = {
     "share_off": 0.0005,
     "colour_shift": 2.0,
     "seam_ratio": 1.25,
+    # judged by eye on whole photos and crops (docs/eval/2026-12-05-whole-photos.md): lines or
+    # a grid at the pixel period show at 100 % from about 4 on; noise-like changes stay near 1
+    "checkerboard": 4.0,
 }
 _AT_LEAST = ("psnr", "ssim")
 

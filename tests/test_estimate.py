@@ -17,6 +17,7 @@ from dippas_core.cost import (
     plan_cost,
     predicts_iterations,
     start_psnr,
+    tile_iterations,
 )
 
 
@@ -70,6 +71,10 @@ def test_prediction_on_injected_timings_adds_up(rng):
     assert est.low_s == pytest.approx(est.seconds * ITERATION_MODEL["low"])
     assert est.high_s == pytest.approx(est.seconds * ITERATION_MODEL["high"])
     assert est.tile_iterations[0] == 1  # the flat corner
+    # the viewer's ETA reads the same per-tile figures (no timing needed)
+    assert tile_iterations(photo, config) == est.tile_iterations
+    assert tile_iterations(photo, config, first=2) == {
+        i: n for i, n in est.tile_iterations.items() if i >= 2}
     assert "expected from their content" in est.text
 
 

@@ -175,3 +175,11 @@ def test_bars_are_fields_and_failures_name_them():
     f = Fidelity(psnr=37.0, ssim=0.9, max_abs=10, share_off=0, colour_shift=2.5,
                  seam_ratio=None, checkerboard=1.0)
     assert f.failures() == ["psnr 37 < 38", "colour_shift 2.5 > 2"]
+    # a pixel-period grid of lines in a quiet area (as a whole photo's dark tile showed) breaks
+    # the checkerboard bar; the photo's own noise-like change does not
+    rng = np.random.default_rng(3)
+    photo = np.clip(rng.normal(60, 4, (128, 128, 3)), 0, 255)
+    lines = photo + 3.0 * (-1.0) ** np.mgrid[0:128, 0:128][0][..., None]
+    assert any(m.startswith("checkerboard") for m in fidelity(photo, lines).failures())
+    grain = photo + rng.normal(0, 3, photo.shape)
+    assert not any(m.startswith("checkerboard") for m in fidelity(photo, grain).failures())
