@@ -506,23 +506,27 @@ def test_the_guide_is_the_photos_low_band_as_three_fixed_input_channels(photo, m
 
 
 def test_device_bars_agree_with_the_fidelity_measures(rng):
-    from dippas_core.dip.fitting import meets_local_bars
+    from dippas_core.dip.fitting import checkerboard_energy, meets_local_bars
     from dippas_core.fidelity import fidelity
 
-    local = ("max_abs", "share_off", "colour_shift")
-    photo = rng.uniform(20, 230, (48, 40, 3))
+    local = ("max_abs", "share_off", "colour_shift", "checkerboard")
+    photo = rng.uniform(20, 230, (96, 80, 3))
     cases = [rng.normal(0, 3, photo.shape)]  # noise: within every bar
     spot = cases[0].copy()
     spot[5:7, 9:11, 2] += 60  # stuck pixels: max_abs and share_off
     tint = cases[0].copy()
     tint[20:40, 10:30] += 3.5  # a tint: colour_shift
-    cases += [spot, tint]
+    lines = cases[0].copy()
+    lines[50:80] += 3.0 * (-1.0) ** np.arange(30)[:, None, None]  # a grid of lines: checkerboard
+    cases += [spot, tint, lines]
     for delta in cases:
         out = np.clip(photo + delta, 0, 255)
         broken = [f for f in fidelity(photo, out).failures() if f.split()[0] in local]
         got = meets_local_bars(torch.tensor(out.transpose(2, 0, 1)[None] / 255.0),
                                torch.tensor(photo.transpose(2, 0, 1)[None] / 255.0))
         assert bool(got) == (not broken), broken
+    assert float(checkerboard_energy(torch.tensor(lines.transpose(2, 0, 1)[None]))) == (
+        pytest.approx(fidelity(photo, photo + lines).checkerboard))
 
 
 def test_required_fidelity_keeps_no_blurred_edge_and_does_not_stop_on_it():

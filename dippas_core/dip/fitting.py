@@ -303,10 +303,12 @@ class Inverter:
 def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1.0 when the image ``shown`` (N×3×H×W, 0..1) keeps every local fidelity bar against
     ``target`` — no pixel more than ``max_abs`` levels off, at most ``share_off`` of them more
-    than 20 off, no 16×16 window's mean colour moved by more than ``colour_shift`` — else 0.0.
+    than 20 off, no 16×16 window's mean colour moved by more than ``colour_shift``, no 64×64
+    window's change concentrated at the pixel period (``checkerboard``) — else 0.0.
 
     The same measures as :func:`dippas_core.fidelity.fidelity`, on the device: window means from
-    an integral image (two cumulative sums), so it costs a small part of an iteration.
+    an integral image (two cumulative sums), the windows' spectra in one batched FFT, so it costs
+    a small part of an iteration.
     """
     import torch
 
@@ -321,7 +323,36 @@ def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     c = torch.nn.functional.pad(d.double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
     box = c[..., wy:, wx:] - c[..., :-wy, wx:] - c[..., wy:, :-wx] + c[..., :-wy, :-wx]
     ok = ok & (box.abs().amax() / (wy * wx) <= BARS["colour_shift"])
+    ok = ok & (checkerboard_energy(d) <= BARS["checkerboard"])
     return ok.float()
+
+
+def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
+    """:func:`dippas_core.fidelity.checkerboard_energy` of the change ``d`` (N×3×H×W, levels) on
+    its device: the worst window's energy near the Nyquist points over a flat spectrum's."""
+    import torch
+
+    from ..fidelity import CHECKER_WINDOW
+
+    h, w = d.shape[-2:]
+    wy, wx = min(CHECKER_WINDOW, h), min(CHECKER_WINDOW, w)
+    radius = max(1, min(wy, wx) // 32)
+    ys = sorted({min(y, h - wy) for y in range(0, h, wy)})
+    xs = sorted({min(x, w - wx) for x in range(0, w, wx)})
+    win = torch.stack([d[..., y:y + wy, x:x + wx] for y in ys for x in xs], dim=1).double()
+    win = win - win.mean(dim=(-2, -1), keepdim=True)  # N×K×3×wy×wx, each channel mean-free
+    taper = torch.outer(torch.hann_window(wy, periodic=False, dtype=torch.float64),
+                        torch.hann_window(wx, periodic=False, dtype=torch.float64))
+    spec = torch.fft.fft2(win * taper.to(win.device)).abs() ** 2
+    fy = torch.fft.fftfreq(wy, dtype=torch.float64).abs() * wy
+    fx = torch.fft.fftfreq(wx, dtype=torch.float64).abs() * wx
+    ny_y, ny_x = (fy - wy / 2).abs() <= radius, (fx - wx / 2).abs() <= radius
+    zero_y, zero_x = fy <= radius, fx <= radius
+    band = ((ny_y[:, None] & ny_x[None, :]) | (ny_y[:, None] & zero_x[None, :])
+            | (zero_y[:, None] & ny_x[None, :])).to(win.device)
+    total = spec.sum(dim=(-3, -2, -1))
+    share = (spec * band).sum(dim=(-3, -2, -1)) / total.clamp_min(1e-30) / band.double().mean()
+    return torch.where(total > 0, share, torch.zeros_like(share)).amax()
 
 
 def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:
