@@ -56,11 +56,7 @@ class ProgressLine:
         )
 
     def _draw(self, step: Any, now: float) -> None:
-        text = self.line(step, now)
-        pad = max(0, self._width - len(text))
-        self.stream.write("\r" + text + " " * pad)
-        self.stream.flush()
-        self._width = len(text)
+        self._width = _redraw(self.stream, self.line(step, now), self._width)
         self._last_draw = now
 
     def close(self) -> None:
@@ -135,11 +131,7 @@ class TileLines:
             self._width = 0
 
     def _draw(self, now: float) -> None:
-        text = self.progress.status_line()
-        pad = max(0, self._width - len(text))
-        self.stream.write("\r" + text + " " * pad)
-        self.stream.flush()
-        self._width = len(text)
+        self._width = _redraw(self.stream, self.progress.status_line(), self._width)
         self._last_draw = now
 
     def close(self) -> None:
@@ -148,3 +140,10 @@ class TileLines:
             self.stream.write("\n")
             self.stream.flush()
             self._width = 0
+
+
+def _redraw(stream: Any, text: str, width: int) -> int:
+    """Write ``text`` over the status line of ``width`` characters; returns the new width."""
+    stream.write("\r" + text + " " * max(0, width - len(text)))
+    stream.flush()
+    return len(text)
