@@ -20,6 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from psygnal import EventedModel, Signal
 
+from dippas_core.cost import duration_text
+from dippas_core.progress import PhotoProgress
+
 from ._models import PROVENANCE_FILE, AnonymizeJob, StepSummary, sha256_array
 
 __all__ = [
@@ -178,13 +181,11 @@ class RunState:
         self.job = AnonymizeJob()
         self.tiles = TilePlanState()
         self.trace: TraceCheck | None = None
-        self.progress: Any = None
+        self.progress: PhotoProgress | None = None
 
     def eta_text(self) -> str:
         """``" · about 12 min left"`` while a whole-photo run has an ETA (after its first
         finished tile: the estimate's work left at the pace of the tiles finished so far)."""
-        from dippas_core.cost import duration_text
-
         eta = None if self.progress is None else self.progress.eta_s()
         return "" if eta is None or eta <= 0 else f" · about {duration_text(eta)} left"
 
@@ -209,8 +210,6 @@ class RunState:
                 self.tiles.finish_tile(item)
                 self._finish_progress(item)
             elif isinstance(item, TilePrediction):
-                from dippas_core.progress import PhotoProgress
-
                 # relative costs: the ETA rescales them by the finished tiles' real seconds
                 self.progress = PhotoProgress(item.n_tiles, {
                     i: float(n) for i, n in item.iterations.items()})

@@ -131,6 +131,19 @@ def _device_label(path: Path) -> str:
     return path.stem.rsplit("_", 1)[0]
 
 
+@pytest.fixture(scope="module")
+def sample_files(tmp_path_factory):
+    """The bundled sample photo and its camera's fingerprint as files (photo.png, K.npz)."""
+    from dippas_core.io import write_image
+    from dippas_core.sample import sample_data
+
+    d = tmp_path_factory.mktemp("sample")
+    photo, fingerprint = sample_data()
+    write_image(d / "photo.png", photo)
+    fingerprint.save(d / "K.npz")
+    return d / "photo.png", d / "K.npz"
+
+
 @pytest.fixture(scope="session")
 def flatfield_crops(testdata) -> dict[str, list[np.ndarray]]:
     """camera -> centre 512×512 uint8 crops of its 10 flat-field shots (pixels as stored)."""

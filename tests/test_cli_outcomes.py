@@ -6,23 +6,10 @@ Dresden photos, tiny network, a few iterations: these tests check what is announ
 
 from __future__ import annotations
 
-import pytest
-
 from dippas_core.cli import main
-from dippas_core.io import write_image
-from dippas_core.sample import sample_data
 
 # fast, low thresholds: the announcements are under test, not the quality
 FAST = ["--preset", "tiny", "--record-psnr", "8", "--stop-psnr", "99", "--torch-threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def sample_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sample")
-    photo, fingerprint = sample_data()
-    write_image(d / "photo.png", photo)
-    fingerprint.save(d / "K.npz")
-    return d / "photo.png", d / "K.npz"
 
 
 def test_no_trace_is_said_before_the_work_starts(sample_files, tmp_path, capsys):

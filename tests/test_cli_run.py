@@ -15,20 +15,10 @@ import pytest
 from dippas_core.cli import main
 from dippas_core.io import center_crop, read_image, write_image
 from dippas_core.run import RunDirectory
-from dippas_core.sample import sample_data
 from dippas_core.snapshots import SnapshotStore
 
 # fast, low thresholds: these tests check the plumbing, test_pipeline checks the quality
 FAST = ["--preset", "tiny", "--record-psnr", "8", "--stop-psnr", "99", "--torch-threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def sample_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sample")
-    photo, fingerprint = sample_data()
-    write_image(d / "photo.png", photo)
-    fingerprint.save(d / "K.npz")
-    return d / "photo.png", d / "K.npz"
 
 
 def _says_its_fidelity(text: str, report: dict, photo, image, block: int) -> None:

@@ -25,6 +25,15 @@ LOOKS_THE_SAME: dict[str, Any] = {
     "require_fidelity": True,
 }
 
+#: The tiny network on a CPU thread, shared by the ``tiny`` and ``demo`` presets.
+_TINY_NETWORK: dict[str, Any] = {
+    "widths": (4, 8, 8, 16, 16),
+    "z_channels": 8,
+    "max_iter": 1500,
+    "device": "cpu",
+    "torch_threads": 1,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     # the published setup: 512-channel z, U = 16…256, snapshots from 38 dB, stop at 39 dB
     "paper": {
@@ -59,15 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tests: a 64×64 crop of a real photo reaches its (low) stop in seconds on 2 cores; the
     # paper's generator, so that the tests exercise the method as published
     "tiny": {
-        "dip": {
-            "widths": (4, 8, 8, 16, 16),
-            "z_channels": 8,
-            "max_iter": 1500,
-            "record_psnr": 31.0,
-            "stop_psnr": 33.5,
-            "device": "cpu",
-            "torch_threads": 1,
-        },
+        "dip": {**_TINY_NETWORK, "record_psnr": 31.0, "stop_psnr": 33.5},
         "assembly": {"B": 32, "L": 5, "tau": None},
         "tile_size": 128,
         "overlap": 32,
@@ -75,16 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the README's demo: the tiny network at the paper's 38/39 dB, looking the same; its 64×64
     # sample reached tau after 511 iterations (docs/eval/2026-12-05-quality.md)
     "demo": {
-        "dip": {
-            "widths": (4, 8, 8, 16, 16),
-            "z_channels": 8,
-            "max_iter": 1500,
-            "record_psnr": 38.0,
-            "stop_psnr": 39.0,
-            "device": "cpu",
-            "torch_threads": 1,
-            **LOOKS_THE_SAME,
-        },
+        "dip": {**_TINY_NETWORK, "record_psnr": 38.0, "stop_psnr": 39.0, **LOOKS_THE_SAME},
         "assembly": {"B": 32, "L": 1, "tau": 38.5, "rule": "bounded"},
         "tile_size": 128,
         "overlap": 32,

@@ -132,6 +132,19 @@ def _wait_done(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: widget.job.status in DONE, timeout=timeout)
 
 
+def _anonymize_dock(viewer, small, settings, configure, runs) -> AnonymizeWidget:
+    """An Anonymize dock over the small photo and its camera's fingerprint, with ``settings``,
+    its runs in the folder ``runs``."""
+    photo, fp = small
+    viewer.add_image(photo, rgb=True, name="photo")
+    viewer.add_image(fp.K, name="fingerprint",
+                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
+    anon = AnonymizeWidget(viewer)
+    configure(anon, settings)
+    anon.runs_folder.set_path(runs)
+    return anon
+
+
 def test_anonymize_assemble_export_reopen_round_trip(
     viewer, qtbot, small, tiny_settings, configure, tmp_path, layer_of):
     """One tiny CPU run: live updates, a responsive GUI, assembly, export, reopening the run."""
@@ -139,13 +152,8 @@ def test_anonymize_assemble_export_reopen_round_trip(
     from dippas_core.run import RunDirectory
 
     photo, fp = small
-    viewer.add_image(photo, rgb=True, name="photo")
-    viewer.add_image(fp.K, name="fingerprint",
-                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
-    anon = AnonymizeWidget(viewer)
-    configure(anon, tiny_settings)
+    anon = _anonymize_dock(viewer, small, tiny_settings, configure, tmp_path)
     assert anon.max_iter.value() == tiny_settings.max_iter  # the form follows the model
-    anon.runs_folder.set_path(tmp_path)
     batches = []
     anon.job.events.iteration.connect(lambda v: batches.append(time.monotonic()))
     # a user picks settings while the widget loads torch in the background; so does the test
@@ -263,13 +271,7 @@ def test_each_run_keeps_its_layers_and_one_short_of_tau_says_so(
     its sidecar, exported, says below_tau."""
     from napari_dippas._writer import write_image_layer
 
-    photo, fp = small
-    viewer.add_image(photo, rgb=True, name="photo")
-    viewer.add_image(fp.K, name="fingerprint",
-                     metadata={"dippas": {"kind": "fingerprint", "camera": fp.camera}})
-    anon = AnonymizeWidget(viewer)
-    configure(anon, tiny_settings)
-    anon.runs_folder.set_path(tmp_path)
+    anon = _anonymize_dock(viewer, small, tiny_settings, configure, tmp_path)
     anon.start()
     _wait_done(qtbot, anon)
     assert anon.job.status == "finished", anon.job.message
