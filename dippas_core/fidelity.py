@@ -13,8 +13,8 @@ difference ``Δ = output − photo`` (0..255 scale):
   and tile edges, over the same jump across the other lines of the same phase of the 16-pixel
   JPEG grid (1 when the edges are invisible);
 - ``checkerboard``: how concentrated ``Δ``'s energy is near the Nyquist frequencies, against a
-  flat spectrum, in the worst 64×64 window (about 1 for noise; well above: a pixel-period
-  pattern such as a checkerboard).
+  flat spectrum, in the worst 64×64 window of a grid half a window apart (about 1 for noise;
+  well above: a pixel-period pattern such as a checkerboard).
 
 :data:`BARS` are the limits an output of the default preset must stay within
 (docs/method.md#fidelity); :meth:`Fidelity.failures` names the ones it breaks.  :func:`describe`
@@ -37,6 +37,8 @@ from .errors import InputError, ShapeMismatchError
 
 __all__ = [
     "BARS",
+    "CHECKER_WINDOW",
+    "FIT_MARGIN",
     "COLUMNS",
     "MEASURES",
     "OFF_LEVELS",
@@ -51,6 +53,7 @@ __all__ = [
     "seam_ratio",
     "share_off",
     "ssim",
+    "window_starts",
 ]
 
 #: Levels (0..255) beyond which a pixel counts as visibly off (``share_off``).
@@ -59,6 +62,10 @@ OFF_LEVELS = 20.0
 SHIFT_WINDOW = 16
 #: Side of the windows ``checkerboard`` compares spectra in.
 CHECKER_WINDOW = 64
+#: Share of each bar the inversion itself keeps to (``require_fidelity``): the stitch mixes two
+#: tiles' changes in their overlap, which can move a window's colour or spectrum a little past
+#: what either tile had (a whole photo: shift 1.96 in a tile, 2.03 stitched).
+FIT_MARGIN = 0.9
 #: Period of a JPEG photo's own jumps (``seam_ratio``): its 8×8 blocks, and with 4:2:0 chroma (as
 #: most cameras write) the 16×16 macroblocks, whose edges jump more than the other block edges.
 JPEG_BLOCK = 16
@@ -252,25 +259,35 @@ def _nyquist_share(x: np.ndarray, radius: int) -> float:
     return float(spec[band].sum() / total / band.mean())
 
 
+def window_starts(size: int, window: int) -> list[int]:
+    """Starts of the ``checkerboard`` windows along an axis of ``size`` pixels: every half
+    window, the last one shifted to end at the border (one window when ``size <= window``).
+
+    Half a window apart, a patch up to half a window wide lies whole inside some window
+    wherever it falls: the measure does not depend on where a tile or a crop begins.
+    """
+    window = min(window, size)
+    step = max(1, window // 2)
+    return sorted({min(y, size - window) for y in range(0, max(1, size - window + step), step)})
+
+
 def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW) -> float:
     """The worst window's share of ``delta``'s energy near the Nyquist frequencies, over what a
     white (flat) spectrum would put there: about 1 for noise-like changes, well above 1 for a
     pixel-period pattern (a checkerboard, a grid of lines), below 1 for smooth changes.
 
-    Non-overlapping ``window``×``window`` windows (the last ones shifted to end at the border;
-    an image smaller than a window is one window), each mean-free and tapered by a Hann window;
-    the band is the bins within ``window / 32`` (at least 1) of (½, ½), (½, 0) and (0, ½)
-    cycles/pixel.  A window where ``delta`` is constant counts 0.
+    ``window``×``window`` windows half a window apart (:func:`window_starts`; an image smaller
+    than a window is one window), each mean-free and tapered by a Hann window; the band is the
+    bins within ``window / 32`` (at least 1) of (½, ½), (½, 0) and (0, ½) cycles/pixel.  A
+    window where ``delta`` is constant counts 0.
     """
     h, w = delta.shape[:2]
     wy, wx = min(window, h), min(window, w)
     radius = max(1, min(wy, wx) // 32)
-    starts_y = sorted({min(y, h - wy) for y in range(0, h, wy)})
-    starts_x = sorted({min(x, w - wx) for x in range(0, w, wx)})
     return max(
         _nyquist_share(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
-        for y in starts_y
-        for x in starts_x
+        for y in window_starts(h, wy)
+        for x in window_starts(w, wx)
     )
 
 

@@ -507,24 +507,35 @@ def test_the_guide_is_the_photos_low_band_as_three_fixed_input_channels(photo, m
 
 def test_device_bars_agree_with_the_fidelity_measures(rng):
     from dippas_core.dip.fitting import checkerboard_energy, meets_local_bars
-    from dippas_core.fidelity import fidelity
+    from dippas_core.fidelity import BARS, FIT_MARGIN, fidelity
 
     local = ("max_abs", "share_off", "colour_shift", "checkerboard")
-    photo = rng.uniform(20, 230, (96, 80, 3))
+    # the fit keeps to a margin inside the shift and checkerboard bars
+    fit_bars = {k: BARS[k] * (FIT_MARGIN if k in ("colour_shift", "checkerboard") else 1.0)
+                for k in local}
+    photo = np.round(rng.uniform(20, 230, (96, 80, 3)))
     cases = [rng.normal(0, 3, photo.shape)]  # noise: within every bar
     spot = cases[0].copy()
     spot[5:7, 9:11, 2] += 60  # stuck pixels: max_abs and share_off
     tint = cases[0].copy()
     tint[20:40, 10:30] += 3.5  # a tint: colour_shift
+    inside_margin = np.zeros_like(photo)  # within the bar, not within the fit's margin:
+    inside_margin[20:40, 10:30] = 2.0 * (rng.uniform(size=(20, 20, 3)) > 0.07)  # means ≈ 1.86
     lines = cases[0].copy()
     lines[50:80] += 3.0 * (-1.0) ** np.arange(30)[:, None, None]  # a grid of lines: checkerboard
-    cases += [spot, tint, lines]
+    cases += [spot, tint, inside_margin, lines]
+    verdicts = []
     for delta in cases:
+        # what the fit sees: its float output, which is written rounded to 8-bit levels
         out = np.clip(photo + delta, 0, 255)
-        broken = [f for f in fidelity(photo, out).failures() if f.split()[0] in local]
+        broken = fidelity(photo, np.round(out)).failures(fit_bars)
         got = meets_local_bars(torch.tensor(out.transpose(2, 0, 1)[None] / 255.0),
                                torch.tensor(photo.transpose(2, 0, 1)[None] / 255.0))
         assert bool(got) == (not broken), broken
+        verdicts.append(bool(got))
+    assert verdicts == [True, False, False, False, False]
+    assert not fidelity(photo, np.round(photo + inside_margin)).failures(
+        {"colour_shift": BARS["colour_shift"]})
     assert float(checkerboard_energy(torch.tensor(lines.transpose(2, 0, 1)[None]))) == (
         pytest.approx(fidelity(photo, photo + lines).checkerboard))
 

@@ -18,6 +18,7 @@ from dippas_core.fidelity import (
     seam_ratio,
     share_off,
     ssim,
+    window_starts,
 )
 
 
@@ -150,6 +151,22 @@ def test_checkerboard_energy_by_hand_on_one_window():
     )
     # the Hann taper leaks a few parts in 1e5 just outside the band
     assert checkerboard_energy(board) == pytest.approx(spec_band_share / band.mean(), rel=1e-4)
+
+
+def test_checkerboard_energy_does_not_depend_on_where_the_grid_begins(rng):
+    # a patch of pixel-period lines centred on a window corner of a grid a whole window apart
+    # was split over four windows, each diluting it; half a window apart, one window holds it
+    white = rng.normal(0, 1, (192, 192, 3))
+    yy, xx = np.mgrid[0:192, 0:192]
+    patch = ((np.abs(yy - 64) < 12) & (np.abs(xx - 64) < 12)) * 6.0 * (-1.0) ** xx
+    moved = ((np.abs(yy - 96) < 12) & (np.abs(xx - 96) < 12)) * 6.0 * (-1.0) ** xx
+    on_corner = checkerboard_energy(white + patch[..., None])
+    inside = checkerboard_energy(white + moved[..., None])
+    assert on_corner > BARS["checkerboard"]
+    assert on_corner == pytest.approx(inside, rel=0.25)
+    assert window_starts(192, 64) == [0, 32, 64, 96, 128]
+    assert window_starts(100, 64) == [0, 32, 36]  # the last ends at the border
+    assert window_starts(40, 64) == [0]
 
 
 def test_ssim_in_strips_is_scikit_images(rng):

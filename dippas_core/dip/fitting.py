@@ -308,13 +308,15 @@ def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     The same measures as :func:`dippas_core.fidelity.fidelity`, on the device: window means from
     an integral image (two cumulative sums), the windows' spectra in one batched FFT, so it costs
-    a small part of an iteration.
+    a small part of an iteration.  Measured on the image as it will be written (rounded to 8-bit
+    levels), with the colour shift and checkerboard bars times ``FIT_MARGIN``: the stitch of two
+    tiles may add a little to either.
     """
     import torch
 
-    from ..fidelity import BARS, OFF_LEVELS, SHIFT_WINDOW
+    from ..fidelity import BARS, FIT_MARGIN, OFF_LEVELS, SHIFT_WINDOW
 
-    d = (shown - target) * 255.0
+    d = torch.round(shown * 255.0) - target * 255.0
     ad = d.abs()
     ok = ad.amax() <= BARS["max_abs"]
     ok = ok & ((ad > OFF_LEVELS).any(dim=1).float().mean() <= BARS["share_off"])
@@ -322,8 +324,8 @@ def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     wy, wx = min(SHIFT_WINDOW, h), min(SHIFT_WINDOW, w)
     c = torch.nn.functional.pad(d.double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
     box = c[..., wy:, wx:] - c[..., :-wy, wx:] - c[..., wy:, :-wx] + c[..., :-wy, :-wx]
-    ok = ok & (box.abs().amax() / (wy * wx) <= BARS["colour_shift"])
-    ok = ok & (checkerboard_energy(d) <= BARS["checkerboard"])
+    ok = ok & (box.abs().amax() / (wy * wx) <= FIT_MARGIN * BARS["colour_shift"])
+    ok = ok & (checkerboard_energy(d) <= FIT_MARGIN * BARS["checkerboard"])
     return ok.float()
 
 
@@ -332,14 +334,15 @@ def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
     its device: the worst window's energy near the Nyquist points over a flat spectrum's."""
     import torch
 
-    from ..fidelity import CHECKER_WINDOW
+    from ..fidelity import CHECKER_WINDOW, window_starts
 
     h, w = d.shape[-2:]
     wy, wx = min(CHECKER_WINDOW, h), min(CHECKER_WINDOW, w)
     radius = max(1, min(wy, wx) // 32)
-    ys = sorted({min(y, h - wy) for y in range(0, h, wy)})
-    xs = sorted({min(x, w - wx) for x in range(0, w, wx)})
-    win = torch.stack([d[..., y:y + wy, x:x + wx] for y in ys for x in xs], dim=1).double()
+    win = torch.stack(
+        [d[..., y:y + wy, x:x + wx] for y in window_starts(h, wy) for x in window_starts(w, wx)],
+        dim=1,
+    ).double()
     win = win - win.mean(dim=(-2, -1), keepdim=True)  # N×K×3×wy×wx, each channel mean-free
     taper = torch.outer(torch.hann_window(wy, periodic=False, dtype=torch.float64),
                         torch.hann_window(wx, periodic=False, dtype=torch.float64))
