@@ -143,8 +143,11 @@ def measure(viewer, app, kind: str, folder: Path, max_iter: int) -> dict[str, fl
     while widget.job.status in ("running", "stopping"):
         app.processEvents()
         time.sleep(0.001)
+    while not widget.settled:  # the result's layers, one per turn of the event loop
+        app.processEvents()
+        time.sleep(0.001)
     end = time.perf_counter() + 1.0
-    while time.perf_counter() < end:  # the ticks around the end (the result's layers)
+    while time.perf_counter() < end:  # and the ticks after them
         app.processEvents()
         time.sleep(0.001)
     timer.stop()

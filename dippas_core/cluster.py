@@ -3,6 +3,7 @@ machine, or a scheduler's; and what a task learns about the worker it runs on.""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .dip.device import usable_cpus
@@ -222,6 +223,8 @@ def default_workers() -> int:
 
 def on_dask_worker() -> bool:
     """Whether this code runs as a task on a Dask worker."""
+    if "distributed" not in sys.modules:  # a worker has it loaded; importing it costs ~0.7 s
+        return False
     try:
         from distributed import get_worker
 
@@ -237,6 +240,8 @@ def worker_gpu_device() -> str | None:
     Workers of :func:`local_cluster` are named 0..n-1 (one per GPU); a worker elsewhere that owns
     one GPU (``CUDA_VISIBLE_DEVICES`` set per worker, as dask-cuda does) gets ``cuda:0``.
     """
+    if "distributed" not in sys.modules:
+        return None
     try:
         from distributed import get_worker
 

@@ -170,7 +170,7 @@ def main() -> None:
     # the tiny network reaches tau (31 dB) on a 128×128 region after about 300 iterations
     wait(app, lambda: widget.job.n_snapshots >= 5 or widget.job.status != "running")
     shoot("anonymize", zoom_on_region)
-    wait(app, lambda: widget.job.status in DONE)
+    wait(app, lambda: widget.job.status in DONE and widget.settled)
     if widget.job.status == "failed":
         raise SystemExit(f"anonymize failed: {widget.job.message}")
     viewer.window.remove_dock_widget(dock_w)
@@ -213,7 +213,7 @@ def main() -> None:
     wait(app, lambda: widget.state.tiles.n_finished >= 1 or widget.job.status != "running")
     shoot("tiles", zoom_on(tiled, 1.2))
     widget.stop()
-    wait(app, lambda: widget.job.status in DONE)
+    wait(app, lambda: widget.job.status in DONE and widget.settled)
     print("partial:", widget.status.text().replace("\n", " | "))
     shoot("partial", zoom_on(tiled, 1.2))  # Stop kept the finished tiles; nothing shown as done
     viewer.window.remove_dock_widget(dock_w)
@@ -227,7 +227,7 @@ def main() -> None:
     widget.runs_folder.set_path(work / "runs")
     widget.region.set_region(short)
     widget.start()
-    wait(app, lambda: widget.job.status in DONE)
+    wait(app, lambda: widget.job.status in DONE and widget.settled)
     print("below tau:", widget.status.text().replace("\n", " | "))
     for what in ("NCC after", "block NCC"):  # the image itself, as the status describes it
         named(what).visible = False

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -566,10 +567,19 @@ def test_an_interrupted_batch_restarts_where_it_stopped(tmp_path, client):
     assert not list(out.rglob("*.part*"))
 
 
+def test_a_process_without_dask_is_no_worker_and_does_not_load_dask():
+    # the viewer asks at every Run: loading distributed to answer held its GUI for 0.7 s
+    code = ("import sys; from dippas_core.cluster import on_dask_worker, worker_gpu_device; "
+            "print(on_dask_worker(), worker_gpu_device(), 'distributed' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "None", "False"]
+
+
 def test_default_local_cluster_and_gpu_resources(tmp_path):
     """client=None starts (and closes) a LocalCluster; a cluster advertising GPUs gets tasks that
     ask for one GPU each (one inversion per GPU)."""
     from dippas_core.batch import local_cluster, worker_gpu_device
+    from dippas_core.cluster import on_dask_worker
 
     src, log = tmp_path / "in", tmp_path / "log"
     log.mkdir()
@@ -590,6 +600,7 @@ def test_default_local_cluster_and_gpu_resources(tmp_path):
         assert [w["resources"] for w in info.values()] == [{"GPU": 1}]
         # the worker finds its GPU resource; this CPU-only torch has no device to pin it to
         assert c.submit(worker_gpu_device, resources={"GPU": 1}).result() is None
+        assert c.submit(on_dask_worker).result() is True
         gpu_run = run_batch(
             src,
             tmp_path / "out_gpu",

@@ -36,6 +36,7 @@ from .._workers import start_job
 from ._anonymize_form import DEFAULT_RUNS_FOLDER, AnonymizeForm, device_choices
 from ._plots import LivePlot
 from ._snapshots import SnapshotsView
+from ._turns import Turns
 
 if TYPE_CHECKING:
     import napari
@@ -142,6 +143,8 @@ class AnonymizeWidget(AnonymizeForm):
         # never holds the GIL for them; napari_dippas._warmup); it also finds the devices
         self.devices_reported.connect(self.show_devices)
         self.warm_up = WarmUp(on_devices=self._report_devices)
+        #: the layers a run adds, one per turn of the event loop
+        self.turns = Turns()
         #: set once the warm-up process ended (the kernels are in their on-disk caches)
         self.warm = self.warm_up.done
 
@@ -154,6 +157,11 @@ class AnonymizeWidget(AnonymizeForm):
     @property
     def running(self) -> bool:
         return self.job.status in ("running", "stopping")
+
+    @property
+    def settled(self) -> bool:
+        """No run going and none of its layers still waiting for their turn."""
+        return not self.running and not self.turns.pending
 
     def toggle(self) -> None:
         """The Run/Stop button."""
@@ -375,6 +383,7 @@ class AnonymizeWidget(AnonymizeForm):
     def _close_down(self) -> None:
         """The widget left napari: cancel the run (it ends after its current iteration)."""
         self.stop()
+        self.turns.clear()
         self.warm_up.stop()
         self._stop_matching()
         self.job.events.disconnect(self._show_job)
@@ -461,49 +470,52 @@ class AnonymizeWidget(AnonymizeForm):
             self._select(self.photo.layer())
             self.run_finished.emit(str(self.run_path))
             return
+        self._show_result(result, view)
+
+    def _show_result(self, result: Any, view: SnapshotsView | None) -> None:
+        """The run's layers (heatmaps, anonymized, difference), each in a turn of its own
+        (:class:`Turns`); then the result is selected and :attr:`run_finished` sent."""
         B = int(result.report["block_ncc"]["B"])
         shape = result.image.shape[:2]
         info = {"run_dir": str(self.run_path)}
-        label = self._run_label
+        label, run_path = self._run_label, str(self.run_path)
         # a result short of tau says so in its name too (and in its published sidecar)
         what = "anonymized (below tau)" if result.report.get("below_tau") else "anonymized"
         region = self._region
         offset = region.translate if region is not None else (0.0, 0.0)
         if region is not None:
             info["region"] = region.as_dict()
-        upsert_run_layer(
-            self.viewer,
-            named_by_run(block_heatmap_layer(result.maps["block_ncc_before"], B,
-                                             image_shape=shape, offset=offset, stage="before",
-                                             **info), label),
-        )
-        output = upsert_run_layer(
-            self.viewer,
-            named_by_run(anonymized_layer(result.image, report=result.report, name=what,
-                                          bit_depth=self._bit_depth, offset=offset, **info),
-                         label),
-        )
-        upsert_run_layer(
-            self.viewer,
-            named_by_run(block_heatmap_layer(result.maps["block_ncc_after"], B, name="NCC after",
-                                             image_shape=shape, offset=offset, stage="after",
-                                             **info), label),
-        )
+        layers = [
+            block_heatmap_layer(result.maps["block_ncc_before"], B, image_shape=shape,
+                                offset=offset, stage="before", **info),
+            anonymized_layer(result.image, report=result.report, name=what,
+                             bit_depth=self._bit_depth, offset=offset, **info),
+            block_heatmap_layer(result.maps["block_ncc_after"], B, name="NCC after",
+                                image_shape=shape, offset=offset, stage="after", **info),
+        ]
         photo = self.photo.layer()
         if photo is not None and region is not None:
             source = np.asarray(photo.data)
             source = source if region.is_whole(source.shape) else region.crop(source)
             if source.shape == result.image.shape:
-                upsert_run_layer(
-                    self.viewer,
-                    named_by_run(difference_layer(result.image, source,
-                                                  name="difference (after − before)",
-                                                  offset=offset, **info), label),
-                )
-        if view is not None:
-            view.finished(self.job.status)
-        self._select(output)  # the result, never the transparent snapshots placeholder
-        self.run_finished.emit(str(self.run_path))
+                layers.append(difference_layer(result.image, source,
+                                               name="difference (after − before)",
+                                               offset=offset, **info))
+        shown: list[Any] = []
+        for layer in layers:
+            self.turns.add(lambda layer=layer: None if self.closed else shown.append(
+                upsert_run_layer(self.viewer, named_by_run(layer, label))))
+
+        def last() -> None:
+            if self.closed:
+                return
+            if view is not None:
+                view.finished(self.job.status)
+            # the result is selected, never the snapshots placeholder
+            self._select(shown[1] if len(shown) > 1 else None)
+            self.run_finished.emit(run_path)
+
+        self.turns.add(last)
 
     def _select(self, layer: Any) -> None:
         """Make ``layer`` the selected one (its controls show), if it is still in the viewer."""

@@ -351,7 +351,7 @@ def test_a_region_run_sits_over_the_photo_and_records_provenance(
     )
     anon.start()
     assert viewer.layers.selection.active is active  # the snapshots placeholder stays unselected
-    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
+    qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=180_000)
     assert anon.job.status == "finished", anon.job.message
     assert dims_seen and all(ndim == 3 and labels[0] == "snapshot" and not any(
         label.startswith("-") for label in labels) for ndim, labels in dims_seen), dims_seen
@@ -456,7 +456,7 @@ def test_a_large_run_asks_first_and_stop_before_tau_keeps_nothing_quietly(
     anon.start()
     qtbot.waitUntil(lambda: anon.job.iteration >= 3, timeout=120_000)
     anon.stop()
-    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=60_000)
+    qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=60_000)
     assert anon.job.status == "cancelled"
     assert "nothing was kept" in anon.status.text() and "Failed" not in anon.status.text()
     assert len(notification_manager.records) == n_before  # no red error

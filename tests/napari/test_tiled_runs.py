@@ -77,7 +77,7 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
     qtbot.waitUntil(lambda: "done" in _states(viewer) or "fell short" in _states(viewer),
                     timeout=180_000)
     anon.run_button.click()  # Stop after the first finished tile
-    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=120_000)
+    qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=120_000)
     assert anon.job.status == "cancelled", anon.status.text()
     kept = sum(s in ("done", "fell short") for s in _states(viewer))
     assert 1 <= kept < 4
@@ -95,7 +95,7 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
     anon.run_button.click()  # the same photo, region and settings: resumes
     assert "Resuming the stopped run" in anon.status.text()
     assert f"{kept} of 4 tiles are already done" in anon.status.text()
-    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
+    qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=180_000)
     assert anon.job.status == "finished", anon.status.text()
     assert anon.run_path == folder
     assert all(s in ("done", "fell short") for s in _states(viewer))
@@ -111,7 +111,7 @@ def test_tile_states_live_then_stop_and_resume_equals_an_uninterrupted_run(
     fresh = tiled("fresh")
     fresh.start()
     assert "Resuming" not in fresh.status.text()
-    qtbot.waitUntil(lambda: fresh.job.status in DONE, timeout=180_000)
+    qtbot.waitUntil(lambda: fresh.job.status in DONE and fresh.settled, timeout=180_000)
     assert fresh.job.status == "finished", fresh.status.text()
     assert fresh.state.tiles.n_started == 4 and fresh.state.tiles.n_resumed == 0
     (output,) = [layer for layer in viewer.layers
@@ -136,7 +136,7 @@ def test_in_a_plugin_dock_layers_are_updated_in_place(viewer, qtbot, small, tiny
     viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     anon.start()
     snapshots = layer_of(viewer, "snapshots")
-    qtbot.waitUntil(lambda: anon.job.status in DONE, timeout=180_000)
+    qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=180_000)
     assert anon.job.status == "finished", anon.status.text()
     assert layer_of(viewer, "snapshots") is snapshots and snapshots.data.shape[0] > 1
     assert inserted.count("tiles") == 1, inserted

@@ -129,7 +129,7 @@ def test_attribution_verdict_heatmap_and_colorbar(viewer, qtbot, sample):
 
 
 def _wait_done(qtbot, widget, timeout=120_000):
-    qtbot.waitUntil(lambda: widget.job.status in DONE, timeout=timeout)
+    qtbot.waitUntil(lambda: widget.job.status in DONE and widget.settled, timeout=timeout)
 
 
 def _anonymize_dock(viewer, small, settings, configure, runs) -> AnonymizeWidget:
@@ -361,6 +361,33 @@ def test_errors_become_notifications_not_tracebacks(viewer, qtbot, small, tiny_s
     snaps = viewer.layers["snapshots"]
     np.testing.assert_array_equal(snaps.data, previous)
     assert snaps.metadata["dippas"]["run_dir"] == "earlier-run" and snaps.opacity == 1
+
+
+def test_turns_give_the_event_loop_a_turn_between_calls(qtbot):
+    """A run's layers are added one per turn: between two of them the GUI handles its events
+    (a timer posted by the first call fires before the second), in order, a failure not
+    stranding the rest."""
+    from napari_dippas._widgets._turns import Turns
+
+    turns, seen = Turns(), []
+
+    def first() -> None:
+        seen.append("first")
+        QTimer.singleShot(0, lambda: seen.append("an event between"))
+
+    def failing() -> None:
+        seen.append("failing")
+        raise RuntimeError("one step failed")
+
+    turns.add(first)
+    turns.add(failing)
+    turns.add(lambda: seen.append("last"))
+    assert turns.pending and seen == []  # nothing runs inside add
+    with qtbot.capture_exceptions() as raised:
+        qtbot.waitUntil(lambda: "last" in seen, timeout=5_000)
+    assert seen == ["first", "an event between", "failing", "last"]
+    assert [str(e[1]) for e in raised] == ["one step failed"]  # still shown to the user
+    assert not turns.pending
 
 
 def test_live_plot_offscreen_redraw_matches_a_full_draw(qtbot):
