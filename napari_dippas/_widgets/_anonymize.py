@@ -357,7 +357,9 @@ class AnonymizeWidget(AnonymizeForm):
                 self.viewer, self.run_path, region.translate, self.job, self.history,
                 label=self._run_label,
             )
-            self.snapshots.prepare(photo.shape[:2])
+            # its layer (and the dims slider it brings) in a turn after the click's
+            view, shape = self.snapshots, photo.shape[:2]
+            self.turns.add(lambda: None if self.closed else view.prepare(shape))
             self.state.tiles.start_tile(0)  # one tile: the core reports no tile events
         self.progress.setValue(0)
         run_path, job_model = self.run_path, self.job
@@ -454,21 +456,22 @@ class AnonymizeWidget(AnonymizeForm):
         """The run ended (``job.status`` is already set): show its layers."""
         self.cancel = None
         view = self.snapshots
-        if view is not None:
-            view.forget_previous()
         if self.closed:  # the viewer may be gone with the widget: leave it alone
+            if view is not None:
+                view.forget_previous()
             return
         if not self._tiled and self.job.status == "finished":
             below = result.report.get("below_tau") or []
             self.state.tiles.finish_tile(TileFinished(0, float(below[0]["short_db"]) if below
                                                       else 0.0))
         self.state.tiles.run_ended()
-        if view is not None:
-            view.refresh(force=True)
         self.plot.show_history(self.history, self.settings.record_psnr, final=True)
+        if view is not None:  # after the placeholder's own turn; the last snapshots
+            self.turns.add(lambda: (view.forget_previous(), self.closed or view.refresh(True)))
         if result.report.get("partial"):  # a stopped photo run: its tiles wait for a resume
-            self._select(self.photo.layer())
-            self.run_finished.emit(str(self.run_path))
+            run_path = str(self.run_path)
+            self.turns.add(lambda: self.closed or (self._select(self.photo.layer()),
+                                                   self.run_finished.emit(run_path)))
             return
         self._show_result(result, view)
 
@@ -526,5 +529,6 @@ class AnonymizeWidget(AnonymizeForm):
         """The run failed (``job.status`` is already set): drop its placeholder layer."""
         self.cancel = None
         self.state.tiles.run_ended()
-        if not self.closed and self.snapshots is not None:
-            self.snapshots.failed()
+        view = self.snapshots
+        if view is not None:  # after the placeholder's own turn
+            self.turns.add(lambda: self.closed or view.failed())

@@ -198,8 +198,10 @@ class AssembleWidget(DockWidget):
         if self.closed:
             return
         layer = self.run.layer()  # the chosen object: its name may have changed
-        if layer is None and (self.session is None or not Path(self.session.path).is_dir()):
-            # e.g. a run that failed to start took its placeholder layer away: wait for nothing
+        if layer is None and (self.session is None or not Path(self.session.path).is_dir()
+                              or self.session.run.refresh() == 0):
+            # e.g. a run that failed to start, or stopped before it recorded anything, took
+            # its placeholder layer away: wait for nothing
             self.session = None
             self.status.setText("Choose a run (the snapshots layer of a run, or a run folder).")
         if layer is not None:
@@ -301,7 +303,7 @@ class AssembleWidget(DockWidget):
         self._job_active = True
         self.worker = start_job(
             job, on_returned=lambda result: self._on_done(result, generation),
-            on_errored=lambda exc: self._on_error(exc, generation),
+            on_errored=lambda exc: self._on_error(exc, generation, session),
             on_finished=self._on_finished, what="Assembly", quiet=(NoSnapshotsError,),
         )
 
@@ -313,9 +315,14 @@ class AssembleWidget(DockWidget):
             or (session is not None and session is not self.session)
         )
 
-    def _on_error(self, exc: BaseException, generation: int) -> None:
-        if not self._is_stale(generation):
-            self.status.setText(str(exc))
+    def _on_error(self, exc: BaseException, generation: int, session: RunSession) -> None:
+        if self._is_stale(generation, session):
+            return
+        if isinstance(exc, NoSnapshotsError) and session.run.status == "recording":
+            # followed from its start: the run has not recorded anything yet
+            self.status.setText(f"Waiting for the first snapshot of {Path(session.path).name}…")
+            return
+        self.status.setText(str(exc))
 
     def _on_finished(self) -> None:
         self._job_active = False

@@ -78,6 +78,8 @@ class SnapshotsView:
         Adding a layer builds its controls and shaders (hundreds of ms); doing it now, not when
         the first snapshot arrives, keeps the GUI fluid during the run.
         """
+        if self.n_shown:  # a snapshot came before this turn: its layer is there already
+            return
         blank = np.zeros((1, *shape, 3), np.uint16)
         active = self.viewer.layers.selection.active  # the new layer must not take the focus
         if self.name in self.viewer.layers:  # this run's, resumed: restored if this one fails

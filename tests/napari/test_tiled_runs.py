@@ -135,6 +135,7 @@ def test_in_a_plugin_dock_layers_are_updated_in_place(viewer, qtbot, small, tiny
     inserted = []
     viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     anon.start()
+    qtbot.waitUntil(lambda: layer_of(viewer, "snapshots") is not None)  # the turn after Run's
     snapshots = layer_of(viewer, "snapshots")
     qtbot.waitUntil(lambda: anon.job.status in DONE and anon.settled, timeout=180_000)
     assert anon.job.status == "finished", anon.status.text()

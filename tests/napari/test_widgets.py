@@ -163,8 +163,8 @@ def test_anonymize_assemble_export_reopen_round_trip(
     # and the main thread's own CPU time at each tick, until the run's end reaches the GUI
     ticks = []
 
-    def tick():
-        if anon.job.status == "running":
+    def tick():  # from the turn after the click's (the snapshots placeholder's) on
+        if anon.job.status == "running" and not anon.turns.pending:
             ticks.append((time.perf_counter(), time.thread_time()))
 
     timer = QTimer()
