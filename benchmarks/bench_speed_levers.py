@@ -95,7 +95,9 @@ def choose_tiles(data: Path, n: int) -> list[dict[str, Any]]:
                          "start_psnr": round(start_psnr(crop, 3.0), 3)})
     pool.sort(key=lambda t: t["start_psnr"])
     picks = np.linspace(0, len(pool) - 1, n).round().astype(int)
-    return [pool[i] for i in picks]
+    # the middle quantiles first: a run stopped early has measured a spread of content
+    middle_first = sorted(range(n), key=lambda k: abs(k - (n - 1) / 2))
+    return [pool[picks[k]] for k in middle_first]
 
 
 def tiles_per_megapixel(overlap: int) -> float:

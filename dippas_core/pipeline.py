@@ -212,7 +212,7 @@ def _one_tile_report(
     raw = job.photo
     block = asm.block if asm is not None else int(min(config.assembly.B, max(raw.shape[:2])))
     t0 = time.perf_counter()
-    measured, maps = measure(img255, out.image, P, block, config.sigma)
+    measured, maps = measure(img255, out.image, P, block, config.sigma, tau=config.assembly_tau)
     if asm is not None:  # the same measurement; spare a second residual
         asm._ncc_map = maps["block_ncc_after"]
     env = dict(getattr(inv, "environment", {}) or {})

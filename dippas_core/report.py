@@ -358,6 +358,7 @@ def measure(
     before: Any = None,
     after: Any = None,
     tiles: list[tuple[int, int, int, int]] | None = None,
+    tau: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The report's measurements of ``image`` against the photo: PSNR and the fidelity measures
     (:func:`dippas_core.fidelity.fidelity`, seams on the B×B blocks of each tile), NCC and PCE
@@ -367,9 +368,11 @@ def measure(
     ``{"block_ncc_before", "block_ncc_after"}``.  ``before``/``after``: the photo's and the
     image's :class:`~dippas_core.attribution.Attribution` on B×B blocks when already made.
     ``tiles``: the ``(y, x, h, w)`` of a whole photo's tiles, whose edges are seams too.
+    ``tau``: the run's assembly threshold (the PSNR bar of a preset below 38 dB,
+    :func:`~dippas_core.fidelity.bars_for`).
     """
     from .attribution import attribute
-    from .fidelity import fidelity
+    from .fidelity import bars_for, fidelity
     from .metrics import psnr
 
     if before is None:
@@ -380,7 +383,7 @@ def measure(
     fid = fidelity(photo255, image, block=int(B), tiles=tiles)
     values = {
         "psnr": float(psnr(np.asarray(photo255, np.float32), np.asarray(image, np.float32))),
-        "fidelity": {**fid.to_dict(), "bars_failed": fid.failures()},
+        "fidelity": {**fid.to_dict(), "bars_failed": fid.failures(bars_for(tau))},
         "ncc": {"before": before.ncc, "after": after.ncc},
         "pce": {"before": before.pce, "after": after.pce, "decision_level": DECISION_LEVEL_PCE,
                 "kind": after.pce_kind},

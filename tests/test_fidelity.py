@@ -11,6 +11,7 @@ from dippas_core.errors import InputError, ShapeMismatchError
 from dippas_core.fidelity import (
     BARS,
     Fidelity,
+    bars_for,
     checkerboard_energy,
     colour_shift,
     fidelity,
@@ -192,6 +193,10 @@ def test_bars_are_fields_and_failures_name_them():
     f = Fidelity(psnr=37.0, ssim=0.9, max_abs=10, share_off=0, colour_shift=2.5,
                  seam_ratio=None, checkerboard=1.0)
     assert f.failures() == ["psnr 37 < 38", "colour_shift 2.5 > 2"]
+    # a preset with its own lower threshold (tiny: 31 dB) is held to that; the others stay
+    assert f.failures(bars_for(31.0)) == ["colour_shift 2.5 > 2"]
+    assert bars_for(38.5) == BARS and bars_for(None) == BARS
+    assert f.failures(bars_for(37.5)) == ["psnr 37 < 37.5", "colour_shift 2.5 > 2"]
     # a pixel-period grid of lines in a quiet area (as a whole photo's dark tile showed) breaks
     # the checkerboard bar; the photo's own noise-like change does not
     rng = np.random.default_rng(3)

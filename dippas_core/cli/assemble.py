@@ -181,7 +181,8 @@ def _run(args: argparse.Namespace) -> int:
     bits = args.bits or (16 if photo.dtype == np.uint16 else 8)
     asm = assemble(run, params, dtype="uint8" if bits == 8 else "float32")
     photo255 = to_float255(photo)
-    measured, maps = measure(photo255, asm.image, run.reference, asm.block, run.sigma)
+    measured, maps = measure(photo255, asm.image, run.reference, asm.block, run.sigma,
+                             tau=asm.params.get("psnr_threshold"))
     report = AnonymizationReport.of(
         **measured,
         run_dir=str(run.path),
@@ -241,7 +242,8 @@ def _run_photo(args: argparse.Namespace) -> int:
     P = asm.reference if asm.reference is not None else residual(photo255, asm.sigma)
     p = asm.params
     block = p["B"] if p["B"] % 32 == 0 else 64
-    measured, maps = measure(photo255, asm.image, P, block, asm.sigma, tiles=asm.tile_boxes)
+    measured, maps = measure(photo255, asm.image, P, block, asm.sigma, tiles=asm.tile_boxes,
+                             tau=p.get("tau"))
     report = AnonymizationReport.of(
         **measured,
         run_dir=str(args.run_dir),

@@ -165,7 +165,7 @@ def _finish(state: _TileRun, execution: dict, t_inv: float, t_start: float) -> A
     block = int(config.assembly.B) if int(config.assembly.B) % int(config.tile) == 0 else 64
     measured, maps = measure(
         state.img255, image, P_full, block, config.sigma,
-        tiles=[(t.y, t.x, t.h, t.w) for t in job.plan.tiles],
+        tiles=[(t.y, t.x, t.h, t.w) for t in job.plan.tiles], tau=config.assembly_tau,
     )
     timing = {"inversion": t_inv, "stitch": t_stitch, "measurement": time.perf_counter() - t0,
               "total": time.perf_counter() - t_start}
