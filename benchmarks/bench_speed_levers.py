@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
     parser.add_argument("--tiles", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--part", default="0/1",
+                        help="I/N: run every N-th tile from the I-th (N processes side by side)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         from dippas_core.evaluation import camera_label
 
         done = {(r["tile"], r["lever"]) for r in rows}
-        tiles = choose_tiles(args.data, args.tiles)
+        part, parts = (int(v) for v in args.part.split("/"))
+        tiles = choose_tiles(args.data, args.tiles)[part::parts]
         for tile in tiles:
             for role in ("attack", "detector"):
                 fingerprint(args.data, args.fingerprints, camera_label(tile["photo"]), role)
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                 if (key, lever) in done:
                     continue
                 row = run_tile(args.data, args.fingerprints, tile, lever, args.seed)
+                rows = [json.loads(line) for line in args.out.read_text().splitlines()
+                        if line.strip()] if args.out.is_file() else []  # parts write here too
                 rows.append(row)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
