@@ -51,6 +51,7 @@ __all__ = [
     "describe",
     "fidelity",
     "grid_lines",
+    "nyquist_band",
     "seam_ratio",
     "share_off",
     "ssim",
@@ -247,6 +248,20 @@ def seam_ratio(
     return float(seam / off)
 
 
+def nyquist_band(n: int, m: int, radius: int) -> np.ndarray:
+    """The n×m FFT bins (bool) within ``radius`` bins of the Nyquist points (½, ½), (½, 0) and
+    (0, ½) cycles/pixel: where ``checkerboard`` looks for a pixel-period pattern."""
+    fy = np.abs(np.fft.fftfreq(n) * n)  # distance in bins from 0 along each axis
+    fx = np.abs(np.fft.fftfreq(m) * m)
+    ny_y, ny_x = np.abs(fy - n / 2) <= radius, np.abs(fx - m / 2) <= radius
+    zero_y, zero_x = fy <= radius, fx <= radius
+    return (
+        (ny_y[:, None] & ny_x[None, :])
+        | (ny_y[:, None] & zero_x[None, :])
+        | (zero_y[:, None] & ny_x[None, :])
+    )
+
+
 def _nyquist_share(x: np.ndarray, radius: int) -> float:
     """How much more of ``x``'s energy (n×m×C, Hann-tapered, mean removed) lies within
     ``radius`` bins of the three Nyquist points than a flat (white) spectrum would put there."""
@@ -256,15 +271,7 @@ def _nyquist_share(x: np.ndarray, radius: int) -> float:
     total = spec.sum()
     if total == 0:
         return 0.0
-    fy = np.abs(np.fft.fftfreq(n) * n)  # distance in bins from 0 along each axis
-    fx = np.abs(np.fft.fftfreq(m) * m)
-    ny_y, ny_x = np.abs(fy - n / 2) <= radius, np.abs(fx - m / 2) <= radius
-    zero_y, zero_x = fy <= radius, fx <= radius
-    band = (
-        (ny_y[:, None] & ny_x[None, :])
-        | (ny_y[:, None] & zero_x[None, :])
-        | (zero_y[:, None] & ny_x[None, :])
-    )
+    band = nyquist_band(n, m, radius)
     return float(spec[band].sum() / total / band.mean())
 
 

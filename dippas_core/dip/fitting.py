@@ -334,7 +334,7 @@ def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
     its device: the worst window's energy near the Nyquist points over a flat spectrum's."""
     import torch
 
-    from ..fidelity import CHECKER_WINDOW, window_starts
+    from ..fidelity import CHECKER_WINDOW, nyquist_band, window_starts
 
     h, w = d.shape[-2:]
     wy, wx = min(CHECKER_WINDOW, h), min(CHECKER_WINDOW, w)
@@ -344,17 +344,12 @@ def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
         dim=1,
     ).double()
     win = win - win.mean(dim=(-2, -1), keepdim=True)  # N×K×3×wy×wx, each channel mean-free
-    taper = torch.outer(torch.hann_window(wy, periodic=False, dtype=torch.float64),
-                        torch.hann_window(wx, periodic=False, dtype=torch.float64))
-    spec = torch.fft.fft2(win * taper.to(win.device)).abs() ** 2
-    fy = torch.fft.fftfreq(wy, dtype=torch.float64).abs() * wy
-    fx = torch.fft.fftfreq(wx, dtype=torch.float64).abs() * wx
-    ny_y, ny_x = (fy - wy / 2).abs() <= radius, (fx - wx / 2).abs() <= radius
-    zero_y, zero_x = fy <= radius, fx <= radius
-    band = ((ny_y[:, None] & ny_x[None, :]) | (ny_y[:, None] & zero_x[None, :])
-            | (zero_y[:, None] & ny_x[None, :])).to(win.device)
+    taper = torch.from_numpy(np.outer(np.hanning(wy), np.hanning(wx))).to(win.device)
+    spec = torch.fft.fft2(win * taper).abs() ** 2
+    band = nyquist_band(wy, wx, radius)
     total = spec.sum(dim=(-3, -2, -1))
-    share = (spec * band).sum(dim=(-3, -2, -1)) / total.clamp_min(1e-30) / band.double().mean()
+    in_band = (spec * torch.from_numpy(band).to(win.device)).sum(dim=(-3, -2, -1))
+    share = in_band / total.clamp_min(1e-30) / float(band.mean())
     return torch.where(total > 0, share, torch.zeros_like(share)).amax()
 
 
