@@ -321,7 +321,8 @@ def estimate_cost(
         dip = dip.replace(device=device)
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    gen = invert(img, np.zeros((h, w), np.float32), dip)
+    # timed with the fidelity bars measured at every step, as above the recording threshold
+    gen = invert(img, np.zeros((h, w), np.float32), dip, fidelity_from=-math.inf)
     try:
         t0 = time.perf_counter()
         step = next(gen)  # set-up and the first iteration (kernels loaded, caches warm)
@@ -399,7 +400,8 @@ def _batch_seconds_per_tile(img: np.ndarray, dip: Any, n: int, iterations: int) 
     from .dip.device import recording_threads, torch_threads
 
     img01, device, speed = probe_inputs(img, dip)
-    job = PreparedJob("estimate", img01, np.zeros(img.shape[:2], np.float32), dip)
+    job = PreparedJob("estimate", img01, np.zeros(img.shape[:2], np.float32), dip,
+                      fidelity_from=-math.inf)  # the bars measured, as in estimate_cost
     with torch_threads(recording_threads(dip)):  # as the run's batch will be timed and run
         probe = make_probe(n, job, dip, device, speed)  # one warm-up step
         try:

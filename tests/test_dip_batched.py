@@ -384,3 +384,32 @@ def test_cli_tiles_per_step_option(capsys):
     with pytest.raises(SystemExit):  # one photo, one network: no such option for invert
         parser.parse_args(["invert", "photo.png", "--blind", "--out", "run",
                            "--tiles-per-step", "2"])
+
+
+def test_batched_tiles_measure_the_bars_from_the_threshold_given(tiles, engine, monkeypatch):
+    # a photo's tiles keep every output (record_psnr = -inf) and filter them at tau: the bars
+    # are measured from tau only, in either engine, and the steps are those of a full check
+    from dippas_core.dip import fitting
+    from dippas_core.dip.batched import _stack
+
+    cfg = DIPConfig.preset("tiny", max_iter=10, require_fidelity=True, output="linear",
+                           zero_head=True, low_pass_sigma=3.0, **FREE)
+    two = tiles[:2]
+    free = _separate(two, cfg)
+    tau = float(np.median(np.concatenate([r.history["psnr"] for _, r in free.values()])))
+    calls: list[int] = []
+    for module in (fitting, _stack):
+        original = module.meets_local_bars
+        monkeypatch.setattr(module, "meets_local_bars",
+                            lambda s, t, f=original: calls.append(len(s)) or f(s, t))
+    jobs = [TileJob(i, img, P, seed=100 + i) for i, (img, P) in enumerate(two)]
+    gated = [e.step for e in invert_tiles(jobs, cfg, tiles_per_step=2, fidelity_from=tau)
+             if isinstance(e, TileStep)]
+    above = sum(s.psnr >= tau for s in gated)
+    assert 0 < above < len(gated) and sum(calls) == above
+    calls.clear()
+    every = [e.step for e in invert_tiles(jobs, cfg, tiles_per_step=2) if isinstance(e, TileStep)]
+    assert sum(calls) == len(every) == len(gated)
+    for a, b in zip(every, gated, strict=True):
+        assert a.psnr == b.psnr and (a.snapshot is None) == (b.snapshot is None)
+        assert b.looks_same is (a.looks_same if b.psnr >= tau else None)

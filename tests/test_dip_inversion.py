@@ -555,3 +555,46 @@ def test_required_fidelity_keeps_no_blurred_edge_and_does_not_stop_on_it():
     steps = list(strict)
     assert steps[0].psnr > 20.0 and steps[0].snapshot is None  # refused despite its PSNR
     assert strict.result.stop_reason != "psnr" or steps[-1].snapshot is not None
+
+
+def _counting_bars(monkeypatch, module):
+    """Count calls of ``module.meets_local_bars`` (the fit's device check), still computing it."""
+    calls: list[int] = []
+    original = module.meets_local_bars
+
+    def spy(shown, target):
+        calls.append(1)
+        return original(shown, target)
+
+    monkeypatch.setattr(module, "meets_local_bars", spy)
+    return calls
+
+
+def test_the_bars_are_measured_only_where_an_output_may_be_kept(natural_photos, monkeypatch):
+    # the bars decide only what is kept and when the fit ends: below record_psnr (<= stop_psnr)
+    # they are not measured, and the fit is step for step what it was with them
+    photo = natural_photos[2][2][:64, :64]  # a real crop: its PSNR falls from 52 dB at lr 1e-2
+    cfg = TINY.replace(output="linear", zero_head=True, low_pass_sigma=3.0, require_fidelity=True,
+                       max_iter=24, lr=1e-2)
+    K = np.random.default_rng(3).normal(0, 0.05, photo.shape[:2]).astype(np.float32)
+    free = list(invert(photo, K, cfg.replace(record_psnr=-np.inf), fidelity_from=-np.inf))
+    psnr = np.array([s.psnr for s in free])
+    # tau at the PSNR of an output that meets the bars, the one nearest the median
+    tau = min((s.psnr for s in free if s.looks_same), key=lambda p: abs(p - np.median(psnr)))
+    assert (psnr < tau).sum() >= 5 and (psnr >= tau).sum() >= 5
+    cfg = cfg.replace(record_psnr=float(tau))
+    calls = _counting_bars(monkeypatch, fitting_module)
+    every = list(invert(photo, K, cfg, fidelity_from=-np.inf))
+    assert len(calls) == len(every) == 24
+    calls.clear()
+    gated = list(invert(photo, K, cfg))
+    assert len(calls) == sum(s.psnr >= tau for s in gated)
+    for a, b in zip(every, gated, strict=True):
+        assert (a.psnr, a.loss, a.gamma) == (b.psnr, b.loss, b.gamma)
+        assert (a.snapshot is None) == (b.snapshot is None)
+        assert b.looks_same is (a.looks_same if b.psnr >= tau else None)
+    assert any(s.snapshot is not None for s in gated)
+    # no bars required: none measured
+    calls.clear()
+    steps = list(invert(photo, K, cfg.replace(require_fidelity=False), fidelity_from=-np.inf))
+    assert not calls and all(s.looks_same is True for s in steps)

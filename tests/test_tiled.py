@@ -488,6 +488,33 @@ def test_each_step_says_its_tile(d70, per_step):
         assert [s.tile for s in steps[:2]] == [0, 1]
 
 
+@pytest.mark.parametrize("per_step", [1, 2])
+def test_a_photo_runs_tiles_measure_the_bars_only_from_tau(d70, per_step, monkeypatch):
+    # a tile keeps every output for its fallback, but only those at tau or above may be
+    # recorded: the device bars are measured for those alone
+    from dippas_core.dip import fitting
+    from dippas_core.dip.batched import _stack
+
+    photo, K = _crop(d70, 100, 200, 96, 96)
+    looks = dict(output="linear", zero_head=True, low_pass_sigma=3.0, require_fidelity=True,
+                 max_iter=6, stop_psnr=99.0, tiles_per_step=per_step)
+    free: list = []
+    anonymize(photo, K, _config(**looks), on_step=free.append, workers=1)
+    tau = float(np.median([s.psnr for s in free]))
+    calls: list[int] = []
+    for module in (fitting, _stack):
+        original = module.meets_local_bars
+        monkeypatch.setattr(module, "meets_local_bars",
+                            lambda s, t, f=original: calls.append(len(s)) or f(s, t))
+    steps: list = []
+    anonymize(photo, K, _config(**looks, record_psnr=tau, tau=tau), on_step=steps.append,
+              workers=1)
+    above = [s for s in steps if s.psnr >= tau]
+    assert 0 < len(above) < len(steps) and sum(calls) == len(above)
+    assert all(s.looks_same is None for s in steps if s.psnr < tau)
+    assert all(isinstance(s.looks_same, bool) for s in above)
+
+
 def test_a_tile_that_never_meets_the_required_bars_is_a_flagged_fallback():
     from dippas_core.config import AnonymizeConfig
     from dippas_core.pipeline import anonymize

@@ -60,9 +60,11 @@ class Inverter:
         config: DIPConfig,
         device: torch.device,
         speed: SpeedSettings,
+        fidelity_from: float | None = None,
     ) -> None:
         self.device = device
         self.config = config
+        self.fidelity_from = bars_checked_from(config, fidelity_from)
         self.height, self.width = img01.shape[:2]
         self._saved_globals = set_cuda_globals(speed) if device.type == "cuda" else None
         try:
@@ -142,8 +144,9 @@ class Inverter:
         )
         self._shown: torch.Tensor | None = None
         #: Whether the last step's output meets the local fidelity bars (always True when the
-        #: config does not require them): only such outputs are kept and may end the fit.
-        self.looks_same = True
+        #: config does not require them; None below :attr:`fidelity_from`, where they are not
+        #: measured): only outputs that meet them are kept and may end the fit.
+        self.looks_same: bool | None = True
 
     def _randn(self, shape: tuple[int, int, int, int], layout: Any) -> torch.Tensor:
         import torch
@@ -180,9 +183,14 @@ class Inverter:
             loss.backward()
             self.optimizer.step()
         self.after_update()
-        # the only host synchronisation of the iteration: the scalars in one transfer
-        loss_v, psnr_v, gamma_v, star_v, looks = self.report(i_phi, loss).tolist()
-        self.looks_same = bool(looks)
+        # the host synchronisation of the iteration: the scalars in one transfer (and a second
+        # one for the bars where they are measured)
+        loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
+        self.looks_same = (
+            bool(meets_local_bars(self._shown, self.target).item())
+            if self.measures_bars(psnr_v)
+            else self.unmeasured_bars()
+        )
         snapshot = self.snapshot(i_phi) if self.keeps(psnr_v) else None
         return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
 
@@ -190,12 +198,24 @@ class Inverter:
         """Whether this step's output is a snapshot: its PSNR at the recording threshold and,
         when required, the local fidelity bars met (:attr:`looks_same`).  A threshold of
         ``-inf`` keeps every output (a consumer that filters them itself)."""
-        return self.tau == -math.inf or (psnr >= self.tau and self.looks_same)
+        return self.tau == -math.inf or (psnr >= self.tau and bool(self.looks_same))
 
     def ends(self, psnr: float) -> bool:
         """Whether the fit may stop after this step: ``stop_psnr`` reached by an output that
         meets the fidelity bars when they are required."""
-        return psnr >= self.config.stop_psnr and self.looks_same
+        return psnr >= self.config.stop_psnr and bool(self.looks_same)
+
+    def measures_bars(self, psnr: float) -> bool:
+        """Whether this step's output is checked against the local fidelity bars: the config
+        requires them and its PSNR reached :attr:`fidelity_from` (below it nobody keeps the
+        output, so the check — a fifth of a 256-px iteration on a CPU — would be spent for
+        nothing)."""
+        return bool(self.config.require_fidelity) and psnr >= self.fidelity_from
+
+    def unmeasured_bars(self) -> bool | None:
+        """:attr:`looks_same` of an output not checked: True when no bars are required, None
+        (not measured) below :attr:`fidelity_from`."""
+        return None if self.config.require_fidelity else True
 
     def perturb(self) -> None:
         """Draw this iteration's input ``z + perturb_std · noise`` into :attr:`noisy_z`."""
@@ -249,22 +269,17 @@ class Inverter:
             return out.clamp(0.0, 1.0)
 
     def report(self, i_phi: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss, PSNR (dB) of the image shown (:meth:`shown`), gamma, gamma* and
-        whether it meets the local fidelity bars (1/0): one tensor on the device.  The image
-        is kept for :meth:`snapshot`."""
+        """The step's loss, PSNR (dB) of the image shown (:meth:`shown`), gamma and gamma*:
+        one tensor on the device.  The image is kept for :meth:`snapshot` and the bars
+        (:func:`meets_local_bars`)."""
         import torch
         import torch.nn.functional as F
 
         with torch.no_grad():
             self._shown = self.shown(i_phi)
             psnr = -10.0 * torch.log10(F.mse_loss(self._shown, self.target))
-            looks = (
-                meets_local_bars(self._shown, self.target)
-                if self.config.require_fidelity
-                else torch.ones((), device=psnr.device)
-            )
             return torch.stack(
-                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach(), looks]
+                [loss.detach(), psnr, self._step_gamma.detach(), self._step_star.detach()]
             )
 
     def snapshot(self, i_phi: torch.Tensor) -> torch.Tensor:
@@ -298,6 +313,16 @@ class Inverter:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+
+
+def bars_checked_from(config: DIPConfig, fidelity_from: float | None = None) -> float:
+    """The PSNR from which an inversion checks its outputs against the local fidelity bars.
+
+    ``fidelity_from`` when given (a consumer that keeps every output, ``record_psnr = -inf``,
+    and filters them at its own threshold: the tiles of a photo); else ``record_psnr``, the
+    lowest PSNR at which an output may be kept or end the fit (``stop_psnr`` is never below it).
+    """
+    return float(config.record_psnr if fidelity_from is None else fidelity_from)
 
 
 def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

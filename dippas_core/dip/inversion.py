@@ -95,9 +95,11 @@ class Step:
     tile : int or None
         In a photo run (:func:`dippas_core.pipeline.anonymize`'s ``on_step``), the index of the
         tile the step belongs to: several tiles per step interleave their steps.  None otherwise.
-    looks_same : bool
+    looks_same : bool or None
         With ``DIPConfig.require_fidelity``: whether the output meets the local fidelity bars
-        (only such an output is kept or ends the fit); always True otherwise.
+        (only such an output is kept or ends the fit); None below the PSNR from which they are
+        checked (:func:`invert`'s ``fidelity_from``: such an output is neither kept nor ends
+        it); always True when the config requires no bars.
     """
 
     iteration: int
@@ -109,8 +111,9 @@ class Step:
     snapshot_device: Any = field(default=None, repr=False, compare=False)
     gamma_star: float = float("nan")  # after the older fields: positional callers stay valid
     tile: int | None = None
-    #: whether the output meets the local fidelity bars (True when the config requires none)
-    looks_same: bool = True
+    #: whether the output meets the local fidelity bars (True when the config requires none,
+    #: None where they were not measured)
+    looks_same: bool | None = True
 
 
 @dataclass
@@ -240,6 +243,8 @@ class Inversion:
         P: Any,
         config: DIPConfig | dict[str, Any] | None = None,
         cancel: CancelToken | None = None,
+        *,
+        fidelity_from: float | None = None,
     ) -> None:
         config = DIPConfig.coerce(config)
         multiple = 2 ** (len(config.widths) - 1)
@@ -255,6 +260,7 @@ class Inversion:
         self.cancel_token: CancelToken = cancel if cancel is not None else CancelToken()
         #: Torch intra-op threads of each step (``None``: the caller's setting).
         self.threads: int | None = config.torch_threads
+        self._fidelity_from = fidelity_from
         self._inverter: Inverter | None = None
         self._history: dict[str, list] = {k: [] for k in _HISTORY_KEYS}
         self._n_snapshots = 0
@@ -314,7 +320,8 @@ class Inversion:
         self._started = time.perf_counter()
         with torch_threads(self.threads):
             # looked up here (not bound at import) so that a script may swap the inverter class
-            self._inverter = Inverter(self._img01, self._P, self.config, self.device, self._speed)
+            self._inverter = Inverter(self._img01, self._P, self.config, self.device, self._speed,
+                                      self._fidelity_from)
             self._environment = run_environment(self.device, self._speed)
 
     def _device_error(self, exc: BaseException) -> DeviceError:
@@ -414,6 +421,8 @@ def invert(
     P: Any,
     config: DIPConfig | dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
+    *,
+    fidelity_from: float | None = None,
 ) -> Inversion:
     """Fit the Multi-Resolution U-Net to ``image`` through ``I_phi · (1 + gamma · P)``.
 
@@ -429,6 +438,11 @@ def invert(
     cancel : CancelToken, optional
         A token shared with other jobs; by default the inversion makes its own
         (:meth:`Inversion.cancel`).
+    fidelity_from : float, optional
+        With ``config.require_fidelity``: the PSNR (dB) from which outputs are checked against
+        the local fidelity bars (:attr:`Step.looks_same`).  Default: ``record_psnr``.
+        A consumer that keeps every output
+        (``record_psnr = -inf``) and filters them at its own threshold passes that threshold.
 
     Returns
     -------
@@ -443,7 +457,7 @@ def invert(
     DeviceError
         Unknown device (raised here), or out of device memory (raised while iterating).
     """
-    return Inversion(image, P, config, cancel)
+    return Inversion(image, P, config, cancel, fidelity_from=fidelity_from)
 
 
 def run_to_end(inversion: Iterable[Step]) -> InversionResult | None:

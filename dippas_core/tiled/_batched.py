@@ -174,6 +174,7 @@ def invert_tiles_batched(
         dip.replace(record_psnr=-math.inf, torch_threads=recording_threads(dip)),
         tiles_per_step=tiles_per_step,
         cancel=cancel,
+        fidelity_from=float(dip.record_psnr),
     )
     recorders: dict[Any, _TileRecorder] = {}
     try:

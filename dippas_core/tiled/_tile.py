@@ -155,9 +155,10 @@ def invert_tile(
     from ..run import record
 
     dip = config.dip
-    # every output comes out of the network; the filter passes on those >= record_psnr
+    # every output comes out of the network; the filter passes on those >= record_psnr, and
+    # only those need the fidelity bars
     inversion = invert(task.image, task.reference, dip.replace(record_psnr=-math.inf),
-                       cancel=cancel)
+                       cancel=cancel, fidelity_from=float(dip.record_psnr))
     best: list = []
     filtered = _KeepBestBelow(inversion, float(dip.record_psnr), int(config.assembly.L), best)
     try:

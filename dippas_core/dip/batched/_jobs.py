@@ -57,19 +57,24 @@ class TileDone:
 @dataclass
 class PreparedJob:
     """A tile as the batch works on it: its key, its image on the 0..1 scale (padded to the
-    network's multiple), its reference and the DIP config it runs with."""
+    network's multiple), its reference, the DIP config it runs with and the PSNR from which its
+    outputs are checked against the local fidelity bars (``None``: the config's, see
+    :func:`~dippas_core.dip.fitting.bars_checked_from`)."""
 
     key: Hashable
     img01: np.ndarray
     P: np.ndarray
     config: DIPConfig
+    fidelity_from: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
         return self.img01.shape[0], self.img01.shape[1]
 
 
-def _prepare(jobs: Iterable[TileJob], config: DIPConfig) -> list[PreparedJob]:
+def _prepare(
+    jobs: Iterable[TileJob], config: DIPConfig, fidelity_from: float | None = None
+) -> list[PreparedJob]:
     multiple = 2 ** (len(config.widths) - 1)
     out = []
     keys = set()
@@ -83,7 +88,7 @@ def _prepare(jobs: Iterable[TileJob], config: DIPConfig) -> list[PreparedJob]:
         plane = as_plane(job.P, "P")
         check_same_size(img01, plane, f"tile {job.key!r}", "P")
         cfg = config if job.seed is None else config.replace(seed=int(job.seed))
-        out.append(PreparedJob(job.key, img01, plane, cfg))
+        out.append(PreparedJob(job.key, img01, plane, cfg, fidelity_from))
     if not out:
         raise InputError("no tiles to invert")
     return out

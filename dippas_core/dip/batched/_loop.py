@@ -37,6 +37,7 @@ def invert_tiles(
     *,
     tiles_per_step: int | str | None = None,
     cancel: CancelToken | None = None,
+    fidelity_from: float | None = None,
 ) -> Generator[TileStep | TileDone, None, dict[Hashable, InversionResult]]:
     """Invert many tiles, ``tiles_per_step`` of them in each optimiser step.
 
@@ -51,6 +52,9 @@ def invert_tiles(
     cancel : CancelToken, optional
         Checked before every step; once cancelled every running tile ends with
         ``stop_reason == "cancelled"`` and the waiting ones never start.
+    fidelity_from : float, optional
+        As :func:`~dippas_core.dip.invert`'s: the PSNR from which each tile's outputs are checked
+        against the local fidelity bars.
 
     Returns
     -------
@@ -67,7 +71,7 @@ def invert_tiles(
         Unknown device (here) or out of device memory (by the generator).
     """
     config = DIPConfig.coerce(config)
-    prepared = _prepare(jobs, config)
+    prepared = _prepare(jobs, config, fidelity_from)
     n = config.tiles_per_step if tiles_per_step is None else tiles_per_step
     device = resolve_device(config.device)
     speed = speed_settings(config, device)

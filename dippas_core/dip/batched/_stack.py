@@ -12,6 +12,7 @@ import numpy as np
 from ...config import DIPConfig
 from ...errors import InputError
 from ..device import SpeedSettings, usable_cpus
+from ..fitting import bars_checked_from, meets_local_bars
 from ..inversion import InversionResult, Inverter, drop_failed_frames
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class _Tile(Inverter):
     def __init__(self, job: PreparedJob, config: DIPConfig, device: Any, speed: Any) -> None:
         self.device = device
         self.config = config
+        self.fidelity_from = bars_checked_from(config, job.fidelity_from)
         self.key = job.key
         self.height, self.width = job.img01.shape[:2]
         self._saved_globals = None  # the batch sets (and restores) them for all tiles
@@ -226,16 +228,22 @@ class _Batch:
                 t.optimizer.step()
         for t in self.tiles:
             t.after_update()
-        # one host synchronisation for the whole batch
+        # one host synchronisation for the whole batch (and one for the bars where measured)
         scalars = torch.stack(
             [t.report(i_phi, loss) for t, i_phi, loss in zip(self.tiles, i_phis, losses,
                                                              strict=True)]
         ).tolist()
+        checked = [t for t, row in zip(self.tiles, scalars, strict=True) if t.measures_bars(row[1])]
+        for t in self.tiles:
+            t.looks_same = t.unmeasured_bars()
+        if checked:
+            looks = torch.stack([meets_local_bars(t._shown, t.target) for t in checked]).tolist()
+            for t, ok in zip(checked, looks, strict=True):
+                t.looks_same = bool(ok)
         out = []
-        for t, i_phi, (loss_v, psnr_v, gamma_v, star_v, looks) in zip(
+        for t, i_phi, (loss_v, psnr_v, gamma_v, star_v) in zip(
             self.tiles, i_phis, scalars, strict=True
         ):
-            t.looks_same = bool(looks)
             out.append((loss_v, psnr_v, gamma_v, star_v, t.snapshot(i_phi) if t.keeps(psnr_v)
                         else None))
         return out

@@ -1,0 +1,158 @@
+"""The fit's fidelity bars measured only from τ, against measured at every step (issue 23's
+"cut what is not the network"), side by side on the speed levers' held-out tiles.
+
+A photo's tiles keep every output (their fallback is the best below τ), but only outputs at τ or
+above may be recorded, so only those need the local fidelity bars
+(:func:`dippas_core.dip.fitting.meets_local_bars`, about a fifth of a 256-px iteration on a CPU).
+``every``: the bars measured at every step (the code before the gate: ``bars_checked_from``
+patched to ``-inf``); ``gated``: today's code.  The fit itself is the same, so both must give the
+same iterations and the same image: the script checks it.
+
+Tiles: those of ``bench_speed_levers.py`` (256-px tiles of the held-out photos at evenly spaced
+quantiles of start PSNR), the ``cpu`` preset of today, one torch thread, one tile at a time,
+modes alternating tile by tile.  Time: this process's CPU seconds.  Per megapixel: a whole
+3008×2000 photo's tile count (overlap 32) times the mean seconds per tile, over its 6.0 MP.
+
+Results go to ``--out`` as JSON lines, one per (tile, mode); a run resumes where it stopped::
+
+    NUMBA_CACHE_DIR=/tmp/numba .venv/bin/python benchmarks/bench_bars_gate.py \\
+        --data ../shared/data/prnu-python-testdata --fingerprints /tmp/fp --out gate.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed_levers import TILE, choose_tiles, tiles_per_megapixel  # noqa: E402
+
+MODES = ("every", "gated")
+
+
+@contextlib.contextmanager
+def bars_at_every_step(on: bool):
+    """With ``on``: the fit measures the bars at every step, as before the gate."""
+    from dippas_core.dip import fitting
+    from dippas_core.dip.batched import _stack
+
+    saved = fitting.bars_checked_from
+    if on:
+        fitting.bars_checked_from = _stack.bars_checked_from = lambda *a, **k: -math.inf
+    try:
+        yield
+    finally:
+        fitting.bars_checked_from = _stack.bars_checked_from = saved
+
+
+def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) -> dict[str, Any]:
+    """One tile in one mode: CPU seconds, iterations (and how many at τ or above), the image."""
+    from dippas_core.attribution import attribute
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.evaluation import camera_label
+    from dippas_core.fidelity import fidelity
+    from dippas_core.fingerprint import Fingerprint
+    from dippas_core.io import read_image
+    from dippas_core.pipeline import anonymize
+
+    cam = camera_label(tile["photo"])
+    y, x = tile["y"], tile["x"]
+    photo = read_image(data / "nat-jpg" / tile["photo"])[y : y + TILE, x : x + TILE]
+    attack = Fingerprint.load(fps / f"{cam}_attack.npz").K[y : y + TILE, x : x + TILE]
+    unseen = Fingerprint.load(fps / f"{cam}_detector.npz").K[y : y + TILE, x : x + TILE]
+    config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1)
+    tau = float(config.dip.record_psnr)
+    steps: list[float] = []
+    with bars_at_every_step(mode == "every"):
+        c0 = time.process_time()
+        result = anonymize(photo, attack, config, on_step=lambda s: steps.append(s.psnr))
+        cpu_s = time.process_time() - c0
+    fid = fidelity(photo, result.image, block=int(config.assembly.B))
+    after = attribute(np.asarray(result.image, np.float32), unseen, pce=False).ncc
+    return {"tile": f"{tile['photo']}@{y},{x}", "start_psnr": tile["start_psnr"], "mode": mode,
+            "cpu_s": cpu_s, "iterations": len(steps),
+            "at_tau": int(sum(p >= tau for p in steps)),
+            "image_sha256": hashlib.sha256(np.ascontiguousarray(result.image)).hexdigest(),
+            "psnr": float(fid.psnr), "bars_broken": [f.split()[0] for f in fid.failures()],
+            "ncc_after": float(after)}
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """Per tile and per megapixel: CPU seconds of both modes, their ratio, same image or not."""
+    by = {(r["tile"], r["mode"]): r for r in rows}
+    tiles = [t for t in dict.fromkeys(r["tile"] for r in rows)
+             if all((t, m) in by for m in MODES)]
+    if not tiles:
+        return "no tile has both modes yet"
+    lines = [f"{'tile':34} {'start':>6} {'iters':>6} {'at τ':>5} {'every s':>8} {'gated s':>8} "
+             f"{'every/gated':>11} {'same image':>10}"]
+    for t in tiles:
+        e, g = by[(t, "every")], by[(t, "gated")]
+        same = e["image_sha256"] == g["image_sha256"] and e["iterations"] == g["iterations"]
+        lines.append(f"{t:34} {e['start_psnr']:6.1f} {g['iterations']:6d} {g['at_tau']:5d} "
+                     f"{e['cpu_s']:8.1f} {g['cpu_s']:8.1f} {e['cpu_s'] / g['cpu_s']:11.2f} "
+                     f"{'yes' if same else 'NO':>10}")
+    per_mp = tiles_per_megapixel(32)
+    tot = {m: float(np.mean([by[(t, m)]["cpu_s"] for t in tiles])) * per_mp for m in MODES}
+    lines += ["", f"CPU-s per MP (a 3008×2000 photo's {per_mp:.2f} tiles/MP × the mean): "
+              f"every {tot['every']:.0f}, gated {tot['gated']:.0f}, "
+              f"ratio every/gated {tot['every'] / tot['gated']:.2f} over {len(tiles)} tiles"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prnu-python-testdata folder")
+    parser.add_argument("--fingerprints", type=Path, required=True,
+                        help="folder of CAMERA_attack.npz / CAMERA_detector.npz (made if absent)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
+    parser.add_argument("--tiles", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    rows = ([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+            if args.out.is_file() else [])
+    if not args.report_only:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from quality_study import fingerprint  # the same cached attack/detector split
+
+        from dippas_core.evaluation import camera_label
+
+        done = {(r["tile"], r["mode"]) for r in rows}
+        tiles = choose_tiles(args.data, args.tiles)
+        for tile in tiles:
+            for role in ("attack", "detector"):
+                fingerprint(args.data, args.fingerprints, camera_label(tile["photo"]), role)
+        print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+              flush=True)
+        for k, tile in enumerate(tiles):
+            key = f"{tile['photo']}@{tile['y']},{tile['x']}"
+            for mode in MODES if k % 2 == 0 else MODES[::-1]:  # alternate which goes first
+                if (key, mode) in done:
+                    continue
+                row = run_tile(args.data, args.fingerprints, tile, mode, args.seed)
+                rows.append(row)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{key} {mode}: {row['cpu_s']:.1f} CPU s, {row['iterations']} it "
+                      f"({row['at_tau']} at τ), {row['psnr']:.2f} dB", flush=True)
+    print(summary(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
