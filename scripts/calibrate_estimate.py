@@ -2,12 +2,15 @@
 
 Each finished tile gives one point: its *gap* (stopping PSNR minus the PSNR of its own low band,
 ``cost.start_psnr``) and the iterations it needed.  The model
-``its = scale · (gap + offset) ** power`` is fitted by least squares in log space, the offset
-on a grid (tiles whose low band lies a little above the stop still need some iterations);
-``low``/``high`` are the 10 % and 90 % quantiles of actual over predicted.  Sources::
+``its = scale · (gap + offset) ** power`` is fitted by Poisson likelihood (the mean iterations
+at a gap: the estimate is their sum), the offset and power on a grid (tiles whose low band lies a
+little above the stop still need some iterations); ``low``/``high`` are the 10 % and 90 %
+quantiles of actual over predicted.  Sources::
 
     python scripts/calibrate_estimate.py --crops Q/NAME [Q/NAME2 ...]       # quality_study outputs
                                          --photo-runs RUN=PHOTO [...]        # photo run folders
+                                         --reports REPORT=PHOTO [...]        # forensic records
+                                         --bench FILE.jsonl:KEY=VALUE [...]  # benchmark tiles
                                          [--check RUN=PHOTO | Q/NAME ...]    # tiles only scored
 
 ``--check`` scores the fitted model (or, with ``--current``, the one in the code) on other tiles
@@ -65,30 +68,96 @@ def run_points(runs: list[str], stop: float, sigma: float) -> list[tuple[float, 
     return points
 
 
+def report_points(reports: list[str], stop: float, sigma: float) -> list[tuple[float, int, str]]:
+    """(gap, iterations, name) of every finished tile of forensic records (``REPORT=PHOTO``):
+    a run without its folder (a region) still lists its tiles with their iterations."""
+    from dippas_core.cost import start_psnr
+    from dippas_core.io import read_image
+
+    points = []
+    for item in reports:
+        report_text, _, photo_path = str(item).partition("=")
+        report = json.loads(Path(report_text).read_text())
+        photo = read_image(photo_path)
+        region = report.get("region") or {"y": 0, "x": 0}
+        for tile in report["tiles"]:
+            if not tile.get("done"):
+                continue
+            y, x = region["y"] + tile["y"], region["x"] + tile["x"]
+            crop = photo[y : y + tile["h"], x : x + tile["w"]]
+            name = f"{Path(report_text).resolve().parent.name}#{tile['index']}"
+            points.append((stop - start_psnr(crop, sigma), int(tile["iterations"]), name))
+    return points
+
+
+def bench_points(items: list[str], stop: float) -> list[tuple[float, int, str]]:
+    """(gap, iterations, name) of benchmark rows (``FILE.jsonl[:KEY=VALUE]``: JSON lines with
+    ``tile``, ``start_psnr`` and ``iterations``, e.g. ``bench_bars_gate.py``'s, those whose KEY
+    is VALUE)."""
+    points = []
+    for item in items:
+        path, _, where = item.partition(":")
+        key, _, value = where.partition("=")
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line) if line.strip() else None
+            if row is None or (key and str(row.get(key)) != value):
+                continue
+            name = f"{Path(path).stem}#{row['tile']}"
+            points.append((stop - float(row["start_psnr"]), int(row["iterations"]), name))
+    return points
+
+
 def fit(points: list[tuple[float, int, str]]) -> dict[str, float]:
-    """``scale``, ``power`` and ``offset`` (least squares in log space, the offset by a grid of
-    quarter dB); ``low``/``high``: the 10 % and 90 % quantiles of actual over predicted."""
+    """``scale``, ``power`` and ``offset`` of the expected iterations, by Poisson likelihood.
+
+    The estimate is a sum over tiles, so the model must give each tile's *mean* iterations,
+    not its median: iterations at one gap are spread over two orders of magnitude (a fit of
+    logs came out half the total).  For each ``offset`` (quarter dB) and ``power`` (a grid of
+    0.05) the likelihood's ``scale`` is exact — the sum of iterations over the sum of
+    ``(gap + offset) ** power`` — so the predicted total equals the actual one on the fitted
+    tiles; the pair of least Poisson deviance wins.  ``low``/``high``: the 10 % and 90 %
+    quantiles of actual over predicted per tile.
+    """
     gaps = np.array([p[0] for p in points])
     its = np.array([p[1] for p in points], float)
     best = None
     for offset in np.arange(0.0, 8.01, 0.25):
         x = gaps + offset
-        use = (x > 0.25) & (its > 1)  # a tile done at its first output carries no slope
+        use = x > 0  # the others are predicted one iteration
         if use.sum() < 3:
             continue
-        power, log_scale = np.polyfit(np.log(x[use]), np.log(its[use]), 1)
-        model = {"scale": float(np.exp(log_scale)), "power": float(power),
-                 "offset": float(offset)}
-        pred = np.array([predict(model, g, 10**9) for g in gaps], float)
-        err = float(np.mean(np.log(its / pred) ** 2))
-        if best is None or err < best[0]:
-            best = (err, model, pred)
+        for power in np.arange(0.2, 3.001, 0.05):
+            scale = (its[use].sum() - (~use).sum()) / np.sum(x[use] ** power)
+            if not scale > 0:
+                continue
+            mu = np.where(use, scale * np.where(use, x, 1.0) ** power, 1.0).clip(min=1.0)
+            dev = float(2 * np.sum(its * np.log(its / mu) - (its - mu)))
+            if best is None or dev < best[0]:
+                best = (dev, {"scale": float(scale), "power": float(power),
+                              "offset": float(offset)})
     if best is None:
-        raise SystemExit("too few tiles with more than one iteration to fit")
-    _, model, pred = best
-    ratio = its / pred
-    model["low"], model["high"] = (float(q) for q in np.quantile(ratio, [0.1, 0.9]))
+        raise SystemExit("too few tiles below the stop to fit")
+    model = best[1]
+    pred = np.array([predict(model, g, 10**9) for g in gaps], float)
+    model["low"], model["high"] = (float(q) for q in np.quantile(its / pred, [0.1, 0.9]))
     return model
+
+
+def leave_one_out(points: list[tuple[float, int, str]], max_iter: int) -> list[str]:
+    """Each source (photo run, region, crop folder: the name before ``#``) predicted by the
+    model fitted without it: its total iterations against the prediction."""
+    sources = sorted({name.split("#")[0] for _, _, name in points})
+    lines = []
+    for src in sources:
+        own = [p for p in points if p[2].split("#")[0] == src]
+        rest = [p for p in points if p[2].split("#")[0] != src]
+        model = fit(rest)
+        actual = sum(i for _, i, _ in own)
+        predicted = sum(predict(model, g, max_iter) for g, _, _ in own)
+        lines.append(f"  {src}: {len(own)} tiles, {actual} iterations, predicted {predicted} "
+                     f"without it ({100 * (predicted - actual) / max(actual, 1):+.0f} %; "
+                     f"actual/predicted {actual / max(predicted, 1):.2f})")
+    return lines
 
 
 def predict(model: dict[str, float], gap: float, max_iter: int) -> int:
@@ -101,25 +170,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--crops", type=Path, nargs="*", default=[])
     p.add_argument("--photo-runs", nargs="*", default=[], metavar="RUN=PHOTO")
-    p.add_argument("--check", nargs="*", default=[], metavar="RUN=PHOTO|Q/NAME",
-                   help="photo runs or quality_study folders to score the model on")
+    p.add_argument("--reports", nargs="*", default=[], metavar="REPORT=PHOTO",
+                   help="forensic records (forensic.json) of photo or region runs")
+    p.add_argument("--bench", nargs="*", default=[], metavar="FILE.jsonl[:KEY=VALUE]",
+                   help="benchmark rows with start_psnr and iterations (e.g. mode=gated)")
+    p.add_argument("--check", nargs="*", default=[], metavar="RUN=PHOTO|Q/NAME|REPORT.json=PHOTO",
+                   help="photo runs, forensic records or quality_study folders to score the "
+                        "model on")
     p.add_argument("--current", action="store_true", help="score the model in the code")
+    p.add_argument("--leave-one-out", action="store_true",
+                   help="predict each source's total from a fit without it")
     p.add_argument("--stop", type=float, default=39.0)
     p.add_argument("--sigma", type=float, default=3.0)
     p.add_argument("--max-iter", type=int, default=1500)
     args = p.parse_args(argv)
     from dippas_core.cost import ITERATION_MODEL
 
-    points = crop_points(args.crops, args.stop, args.sigma) + run_points(
-        args.photo_runs, args.stop, args.sigma)
+    points = (crop_points(args.crops, args.stop, args.sigma)
+              + run_points(args.photo_runs, args.stop, args.sigma)
+              + report_points(args.reports, args.stop, args.sigma)
+              + bench_points(args.bench, args.stop))
     model = dict(ITERATION_MODEL) if args.current or not points else fit(points)
     if points:
         n_more = sum(i > 1 for _, i, _ in points)
         print(f"fitted on {len(points)} tiles ({n_more} needing more than one iteration):")
     print(json.dumps({k: round(v, 4) for k, v in model.items()}))
-    checks = [c for c in args.check if "=" in c]
+    if args.leave_one_out and points:
+        print("each source left out of the fit:")
+        print("\n".join(leave_one_out(points, args.max_iter)))
+    records = [c for c in args.check if "=" in c and c.partition("=")[0].endswith(".json")]
+    checks = [c for c in args.check if "=" in c and c not in records]
     crops = [Path(c) for c in args.check if "=" not in c]
-    scored = run_points(checks, args.stop, args.sigma) + crop_points(crops, args.stop, args.sigma)
+    scored = (run_points(checks, args.stop, args.sigma) + crop_points(crops, args.stop, args.sigma)
+              + report_points(records, args.stop, args.sigma))
     if scored:
         actual = sum(i for _, i, _ in scored)
         predicted = sum(predict(model, g, args.max_iter) for g, _, _ in scored)

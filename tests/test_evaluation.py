@@ -371,7 +371,7 @@ def test_every_output_has_its_fidelity_beside_psnr_and_old_scores_still_summaris
     """Per output the fidelity measures of the 8-bit output against the crop (fidelity() itself),
     per method their summary; a scores.csv written before they were measured still resumes and
     summarises, its rows without them."""
-    from dippas_core.fidelity import COLUMNS, fidelity
+    from dippas_core.fidelity import BARS, COLUMNS, bars_for, fidelity
     from dippas_core.io import to_uint8
 
     def blemish(photo, K, ctx):  # stuck pixels and a tinted corner: bars broken
@@ -380,14 +380,22 @@ def test_every_output_has_its_fidelity_beside_psnr_and_old_scores_still_summaris
         out[24:, 24:] += 3.0
         return np.clip(out, 0, 255)
 
+    def grain(photo, K, ctx):  # 34.8 dB of fine noise: under 38 dB, above the tiny preset's tau
+        noise = np.random.default_rng(ctx.seed).uniform(-8, 8, photo.shape)
+        return np.clip(photo.astype(np.float32) + noise, 0, 255)
+
     register_method(Method("blemish", blemish, "stuck pixels + tint"))
+    register_method(Method("grain", grain, "fine noise"))
     try:
-        cfg = EvalConfig.preset("tiny", crop_sizes=(48,), methods=("untouched", "blemish"))
+        cfg = EvalConfig.preset("tiny", crop_sizes=(48,),
+                                methods=("untouched", "blemish", "grain"))
         out = tmp_path / "eval"
         evaluate("in-memory", out, cfg, dataset=tiny_dataset, plots=False)
         with (out / "scores.csv").open() as fh:
             rows = list(csv.DictReader(fh))
         block = min(cfg.dippas.assembly.B, 48)  # the DIPPAS methods' block: one grid for all
+        bars = bars_for(cfg.anonymize_config(0).assembly_tau)  # the preset's own tau: < 38 dB
+        assert bars["psnr"] < BARS["psnr"]
         expected = {}
         for crop in tiny_dataset.crops:
             direct = fidelity(crop.image, to_uint8(blemish(crop.image, None, None)), block=block)
@@ -399,8 +407,12 @@ def test_every_output_has_its_fidelity_beside_psnr_and_old_scores_still_summaris
                 for name in ("ssim", "max_abs", "share_off", "colour_shift", "seam_ratio",
                              "checkerboard"):
                     assert float(r[name]) == getattr(direct, name), name
-                assert r["bars_failed"] == "; ".join(direct.failures())
+                assert r["bars_failed"] == "; ".join(direct.failures(bars))
                 assert "max_abs" in r["bars_failed"] and "colour_shift" in r["bars_failed"]
+        # held to the preset's tau, not to 38 dB: the grain's PSNR breaks no bar
+        grained = [r for r in rows if r["method"] == "grain"]
+        assert grained and all(31.0 < float(r["psnr"]) < 38.0 for r in grained)
+        assert all(r["bars_failed"] == "" for r in grained)
         doc = json.loads((out / "summary.json").read_text())
         by_method = {s["method"]: s for s in doc["all_crops"]}
         s, n = by_method["blemish"], len(tiny_dataset.crops)
@@ -439,3 +451,4 @@ def test_every_output_has_its_fidelity_beside_psnr_and_old_scores_still_summaris
         assert 0 < now["denoise"]["mean_ssim"] < 1
     finally:
         METHODS.pop("blemish", None)
+        METHODS.pop("grain", None)
