@@ -108,39 +108,11 @@ def bench_points(items: list[str], stop: float) -> list[tuple[float, int, str]]:
 
 
 def fit(points: list[tuple[float, int, str]]) -> dict[str, float]:
-    """``scale``, ``power`` and ``offset`` of the expected iterations, by Poisson likelihood.
+    """:func:`dippas_core.cost.fit_iteration_model` of the points (the mean iterations at each gap,
+    by Poisson likelihood: the estimate is their sum)."""
+    from dippas_core.cost import fit_iteration_model
 
-    The estimate is a sum over tiles, so the model must give each tile's *mean* iterations,
-    not its median: iterations at one gap are spread over two orders of magnitude (a fit of
-    logs came out half the total).  For each ``offset`` (quarter dB) and ``power`` (a grid of
-    0.05) the likelihood's ``scale`` is exact — the sum of iterations over the sum of
-    ``(gap + offset) ** power`` — so the predicted total equals the actual one on the fitted
-    tiles; the pair of least Poisson deviance wins.  ``low``/``high``: the 10 % and 90 %
-    quantiles of actual over predicted per tile.
-    """
-    gaps = np.array([p[0] for p in points])
-    its = np.array([p[1] for p in points], float)
-    best = None
-    for offset in np.arange(0.0, 8.01, 0.25):
-        x = gaps + offset
-        use = x > 0  # the others are predicted one iteration
-        if use.sum() < 3:
-            continue
-        for power in np.arange(0.2, 3.001, 0.05):
-            scale = (its[use].sum() - (~use).sum()) / np.sum(x[use] ** power)
-            if not scale > 0:
-                continue
-            mu = np.where(use, scale * np.where(use, x, 1.0) ** power, 1.0).clip(min=1.0)
-            dev = float(2 * np.sum(its * np.log(its / mu) - (its - mu)))
-            if best is None or dev < best[0]:
-                best = (dev, {"scale": float(scale), "power": float(power),
-                              "offset": float(offset)})
-    if best is None:
-        raise SystemExit("too few tiles below the stop to fit")
-    model = best[1]
-    pred = np.array([predict(model, g, 10**9) for g in gaps], float)
-    model["low"], model["high"] = (float(q) for q in np.quantile(its / pred, [0.1, 0.9]))
-    return model
+    return fit_iteration_model([p[0] for p in points], [p[1] for p in points])
 
 
 def leave_one_out(points: list[tuple[float, int, str]], max_iter: int) -> list[str]:

@@ -19,6 +19,7 @@ from dippas_core.cost import (
     start_psnr,
     tile_iterations,
 )
+from dippas_core.errors import InputError
 
 
 def _config(**changes):
@@ -95,3 +96,28 @@ def test_only_fits_from_the_low_band_are_predicted():
     est = CostEstimate(n_tiles=4, iterations=100, tile_shape=(64, 64), pixels=1,
                        device="cpu", seconds_per_iteration=0.5)
     assert not est.predicted and est.seconds == est.high_s == 4 * 100 * 0.5
+
+
+def test_the_iteration_model_fitted_to_tiles_gives_their_mean_and_their_total(rng):
+    # tiles drawn from a known model with a heavy spread at each gap (a gamma-Poisson mixture,
+    # as real tiles are): the fit finds the model and its total is the tiles' total, where a fit
+    # of the logs (the median) would fall short
+    from dippas_core.cost import fit_iteration_model, iterations_for_gap
+
+    truth = {"scale": 12.0, "power": 1.5, "offset": 2.0}
+    gaps = rng.uniform(-6.0, 12.0, 4000)
+    mean = np.array([iterations_for_gap(g, 10**9, truth) for g in gaps], float)
+    its = np.maximum(1, rng.poisson(mean * rng.gamma(1.0, 1.0, gaps.size)))
+    model = fit_iteration_model(gaps, its)
+    assert model["power"] == pytest.approx(1.5, abs=0.15)
+    assert model["offset"] == pytest.approx(2.0, abs=0.75)
+    predicted = np.array([iterations_for_gap(g, 10**9, model) for g in gaps])
+    assert predicted.sum() == pytest.approx(its.sum(), rel=0.01)
+    logs = np.polyfit(np.log(gaps[gaps > -1.0] + 2.0), np.log(its[gaps > -1.0]), 1)
+    median_fit = np.exp(logs[1]) * (gaps[gaps > -1.0] + 2.0) ** logs[0]
+    assert median_fit.sum() < 0.8 * its[gaps > -1.0].sum()  # why the mean is fitted
+    assert model["low"] < 1.0 < model["high"]  # the per-tile spread
+    with pytest.raises(InputError, match="iterations"):
+        fit_iteration_model([1.0, 2.0], [3])
+    with pytest.raises(InputError, match="too few"):
+        fit_iteration_model([-20.0, -30.0, 5.0], [1, 1, 40])
