@@ -6,7 +6,9 @@ above may be recorded, so only those need the local fidelity bars
 (:func:`dippas_core.dip.fitting.meets_local_bars`, about a fifth of a 256-px iteration on a CPU).
 ``every``: the bars measured at every step (the code before the gate: ``bars_checked_from``
 patched to ``-inf``); ``gated``: today's code.  The fit itself is the same, so both must give the
-same iterations and the same image: the script checks it.
+same iterations and the same image: the script checks it.  Last, one fit step and one check
+of the bars on its output, timed side by side on the most textured tile: what the gate takes off
+an iteration below τ.
 
 Tiles: those of ``bench_speed_levers.py`` (256-px tiles of the held-out photos at evenly spaced
 quantiles of start PSNR), the ``cpu`` preset of today, one torch thread, one tile at a time,
@@ -87,6 +89,39 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
             "ncc_after": float(after)}
 
 
+def step_and_check_seconds(data: Path, tile: dict[str, Any], rounds: int = 3,
+                           n: int = 20) -> list[tuple[float, float]]:
+    """CPU seconds of one fit step and of one check of the bars on its output, ``rounds`` times
+    ``n`` of each, side by side on ``tile`` (the cost the gate takes off an iteration below τ)."""
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.dip import invert
+    from dippas_core.dip.fitting import meets_local_bars
+    from dippas_core.io import read_image
+
+    y, x = tile["y"], tile["x"]
+    photo = read_image(data / "nat-jpg" / tile["photo"])[y : y + TILE, x : x + TILE]
+    dip = AnonymizeConfig.preset("cpu", seed=0).dip.replace(
+        record_psnr=-math.inf, stop_psnr=math.inf, max_iter=rounds * n + 1, torch_threads=1)
+    inversion = invert(photo, np.zeros((TILE, TILE), np.float32), dip, fidelity_from=math.inf)
+    steps = iter(inversion)
+    next(steps)  # set-up and the first step
+    fit = inversion._inverter  # the output the bars are checked on: the last step's
+    out = []
+    try:
+        for _ in range(rounds):
+            c0 = time.process_time()
+            for _ in range(n):
+                next(steps)
+            step = (time.process_time() - c0) / n
+            c0 = time.process_time()
+            for _ in range(n):
+                meets_local_bars(fit._shown, fit.target).item()
+            out.append((step, (time.process_time() - c0) / n))
+    finally:
+        inversion.close()
+    return out
+
+
 def summary(rows: list[dict[str, Any]]) -> str:
     """Per tile and per megapixel: CPU seconds of both modes, their ratio, same image or not."""
     by = {(r["tile"], r["mode"]): r for r in rows}
@@ -151,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{key} {mode}: {row['cpu_s']:.1f} CPU s, {row['iterations']} it "
                       f"({row['at_tau']} at τ), {row['psnr']:.2f} dB", flush=True)
     print(summary(rows))
+    if not args.report_only:
+        textured = min(choose_tiles(args.data, args.tiles), key=lambda t: t["start_psnr"])
+        print(f"\none step against one check of the bars, side by side "
+              f"({textured['photo']}@{textured['y']},{textured['x']}, CPU ms):")
+        for step, check in step_and_check_seconds(args.data, textured):
+            print(f"  step {1e3 * step:6.1f}  bars {1e3 * check:5.1f}  "
+                  f"bars/step {check / step:.3f}")
     return 0
 
 
