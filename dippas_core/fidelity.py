@@ -14,7 +14,9 @@ difference ``Δ = output − photo`` (0..255 scale):
   JPEG grid (1 when the edges are invisible);
 - ``checkerboard``: how concentrated ``Δ``'s energy is near the Nyquist frequencies, against a
   flat spectrum, in the worst 64×64 window of a grid half a window apart (about 1 for noise;
-  well above: a pixel-period pattern such as a checkerboard).
+  well above: a pixel-period pattern such as a checkerboard) — and where the photo's own fine
+  detail is itself concentrated there (fine regular texture, a lattice), against that: a change
+  that follows the photo's own spectrum is not a pattern the anonymizer added.
 
 :data:`BARS` are the limits an output of the default preset must stay within
 (docs/method.md#fidelity); :meth:`Fidelity.failures` names the ones it breaks.  :func:`describe`
@@ -46,6 +48,7 @@ __all__ = [
     "Fidelity",
     "bar_names",
     "bars_for",
+    "checker_reference",
     "checkerboard_energy",
     "colour_shift",
     "describe",
@@ -64,6 +67,12 @@ OFF_LEVELS = 20.0
 SHIFT_WINDOW = 16
 #: Side of the windows ``checkerboard`` compares spectra in.
 CHECKER_WINDOW = 64
+#: The photo's own fine detail that ``checkerboard`` holds a change against: the photo less its
+#: Gaussian low band of this σ (pixels) ...
+CHECKER_REFERENCE_SIGMA = 1.0
+#: ... counted where its Nyquist share is more than this many times white noise's: a 64×64
+#: window of pure noise reads up to about 1.3, so a sky keeps the flat-spectrum measure.
+CHECKER_REFERENCE_MARGIN = 1.5
 #: Share of each bar the inversion itself keeps to (``require_fidelity``): the stitch mixes two
 #: tiles' changes in their overlap, which can move a window's colour or spectrum a little past
 #: what either tile had (a whole photo: shift 1.96 in a tile, 2.03 stitched).
@@ -287,7 +296,50 @@ def window_starts(size: int, window: int) -> list[int]:
     return sorted({min(y, size - window) for y in range(0, max(1, size - window + step), step)})
 
 
-def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW) -> float:
+def _windows(shape: tuple[int, ...], window: int) -> tuple[list[tuple[int, int]], int, int, int]:
+    """The ``checkerboard`` windows of an image of ``shape``: their corners (rows of windows,
+    then columns), their height and width, and the Nyquist band's radius in bins."""
+    h, w = shape[:2]
+    wy, wx = min(window, h), min(window, w)
+    corners = [(y, x) for y in window_starts(h, wy) for x in window_starts(w, wx)]
+    return corners, wy, wx, max(1, min(wy, wx) // 32)
+
+
+def _white_share(n: int, m: int, radius: int, sigma: float) -> float:
+    """The Nyquist share white noise has after the high-pass ``1 − G_σ`` (the Gaussian's transfer
+    function on the n×m grid): what a photo's own share is measured against."""
+    fy = np.fft.fftfreq(n)[:, None]
+    fx = np.fft.fftfreq(m)[None, :]
+    power = (1.0 - np.exp(-2.0 * np.pi**2 * sigma**2 * (fy**2 + fx**2))) ** 2
+    band = nyquist_band(n, m, radius)
+    return float(power[band].sum() / power.sum() / band.mean())
+
+
+def checker_reference(photo: np.ndarray, window: int = CHECKER_WINDOW) -> np.ndarray:
+    """Per ``checkerboard`` window (in :func:`checkerboard_energy`'s order), how concentrated the
+    photo's own fine detail is near the Nyquist frequencies: ``max(1, r / 1.5)``.
+
+    ``r``: the Nyquist share (as ``checkerboard`` measures a change's) of the photo less its
+    Gaussian low band (σ :data:`CHECKER_REFERENCE_SIGMA`, mirrored borders), over the share white
+    noise has after the same high-pass; 1.5 is :data:`CHECKER_REFERENCE_MARGIN`, above what
+    noise alone reads in a window.  1 on skies, walls and most texture; about 2 where the photo
+    itself has detail at the pixel period (a lattice, fine fabric: ``r`` about 3).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    a = np.asarray(photo, dtype=np.float64)
+    a = a if a.ndim == 3 else a[..., None]
+    sigma = CHECKER_REFERENCE_SIGMA
+    high = a - gaussian_filter(a, (sigma, sigma, 0), mode="mirror", truncate=3.0)
+    corners, wy, wx, radius = _windows(a.shape, window)
+    white = _white_share(wy, wx, radius, sigma)
+    shares = np.array([_nyquist_share(high[y : y + wy, x : x + wx], radius) / white
+                       for y, x in corners])
+    return np.maximum(1.0, shares / CHECKER_REFERENCE_MARGIN)
+
+
+def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW,
+                        photo: np.ndarray | None = None) -> float:
     """The worst window's share of ``delta``'s energy near the Nyquist frequencies, over what a
     white (flat) spectrum would put there: about 1 for noise-like changes, well above 1 for a
     pixel-period pattern (a checkerboard, a grid of lines), below 1 for smooth changes.
@@ -295,16 +347,16 @@ def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW) -> floa
     ``window``×``window`` windows half a window apart (:func:`window_starts`; an image smaller
     than a window is one window), each mean-free and tapered by a Hann window; the band is the
     bins within ``window / 32`` (at least 1) of (½, ½), (½, 0) and (0, ½) cycles/pixel.  A
-    window where ``delta`` is constant counts 0.
+    window where ``delta`` is constant counts 0.  With ``photo``, each window's share is divided
+    by the photo's own there (:func:`checker_reference`): a change as concentrated near Nyquist
+    as the photo's own fine detail is no pattern of the anonymizer's.
     """
-    h, w = delta.shape[:2]
-    wy, wx = min(window, h), min(window, w)
-    radius = max(1, min(wy, wx) // 32)
-    return max(
-        _nyquist_share(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
-        for y in window_starts(h, wy)
-        for x in window_starts(w, wx)
-    )
+    corners, wy, wx, radius = _windows(delta.shape, window)
+    shares = np.array([_nyquist_share(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
+                       for y, x in corners])
+    if photo is not None:
+        shares = shares / checker_reference(photo, window)
+    return float(shares.max())
 
 
 def ssim(photo: np.ndarray, output: np.ndarray) -> float:
@@ -371,7 +423,7 @@ def fidelity(
         share_off=share_off(d),
         colour_shift=colour_shift(d),
         seam_ratio=seam_ratio(d, rows, cols),
-        checkerboard=checkerboard_energy(d),
+        checkerboard=checkerboard_energy(d, photo=a),
     )
 
 

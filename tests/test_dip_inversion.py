@@ -507,7 +507,7 @@ def test_the_guide_is_the_photos_low_band_as_three_fixed_input_channels(photo, m
 
 def test_device_bars_agree_with_the_fidelity_measures(rng):
     from dippas_core.dip.fitting import checkerboard_energy, meets_local_bars
-    from dippas_core.fidelity import BARS, FIT_MARGIN, fidelity
+    from dippas_core.fidelity import BARS, FIT_MARGIN, checker_reference, fidelity
 
     local = ("max_abs", "share_off", "colour_shift", "checkerboard")
     # the fit keeps to a margin inside the shift and checkerboard bars
@@ -538,6 +538,21 @@ def test_device_bars_agree_with_the_fidelity_measures(rng):
         {"colour_shift": BARS["colour_shift"]})
     assert float(checkerboard_energy(torch.tensor(lines.transpose(2, 0, 1)[None]))) == (
         pytest.approx(fidelity(photo, photo + lines).checkerboard))
+    # a photo with its own detail at the pixel period, and a change that follows it: the fit
+    # holds it against the photo's own (checker_reference) as the report does, and keeps it
+    yy, xx = np.mgrid[0:96, 0:80]
+    pattern = (20.0 * (-1.0) ** (yy + xx))[..., None].repeat(3, axis=2)
+    lattice = np.round(np.clip(128 + pattern + rng.normal(0, 2, photo.shape), 0, 255))
+    follows = np.clip(lattice - 0.15 * pattern + rng.normal(0, 1, photo.shape), 0, 255)
+    shown, target = (torch.tensor(a.transpose(2, 0, 1)[None] / 255.0) for a in (follows, lattice))
+    reference = torch.tensor(checker_reference(lattice))
+    report = fidelity(lattice, np.round(follows))
+    assert report.checkerboard < FIT_MARGIN * BARS["checkerboard"] < fidelity(
+        np.full_like(lattice, 128), np.round(follows - lattice + 128)).checkerboard
+    d = torch.round(shown * 255.0) - target * 255.0
+    assert float(checkerboard_energy(d, reference)) == pytest.approx(report.checkerboard)
+    assert bool(meets_local_bars(shown, target, reference)) == (not report.failures(fit_bars))
+    assert not bool(meets_local_bars(shown, target))  # against a flat spectrum: a checkerboard
 
 
 def test_required_fidelity_keeps_no_blurred_edge_and_does_not_stop_on_it():
@@ -562,9 +577,9 @@ def _counting_bars(monkeypatch, module):
     calls: list[int] = []
     original = module.meets_local_bars
 
-    def spy(shown, target):
+    def spy(shown, target, reference=None):
         calls.append(1)
-        return original(shown, target)
+        return original(shown, target, reference)
 
     monkeypatch.setattr(module, "meets_local_bars", spy)
     return calls

@@ -170,6 +170,54 @@ def test_checkerboard_energy_does_not_depend_on_where_the_grid_begins(rng):
     assert window_starts(40, 64) == [0]
 
 
+def test_checkerboard_holds_a_change_against_the_photos_own_fine_detail(rng):
+    # a lattice in the scene (the photo's own detail at the pixel period) and a change that
+    # follows it — the fit giving back a little less of it — is no pattern of the anonymizer's;
+    # the same change on a sky, where the photo has none, is
+    from dippas_core.fidelity import _white_share, checker_reference
+
+    yy, xx = np.mgrid[0:128, 0:128]
+    sky = 120 + 10 * np.sin(yy / 40.0)[..., None] + rng.normal(0, 2, (128, 128, 3))
+    pattern = ((-1.0) ** (yy + xx) * (xx > 40))[..., None] * np.array([25.0, 20.0, 15.0])
+    lattice = sky + pattern
+    follows = -0.1 * pattern + rng.normal(0, 1.0, sky.shape)
+    assert np.all(checker_reference(sky) == 1.0)  # noise-like detail: a flat spectrum
+    assert checker_reference(lattice).max() > 10
+    alone = checkerboard_energy(follows)
+    assert alone > BARS["checkerboard"]  # against a flat spectrum it reads as a checkerboard
+    assert checkerboard_energy(follows, photo=lattice) < BARS["checkerboard"]
+    assert checkerboard_energy(follows, photo=sky) == pytest.approx(alone)
+    assert fidelity(lattice, lattice + follows).checkerboard == pytest.approx(
+        checkerboard_energy(follows.astype(np.float32), photo=lattice), rel=1e-4)
+    assert fidelity(sky, sky + follows).checkerboard > BARS["checkerboard"]
+    # the reference by hand on one window: the high band's share over white noise's through
+    # the same high-pass, which a long white-noise draw reproduces
+    noise = rng.normal(0, 10, (64, 64, 3))
+    from scipy.ndimage import gaussian_filter
+
+    high = noise - gaussian_filter(noise, (1.0, 1.0, 0), mode="mirror", truncate=3.0)
+    by_hand = _nyquist_share_of(high) / _white_share(64, 64, 2, 1.0)
+    assert by_hand == pytest.approx(1.0, abs=0.35)
+    assert checker_reference(noise)[0] == max(1.0, by_hand / 1.5) == 1.0
+    # the lattice's last window by hand (filtered alone: its top and left 3 px differ a little
+    # from the whole image's filter, where the Hann taper is all but zero)
+    assert checker_reference(lattice)[-1] == pytest.approx(
+        _nyquist_share_of(lattice[64:, 64:] - gaussian_filter(
+            lattice[64:, 64:], (1.0, 1.0, 0), mode="mirror", truncate=3.0)) / (
+            1.5 * _white_share(64, 64, 2, 1.0)), rel=1e-6)
+
+
+def _nyquist_share_of(x: np.ndarray) -> float:
+    """The Nyquist share of one 64×64 window by hand: Hann taper, mean removed, radius 2."""
+    taper = np.outer(np.hanning(64), np.hanning(64))[..., None]
+    spec = np.abs(np.fft.fft2((x - x.mean(axis=(0, 1))) * taper, axes=(0, 1))) ** 2
+    f = np.abs(np.fft.fftfreq(64) * 64)
+    ny, zero = np.abs(f - 32) <= 2, f <= 2
+    band = ((ny[:, None] & ny[None, :]) | (ny[:, None] & zero[None, :])
+            | (zero[:, None] & ny[None, :]))
+    return float(spec[band].sum() / spec.sum() / band.mean())
+
+
 def test_ssim_in_strips_is_scikit_images(rng):
     from skimage.metrics import structural_similarity
 

@@ -142,6 +142,13 @@ class Inverter:
             if config.low_pass_sigma
             else None
         )
+        from ..fidelity import checker_reference
+
+        self._checker_reference = (
+            torch.from_numpy(checker_reference(img01 * 255.0)).to(device)
+            if config.require_fidelity
+            else None
+        )
         self._shown: torch.Tensor | None = None
         #: Whether the last step's output meets the local fidelity bars (always True when the
         #: config does not require them; None below :attr:`fidelity_from`, where they are not
@@ -187,9 +194,7 @@ class Inverter:
         # one for the bars where they are measured)
         loss_v, psnr_v, gamma_v, star_v = self.report(i_phi, loss).tolist()
         self.looks_same = (
-            bool(meets_local_bars(self._shown, self.target).item())
-            if self.measures_bars(psnr_v)
-            else self.unmeasured_bars()
+            bool(self.bars().item()) if self.measures_bars(psnr_v) else self.unmeasured_bars()
         )
         snapshot = self.snapshot(i_phi) if self.keeps(psnr_v) else None
         return float(loss_v), float(psnr_v), float(gamma_v), float(star_v), snapshot
@@ -211,6 +216,10 @@ class Inverter:
         output, so the check — a fifth of a 256-px iteration on a CPU — would be spent for
         nothing)."""
         return bool(self.config.require_fidelity) and psnr >= self.fidelity_from
+
+    def bars(self) -> torch.Tensor:
+        """:func:`meets_local_bars` of the last step's output (1/0 on the device)."""
+        return meets_local_bars(self._shown, self.target, self._checker_reference)
 
     def unmeasured_bars(self) -> bool | None:
         """:attr:`looks_same` of an output not checked: True when no bars are required, None
@@ -325,7 +334,8 @@ def bars_checked_from(config: DIPConfig, fidelity_from: float | None = None) -> 
     return float(config.record_psnr if fidelity_from is None else fidelity_from)
 
 
-def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def meets_local_bars(shown: torch.Tensor, target: torch.Tensor,
+                     checker_reference: torch.Tensor | None = None) -> torch.Tensor:
     """1.0 when the image ``shown`` (N×3×H×W, 0..1) keeps every local fidelity bar against
     ``target`` — no pixel more than ``max_abs`` levels off, at most ``share_off`` of them more
     than 20 off, no 16×16 window's mean colour moved by more than ``colour_shift``, no 64×64
@@ -335,7 +345,8 @@ def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     an integral image (two cumulative sums), the windows' spectra in one batched FFT, so it costs
     a small part of an iteration.  Measured on the image as it will be written (rounded to 8-bit
     levels), with the colour shift and checkerboard bars times ``FIT_MARGIN``: the stitch of two
-    tiles may add a little to either.
+    tiles may add a little to either.  ``checker_reference``: the photo's own per window
+    (:func:`dippas_core.fidelity.checker_reference` of ``target``), as the report measures it.
     """
     import torch
 
@@ -350,13 +361,15 @@ def meets_local_bars(shown: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     c = torch.nn.functional.pad(d.double().cumsum(-2).cumsum(-1), (1, 0, 1, 0))
     box = c[..., wy:, wx:] - c[..., :-wy, wx:] - c[..., wy:, :-wx] + c[..., :-wy, :-wx]
     ok = ok & (box.abs().amax() / (wy * wx) <= FIT_MARGIN * BARS["colour_shift"])
-    ok = ok & (checkerboard_energy(d) <= FIT_MARGIN * BARS["checkerboard"])
+    checker = checkerboard_energy(d, checker_reference)
+    ok = ok & (checker <= FIT_MARGIN * BARS["checkerboard"])
     return ok.float()
 
 
-def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
+def checkerboard_energy(d: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`dippas_core.fidelity.checkerboard_energy` of the change ``d`` (N×3×H×W, levels) on
-    its device: the worst window's energy near the Nyquist points over a flat spectrum's."""
+    its device: the worst window's energy near the Nyquist points over a flat spectrum's, each
+    window's divided by ``reference`` (one per window, in the same order) when given."""
     import torch
 
     from ..fidelity import CHECKER_WINDOW, nyquist_band, window_starts
@@ -375,6 +388,8 @@ def checkerboard_energy(d: torch.Tensor) -> torch.Tensor:
     total = spec.sum(dim=(-3, -2, -1))
     in_band = (spec * torch.from_numpy(band).to(win.device)).sum(dim=(-3, -2, -1))
     share = in_band / total.clamp_min(1e-30) / float(band.mean())
+    if reference is not None:
+        share = share / reference
     return torch.where(total > 0, share, torch.zeros_like(share)).amax()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ...config import DIPConfig
 from ...errors import InputError
 from ..device import SpeedSettings, usable_cpus
-from ..fitting import bars_checked_from, meets_local_bars
+from ..fitting import bars_checked_from
 from ..inversion import InversionResult, Inverter, drop_failed_frames
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ class _Batch:
         for t in self.tiles:
             t.looks_same = t.unmeasured_bars()
         if checked:
-            looks = torch.stack([meets_local_bars(t._shown, t.target) for t in checked]).tolist()
+            looks = torch.stack([t.bars() for t in checked]).tolist()
             for t, ok in zip(checked, looks, strict=True):
                 t.looks_same = bool(ok)
         out = []
