@@ -1,9 +1,11 @@
-"""The fit's fidelity bars measured only from τ, against measured at every step (issue 23's
-"cut what is not the network"), side by side on the speed levers' held-out tiles.
+"""Two changes to the fit's fidelity bars, each against the code before it, side by side on the
+speed levers' held-out tiles (issue 23's "cut what is not the network"; issue 22's bars).
+
+``--lever gate`` (the default): the bars measured only from τ, against at every step.
 
 A photo's tiles keep every output (their fallback is the best below τ), but only outputs at τ or
 above may be recorded, so only those need the local fidelity bars
-(:func:`dippas_core.dip.fitting.meets_local_bars`, about a fifth of a 256-px iteration on a CPU).
+(:func:`dippas_core.dip.fitting.meets_local_bars`, 6–8 % of a 256-px iteration on a CPU).
 ``every``: the bars measured at every step (the code before the gate: ``bars_checked_from``
 patched to ``-inf``); ``gated``: today's code.  The fit itself is the same, so both must give the
 same iterations and the same image: the script checks it.  Last, one fit step and one check
@@ -15,9 +17,14 @@ quantiles of start PSNR), the ``cpu`` preset of today, one torch thread, one til
 modes alternating tile by tile.  Time: this process's CPU seconds.  Per megapixel: a whole
 3008×2000 photo's tile count (overlap 32) times the mean seconds per tile, over its 6.0 MP.
 
+``--lever checker``: the checkerboard held against the photo's own fine detail (``own``, today)
+against a flat spectrum only (``flat``: ``checker_reference`` patched to ones).  Not the same
+fit: the table gives both modes' iterations, CPU seconds and the bars their final images break
+(today's measures for both).
+
 Results go to ``--out`` as JSON lines, one per (tile, mode); a run resumes where it stopped::
 
-    NUMBA_CACHE_DIR=/tmp/numba .venv/bin/python benchmarks/bench_bars_gate.py \\
+    NUMBA_CACHE_DIR=/tmp/numba .venv/bin/python benchmarks/bench_fit_bars.py \\
         --data ../shared/data/prnu-python-testdata --fingerprints /tmp/fp --out gate.jsonl
 """
 
@@ -39,7 +46,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed_levers import TILE, choose_tiles, tiles_per_megapixel  # noqa: E402
 
-MODES = ("every", "gated")
+#: Each lever: its two modes, the code before it first (patched back) and today's.
+LEVERS = {"gate": ("every", "gated"), "checker": ("flat", "own")}
 
 
 @contextlib.contextmanager
@@ -55,6 +63,26 @@ def bars_at_every_step(on: bool):
         yield
     finally:
         fitting.bars_checked_from = _stack.bars_checked_from = saved
+
+
+@contextlib.contextmanager
+def checkerboard_against_a_flat_spectrum(on: bool):
+    """With ``on``: the fit's checkerboard against a flat spectrum only, as before the photo's
+    own fine detail was its reference (``checker_reference`` patched to ones)."""
+    from dippas_core import fidelity
+
+    saved = fidelity.checker_reference
+    if on:
+        fidelity.checker_reference = lambda photo, window=fidelity.CHECKER_WINDOW: np.ones(
+            len(fidelity._windows(np.shape(photo), window)[0]))
+    try:
+        yield
+    finally:
+        fidelity.checker_reference = saved
+
+
+#: The mode that patches the code back to before its lever.
+BEFORE = {"every": bars_at_every_step, "flat": checkerboard_against_a_flat_spectrum}
 
 
 def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) -> dict[str, Any]:
@@ -75,11 +103,12 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
     config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1)
     tau = float(config.dip.record_psnr)
     steps: list[float] = []
-    with bars_at_every_step(mode == "every"):
+    before = BEFORE.get(mode)
+    with before(True) if before else contextlib.nullcontext():
         c0 = time.process_time()
         result = anonymize(photo, attack, config, on_step=lambda s: steps.append(s.psnr))
         cpu_s = time.process_time() - c0
-    fid = fidelity(photo, result.image, block=int(config.assembly.B))
+    fid = fidelity(photo, result.image, block=int(config.assembly.B))  # today's measures
     after = attribute(np.asarray(result.image, np.float32), unseen, pce=False).ncc
     return {"tile": f"{tile['photo']}@{y},{x}", "start_psnr": tile["start_psnr"], "mode": mode,
             "cpu_s": cpu_s, "iterations": len(steps),
@@ -122,26 +151,32 @@ def step_and_check_seconds(data: Path, tile: dict[str, Any], rounds: int = 3,
     return out
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
-    """Per tile and per megapixel: CPU seconds of both modes, their ratio, same image or not."""
+def summary(rows: list[dict[str, Any]], lever: str = "gate") -> str:
+    """Per tile and per megapixel: CPU seconds and iterations of both modes of ``lever``, their
+    ratio, the same image or not (``gate``), the bars the final image breaks (``checker``)."""
+    a, b = LEVERS[lever]
     by = {(r["tile"], r["mode"]): r for r in rows}
     tiles = [t for t in dict.fromkeys(r["tile"] for r in rows)
-             if all((t, m) in by for m in MODES)]
+             if all((t, m) in by for m in (a, b))]
     if not tiles:
-        return "no tile has both modes yet"
-    lines = [f"{'tile':34} {'start':>6} {'iters':>6} {'at τ':>5} {'every s':>8} {'gated s':>8} "
-             f"{'every/gated':>11} {'same image':>10}"]
+        return f"no tile has both modes of {lever} yet"
+    lines = [f"{'tile':34} {'start':>6} {a + ' it':>8} {b + ' it':>8} {a + ' s':>8} "
+             f"{b + ' s':>8} {'ratio':>6}  {'same image' if lever == 'gate' else 'bars broken'}"]
     for t in tiles:
-        e, g = by[(t, "every")], by[(t, "gated")]
-        same = e["image_sha256"] == g["image_sha256"] and e["iterations"] == g["iterations"]
-        lines.append(f"{t:34} {e['start_psnr']:6.1f} {g['iterations']:6d} {g['at_tau']:5d} "
-                     f"{e['cpu_s']:8.1f} {g['cpu_s']:8.1f} {e['cpu_s'] / g['cpu_s']:11.2f} "
-                     f"{'yes' if same else 'NO':>10}")
+        e, g = by[(t, a)], by[(t, b)]
+        if lever == "gate":
+            tail = "yes" if e["image_sha256"] == g["image_sha256"] and (
+                e["iterations"] == g["iterations"]) else "NO"
+        else:
+            tail = (f"{a}: {','.join(e['bars_broken']) or '-'} ({e['psnr']:.2f} dB); "
+                    f"{b}: {','.join(g['bars_broken']) or '-'} ({g['psnr']:.2f} dB)")
+        lines.append(f"{t:34} {e['start_psnr']:6.1f} {e['iterations']:8d} {g['iterations']:8d} "
+                     f"{e['cpu_s']:8.1f} {g['cpu_s']:8.1f} {e['cpu_s'] / g['cpu_s']:6.2f}  {tail}")
     per_mp = tiles_per_megapixel(32)
-    tot = {m: float(np.mean([by[(t, m)]["cpu_s"] for t in tiles])) * per_mp for m in MODES}
+    tot = {m: float(np.mean([by[(t, m)]["cpu_s"] for t in tiles])) * per_mp for m in (a, b)}
     lines += ["", f"CPU-s per MP (a 3008×2000 photo's {per_mp:.2f} tiles/MP × the mean): "
-              f"every {tot['every']:.0f}, gated {tot['gated']:.0f}, "
-              f"ratio every/gated {tot['every'] / tot['gated']:.2f} over {len(tiles)} tiles"]
+              f"{a} {tot[a]:.0f}, {b} {tot[b]:.0f}, ratio {a}/{b} {tot[a] / tot[b]:.2f} "
+              f"over {len(tiles)} tiles"]
     return "\n".join(lines)
 
 
@@ -153,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
     parser.add_argument("--tiles", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lever", choices=tuple(LEVERS), default="gate",
+                        help="gate: the bars measured from τ only; checker: the checkerboard "
+                             "held against the photo's own fine detail")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -176,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         for k, tile in enumerate(tiles):
             key = f"{tile['photo']}@{tile['y']},{tile['x']}"
-            for mode in MODES if k % 2 == 0 else MODES[::-1]:  # alternate which goes first
+            modes = LEVERS[args.lever]
+            for mode in modes if k % 2 == 0 else modes[::-1]:  # alternate which goes first
                 if (key, mode) in done:
                     continue
                 row = run_tile(args.data, args.fingerprints, tile, mode, args.seed)
@@ -185,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps(row) + "\n")
                 print(f"{key} {mode}: {row['cpu_s']:.1f} CPU s, {row['iterations']} it "
                       f"({row['at_tau']} at τ), {row['psnr']:.2f} dB", flush=True)
-    print(summary(rows))
-    if not args.report_only:
+    print(summary(rows, args.lever))
+    if args.lever == "gate" and not args.report_only:
         textured = min(choose_tiles(args.data, args.tiles), key=lambda t: t["start_psnr"])
         print(f"\none step against one check of the bars, side by side "
               f"({textured['photo']}@{textured['y']},{textured['x']}, CPU ms):")
