@@ -92,7 +92,7 @@ def report_points(reports: list[str], stop: float, sigma: float) -> list[tuple[f
 
 def bench_points(items: list[str], stop: float) -> list[tuple[float, int, str]]:
     """(gap, iterations, name) of benchmark rows (``FILE.jsonl[:KEY=VALUE]``: JSON lines with
-    ``tile``, ``start_psnr`` and ``iterations``, e.g. ``bench_bars_gate.py``'s, those whose KEY
+    ``tile``, ``start_psnr`` and ``iterations``, e.g. ``bench_fit_bars.py``'s, those whose KEY
     is VALUE)."""
     points = []
     for item in items:
