@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +42,15 @@ WORK_BUDGET = 256 * 256 * 3000
 #: Iterations a tile needs against its *gap*, how far below the stopping PSNR its own low band
 #: lies (:func:`start_psnr`), plus ``offset`` dB (a tile whose low band is a little above the
 #: stop still needs some iterations: its detail must come back within the fidelity bars):
-#: ``scale · (gap + offset) ** power`` (at least 1).  Fitted with the ``cpu`` preset on the tiles
-#: of two whole photos and 12 crops (``scripts/calibrate_estimate.py``).  Content alone does not
-#: tell a fast tile from a slow one well: left out of the fit, a photo's total came out 0.3–2.8
-#: times its real one (docs/eval/2026-12-05-whole-photos.md), hence the range ``low``–``high``.
-#: The run's ETA (``progress.PhotoProgress``) corrects it by the pace of the finished tiles.
-ITERATION_MODEL = {"scale": 25.8, "power": 1.0, "offset": 2.5, "low": 0.3, "high": 3.0}
+#: ``scale · (gap + offset) ** power`` (at least 1), the mean iterations at that gap
+#: (:func:`fit_iteration_model`).  Fitted with the ``cpu`` preset on 266 tiles: two whole photos,
+#: two 4-tile regions and the speed benchmark's six held-out tiles (``scripts/calibrate_estimate.py
+#: --leave-one-out``, docs/eval/2026-12-06-estimate-and-fit-bars.md).  Each of those left out of the
+#: fit came out at 0.80–1.51 times the prediction (a whole photo: 1.51 and 0.80), and the seconds
+#: per iteration measured before a run at 0.9–1.35 times what the run took: hence the printed
+#: range, ``low``–``high`` times the expected time.  The run's ETA (``progress.PhotoProgress``)
+#: corrects it by the pace of the finished tiles.
+ITERATION_MODEL = {"scale": 4.64, "power": 1.75, "offset": 6.0, "low": 0.7, "high": 2.0}
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,7 @@ def estimate_cost(
     iterations: int = 3,
     n_tiles: int | None = None,
     photo: np.ndarray | None = None,
+    tiles: Sequence[int] | None = None,
 ) -> CostEstimate:
     """Time a few DIP iterations at the tile size on the chosen device; scale to the whole run.
 
@@ -356,6 +361,9 @@ def estimate_cost(
         Iterations timed after one warm-up iteration.
     n_tiles
         Tiles still to run (a resumed run: the last ``n_tiles`` of the plan); default every tile.
+    tiles
+        The plan's indices of the tiles still to run, wherever they lie (a resumed run whose
+        folder lost a tile in the middle); their content is predicted, ``n_tiles`` is their count.
     photo
         The photo (or region) itself: with a configuration that starts from its low band
         (:func:`predicts_iterations`), each tile's iterations are predicted from its content
@@ -363,6 +371,8 @@ def estimate_cost(
     """
     from .dip import invert
 
+    if tiles is not None:
+        n_tiles = len(tiles)
     planned = plan_cost(photo_shape, config, device, n_tiles=n_tiles)
     h, w = planned.tile_shape
     dip = config.dip.replace(max_iter=int(iterations) + 1, record_psnr=math.inf, stop_psnr=math.inf)
@@ -399,28 +409,30 @@ def estimate_cost(
     )
     if photo is None or not predicts_iterations(config):
         return timed
-    return _predicted(timed, photo, config, setup)
+    return _predicted(timed, photo, config, setup, tiles)
 
 
-def tile_iterations(photo: np.ndarray, config: Any, first: int = 0) -> dict[int, int]:
+def tile_iterations(photo: np.ndarray, config: Any, first: int = 0,
+                    indices: Sequence[int] | None = None) -> dict[int, int]:
     """Each tile's expected iterations (:func:`expected_iterations` of its content), by index,
-    for the tiles of ``config``'s plan of ``photo`` from ``first`` on."""
+    for the tiles of ``config``'s plan of ``photo`` from ``first`` on (or those of ``indices``)."""
     from .tiling import plan_tiles
 
     plan = plan_tiles(photo.shape[:2], config.tile_size, config.overlap)
     sigma = float(config.dip.low_pass_sigma)
+    chosen = plan.tiles[first:] if indices is None else [plan.tiles[i] for i in indices]
     return {t.index: expected_iterations(start_psnr(photo[t.slices], sigma), config)
-            for t in plan.tiles[first:]}
+            for t in chosen}
 
 
-def _predicted(timed: CostEstimate, photo: np.ndarray, config: Any, setup: float
-               ) -> CostEstimate:
-    """``timed`` with each tile's iterations and seconds predicted from its content."""
+def _predicted(timed: CostEstimate, photo: np.ndarray, config: Any, setup: float,
+               tiles: Sequence[int] | None = None) -> CostEstimate:
+    """``timed`` with each tile's iterations and seconds predicted from its content: the tiles
+    of ``tiles``, else the plan's last ``timed.n_tiles``."""
     from .tiling import plan_tiles
 
     n_plan = len(plan_tiles(photo.shape[:2], config.tile_size, config.overlap))
-    # a resume goes on from the first unfinished tile
-    its = tile_iterations(photo, config, first=n_plan - timed.n_tiles)
+    its = tile_iterations(photo, config, first=n_plan - timed.n_tiles, indices=tiles)
     n = max(1, timed.tiles_per_step)
     # a tile in a batch of n advances one iteration per batch step: n × the per-tile time
     seconds = {i: setup + k * timed.seconds_per_iteration * n for i, k in its.items()}

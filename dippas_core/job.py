@@ -51,6 +51,8 @@ class PhotoJob:
         Where the tiles run (:class:`~dippas_core.execution.Execution`).
     n_done
         Tiles a run folder already holds finished (a resume), when one was named.
+    done_tiles
+        Their indices (a resume runs the others, wherever they lie in the plan).
     """
 
     photo: np.ndarray = field(repr=False)
@@ -61,6 +63,7 @@ class PhotoJob:
     region: dict[str, int] | None
     execution: Execution
     n_done: int = 0
+    done_tiles: frozenset[int] = frozenset()
 
     @property
     def mode(self) -> str:
@@ -89,8 +92,9 @@ class PhotoJob:
         range), else counted at ``max_iter`` (an upper bound)."""
         from .cost import estimate_cost
 
+        left = [t.index for t in self.plan.tiles if t.index not in self.done_tiles]
         return estimate_cost(self.photo.shape, self.config, n_tiles=max(1, self.n_todo),
-                             photo=self.photo)
+                             photo=self.photo, tiles=left or None)
 
 
 @dataclass
@@ -187,13 +191,13 @@ def prepare(
     for shape in {(t.h, t.w) for t in plan.tiles}:
         config.assembly.fitted(shape, config.tile, config.dip.record_psnr)
     if len(plan) > 1:
-        n_done = _tiles_done(run_dir)
+        done = _tiles_done(run_dir)
         execution = choose_execution(
-            config, len(plan) - n_done, scheduler=scheduler, workers=workers, watched=watched
+            config, len(plan) - len(done), scheduler=scheduler, workers=workers, watched=watched
         )
     else:  # (still a bad scheduler/workers pair is refused)
         check_execution(scheduler, workers)
-        n_done, execution = 0, Execution(IN_PROCESS, 1, "one tile: in this process")
+        done, execution = frozenset(), Execution(IN_PROCESS, 1, "one tile: in this process")
     return PhotoJob(
         photo=raw,
         K=K,
@@ -202,7 +206,8 @@ def prepare(
         plan=plan,
         region=None if cut is None else dict(zip("yxhw", cut, strict=True)),
         execution=execution,
-        n_done=n_done,
+        n_done=len(done),
+        done_tiles=done,
     )
 
 
@@ -227,7 +232,7 @@ def _checked_inputs(
     return raw, K, info
 
 
-def _tiles_done(run_dir: str | Path | None) -> int:
+def _tiles_done(run_dir: str | Path | None) -> frozenset[int]:
     from .run import PhotoRun
 
-    return PhotoRun.count_done(run_dir) if run_dir is not None else 0
+    return PhotoRun.done_indices(run_dir) if run_dir is not None else frozenset()

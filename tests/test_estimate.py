@@ -121,3 +121,35 @@ def test_the_iteration_model_fitted_to_tiles_gives_their_mean_and_their_total(rn
         fit_iteration_model([1.0, 2.0], [3])
     with pytest.raises(InputError, match="too few"):
         fit_iteration_model([-20.0, -30.0, 5.0], [1, 1, 40])
+
+
+def test_a_resume_predicts_the_tiles_left_wherever_they_lie(rng, tmp_path, monkeypatch):
+    # a run folder that lost a tile in the middle (a damaged record removed) runs that tile:
+    # the estimate predicts its content, not the plan's last tile's
+    from dippas_core import cost
+    from dippas_core.job import prepare
+
+    config = _config()
+    photo = np.clip(128 + rng.normal(0, 8, (96, 160, 3)), 0, 255).astype(np.uint8)
+    photo[:, 96:] = 100  # the plan's last tiles are flat, the first ones noisy
+    planned = plan_cost(photo.shape, config, n_tiles=2)
+    est = _predicted(dataclasses.replace(planned, seconds_per_iteration=0.1), photo, config, 0.0,
+                     tiles=[0, 1])
+    assert est.tile_iterations == tile_iterations(photo, config, indices=[0, 1])
+    n = plan_cost(photo.shape, config).n_tiles
+    assert est.tile_iterations != tile_iterations(photo, config, first=n - 2)  # not the last two
+    done = tmp_path / "run" / "done"
+    done.mkdir(parents=True)
+    for i in range(2, n):
+        (done / f"{i:04d}.npz").write_bytes(b"")  # names only: prepare counts, reads nothing
+    job = prepare(photo, None, config, run_dir=tmp_path / "run")
+    assert job.done_tiles == frozenset(range(2, n)) and job.n_todo == 2
+    seen = {}
+
+    def predicted(timed, photo, config, setup, tiles=None):
+        seen["tiles"] = tiles
+        return timed
+
+    monkeypatch.setattr(cost, "_predicted", predicted)
+    assert job.estimate().n_tiles == 2  # (a few iterations timed at 64 px)
+    assert seen["tiles"] == [0, 1]

@@ -214,10 +214,16 @@ class PhotoRun:
     def count_done(path: str | Path) -> int:
         """Records of finished tiles in the photo run folder ``path`` (0 when there is none);
         not yet checked (:meth:`read_done` does)."""
+        return len(PhotoRun.done_indices(path))
+
+    @staticmethod
+    def done_indices(path: str | Path) -> frozenset[int]:
+        """The indices of the tiles whose records the photo run folder ``path`` holds (none when
+        there is no folder); not yet checked (:meth:`read_done` does)."""
         done = Path(path) / "done"
         if not done.is_dir():
-            return 0
-        return sum(1 for p in done.iterdir() if _RECORD.fullmatch(p.name))
+            return frozenset()
+        return frozenset(int(p.name[:4]) for p in done.iterdir() if _RECORD.fullmatch(p.name))
 
     def read_done(
         self, plan: Any, *, dtype: Any = None, photo: np.ndarray | None = None
