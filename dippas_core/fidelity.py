@@ -327,15 +327,22 @@ def checker_reference(photo: np.ndarray, window: int = CHECKER_WINDOW) -> np.nda
     """
     from scipy.ndimage import gaussian_filter
 
-    a = np.asarray(photo, dtype=np.float64)
+    a = np.asarray(photo)
     a = a if a.ndim == 3 else a[..., None]
+    h, w = a.shape[:2]
     sigma = CHECKER_REFERENCE_SIGMA
-    high = a - gaussian_filter(a, (sigma, sigma, 0), mode="mirror", truncate=3.0)
+    pad = int(3.0 * sigma + 0.5)  # the filter's reach (truncate 3): the window's own margin
     corners, wy, wx, radius = _windows(a.shape, window)
     white = _white_share(wy, wx, radius, sigma)
-    shares = np.array([_nyquist_share(high[y : y + wy, x : x + wx], radius) / white
-                       for y, x in corners])
-    return np.maximum(1.0, shares / CHECKER_REFERENCE_MARGIN)
+    shares = []
+    for y, x in corners:
+        # the window and its margin only (a whole photo is never copied as float64); at the
+        # photo's border the margin ends there and the mirror is the photo's own
+        y0, x0 = max(0, y - pad), max(0, x - pad)
+        part = a[y0 : min(h, y + wy + pad), x0 : min(w, x + wx + pad)].astype(np.float64)
+        high = part - gaussian_filter(part, (sigma, sigma, 0), mode="mirror", truncate=3.0)
+        shares.append(_nyquist_share(high[y - y0 : y - y0 + wy, x - x0 : x - x0 + wx], radius))
+    return np.maximum(1.0, np.asarray(shares) / white / CHECKER_REFERENCE_MARGIN)
 
 
 def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW,

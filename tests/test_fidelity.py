@@ -207,6 +207,24 @@ def test_checkerboard_holds_a_change_against_the_photos_own_fine_detail(rng):
             1.5 * _white_share(64, 64, 2, 1.0)), rel=1e-6)
 
 
+def test_checker_reference_window_by_window_is_the_whole_images_filter(rng):
+    # each window is high-passed with its own 3-px margin (a whole photo is never copied as
+    # float64): the same numbers as filtering the whole image first, borders included
+    from scipy.ndimage import gaussian_filter
+
+    from dippas_core.fidelity import _nyquist_share, _white_share, _windows, checker_reference
+
+    yy, xx = np.mgrid[0:150, 0:170]
+    photo = rng.uniform(0, 255, (150, 170, 3)) + 30 * ((-1.0) ** (yy + xx) * (xx > 80))[..., None]
+    high = photo - gaussian_filter(photo, (1.0, 1.0, 0), mode="mirror", truncate=3.0)
+    corners, wy, wx, radius = _windows(photo.shape, 64)
+    whole = np.maximum(1.0, np.array(
+        [_nyquist_share(high[y : y + wy, x : x + wx], radius) for y, x in corners])
+        / _white_share(wy, wx, radius, 1.0) / 1.5)
+    np.testing.assert_array_equal(checker_reference(photo), whole)
+    assert whole.max() > 2 and whole.min() == 1.0  # the lattice's windows and the noise's
+
+
 def _nyquist_share_of(x: np.ndarray) -> float:
     """The Nyquist share of one 64×64 window by hand: Hann taper, mean removed, radius 2."""
     taper = np.outer(np.hanning(64), np.hanning(64))[..., None]

@@ -213,7 +213,7 @@ class Inverter:
     def measures_bars(self, psnr: float) -> bool:
         """Whether this step's output is checked against the local fidelity bars: the config
         requires them and its PSNR reached :attr:`fidelity_from` (below it nobody keeps the
-        output, so the check — a fifth of a 256-px iteration on a CPU — would be spent for
+        output, so the check — 6–8 % of a 256-px iteration on a CPU — would be spent for
         nothing)."""
         return bool(self.config.require_fidelity) and psnr >= self.fidelity_from
 
