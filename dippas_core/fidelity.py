@@ -73,6 +73,11 @@ CHECKER_REFERENCE_SIGMA = 1.0
 #: ... counted where its Nyquist share is more than this many times white noise's: a 64×64
 #: window of pure noise reads up to about 1.3, so a sky keeps the flat-spectrum measure.
 CHECKER_REFERENCE_MARGIN = 1.5
+#: RMS amplitude (levels) from which a pixel-period pattern counts in full: a fainter one counts
+#: in proportion to its energy.  What a fit at 46 dB leaves on a sky (about ±0.5 level, one
+#: 8-bit step) does not show, but as a share of so small a change it read 10; the patterns
+#: judged visible (the bar of 4) were several levels strong.
+CHECKER_MIN_AMPLITUDE = 2.0
 #: Share of each bar the inversion itself keeps to (``require_fidelity``): the stitch mixes two
 #: tiles' changes in their overlap, which can move a window's colour or spectrum a little past
 #: what either tile had (a whole photo: shift 1.96 in a tile, 2.03 stitched).
@@ -274,14 +279,34 @@ def nyquist_band(n: int, m: int, radius: int) -> np.ndarray:
 def _nyquist_share(x: np.ndarray, radius: int) -> float:
     """How much more of ``x``'s energy (n×m×C, Hann-tapered, mean removed) lies within
     ``radius`` bins of the three Nyquist points than a flat (white) spectrum would put there."""
+    return _nyquist_stats(x, radius)[0]
+
+
+def _nyquist_stats(x: np.ndarray, radius: int) -> tuple[float, float]:
+    """:func:`_nyquist_share` of ``x`` and the mean square (levels², per pixel and channel) of
+    its part within the band, as if untapered (Parseval, over the taper's mean square)."""
     n, m = x.shape[:2]
-    taper = np.outer(np.hanning(n), np.hanning(m))[..., None]
-    spec = np.abs(np.fft.fft2((x - x.mean(axis=(0, 1))) * taper, axes=(0, 1))) ** 2
+    taper = np.outer(np.hanning(n), np.hanning(m))
+    spec = np.abs(np.fft.fft2((x - x.mean(axis=(0, 1))) * taper[..., None], axes=(0, 1))) ** 2
     total = spec.sum()
     if total == 0:
-        return 0.0
+        return 0.0, 0.0
     band = nyquist_band(n, m, radius)
-    return float(spec[band].sum() / total / band.mean())
+    in_band = spec[band].sum()
+    channels = x.shape[2] if x.ndim == 3 else 1
+    mean_square = in_band / ((n * m) ** 2 * channels * float(np.mean(taper**2)))
+    return float(in_band / total / band.mean()), float(mean_square)
+
+
+def _visible(share: float, band_mean_square: float, reference: float = 1.0) -> float:
+    """A window's checkerboard: its Nyquist ``share`` over the photo's own ``reference``, the
+    part above 1 counted in full only where the pattern beyond a flat spectrum's share has an
+    amplitude of :data:`CHECKER_MIN_AMPLITUDE` or more (in proportion to its energy below)."""
+    value = share / reference
+    if value <= 1.0 or share <= 1.0:
+        return value
+    excess = band_mean_square * (1.0 - 1.0 / share)  # what lies there beyond a flat spectrum
+    return 1.0 + (value - 1.0) * min(1.0, excess / CHECKER_MIN_AMPLITUDE**2)
 
 
 def window_starts(size: int, window: int) -> list[int]:
@@ -356,14 +381,16 @@ def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW,
     bins within ``window / 32`` (at least 1) of (½, ½), (½, 0) and (0, ½) cycles/pixel.  A
     window where ``delta`` is constant counts 0.  With ``photo``, each window's share is divided
     by the photo's own there (:func:`checker_reference`): a change as concentrated near Nyquist
-    as the photo's own fine detail is no pattern of the anonymizer's.
+    as the photo's own fine detail is no pattern of the anonymizer's.  A share is a ratio, blind
+    to how faint the change is: the part above 1 counts in full only where what lies in the band
+    beyond a flat spectrum's share has an RMS amplitude of :data:`CHECKER_MIN_AMPLITUDE` (2
+    levels) or more, in proportion to its energy below (``1 + (s − 1) · min(1, A² / 2²)``).
     """
     corners, wy, wx, radius = _windows(delta.shape, window)
-    shares = np.array([_nyquist_share(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
-                       for y, x in corners])
-    if photo is not None:
-        shares = shares / checker_reference(photo, window)
-    return float(shares.max())
+    stats = [_nyquist_stats(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
+             for y, x in corners]
+    refs = checker_reference(photo, window) if photo is not None else np.ones(len(corners))
+    return float(max(_visible(s, ms, r) for (s, ms), r in zip(stats, refs, strict=True)))
 
 
 def ssim(photo: np.ndarray, output: np.ndarray) -> float:

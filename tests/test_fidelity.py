@@ -150,8 +150,16 @@ def test_checkerboard_energy_by_hand_on_one_window():
     band = (
         (ny[:, None] & ny[None, :]) | (ny[:, None] & zero[None, :]) | (zero[:, None] & ny[None, :])
     )
-    # the Hann taper leaks a few parts in 1e5 just outside the band
-    assert checkerboard_energy(board) == pytest.approx(spec_band_share / band.mean(), rel=1e-4)
+    share = spec_band_share / band.mean()
+    # at ±4 levels it counts in full (the Hann taper leaks a few parts in 1e5 outside the band)
+    assert checkerboard_energy(4.0 * board) == pytest.approx(share, rel=1e-4)
+    # fainter than ±2 levels, the part above 1 in proportion to the energy beyond a flat
+    # spectrum's share: amplitude² / 2² · (1 − 1/share)
+    for amplitude in (1.0, 0.5):
+        faint = 1.0 + (share - 1.0) * amplitude**2 / 4.0 * (1.0 - 1.0 / share)
+        assert checkerboard_energy(amplitude * board) == pytest.approx(faint, rel=1e-3)
+    assert checkerboard_energy(1.0 * board) > BARS["checkerboard"]  # ±1 level on a flat: seen
+    assert checkerboard_energy(0.25 * board) < BARS["checkerboard"]  # a quarter level: not
 
 
 def test_checkerboard_energy_does_not_depend_on_where_the_grid_begins(rng):

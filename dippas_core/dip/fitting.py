@@ -372,7 +372,7 @@ def checkerboard_energy(d: torch.Tensor, reference: torch.Tensor | None = None) 
     window's divided by ``reference`` (one per window, in the same order) when given."""
     import torch
 
-    from ..fidelity import CHECKER_WINDOW, nyquist_band, window_starts
+    from ..fidelity import CHECKER_MIN_AMPLITUDE, CHECKER_WINDOW, nyquist_band, window_starts
 
     h, w = d.shape[-2:]
     wy, wx = min(CHECKER_WINDOW, h), min(CHECKER_WINDOW, w)
@@ -382,15 +382,20 @@ def checkerboard_energy(d: torch.Tensor, reference: torch.Tensor | None = None) 
         dim=1,
     ).double()
     win = win - win.mean(dim=(-2, -1), keepdim=True)  # N×K×3×wy×wx, each channel mean-free
-    taper = torch.from_numpy(np.outer(np.hanning(wy), np.hanning(wx))).to(win.device)
+    hann = np.outer(np.hanning(wy), np.hanning(wx))
+    taper = torch.from_numpy(hann).to(win.device)
     spec = torch.fft.fft2(win * taper).abs() ** 2
     band = nyquist_band(wy, wx, radius)
     total = spec.sum(dim=(-3, -2, -1))
     in_band = (spec * torch.from_numpy(band).to(win.device)).sum(dim=(-3, -2, -1))
     share = in_band / total.clamp_min(1e-30) / float(band.mean())
-    if reference is not None:
-        share = share / reference
-    return torch.where(total > 0, share, torch.zeros_like(share)).amax()
+    value = share / reference if reference is not None else share
+    # fidelity._visible: the part above 1 in full only from a pattern of 2 levels on
+    mean_square = in_band / ((wy * wx) ** 2 * d.shape[-3] * float(np.mean(hann**2)))
+    excess = mean_square * (1.0 - 1.0 / share.clamp_min(1e-30))
+    faint = 1.0 + (value - 1.0) * (excess / CHECKER_MIN_AMPLITUDE**2).clamp(max=1.0)
+    value = torch.where((value > 1.0) & (share > 1.0), faint, value)
+    return torch.where(total > 0, value, torch.zeros_like(value)).amax()
 
 
 def _gaussian_taps(sigma: float, device: torch.device) -> torch.Tensor:
