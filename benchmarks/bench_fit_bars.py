@@ -17,8 +17,9 @@ quantiles of start PSNR), the ``cpu`` preset of today, one torch thread, one til
 modes alternating tile by tile.  Time: this process's CPU seconds.  Per megapixel: a whole
 3008×2000 photo's tile count (overlap 32) times the mean seconds per tile, over its 6.0 MP.
 
-``--lever checker``: the checkerboard held against the photo's own fine detail (``own``, today)
-against a flat spectrum only (``flat``: ``checker_reference`` patched to ones).  Not the same
+``--lever checker``: today's checkerboard (``own``: held against the photo's own fine detail,
+a faint pattern counted by its energy) against the one of 16c6f85 (``flat``: a flat spectrum
+only, however faint; both patched back).  Not the same
 fit: the table gives both modes' iterations, CPU seconds and the bars their final images break
 (today's measures for both).
 
@@ -67,18 +68,20 @@ def bars_at_every_step(on: bool):
 
 @contextlib.contextmanager
 def checkerboard_against_a_flat_spectrum(on: bool):
-    """With ``on``: the fit's checkerboard against a flat spectrum only, as before the photo's
-    own fine detail was its reference (``checker_reference`` patched to ones)."""
+    """With ``on``: the fit's checkerboard as at 16c6f85 — against a flat spectrum only
+    (``checker_reference`` patched to ones) and however faint the pattern (the amplitude from
+    which it counts in full patched to nearly 0)."""
     from dippas_core import fidelity
 
-    saved = fidelity.checker_reference
+    saved = fidelity.checker_reference, fidelity.CHECKER_MIN_AMPLITUDE
     if on:
         fidelity.checker_reference = lambda photo, window=fidelity.CHECKER_WINDOW: np.ones(
             len(fidelity._windows(np.shape(photo), window)[0]))
+        fidelity.CHECKER_MIN_AMPLITUDE = 1e-9
     try:
         yield
     finally:
-        fidelity.checker_reference = saved
+        fidelity.checker_reference, fidelity.CHECKER_MIN_AMPLITUDE = saved
 
 
 #: The mode that patches the code back to before its lever.
