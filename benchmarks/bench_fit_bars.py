@@ -45,7 +45,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed_levers import TILE, choose_tiles, tiles_per_megapixel  # noqa: E402
+from bench_speed_levers import (  # noqa: E402
+    TILE,
+    choose_tiles,
+    ensure_fingerprints,
+    read_rows,
+    tile_arguments,
+    tile_inputs,
+    tiles_per_megapixel,
+)
 
 #: Each lever: its two modes, the code before it first (patched back) and today's.
 LEVERS = {"gate": ("every", "gated"), "checker": ("flat", "own")}
@@ -92,17 +100,11 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
     """One tile in one mode: CPU seconds, iterations (and how many at τ or above), the image."""
     from dippas_core.attribution import attribute
     from dippas_core.config import AnonymizeConfig
-    from dippas_core.evaluation import camera_label
     from dippas_core.fidelity import fidelity
-    from dippas_core.fingerprint import Fingerprint
-    from dippas_core.io import read_image
     from dippas_core.pipeline import anonymize
 
-    cam = camera_label(tile["photo"])
     y, x = tile["y"], tile["x"]
-    photo = read_image(data / "nat-jpg" / tile["photo"])[y : y + TILE, x : x + TILE]
-    attack = Fingerprint.load(fps / f"{cam}_attack.npz").K[y : y + TILE, x : x + TILE]
-    unseen = Fingerprint.load(fps / f"{cam}_detector.npz").K[y : y + TILE, x : x + TILE]
+    photo, attack, unseen = tile_inputs(data, fps, tile)
     config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1)
     tau = float(config.dip.record_psnr)
     steps: list[float] = []
@@ -185,12 +187,7 @@ def summary(rows: list[dict[str, Any]], lever: str = "gate") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="prnu-python-testdata folder")
-    parser.add_argument("--fingerprints", type=Path, required=True,
-                        help="folder of CAMERA_attack.npz / CAMERA_detector.npz (made if absent)")
-    parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
-    parser.add_argument("--tiles", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
+    tile_arguments(parser)
     parser.add_argument("--lever", choices=tuple(LEVERS), default="gate",
                         help="gate: the bars measured from τ only; checker: the checkerboard "
                              "held against the photo's own fine detail")
@@ -200,19 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    rows = ([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-            if args.out.is_file() else [])
+    rows = read_rows(args.out)
     if not args.report_only:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-        from quality_study import fingerprint  # the same cached attack/detector split
-
-        from dippas_core.evaluation import camera_label
-
         done = {(r["tile"], r["mode"]) for r in rows}
         tiles = choose_tiles(args.data, args.tiles)
-        for tile in tiles:
-            for role in ("attack", "detector"):
-                fingerprint(args.data, args.fingerprints, camera_label(tile["photo"]), role)
+        ensure_fingerprints(args.data, args.fingerprints, tiles)
         print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
               flush=True)
         for k, tile in enumerate(tiles):

@@ -107,21 +107,51 @@ def tiles_per_megapixel(overlap: int) -> float:
     return len(plan.tiles) / (PHOTO_SHAPE[0] * PHOTO_SHAPE[1] / 1e6)
 
 
-def run_tile(data: Path, fps: Path, tile: dict[str, Any], lever: str, seed: int) -> dict[str, Any]:
-    """One tile with one lever: CPU seconds, iterations, PSNR, bars broken, the trace."""
-    from dippas_core.attribution import attribute
-    from dippas_core.config import AnonymizeConfig
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines a run wrote so far (none when the file is not there yet)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ensure_fingerprints(data: Path, fps: Path, tiles: list[dict[str, Any]]) -> None:
+    """The tiles' cameras' fingerprints from the odd and the even flat fields, made where
+    ``fps`` lacks them (``scripts/quality_study.py``'s cache, the same split)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from quality_study import fingerprint
+
     from dippas_core.evaluation import camera_label
-    from dippas_core.fidelity import fidelity
+
+    for tile in tiles:
+        for role in ("attack", "detector"):
+            fingerprint(data, fps, camera_label(tile["photo"]), role)
+
+
+def tile_inputs(data: Path, fps: Path, tile: dict[str, Any]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tile's pixels, its camera's fingerprint there from the odd flat fields (the
+    anonymizer's) and from the even ones (the unseen reference)."""
+    from dippas_core.evaluation import camera_label
     from dippas_core.fingerprint import Fingerprint
     from dippas_core.io import read_image
-    from dippas_core.pipeline import anonymize
 
     cam = camera_label(tile["photo"])
     y, x = tile["y"], tile["x"]
     photo = read_image(data / "nat-jpg" / tile["photo"])[y : y + TILE, x : x + TILE]
     attack = Fingerprint.load(fps / f"{cam}_attack.npz").K[y : y + TILE, x : x + TILE]
     unseen = Fingerprint.load(fps / f"{cam}_detector.npz").K[y : y + TILE, x : x + TILE]
+    return photo, attack, unseen
+
+
+def run_tile(data: Path, fps: Path, tile: dict[str, Any], lever: str, seed: int) -> dict[str, Any]:
+    """One tile with one lever: CPU seconds, iterations, PSNR, bars broken, the trace."""
+    from dippas_core.attribution import attribute
+    from dippas_core.config import AnonymizeConfig
+    from dippas_core.fidelity import fidelity
+    from dippas_core.pipeline import anonymize
+
+    y, x = tile["y"], tile["x"]
+    photo, attack, unseen = tile_inputs(data, fps, tile)
     config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1, **lever_changes(lever))
     c0 = time.process_time()
     result = anonymize(photo, attack, config)
@@ -179,14 +209,19 @@ def summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def tile_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every held-out-tile benchmark takes: data, fingerprints, output, tiles, seed."""
     parser.add_argument("--data", type=Path, required=True, help="prnu-python-testdata folder")
     parser.add_argument("--fingerprints", type=Path, required=True,
                         help="folder of CAMERA_attack.npz / CAMERA_detector.npz (made if absent)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
     parser.add_argument("--tiles", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tile_arguments(parser)
     parser.add_argument("--part", default="0/1",
                         help="I/N: run every N-th tile from the I-th (N processes side by side)")
     parser.add_argument("--report-only", action="store_true")
@@ -195,20 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    rows = ([json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-            if args.out.is_file() else [])
+    rows = read_rows(args.out)
     if not args.report_only:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-        from quality_study import fingerprint  # the same cached attack/detector split
-
-        from dippas_core.evaluation import camera_label
-
         done = {(r["tile"], r["lever"]) for r in rows}
         part, parts = (int(v) for v in args.part.split("/"))
         tiles = choose_tiles(args.data, args.tiles)[part::parts]
-        for tile in tiles:
-            for role in ("attack", "detector"):
-                fingerprint(args.data, args.fingerprints, camera_label(tile["photo"]), role)
+        ensure_fingerprints(args.data, args.fingerprints, tiles)
         print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
               flush=True)
         for tile in tiles:
@@ -217,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 if (key, lever) in done:
                     continue
                 row = run_tile(args.data, args.fingerprints, tile, lever, args.seed)
-                rows = [json.loads(line) for line in args.out.read_text().splitlines()
-                        if line.strip()] if args.out.is_file() else []  # parts write here too
+                rows = read_rows(args.out)  # parts write here too
                 rows.append(row)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
