@@ -10,7 +10,9 @@ in the words the command line prints and the viewer shows: one line per finished
 The ETA is the estimate's work still to do (:class:`~dippas_core.cost.CostEstimate`'s iterations
 per tile, from the photo's content) at the pace the finished tiles actually went: once a tile has
 finished, its real seconds over its predicted ones rescale every tile still to run.  Without an
-estimate it is the mean time of a finished tile, times the tiles left.
+estimate it is the mean time of a finished tile, times the tiles left.  A running tile past its
+expected time is expected to run as long again past it, and the run to last at least as long
+as its longest running tile.
 """
 
 from __future__ import annotations
@@ -131,12 +133,16 @@ class PhotoProgress:
         else:
             mean = sum(s for s, _, _ in self.finished.values()) / len(self.finished)
             cost = dict.fromkeys(left, mean)
-        # a running tile has done part of its own work already (never of the others')
+        # a running tile has done part of its own work already (never of the others'); one
+        # past its expected share is a long one (tiles at one gap take from one iteration to
+        # hundreds): it is expected to run as long again past it
         now = self.clock()
-        for t in self.running.values():
-            if t.index in cost:
-                cost[t.index] = max(0.0, cost[t.index] - (now - t.started))
-        return sum(cost.values()) / self.parallel
+        running = [t.index for t in self.running.values() if t.index in cost]
+        for i in running:
+            cost[i] = abs(cost[i] - (now - self.running[i].started))
+        # the run ends no sooner than its longest running tile
+        longest = max((cost[i] for i in running), default=0.0)
+        return max(sum(cost.values()) / self.parallel, longest)
 
     def tile_line(self, index: int) -> str:
         """One line for a finished tile: its number, iterations, best PSNR, time, and the ETA."""

@@ -38,9 +38,28 @@ def test_eta_is_the_predicted_work_left_at_the_pace_of_the_finished_tiles():
     assert p.eta_s() == pytest.approx(1.5 * 150.0 - 10.0)
     p.resume(3)  # read back from an earlier attempt: nothing left to do there
     assert p.eta_s() == pytest.approx(1.5 * 100.0 - 10.0)
-    # a tile running past its own share takes nothing off the tiles still waiting
+    # a tile running past its own share takes nothing off the tiles still waiting, and is
+    # expected to run as long again past it: 250 s run for 75 s expected, 175 s more
     clock.t = 400.0
-    assert p.eta_s() == pytest.approx(1.5 * 50.0)
+    assert p.eta_s() == pytest.approx(1.5 * 50.0 + 175.0)
+
+
+def test_a_long_running_tile_keeps_the_eta_from_running_out():
+    # two tiles at a time; the waiting ones are quick, one running tile is far past its share:
+    # the run cannot end before it does (the third photo said "about 30 s left" with a tile
+    # running minutes)
+    clock = Clock()
+    p = PhotoProgress(6, {i: 10.0 for i in range(6)}, clock=clock)
+    p.finish(0, {"elapsed_s": 10.0, "iterations": 20, "best_psnr": 39.0})
+    p.step(_step(1, 1, 20.0))
+    p.step(_step(2, 1, 21.0))
+    clock.t = 5.0  # both running tiles half way through their share
+    assert p.eta_s() == pytest.approx((5.0 + 5.0 + 3 * 10.0) / 2)
+    p.finish(2, {"elapsed_s": 5.0, "iterations": 10, "best_psnr": 39.0})
+    clock.t = 130.0  # tile 1 has run 130 s of an expected 7.5 (pace 15 s / 20 s)
+    assert p.pace() == pytest.approx(0.75)
+    # 122.5 s more for it; the waiting tiles' 3 × 7.5 s beside it do not end the run sooner
+    assert p.eta_s() == pytest.approx(130.0 - 7.5)
 
 
 def test_without_an_estimate_the_eta_is_the_mean_tile_times_the_tiles_left():
