@@ -84,7 +84,7 @@ def checkerboard_against_a_flat_spectrum(on: bool):
     saved = fidelity.checker_reference, fidelity.CHECKER_MIN_AMPLITUDE
     if on:
         fidelity.checker_reference = lambda photo, window=fidelity.CHECKER_WINDOW: np.ones(
-            len(fidelity._windows(np.shape(photo), window)[0]))
+            len(fidelity.checker_windows(np.shape(photo), window)[0]))
         fidelity.CHECKER_MIN_AMPLITUDE = 1e-9
     try:
         yield

@@ -49,6 +49,7 @@ __all__ = [
     "bar_names",
     "bars_for",
     "checker_reference",
+    "checker_windows",
     "checkerboard_energy",
     "colour_shift",
     "describe",
@@ -321,9 +322,13 @@ def window_starts(size: int, window: int) -> list[int]:
     return sorted({min(y, size - window) for y in range(0, max(1, size - window + step), step)})
 
 
-def _windows(shape: tuple[int, ...], window: int) -> tuple[list[tuple[int, int]], int, int, int]:
-    """The ``checkerboard`` windows of an image of ``shape``: their corners (rows of windows,
-    then columns), their height and width, and the Nyquist band's radius in bins."""
+def checker_windows(
+    shape: tuple[int, ...], window: int = CHECKER_WINDOW
+) -> tuple[list[tuple[int, int]], int, int, int]:
+    """The ``checkerboard`` windows of an image of ``shape`` (H, W, …): their corners (rows of
+    windows, then columns), their height and width, and the Nyquist band's radius in bins.  One
+    definition for the report's measure, the photo's reference and the fit's device measure, so
+    that a reference lines up with its window."""
     h, w = shape[:2]
     wy, wx = min(window, h), min(window, w)
     corners = [(y, x) for y in window_starts(h, wy) for x in window_starts(w, wx)]
@@ -357,7 +362,7 @@ def checker_reference(photo: np.ndarray, window: int = CHECKER_WINDOW) -> np.nda
     h, w = a.shape[:2]
     sigma = CHECKER_REFERENCE_SIGMA
     pad = int(3.0 * sigma + 0.5)  # the filter's reach (truncate 3): the window's own margin
-    corners, wy, wx, radius = _windows(a.shape, window)
+    corners, wy, wx, radius = checker_windows(a.shape, window)
     white = _white_share(wy, wx, radius, sigma)
     shares = []
     for y, x in corners:
@@ -386,7 +391,7 @@ def checkerboard_energy(delta: np.ndarray, window: int = CHECKER_WINDOW,
     beyond a flat spectrum's share has an RMS amplitude of :data:`CHECKER_MIN_AMPLITUDE` (2
     levels) or more, in proportion to its energy below (``1 + (s − 1) · min(1, A² / 2²)``).
     """
-    corners, wy, wx, radius = _windows(delta.shape, window)
+    corners, wy, wx, radius = checker_windows(delta.shape, window)
     stats = [_nyquist_stats(delta[y : y + wy, x : x + wx].astype(np.float64), radius)
              for y, x in corners]
     refs = checker_reference(photo, window) if photo is not None else np.ones(len(corners))

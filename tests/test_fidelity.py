@@ -220,12 +220,17 @@ def test_checker_reference_window_by_window_is_the_whole_images_filter(rng):
     # float64): the same numbers as filtering the whole image first, borders included
     from scipy.ndimage import gaussian_filter
 
-    from dippas_core.fidelity import _nyquist_share, _white_share, _windows, checker_reference
+    from dippas_core.fidelity import (
+        _nyquist_share,
+        _white_share,
+        checker_reference,
+        checker_windows,
+    )
 
     yy, xx = np.mgrid[0:150, 0:170]
     photo = rng.uniform(0, 255, (150, 170, 3)) + 30 * ((-1.0) ** (yy + xx) * (xx > 80))[..., None]
     high = photo - gaussian_filter(photo, (1.0, 1.0, 0), mode="mirror", truncate=3.0)
-    corners, wy, wx, radius = _windows(photo.shape, 64)
+    corners, wy, wx, radius = checker_windows(photo.shape, 64)
     whole = np.maximum(1.0, np.array(
         [_nyquist_share(high[y : y + wy, x : x + wx], radius) for y, x in corners])
         / _white_share(wy, wx, radius, 1.0) / 1.5)

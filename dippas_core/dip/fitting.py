@@ -372,15 +372,10 @@ def checkerboard_energy(d: torch.Tensor, reference: torch.Tensor | None = None) 
     window's divided by ``reference`` (one per window, in the same order) when given."""
     import torch
 
-    from ..fidelity import CHECKER_MIN_AMPLITUDE, CHECKER_WINDOW, nyquist_band, window_starts
+    from ..fidelity import CHECKER_MIN_AMPLITUDE, CHECKER_WINDOW, checker_windows, nyquist_band
 
-    h, w = d.shape[-2:]
-    wy, wx = min(CHECKER_WINDOW, h), min(CHECKER_WINDOW, w)
-    radius = max(1, min(wy, wx) // 32)
-    win = torch.stack(
-        [d[..., y:y + wy, x:x + wx] for y in window_starts(h, wy) for x in window_starts(w, wx)],
-        dim=1,
-    ).double()
+    corners, wy, wx, radius = checker_windows(tuple(d.shape[-2:]), CHECKER_WINDOW)
+    win = torch.stack([d[..., y:y + wy, x:x + wx] for y, x in corners], dim=1).double()
     win = win - win.mean(dim=(-2, -1), keepdim=True)  # N×K×3×wy×wx, each channel mean-free
     hann = np.outer(np.hanning(wy), np.hanning(wx))
     taper = torch.from_numpy(hann).to(win.device)
