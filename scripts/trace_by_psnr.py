@@ -4,8 +4,9 @@ the camera's unseen fingerprint, by PSNR band (issue 22: "what the snapshots car
 One crop of quality_study's sets (``--crop NAME``, e.g. ``Nikon_D70_0_19445@128``), the ``cpu``
 preset's generator with the camera's fingerprint from the odd flat fields, every output kept
 (``record_psnr = -inf``) and no stop before ``--iterations``.  Each output's residual is scored
-against the fingerprint from the even flat fields at the crop's own position (the trace) and at
-``--positions`` other positions shifted by multiples of 8 px (chance: ``scripts/trace_null.py``).
+against the fingerprint from the even flat fields at the crop's own position (the trace); the
+photo's, also at ``--positions`` other positions shifted by multiples of 8 px, gives the chance
+spread of the crop's texture (``scripts/trace_null.py``).
 Printed: per PSNR band the outputs' mean NCC, its z against chance, and the γ* of the fit.
 
     NUMBA_CACHE_DIR=/tmp/numba .venv/bin/python scripts/trace_by_psnr.py \\
@@ -25,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_study import crops_of, fingerprint  # noqa: E402
-from trace_null import null_positions  # noqa: E402
+from trace_null import ncc_here_and_elsewhere, null_positions  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dippas_core.config import AnonymizeConfig
-    from dippas_core.correlation import ncc
     from dippas_core.dip import invert
     from dippas_core.evaluation import camera_label
     from dippas_core.io import read_image
-    from dippas_core.residual import residual
 
     torch.set_num_threads(1)
     crop = next((c for c in crops_of(args.data, "special,test128,heldout256")
@@ -64,20 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     dip = AnonymizeConfig.preset("cpu", seed=args.seed).dip.replace(
         record_psnr=-math.inf, stop_psnr=math.inf, max_iter=args.iterations, torch_threads=1)
 
-    def scored(img: np.ndarray) -> tuple[float, float]:
-        img = np.asarray(img, np.float32)
-        W = residual(img)
-        own = ncc(W, img, unseen[y : y + size, x : x + size])
-        null = np.array([ncc(W, img, unseen[a : a + size, b : b + size]) for a, b in positions])
-        return own, float(null.std())
-
-    before, chance = scored(photo)
+    # the chance spread is the photo's own (its texture's); each output needs only its NCC
+    before, null = ncc_here_and_elsewhere(photo, unseen, y, x, size, positions)
+    chance = float(null.std())
     rows = []
     for step in invert(photo, np.asarray(attack[y : y + size, x : x + size]), dip):
         if step.iteration % args.every:
             continue
         out = np.round(np.clip(step.snapshot, 0, 255))  # as it would be written
-        own, _ = scored(out)
+        own, _ = ncc_here_and_elsewhere(out, unseen, y, x, size, [])
         rows.append({"iteration": step.iteration, "psnr": step.psnr, "ncc": own,
                      "gamma_star": step.gamma_star, "looks_same": step.looks_same})
     print(f"{args.crop} ({cam}): NCC before {before:+.4f} (z {before / chance:.1f}, chance std "

@@ -43,13 +43,24 @@ def null_positions(shape: tuple[int, int], y: int, x: int, size: int, n: int,
     return sorted(out)
 
 
+def ncc_here_and_elsewhere(img: np.ndarray, K: np.ndarray, y: int, x: int, size: int,
+                           positions: list[tuple[int, int]]) -> tuple[float, np.ndarray]:
+    """``img``'s NCC with ``K`` cropped at its own corner ``(y, x)`` and at each of
+    ``positions`` (its residual computed once)."""
+    from dippas_core.correlation import ncc
+    from dippas_core.residual import residual
+
+    img = np.asarray(img, np.float32)
+    W = residual(img)
+    own = ncc(W, img, K[y : y + size, x : x + size])
+    return own, np.array([ncc(W, img, K[a : a + size, b : b + size]) for a, b in positions])
+
+
 def score_crop(folder: Path, fps: Path, n: int, seed: int) -> dict:
     """The crop's NCC at its position, the null's mean and std, and z, before and after."""
-    from dippas_core.correlation import ncc
     from dippas_core.evaluation import camera_label
     from dippas_core.fingerprint import Fingerprint
     from dippas_core.io import read_image
-    from dippas_core.residual import residual
 
     scores = json.loads((folder / "scores.json").read_text())
     _, photo_name, y, x, size = scores["crop"]
@@ -58,10 +69,7 @@ def score_crop(folder: Path, fps: Path, n: int, seed: int) -> dict:
     out = {"crop": folder.name, "size": size, "wrong_mean_abs": scores["after"]["wrong_mean_abs"],
            "pce_before": scores["before"]["pce"], "pce_after": scores["after"]["pce"]}
     for when, name in (("before", "original.png"), ("after", "anonymized.png")):
-        img = read_image(folder / name).astype(np.float32)
-        W = residual(img)
-        own = ncc(W, img, K[y : y + size, x : x + size])
-        null = np.array([ncc(W, img, K[a : a + size, b : b + size]) for a, b in positions])
+        own, null = ncc_here_and_elsewhere(read_image(folder / name), K, y, x, size, positions)
         out[when] = {"ncc": own, "null_mean": float(null.mean()), "null_std": float(null.std()),
                      "z": float((own - null.mean()) / null.std()),
                      "share_null_above": float(np.mean(np.abs(null) >= abs(own)))}
