@@ -23,6 +23,10 @@ only, however faint; both patched back).  Not the same
 fit: the table gives both modes' iterations, CPU seconds and the bars their final images break
 (today's measures for both).
 
+``--lever upsample``: the generator's nearest-neighbour up-sampling (the paper's) against
+bilinear; not the same fit either, the same table.  ``--tile PHOTO@Y,X`` adds named tiles
+(e.g. the whole-photo tiles where nearest up-sampling drew row-period stripes).
+
 Results go to ``--out`` as JSON lines, one per (tile, mode); a run resumes where it stopped::
 
     NUMBA_CACHE_DIR=/tmp/numba .venv/bin/python benchmarks/bench_fit_bars.py \\
@@ -49,6 +53,7 @@ from bench_speed_levers import (  # noqa: E402
     TILE,
     choose_tiles,
     ensure_fingerprints,
+    named_tiles,
     read_rows,
     tile_arguments,
     tile_inputs,
@@ -56,7 +61,10 @@ from bench_speed_levers import (  # noqa: E402
 )
 
 #: Each lever: its two modes, the code before it first (patched back) and today's.
-LEVERS = {"gate": ("every", "gated"), "checker": ("flat", "own")}
+LEVERS = {"gate": ("every", "gated"), "checker": ("flat", "own"),
+          "upsample": ("nearest", "bilinear")}
+#: Modes that change the preset's settings rather than patch the code back.
+SETTINGS = {"nearest": {"upsample": "nearest"}, "bilinear": {"upsample": "bilinear"}}
 
 
 @contextlib.contextmanager
@@ -105,7 +113,8 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
 
     y, x = tile["y"], tile["x"]
     photo, attack, unseen = tile_inputs(data, fps, tile)
-    config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1)
+    config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1,
+                                    **SETTINGS.get(mode, {}))
     tau = float(config.dip.record_psnr)
     steps: list[float] = []
     before = BEFORE.get(mode)
@@ -190,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     tile_arguments(parser)
     parser.add_argument("--lever", choices=tuple(LEVERS), default="gate",
                         help="gate: the bars measured from τ only; checker: the checkerboard "
-                             "held against the photo's own fine detail")
+                             "held against the photo's own fine detail; upsample: nearest "
+                             "against bilinear up-sampling in the generator")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.out)
     if not args.report_only:
         done = {(r["tile"], r["mode"]) for r in rows}
-        tiles = choose_tiles(args.data, args.tiles)
+        tiles = choose_tiles(args.data, args.tiles) + named_tiles(args.data, args.tile)
         ensure_fingerprints(args.data, args.fingerprints, tiles)
         print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
               flush=True)

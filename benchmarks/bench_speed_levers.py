@@ -100,6 +100,29 @@ def choose_tiles(data: Path, n: int) -> list[dict[str, Any]]:
     return [pool[picks[k]] for k in middle_first]
 
 
+def named_tiles(data: Path, names: list[str]) -> list[dict[str, Any]]:
+    """Tiles named ``PHOTO@Y,X`` (a photo of ``data/nat-jpg``, the tile's top-left corner)."""
+    from dippas_core.cost import start_psnr
+    from dippas_core.io import read_image
+
+    tiles = []
+    for name in names:
+        photo, _, corner = name.partition("@")
+        try:
+            y, x = (int(v) for v in corner.split(","))
+        except ValueError:
+            raise SystemExit(f"--tile {name!r}: expected PHOTO@Y,X, e.g. "
+                             f"Nikon_D70s_1_22928.JPG@1344,672") from None
+        img = read_image(data / "nat-jpg" / photo)
+        if not (0 <= y <= img.shape[0] - TILE and 0 <= x <= img.shape[1] - TILE):
+            raise SystemExit(f"--tile {name!r}: a {TILE}-px tile at ({y}, {x}) does not fit in "
+                             f"the photo's {img.shape[0]}×{img.shape[1]}")
+        crop = img[y : y + TILE, x : x + TILE]
+        tiles.append({"photo": photo, "y": y, "x": x,
+                      "start_psnr": round(start_psnr(crop, 3.0), 3)})
+    return tiles
+
+
 def tiles_per_megapixel(overlap: int) -> float:
     from dippas_core.tiling import plan_tiles
 
@@ -215,7 +238,10 @@ def tile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fingerprints", type=Path, required=True,
                         help="folder of CAMERA_attack.npz / CAMERA_detector.npz (made if absent)")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, resumed")
-    parser.add_argument("--tiles", type=int, default=6)
+    parser.add_argument("--tiles", type=int, default=6,
+                        help="tiles of the held-out photos, at evenly spaced start PSNRs")
+    parser.add_argument("--tile", action="append", default=[], metavar="PHOTO@Y,X",
+                        help="a named tile besides those (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -234,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         done = {(r["tile"], r["lever"]) for r in rows}
         part, parts = (int(v) for v in args.part.split("/"))
-        tiles = choose_tiles(args.data, args.tiles)[part::parts]
+        tiles = choose_tiles(args.data, args.tiles) + named_tiles(args.data, args.tile)
+        tiles = tiles[part::parts]
         ensure_fingerprints(args.data, args.fingerprints, tiles)
         print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
               flush=True)
