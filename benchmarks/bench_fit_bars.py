@@ -24,8 +24,9 @@ fit: the table gives both modes' iterations, CPU seconds and the bars their fina
 (today's measures for both).
 
 ``--lever upsample``: the generator's nearest-neighbour up-sampling (the paper's) against
-bilinear; not the same fit either, the same table.  ``--tile PHOTO@Y,X`` adds named tiles
-(e.g. the whole-photo tiles where nearest up-sampling drew row-period stripes).
+``bilinear-top`` (bilinear into the full-resolution scale only); ``--lever bilinear``: against
+bilinear at every scale.  Not the same fit either, the same table.  ``--tile PHOTO@Y,X`` adds
+named tiles (e.g. the whole-photo tiles where nearest up-sampling drew row-period stripes).
 
 Results go to ``--out`` as JSON lines, one per (tile, mode); a run resumes where it stopped::
 
@@ -62,9 +63,9 @@ from bench_speed_levers import (  # noqa: E402
 
 #: Each lever: its two modes, the code before it first (patched back) and today's.
 LEVERS = {"gate": ("every", "gated"), "checker": ("flat", "own"),
-          "upsample": ("nearest", "bilinear")}
-#: Modes that change the preset's settings rather than patch the code back.
-SETTINGS = {"nearest": {"upsample": "nearest"}, "bilinear": {"upsample": "bilinear"}}
+          "upsample": ("nearest", "bilinear-top"), "bilinear": ("nearest", "bilinear")}
+#: Modes that set the generator's up-sampling rather than patch the code back.
+SETTINGS = {mode: {"upsample": mode} for mode in ("nearest", "bilinear", "bilinear-top")}
 
 
 @contextlib.contextmanager
@@ -199,8 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     tile_arguments(parser)
     parser.add_argument("--lever", choices=tuple(LEVERS), default="gate",
                         help="gate: the bars measured from τ only; checker: the checkerboard "
-                             "held against the photo's own fine detail; upsample: nearest "
-                             "against bilinear up-sampling in the generator")
+                             "held against the photo's own fine detail; upsample / bilinear: "
+                             "nearest against bilinear-top / bilinear up-sampling")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
 

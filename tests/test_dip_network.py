@@ -248,9 +248,18 @@ def test_zero_head_starts_flat_and_the_upsampling_options_build():
     z = torch.randn(1, 3, 32, 32)
     flat = MultiResUNet(in_channels=3, widths=(4, 8, 8), output="linear", zero_head=True)
     assert torch.equal(flat(z), torch.full((1, 3, 32, 32), 0.5))
-    for up in ("nearest", "bilinear"):
-        net = MultiResUNet(in_channels=3, widths=(4, 8, 8), upsample=up)
+    modes = {}
+    for up in ("nearest", "bilinear", "bilinear-top"):
+        net = MultiResUNet(in_channels=3, widths=(4, 8, 8, 8), upsample=up)
         assert net(z).shape == (1, 3, 32, 32)
+        modes[up] = [net.inner.upsample, net.inner.inner.upsample, net.inner.inner.inner.upsample]
+    # top first: only the way into the full-resolution scale is bilinear in "bilinear-top"
+    assert modes == {"nearest": ["nearest"] * 3, "bilinear": ["bilinear"] * 3,
+                     "bilinear-top": ["bilinear", "nearest", "nearest"]}
+    from dippas_core.config import dip as dip_config
+    from dippas_core.dip import network
+
+    assert dip_config.UPSAMPLING == network.UPSAMPLING  # the config's copy, without torch
     with pytest.raises(ValueError, match="upsample"):
         MultiResUNet(widths=(4, 8), upsample="cubic")
     with pytest.raises(ValueError, match="output"):

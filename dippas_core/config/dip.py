@@ -25,7 +25,7 @@ GAMMA_MODES = ("lsq", "adam")
 #: The generator's output layer (``network.OUTPUTS``): ``"linear"`` has no dead zone.
 OUTPUTS = ("linear", "sigmoid")
 #: How the generator goes up a scale (``network.UPSAMPLING``).
-UPSAMPLING = ("bilinear", "nearest")
+UPSAMPLING = ("bilinear", "nearest", "bilinear-top")
 #: Narrowest MultiRes block: W = 1.67·U is split into floor(0.167 W), floor(0.333 W), floor(0.5 W)
 #: channels (``network.multires_split``), and U = 3 already leaves the first branch empty.
 MIN_WIDTH = 4
@@ -89,9 +89,11 @@ class DIPConfig:
         The generator's output layer: the paper's sigmoid, or its tangent at 0 (``0.5 + h/4``)
         whose image is clipped to [0, 1] (no unit can saturate and stop learning: no stuck
         pixels).
-    upsample : {"nearest", "bilinear"}
-        How the generator goes up a scale: the paper's nearest-neighbour ×2, or bilinear
-        (no 2×2 blocks for the decoder to smooth away: no grids on flat skies).
+    upsample : {"nearest", "bilinear", "bilinear-top"}
+        How the generator goes up a scale: the paper's nearest-neighbour ×2, bilinear (no 2×2
+        blocks for the decoder to smooth away: no grids on flat skies, but fine texture fits far
+        slower), or ``"bilinear-top"``: bilinear into the full-resolution scale only (no
+        row-period stripes along soft edges), nearest below.
     zero_head : bool
         Start the generator's last convolution at zero, so its first output is flat (with
         ``low_pass_sigma``: exactly the photo's low band) and the fit adds detail from there,

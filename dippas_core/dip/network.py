@@ -35,9 +35,11 @@ ALPHA = 1.67
 #: issue 22); a linear one always does, and near mid-grey both learn at the same pace.
 OUTPUTS = ("linear", "sigmoid")
 #: How a scale's output is brought up to the scale above: ``"nearest"`` (the paper) repeats each
-#: value 2×2, which the decoder must then smooth (blocky grids on flat skies, issue 22);
-#: ``"bilinear"`` interpolates.
-UPSAMPLING = ("bilinear", "nearest")
+#: value 2×2, which the decoder must then smooth (blocky grids on flat skies, issue 22; into the
+#: full-resolution scale, row-period stripes along bright soft edges); ``"bilinear"``
+#: interpolates (and fits fine texture far slower); ``"bilinear-top"``: bilinear into the
+#: full-resolution scale only, nearest below (docs/eval/2026-12-06-stripes.md).
+UPSAMPLING = ("bilinear", "nearest", "bilinear-top")
 
 
 def multires_split(units: int, alpha: float = ALPHA) -> tuple[int, int, int]:
@@ -120,14 +122,16 @@ class _Scale(nn.Module):
         up_units: int,
         alpha: float,
         upsample: str = "nearest",
+        inner_upsample: str | None = None,
     ) -> None:
         super().__init__()
         self.upsample = upsample
+        inner_upsample = upsample if inner_upsample is None else inner_upsample
         self.down = _conv_bn_act(c_in, c_in, 3, stride=2)
         self.encode = MultiResBlock(widths[0], c_in, alpha)
         depth = self.encode.out_channels
         self.inner = (
-            _Scale(depth, widths[1:], skip_widths[1:], widths[0], alpha, upsample)
+            _Scale(depth, widths[1:], skip_widths[1:], widths[0], alpha, inner_upsample)
             if len(widths) > 1
             else None
         )
@@ -172,8 +176,9 @@ class MultiResUNet(nn.Module):
         ``"sigmoid"``: the paper's output in (0, 1); ``"linear"``: the sigmoid's tangent at 0,
         ``0.5 + h / 4`` of the last convolution ``h``, unbounded (clip it to [0, 1] for an
         image; the loss sees it unclipped, so no output unit ever stops learning).
-    upsample : {"nearest", "bilinear"}
-        How each scale is brought up to the one above (:data:`UPSAMPLING`).
+    upsample : {"nearest", "bilinear", "bilinear-top"}
+        How each scale is brought up to the one above (:data:`UPSAMPLING`); ``"bilinear-top"``:
+        bilinear into the full-resolution scale, nearest-neighbour below it.
     zero_head : bool
         Start the last 1×1 convolution at zero: the first output is flat mid-grey instead of
         the random texture of an untrained network (which the fit must first undo).
@@ -215,8 +220,11 @@ class MultiResUNet(nn.Module):
         self.widths = widths
         self.skip_widths = skip_widths
         self.stem = MultiResBlock(widths[0], self.in_channels, alpha)
+        into_top, deeper = {"bilinear-top": ("bilinear", "nearest")}.get(upsample,
+                                                                          (upsample, upsample))
         self.inner = (
-            _Scale(self.stem.out_channels, widths[1:], skip_widths, widths[0], alpha, upsample)
+            _Scale(self.stem.out_channels, widths[1:], skip_widths, widths[0], alpha, into_top,
+                   deeper)
             if len(widths) > 1
             else None
         )
