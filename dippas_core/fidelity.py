@@ -224,8 +224,20 @@ def grid_lines(
     return sorted(r for r in rows if 0 < r < h), sorted(c for c in cols if 0 < c < w)
 
 
+def _line_jumps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``|x|`` jump across each column line 1..w−1 and each row line 1..h−1 (over the
+    line's length and the channels)."""
+    h, w, channels = x.shape
+    jumps = (np.zeros(w - 1), np.zeros(h - 1))
+    for c in range(channels):
+        jumps[0][:] += np.abs(np.diff(x[..., c], axis=1)).mean(axis=0, dtype=np.float64)
+        jumps[1][:] += np.abs(np.diff(x[..., c], axis=0)).mean(axis=1, dtype=np.float64)
+    return jumps[0] / channels, jumps[1] / channels
+
+
 def seam_ratio(
-    delta: np.ndarray, rows: Sequence[int], cols: Sequence[int], period: int = JPEG_BLOCK
+    delta: np.ndarray, rows: Sequence[int], cols: Sequence[int], period: int = JPEG_BLOCK,
+    photo: np.ndarray | None = None,
 ) -> float | None:
     """Mean ``|Δ|`` jump across the given lines over the mean jump across the other lines of the
     same phase.
@@ -235,22 +247,27 @@ def seam_ratio(
     A JPEG photo has jumps of its own on its block grid (8×8 blocks, 16×16 macroblocks with
     4:2:0 chroma), on which the assembly's block and tile edges fall: so each seam line is
     compared with the other lines at the same position modulo ``period`` (16; ``period=1``: with
-    every other line).
+    every other line).  With ``photo``, a seam line along which the photo itself jumps ``p``
+    times as much as across those other lines (an edge of the picture lying on the line) has its
+    jump divided by ``max(1, p)``: an output that follows that edge a little softer changes most
+    there without any seam.
     ``None`` when no line lies inside the image (one block, one tile) or none to compare with.
     """
-    h, w, channels = delta.shape
-    jumps = (np.zeros(w - 1), np.zeros(h - 1))  # mean jump across lines 1..w-1 and 1..h-1
-    for c in range(channels):
-        jumps[0][:] += np.abs(np.diff(delta[..., c], axis=1)).mean(axis=0, dtype=np.float64)
-        jumps[1][:] += np.abs(np.diff(delta[..., c], axis=0)).mean(axis=1, dtype=np.float64)
-    jumps[0][:] /= channels
-    jumps[1][:] /= channels
+    jumps = _line_jumps(delta)
+    own = None
+    if photo is not None:
+        own = _line_jumps(_delta(np.zeros((), np.float32), np.asarray(photo)))
     seam_sum = seam_len = off_sum = off_len = 0.0
-    for jump, lines, length in ((jumps[0], cols, h), (jumps[1], rows, w)):
+    for axis, (jump, lines, length) in enumerate(((jumps[0], cols, delta.shape[0]),
+                                                  (jumps[1], rows, delta.shape[1]))):
         pos = np.arange(1, jump.size + 1)
         on = np.isin(pos, [v for v in lines if 0 < v < jump.size + 1])
         phases = np.unique(pos[on] % period)
         same = np.isin(pos % period, phases) & ~on
+        if own is not None and same.any() and own[axis][same].mean() > 0:
+            edge = own[axis][on] / own[axis][same].mean()
+            jump = jump.copy()
+            jump[on] /= np.maximum(1.0, edge)
         seam_sum += jump[on].sum() * length
         seam_len += on.sum() * length
         off_sum += jump[same].sum() * length
@@ -461,7 +478,7 @@ def fidelity(
         max_abs=float(np.abs(d).max()),
         share_off=share_off(d),
         colour_shift=colour_shift(d),
-        seam_ratio=seam_ratio(d, rows, cols),
+        seam_ratio=seam_ratio(d, rows, cols, photo=a),
         checkerboard=checkerboard_energy(d, photo=a),
     )
 

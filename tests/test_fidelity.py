@@ -284,3 +284,37 @@ def test_bars_are_fields_and_failures_name_them():
     assert any(m.startswith("checkerboard") for m in fidelity(photo, lines).failures())
     grain = photo + rng.normal(0, 3, photo.shape)
     assert not any(m.startswith("checkerboard") for m in fidelity(photo, grain).failures())
+
+
+def test_seam_ratio_holds_a_seam_line_against_the_photos_own_edge(rng):
+    # a photo with an edge along column 64 (a block edge); an output that follows it softer
+    # changes most there, without any seam: held against the photo's own jump there (×4 the
+    # other lines'), that line counts a quarter
+    photo = rng.normal(100, 1, (128, 128, 3))
+    photo[:, 64:] += 8.0  # the photo jumps by ~8.5 across column 64, ~1.1 elsewhere
+    d = rng.normal(0, 1, photo.shape)
+    d[:, 63] += 1.5  # the output softens the edge: Δ steps across it
+    d[:, 64] -= 1.5
+    lines = grid_lines(d.shape, 64)
+    jumps_c = np.abs(np.diff(d, axis=1)).mean(axis=(0, 2))
+    jumps_r = np.abs(np.diff(d, axis=0)).mean(axis=(1, 2))
+    own_c = np.abs(np.diff(photo, axis=1)).mean(axis=(0, 2))
+    own_r = np.abs(np.diff(photo, axis=0)).mean(axis=(1, 2))
+    same = [16, 32, 48, 80, 96, 112]  # lines of the same phase mod 16, in both directions
+
+    def held(jumps, own):  # line 64's jump over max(1, the photo's own jump there, relative)
+        return jumps[63] / max(1.0, own[63] / np.mean([own[v - 1] for v in same]))
+
+    assert own_c[63] / np.mean([own_c[v - 1] for v in same]) > 4
+    off = np.mean([jumps_c[c - 1] for c in same] + [jumps_r[r - 1] for r in same])
+    by_hand = (held(jumps_c, own_c) + held(jumps_r, own_r)) / 2 / off
+    assert seam_ratio(d, *lines, photo=photo) == pytest.approx(by_hand, rel=1e-6)
+    assert seam_ratio(d, *lines) > BARS["seam_ratio"]  # without the photo: a "seam"
+    assert seam_ratio(d, *lines, photo=photo) < BARS["seam_ratio"]
+    # where the photo has no edge on the line its reference is 1: nothing changes
+    flat = rng.normal(100, 1, photo.shape)
+    assert seam_ratio(d, *lines, photo=flat) == pytest.approx(seam_ratio(d, *lines), rel=0.05)
+    # a tint between blocks beside the photo's edge still reads as a seam (its row line)
+    tinted = d.copy()
+    tinted[:64] += 4.0
+    assert seam_ratio(tinted, *lines, photo=photo) > BARS["seam_ratio"]
