@@ -16,13 +16,12 @@ __all__ = ["DEFAULT_PRESET", "LOOKS_THE_SAME", "PRESETS"]
 #: The generator and recording settings that keep an output looking like the photo (method §4,
 #: "Where we depart from the paper"; measured in docs/eval/2026-12-05-quality.md): no dead zone
 #: at the output, the photo's low band restored and guiding the fit from the first iteration,
-#: only outputs within the local fidelity bars kept, and bilinear up-sampling into the
-#: full-resolution scale (nearest drew row-period stripes along soft edges that held whole-photo
-#: tiles for hundreds of iterations: docs/eval/2026-12-06-stripes.md).  The ``paper`` preset
-#: keeps the paper's.
+#: and only outputs within the local fidelity bars kept.  The ``paper`` preset keeps the paper's.
+#: (Up-sampling stays the paper's nearest-neighbour: ``"bilinear-top"`` removes the stripes it
+#: draws along soft edges but drew a faint ridge on a flat wall that no bar sees,
+#: docs/eval/2026-12-06-stripes.md.)
 LOOKS_THE_SAME: dict[str, Any] = {
     "output": "linear",
-    "upsample": "bilinear-top",
     "zero_head": True,
     "guide": True,
     "low_pass_sigma": 3.0,
@@ -78,8 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "overlap": 32,
     },
     # the README's demo: the tiny network at the paper's 38/39 dB, looking the same; its 64×64
-    # sample reached tau after 461 iterations (511 with nearest up-sampling, 780 with bilinear
-    # at every scale: docs/eval/2026-12-06-stripes.md)
+    # sample reached tau after 511 iterations (docs/eval/2026-12-05-quality.md)
     "demo": {
         "dip": {**_TINY_NETWORK, "record_psnr": 38.0, "stop_psnr": 39.0, **LOOKS_THE_SAME},
         "assembly": {"B": 32, "L": 1, "tau": 38.5, "rule": "bounded"},
