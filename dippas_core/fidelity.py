@@ -226,7 +226,9 @@ def grid_lines(
 
 def _line_jumps(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``|x|`` jump across each column line 1..w−1 and each row line 1..h−1 (over the
-    line's length and the channels)."""
+    line's length and the channels) of an H×W or H×W×C image of any real type."""
+    x = np.asarray(x, np.float32)  # an unsigned image's differences would wrap around
+    x = x if x.ndim == 3 else x[..., None]
     h, w, channels = x.shape
     jumps = (np.zeros(w - 1), np.zeros(h - 1))
     for c in range(channels):
@@ -254,9 +256,7 @@ def seam_ratio(
     ``None`` when no line lies inside the image (one block, one tile) or none to compare with.
     """
     jumps = _line_jumps(delta)
-    own = None
-    if photo is not None:
-        own = _line_jumps(_delta(np.zeros((), np.float32), np.asarray(photo)))
+    own = _line_jumps(photo) if photo is not None else None
     seam_sum = seam_len = off_sum = off_len = 0.0
     for axis, (jump, lines, length) in enumerate(((jumps[0], cols, delta.shape[0]),
                                                   (jumps[1], rows, delta.shape[1]))):
