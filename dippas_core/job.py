@@ -49,10 +49,9 @@ class PhotoJob:
         ``{"y", "x", "h", "w"}`` of the region cut from a larger photo, else None.
     execution
         Where the tiles run (:class:`~dippas_core.execution.Execution`).
-    n_done
-        Tiles a run folder already holds finished (a resume), when one was named.
     done_tiles
-        Their indices (a resume runs the others, wherever they lie in the plan).
+        The indices of the tiles a run folder already holds finished (a resume runs the others,
+        wherever they lie in the plan), when one was named.
     """
 
     photo: np.ndarray = field(repr=False)
@@ -62,7 +61,6 @@ class PhotoJob:
     plan: TilePlan
     region: dict[str, int] | None
     execution: Execution
-    n_done: int = 0
     done_tiles: frozenset[int] = frozenset()
 
     @property
@@ -74,6 +72,11 @@ class PhotoJob:
     def tiled(self) -> bool:
         """Whether the photo is cut into several tiles."""
         return len(self.plan) > 1
+
+    @property
+    def n_done(self) -> int:
+        """Tiles a run folder already holds finished."""
+        return len(self.done_tiles)
 
     @property
     def n_todo(self) -> int:
@@ -206,7 +209,6 @@ def prepare(
         plan=plan,
         region=None if cut is None else dict(zip("yxhw", cut, strict=True)),
         execution=execution,
-        n_done=len(done),
         done_tiles=done,
     )
 
