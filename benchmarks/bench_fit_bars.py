@@ -39,9 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,12 +50,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed_levers import (  # noqa: E402
     TILE,
+    append_row,
+    bench_tiles,
     choose_tiles,
-    ensure_fingerprints,
-    named_tiles,
     read_rows,
     tile_arguments,
     tile_inputs,
+    tile_key,
     tiles_per_megapixel,
 )
 
@@ -112,7 +111,6 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
     from dippas_core.fidelity import fidelity
     from dippas_core.pipeline import anonymize
 
-    y, x = tile["y"], tile["x"]
     photo, attack, unseen = tile_inputs(data, fps, tile)
     config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1,
                                     **SETTINGS.get(mode, {}))
@@ -125,7 +123,7 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], mode: str, seed: int) 
         cpu_s = time.process_time() - c0
     fid = fidelity(photo, result.image, block=int(config.assembly.B))  # today's measures
     after = attribute(np.asarray(result.image, np.float32), unseen, pce=False).ncc
-    return {"tile": f"{tile['photo']}@{y},{x}", "start_psnr": tile["start_psnr"], "mode": mode,
+    return {"tile": tile_key(tile), "start_psnr": tile["start_psnr"], "mode": mode,
             "cpu_s": cpu_s, "iterations": len(steps),
             "at_tau": int(sum(p >= tau for p in steps)),
             "image_sha256": hashlib.sha256(np.ascontiguousarray(result.image)).hexdigest(),
@@ -211,20 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.out)
     if not args.report_only:
         done = {(r["tile"], r["mode"]) for r in rows}
-        tiles = choose_tiles(args.data, args.tiles) + named_tiles(args.data, args.tile)
-        ensure_fingerprints(args.data, args.fingerprints, tiles)
-        print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-              flush=True)
-        for k, tile in enumerate(tiles):
-            key = f"{tile['photo']}@{tile['y']},{tile['x']}"
+        for k, tile in enumerate(bench_tiles(args)):
+            key = tile_key(tile)
             modes = LEVERS[args.lever]
             for mode in modes if k % 2 == 0 else modes[::-1]:  # alternate which goes first
                 if (key, mode) in done:
                     continue
                 row = run_tile(args.data, args.fingerprints, tile, mode, args.seed)
                 rows.append(row)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(args.out, row)
                 print(f"{key} {mode}: {row['cpu_s']:.1f} CPU s, {row['iterations']} it "
                       f"({row['at_tau']} at τ), {row['psnr']:.2f} dB", flush=True)
     print(summary(rows, args.lever))

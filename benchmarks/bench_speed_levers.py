@@ -123,6 +123,29 @@ def named_tiles(data: Path, names: list[str]) -> list[dict[str, Any]]:
     return tiles
 
 
+def tile_key(tile: dict[str, Any]) -> str:
+    """A tile's name in the rows: ``PHOTO@Y,X``."""
+    return f"{tile['photo']}@{tile['y']},{tile['x']}"
+
+
+def bench_tiles(args: argparse.Namespace, part: int = 0, parts: int = 1) -> list[dict[str, Any]]:
+    """The tiles of :func:`tile_arguments`' options (held-out ones, then named ones), every
+    ``parts``-th from ``part``, their cameras' fingerprints made where missing; says how many
+    and the machine's load."""
+    tiles = choose_tiles(args.data, args.tiles) + named_tiles(args.data, args.tile)
+    tiles = tiles[part::parts]
+    ensure_fingerprints(args.data, args.fingerprints, tiles)
+    print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+          flush=True)
+    return tiles
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One more JSON line in ``path`` (what :func:`read_rows` reads back on a resume)."""
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def tiles_per_megapixel(overlap: int) -> float:
     from dippas_core.tiling import plan_tiles
 
@@ -173,7 +196,6 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], lever: str, seed: int)
     from dippas_core.fidelity import fidelity
     from dippas_core.pipeline import anonymize
 
-    y, x = tile["y"], tile["x"]
     photo, attack, unseen = tile_inputs(data, fps, tile)
     config = AnonymizeConfig.preset("cpu", seed=seed, tiles_per_step=1, **lever_changes(lever))
     c0 = time.process_time()
@@ -183,7 +205,7 @@ def run_tile(data: Path, fps: Path, tile: dict[str, Any], lever: str, seed: int)
     fid = fidelity(photo, result.image, block=int(config.assembly.B))
     before = attribute(np.asarray(photo, np.float32), unseen, pce=False).ncc
     after = attribute(np.asarray(result.image, np.float32), unseen, pce=False).ncc
-    return {"tile": f"{tile['photo']}@{y},{x}", "start_psnr": tile["start_psnr"], "lever": lever,
+    return {"tile": tile_key(tile), "start_psnr": tile["start_psnr"], "lever": lever,
             "cpu_s": cpu_s, "iterations": int(inv["n_iterations"]),
             "psnr": float(fid.psnr), "below_tau": bool(result.report.get("below_tau")),
             "bars_broken": [f.split()[0] for f in fid.failures()],
@@ -260,21 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         done = {(r["tile"], r["lever"]) for r in rows}
         part, parts = (int(v) for v in args.part.split("/"))
-        tiles = choose_tiles(args.data, args.tiles) + named_tiles(args.data, args.tile)
-        tiles = tiles[part::parts]
-        ensure_fingerprints(args.data, args.fingerprints, tiles)
-        print(f"{len(tiles)} tiles; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
-              flush=True)
-        for tile in tiles:
+        for tile in bench_tiles(args, part, parts):
             for lever in (lv for lv in LEVERS if lv not in NOT_RUN):
-                key = f"{tile['photo']}@{tile['y']},{tile['x']}"
+                key = tile_key(tile)
                 if (key, lever) in done:
                     continue
                 row = run_tile(args.data, args.fingerprints, tile, lever, args.seed)
                 rows = read_rows(args.out)  # parts write here too
                 rows.append(row)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(args.out, row)
                 print(f"{key} {lever}: {row['cpu_s']:.1f} CPU s, {row['iterations']} it, "
                       f"{row['psnr']:.2f} dB, bars broken {row['bars_broken'] or 'none'}",
                       flush=True)
